@@ -1,0 +1,186 @@
+"""The ``bob`` command: registry and data listings, batches, results, status and the report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    """Print the backbone registry as a table."""
+    from bobkit.backbones import registry_table
+
+    table = registry_table()
+    if args.offline:
+        table = table[table["available offline"].astype(str).str.lower().isin(["yes", "true"])]
+    _print_table(table)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """List the manifest's datasets and reference tables and which are present here."""
+    from bobkit.data.manifest import status
+
+    _print_table(status())
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Expand grid files without running them: every name resolves, every cell expands."""
+    from bobkit.grid import load_grid
+
+    for path in args.params:
+        cells = load_grid(path)
+        tasks = pd.Series([c.task for c in cells]).value_counts().to_dict()
+        print(f"{path}: {len(cells)} cells {tasks}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Expand a grid (validated first), run the cells that are not done, then optionally build the table."""
+    from bobkit.grid import load_grid
+
+    cells = load_grid(args.params)  # raises before anything runs
+    print(f"{args.params}: {len(cells)} cells, runs folder {args.runs_dir}", flush=True)
+    if args.dry_run:
+        for cell in cells:
+            print(f"  {cell.run_key}  {cell.label}")
+        return 0
+    if args.backend == "slurm":
+        from bobkit.backends import run_submitit
+
+        summary = run_submitit(cells, args.runs_dir, cluster=args.cluster, only_failed=args.only_failed)
+    else:
+        from bobkit.runner import run_cells
+
+        summary = run_cells(cells, args.runs_dir, workers=args.workers, only_failed=args.only_failed,
+                            kernel=args.kernel, progress=not args.no_progress)
+    print(
+        f"executed {summary.executed} cell(s): {summary.count('complete')} complete, {summary.count('failed')} failed;"
+        f" {summary.count('skipped')} already done, {summary.count('busy')} running elsewhere"
+        f" ({summary.seconds:.1f} s)"
+    )
+    for outcome in summary.outcomes:
+        if outcome.status == "failed":
+            print(f"  FAILED {outcome.cell.run_key} {outcome.cell.label}: {outcome.error}")
+    if args.build:
+        _build_and_print(args.runs_dir, args.results)
+    return 1 if summary.count("failed") and args.strict else 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """Merge complete sidecars into the results table and print a small leaderboard."""
+    _build_and_print(args.runs_dir, args.results)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Counts of done / failed / running / pending cells, failures with their first error line."""
+    from bobkit.batch_status import format_status, grid_status
+
+    print(format_status(grid_status(args.params, args.runs_dir), args.params, args.runs_dir))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Execute the analysis notebooks on a results table and render the static site."""
+    from bobkit.report import build_report
+
+    index = build_report(Path(args.results) if args.results else None, Path(args.out), runs_dir=Path(args.runs_dir))
+    print(f"report: {index}")
+    return 0
+
+
+def _build_and_print(runs_dir: str, results: str) -> None:
+    from bobkit.results import build_results, leaderboard, write_results
+
+    table = build_results(runs_dir)
+    path = write_results(table, results)
+    print(f"results: {path} ({len(table)} rows, {table['run_key'].nunique()} runs)")
+    for task, rows in table.groupby("task"):
+        metric = _headline_metric(rows)
+        board = leaderboard(rows, metric)
+        if not board.empty:
+            print(f"\nleaderboard: {task} ({metric}, mean over seeds)")
+            _print_table(board.round(3).reset_index())
+
+
+def _headline_metric(rows: pd.DataFrame) -> str:
+    for metric in ("top1", "mrr", "map", "box_ap", "mca", "acc_clean", "ece"):
+        if (rows["metric"] == metric).any():
+            return metric
+    return str(rows["metric"].iloc[0])
+
+
+def _print_table(table: pd.DataFrame) -> None:
+    with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 200,
+                           "display.max_colwidth", 40):
+        print(table.to_string(index=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``bob``."""
+    parser = argparse.ArgumentParser(prog="bob", description="bob-workbook: which pretrained backbone should I use?")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("backbones", help="list the backbone registry")
+    p.add_argument("--offline", action="store_true", help="only backbones whose weights are available offline")
+    p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("data", help="list datasets and reference tables and whether they are present")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("validate", help="expand grid files without running them")
+    p.add_argument("params", nargs="+")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("run", help="run a grid of cells with papermill")
+    p.add_argument("params")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--results", default="results/results.parquet")
+    p.add_argument("--backend", choices=["local", "slurm"], default="local")
+    p.add_argument("--cluster", default=None, help="submitit cluster for --backend slurm (slurm | local | debug)")
+    p.add_argument("--workers", type=int, default=1, help="concurrent papermill processes (local backend)")
+    p.add_argument("--only-failed", action="store_true", help="re-run only the cells whose sidecar says failed")
+    p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+    p.add_argument("--build", action="store_true", help="build the results table afterwards")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their run keys, run nothing")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a cell failed")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("build", help="merge sidecars into results/results.parquet")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--results", default="results/results.parquet")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("status", help="done / failed / running / pending cells of a grid")
+    p.add_argument("params")
+    p.add_argument("--runs-dir", default="runs")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="render the analysis notebooks into a static site")
+    p.add_argument("--results", default=None, help="results table (default: results/results.parquet if present)")
+    p.add_argument("--out", default="site")
+    p.add_argument("--runs-dir", default="runs")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``bob`` console command; bad input exits 2 with a one-line message."""
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"bob {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

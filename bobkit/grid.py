@@ -1,0 +1,181 @@
+"""Grid files: YAML that expands into cells, each with a stable run key.
+
+A grid file::
+
+    name: demo
+    defaults: {image_size: 64}          # applied to every cell whose task has the parameter
+    resources: {timeout_min: 30}        # runner / Slurm resources (overridable per block)
+    grid:
+      - task: classification
+        backbone: [a, b]                # a list is an axis: cartesian product
+        dataset: fashion_mnist          # a scalar is fixed
+        setting:                        # a list of dicts, each merged into the cell
+          - {protocol: linear_probe}
+          - {protocol: finetune, epochs: 1}
+        seed: [0, 1]
+
+Everything is validated before anything runs: unknown tasks, parameters, backbones and datasets raise
+:class:`GridError` naming the value and the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import bobkit
+from bobkit.tasks import get_task, task_names
+
+# Parameters that change where/how fast a cell runs, not its result: left out of the run key so a batch resumes
+# on another machine.
+EXECUTION_PARAMS = frozenset({"device", "num_threads"})
+RESOURCE_KEYS = frozenset({"timeout_min", "gpus", "cpus", "mem_gb", "partition", "slurm_array_parallelism"})
+DEFAULT_RESOURCES: dict[str, Any] = {"timeout_min": 60, "gpus": 0, "cpus": 2, "mem_gb": 16}
+
+
+class GridError(ValueError):
+    """A grid file that cannot be expanded; the message names the bad value and the file."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run: a task with its full canonical parameters."""
+
+    task: str
+    params: dict[str, Any]
+    run_key: str
+    resources: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def label(self) -> str:
+        """Short description for progress bars and status tables."""
+        p = self.params
+        keys = ("backbone", "dataset", "protocol")
+        if not any(k in p for k in keys):  # no backbone/dataset: show the parameters themselves
+            return f"{self.task} " + " ".join(f"{k}={v}" for k, v in p.items())
+        bits = [self.task, *(p.get(k) for k in keys), f"seed{p.get('seed', 0)}"]
+        return " ".join(str(b) for b in bits if b is not None)
+
+
+def code_version(task: str) -> str:
+    """The code version that goes into a run key: bobkit's version plus the task module's ``VERSION``."""
+    return f"{bobkit.__version__}+{task}.{getattr(get_task(task), 'VERSION', '0')}"
+
+
+def run_key(task: str, params: dict[str, Any]) -> str:
+    """Stable 16-hex-digit hash of the task, its result-relevant parameters and the code version."""
+    relevant = {k: v for k, v in params.items() if k not in EXECUTION_PARAMS}
+    blob = json.dumps({"task": task, "params": relevant, "code": code_version(task)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def make_cell(task: str, overrides: dict[str, Any], resources: dict[str, Any] | None = None, source: str = "") -> Cell:
+    """Validate ``overrides`` against the task's parameters and build the cell with its run key."""
+    module = get_task(task)
+    params = {**module.PARAMETERS, **overrides}
+    params.pop("output_dir", None)
+    _validate(task, module, params, overrides, source)
+    return Cell(task, params, run_key(task, params), {**DEFAULT_RESOURCES, **(resources or {})}, source)
+
+
+def load_grid(path: str | Path) -> list[Cell]:
+    """Read a grid file and expand it into validated cells (duplicates removed, order kept)."""
+    path = Path(path)
+    if not path.exists():
+        raise GridError(f"params file {str(path)!r} does not exist")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise GridError(f"{path}: not valid YAML: {exc}") from exc
+    return expand_grid(spec, source=str(path))
+
+
+def expand_grid(spec: Any, source: str = "<grid>") -> list[Cell]:
+    """Expand a parsed grid spec into cells; see the module docstring for the format."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("grid"), list) or not spec["grid"]:
+        raise GridError(f"{source}: expected a mapping with a non-empty 'grid' list")
+    unknown_top = set(spec) - {"name", "description", "defaults", "resources", "grid"}
+    if unknown_top:
+        raise GridError(f"{source}: unknown top-level key(s) {sorted(unknown_top)}")
+    defaults = spec.get("defaults") or {}
+    resources = spec.get("resources") or {}
+    _check_resources(resources, source)
+    cells: dict[str, Cell] = {}
+    for index, block in enumerate(spec["grid"]):
+        where = f"{source}: grid[{index}]"
+        for cell in _expand_block(block, defaults, resources, where):
+            cells.setdefault(cell.run_key, cell)
+    return list(cells.values())
+
+
+def _expand_block(block: Any, defaults: dict[str, Any], resources: dict[str, Any], where: str) -> list[Cell]:
+    if not isinstance(block, dict) or "task" not in block:
+        raise GridError(f"{where}: each grid block needs a 'task'")
+    task = block["task"]
+    if task not in task_names():
+        close = difflib.get_close_matches(str(task), task_names(), n=3)
+        raise GridError(f"{where}: unknown task {task!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+    module = get_task(task)
+    block_resources = {**resources, **(block.get("resources") or {})}
+    _check_resources(block_resources, where)
+    settings = block.get("setting") or [{}]
+    if not isinstance(settings, list) or not all(isinstance(s, dict) for s in settings):
+        raise GridError(f"{where}: 'setting' must be a list of mappings")
+    axes = {k: v for k, v in block.items() if k not in {"task", "setting", "resources"}}
+    base = {k: v for k, v in defaults.items() if k in module.PARAMETERS}
+    names = list(axes)
+    values = [v if isinstance(v, list) else [v] for v in axes.values()]
+    cells = []
+    for combo in itertools.product(*values):
+        for setting in settings:
+            overrides = {**base, **dict(zip(names, combo)), **setting}
+            cells.append(make_cell(task, overrides, block_resources, where))
+    return cells
+
+
+def _validate(task: str, module: Any, params: dict[str, Any], overrides: dict[str, Any], where: str) -> None:
+    """Reject unknown parameter names, backbones and datasets before anything runs."""
+    for key in overrides:
+        if key not in module.PARAMETERS and key != "output_dir":
+            close = difflib.get_close_matches(key, list(module.PARAMETERS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise GridError(f"{where}: task {task!r} has no parameter {key!r}{hint}")
+    if "backbone" in params:
+        from bobkit.backbones import get_backbone
+
+        try:
+            get_backbone(params["backbone"])
+        except ValueError as exc:
+            raise GridError(f"{where}: {exc}") from exc
+    if "dataset" in params:
+        known = _known_datasets(module)
+        if params["dataset"] not in known:
+            close = difflib.get_close_matches(str(params["dataset"]), known, n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise GridError(f"{where}: unknown dataset {params['dataset']!r} for task {task!r}{hint}")
+    validate = getattr(module, "validate_params", None)
+    if validate is not None:
+        try:
+            validate(params)
+        except (ValueError, TypeError) as exc:
+            raise GridError(f"{where}: {exc}") from exc
+
+
+def _known_datasets(module: Any) -> list[str]:
+    from bobkit.data import dataset_names
+
+    return sorted(set(dataset_names()) | set(getattr(module, "DATASETS", ())))
+
+
+def _check_resources(resources: dict[str, Any], where: str) -> None:
+    unknown = set(resources) - RESOURCE_KEYS
+    if unknown:
+        raise GridError(f"{where}: unknown resource key(s) {sorted(unknown)}; known: {sorted(RESOURCE_KEYS)}")

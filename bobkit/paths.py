@@ -1,0 +1,32 @@
+"""Where bobkit keeps caches and where the shipped project files live."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def repo_root() -> Path:
+    """The project checkout holding ``data_manifest.yaml``, ``notebooks/`` and ``params/``."""
+    return Path(__file__).resolve().parent.parent
+
+
+def cache_dir() -> Path:
+    """Root of all caches: ``$BOB_CACHE_DIR`` or ``~/.cache/bobkit``."""
+    root = os.environ.get("BOB_CACHE_DIR") or Path.home() / ".cache" / "bobkit"
+    return Path(root).expanduser()
+
+
+def weights_cache_dir() -> Path:
+    """Converted checkpoints (packaged weights mapped to timm names)."""
+    return cache_dir() / "weights"
+
+
+def feature_cache_dir() -> Path:
+    """Frozen features keyed by backbone, weights, dataset, split and transform."""
+    return cache_dir() / "features"
+
+
+def data_cache_dir() -> Path:
+    """Downloaded or converted datasets."""
+    return cache_dir() / "data"

@@ -1,0 +1,40 @@
+"""Task registry: one module per task family, each exposing ``VERSION``, ``PARAMETERS`` and ``run(**params)``."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+from types import ModuleType
+
+TASKS: dict[str, str] = {
+    "classification": "bobkit.tasks.classification",
+    "retrieval": "bobkit.tasks.retrieval",
+    "ood": "bobkit.tasks.ood",
+    "detection": "bobkit.tasks.detection",
+    "robustness": "bobkit.tasks.robustness",
+    "smoke": "bobkit.tasks.smoke",
+}
+
+
+class UnknownTaskError(ValueError):
+    """A task name that is not in :data:`TASKS`."""
+
+
+def task_names() -> list[str]:
+    """Names of the tasks whose module is importable."""
+    return [name for name in TASKS if importlib.util.find_spec(TASKS[name]) is not None]
+
+
+def get_task(name: str) -> ModuleType:
+    """Import the task module registered under ``name``."""
+    if name not in task_names():
+        close = difflib.get_close_matches(str(name), task_names(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known tasks: {', '.join(task_names())}"
+        raise UnknownTaskError(f"unknown task {name!r}{hint}")
+    return importlib.import_module(TASKS[name])
+
+
+def notebook_path(name: str) -> str:
+    """Relative path of the task's notebook inside the project."""
+    return f"notebooks/tasks/{name}.ipynb"
