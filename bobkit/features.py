@@ -125,7 +125,7 @@ def extract_features(
         model = backbones.create_model(backbone, num_classes=0, image_size=image_size, seed=seed)
     model = model.eval().to(torch_device)
     config = backbones.data_config(backbone, image_size=image_size)
-    features = forward_batches(model, ds.images, config, image_size, batch_size, torch_device)
+    features = forward_batches(model, ds, config, image_size, batch_size, torch_device)
     features = features.astype(_DTYPES[dtype], copy=False)
     labels = np.asarray(ds.labels, dtype=np.int64)
     if cache:
@@ -133,19 +133,31 @@ def extract_features(
     return FeatureSet(features, labels, False, time.perf_counter() - start, key)
 
 
+def take_batch(source: Any, indices: np.ndarray | slice) -> np.ndarray:
+    """uint8 images at ``indices`` from an in-memory array or an :class:`~bobkit.data.ImageDataset`.
+
+    File-backed datasets decode only the requested items, so a 60k-image dataset is never held in memory at once.
+    """
+    if isinstance(source, np.ndarray):
+        return source[indices]
+    if isinstance(indices, slice):
+        indices = np.arange(len(source))[indices]
+    return source.batch(indices)
+
+
 def forward_batches(
     model: torch.nn.Module,
-    images: np.ndarray,
+    source: Any,
     data_config: dict[str, Any],
     image_size: int,
     batch_size: int,
     device: torch.device,
 ) -> np.ndarray:
-    """Run ``model`` over uint8 ``images`` in batches; the outputs stay on the device until the end (no per-batch sync)."""
+    """Run ``model`` over uint8 images (array or dataset) in batches; outputs stay on the device until the end."""
     outputs: list[torch.Tensor] = []
     with torch.inference_mode():
-        for lo in range(0, len(images), batch_size):
-            batch = to_tensor_batch(images[lo : lo + batch_size], data_config, image_size)
+        for lo in range(0, len(source), batch_size):
+            batch = to_tensor_batch(take_batch(source, slice(lo, lo + batch_size)), data_config, image_size)
             outputs.append(model(batch.to(device, non_blocking=True)).float())
     if not outputs:
         return np.zeros((0, 0), dtype=np.float32)

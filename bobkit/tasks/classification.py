@@ -19,12 +19,14 @@ from sklearn.metrics import f1_score
 
 from bobkit import backbones
 from bobkit.data import get_dataset
+from bobkit.data.datasets import low_shot_indices
 from bobkit.data.transforms import to_tensor_batch
 from bobkit.device import resolve_device, set_threads
-from bobkit.features import extract_features, forward_batches
+from bobkit.features import extract_features, forward_batches, take_batch
 
 VERSION = "1"
 PROTOCOLS = ("linear_probe", "finetune")
+PROBE_SOLVERS = ("lbfgs", "sgd")
 
 PARAMETERS: dict[str, Any] = {
     "backbone": "mobilenetv2_100.packaged_tv_in1k",
@@ -35,8 +37,11 @@ PARAMETERS: dict[str, Any] = {
     "max_test": 1000,
     "label_fraction": None,
     "shots_per_class": None,
+    "probe_solver": "lbfgs",
     "probe_l2": 1e-3,
     "probe_max_iter": 100,
+    "probe_epochs": 90,
+    "probe_lr": 0.1,
     "epochs": 1,
     "lr": 1e-3,
     "weight_decay": 0.05,
@@ -120,6 +125,50 @@ def fit_linear_probe(
     return LinearProbe(mean, std, weight.detach(), bias.detach())
 
 
+def fit_sgd_probe(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int | None = None,
+    l2: float = 1e-3,
+    epochs: int = 90,
+    lr: float = 0.1,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str = "cpu",
+) -> LinearProbe:
+    """The paper's epoch-based probe: mini-batch SGD (momentum 0.9, cosine lr) on standardised features.
+
+    Same objective as :func:`fit_linear_probe` (mean cross-entropy + ``0.5 * l2 * ||W||^2``), solved the slow way;
+    kept for comparison with the paper's recipe and for features too large for full-batch L-BFGS.
+    """
+    dev = resolve_device(device)
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=dev)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=dev)
+    n_classes = int(num_classes or int(y.max()) + 1)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    xs = (x - mean) / std
+    layer = torch.nn.Linear(x.shape[1], n_classes).to(dev)
+    torch.nn.init.zeros_(layer.weight)
+    torch.nn.init.zeros_(layer.bias)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=lr, momentum=0.9)
+    steps = epochs * max(1, math.ceil(len(xs) / batch_size))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(xs), generator=generator).to(dev)
+        for lo in range(0, len(xs), batch_size):
+            idx = order[lo : lo + batch_size]
+            loss = F.cross_entropy(layer(xs[idx]), y[idx]) + 0.5 * l2 * layer.weight.pow(2).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"SGD probe loss is {loss.item()} (lr={lr}, l2={l2})")
+    return LinearProbe(mean, std, layer.weight.detach(), layer.bias.detach())
+
+
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Top-1 (and top-5 when there are more than 5 classes), macro-F1 and NLL (nats) from logits."""
     logits_t = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
@@ -138,29 +187,17 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
     return metrics
 
 
-def low_shot_indices(
-    labels: np.ndarray, *, fraction: float | None = None, per_class: int | None = None, seed: int = 0
-) -> np.ndarray:
-    """Class-stratified subset of label indices: a ``fraction`` of each class or ``per_class`` examples each.
-
-    Every class keeps at least one example. Returns sorted indices; all of them when neither is given.
-    """
-    labels = np.asarray(labels)
-    if fraction is None and per_class is None:
-        return np.arange(len(labels))
-    if fraction is not None and per_class is not None:
-        raise ValueError("give label_fraction or shots_per_class, not both")
-    if fraction is not None and not 0 < fraction <= 1:
-        raise ValueError(f"label_fraction={fraction!r} must be in (0, 1]")
-    if per_class is not None and per_class < 1:
-        raise ValueError(f"shots_per_class={per_class!r} must be >= 1")
-    rng = np.random.default_rng(seed)
-    keep: list[np.ndarray] = []
-    for cls in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        n = per_class if per_class is not None else max(1, round(fraction * len(idx)))
-        keep.append(idx[: min(n, len(idx))])
-    return np.sort(np.concatenate(keep))
+def validate_params(params: dict[str, Any]) -> None:
+    """Reject bad values before anything runs (also called by the grid on every cell)."""
+    if params["protocol"] not in PROTOCOLS:
+        raise ValueError(f"protocol={params['protocol']!r} is not one of {PROTOCOLS}")
+    if params["probe_solver"] not in PROBE_SOLVERS:
+        raise ValueError(f"probe_solver={params['probe_solver']!r} is not one of {PROBE_SOLVERS}")
+    for name in ("image_size", "batch_size"):
+        if not isinstance(params[name], int) or params[name] < 1:
+            raise ValueError(f"{name}={params[name]!r} must be a positive integer")
+    if params["label_fraction"] is not None and not 0 < params["label_fraction"] <= 1:
+        raise ValueError(f"label_fraction={params['label_fraction']!r} must be in (0, 1]")
 
 
 def run(**params: Any) -> dict[str, float]:
@@ -169,8 +206,7 @@ def run(**params: Any) -> dict[str, float]:
     unknown = set(params) - set(PARAMETERS)
     if unknown:
         raise TypeError(f"unknown classification parameter(s): {', '.join(sorted(unknown))}")
-    if p["protocol"] not in PROTOCOLS:
-        raise ValueError(f"protocol={p['protocol']!r} is not one of {PROTOCOLS}")
+    validate_params(p)
     threads = set_threads(p["num_threads"])
     torch.manual_seed(p["seed"])
     if p["protocol"] == "linear_probe":
@@ -191,10 +227,16 @@ def _run_linear_probe(p: dict[str, Any]) -> dict[str, float]:
     keep = low_shot_indices(train.labels, fraction=p["label_fraction"], per_class=p["shots_per_class"], seed=p["seed"])
     n_classes = len(get_dataset(p["dataset"], "train").classes)
     t1 = time.perf_counter()
-    probe = fit_linear_probe(
-        train.features[keep], train.labels[keep], num_classes=n_classes,
-        l2=p["probe_l2"], max_iter=p["probe_max_iter"], device=p["device"],
-    )
+    if p["probe_solver"] == "sgd":
+        probe = fit_sgd_probe(
+            train.features[keep], train.labels[keep], num_classes=n_classes, l2=p["probe_l2"],
+            epochs=p["probe_epochs"], lr=p["probe_lr"], seed=p["seed"], device=p["device"],
+        )
+    else:
+        probe = fit_linear_probe(
+            train.features[keep], train.labels[keep], num_classes=n_classes,
+            l2=p["probe_l2"], max_iter=p["probe_max_iter"], device=p["device"],
+        )
     train_seconds = time.perf_counter() - t1
     t2 = time.perf_counter()
     metrics = classification_metrics(probe.logits(test.features), test.labels)
@@ -218,14 +260,15 @@ def _run_finetune(p: dict[str, Any]) -> dict[str, float]:
     model = model.to(device)
     load_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
+    train = train_ds if len(keep) == len(train_ds) else train_ds.subset(keep, "low_shot")
     finetune(
-        model, train_ds.images[keep], train_ds.labels[keep], config, image_size=p["image_size"],
+        model, train, train.labels, config, image_size=p["image_size"],
         epochs=p["epochs"], lr=p["lr"], weight_decay=p["weight_decay"], layer_decay=p["layer_decay"],
         warmup_epochs=p["warmup_epochs"], batch_size=p["batch_size"], seed=p["seed"], device=device,
     )
     train_seconds = time.perf_counter() - t1
     t2 = time.perf_counter()
-    logits = forward_batches(model.eval(), test_ds.images, config, p["image_size"], p["batch_size"], device)
+    logits = forward_batches(model.eval(), test_ds, config, p["image_size"], p["batch_size"], device)
     metrics = classification_metrics(logits, test_ds.labels)
     metrics.update(
         n_train=float(len(keep)), n_test=float(len(test_ds.labels)), load_seconds=load_seconds,
@@ -236,7 +279,7 @@ def _run_finetune(p: dict[str, Any]) -> dict[str, float]:
 
 def finetune(
     model: torch.nn.Module,
-    images: np.ndarray,
+    images: Any,
     labels: np.ndarray,
     data_config: dict[str, Any],
     *,
@@ -251,6 +294,8 @@ def finetune(
     device: torch.device,
 ) -> list[float]:
     """Train ``model`` end to end with AdamW, linear warm-up and cosine decay; return the per-step losses.
+
+    ``images`` is a uint8 array or an :class:`~bobkit.data.ImageDataset` aligned with ``labels``.
 
     Raises ``FloatingPointError`` on a non-finite loss (a failed run, never a metric).
     """
@@ -274,7 +319,7 @@ def finetune(
             if step >= total:
                 break
             idx = np.sort(order[lo : lo + batch_size])
-            x = to_tensor_batch(images[idx], data_config, image_size).to(device, non_blocking=True)
+            x = to_tensor_batch(take_batch(images, idx), data_config, image_size).to(device, non_blocking=True)
             loss = F.cross_entropy(model(x), labels_t[idx].to(device))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite fine-tuning loss {loss.item()} at step {step} (lr={lr})")

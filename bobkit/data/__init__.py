@@ -1,0 +1,56 @@
+"""Data: the manifest (sources, checksums, licences), dataset builders and preprocessing.
+
+Public API
+----------
+- manifest: :func:`load_manifest`, :class:`Manifest`, :func:`resolve`, :func:`resolve_dir`, :func:`download`,
+  :func:`status`, :func:`data_dirs`
+- datasets: :func:`get_dataset`, :class:`ImageDataset`, :func:`low_shot`, :func:`stratified_indices`,
+  :func:`dataset_names`, :func:`dataset_info`, :data:`DATASETS`
+- errors: :class:`UnknownDatasetError`, :class:`UnknownSplitError`, :class:`MissingDataError`,
+  :class:`ChecksumError`, :class:`ManifestError`
+- preprocessing lives in :mod:`bobkit.data.transforms` (imports torch / torchvision on use).
+"""
+
+from bobkit.data.datasets import (
+    DATASETS,
+    DEFAULT_STORAGE_SIZE,
+    DatasetInfo,
+    ImageDataset,
+    clear_cache,
+    dataset_info,
+    dataset_names,
+    datasets_frame,
+    get_dataset,
+    low_shot,
+    stratified_indices,
+)
+from bobkit.data.errors import (
+    ChecksumError,
+    DataError,
+    ManifestError,
+    MissingDataError,
+    UnknownDatasetError,
+    UnknownSplitError,
+)
+from bobkit.data.manifest import (
+    Entry,
+    FileSpec,
+    Manifest,
+    copy_into_data_dir,
+    data_dirs,
+    default_manifest_path,
+    download,
+    file_sha256,
+    load_manifest,
+    resolve,
+    resolve_dir,
+    status,
+)
+
+__all__ = [
+    "DATASETS", "DEFAULT_STORAGE_SIZE", "DatasetInfo", "ImageDataset", "clear_cache", "dataset_info",
+    "dataset_names", "datasets_frame", "get_dataset", "low_shot", "stratified_indices",
+    "ChecksumError", "DataError", "ManifestError", "MissingDataError", "UnknownDatasetError", "UnknownSplitError",
+    "Entry", "FileSpec", "Manifest", "copy_into_data_dir", "data_dirs", "default_manifest_path", "download",
+    "file_sha256", "load_manifest", "resolve", "resolve_dir", "status",
+]

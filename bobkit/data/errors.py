@@ -1,0 +1,55 @@
+"""Exceptions raised by :mod:`bobkit.data`.
+
+Every message names the thing that went wrong (the file, the entry, the value) and says what to do next.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class DataError(Exception):
+    """Base class of all bobkit.data errors."""
+
+
+class ManifestError(DataError, ValueError):
+    """The manifest file is malformed (names the bad entry and field)."""
+
+
+class UnknownDatasetError(DataError, ValueError):
+    """A dataset / manifest entry name that does not exist (names it and close matches)."""
+
+    def __init__(self, name: str, known: Iterable[str], what: str = "dataset") -> None:
+        known = sorted(known)
+        close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        super().__init__(f"unknown {what} {name!r}.{hint} Known: {', '.join(known)}")
+        self.name = name
+        self.close_matches = close
+
+
+class UnknownSplitError(DataError, ValueError):
+    """A split the dataset does not have (names the split and the valid ones)."""
+
+    def __init__(self, dataset: str, split: str, splits: Iterable[str]) -> None:
+        splits = list(splits)
+        super().__init__(f"dataset {dataset!r} has no split {split!r}; valid splits: {', '.join(splits)}")
+        self.dataset, self.split, self.splits = dataset, split, splits
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A data file or folder is not present anywhere bobkit looks for it."""
+
+
+class ChecksumError(DataError, ValueError):
+    """A data file's hash differs from the manifest (names the file, expected and actual hash)."""
+
+    def __init__(self, path: str, expected: Iterable[str], actual: str, algorithm: str = "sha256") -> None:
+        expected = list(expected)
+        exp = expected[0] if len(expected) == 1 else " or ".join(expected)
+        super().__init__(
+            f"{algorithm} mismatch for {path}: expected {exp}, got {actual}. The file is corrupt, truncated or a "
+            f"different version: delete it and download it again (bobkit.data.download)."
+        )
+        self.path, self.expected, self.actual, self.algorithm = path, expected, actual, algorithm

@@ -1,0 +1,734 @@
+"""The data manifest: what each dataset / table / weight file is, where it comes from, and how to verify it.
+
+``data_manifest.yaml`` (repo root) lists every entry with a public URL, sha256, size, licence and layout.
+:func:`resolve` turns an entry name into a verified local path, searching in order
+
+1. every directory in ``$BOB_DATA_DIR`` (several may be given, separated by ``os.pathsep``),
+2. :func:`bobkit.paths.data_cache_dir` (where :func:`download` writes),
+3. the entry's known offline locations (Debian paths, files inside installed Python packages).
+
+Verified hashes are remembered per (path, size, mtime) in a small JSON file so large files are hashed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from bobkit import paths
+from bobkit.data.errors import ChecksumError, ManifestError, MissingDataError, UnknownDatasetError
+
+__all__ = [
+    "KINDS",
+    "DOWNLOAD_MODES",
+    "FileSpec",
+    "Entry",
+    "Manifest",
+    "default_manifest_path",
+    "load_manifest",
+    "data_dirs",
+    "resolve",
+    "resolve_dir",
+    "download",
+    "status",
+    "file_sha256",
+]
+
+KINDS = ("dataset", "reference_table", "weights")
+DOWNLOAD_MODES = ("direct", "manual", "bundled", "package")
+REQUIRED_FIELDS = ("name", "kind", "tasks", "description", "url", "licence", "layout", "download", "size_bytes")
+REQUIRED_FILE_FIELDS = ("filename", "url", "sha256", "size_bytes")
+_CHUNK = 1 << 20
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One file of an entry.
+
+    Attributes
+    ----------
+    filename : str
+        Path relative to a data directory (e.g. ``fashion-mnist/train-images-idx3-ubyte.gz``).
+    url : str or None
+        Where to download it from.
+    sha256 : str or None
+        Hash of the file at ``url``; None when nobody recorded one we could check.
+    size_bytes : int or None
+        Size of the file at ``url``.
+    md5 : str or None
+        Upstream-published md5, used only when ``sha256`` is None.
+    alternates : tuple of dict
+        Other accepted copies (``{sha256, size_bytes, source}``), e.g. a Debian repack.
+    offline : tuple of dict
+        Known locations outside the data directories: ``{path}`` or ``{package, path}``.
+    """
+
+    filename: str
+    url: str | None
+    sha256: str | None
+    size_bytes: int | None
+    md5: str | None = None
+    alternates: tuple[dict, ...] = ()
+    offline: tuple[dict, ...] = ()
+
+    @property
+    def accepted_sha256(self) -> list[str]:
+        """The primary hash and every alternate copy's hash (lower case)."""
+        out = [self.sha256] if self.sha256 else []
+        out += [a["sha256"] for a in self.alternates if a.get("sha256")]
+        return [h.lower() for h in out]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One manifest entry (a dataset, a reference table or a weight file)."""
+
+    name: str
+    kind: str
+    tasks: tuple[str, ...]
+    description: str
+    url: str
+    licence: str
+    layout: str
+    download: str
+    size_bytes: int | None
+    files: tuple[FileSpec, ...]
+    root: str | None = None
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def filename(self) -> str | None:
+        """The single file's relative path, or None for multi-file / folder entries."""
+        return self.files[0].filename if len(self.files) == 1 else None
+
+    def file(self, filename: str | None = None) -> FileSpec:
+        """Look up one of the entry's files by relative path or base name.
+
+        Parameters
+        ----------
+        filename : str, optional
+            Needed only when the entry has several files.
+        """
+        if filename is None:
+            if len(self.files) == 1:
+                return self.files[0]
+            raise ValueError(
+                f"manifest entry {self.name!r} has {len(self.files)} files; pass filename= one of "
+                f"{[f.filename for f in self.files]}"
+            )
+        for f in self.files:
+            if filename in (f.filename, Path(f.filename).name):
+                return f
+        raise ValueError(
+            f"manifest entry {self.name!r} has no file {filename!r}; files: {[f.filename for f in self.files]}"
+        )
+
+
+def _as_tuple_of_dicts(value: Any, where: str) -> tuple[dict, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ManifestError(f"{where}: expected a list of mappings, got {value!r}")
+    return tuple(dict(v) for v in value)
+
+
+def _file_spec(raw: dict, where: str) -> FileSpec:
+    missing = [k for k in REQUIRED_FILE_FIELDS if k not in raw]
+    if missing:
+        raise ManifestError(f"{where}: missing field(s) {', '.join(missing)} (use null for unknown values)")
+    sha = raw["sha256"]
+    if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
+        raise ManifestError(f"{where}: sha256 must be 64 hex characters or null, got {sha!r}")
+    for alt in raw.get("alternates") or []:
+        if not isinstance(alt, dict) or not isinstance(alt.get("sha256"), str) or len(alt["sha256"]) != 64:
+            raise ManifestError(f"{where}: every alternate needs a 64-character sha256, got {alt!r}")
+    offline = _as_tuple_of_dicts(raw.get("offline"), f"{where}.offline")
+    for loc in offline:
+        if "path" not in loc:
+            raise ManifestError(f"{where}.offline: every location needs 'path' (and optional 'package'): {loc!r}")
+    return FileSpec(
+        filename=str(raw["filename"]),
+        url=raw["url"],
+        sha256=sha.lower() if sha else None,
+        size_bytes=raw["size_bytes"],
+        md5=raw.get("md5"),
+        alternates=_as_tuple_of_dicts(raw.get("alternates"), f"{where}.alternates"),
+        offline=offline,
+    )
+
+
+def _entry(raw: Any, index: int) -> Entry:
+    if not isinstance(raw, dict):
+        raise ManifestError(f"manifest entry #{index}: expected a mapping, got {type(raw).__name__}")
+    label = f"manifest entry {raw.get('name', f'#{index}')!r}"
+    missing = [k for k in REQUIRED_FIELDS if k not in raw or (raw[k] in (None, "", []) and k != "size_bytes")]
+    if missing:
+        raise ManifestError(f"{label}: missing required field(s) {', '.join(missing)}")
+    if raw["kind"] not in KINDS:
+        raise ManifestError(f"{label}: kind must be one of {KINDS}, got {raw['kind']!r}")
+    if raw["download"] not in DOWNLOAD_MODES:
+        raise ManifestError(f"{label}: download must be one of {DOWNLOAD_MODES}, got {raw['download']!r}")
+    tasks = raw["tasks"]
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    if "files" in raw and "filename" in raw:
+        raise ManifestError(f"{label}: give either 'filename' (one file) or 'files' (a list), not both")
+    if "files" in raw:
+        if not isinstance(raw["files"], list) or not raw["files"]:
+            raise ManifestError(f"{label}: 'files' must be a non-empty list")
+        files = tuple(_file_spec(f, f"{label} files[{i}]") for i, f in enumerate(raw["files"]))
+    elif "filename" in raw:
+        if "sha256" not in raw:
+            raise ManifestError(f"{label}: single-file entries need 'sha256' (null when unknown)")
+        single = {
+            "filename": raw["filename"],
+            "url": raw["url"],
+            "sha256": raw["sha256"],
+            "size_bytes": raw["size_bytes"],
+            "md5": raw.get("md5"),
+            "alternates": raw.get("alternates"),
+            "offline": raw.get("offline"),
+        }
+        files = (_file_spec(single, label),)
+    else:
+        # A folder-only entry (manual download, no single archive): it must say where the folder goes.
+        if not raw.get("root"):
+            raise ManifestError(f"{label}: needs 'filename', 'files' or 'root'")
+        if "sha256" not in raw:
+            raise ManifestError(f"{label}: needs 'sha256' (null when unknown)")
+        files = ()
+    return Entry(
+        name=str(raw["name"]),
+        kind=raw["kind"],
+        tasks=tuple(tasks),
+        description=" ".join(str(raw["description"]).split()),
+        url=str(raw["url"]),
+        licence=str(raw["licence"]),
+        layout=str(raw["layout"]),
+        download=raw["download"],
+        size_bytes=raw["size_bytes"],
+        files=files,
+        root=raw.get("root"),
+        raw=dict(raw),
+    )
+
+
+class Manifest:
+    """The parsed, validated manifest.
+
+    Parameters
+    ----------
+    entries : iterable of Entry
+    path : Path, optional
+        The YAML file it was read from (for messages).
+    """
+
+    def __init__(self, entries: Iterable[Entry], path: Path | None = None) -> None:
+        self.path = path
+        self.entries: dict[str, Entry] = {}
+        for e in entries:
+            if e.name in self.entries:
+                raise ManifestError(f"manifest entry {e.name!r} appears twice in {path}")
+            self.entries[e.name] = e
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.entries
+
+    def __iter__(self):
+        return iter(self.entries.values())
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def names(self, kind: str | None = None) -> list[str]:
+        """Entry names, optionally only those of one ``kind``."""
+        return [n for n, e in self.entries.items() if kind is None or e.kind == kind]
+
+    def entry(self, name: str) -> Entry:
+        """The entry called ``name``; raises :class:`UnknownDatasetError` naming it and close matches."""
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise UnknownDatasetError(name, self.entries, what="manifest entry") from None
+
+    # The work is done by module functions so both APIs share one implementation.
+    def resolve(self, name: str, filename: str | None = None, *, verify: bool = True) -> Path:
+        """See :func:`resolve`."""
+        return resolve(name, filename, verify=verify, manifest=self)
+
+    def resolve_dir(self, name: str) -> Path:
+        """See :func:`resolve_dir`."""
+        return resolve_dir(name, manifest=self)
+
+    def download(self, name: str, filename: str | None = None, **kwargs: Any) -> list[Path]:
+        """See :func:`download`."""
+        return download(name, filename, manifest=self, **kwargs)
+
+    def status(self, **kwargs: Any):
+        """See :func:`status`."""
+        return status(manifest=self, **kwargs)
+
+
+def default_manifest_path() -> Path:
+    """``$BOB_DATA_MANIFEST`` if set, else ``data_manifest.yaml`` at the repository root."""
+    env = os.environ.get("BOB_DATA_MANIFEST")
+    return Path(env).expanduser() if env else paths.repo_root() / "data_manifest.yaml"
+
+
+@lru_cache(maxsize=8)
+def _load_cached(path: str, mtime_ns: int) -> Manifest:
+    with open(path, encoding="utf-8") as fh:
+        doc = yaml.safe_load(fh)
+    if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
+        raise ManifestError(f"{path}: expected a mapping with an 'entries' list")
+    return Manifest((_entry(raw, i) for i, raw in enumerate(doc["entries"])), path=Path(path))
+
+
+def load_manifest(path: str | os.PathLike | None = None) -> Manifest:
+    """Read and validate a manifest (``yaml.safe_load``).
+
+    Parameters
+    ----------
+    path : path-like, optional
+        Defaults to :func:`default_manifest_path`.
+
+    Returns
+    -------
+    Manifest
+
+    Raises
+    ------
+    ManifestError
+        Naming the bad entry and field.
+    MissingDataError
+        If the manifest file itself does not exist.
+    """
+    p = Path(path) if path is not None else default_manifest_path()
+    if not p.is_file():
+        raise MissingDataError(f"data manifest not found: {p}")
+    p = p.resolve()
+    return _load_cached(str(p), p.stat().st_mtime_ns)
+
+
+def _manifest(manifest: Manifest | None) -> Manifest:
+    return manifest if manifest is not None else load_manifest()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hashing with a small persistent cache
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _hash_cache_path() -> Path:
+    return paths.data_cache_dir() / "verified_hashes.json"
+
+
+def _read_hash_cache() -> dict[str, dict]:
+    try:
+        with open(_hash_cache_path(), encoding="utf-8") as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=0, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _hash_file(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike, algorithm: str = "sha256", *, use_cache: bool = True) -> str:
+    """Hash a file, remembering the result by (path, size, mtime) so a large file is hashed once.
+
+    Parameters
+    ----------
+    path : path-like
+    algorithm : {"sha256", "md5"}
+    use_cache : bool
+        Read and update the cache in ``data_cache_dir()/verified_hashes.json``.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    key = str(p)
+    if use_cache:
+        cache = _read_hash_cache()
+        rec = cache.get(key)
+        if rec and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns and algorithm in rec:
+            return rec[algorithm]
+    digest = _hash_file(p, algorithm)
+    if use_cache:
+        cache = _read_hash_cache()  # re-read: another process may have added entries meanwhile
+        rec = cache.get(key)
+        if not rec or rec.get("size") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
+            rec = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        rec[algorithm] = digest
+        cache[key] = rec
+        try:
+            _write_json_atomic(_hash_cache_path(), cache)
+        except OSError:
+            pass  # a read-only cache dir only costs re-hashing next time
+    return digest
+
+
+def _verify(path: Path, spec: FileSpec) -> bool:
+    """Check ``path`` against ``spec``; return False if it has no hash to check, raise on mismatch."""
+    accepted = spec.accepted_sha256
+    if accepted:
+        actual = file_sha256(path)
+        if actual not in accepted:
+            raise ChecksumError(str(path), accepted, actual)
+        return True
+    if spec.md5:
+        actual = file_sha256(path, "md5")
+        if actual != spec.md5.lower():
+            raise ChecksumError(str(path), [spec.md5.lower()], actual, algorithm="md5")
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Locating files
+# --------------------------------------------------------------------------------------------------------------
+
+
+def data_dirs() -> list[Path]:
+    """Directories searched for data, in order: ``$BOB_DATA_DIR`` entries, then the bobkit data cache."""
+    out = [Path(p).expanduser() for p in os.environ.get("BOB_DATA_DIR", "").split(os.pathsep) if p.strip()]
+    out.append(paths.data_cache_dir())
+    return out
+
+
+def _package_dir(package: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(spec.origin).parent if spec.origin else None
+
+
+def _offline_candidates(spec: FileSpec) -> list[Path]:
+    out = []
+    for loc in spec.offline:
+        if loc.get("package"):
+            base = _package_dir(loc["package"])
+            out.append((base / loc["path"]) if base else Path(f"<python package {loc['package']} not installed>"))
+        else:
+            out.append(Path(loc["path"]).expanduser())
+    return out
+
+
+def candidates(spec: FileSpec) -> list[Path]:
+    """Every place :func:`resolve` looks for ``spec``, in search order."""
+    return [d / spec.filename for d in data_dirs()] + _offline_candidates(spec)
+
+
+def _missing_message(entry: Entry, spec: FileSpec, searched: list[Path]) -> str:
+    where = "\n  ".join(str(p) for p in searched)
+    how = {
+        "direct": f"run bobkit.data.download({entry.name!r}) or download {spec.url}",
+        "manual": f"download it manually from {spec.url or entry.url} (see {entry.url})",
+        "bundled": f"it ships with the workbook's shared data; set BOB_DATA_DIR to the folder holding "
+        f"{spec.filename} (upstream: {entry.url})",
+        "package": f"install the Python package that ships it, or download {spec.url}",
+    }[entry.download]
+    return (
+        f"data file {spec.filename!r} of manifest entry {entry.name!r} not found. Searched:\n  {where}\n"
+        f"To get it: {how}, and put it at <data dir>/{spec.filename} (data dirs: $BOB_DATA_DIR, then "
+        f"{paths.data_cache_dir()})."
+    )
+
+
+def resolve(
+    name: str,
+    filename: str | None = None,
+    *,
+    verify: bool = True,
+    manifest: Manifest | None = None,
+) -> Path:
+    """Return the verified local path of a manifest entry's file.
+
+    Parameters
+    ----------
+    name : str
+        Manifest entry name, e.g. ``"timm_results_imagenet"``.
+    filename : str, optional
+        Which file, for multi-file entries (relative path or base name).
+    verify : bool
+        Check the sha256 (or md5 when only that is published). Hashes are cached by (path, size, mtime).
+    manifest : Manifest, optional
+        Defaults to :func:`load_manifest` ().
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    UnknownDatasetError
+        ``name`` is not in the manifest.
+    MissingDataError
+        Names the file, the places searched and the URL to download it from.
+    ChecksumError
+        Names the file, the expected and the actual hash.
+    """
+    entry = _manifest(manifest).entry(name)
+    if not entry.files:
+        raise MissingDataError(
+            f"manifest entry {name!r} is a folder dataset with no single file; use resolve_dir({name!r})"
+        )
+    spec = entry.file(filename)
+    searched = candidates(spec)
+    for path in searched:
+        if path.is_file():
+            if verify:
+                _verify(path, spec)
+            return path
+    raise MissingDataError(_missing_message(entry, spec, searched))
+
+
+def resolve_dir(name: str, *, manifest: Manifest | None = None) -> Path:
+    """Return the extracted folder (``root``) of a folder dataset, e.g. ``<data dir>/imagenet``.
+
+    Folders carry no checksum: the archives they were extracted from are verified by :func:`resolve` /
+    :func:`download`.
+
+    Raises
+    ------
+    MissingDataError
+        Naming the folder, the places searched, the expected layout and where to get the data.
+    """
+    entry = _manifest(manifest).entry(name)
+    if not entry.root:
+        raise ValueError(f"manifest entry {name!r} has no 'root' folder; use resolve({name!r})")
+    searched = [d / entry.root for d in data_dirs()]
+    for path in searched:
+        if path.is_dir():
+            return path
+    where = "\n  ".join(str(p) for p in searched)
+    files = ", ".join(f.url for f in entry.files if f.url) or entry.url
+    raise MissingDataError(
+        f"dataset folder {entry.root!r} of manifest entry {name!r} not found. Searched:\n  {where}\n"
+        f"Expected layout: {entry.layout}\nGet it from {entry.url} ({entry.download} download; files: {files}); "
+        f"licence: {entry.licence}."
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Download
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _fetch(url: str, dest: Path, spec: FileSpec, timeout: float) -> Path:
+    """Stream ``url`` into a temp file next to ``dest``, hash while writing, verify, then rename."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    sha, md5 = hashlib.sha256(), hashlib.md5()
+    try:
+        req = urllib.request.Request(url, headers={"User-Agent": "bobkit-data/1"})
+        with urllib.request.urlopen(req, timeout=timeout) as resp, os.fdopen(fd, "wb") as out:
+            while chunk := resp.read(_CHUNK):
+                out.write(chunk)
+                sha.update(chunk)
+                md5.update(chunk)
+        actual = sha.hexdigest()
+        if spec.accepted_sha256 and actual not in spec.accepted_sha256:
+            raise ChecksumError(f"{dest} (downloaded from {url})", spec.accepted_sha256, actual)
+        if not spec.accepted_sha256 and spec.md5 and md5.hexdigest() != spec.md5.lower():
+            raise ChecksumError(f"{dest} (downloaded from {url})", [spec.md5.lower()], md5.hexdigest(), "md5")
+        if not spec.accepted_sha256 and not spec.md5:
+            warnings.warn(
+                f"{spec.filename}: the manifest records no checksum; stored unverified (sha256 {actual})",
+                stacklevel=3,
+            )
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def download(
+    name: str,
+    filename: str | None = None,
+    *,
+    dest_dir: str | os.PathLike | None = None,
+    force: bool = False,
+    timeout: float = 60.0,
+    manifest: Manifest | None = None,
+) -> list[Path]:
+    """Download an entry's file(s) with urllib, verify the sha256 and move them into place atomically.
+
+    Parameters
+    ----------
+    name : str
+        Manifest entry name.
+    filename : str, optional
+        Only this file of a multi-file entry.
+    dest_dir : path-like, optional
+        Data directory to write into; defaults to :func:`bobkit.paths.data_cache_dir`. Files land at
+        ``dest_dir / spec.filename``.
+    force : bool
+        Download even if a verified copy is already there.
+    timeout : float
+        Socket timeout in seconds.
+
+    Returns
+    -------
+    list of Path
+        The verified local files.
+
+    Raises
+    ------
+    MissingDataError
+        The entry has no direct download (registration, licence click-through or bundled data).
+    ChecksumError
+        The downloaded bytes do not match; nothing is left behind.
+    """
+    entry = _manifest(manifest).entry(name)
+    if entry.download in ("manual", "bundled"):
+        raise MissingDataError(
+            f"manifest entry {name!r} cannot be downloaded automatically ({entry.download}): get it from "
+            f"{entry.url} and lay it out as {entry.layout} under $BOB_DATA_DIR. Licence: {entry.licence}."
+        )
+    base = Path(dest_dir) if dest_dir is not None else paths.data_cache_dir()
+    specs = [entry.file(filename)] if filename is not None else list(entry.files)
+    out = []
+    for spec in specs:
+        if not spec.url:
+            raise MissingDataError(f"{spec.filename} of manifest entry {name!r} has no URL; see {entry.url}")
+        dest = base / spec.filename
+        if dest.is_file() and not force:
+            try:
+                _verify(dest, spec)
+                out.append(dest)
+                continue
+            except ChecksumError:
+                pass  # stale or partial copy: fetch again
+        out.append(_fetch(spec.url, dest, spec, timeout))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Status (for `bob data`)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _find(spec: FileSpec) -> Path | None:
+    return next((p for p in candidates(spec) if p.is_file()), None)
+
+
+def status(*, verify: bool = False, kind: str | None = None, manifest: Manifest | None = None):
+    """One row per manifest entry: is it present, and where.
+
+    Parameters
+    ----------
+    verify : bool
+        Also check hashes of the files found (cached by path, size and mtime).
+    kind : str, optional
+        Only entries of this kind.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``name, kind, download, present ('yes' | 'no' | 'partial'), where, files_found,
+        files_total, verified ('yes' | 'no' | 'mismatch' | 'no checksum' | ''), size_bytes, licence, url``.
+        Folder datasets count as present when their extracted ``root`` folder exists.
+    """
+    import pandas as pd
+
+    rows = []
+    for e in _manifest(manifest):
+        if kind is not None and e.kind != kind:
+            continue
+        found = {spec.filename: _find(spec) for spec in e.files}
+        n_found = sum(p is not None for p in found.values())
+        root = None
+        if e.root:
+            root = next((d / e.root for d in data_dirs() if (d / e.root).is_dir()), None)
+        if root is not None or (e.files and n_found == len(e.files)):
+            present = "yes"
+        elif n_found:
+            present = "partial"
+        else:
+            present = "no"
+        first = next((p for p in found.values() if p is not None), None)
+        where = str(root) if root is not None else (str(first.parent) if first is not None else "")
+        verified = ""
+        if verify and n_found:
+            states = []
+            for spec in e.files:
+                if found[spec.filename] is None:
+                    continue
+                try:
+                    states.append("yes" if _verify(found[spec.filename], spec) else "no checksum")
+                except ChecksumError:
+                    states.append("mismatch")
+            verified = "mismatch" if "mismatch" in states else ("yes" if all(s == "yes" for s in states)
+                                                                 else "no checksum")
+        rows.append(
+            dict(name=e.name, kind=e.kind, download=e.download, present=present, where=where,
+                 files_found=n_found, files_total=len(e.files), verified=verified, size_bytes=e.size_bytes,
+                 licence=e.licence, url=e.url)
+        )
+    return pd.DataFrame(rows, columns=["name", "kind", "download", "present", "where", "files_found",
+                                       "files_total", "verified", "size_bytes", "licence", "url"])
+
+
+def copy_into_data_dir(src: str | os.PathLike, name: str, filename: str | None = None, *,
+                       dest_dir: str | os.PathLike | None = None, manifest: Manifest | None = None) -> Path:
+    """Verify a file the user already has and copy it (atomically) to where :func:`resolve` finds it.
+
+    Useful for manual downloads: ``copy_into_data_dir("~/Downloads/imagenet-a.tar", "imagenet_a")``.
+    """
+    entry = _manifest(manifest).entry(name)
+    spec = entry.file(filename)
+    src = Path(src).expanduser()
+    _verify(src, spec)
+    dest = (Path(dest_dir) if dest_dir is not None else paths.data_cache_dir()) / spec.filename
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest

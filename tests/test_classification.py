@@ -1,0 +1,116 @@
+"""Classification: probe solver, metrics, low-shot sampling, fine-tuning, and the offline battle's key claim."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bobkit.data.datasets import low_shot_indices
+from bobkit.tasks.classification import (
+    classification_metrics,
+    finetune,
+    fit_linear_probe,
+    fit_sgd_probe,
+    run,
+)
+
+PACKAGED_VS_CONTROL = [
+    ("mobilenetv2_100.packaged_tv_in1k", "mobilenetv2_100.random_init"),
+    ("tf_efficientnet_lite0.packaged_in1k", "tf_efficientnet_lite0.random_init"),
+    ("tf_efficientnet_lite2.packaged_in1k", "tf_efficientnet_lite2.random_init"),
+]
+
+
+def test_metrics_match_hand_computation():
+    logits = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.3, 0.2], [0.2, 0.2, 0.6]]))
+    labels = np.array([0, 1, 1, 2])
+    m = classification_metrics(logits, labels)
+    assert m["top1"] == pytest.approx(0.75)
+    expected_nll = -np.mean(np.log([0.7, 0.8, 0.3, 0.6]))
+    assert m["nll"] == pytest.approx(expected_nll, rel=1e-9)
+    # per-class F1: class0 P=1/2 R=1 -> 2/3; class1 P=1 R=1/2 -> 2/3; class2 1 -> mean 7/9
+    assert m["macro_f1"] == pytest.approx(7 / 9)
+    assert "top5" not in m  # only 3 classes
+
+
+def test_top5_is_reported_for_more_than_five_classes():
+    logits = np.tile(np.arange(10.0), (2, 1))  # class 9 highest, then 8, 7, 6, 5
+    m = classification_metrics(logits, np.array([5, 0]))
+    assert m["top5"] == pytest.approx(0.5) and m["top1"] == 0.0
+
+
+def test_non_finite_logits_are_refused():
+    with pytest.raises(FloatingPointError):
+        classification_metrics(np.array([[np.nan, 0.0]]), np.array([0]))
+
+
+def test_probe_separates_linearly_separable_classes_and_folds_into_a_linear_layer():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 16)) * 5
+    y = np.repeat(np.arange(4), 50)
+    x = centers[y] + rng.normal(size=(200, 16))
+    probe = fit_linear_probe(x, y, l2=1e-4, max_iter=100)
+    assert (probe.logits(x).argmax(1) == y).mean() == 1.0
+    layer = probe.as_module()
+    folded = layer(torch.as_tensor(x, dtype=torch.float32)).detach().numpy()
+    assert np.allclose(folded, probe.logits(x), atol=1e-3)
+
+
+def test_low_shot_indices_are_stratified_and_deterministic():
+    labels = np.repeat(np.arange(5), [100, 50, 20, 10, 3])
+    five = low_shot_indices(labels, per_class=5, seed=1)
+    assert np.bincount(labels[five]).tolist() == [5, 5, 5, 5, 3]
+    frac = low_shot_indices(labels, fraction=0.1, seed=1)
+    assert np.bincount(labels[frac]).tolist() == [10, 5, 2, 1, 1]  # every class keeps >= 1
+    assert np.array_equal(frac, low_shot_indices(labels, fraction=0.1, seed=1))
+    assert not np.array_equal(frac, low_shot_indices(labels, fraction=0.1, seed=2))
+    with pytest.raises(ValueError, match="1.5"):
+        low_shot_indices(labels, fraction=1.5)
+
+
+def test_finetune_lowers_the_loss_and_refuses_nan():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(64, 8, 8), dtype=np.uint8)
+    labels = (images.reshape(64, -1).mean(1) > 127).astype(np.int64)
+    images[labels == 1] = np.clip(images[labels == 1].astype(int) + 60, 0, 255).astype(np.uint8)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    config = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear"}
+    kwargs = dict(image_size=8, epochs=8, weight_decay=0.0, layer_decay=None, warmup_epochs=1, batch_size=16,
+                  seed=0, device=torch.device("cpu"))
+    losses = finetune(model, images, labels, config, lr=1e-2, **kwargs)
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        finetune(model, images, labels, config, lr=float("inf"), **kwargs)
+
+
+def test_unknown_parameter_is_named():
+    with pytest.raises(TypeError, match="max_trian"):
+        run(max_trian=10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("packaged, control", PACKAGED_VS_CONTROL)
+def test_packaged_backbone_beats_its_random_init_control_on_fashion_mnist(packaged, control):
+    common = dict(dataset="fashion_mnist", protocol="linear_probe", image_size=64, max_train=1000, max_test=500,
+                  batch_size=100)
+    pretrained = run(backbone=packaged, **common)
+    untrained = run(backbone=control, **common)
+    assert pretrained["top1"] > untrained["top1"] + 0.03, (pretrained["top1"], untrained["top1"])
+    assert pretrained["top1"] > 0.7
+    assert math.isfinite(pretrained["nll"]) and pretrained["nll"] < untrained["nll"]
+
+
+def test_sgd_probe_reaches_the_lbfgs_probe_on_the_same_objective():
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(3, 8)) * 2
+    y = np.repeat(np.arange(3), 60)
+    x = centers[y] + rng.normal(size=(180, 8))
+    lbfgs = fit_linear_probe(x, y, l2=1e-2, max_iter=200)
+    sgd = fit_sgd_probe(x, y, l2=1e-2, epochs=60, lr=0.05, batch_size=32)
+    agree = (lbfgs.logits(x).argmax(1) == sgd.logits(x).argmax(1)).mean()
+    assert agree > 0.95
+    assert np.abs(lbfgs.weight - sgd.weight).max() < 0.1

@@ -1,0 +1,43 @@
+"""The `bob` command end to end on the runner's self-test task (fast: no model)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GRID = "name: t\ngrid:\n  - task: smoke\n    value: [1, 2]\n"
+
+
+def bob(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bobkit.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_second_run_of_the_same_grid_executes_zero_cells(write_grid, tmp_path: Path):
+    grid, runs = write_grid(GRID), tmp_path / "runs"
+    first = bob("run", str(grid), "--runs-dir", str(runs), "--no-progress")
+    assert first.returncode == 0, first.stderr
+    assert "executed 2 cell(s): 2 complete" in first.stdout
+    sidecars = sorted(runs.glob("smoke/*/metrics.json"))
+    assert len(sidecars) == 2
+    stamps = [p.stat().st_mtime_ns for p in sidecars]
+    second = bob("run", str(grid), "--runs-dir", str(runs), "--no-progress")
+    assert "executed 0 cell(s)" in second.stdout and "2 already done" in second.stdout
+    assert [p.stat().st_mtime_ns for p in sidecars] == stamps
+    status = bob("status", str(grid), "--runs-dir", str(runs))
+    assert "2 done, 0 failed, 0 running, 0 pending" in status.stdout
+
+
+def test_dry_run_lists_cells_and_runs_nothing(write_grid, tmp_path: Path):
+    proc = bob("run", str(write_grid(GRID)), "--runs-dir", str(tmp_path / "runs"), "--dry-run")
+    assert proc.returncode == 0
+    assert proc.stdout.count("smoke value=") == 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_validate_reports_cell_counts(write_grid):
+    proc = bob("validate", str(write_grid(GRID)))
+    assert proc.returncode == 0 and "2 cells" in proc.stdout

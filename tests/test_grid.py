@@ -1,0 +1,114 @@
+"""Grid expansion, run keys and validation of params files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bobkit.grid import GridError, expand_grid, load_grid, make_cell, run_key
+
+SMOKE = {"task": "smoke", "value": [1, 2, 3], "setting": [{"mode": "ok"}, {"mode": "sleep", "sleep_seconds": 0.1}]}
+
+
+def test_expansion_is_the_cartesian_product_of_axes_and_settings():
+    cells = expand_grid({"grid": [SMOKE]})
+    assert len(cells) == 6
+    assert sorted({c.params["value"] for c in cells}) == [1, 2, 3]
+    assert {c.params["mode"] for c in cells} == {"ok", "sleep"}
+
+
+def test_duplicate_cells_collapse_to_one():
+    cells = expand_grid({"grid": [SMOKE, SMOKE]})
+    assert len(cells) == 6
+
+
+def test_run_key_is_stable_across_processes_and_key_order():
+    params = {"value": 2.0, "mode": "ok", "sleep_seconds": 0.0, "batch_size": 8, "oom_above_batch": None, "seed": 0}
+    key = run_key("smoke", params)
+    assert key == run_key("smoke", dict(reversed(list(params.items()))))
+    code = (
+        "from bobkit.grid import run_key; "
+        f"print(run_key('smoke', {params!r}))"
+    )
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert other == key and len(key) == 16
+
+
+def test_run_key_changes_with_a_parameter_but_not_with_the_device():
+    base = make_cell("smoke", {"value": 1.0})
+    assert make_cell("smoke", {"value": 1.5}).run_key != base.run_key
+    assert make_cell("smoke", {"value": 1.0, "seed": 1}).run_key != base.run_key
+    assert make_cell("smoke", {"value": 1.0, "mode": "ok"}).run_key == base.run_key  # explicit default
+
+
+def test_run_key_ignores_execution_only_parameters():
+    from bobkit.tasks.classification import PARAMETERS
+
+    a = run_key("classification", {**PARAMETERS, "device": "cpu"})
+    b = run_key("classification", {**PARAMETERS, "device": "cuda", "num_threads": 8})
+    assert a == b
+
+
+def test_run_key_changes_with_the_code_version(monkeypatch):
+    import bobkit.tasks.smoke as smoke
+
+    before = make_cell("smoke", {}).run_key
+    monkeypatch.setattr(smoke, "VERSION", "999")
+    assert make_cell("smoke", {}).run_key != before
+
+
+@pytest.mark.parametrize(
+    "block, needle",
+    [
+        ({"task": "smoke", "valeu": 1}, "'valeu'"),
+        ({"task": "smok"}, "'smok'"),
+        ({"task": "smoke", "mode": "explode"}, "'explode'"),
+        ({"task": "classification", "backbone": "resnet9000.nope"}, "resnet9000.nope"),
+        ({"task": "classification", "dataset": "fashoin_mnist"}, "fashoin_mnist"),
+    ],
+)
+def test_bad_values_are_named_in_the_error(block, needle):
+    with pytest.raises(GridError, match=needle.replace(".", r"\.")):
+        expand_grid({"grid": [block]}, source="bad.yaml")
+
+
+def test_bad_resource_key_and_missing_file(write_grid, tmp_path):
+    with pytest.raises(GridError, match="gpu_count"):
+        expand_grid({"resources": {"gpu_count": 1}, "grid": [{"task": "smoke"}]})
+    with pytest.raises(GridError, match="nope.yaml"):
+        load_grid(tmp_path / "nope.yaml")
+    with pytest.raises(GridError, match="not valid YAML"):
+        load_grid(write_grid("grid: [\n"))
+
+
+def test_bad_params_file_fails_before_anything_runs(write_grid, tmp_path):
+    """One bad backbone among good cells: `bob run` exits 2 naming it and creates no run folder."""
+    grid = write_grid(
+        "grid:\n  - task: smoke\n    value: [1, 2]\n"
+        "  - task: classification\n    backbone: [mobilenetv2_100.packaged_tv_in1k, not_a_backbone]\n"
+    )
+    runs = tmp_path / "runs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bobkit.cli", "run", str(grid), "--runs-dir", str(runs)],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "not_a_backbone" in proc.stderr
+    assert not runs.exists()
+
+
+def test_defaults_apply_only_to_tasks_that_have_the_parameter():
+    cells = expand_grid({"defaults": {"image_size": 32, "value": 5.0}, "grid": [{"task": "smoke"}]})
+    assert cells[0].params["value"] == 5.0
+    assert "image_size" not in cells[0].params
+
+
+def test_shipped_grids_expand():
+    from bobkit.paths import repo_root
+
+    for path in sorted((repo_root() / "params").glob("*.yaml")):
+        cells = load_grid(path)
+        assert cells, path
+        assert len({c.run_key for c in cells}) == len(cells)
