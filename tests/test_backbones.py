@@ -1,0 +1,342 @@
+"""The backbone registry: catalog coverage, metadata, offline weights with real predictions, errors, seeding."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub miss must fail in seconds, never wait on the network
+
+import bobkit.backbones as B  # noqa: E402
+from bobkit import weights as W  # noqa: E402
+
+torch.set_num_threads(2)
+
+PACKAGED = ["tf_efficientnet_lite0.packaged_in1k", "tf_efficientnet_lite2.packaged_in1k",
+            "mobilenetv2_100.packaged_tv_in1k"]
+RANDOM_CONTROLS = ["resnet18.random_init", "convnext_atto.random_init", "vit_tiny_patch16_224.random_init"]
+CAT_IDS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+COFFEE_IDS = {967, 968, 504}  # espresso, cup, coffee mug
+CATALOG = Path(__file__).resolve().parents[2] / "shared" / "data" / "bob" / "backbones.csv"
+
+
+def _photos(name: str) -> torch.Tensor:
+    """skimage's chelsea (a cat) and coffee (an espresso), preprocessed with the backbone's own data config."""
+    import skimage.data
+    from PIL import Image
+    from timm.data import create_transform
+
+    transform = create_transform(**B.data_config(name))
+    return torch.stack([transform(Image.fromarray(img)) for img in (skimage.data.chelsea(), skimage.data.coffee())])
+
+
+@pytest.fixture(scope="module", params=PACKAGED)
+def packaged_classifier(request: pytest.FixtureRequest) -> tuple[str, torch.nn.Module]:
+    """Each packaged backbone with its ImageNet head, converted once per module."""
+    return request.param, B.create_model(request.param, num_classes=1000)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registry contents and metadata
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_registry_covers_every_row_of_the_paper_catalog() -> None:
+    if not CATALOG.exists():
+        pytest.skip(f"{CATALOG} is not present")
+    with CATALOG.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 49
+    covered = {b.paper_name for b in B.list_backbones()}
+    missing = [row["name"] for row in rows if row["name"] not in covered]
+    assert not missing, f"catalog rows without a registry entry: {missing}"
+    # Kinds agree with the catalog where it states one of ours.
+    by_paper = {b.paper_name: b for b in B.list_backbones() if b.paper_name and b.source != "unsupported"}
+    for row in rows:
+        entry = by_paper.get(row["name"])
+        if entry is not None and row["pretrain_method_kind"] in B.METHOD_KINDS:
+            assert entry.method_kind == row["pretrain_method_kind"], row["name"]
+
+
+@pytest.mark.parametrize("name", B.backbone_names())
+def test_entry_metadata_is_valid(name: str) -> None:
+    entry = B.get_backbone(name)
+    assert entry.family in B.FAMILIES
+    assert entry.method_kind in B.METHOD_KINDS
+    assert entry.source in B.SOURCES
+    assert entry.display_name and entry.architecture and entry.method and entry.feature
+    if entry.method_kind == "random":
+        assert entry.pretrain_images == 0
+        assert entry.name.endswith(".random_init")
+    else:
+        assert entry.pretrain_images is None or entry.pretrain_images >= 1_000_000
+    assert entry.params_millions is None or 1 < entry.params_millions < 1000
+    if entry.source == "timm_hub":
+        import timm
+
+        assert entry.timm_name in timm.list_pretrained(entry.timm_name), entry.timm_name
+    if entry.timm_model is not None:
+        import timm
+
+        assert timm.is_model(entry.timm_model), entry.timm_model
+    if entry.source == "unsupported":
+        assert entry.requires
+    cfg = B.data_config(name)
+    assert cfg["input_size"][0] == 3 and len(cfg["mean"]) == 3 and len(cfg["std"]) == 3
+    assert isinstance(B.weights_id(name), str) and B.weights_id(name)
+
+
+def test_known_timm_names_and_pretraining_sizes() -> None:
+    expected = {
+        "convnext_base.fb_in22k": ("supervised", 14_197_122),
+        "vit_small_patch16_224.augreg_in21k_ft_in1k": ("supervised", 14_197_122),
+        "swinv2_base_window12to16_192to256.ms_in22k_ft_in1k": ("supervised", 14_197_122),
+        "vit_base_patch16_224.dino": ("SSL", 1_281_167),
+        "vit_base_patch16_clip_224.laion2b": ("vision-language", 2_320_000_000),
+        "resnet50_clip.openai": ("vision-language", 400_000_000),
+        "resnet50.a1_in1k": ("supervised", 1_281_167),
+        "vit_base_patch16_224.mae": ("SSL", 1_281_167),
+        "samvit_base_patch16.sa1b": ("supervised", 11_000_000),
+    }
+    for name, (kind, images) in expected.items():
+        entry = B.get_backbone(name)
+        assert (entry.method_kind, entry.pretrain_images) == (kind, images), name
+    assert B.get_backbone("sd_v1_4_encoder.laion").method_kind == "generative"
+    assert B.get_backbone("swinv2_tiny_window16_256.midas_v3_1").method_kind == "depth"
+
+
+def test_offline_entries_and_tables() -> None:
+    for name in PACKAGED + RANDOM_CONTROLS:
+        assert B.is_available_offline(name), name
+    assert not B.is_available_offline("sd_v1_4_encoder.laion")
+    assert B.get_backbone("mobilenetv2_100.tv_in1k_packaged") is B.get_backbone("mobilenetv2_100.packaged_tv_in1k")
+
+    meta = B.metadata_frame()
+    assert list(meta.columns) == list(B.METADATA_COLUMNS)
+    assert len(meta) == len(B.backbone_names()) and meta["name"].is_unique
+    assert meta.set_index("name").loc["resnet18.random_init", "pretrain_images"] == 0
+
+    table = B.registry_table()
+    assert list(table.columns) == ["name", "family", "method", "data", "params (M)", "available offline"]
+    offline = dict(zip(table["name"], table["available offline"], strict=True))
+    assert all(offline[n] == "yes" for n in PACKAGED + RANDOM_CONTROLS)
+    assert offline["convnext_base.fb_in22k"] in {"yes", "no"}
+
+
+def test_entries_are_frozen_and_validated() -> None:
+    entry = B.get_backbone("resnet18.random_init")
+    with pytest.raises(AttributeError):
+        entry.family = "ViT"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        entry.cfg_overlay["mean"] = (0, 0, 0)  # type: ignore[index]
+    with pytest.raises(ValueError, match="pretrain_images 0"):
+        B.Backbone(name="x.random_init", display_name="x", architecture="x", family="CNN", method="random init",
+                   method_kind="random", pretrain_data="none", pretrain_images=5, params_millions=1.0,
+                   timm_model="resnet18", source="random", feature="pooled pre-logits")
+    with pytest.raises(ValueError, match="family"):
+        B.Backbone(name="x.y", display_name="x", architecture="x", family="MLP", method="m",
+                   method_kind="supervised", pretrain_data="d", pretrain_images=1, params_millions=1.0,
+                   timm_model="resnet18", source="timm_hub", timm_tag="y", feature="f")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Packaged weights: strict conversion, real predictions, torchvision equivalence
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_packaged_weights_predict_real_photos(packaged_classifier: tuple[str, torch.nn.Module]) -> None:
+    name, model = packaged_classifier
+    with torch.no_grad():
+        top1 = model(_photos(name)).argmax(-1).tolist()
+    assert top1[0] in CAT_IDS, f"{name}: chelsea predicted class {top1[0]}"
+    assert top1[1] in COFFEE_IDS, f"{name}: coffee predicted class {top1[1]}"
+
+
+@pytest.mark.parametrize("name", PACKAGED)
+def test_converted_state_dict_loads_strict(name: str) -> None:
+    import timm
+    from safetensors.torch import load_file
+
+    B.create_model(name)  # converts into the cache if needed
+    entry = B.get_backbone(name)
+    converted = sorted(Path(W.weights_cache_dir()).glob(f"{name}-*.safetensors"))
+    assert converted, "conversion wrote no cache file"
+    model = timm.create_model(entry.timm_model, pretrained=False)
+    result = model.load_state_dict(load_file(str(converted[-1])), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    mtime = converted[-1].stat().st_mtime_ns
+    B.create_model(name)
+    assert converted[-1].stat().st_mtime_ns == mtime, "the cached conversion was rewritten"
+    assert B.weights_id(name) == f"packaged-sha256:{entry.package_sha256[:16]}"
+
+
+def test_mobilenet_matches_torchvision_logits() -> None:
+    import torchvision
+
+    name = "mobilenetv2_100.packaged_tv_in1k"
+    entry = B.get_backbone(name)
+    original = W.load_checkpoint(W.package_file(entry.package, entry.package_file))
+    reference = torchvision.models.mobilenet_v2()
+    assert not reference.load_state_dict(original, strict=True).missing_keys
+    x = _photos(name)
+    with torch.no_grad():
+        ours = B.create_model(name, num_classes=1000)(x)
+        theirs = reference.eval()(x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_packaged_feature_pyramid_and_pooled_feature() -> None:
+    name = "tf_efficientnet_lite0.packaged_in1k"
+    x = torch.randn(1, 3, 64, 64)
+    pyramid = B.create_model(name, features_only=True, out_indices=(1, 2, 3, 4))
+    with torch.no_grad():
+        maps = pyramid(x)
+        pooled = B.create_model(name)(x)
+    assert [m.shape[1] for m in maps] == pyramid.feature_info.channels()
+    assert [m.shape[-1] for m in maps] == [16, 8, 4, 2]
+    assert pooled.shape == (1, 1280)
+
+
+def test_packaged_sha256_is_checked(tmp_path: Path) -> None:
+    bogus = tmp_path / "efficientnet.pth"
+    torch.save({"w": torch.zeros(1)}, bogus)
+    with pytest.raises(W.WeightsConversionError, match="sha256"):
+        W.convert_checkpoint("x.y", bogus, "lukemelas_efficientnet", lambda: torch.nn.Linear(1, 1),
+                             expected_sha256="0" * 64)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_unknown_name_lists_close_matches() -> None:
+    with pytest.raises(B.UnknownBackboneError, match="convnext_base.fb_in22k") as info:
+        B.get_backbone("convnext_base.fb_in22")
+    assert "convnext_base.fb_in22" in str(info.value)
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(B.UnknownBackboneError, match="resnet50.a1_in1k"):
+        B.create_model("resnet50")  # a bare architecture points at its registered tags
+
+
+def test_hub_miss_fails_fast_and_says_how_to_supply(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("BOB_WEIGHTS_DIR", str(tmp_path))
+    name = "convnext_base.fb_in22k"
+    if B.is_available_offline(name):
+        pytest.skip(f"{name} is in the local hub cache")
+    start = time.monotonic()
+    with pytest.raises(B.WeightsUnavailableError) as info:
+        B.create_model(name)
+    assert time.monotonic() - start < 20
+    message = str(info.value)
+    assert "timm/convnext_base.fb_in22k" in message and "BOB_WEIGHTS_DIR" in message
+    assert isinstance(info.value, RuntimeError)
+
+
+def test_url_backbone_offline_names_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BOB_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(B.WeightsUnavailableError, match="dl.fbaipublicfiles.com/dino"):
+        B.create_model("resnet50.dino")
+    assert not B.is_available_offline("resnet50.dino")
+
+
+def test_unsupported_backbone_says_what_it_needs() -> None:
+    with pytest.raises(B.UnsupportedBackboneError, match="not supported yet.*Stable Diffusion"):
+        B.create_model("sd_v1_4_encoder.laion")
+    with pytest.raises(B.WeightsUnavailableError, match="TorchScript"):
+        B.create_model("sscd_resnet50.imagenet_mixup")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# User-supplied checkpoints through a key map (MoCo v3 layout, synthetic weights)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_moco_v3_checkpoint_from_weights_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import timm
+
+    name = "vit_small_patch16_224.mocov3"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)
+        source = timm.create_model("vit_small_patch16_224", num_heads=12, num_classes=0)
+    # float16 halves the file; timm copies it into the float32 parameters.
+    state = {f"module.base_encoder.{k}": v.half() for k, v in source.state_dict().items()}
+    state["module.base_encoder.head.0.weight"] = torch.zeros(4, 384)  # the MoCo projection MLP, dropped
+    state["module.predictor.0.weight"] = torch.zeros(4, 4)  # the predictor, outside the encoder
+    torch.save({"epoch": 300, "arch": "vit_small", "state_dict": state}, tmp_path / "vit-s-300ep.pth.tar")
+    monkeypatch.setenv("BOB_WEIGHTS_DIR", str(tmp_path))
+
+    assert B.is_available_offline(name)
+    assert B.weights_id(name).startswith("file-sha256:")
+    model = B.create_model(name, image_size=64)
+    assert model.pos_embed.shape[1] == 1 + (64 // 16) ** 2  # resampled from 14x14 on load
+    torch.testing.assert_close(model.blocks[3].attn.qkv.weight, source.blocks[3].attn.qkv.weight.half().float())
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 384)
+        # The converted file is backbone-only: a classifier is added fresh (seeded), the trunk is the checkpoint's.
+        classifier = B.create_model(name, num_classes=5, image_size=64, seed=1)
+        assert classifier(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+    torch.testing.assert_close(classifier.blocks[0].mlp.fc1.weight, model.blocks[0].mlp.fc1.weight)
+
+
+def test_local_file_overrides_hub_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    name = "convnext_base.fb_in22k"
+    monkeypatch.setenv("BOB_WEIGHTS_DIR", str(tmp_path))
+    assert B.weights_id(name) == "timm:convnext_base.fb_in22k" or B.is_available_offline(name)
+    save_file({"w": torch.zeros(2)}, str(tmp_path / f"{name}.safetensors"))
+    assert B.is_available_offline(name)
+    assert B.weights_id(name) == f"file-sha256:{W.sha256_file(tmp_path / f'{name}.safetensors')[:16]}"
+    with pytest.raises(W.WeightsConversionError, match=f"{name}.safetensors"):
+        B.create_model(name)  # the file is found and used, and its wrong keys are reported by name
+
+
+def test_key_map_mismatch_is_reported(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pth"
+    torch.save({"state_dict": {"module.conv1.weight": torch.zeros(3, 3)}}, bad)
+    with pytest.raises(W.WeightsConversionError, match="missing"):
+        B.create_model("resnet50.dino", weights_file=bad)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Random init
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _flat(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_random_init_is_seeded() -> None:
+    name = "convnext_atto.random_init"
+    a, b, c = (B.create_model(name, seed=s) for s in (0, 0, 1))
+    assert torch.equal(_flat(a), _flat(b))
+    assert not torch.equal(_flat(a), _flat(c))
+    assert B.weights_id(name, seed=3) == "random_init-seed3"
+    assert B.get_backbone(name).method_kind == "random"
+    # Seeding does not disturb the caller's random stream.
+    torch.manual_seed(7)
+    expected = torch.rand(1)
+    torch.manual_seed(7)
+    B.create_model("resnet18.random_init", seed=5)
+    assert torch.equal(torch.rand(1), expected)
+
+
+def test_vit_random_init_at_64px() -> None:
+    name = "vit_tiny_patch16_224.random_init"
+    model = B.create_model(name, image_size=64)
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, model.num_features) == (2, 192)
+    assert not model.training
+    cfg = B.data_config(name, image_size=64)
+    assert cfg["input_size"] == (3, 64, 64)
+    assert np.allclose(cfg["mean"], B.data_config(name)["mean"])
