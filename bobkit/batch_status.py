@@ -1,10 +1,12 @@
-"""``bob status``: where a grid stands in a runs folder."""
+"""``bob status``: where a grid stands in a runs folder, read from sidecars and claims only."""
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bobkit.claims import read_claim
 from bobkit.grid import Cell, load_grid
 from bobkit.results import read_sidecar
 from bobkit.runner import cell_state, run_dir_of
@@ -14,12 +16,15 @@ STATES = ("done", "failed", "running", "pending")
 
 @dataclass
 class GridStatus:
-    """Cells of a grid grouped by state, with the first error line of each failure."""
+    """Cells of a grid grouped by state, with the first error line (and kind) of each failure."""
 
     cells: dict[str, list[Cell]] = field(default_factory=lambda: {s: [] for s in STATES})
     errors: dict[str, str] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
+    where: dict[str, str] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
+        """Number of cells per state."""
         return {state: len(cells) for state, cells in self.cells.items()}
 
 
@@ -29,20 +34,36 @@ def grid_status(params: str | Path, runs_dir: str | Path = "runs") -> GridStatus
     for cell in load_grid(params):
         state = cell_state(cell, Path(runs_dir))
         status.cells[state].append(cell)
+        run_dir = run_dir_of(cell, Path(runs_dir))
         if state == "failed":
-            sidecar = read_sidecar(run_dir_of(cell, Path(runs_dir))) or {}
-            message = (sidecar.get("error") or {}).get("message") or "unknown error"
+            error = (read_sidecar(run_dir) or {}).get("error") or {}
+            message = str(error.get("message") or "").strip()
             status.errors[cell.run_key] = message.splitlines()[0] if message else "unknown error"
+            status.kinds[cell.run_key] = str(error.get("kind") or "exception")
+        elif state == "running":
+            claim = read_claim(run_dir) or {}
+            job = f" job {claim['slurm_job_id']}" if claim.get("slurm_job_id") else ""
+            status.where[cell.run_key] = f"{claim.get('host', '?')} pid {claim.get('pid', '?')}{job}"
     return status
 
 
+def rerun_command(params: str | Path, runs_dir: str | Path = "runs") -> str:
+    """The command that re-runs only the failed cells of ``params``."""
+    args = ["bob", "run", str(params), "--only-failed"]
+    if str(runs_dir) != "runs":
+        args += ["--runs-dir", str(runs_dir)]
+    return shlex.join(args)
+
+
 def format_status(status: GridStatus, params: str | Path, runs_dir: str | Path = "runs") -> str:
-    """Human-readable status with the command that re-runs only the failures."""
+    """Human-readable status: counts, running cells, failures with kind and first error line, re-run command."""
     counts = status.counts()
     lines = [f"{params}: " + ", ".join(f"{counts[s]} {s}" for s in STATES)]
+    for cell in status.cells["running"]:
+        lines.append(f"  running {cell.run_key} {cell.label} ({status.where.get(cell.run_key, '?')})")
     for cell in status.cells["failed"]:
-        lines.append(f"  failed {cell.run_key} {cell.label}: {status.errors[cell.run_key]}")
+        kind = status.kinds.get(cell.run_key, "exception")
+        lines.append(f"  failed {cell.run_key} {cell.label}: [{kind}] {status.errors[cell.run_key]}")
     if counts["failed"]:
-        extra = "" if str(runs_dir) == "runs" else f" --runs-dir {runs_dir}"
-        lines.append(f"re-run the failures: bob run {params} --only-failed{extra}")
+        lines.append(f"re-run the failures: {rerun_command(params, runs_dir)}")
     return "\n".join(lines)

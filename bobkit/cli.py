@@ -50,15 +50,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         for cell in cells:
             print(f"  {cell.run_key}  {cell.label}")
         return 0
-    if args.backend == "slurm":
-        from bobkit.backends import run_submitit
+    from bobkit.backends import get_backend
 
-        summary = run_submitit(cells, args.runs_dir, cluster=args.cluster, only_failed=args.only_failed)
-    else:
-        from bobkit.runner import run_cells
-
-        summary = run_cells(cells, args.runs_dir, workers=args.workers, only_failed=args.only_failed,
-                            kernel=args.kernel, progress=not args.no_progress)
+    backend = get_backend(args.backend, workers=args.workers, kernel=args.kernel, cluster=args.cluster,
+                          progress=not args.no_progress)
+    try:
+        summary = backend.run(cells, args.runs_dir, only_failed=args.only_failed)
+    except KeyboardInterrupt:
+        # Cells in flight were killed and left pending (no sidecar); finished ones are recorded.
+        print(f"interrupted: run the same command to resume (bob status {args.params} shows where it stands)",
+              file=sys.stderr)
+        return 130
     print(
         f"executed {summary.executed} cell(s): {summary.count('complete')} complete, {summary.count('failed')} failed;"
         f" {summary.count('skipped')} already done, {summary.count('busy')} running elsewhere"

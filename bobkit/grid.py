@@ -8,7 +8,7 @@ A grid file::
     grid:
       - task: classification
         backbone: [a, b]                # a list is an axis: cartesian product
-        dataset: fashion_mnist          # a scalar is fixed
+        dataset: fashion_mnist          # a scalar is fixed (for list-valued parameters, a list of lists sweeps)
         setting:                        # a list of dicts, each merged into the cell
           - {protocol: linear_probe}
           - {protocol: finetune, epochs: 1}
@@ -35,7 +35,9 @@ from bobkit.tasks import get_task, task_names
 
 # Parameters that change where/how fast a cell runs, not its result: left out of the run key so a batch resumes
 # on another machine.
-EXECUTION_PARAMS = frozenset({"device", "num_threads"})
+EXECUTION_PARAMS = frozenset(
+    {"device", "num_threads", "channels_last", "compile", "grad_checkpointing", "loader_workers"}
+)
 RESOURCE_KEYS = frozenset({"timeout_min", "gpus", "cpus", "mem_gb", "partition", "slurm_array_parallelism"})
 DEFAULT_RESOURCES: dict[str, Any] = {"timeout_min": 60, "gpus": 0, "cpus": 2, "mem_gb": 16}
 
@@ -102,7 +104,8 @@ def expand_grid(spec: Any, source: str = "<grid>") -> list[Cell]:
     """Expand a parsed grid spec into cells; see the module docstring for the format."""
     if not isinstance(spec, dict) or not isinstance(spec.get("grid"), list) or not spec["grid"]:
         raise GridError(f"{source}: expected a mapping with a non-empty 'grid' list")
-    unknown_top = set(spec) - {"name", "description", "defaults", "resources", "grid"}
+    # ``x-*`` keys hold YAML anchors (shared backbone lists, ...) and are otherwise ignored.
+    unknown_top = {k for k in spec if not str(k).startswith("x-")} - {"name", "description", "defaults", "resources", "grid"}
     if unknown_top:
         raise GridError(f"{source}: unknown top-level key(s) {sorted(unknown_top)}")
     defaults = spec.get("defaults") or {}
@@ -132,13 +135,23 @@ def _expand_block(block: Any, defaults: dict[str, Any], resources: dict[str, Any
     axes = {k: v for k, v in block.items() if k not in {"task", "setting", "resources"}}
     base = {k: v for k, v in defaults.items() if k in module.PARAMETERS}
     names = list(axes)
-    values = [v if isinstance(v, list) else [v] for v in axes.values()]
+    values = [_axis_values(module.PARAMETERS.get(k), v) for k, v in axes.items()]
     cells = []
     for combo in itertools.product(*values):
         for setting in settings:
             overrides = {**base, **dict(zip(names, combo)), **setting}
             cells.append(make_cell(task, overrides, block_resources, where))
     return cells
+
+
+def _axis_values(default: Any, value: Any) -> list[Any]:
+    """Values of one axis: a list sweeps, a scalar is fixed; for a list-valued parameter (e.g. ``targets``) a
+    list is the value itself and a list of lists sweeps."""
+    if not isinstance(value, list):
+        return [value]
+    if isinstance(default, list) and not all(isinstance(v, list) for v in value):
+        return [value]
+    return value
 
 
 def _validate(task: str, module: Any, params: dict[str, Any], overrides: dict[str, Any], where: str) -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Iterator
 
 from bobkit.atomic import atomic_path, write_json
+
+if TYPE_CHECKING:  # pandas is imported where a table is built: task notebooks import this module at every start
+    import pandas as pd
 
 SIDECAR = "metrics.json"
 TASK_OUTPUT = "task_metrics.json"
@@ -117,6 +118,8 @@ def sidecar_rows(sidecar: dict[str, Any]) -> list[dict[str, Any]]:
 
 def build_results(runs_dir: str | os.PathLike[str] = "runs") -> pd.DataFrame:
     """Merge every complete sidecar into one tidy table with the backbone metadata joined on."""
+    import pandas as pd
+
     rows = [row for s in iter_sidecars(runs_dir) if s.get("status") == "complete" for row in sidecar_rows(s)]
     table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     from bobkit.backbones import metadata_frame
@@ -138,6 +141,8 @@ def write_results(table: pd.DataFrame, path: str | os.PathLike[str] = "results/r
 
 def leaderboard(table: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
     """A small wide table: backbones as rows, settings as columns, mean ``metric`` over seeds."""
+    import pandas as pd
+
     rows = table[table["metric"] == metric]
     if rows.empty:
         return pd.DataFrame()

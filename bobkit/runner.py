@@ -1,21 +1,27 @@
 """Execute cells: each one is a papermill run of its task notebook in a process of its own.
 
 Per cell: skip when a complete sidecar exists; claim the cell (atomic, see :mod:`bobkit.claims`); run papermill
-into a private work folder; then write ``executed.ipynb`` and, last and atomically, ``metrics.json``. A failure
-(an exception, a dead kernel, a timeout, out-of-memory, a NaN) is recorded in the sidecar with the error and the
-tail of the output, and the batch goes on. Out-of-memory retries once with half the batch size.
+(:mod:`bobkit.papermill_main`) into a private work folder; then move ``executed.ipynb`` into place and write,
+last and atomically, ``metrics.json``. Whatever is killed when, a cell is complete only once its sidecar says
+so; a killed cell's work folder is removed by the next claimant. A failure (an exception, a dead kernel, a
+timeout, out-of-memory, a NaN) is recorded in the sidecar with the error and the tail of the output, and the
+batch goes on. Out-of-memory retries once with half the batch size.
+
+Papermill runs in a child process per cell (in a session of its own, killed with the batch through
+``PR_SET_PDEATHSIG``); the local backend's worker threads only wait on those children.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
+import queue
 import re
 import shutil
-import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -23,30 +29,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import yaml
-
 from bobkit import provenance
-from bobkit.claims import try_claim
+from bobkit.claims import Claim, is_stale, read_claim, try_claim
 from bobkit.grid import Cell
 from bobkit.paths import repo_root
-from bobkit.results import TASK_OUTPUT, is_complete, read_sidecar, split_metrics, write_sidecar
+from bobkit.results import SIDECAR, TASK_OUTPUT, is_complete, read_sidecar, split_metrics, write_sidecar
 from bobkit.tasks import notebook_path
 
 OUTPUT_TAIL_CHARS = 4000
+HISTORY_LIMIT = 20
+# Past the cell timeout (papermill's own, per notebook cell), the whole papermill process gets this long for
+# kernel start-up and tear-down before it is killed.
+KILL_GRACE_SECONDS = 120
 OOM_PATTERNS = (
     r"CUDA out of memory", r"OutOfMemoryError", r"\bMemoryError\b", r"DefaultCPUAllocator: can't allocate",
-    r"not enough memory", r"CUBLAS_STATUS_ALLOC_FAILED",
+    r"not enough memory", r"CUBLAS_STATUS_ALLOC_FAILED", r"CUDA error: out of memory",
 )
+WORK_PREFIX = ".work-"
 
 
 @dataclass
 class CellOutcome:
-    """What happened to one cell in this batch."""
+    """What happened to one cell in this batch.
+
+    ``status`` is ``complete`` | ``failed`` (both recorded in a sidecar by this batch), ``skipped`` (already
+    complete), ``busy`` (claimed by a live batch elsewhere) or ``interrupted`` (the batch was stopped; nothing
+    recorded, the cell stays pending).
+    """
 
     cell: Cell
-    status: str  # complete | failed | skipped | busy
+    status: str
     seconds: float = 0.0
     error: str | None = None
+    kind: str | None = None
 
 
 @dataclass
@@ -57,6 +72,7 @@ class BatchSummary:
     seconds: float = 0.0
 
     def count(self, status: str) -> int:
+        """Number of outcomes with ``status``."""
         return sum(o.status == status for o in self.outcomes)
 
     @property
@@ -72,18 +88,22 @@ def run_dir_of(cell: Cell, runs_dir: Path) -> Path:
 
 def cell_state(cell: Cell, runs_dir: Path) -> str:
     """done | failed | running | pending, read from the runs folder."""
-    from bobkit.claims import is_stale, read_claim
-
     run_dir = run_dir_of(cell, runs_dir)
     sidecar = read_sidecar(run_dir)
     if sidecar and sidecar.get("status") == "complete":
         return "done"
     claim = read_claim(run_dir)
-    if claim is not None and not is_stale(claim, stale_after=_stale_after(cell)):
+    if claim is not None and not is_stale(claim, stale_after=stale_after(cell)):
         return "running"
     if sidecar and sidecar.get("status") == "failed":
         return "failed"
     return "pending"
+
+
+def select_cells(cells: Iterable[Cell], runs_dir: Path, only_failed: bool) -> list[Cell]:
+    """The cells a batch should consider: all of them, or only those whose sidecar says failed."""
+    cells = list(cells)
+    return [c for c in cells if cell_state(c, runs_dir) == "failed"] if only_failed else cells
 
 
 def run_cells(
@@ -96,29 +116,36 @@ def run_cells(
     progress: bool = True,
     on_outcome: Callable[[CellOutcome], None] | None = None,
 ) -> BatchSummary:
-    """Run ``cells`` on the local machine with ``workers`` concurrent papermill processes.
+    """Run ``cells`` on this machine with ``workers`` concurrent papermill processes.
 
-    Worker ``i`` sees GPU ``i`` only (``CUDA_VISIBLE_DEVICES``) when there are enough GPUs, and
-    ``cpu_count // workers`` threads. Threads here only wait on child processes: every kernel is its own process.
+    Worker ``i`` sees one GPU (``CUDA_VISIBLE_DEVICES``, round robin) when there are GPUs and several workers,
+    and ``cpu_count // workers`` threads. Ctrl-C stops the batch: running cells are killed and left pending
+    (no sidecar), queued cells never start.
     """
     runs_dir = Path(runs_dir)
-    cells = list(cells)
-    if only_failed:
-        cells = [c for c in cells if cell_state(c, runs_dir) == "failed"]
+    cells = select_cells(cells, runs_dir, only_failed)
     summary = BatchSummary()
     start = time.perf_counter()
-    slots = list(range(max(1, workers)))
-    free_slots = list(slots)
+    n_workers = max(1, workers)
+    slots: queue.Queue[int] = queue.Queue()
+    for slot in range(n_workers):
+        slots.put(slot)
+    stop = threading.Event()
+    runner = {"backend": "local", "batch_id": uuid.uuid4().hex[:12], "host": socket.gethostname(), "pid": os.getpid()}
     bar = _progress_bar(len(cells), progress)
 
     def job(cell: Cell) -> CellOutcome:
-        slot = free_slots.pop()
+        if stop.is_set():
+            return CellOutcome(cell, "interrupted")
+        slot = slots.get()
         try:
-            return execute_cell(cell, runs_dir, kernel=kernel, env=_worker_env(slot, len(slots)))
+            return execute_cell(cell, runs_dir, kernel=kernel, env=worker_env(slot, n_workers), stop=stop,
+                                runner={**runner, "worker": slot})
         finally:
-            free_slots.append(slot)
+            slots.put(slot)
 
-    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+    pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="bob-worker")
+    try:
         futures = [pool.submit(job, cell) for cell in cells]
         for future in as_completed(futures):
             outcome = future.result()
@@ -128,8 +155,14 @@ def run_cells(
             if bar is not None:
                 bar.set_postfix_str(f"{outcome.status}: {outcome.cell.label}"[:60])
                 bar.update(1)
-    if bar is not None:
-        bar.close()
+    except BaseException:
+        stop.set()  # workers kill their papermill children and record nothing
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        if bar is not None:
+            bar.close()
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -140,68 +173,122 @@ def execute_cell(
     *,
     kernel: str | None = None,
     env: dict[str, str] | None = None,
+    stop: threading.Event | None = None,
+    runner: dict[str, Any] | None = None,
+    adopt_token: str | None = None,
+    on_claim: Callable[[Claim], None] | None = None,
 ) -> CellOutcome:
-    """Run one cell unless it is complete or claimed by a live process; record the outcome in its sidecar."""
+    """Run one cell unless it is complete or claimed by a live process; record the outcome in its sidecar.
+
+    Parameters
+    ----------
+    cell, runs_dir
+        The cell and the runs folder holding ``<task>/<run_key>/``.
+    kernel
+        Jupyter kernel name (default: the notebook's).
+    env
+        Extra environment for the papermill process and its kernel (GPU, threads).
+    stop
+        When set, the running papermill process is killed and the cell left pending (no sidecar).
+    runner
+        Who ran the cell (backend, batch id, job id...), stored in the sidecar.
+    adopt_token, on_claim
+        For requeued Slurm jobs: take over the claim an earlier job of this cell handed over, and learn the
+        claim once held (see :mod:`bobkit.backends`).
+    """
     run_dir = run_dir_of(cell, Path(runs_dir))
     if is_complete(run_dir):
         return CellOutcome(cell, "skipped")
-    claim = try_claim(run_dir, stale_after=_stale_after(cell))
+    claim = try_claim(run_dir, stale_after=stale_after(cell), adopt_token=adopt_token)
     if claim is None:
         return CellOutcome(cell, "busy")
     claim.start_heartbeat()
     try:
         if is_complete(run_dir):  # finished by someone else between our check and our claim
             return CellOutcome(cell, "skipped")
-        return _execute_claimed(cell, run_dir, claim, kernel, env or {})
+        if on_claim is not None:
+            on_claim(claim)
+        return _execute_claimed(cell, run_dir, claim, kernel, env or {}, stop, runner or {})
     finally:
         claim.release()
 
 
-def _execute_claimed(cell: Cell, run_dir: Path, claim: Any, kernel: str | None, env: dict[str, str]) -> CellOutcome:
+def _execute_claimed(
+    cell: Cell, run_dir: Path, claim: Claim, kernel: str | None, env: dict[str, str],
+    stop: threading.Event | None, runner: dict[str, Any],
+) -> CellOutcome:
     started = time.time()
-    attempts: list[dict[str, Any]] = []
+    previous = read_sidecar(run_dir)  # a failed record being retried (complete ones were skipped)
+    remove_leftovers(run_dir)
     params = dict(cell.params)
-    result = _attempt(cell, params, run_dir, kernel, env)
-    attempts.append(result.summary())
-    if result.kind == "oom" and isinstance(params.get("batch_size"), int) and params["batch_size"] > 1:
+    result = _attempt(cell, params, run_dir, kernel, env, stop)
+    attempts = [result.summary()]
+    can_halve = isinstance(params.get("batch_size"), int) and params["batch_size"] > 1
+    if result.kind == "oom" and can_halve and not (stop is not None and stop.is_set()):
         result.discard()
         params["batch_size"] = params["batch_size"] // 2
-        result = _attempt(cell, params, run_dir, kernel, env)
+        result = _attempt(cell, params, run_dir, kernel, env, stop)
         attempts.append({**result.summary(), "retry": "out-of-memory: batch_size halved",
                          "batch_size": params["batch_size"]})
-    sidecar = {
+    ours = claim.still_ours()
+    if result.kind == "interrupted" or (stop is not None and stop.is_set()) or not ours:
+        # Stopped batch: leave the cell pending. Lost claim (broken as stale, e.g. a paused job): the new
+        # holder owns the sidecar now.
+        result.discard()
+        return CellOutcome(cell, "interrupted" if ours else "busy", time.time() - started,
+                           "interrupted" if ours else "claim lost")
+    scores, info = split_metrics(result.metrics) if result.kind == "complete" else ({}, {})
+    sidecar: dict[str, Any] = {
         "run_key": cell.run_key,
         "task": cell.task,
         "label": cell.label,
         "params": cell.params,
         "params_used": params,
+        "resources": cell.resources,
         "source": cell.source,
         "attempts": attempts,
-        "provenance": provenance.collect(env),
+        "runner": runner,
+        "provenance": provenance.collect(env, params, info),
+        "timings": {**info, **result.timings()},
+        "history": _history(previous),
         "started": started,
         "wall_seconds": time.time() - started,
     }
-    if not claim.still_ours():
-        # Our claim was broken as stale (e.g. a paused job): the new holder owns the sidecar now.
-        result.discard()
-        return CellOutcome(cell, "busy", time.time() - started, "claim lost")
     if result.kind == "complete":
-        scores, info = split_metrics(result.metrics)
-        sidecar.update(status="complete", metrics=scores, timings=info, error=None)
-        os.replace(result.notebook, run_dir / "executed.ipynb")
+        sidecar.update(status="complete", metrics=scores, error=None)
     else:
-        sidecar.update(status="failed", metrics={}, timings={}, error=result.error())
-        if result.notebook.exists():
-            os.replace(result.notebook, run_dir / "executed.ipynb")
-    write_sidecar(run_dir, sidecar)
+        sidecar.update(status="failed", metrics={}, error=result.error())
+    if result.notebook.exists():
+        os.replace(result.notebook, run_dir / "executed.ipynb")
+    write_sidecar(run_dir, sidecar)  # last, atomically: from here on the cell counts as recorded
     result.discard()
-    return CellOutcome(cell, sidecar["status"], sidecar["wall_seconds"],
-                       None if result.kind == "complete" else sidecar["error"]["message"])
+    error = None if result.kind == "complete" else sidecar["error"]["message"]
+    return CellOutcome(cell, sidecar["status"], sidecar["wall_seconds"], error,
+                       None if result.kind == "complete" else result.kind)
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Remove what killed attempts left behind (work folders, broken claims, temp files); call under the claim."""
+    for path in run_dir.iterdir():
+        if path.name.startswith(WORK_PREFIX) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name.startswith(".claim.stale-") or (path.name.startswith(".") and path.name.endswith(".tmp")):
+            path.unlink(missing_ok=True)
+
+
+def _history(previous: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Earlier failed records of this cell (kept when it is retried), newest last."""
+    if not previous or previous.get("status") != "failed":
+        return []
+    error = previous.get("error") or {}
+    entry = {"started": previous.get("started"), "kind": error.get("kind"), "message": error.get("message"),
+             "runner": previous.get("runner")}
+    return [*previous.get("history", []), entry][-HISTORY_LIMIT:]
 
 
 @dataclass
 class _Attempt:
-    kind: str  # complete | exception | dead_kernel | timeout | oom | nan
+    kind: str  # complete | exception | dead_kernel | timeout | oom | nan | interrupted
     work: Path
     notebook: Path
     seconds: float
@@ -217,67 +304,127 @@ class _Attempt:
     def error(self) -> dict[str, Any]:
         return {"kind": self.kind, "message": self.message, "output_tail": self.output[-OUTPUT_TAIL_CHARS:]}
 
+    def timings(self) -> dict[str, float]:
+        """Runner-side phases: the papermill process wall time and the time spent executing notebook cells."""
+        out = {"papermill_process_seconds": round(self.seconds, 3)}
+        cells = notebook_cell_seconds(self.notebook)
+        if cells is not None:
+            out["notebook_cells_seconds"] = round(cells, 3)
+        return out
+
     def discard(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
-def _attempt(cell: Cell, params: dict[str, Any], run_dir: Path, kernel: str | None, env: dict[str, str]) -> _Attempt:
+def cell_timeout_seconds(cell: Cell) -> int:
+    """The per-notebook-cell execution timeout from the cell's ``timeout_min`` resource."""
+    return max(1, round(float(cell.resources.get("timeout_min", 60)) * 60))
+
+
+def _attempt(
+    cell: Cell, params: dict[str, Any], run_dir: Path, kernel: str | None, env: dict[str, str],
+    stop: threading.Event | None,
+) -> _Attempt:
     """One papermill execution in a private work folder (a leftover orphan can never write into a new attempt)."""
-    work = run_dir / f".work-{uuid.uuid4().hex[:8]}"
+    work = run_dir / f"{WORK_PREFIX}{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     notebook = work / "executed.ipynb"
-    (work / "params.yaml").write_text(yaml.safe_dump({**params, "output_dir": str(work)}, sort_keys=True))
-    timeout_s = int(float(cell.resources.get("timeout_min", 60)) * 60)
-    command = [
-        sys.executable, "-m", "papermill", str(repo_root() / notebook_path(cell.task)), str(notebook),
-        "-f", str(work / "params.yaml"), "--cwd", str(repo_root()), "--log-output", "--no-progress-bar",
-        "--execution-timeout", str(timeout_s),
-    ]
-    if kernel:
-        command += ["-k", kernel]
-    start = time.perf_counter()
+    timeout_s = cell_timeout_seconds(cell)
+    spec = {
+        "input": str(repo_root() / notebook_path(cell.task)),
+        "output": str(notebook),
+        "parameters": {**params, "output_dir": str(work)},
+        "cwd": str(repo_root()),
+        "execution_timeout": timeout_s,
+        "kernel": kernel,
+    }
+    (work / "spec.json").write_text(json.dumps(spec, default=str))
+    command = [sys.executable, "-m", "bobkit.papermill_main", str(work / "spec.json")]
+    child_env = {**os.environ, **env, "BOB_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
     log = work / "output.log"
-    with open(log, "w") as handle:
-        try:
-            proc = subprocess.run(
-                command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **env},
-                timeout=timeout_s + 120, preexec_fn=_die_with_parent,
-            )
-            returncode = proc.returncode
-        except subprocess.TimeoutExpired:
-            returncode = -signal.SIGKILL
+    start = time.perf_counter()
+    with open(log, "wb") as handle:
+        # Own session: a Ctrl-C meant for the batch does not reach the cell; the batch decides what to record.
+        proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=child_env,
+                                start_new_session=True)
+        ended_by = _wait(proc, start + timeout_s + KILL_GRACE_SECONDS, stop)
     seconds = time.perf_counter() - start
     output = log.read_text(errors="replace")
-    attempt = _Attempt("complete", work, notebook, seconds, returncode, output)
+    attempt = _Attempt("complete", work, notebook, seconds, proc.returncode, output)
+    if ended_by == "stop":
+        attempt.kind, attempt.message = "interrupted", "the batch was stopped"
+        return attempt
     metrics_file = work / TASK_OUTPUT
-    if returncode == 0 and metrics_file.exists():
+    if proc.returncode == 0 and metrics_file.exists() and ended_by == "exit":
         attempt.metrics = json.loads(metrics_file.read_text())
         bad = [k for k, v in attempt.metrics.items() if v is None or (isinstance(v, float) and v != v)]
         if bad:
             attempt.kind, attempt.message = "nan", f"non-finite metric(s): {', '.join(sorted(bad))}"
         return attempt
-    attempt.kind, attempt.message = classify_failure(output, returncode, metrics_file.exists())
+    attempt.kind, attempt.message = classify_failure(output, proc.returncode, metrics_file.exists(),
+                                                     killed_for_time=ended_by == "deadline")
     return attempt
 
 
-def classify_failure(output: str, returncode: int, wrote_metrics: bool) -> tuple[str, str]:
+def _wait(proc: subprocess.Popen[bytes], deadline: float, stop: threading.Event | None) -> str:
+    """Wait for ``proc``: ``exit``, or kill it and say why (``deadline`` | ``stop``); kill it on any exception.
+
+    The exception case matters for Slurm jobs: submitit's preemption handler raises ``SystemExit`` here.
+    """
+    try:
+        while True:
+            try:
+                proc.wait(timeout=0.5)
+                return "exit"
+            except subprocess.TimeoutExpired:
+                pass
+            if stop is not None and stop.is_set():
+                reason = "stop"
+            elif time.perf_counter() > deadline:
+                reason = "deadline"
+            else:
+                continue
+            proc.kill()
+            proc.wait()
+            return reason
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def classify_failure(
+    output: str, returncode: int, wrote_metrics: bool, killed_for_time: bool = False
+) -> tuple[str, str]:
     """Name the failure kind (timeout, oom, dead_kernel, nan, exception) and its first error line."""
     error_line = _papermill_error(output)
-    if returncode == -signal.SIGKILL or "CellTimeoutError" in output or "Cell execution timed out" in output:
-        kind, fallback = "timeout", _first_match(output, r"(Cell execution timed out.*|CellTimeoutError.*)")
+    if killed_for_time or "CellTimeoutError" in output or "Cell execution timed out" in output:
+        kind = "timeout"
+        error_line = _last_match(output, r"CellTimeoutError: ") or _first_match(output, r"Cell execution timed out.*")
+        fallback = "the papermill process ran past the cell timeout and was killed"
     elif any(re.search(p, output) for p in OOM_PATTERNS):
         kind, fallback = "oom", "out of memory"
+        error_line = _last_match(output, "|".join(OOM_PATTERNS)) or error_line
     elif "DeadKernelError" in output or re.search(r"[Kk]ernel died", output):
         kind, fallback = "dead_kernel", _first_match(output, r"(DeadKernelError.*|[Kk]ernel died.*)")
+        error_line = fallback  # the last error line would be papermill's own traceback, not the cause
     elif re.search(r"FloatingPointError|non-finite|\bNaN loss", output):
         kind, fallback = "nan", "non-finite loss"
     else:
         kind, fallback = "exception", ""
-    if kind == "dead_kernel":
-        error_line = fallback  # the last error line would be papermill's own traceback, not the cause
     if returncode == 0 and not wrote_metrics and not error_line:
         error_line = "the notebook finished without saving metrics (save_cell_metrics not called)"
     return kind, error_line or fallback or f"papermill exited with code {returncode}"
+
+
+def notebook_cell_seconds(notebook: Path) -> float | None:
+    """Sum of papermill's per-cell execution durations in an executed notebook (``None`` when unreadable)."""
+    try:
+        cells = json.loads(notebook.read_text()).get("cells", [])
+    except (OSError, ValueError):
+        return None
+    durations = [(c.get("metadata", {}).get("papermill") or {}).get("duration") for c in cells]
+    return float(sum(d for d in durations if isinstance(d, (int, float))))
 
 
 def _papermill_error(output: str) -> str:
@@ -291,37 +438,26 @@ def _first_match(text: str, pattern: str) -> str:
     return match.group(0).strip()[:300] if match else ""
 
 
-def _stale_after(cell: Cell) -> float:
+def _last_match(text: str, pattern: str) -> str:
+    """The last output line matching ``pattern`` (the error line, not an earlier warning)."""
+    lines = [ln.strip() for ln in text.splitlines() if re.search(pattern, ln)]
+    return lines[-1][:500] if lines else ""
+
+
+def stale_after(cell: Cell) -> float:
     """A claim is stale once its heartbeat is older than the cell's timeout plus a margin."""
     return float(cell.resources.get("timeout_min", 60)) * 60 + 600
 
 
-def _worker_env(slot: int, workers: int) -> dict[str, str]:
-    """Environment of worker ``slot``: one GPU each where there are enough, an equal share of CPU threads."""
-    env = {"BOB_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers)), "PYTHONUNBUFFERED": "1"}
+def worker_env(slot: int, workers: int) -> dict[str, str]:
+    """Environment of worker ``slot``: one GPU each (round robin) where there are GPUs, a share of CPU threads."""
+    env = {"BOB_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    gpus = visible.split(",") if visible else [str(i) for i in range(_gpu_count())]
-    if workers > 1 and len(gpus) >= workers:
-        env["CUDA_VISIBLE_DEVICES"] = gpus[slot]
+    gpus = [g for g in visible.split(",") if g.strip()] if visible is not None else [
+        str(i) for i in range(len(provenance.gpu_names()))]
+    if workers > 1 and gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
     return env
-
-
-def _gpu_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:  # noqa: BLE001 - no CUDA runtime means no GPUs
-        return 0
-
-
-def _die_with_parent() -> None:
-    """Linux: the papermill child gets SIGKILL when the batch dies, so no orphan keeps a cell half-done."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
@@ -330,3 +466,9 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="cells", unit="cell", dynamic_ncols=True)
+
+
+__all__ = [
+    "BatchSummary", "CellOutcome", "SIDECAR", "cell_state", "classify_failure", "execute_cell", "run_cells",
+    "run_dir_of", "select_cells", "worker_env",
+]

@@ -1,0 +1,330 @@
+"""Where cells run: local worker processes, or Slurm through submitit. Both behind one small interface.
+
+Every backend ends in :func:`bobkit.runner.execute_cell` for each cell, so run keys, claims, sidecars, failure
+records and the OOM retry are the same everywhere; a backend only decides where and when that call happens.
+
+* :class:`LocalBackend`: ``workers`` concurrent papermill processes on this machine (:func:`bobkit.runner.run_cells`).
+* :class:`SubmititBackend`: one Slurm job-array task per cell, cells grouped into arrays by their resources
+  (``timeout_min``, ``gpus``, ``cpus``, ``mem_gb``, ``partition``, ``slurm_array_parallelism`` from the params
+  file). Each task is a :class:`CellJob`, a ``submitit.helpers.Checkpointable``: on preemption or at the time
+  limit submitit calls its ``checkpoint``, which requeues the same cell and hands the cell's claim over to the
+  requeued job; that job re-runs the cell from its notebook (cells are the unit of work; feature caches make the
+  re-run cheap) and writes the same sidecar. ``cluster="local"`` (subprocesses) or ``"debug"`` (in-process) run
+  the same path without Slurm, which is how it is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Protocol, Sequence
+
+from bobkit.claims import Claim, try_claim
+from bobkit.grid import Cell
+from bobkit.runner import (
+    OUTPUT_TAIL_CHARS,
+    BatchSummary,
+    CellOutcome,
+    cell_state,
+    execute_cell,
+    run_cells,
+    run_dir_of,
+    select_cells,
+    stale_after,
+)
+
+try:  # submitit is optional (bobkit[cluster]); without it only the local backend works
+    from submitit.helpers import Checkpointable
+except ImportError:  # pragma: no cover
+    Checkpointable = object  # type: ignore[assignment,misc]
+
+# Slurm time limit of a cell's job = the cell's timeout plus this much for kernel start, papermill and staging.
+JOB_MARGIN_MIN = 5
+# Slurm sends USR2 this long before the time limit: enough for submitit to checkpoint and requeue the cell.
+SIGNAL_DELAY_S = 120
+SUBMITIT_FOLDER = ".submitit"
+
+
+class Backend(Protocol):
+    """Runs cells and reports what happened; the sidecars in ``runs_dir`` are the durable record."""
+
+    def run(
+        self, cells: Sequence[Cell], runs_dir: str | os.PathLike[str], *, only_failed: bool = False
+    ) -> BatchSummary:
+        """Run the cells that are not complete (or only the failed ones) and summarise the outcomes."""
+        ...
+
+
+@dataclass
+class LocalBackend:
+    """``workers`` papermill processes on this machine, one GPU each where there are GPUs."""
+
+    workers: int = 1
+    kernel: str | None = None
+    progress: bool = True
+
+    def run(
+        self, cells: Sequence[Cell], runs_dir: str | os.PathLike[str], *, only_failed: bool = False
+    ) -> BatchSummary:
+        """See :func:`bobkit.runner.run_cells`."""
+        return run_cells(cells, runs_dir, workers=self.workers, only_failed=only_failed, kernel=self.kernel,
+                         progress=self.progress)
+
+
+@dataclass
+class SubmititBackend:
+    """Slurm job arrays through submitit (or its ``local`` / ``debug`` executors), waiting for the results.
+
+    Parameters
+    ----------
+    cluster
+        ``"slurm"``, ``"local"``, ``"debug"``, or ``None`` for Slurm when ``sbatch`` exists.
+    folder
+        submitit's logs and pickles (default ``<runs_dir>/.submitit``).
+    progress
+        Show a progress bar while waiting.
+    poll_seconds
+        How often to poll job states (default: 30 s on Slurm, 0.5 s otherwise).
+    """
+
+    cluster: str | None = None
+    folder: str | os.PathLike[str] | None = None
+    progress: bool = True
+    poll_seconds: float | None = None
+    jobs: list[Any] = field(default_factory=list, repr=False)
+
+    def run(
+        self, cells: Sequence[Cell], runs_dir: str | os.PathLike[str], *, only_failed: bool = False
+    ) -> BatchSummary:
+        """Submit one array task per cell to run (cells complete or running elsewhere are not submitted)."""
+        import submitit
+
+        runs_dir = Path(runs_dir)
+        start = time.perf_counter()
+        summary = BatchSummary()
+        todo = []
+        for cell in select_cells(cells, runs_dir, only_failed):
+            state = cell_state(cell, runs_dir)
+            if state in ("done", "running"):
+                summary.outcomes.append(CellOutcome(cell, "skipped" if state == "done" else "busy"))
+            else:
+                todo.append(cell)
+        cluster = resolve_cluster(self.cluster)
+        folder = Path(self.folder) if self.folder else runs_dir / SUBMITIT_FOLDER
+        runner = {"backend": "submitit", "cluster": cluster, "batch_id": uuid.uuid4().hex[:12]}
+        submitted: list[tuple[Any, Cell]] = []
+        for resources, group in group_by_resources(todo):
+            executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+            executor.update_parameters(**executor_parameters(resources, cluster))
+            jobs = executor.map_array(CellJob(str(runs_dir), runner), group)
+            submitted.extend(zip(jobs, group))
+        self.jobs = [job for job, _ in submitted]
+        summary.outcomes.extend(self._wait(submitted, runs_dir, cluster))
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+    def _wait(self, submitted: list[tuple[Any, Cell]], runs_dir: Path, cluster: str) -> list[CellOutcome]:
+        from submitit.helpers import as_completed
+
+        by_job = {id(job): cell for job, cell in submitted}
+        bar = _progress_bar(len(submitted), self.progress)
+        poll = self.poll_seconds if self.poll_seconds is not None else (30.0 if cluster == "slurm" else 0.5)
+        outcomes = []
+        jobs = [job for job, _ in submitted]
+        # The debug executor runs a job when its result is asked for; as_completed would wait forever.
+        finished = jobs if cluster == "debug" else as_completed(jobs, poll_frequency=poll)
+        for job in finished:
+            outcome = collect(job, by_job[id(job)], runs_dir)
+            outcomes.append(outcome)
+            if bar is not None:
+                bar.set_postfix_str(f"{outcome.status}: {outcome.cell.label}"[:60])
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return outcomes
+
+
+class CellJob(Checkpointable):
+    """One cell as a submitit job; requeued (same cell, same run key, claim handed over) on preemption/timeout.
+
+    Parameters
+    ----------
+    runs_dir
+        The runs folder, as seen from the compute nodes.
+    runner
+        Batch description stored in the sidecar (backend, cluster, batch id); job id and requeue count are added.
+    adopt_token
+        The claim token handed over by the job this one requeues.
+    requeues
+        How many times this cell's job has been requeued.
+    """
+
+    def __init__(self, runs_dir: str, runner: dict[str, Any], adopt_token: str | None = None,
+                 requeues: int = 0) -> None:
+        self.runs_dir = runs_dir
+        self.runner = runner
+        self.adopt_token = adopt_token
+        self.requeues = requeues
+        self._claim: Claim | None = None
+
+    def __call__(self, cell: Cell) -> CellOutcome:
+        runner = {**self.runner, "job_id": _job_id(), "requeues": self.requeues, "host": socket.gethostname(),
+                  "pid": os.getpid()}
+        env = {"BOB_NUM_THREADS": str(_job_threads(cell))}
+        return execute_cell(cell, self.runs_dir, env=env, runner=runner, adopt_token=self.adopt_token,
+                            on_claim=self._hold)
+
+    def _hold(self, claim: Claim) -> None:
+        self._claim = claim
+
+    def checkpoint(self, cell: Cell) -> Any:
+        """Requeue the same cell; the requeued job adopts this job's claim (kept on disk, not released)."""
+        from submitit.core.utils import DelayedSubmission
+
+        token = self._claim.hand_over() if self._claim is not None else self.adopt_token
+        return DelayedSubmission(CellJob(self.runs_dir, self.runner, token, self.requeues + 1), cell)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_claim": None}  # a live claim (heartbeat thread) does not travel
+
+
+def run_submitit(
+    cells: Sequence[Cell],
+    runs_dir: str | os.PathLike[str],
+    *,
+    cluster: str | None = None,
+    only_failed: bool = False,
+    progress: bool = True,
+) -> BatchSummary:
+    """Run ``cells`` as Slurm job arrays through submitit (``cluster="local"`` / ``"debug"`` without Slurm)."""
+    return SubmititBackend(cluster=cluster, progress=progress).run(cells, runs_dir, only_failed=only_failed)
+
+
+def get_backend(name: str, **options: Any) -> Backend:
+    """``"local"`` -> :class:`LocalBackend`; ``"slurm"`` / ``"submitit"`` -> :class:`SubmititBackend`."""
+    if name == "local":
+        return LocalBackend(**{k: v for k, v in options.items() if k in ("workers", "kernel", "progress")})
+    if name in ("slurm", "submitit"):
+        return SubmititBackend(**{k: v for k, v in options.items() if k in ("cluster", "folder", "progress")})
+    raise ValueError(f"unknown backend {name!r}; known: local, slurm")
+
+
+def resolve_cluster(cluster: str | None) -> str:
+    """The submitit cluster to use: the one named, or Slurm when ``sbatch`` is on the PATH."""
+    if cluster is None:
+        if shutil.which("sbatch") is None:
+            raise ValueError("--backend slurm: no Slurm here (sbatch not found); use --cluster local to run the "
+                             "Slurm path with submitit's local executor, or --backend local")
+        return "slurm"
+    from submitit.core import plugins
+
+    known = sorted(plugins.get_executors())
+    if cluster not in known:
+        raise ValueError(f"unknown submitit cluster {cluster!r}; known: {', '.join(known)}")
+    return cluster
+
+
+def group_by_resources(cells: Iterable[Cell]) -> list[tuple[dict[str, Any], list[Cell]]]:
+    """Cells with identical resources, in first-seen order: each group becomes one job array."""
+    groups: dict[str, tuple[dict[str, Any], list[Cell]]] = {}
+    for cell in cells:
+        key = json.dumps(cell.resources, sort_keys=True, default=str)
+        groups.setdefault(key, (dict(cell.resources), []))[1].append(cell)
+    return list(groups.values())
+
+
+def executor_parameters(resources: dict[str, Any], cluster: str) -> dict[str, Any]:
+    """submitit parameters for one array from a cell's resources (``bobkit.grid.RESOURCE_KEYS``)."""
+    params: dict[str, Any] = {
+        "name": "bob",
+        "timeout_min": int(math.ceil(float(resources.get("timeout_min", 60)) + JOB_MARGIN_MIN)),
+        "nodes": 1,
+        "tasks_per_node": 1,
+        "cpus_per_task": int(resources.get("cpus", 2)),
+        "gpus_per_node": int(resources.get("gpus", 0)),
+        "mem_gb": float(resources.get("mem_gb", 16)),
+        "slurm_signal_delay_s": SIGNAL_DELAY_S,
+    }
+    if resources.get("partition"):
+        params["slurm_partition"] = str(resources["partition"])
+    if resources.get("slurm_array_parallelism"):
+        params["slurm_array_parallelism"] = int(resources["slurm_array_parallelism"])
+    if cluster != "slurm":
+        params.pop("mem_gb")  # the local executors ignore it; keep their parameters honest
+    return params
+
+
+def collect(job: Any, cell: Cell, runs_dir: Path) -> CellOutcome:
+    """The outcome a job returned; a job that died without one gets a failed sidecar (unless the cell is done)."""
+    try:
+        return job.result()
+    except Exception as exc:  # noqa: BLE001 - submitit's FailedJobError / UncompletedJobError, or unpickling
+        return record_job_failure(cell, runs_dir, exc, _job_stderr(job))
+
+
+def record_job_failure(cell: Cell, runs_dir: Path, exc: BaseException, stderr: str = "") -> CellOutcome:
+    """Write a failed sidecar for a cell whose job died outside the runner (killed, out of time too often)."""
+    from bobkit import provenance
+    from bobkit.results import write_sidecar
+
+    state = cell_state(cell, runs_dir)
+    if state == "done":
+        return CellOutcome(cell, "complete")
+    run_dir = run_dir_of(cell, runs_dir)
+    claim = try_claim(run_dir, stale_after=stale_after(cell))
+    if claim is None:  # requeued and running, or taken over by another batch
+        return CellOutcome(cell, "busy", error=str(exc).splitlines()[0] if str(exc) else None)
+    try:
+        message = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        write_sidecar(run_dir, {
+            "run_key": cell.run_key, "task": cell.task, "label": cell.label, "params": cell.params,
+            "params_used": cell.params, "resources": cell.resources, "source": cell.source, "attempts": [],
+            "runner": {"backend": "submitit", "host": socket.gethostname()},
+            "provenance": provenance.collect({}, cell.params), "timings": {}, "history": [],
+            "started": time.time(), "wall_seconds": 0.0, "status": "failed", "metrics": {},
+            "error": {"kind": "job_failed", "message": message[:500],
+                      "output_tail": (str(exc) + "\n" + stderr)[-OUTPUT_TAIL_CHARS:]},
+        })
+    finally:
+        claim.release()
+    return CellOutcome(cell, "failed", error=message, kind="job_failed")
+
+
+def _job_stderr(job: Any) -> str:
+    try:
+        return job.stderr() or ""
+    except Exception:  # noqa: BLE001 - the log may not exist
+        return ""
+
+
+def _job_id() -> str | None:
+    try:
+        from submitit import JobEnvironment
+
+        return str(JobEnvironment().job_id)
+    except Exception:  # noqa: BLE001 - not inside a submitit job (e.g. called directly)
+        return os.environ.get("SLURM_JOB_ID")
+
+
+def _job_threads(cell: Cell) -> int:
+    """Threads for the cell's kernel: the CPUs Slurm gave the job, else the cell's ``cpus`` resource."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        available = os.cpu_count() or 1
+    return max(1, min(available, int(cell.resources.get("cpus", available))))
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="jobs", unit="cell", dynamic_ncols=True)
