@@ -26,7 +26,7 @@ LOWER_IS_BETTER = ("nll", "ece", "brier", "error", "drop", "loss", "mce")
 # Keys a task may return that describe the run rather than score the backbone.
 NON_SCORE_SUFFIXES = ("_seconds", "_mb", "_bytes")
 NON_SCORE_KEYS = ("threads", "n_train", "n_test", "n_queries", "n_database", "feature_cache_hit",
-                  "batch_size_used", "images_per_second")
+                  "batch_size_used", "images_per_second", "temperature")
 
 RESULT_COLUMNS = [
     "run_key", "task", "backbone", "dataset", "protocol", "seed", "setting", "metric", "value", "higher_is_better",

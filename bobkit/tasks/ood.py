@@ -1,0 +1,346 @@
+"""Out-of-distribution classification: train on a source, evaluate on shifted targets.
+
+The classifier is a linear probe on cached frozen features (the classification task's probe, trained on the same
+cached features, so an OOD cell after a probe cell extracts only the target features) or an end-to-end fine-tune
+(:func:`bobkit.tasks.classification.finetune`). It is evaluated on
+
+- the source's own test split (in-distribution accuracy, ``id_acc``);
+- every dataset in ``targets`` (``acc/<target>`` and ``drop_<target>`` = ``id_acc - acc``): a real domain shift
+  offline (``mnist5k`` -> ``sklearn_digits``) or the paper's ImageNet-A / -R / -Sketch / -V2 and VisDA-2017 real
+  images. ImageNet-A and -R cover 200 classes: logits are masked to those classes before the arg-max. A target
+  is ``name`` (split ``target_split``) or ``name:split``;
+- the target ``corruptions``: ``max_corrupted`` source test images (a stratified subset) under each of
+  ``corruptions`` at each of ``severities`` (:mod:`bobkit.corruptions`): ``acc/<corruption>/<severity>``, their
+  mean ``mca`` (mean corruption accuracy) and ``mca_drop`` = ``id_acc - mca``.
+
+Metric names keep their direction readable by :func:`bobkit.results.higher_is_better`: accuracies are
+higher-is-better, names starting or ending with ``drop`` lower-is-better.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from bobkit import backbones
+from bobkit.corruptions import CORRUPTIONS, DEFAULT_CORRUPTIONS, SEVERITIES, corrupt
+from bobkit.data import ImageDataset, MissingDataError, dataset_info, dataset_names, get_dataset
+from bobkit.device import resolve_device, set_threads
+from bobkit.features import extract_features, forward_batches
+from bobkit.tasks.classification import finetune, fit_linear_probe
+
+VERSION = "1"
+PROTOCOLS = ("linear_probe", "finetune")
+CORRUPTION_TARGET = "corruptions"
+#: Datasets this task builds itself (on top of :func:`bobkit.data.dataset_names`).
+DATASETS = ("visda2017",)
+VISDA_CLASSES = ("aeroplane", "bicycle", "bus", "car", "horse", "knife", "motorcycle", "person", "plant",
+                 "skateboard", "train", "truck")
+
+PARAMETERS: dict[str, Any] = {
+    "backbone": "mobilenetv2_100.packaged_tv_in1k",
+    "dataset": "fashion_mnist",
+    "protocol": "linear_probe",
+    "targets": ["corruptions"],
+    "corruptions": list(DEFAULT_CORRUPTIONS),
+    "severities": [1, 2, 3, 4, 5],
+    "image_size": 64,
+    "train_split": "train",
+    "test_split": "test",
+    "target_split": "test",
+    "max_train": 2000,
+    "max_test": 1000,
+    "max_target": None,
+    "max_corrupted": 200,
+    "probe_l2": 1e-3,
+    "probe_max_iter": 100,
+    "epochs": 1,
+    "lr": 1e-3,
+    "weight_decay": 0.05,
+    "layer_decay": None,
+    "warmup_epochs": 0.0,
+    "batch_size": 64,
+    "seed": 0,
+    "device": "auto",
+    "num_threads": None,
+}
+
+
+def _as_list(value: Any, cast: type) -> list[Any]:
+    """A list parameter given as a list, a single value or a comma-separated string (YAML-grid friendly)."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    elif not isinstance(value, (list, tuple)):
+        value = [value]
+    return [cast(v.strip()) if isinstance(v, str) else cast(v) for v in value]
+
+
+def _target_spec(target: str, default_split: str) -> tuple[str, str]:
+    """``"name"`` or ``"name:split"`` -> (name, split)."""
+    name, _, split = str(target).partition(":")
+    return name, split or default_split
+
+
+def validate_params(p: dict[str, Any]) -> None:
+    """Reject bad values before anything runs (called by the grid and by :func:`run`)."""
+    if p["protocol"] not in PROTOCOLS:
+        raise ValueError(f"ood protocol={p['protocol']!r} is not one of {PROTOCOLS}")
+    known = set(dataset_names()) | set(DATASETS)
+    for target in _as_list(p["targets"], str):
+        name, _ = _target_spec(target, p["target_split"])
+        if name != CORRUPTION_TARGET and name not in known:
+            raise ValueError(f"unknown OOD target {name!r}; targets are dataset names or {CORRUPTION_TARGET!r}")
+    bad = [c for c in _as_list(p["corruptions"], str) if c not in CORRUPTIONS]
+    if bad:
+        raise ValueError(f"unknown corruption(s) {bad}; known: {', '.join(CORRUPTIONS)}")
+    bad_sev = [s for s in _as_list(p["severities"], int) if s not in SEVERITIES]
+    if bad_sev:
+        raise ValueError(f"severities {bad_sev} are not in {SEVERITIES}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Datasets this task builds itself
+# ----------------------------------------------------------------------------------------------------------------
+
+
+VISDA_HELD_OUT = 0.1  # synthetic images kept out of training for the in-distribution accuracy
+
+
+def load_visda2017(split: str, *, root: str | Path | None = None, storage_size: int = 256) -> ImageDataset:
+    """VisDA-2017 classification, synthetic -> real.
+
+    Splits: ``train`` (synthetic renderings minus a stratified 10%), ``test`` (that held-out 10%: the
+    in-distribution test) and ``validation`` (the real COCO crops: the target). Reads
+    ``<root>/{train,validation}/<class>/*`` with the 12 VisDA classes; ``root`` defaults to the manifest folder.
+    Raises :class:`~bobkit.data.MissingDataError` naming the folder when it is absent.
+    """
+    from bobkit.data import resolve_dir
+    from bobkit.data.sources import stratified_split
+
+    if split not in ("train", "test", "validation"):
+        raise ValueError(f"visda2017 has splits 'train', 'test' (held-out synthetic) and 'validation' (real), "
+                         f"not {split!r}")
+    folder = (Path(root) if root is not None else resolve_dir("visda2017")) / (
+        "validation" if split == "validation" else "train")
+    if not folder.is_dir():
+        raise MissingDataError(
+            f"VisDA-2017 folder {folder} not found (layout: visda2017/{{train,validation}}/<class>/)")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for i, cls in enumerate(VISDA_CLASSES):
+        files = sorted(p for p in (folder / cls).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        paths += files
+        labels += [i] * len(files)
+    if not paths:
+        raise MissingDataError(f"no VisDA-2017 images under {folder}/<class>/ (classes: {', '.join(VISDA_CLASSES)})")
+    ds = ImageDataset(None, np.asarray(labels), list(VISDA_CLASSES), "visda2017", split, paths=paths,
+                      storage_size=storage_size)
+    if split == "validation":
+        return ds
+    train_idx, test_idx = stratified_split(ds.labels, VISDA_HELD_OUT, seed=0)
+    return ds.subset(train_idx if split == "train" else test_idx, f"synthetic_{split}")
+
+
+def _load(name: str, split: str, max_samples: int | None, seed: int) -> ImageDataset:
+    """A registry dataset (:func:`bobkit.data.get_dataset`) or one of this task's own (:data:`DATASETS`)."""
+    if name == "visda2017":
+        from bobkit.data import stratified_indices
+
+        ds = load_visda2017(split)
+        if max_samples is not None and max_samples < len(ds):
+            ds = ds.subset(stratified_indices(ds.labels, int(max_samples), seed),
+                           f"stratified(n={int(max_samples)},seed={seed})")
+        return ds
+    return get_dataset(name, split, max_samples=max_samples, seed=seed)
+
+
+def _class_subset(ds: ImageDataset, n_outputs: int) -> np.ndarray | None:
+    """Classes the target covers when the classifier predicts more (ImageNet-A/-R: 200 of the 1000)."""
+    subset = ds.meta.get("class_subset")
+    if subset is None or len(subset) >= n_outputs:
+        return None
+    return np.asarray(subset, dtype=np.int64)
+
+
+def masked_accuracy(logits: np.ndarray, labels: np.ndarray, class_subset: np.ndarray | None = None) -> float:
+    """Top-1 accuracy; with ``class_subset``, the arg-max is taken over those classes only."""
+    logits = np.asarray(logits)
+    if class_subset is not None:
+        pred = class_subset[np.argmax(logits[:, class_subset], axis=1)]
+    else:
+        pred = np.argmax(logits, axis=1)
+    return float((pred == np.asarray(labels)).mean()) if len(labels) else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The task
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run(**params: Any) -> dict[str, float]:
+    """Run one OOD cell; ``params`` override :data:`PARAMETERS`. Returns metric name -> value."""
+    unknown = set(params) - set(PARAMETERS)
+    if unknown:
+        raise TypeError(f"unknown ood parameter(s): {', '.join(sorted(unknown))}")
+    p = {**PARAMETERS, **params}
+    validate_params(p)
+    threads = set_threads(p["num_threads"])
+    torch.manual_seed(p["seed"])
+    device = resolve_device(p["device"])
+    check_label_spaces(p)
+    config = backbones.data_config(p["backbone"], image_size=p["image_size"])
+    timings = {"extract_seconds": 0.0, "train_seconds": 0.0, "evaluate_seconds": 0.0}
+
+    if p["protocol"] == "linear_probe":
+        predict, id_logits, id_labels = _linear_probe_classifier(p, device, config, timings)
+    else:
+        predict, id_logits, id_labels = _finetuned_classifier(p, device, config, timings)
+
+    t0, extract_before = time.perf_counter(), predict.extract_seconds
+    metrics: dict[str, float] = {"id_acc": masked_accuracy(id_logits, id_labels)}
+    targets = _as_list(p["targets"], str)
+    for target in targets:
+        name, split = _target_spec(target, p["target_split"])
+        if name == CORRUPTION_TARGET:
+            metrics.update(_corruption_metrics(p, predict, metrics["id_acc"]))
+            continue
+        logits, labels, subset = predict.dataset(name, split)
+        key = name if split == p["target_split"] else f"{name}:{split}"
+        metrics[f"acc/{key}"] = masked_accuracy(logits, labels, subset)
+        metrics[f"drop_{key}"] = metrics["id_acc"] - metrics[f"acc/{key}"]
+    timings["evaluate_seconds"] = time.perf_counter() - t0 - (predict.extract_seconds - extract_before)
+    timings["extract_seconds"] += predict.extract_seconds
+    metrics.update(timings)
+    metrics.update(n_train=float(predict.n_train), n_test=float(len(id_labels)), threads=float(threads),
+                   feature_cache_hit=float(predict.cache_hit))
+    return metrics
+
+
+def check_label_spaces(p: dict[str, Any]) -> None:
+    """Every dataset target must share the source's classes, or be labelled in the ImageNet-1k index space."""
+    source = _load(p["dataset"], p["train_split"], None, 0).classes
+    for target in _as_list(p["targets"], str):
+        name, split = _target_spec(target, p["target_split"])
+        if name == CORRUPTION_TARGET or (name in dataset_names() and dataset_info(name).label_space != "own"):
+            continue
+        classes = _load(name, split, None, 0).classes
+        if list(classes) != list(source):
+            raise ValueError(f"target {name!r} has classes {classes[:4]}... but the source {p['dataset']!r} has "
+                             f"{source[:4]}...: OOD targets must share the source's label space")
+
+
+class _Predictor:
+    """Logits for images or for whole target datasets, from a probe on frozen features or a fine-tuned model."""
+
+    def __init__(self, p: dict[str, Any], device: torch.device, config: dict[str, Any],
+                 model: Callable[[], torch.nn.Module], head: Callable[[np.ndarray], np.ndarray] | None,
+                 n_train: int, cache_hit: bool) -> None:
+        self.p, self.device, self.config = p, device, config
+        self._model_factory, self._model = model, None
+        self.head = head  # features -> logits (linear probe); None when the model outputs logits itself
+        self.n_train, self.cache_hit = n_train, cache_hit
+        self.extract_seconds = 0.0
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            self._model = self._model_factory().eval().to(self.device)
+        return self._model
+
+    def images(self, images: np.ndarray) -> np.ndarray:
+        """Logits of uint8 images (uncached forward pass)."""
+        t0 = time.perf_counter()
+        out = forward_batches(self.model, images, self.config, self.p["image_size"], self.p["batch_size"],
+                              self.device)
+        self.extract_seconds += time.perf_counter() - t0
+        return self.head(out) if self.head is not None else out
+
+    def dataset(self, name: str, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Logits, labels and the class subset (or None) of a target dataset split."""
+        p = self.p
+        if name in dataset_names() and self.head is not None:
+            # Registry dataset + frozen features: through the feature cache.
+            fs = extract_features(p["backbone"], name, split, image_size=p["image_size"],
+                                  max_samples=p["max_target"], seed=p["seed"], batch_size=p["batch_size"],
+                                  device=p["device"], model=self._model)
+            self.extract_seconds += fs.seconds
+            self.cache_hit = self.cache_hit and fs.cache_hit
+            logits = self.head(np.array(fs.features))
+            ds_meta = get_dataset(name, split) if dataset_info(name).label_space != "own" else None
+            subset = _class_subset(ds_meta, logits.shape[1]) if ds_meta is not None else None
+            return logits, fs.labels, subset
+        ds = _load(name, split, p["max_target"], p["seed"])
+        logits = np.concatenate([self.images(batch) for batch, _ in ds.iter_batches(512)])
+        self.cache_hit = False
+        return logits, ds.labels, _class_subset(ds, logits.shape[1])
+
+
+
+def _linear_probe_classifier(p: dict[str, Any], device: torch.device, config: dict[str, Any],
+                             timings: dict[str, float]) -> tuple[_Predictor, np.ndarray, np.ndarray]:
+    common = dict(image_size=p["image_size"], seed=p["seed"], batch_size=p["batch_size"], device=p["device"])
+
+    def build() -> torch.nn.Module:
+        return backbones.create_model(p["backbone"], num_classes=0, image_size=p["image_size"], seed=p["seed"])
+
+    if p["dataset"] in dataset_names():
+        train = extract_features(p["backbone"], p["dataset"], p["train_split"], max_samples=p["max_train"], **common)
+        test = extract_features(p["backbone"], p["dataset"], p["test_split"], max_samples=p["max_test"], **common)
+        train_x, train_y, test_x, test_y = train.features, train.labels, test.features, test.labels
+        timings["extract_seconds"] += train.seconds + test.seconds
+        cache_hit = train.cache_hit and test.cache_hit
+        n_classes = dataset_info(p["dataset"]).num_classes
+    else:  # a source this task builds itself (VisDA): uncached features
+        t0 = time.perf_counter()
+        model = build().eval().to(device)
+        from bobkit.tasks.retrieval import dataset_features
+
+        tr = _load(p["dataset"], p["train_split"], p["max_train"], p["seed"])
+        te = _load(p["dataset"], p["test_split"], p["max_test"], p["seed"])
+        train_x = dataset_features(model, tr, config, p["image_size"], p["batch_size"], device)
+        test_x = dataset_features(model, te, config, p["image_size"], p["batch_size"], device)
+        train_y, test_y, n_classes, cache_hit = tr.labels, te.labels, len(tr.classes), False
+        timings["extract_seconds"] += time.perf_counter() - t0
+        build = (lambda m=model: m)  # noqa: E731  (reuse the model already built)
+    t1 = time.perf_counter()
+    probe = fit_linear_probe(np.array(train_x), train_y, num_classes=n_classes, l2=p["probe_l2"],
+                             max_iter=p["probe_max_iter"], device=p["device"])
+    timings["train_seconds"] += time.perf_counter() - t1
+    predictor = _Predictor(p, device, config, build, probe.logits, len(train_y), cache_hit)
+    return predictor, probe.logits(np.array(test_x)), np.asarray(test_y)
+
+
+def _finetuned_classifier(p: dict[str, Any], device: torch.device, config: dict[str, Any],
+                          timings: dict[str, float]) -> tuple[_Predictor, np.ndarray, np.ndarray]:
+    t0 = time.perf_counter()
+    train_ds = _load(p["dataset"], p["train_split"], p["max_train"], p["seed"])
+    test_ds = _load(p["dataset"], p["test_split"], p["max_test"], p["seed"])
+    model = backbones.create_model(p["backbone"], num_classes=len(train_ds.classes), image_size=p["image_size"],
+                                   seed=p["seed"]).to(device)
+    timings["extract_seconds"] += time.perf_counter() - t0
+    t1 = time.perf_counter()
+    finetune(model, train_ds.images, train_ds.labels, config, image_size=p["image_size"], epochs=p["epochs"],
+             lr=p["lr"], weight_decay=p["weight_decay"], layer_decay=p["layer_decay"],
+             warmup_epochs=p["warmup_epochs"], batch_size=p["batch_size"], seed=p["seed"], device=device)
+    timings["train_seconds"] += time.perf_counter() - t1
+    predictor = _Predictor(p, device, config, lambda: model, None, len(train_ds), False)
+    return predictor, predictor.images(test_ds.images), test_ds.labels
+
+
+def _corruption_metrics(p: dict[str, Any], predict: _Predictor, id_acc: float) -> dict[str, float]:
+    """``acc/<corruption>/<severity>``, ``mca`` and ``mca_drop`` on corrupted source test images."""
+    ds = _load(p["dataset"], p["test_split"], p["max_corrupted"], p["seed"])
+    images, labels = ds.images, ds.labels
+    out: dict[str, float] = {}
+    for name in _as_list(p["corruptions"], str):
+        for severity in _as_list(p["severities"], int):
+            logits = predict.images(corrupt(images, name, severity, seed=p["seed"]))
+            out[f"acc/{name}/{severity}"] = masked_accuracy(logits, labels)
+    if out:
+        out["mca"] = float(np.mean(list(out.values())))
+        out["mca_drop"] = id_acc - out["mca"]
+    return out

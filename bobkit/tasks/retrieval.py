@@ -1,0 +1,266 @@
+"""Image retrieval with frozen backbone features: no training, rank a database by cosine similarity.
+
+Two protocols, as in the paper's retrieval code (hsouri/bob-retrieval):
+
+``class_folder``
+    A labelled split is divided per class into queries (the first ``floor(query_fraction * n_c)`` items of each
+    class, after an optional per-class cap) and the database (the rest); a database item is a positive when it
+    shares the query's class. The features are exactly those of the linear probe's test split (same backbone,
+    dataset, split, image size, ``max_samples`` and seed), so a retrieval cell after a probe cell reads them from
+    the feature cache and runs no forward pass.
+``revisited``
+    Revisited Oxford / Paris (Radenovic et al. 2018): 70 queries against ~5-6k database images, easy + hard
+    positives, junk removed from the ranking ("medium"; "easy" and "hard" protocols on request). Images are read
+    from the manifest's folder, the ground-truth pickle is verified and converted to JSON once
+    (:func:`bobkit.metrics.convert_revisited_gnd`). Like the paper's code, query images are used whole unless
+    ``crop_queries`` (the official protocol crops them to their bounding box).
+
+Metrics: ``map``, ``mrr``, ``precision@k``, ``recall@k`` (k in ``ks``), all in [0, 1]; AP is the trapezoidal AP
+of the revisited benchmark code, which the paper uses for every retrieval dataset (``ap="step"`` gives
+scikit-learn's non-interpolated AP).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bobkit import backbones
+from bobkit.data import ImageDataset, MissingDataError
+from bobkit.device import resolve_device, set_threads
+from bobkit.features import extract_features, forward_batches
+from bobkit.metrics import (
+    AP_MODES,
+    REVISITED_PROTOCOLS,
+    class_retrieval_metrics,
+    convert_revisited_gnd,
+    load_revisited_gnd,
+    revisited_retrieval_metrics,
+)
+
+VERSION = "1"
+PROTOCOLS = ("class_folder", "revisited")
+#: Datasets this task builds itself (on top of :func:`bobkit.data.dataset_names`).
+DATASETS = ("roxford5k", "rparis6k")
+
+PARAMETERS: dict[str, Any] = {
+    "backbone": "mobilenetv2_100.packaged_tv_in1k",
+    "dataset": "fashion_mnist",
+    "protocol": "class_folder",
+    "image_size": 64,
+    "split": "test",
+    "max_samples": 1000,
+    "query_fraction": 0.2,
+    "max_per_class": None,
+    "revisited_protocol": "medium",
+    "crop_queries": False,
+    "gnd_sha256": None,
+    "ap": "trapezoid",
+    "ks": [1, 5, 10],
+    "batch_size": 64,
+    "seed": 0,
+    "device": "auto",
+    "num_threads": None,
+}
+
+
+def _as_list(value: Any, cast: type) -> list[Any]:
+    """A list parameter given as a list, a single value or a comma-separated string (YAML-grid friendly)."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    elif not isinstance(value, (list, tuple)):
+        value = [value]
+    return [cast(v.strip()) if isinstance(v, str) else cast(v) for v in value]
+
+
+def validate_params(p: dict[str, Any]) -> None:
+    """Reject bad values before anything runs (called by the grid and by :func:`run`)."""
+    if p["protocol"] not in PROTOCOLS:
+        raise ValueError(f"retrieval protocol={p['protocol']!r} is not one of {PROTOCOLS}")
+    if p["protocol"] == "revisited" and p["dataset"] not in DATASETS:
+        raise ValueError(f"protocol 'revisited' needs dataset in {DATASETS}, got {p['dataset']!r}")
+    if p["protocol"] == "class_folder" and p["dataset"] in DATASETS:
+        raise ValueError(f"dataset {p['dataset']!r} has no class folders; use protocol='revisited'")
+    if not 0 < float(p["query_fraction"]) < 1:
+        raise ValueError(f"query_fraction={p['query_fraction']!r} must be in (0, 1)")
+    if p["max_per_class"] is not None and int(p["max_per_class"]) < 2:
+        raise ValueError(f"max_per_class={p['max_per_class']!r} must be >= 2 (a query and a database item)")
+    if p["revisited_protocol"] not in REVISITED_PROTOCOLS:
+        raise ValueError(f"revisited_protocol={p['revisited_protocol']!r} is not one of {REVISITED_PROTOCOLS}")
+    if p["ap"] not in AP_MODES:
+        raise ValueError(f"ap={p['ap']!r} is not one of {AP_MODES}")
+    if any(k < 1 for k in _as_list(p["ks"], int)):
+        raise ValueError(f"ks={p['ks']!r} must be positive integers")
+
+
+def class_folder_split(
+    labels: np.ndarray, *, query_fraction: float = 0.2, max_per_class: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class query / database indices: the first ``floor(query_fraction * n_c)`` items of each class are queries.
+
+    Items keep their order within a class (the paper sorts file names; here the order is the split's, itself a
+    seeded stratified sample). ``max_per_class`` first caps each class at its first ``n`` items. A class too
+    small to give one query (``n_c < 1 / query_fraction``) contributes only database items, as in the paper.
+    """
+    labels = np.asarray(labels)
+    queries: list[np.ndarray] = []
+    database: list[np.ndarray] = []
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        if max_per_class is not None:
+            idx = idx[: int(max_per_class)]
+        n_query = int(len(idx) * query_fraction)
+        queries.append(idx[:n_query])
+        database.append(idx[n_query:])
+    return np.sort(np.concatenate(queries)), np.sort(np.concatenate(database))
+
+
+def run(**params: Any) -> dict[str, float]:
+    """Run one retrieval cell; ``params`` override :data:`PARAMETERS`. Returns metric name -> value."""
+    unknown = set(params) - set(PARAMETERS)
+    if unknown:
+        raise TypeError(f"unknown retrieval parameter(s): {', '.join(sorted(unknown))}")
+    p = {**PARAMETERS, **params}
+    validate_params(p)
+    threads = set_threads(p["num_threads"])
+    torch.manual_seed(p["seed"])
+    metrics = _run_class_folder(p) if p["protocol"] == "class_folder" else _run_revisited(p)
+    metrics["threads"] = float(threads)
+    return metrics
+
+
+def _run_class_folder(p: dict[str, Any]) -> dict[str, float]:
+    # No model is built unless the cache misses: extract_features builds it only then.
+    fs = extract_features(
+        p["backbone"], p["dataset"], p["split"], image_size=p["image_size"], max_samples=p["max_samples"],
+        seed=p["seed"], batch_size=p["batch_size"], device=p["device"],
+    )
+    q_idx, db_idx = class_folder_split(fs.labels, query_fraction=float(p["query_fraction"]),
+                                       max_per_class=p["max_per_class"])
+    if len(q_idx) == 0:
+        raise ValueError(f"no queries: every class has fewer than {1 / float(p['query_fraction']):.0f} items "
+                         f"(max_samples={p['max_samples']}, max_per_class={p['max_per_class']})")
+    t0 = time.perf_counter()
+    features = np.asarray(fs.features)
+    metrics = class_retrieval_metrics(
+        features[q_idx], fs.labels[q_idx], features[db_idx], fs.labels[db_idx],
+        ks=_as_list(p["ks"], int), ap=p["ap"], device=resolve_device(p["device"]),
+    )
+    metrics.update(n_database=float(len(db_idx)), extract_seconds=fs.seconds,
+                   retrieval_seconds=time.perf_counter() - t0, feature_cache_hit=float(fs.cache_hit))
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Revisited Oxford / Paris
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _manifest_sha256(name: str, filename: str) -> str | None:
+    from bobkit.data import load_manifest
+
+    try:
+        return load_manifest().entry(name).file(filename).sha256
+    except (ValueError, KeyError):
+        return None
+
+
+def load_revisited(
+    name: str,
+    *,
+    storage_size: int = 256,
+    crop_queries: bool = False,
+    gnd_sha256: str | None = None,
+    root: str | Path | None = None,
+) -> tuple[ImageDataset, ImageDataset, list[dict[str, Any]]]:
+    """Queries, database and per-query ground truth of ``roxford5k`` / ``rparis6k``.
+
+    Parameters
+    ----------
+    name
+        ``"roxford5k"`` or ``"rparis6k"``.
+    storage_size
+        Square decode size of the images (shorter side resized, centre crop), as for every folder dataset.
+    crop_queries
+        Crop each query to its ground-truth bounding box first (the official protocol; the paper's code did not).
+    gnd_sha256
+        Expected sha256 of ``gnd_<name>.pkl``; default: the manifest's. When neither records one, the pickle is
+        still read only through the restricted unpickler, and a warning gives its hash.
+    root
+        The dataset folder (``<root>/jpg/*.jpg`` and ``<root>/gnd_<name>.pkl``); default: the manifest's
+        folder under ``$BOB_DATA_DIR`` or the data cache.
+    """
+    from bobkit.data import resolve_dir
+    from bobkit.paths import data_cache_dir
+
+    if name not in DATASETS:
+        raise ValueError(f"revisited dataset {name!r} is not one of {DATASETS}")
+    folder = Path(root) if root is not None else resolve_dir(name)
+    pickle_path = folder / f"gnd_{name}.pkl"
+    if not pickle_path.is_file():
+        raise MissingDataError(f"{pickle_path} not found: download it from "
+                               f"http://cmp.felk.cvut.cz/revisitop/data/datasets/{name}/gnd_{name}.pkl")
+    sha = gnd_sha256 or _manifest_sha256(name, f"{name}/gnd_{name}.pkl")
+    json_path = data_cache_dir() / "revisited" / f"gnd_{name}.json"
+    gt = load_revisited_gnd(convert_revisited_gnd(pickle_path, json_path, sha256=sha, allow_unverified=sha is None))
+    image_dir = folder / "jpg"
+    missing = [f for f in gt.imlist[:20] + gt.qimlist if not (image_dir / f"{f}.jpg").is_file()]
+    if missing:
+        raise MissingDataError(f"{name}: images missing from {image_dir}, e.g. {missing[0]}.jpg")
+    database = ImageDataset(None, np.zeros(len(gt.imlist), np.int64), ["database"], name, "database",
+                            paths=[image_dir / f"{f}.jpg" for f in gt.imlist], storage_size=storage_size)
+    query_images = np.stack([
+        _decode_query(image_dir / f"{f}.jpg", g.get("bbx") if crop_queries else None, storage_size)
+        for f, g in zip(gt.qimlist, gt.gnd)
+    ])
+    queries = ImageDataset(query_images, np.zeros(len(gt.qimlist), np.int64), ["query"], name, "query")
+    return queries, database, gt.gnd
+
+
+def _decode_query(path: Path, bbx: list[float] | None, size: int) -> np.ndarray:
+    """One query image as RGB uint8 (optionally cropped to ``bbx``), shorter side to ``size``, centre square."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if bbx is not None:
+            x1, y1, x2, y2 = (float(v) for v in bbx)
+            im = im.crop((max(0, int(x1)), max(0, int(y1)), min(im.width, int(np.ceil(x2))),
+                          min(im.height, int(np.ceil(y2)))))
+        scale = size / min(im.width, im.height)
+        w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
+        im = im.resize((w, h), Image.BICUBIC)
+        left, top = (w - size) // 2, (h - size) // 2
+        return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def dataset_features(model: torch.nn.Module, dataset: ImageDataset, data_config: dict[str, Any], image_size: int,
+                     batch_size: int, device: torch.device, *, chunk: int = 512) -> np.ndarray:
+    """Pooled features of a (possibly file-backed) dataset, decoding ``chunk`` images at a time (uncached)."""
+    parts = [
+        forward_batches(model, images, data_config, image_size, batch_size, device)
+        for images, _ in dataset.iter_batches(chunk)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def _run_revisited(p: dict[str, Any]) -> dict[str, float]:
+    t0 = time.perf_counter()
+    queries, database, gnd = load_revisited(p["dataset"], crop_queries=bool(p["crop_queries"]),
+                                            gnd_sha256=p["gnd_sha256"])
+    device = resolve_device(p["device"])
+    model = backbones.create_model(p["backbone"], num_classes=0, image_size=p["image_size"], seed=p["seed"])
+    model = model.eval().to(device)
+    config = backbones.data_config(p["backbone"], image_size=p["image_size"])
+    q = dataset_features(model, queries, config, p["image_size"], p["batch_size"], device)
+    db = dataset_features(model, database, config, p["image_size"], p["batch_size"], device)
+    extract_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    metrics = revisited_retrieval_metrics(q, db, gnd, protocol=p["revisited_protocol"], ks=_as_list(p["ks"], int),
+                                          ap=p["ap"], device=device)
+    metrics.update(n_database=float(len(db)), extract_seconds=extract_seconds,
+                   retrieval_seconds=time.perf_counter() - t1, feature_cache_hit=0.0)
+    return metrics

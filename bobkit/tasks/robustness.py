@@ -1,0 +1,274 @@
+"""Adversarial robustness and calibration of a trained classifier.
+
+The classifier is the frozen backbone + a linear probe head (:meth:`LinearProbe.as_module`), or the backbone
+fine-tuned end to end. A held-out ``calibration_fraction`` of the training items is kept out of training: the
+temperature is fitted on it, and every metric is reported on the test split.
+
+Calibration
+    ``ece`` (15 bins), ``nll``, ``brier`` before and ``ece_ts``, ``nll_ts``, ``brier_ts`` after temperature
+    scaling, with the fitted ``temperature``; :func:`plot_reliability` draws both reliability diagrams.
+Adversarial robustness
+    Accuracy under FGSM and PGD (L-inf, :mod:`bobkit.attacks`) on ``max_attack`` test images for each epsilon in
+    pixel units: ``acc/fgsm/<eps>``, ``acc/pgd/<eps>``. The attacks run on ``[0, 1]`` images at the model's input
+    size with the backbone's normalisation inside the attacked function. Epsilon 0 gives the clean accuracy of
+    the attacked subset, and accuracy never increases with epsilon (see :func:`bobkit.attacks.robust_accuracy`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from bobkit import backbones
+from bobkit.attacks import ATTACKS, NormalizedModel, robust_accuracy
+from bobkit.data import dataset_info, get_dataset
+from bobkit.data.transforms import to_tensor_batch
+from bobkit.device import resolve_device, set_threads
+from bobkit.features import extract_features, forward_batches
+from bobkit.metrics import ReliabilityBins, calibration_metrics, fit_temperature, reliability_bins, softmax
+from bobkit.tasks.classification import finetune, fit_linear_probe
+
+VERSION = "1"
+PROTOCOLS = ("linear_probe", "finetune")
+
+PARAMETERS: dict[str, Any] = {
+    "backbone": "mobilenetv2_100.packaged_tv_in1k",
+    "dataset": "fashion_mnist",
+    "protocol": "linear_probe",
+    "image_size": 64,
+    "train_split": "train",
+    "test_split": "test",
+    "max_train": 2000,
+    "max_test": 1000,
+    "calibration_fraction": 0.2,
+    "n_bins": 15,
+    "attacks": ["fgsm", "pgd"],
+    "epsilons": [0, 1, 2],
+    "pgd_steps": 5,
+    "pgd_step_size": None,
+    "random_start": True,
+    "max_attack": 64,
+    "probe_l2": 1e-3,
+    "probe_max_iter": 100,
+    "epochs": 1,
+    "lr": 1e-3,
+    "weight_decay": 0.05,
+    "layer_decay": None,
+    "warmup_epochs": 0.0,
+    "batch_size": 64,
+    "seed": 0,
+    "device": "auto",
+    "num_threads": None,
+}
+
+
+def _as_list(value: Any, cast: type) -> list[Any]:
+    """A list parameter given as a list, a single value or a comma-separated string (YAML-grid friendly)."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    elif not isinstance(value, (list, tuple)):
+        value = [value]
+    return [cast(v.strip()) if isinstance(v, str) else cast(v) for v in value]
+
+
+def validate_params(p: dict[str, Any]) -> None:
+    """Reject bad values before anything runs (called by the grid and by :func:`run`)."""
+    if p["protocol"] not in PROTOCOLS:
+        raise ValueError(f"robustness protocol={p['protocol']!r} is not one of {PROTOCOLS}")
+    if not 0 < float(p["calibration_fraction"]) < 1:
+        raise ValueError(f"calibration_fraction={p['calibration_fraction']!r} must be in (0, 1)")
+    bad = [a for a in _as_list(p["attacks"], str) if a not in ATTACKS]
+    if bad:
+        raise ValueError(f"unknown attack(s) {bad}; known: {ATTACKS}")
+    if any(e < 0 for e in _as_list(p["epsilons"], float)):
+        raise ValueError(f"epsilons={p['epsilons']!r} must be >= 0 (pixel units, /255)")
+    if int(p["pgd_steps"]) < 1:
+        raise ValueError(f"pgd_steps={p['pgd_steps']!r} must be >= 1")
+    if int(p["n_bins"]) < 1:
+        raise ValueError(f"n_bins={p['n_bins']!r} must be >= 1")
+
+
+def calibration_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class random split of training positions into (fit, held-out) with ``fraction`` held out.
+
+    Every class with two or more items keeps at least one on each side
+    (:func:`bobkit.data.sources.stratified_split`).
+    """
+    from bobkit.data.sources import stratified_split
+
+    return stratified_split(np.asarray(labels), fraction, seed)
+
+
+@dataclass
+class RobustnessResult:
+    """Everything one cell computed: the metrics and the reliability diagrams before / after scaling."""
+
+    metrics: dict[str, float]
+    reliability: ReliabilityBins
+    reliability_ts: ReliabilityBins
+    temperature: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def figure(self):
+        """The reliability diagram figure (see :func:`plot_reliability`)."""
+        return plot_reliability(self)
+
+
+def run(**params: Any) -> dict[str, float]:
+    """Run one robustness cell; ``params`` override :data:`PARAMETERS`. Returns metric name -> value."""
+    return evaluate(**params).metrics
+
+
+def evaluate(**params: Any) -> RobustnessResult:
+    """Like :func:`run`, also returning the reliability bins for the figure."""
+    unknown = set(params) - set(PARAMETERS)
+    if unknown:
+        raise TypeError(f"unknown robustness parameter(s): {', '.join(sorted(unknown))}")
+    p = {**PARAMETERS, **params}
+    validate_params(p)
+    threads = set_threads(p["num_threads"])
+    torch.manual_seed(p["seed"])
+    device = resolve_device(p["device"])
+    config = backbones.data_config(p["backbone"], image_size=p["image_size"])
+    n_classes = dataset_info(p["dataset"]).num_classes
+    timings: dict[str, float] = {}
+
+    if p["protocol"] == "linear_probe":
+        model, calib, test, cache_hit, n_fit = _linear_probe_model(p, device, n_classes, timings)
+    else:
+        model, calib, test, cache_hit, n_fit = _finetuned_model(p, device, config, n_classes, timings)
+
+    t0 = time.perf_counter()
+    (calib_logits, calib_labels), (test_logits, test_labels) = calib, test
+    temperature = fit_temperature(calib_logits, calib_labels)
+    before = calibration_metrics(test_logits, test_labels, n_bins=int(p["n_bins"]))
+    after = calibration_metrics(test_logits, test_labels, temperature=temperature, n_bins=int(p["n_bins"]))
+    metrics: dict[str, float] = {
+        "top1": before["acc"], "ece": before["ece"], "nll": before["nll"], "brier": before["brier"],
+        "ece_ts": after["ece"], "nll_ts": after["nll"], "brier_ts": after["brier"], "temperature": temperature,
+    }
+    timings["calibration_seconds"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    metrics.update(_attack_metrics(p, model, config, device))
+    timings["attack_seconds"] = time.perf_counter() - t1
+    metrics.update(timings)
+    metrics.update(n_train=float(n_fit), n_test=float(len(test_labels)), threads=float(threads),
+                   feature_cache_hit=float(cache_hit))
+    return RobustnessResult(
+        metrics,
+        reliability_bins(softmax(test_logits), test_labels, int(p["n_bins"])),
+        reliability_bins(softmax(test_logits, temperature), test_labels, int(p["n_bins"])),
+        temperature,
+        p,
+    )
+
+
+def _linear_probe_model(p: dict[str, Any], device: torch.device, n_classes: int, timings: dict[str, float]):
+    """Backbone + probe head; logits of the held-out and test items from the cached features."""
+    common = dict(image_size=p["image_size"], seed=p["seed"], batch_size=p["batch_size"], device=p["device"])
+    t0 = time.perf_counter()
+    backbone = backbones.create_model(p["backbone"], num_classes=0, image_size=p["image_size"], seed=p["seed"])
+    timings["load_seconds"] = time.perf_counter() - t0
+    # Same cache keys as the classification probe: a robustness cell after a probe cell extracts nothing.
+    train = extract_features(p["backbone"], p["dataset"], p["train_split"], max_samples=p["max_train"],
+                             model=backbone, **common)
+    test = extract_features(p["backbone"], p["dataset"], p["test_split"], max_samples=p["max_test"],
+                            model=backbone, **common)
+    timings["extract_seconds"] = train.seconds + test.seconds
+    fit_idx, held_idx = calibration_split(train.labels, float(p["calibration_fraction"]), p["seed"])
+    train_x = np.array(train.features)
+    t1 = time.perf_counter()
+    probe = fit_linear_probe(train_x[fit_idx], train.labels[fit_idx], num_classes=n_classes, l2=p["probe_l2"],
+                             max_iter=p["probe_max_iter"], device=p["device"])
+    timings["train_seconds"] = time.perf_counter() - t1
+    model = torch.nn.Sequential(backbone, probe.as_module())
+    calib = (probe.logits(train_x[held_idx]), train.labels[held_idx])
+    test_out = (probe.logits(np.array(test.features)), test.labels)
+    return model, calib, test_out, train.cache_hit and test.cache_hit, len(fit_idx)
+
+
+def _finetuned_model(p: dict[str, Any], device: torch.device, config: dict[str, Any], n_classes: int,
+                     timings: dict[str, float]):
+    """Backbone fine-tuned with a new head on the non-held-out training items."""
+    t0 = time.perf_counter()
+    train_ds = get_dataset(p["dataset"], p["train_split"], max_samples=p["max_train"], seed=p["seed"])
+    test_ds = get_dataset(p["dataset"], p["test_split"], max_samples=p["max_test"], seed=p["seed"])
+    model = backbones.create_model(p["backbone"], num_classes=n_classes, image_size=p["image_size"],
+                                   seed=p["seed"]).to(device)
+    timings["load_seconds"] = time.perf_counter() - t0
+    fit_idx, held_idx = calibration_split(train_ds.labels, float(p["calibration_fraction"]), p["seed"])
+    images = train_ds.images
+    t1 = time.perf_counter()
+    finetune(model, images[fit_idx], train_ds.labels[fit_idx], config, image_size=p["image_size"],
+             epochs=p["epochs"], lr=p["lr"], weight_decay=p["weight_decay"], layer_decay=p["layer_decay"],
+             warmup_epochs=p["warmup_epochs"], batch_size=p["batch_size"], seed=p["seed"], device=device)
+    timings["train_seconds"] = time.perf_counter() - t1
+    model.eval()
+    t2 = time.perf_counter()
+    calib = (forward_batches(model, images[held_idx], config, p["image_size"], p["batch_size"], device),
+             train_ds.labels[held_idx])
+    test_out = (forward_batches(model, test_ds.images, config, p["image_size"], p["batch_size"], device),
+                test_ds.labels)
+    timings["extract_seconds"] = time.perf_counter() - t2
+    return model, calib, test_out, False, len(fit_idx)
+
+
+def pixel_batch(images: np.ndarray, data_config: dict[str, Any], image_size: int) -> torch.Tensor:
+    """uint8 images -> ``[0, 1]`` tensors at the model's input size, resized exactly as for feature extraction."""
+    identity = {**data_config, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+    return to_tensor_batch(images, identity, image_size)
+
+
+def _attack_metrics(p: dict[str, Any], model: torch.nn.Module, config: dict[str, Any],
+                    device: torch.device) -> dict[str, float]:
+    """``acc/<attack>/<eps>`` for every attack and epsilon on ``max_attack`` stratified test images."""
+    attack_ds = get_dataset(p["dataset"], p["test_split"], max_samples=p["max_attack"], seed=p["seed"])
+    x = pixel_batch(attack_ds.images, config, p["image_size"])
+    y = torch.as_tensor(attack_ds.labels, dtype=torch.long)
+    attacked = NormalizedModel(model, config["mean"], config["std"]).to(device).eval()
+    for param in attacked.parameters():
+        param.requires_grad_(False)  # gradients are needed for the input only
+    epsilons = _as_list(p["epsilons"], float)
+    out: dict[str, float] = {}
+    for attack in _as_list(p["attacks"], str):
+        accs = robust_accuracy(
+            attacked, x, y, epsilons, attack=attack, steps=int(p["pgd_steps"]), step_size=p["pgd_step_size"],
+            random_start=bool(p["random_start"]), batch_size=int(p["batch_size"]), seed=int(p["seed"]),
+        )
+        out.update({f"acc/{attack}/{eps:g}": acc for eps, acc in accs.items()})
+    return out
+
+
+def plot_reliability(result: RobustnessResult, ax=None):
+    """Reliability diagrams before and after temperature scaling: per-bin accuracy against confidence.
+
+    Bars show each bin's accuracy at its mean confidence, the diagonal is perfect calibration; the legend gives
+    ECE. Returns the matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3.6), sharey=True)
+    else:
+        axes = np.atleast_1d(ax)
+        fig = axes[0].figure
+    title = f"{result.params.get('backbone', '')} on {result.params.get('dataset', '')}"
+    panels = [(result.reliability, "before scaling"), (result.reliability_ts, f"T = {result.temperature:.2f}")]
+    for a, (bins, label) in zip(axes, panels):
+        width = np.diff(bins.edges)
+        filled = bins.counts > 0
+        a.bar(bins.edges[:-1][filled], bins.accuracy[filled], width=width[filled], align="edge",
+              edgecolor="black", alpha=0.7, label=f"accuracy (ECE {bins.ece:.3f})")
+        a.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        a.scatter(bins.confidence[filled], bins.accuracy[filled], s=10, c="C3", zorder=3, label="mean confidence")
+        a.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", title=label)
+        a.legend(loc="upper left", fontsize=7)
+    axes[0].set_ylabel("accuracy")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,239 @@
+"""Retrieval and calibration metrics against hand-computed values and library oracles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from bobkit import metrics as M
+
+# Two queries over a ranked database of 10 items (rank 0 first).
+# q0: positives at ranks 0, 2, 5 (3 positives); q1: one positive at rank 2.
+RANKED = np.zeros((2, 10), dtype=bool)
+RANKED[0, [0, 2, 5]] = True
+RANKED[1, 2] = True
+
+
+def test_step_ap_mrr_precision_recall_by_hand():
+    out = M.ranked_metrics(RANKED, ap="step")
+    # q0: AP = (1/1 + 2/3 + 3/6) / 3; q1: AP = (1/3) / 1
+    assert out["ap"] == pytest.approx([(1 + 2 / 3 + 3 / 6) / 3, 1 / 3])
+    assert out["rr"] == pytest.approx([1.0, 1 / 3])
+    assert out["precision@1"] == pytest.approx([1.0, 0.0])
+    assert out["precision@5"] == pytest.approx([2 / 5, 1 / 5])
+    assert out["precision@10"] == pytest.approx([3 / 10, 1 / 10])
+    assert out["recall@1"] == pytest.approx([1 / 3, 0.0])
+    assert out["recall@5"] == pytest.approx([2 / 3, 1.0])
+    assert out["recall@10"] == pytest.approx([1.0, 1.0])
+
+
+def test_trapezoid_ap_by_hand():
+    out = M.ranked_metrics(RANKED, ap="trapezoid")
+    # revisitop compute_ap: sum over positives j at rank r of (j/r [1 if r=0] + (j+1)/(r+1)) / 2, over n positives
+    q0 = (1.0 + (1 / 2 + 2 / 3) / 2 + (2 / 5 + 3 / 6) / 2) / 3
+    q1 = (0 / 2 + 1 / 3) / 2
+    assert out["ap"] == pytest.approx([q0, q1])
+
+
+def test_step_ap_matches_sklearn_and_torchmetrics():
+    from sklearn.metrics import average_precision_score
+    from torchmetrics.functional.retrieval import retrieval_average_precision, retrieval_reciprocal_rank
+
+    rng = np.random.default_rng(0)
+    # Positive scores: torchmetrics drops positives whose score is <= 0 (cosine similarities can be negative,
+    # one reason bobkit ranks by itself).
+    scores = rng.random(size=(6, 40))
+    target = rng.random((6, 40)) < 0.2
+    target[:, 0] = True
+    order = np.argsort(-scores, axis=1, kind="stable")
+    out = M.ranked_metrics(np.take_along_axis(target, order, 1), ap="step")
+    for q in range(6):
+        assert out["ap"][q] == pytest.approx(average_precision_score(target[q], scores[q]))
+        assert out["ap"][q] == pytest.approx(
+            float(retrieval_average_precision(torch.tensor(scores[q]), torch.tensor(target[q]))), abs=1e-6)
+        assert out["rr"][q] == pytest.approx(
+            float(retrieval_reciprocal_rank(torch.tensor(scores[q]), torch.tensor(target[q]))), abs=1e-6)
+
+
+def test_class_retrieval_ranks_by_cosine():
+    # 2-D features: the query points along x; database items at known angles, labels known.
+    angles = np.array([0.1, 0.5, 1.0, 2.0, 3.0])
+    db = np.stack([np.cos(angles), np.sin(angles)], 1) * np.array([[3], [1], [5], [2], [1]])  # norms must not matter
+    db_labels = np.array([0, 1, 0, 1, 0])
+    out = M.class_retrieval_metrics(np.array([[2.0, 0.0]]), np.array([0]), db, db_labels, ap="step")
+    # ranking 0,1,2,3,4 -> relevance 1,0,1,0,1: AP = (1 + 2/3 + 3/5)/3
+    assert out["map"] == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+    assert out["mrr"] == 1.0
+    assert out["precision@5"] == pytest.approx(3 / 5)
+    assert out["recall@1"] == pytest.approx(1 / 3)
+    assert out["n_queries"] == 1
+
+
+def _revisitop_reference_ap(ranks: np.ndarray, ok: list[int], junk: list[int]) -> float:
+    """The official revisited-protocol AP (filipradenovic/revisitop compute_map + compute_ap), one query."""
+    pos = np.arange(len(ranks))[np.isin(ranks, ok)]
+    jk = np.arange(len(ranks))[np.isin(ranks, junk)]
+    k = ij = 0
+    for ip in range(len(pos)):
+        while ij < len(jk) and pos[ip] > jk[ij]:
+            k += 1
+            ij += 1
+        pos[ip] -= k
+    ap = 0.0
+    for j, r in enumerate(pos):
+        p0 = 1.0 if r == 0 else j / r
+        ap += (p0 + (j + 1) / (r + 1)) / 2 / len(ok)
+    return ap
+
+
+def _unit(angles: np.ndarray) -> np.ndarray:
+    return np.stack([np.cos(angles), np.sin(angles)], 1)
+
+
+def test_revisited_protocol_ignores_junk():
+    # Database of 6 items ranked 0..5 for the single query (increasing angle from the query).
+    db = _unit(np.linspace(0.1, 1.5, 6))
+    query = _unit(np.array([0.0]))
+    gnd = [{"easy": [1], "hard": [3], "junk": [0, 2]}]
+    medium = M.revisited_retrieval_metrics(query, db, gnd, protocol="medium", ap="step")
+    # junk removed -> ranking 1(+), 3(+), 4, 5: AP = 1, first positive at rank 1
+    assert medium["map"] == pytest.approx(1.0)
+    assert medium["mrr"] == 1.0
+    assert medium["precision@1"] == 1.0
+    assert medium["recall@1"] == pytest.approx(0.5)
+    # junk counted as negatives instead would give ranks 2 and 4: AP = (1/2 + 2/4)/2 = 0.5
+    as_negatives = M.revisited_retrieval_metrics(query, db, [{"easy": [1], "hard": [3], "junk": []}], ap="step")
+    assert as_negatives["map"] == pytest.approx(0.5)
+    # hard protocol: only item 3 positive; easy item 1 and junk ignored -> ranked first: AP 1
+    hard = M.revisited_retrieval_metrics(query, db, gnd, protocol="hard", ap="step")
+    assert hard["map"] == pytest.approx(1.0)
+
+
+def test_revisited_trapezoid_matches_official_code():
+    rng = np.random.default_rng(3)
+    n_db, n_q = 60, 5
+    db = rng.normal(size=(n_db, 16))
+    queries = rng.normal(size=(n_q, 16))
+    gnd, ref = [], []
+    for q in range(n_q):
+        perm = rng.permutation(n_db)
+        g = {"easy": perm[:4].tolist(), "hard": perm[4:7].tolist(), "junk": perm[7:15].tolist()}
+        gnd.append(g)
+        sims = M.l2_normalize(db).numpy() @ M.l2_normalize(queries[q : q + 1]).numpy()[0]
+        ranks = np.argsort(-sims, kind="stable")
+        ref.append(_revisitop_reference_ap(ranks, g["easy"] + g["hard"], g["junk"]))
+    out = M.revisited_retrieval_metrics(queries, db, gnd, protocol="medium", ap="trapezoid")
+    assert out["map"] == pytest.approx(np.mean(ref))
+
+
+def test_query_without_positives_is_left_out():
+    relevant = np.array([[True, False], [False, False]])
+    out = M.ranked_metrics(relevant)
+    assert np.isnan(out["ap"][1]) and out["ap"][0] == 1.0
+
+
+# --- revisited ground truth conversion ------------------------------------------------------------------------
+
+
+def _write_gnd_pickle(path, payload) -> str:
+    data = pickle.dumps(payload, protocol=4)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_gnd_pickle_converted_once_with_numpy_arrays(tmp_path):
+    payload = {
+        "imlist": ["a", "b", "c"],
+        "qimlist": ["q"],
+        "gnd": [{"easy": np.array([0]), "hard": np.array([2], dtype=np.int32), "junk": [], "bbx": [1.0, 2, 3, 4]}],
+    }
+    sha = _write_gnd_pickle(tmp_path / "gnd.pkl", payload)
+    out = M.convert_revisited_gnd(tmp_path / "gnd.pkl", tmp_path / "gnd.json", sha256=sha)
+    gt = M.load_revisited_gnd(out)
+    assert gt.gnd[0]["easy"] == [0] and gt.gnd[0]["hard"] == [2] and gt.source_sha256 == sha
+    # second call reads nothing new (the JSON is kept as is)
+    mtime = out.stat().st_mtime_ns
+    M.convert_revisited_gnd(tmp_path / "gnd.pkl", tmp_path / "gnd.json", sha256=sha)
+    assert out.stat().st_mtime_ns == mtime
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned",))
+
+
+def test_gnd_pickle_with_code_is_refused(tmp_path):
+    sha = _write_gnd_pickle(tmp_path / "gnd.pkl", {"imlist": [], "qimlist": [], "gnd": [_Evil()]})
+    with pytest.raises(M.UnsafePickleError, match="system"):
+        M.convert_revisited_gnd(tmp_path / "gnd.pkl", tmp_path / "gnd.json", sha256=sha)
+    assert not (tmp_path / "gnd.json").exists()
+
+
+def test_gnd_pickle_checksum_verified_before_unpickling(tmp_path):
+    _write_gnd_pickle(tmp_path / "gnd.pkl", {"imlist": [], "qimlist": [], "gnd": []})
+    with pytest.raises(ValueError, match="sha256"):
+        M.convert_revisited_gnd(tmp_path / "gnd.pkl", tmp_path / "gnd.json", sha256="0" * 64)
+    with pytest.raises(ValueError, match="allow_unverified"):
+        M.convert_revisited_gnd(tmp_path / "gnd.pkl", tmp_path / "gnd.json", sha256=None)
+
+
+def test_gnd_json_indices_validated(tmp_path):
+    bad = {"imlist": ["a"], "qimlist": ["q"], "gnd": [{"easy": [5], "hard": [], "junk": []}]}
+    (tmp_path / "g.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="outside"):
+        M.load_revisited_gnd(tmp_path / "g.json")
+
+
+# --- calibration ------------------------------------------------------------------------------------------------
+
+
+def _synthetic_predictor(n: int, temperature: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits whose softmax is the true label distribution (calibrated at T=1), sharpened by 1/temperature."""
+    rng = np.random.default_rng(seed)
+    true_logits = rng.normal(scale=2.0, size=(n, 5))
+    p = M.softmax(true_logits)
+    labels = np.minimum((rng.random((n, 1)) > np.cumsum(p, axis=1)).sum(axis=1), 4)
+    return true_logits / temperature, labels
+
+
+def test_ece_of_calibrated_predictor_is_near_zero_and_overconfident_is_large():
+    logits, labels = _synthetic_predictor(20000, temperature=1.0)
+    calibrated = M.calibration_metrics(logits, labels)
+    assert calibrated["ece"] < 0.015
+    over_logits, _ = _synthetic_predictor(20000, temperature=0.25)
+    overconfident = M.calibration_metrics(over_logits, labels)
+    assert overconfident["ece"] > 0.15
+    assert overconfident["nll"] > calibrated["nll"]
+    assert overconfident["brier"] > calibrated["brier"]
+
+
+def test_temperature_scaling_recovers_temperature_and_lowers_nll():
+    logits, labels = _synthetic_predictor(20000, temperature=0.25, seed=1)
+    held_out, eval_ = slice(0, 10000), slice(10000, None)
+    t = M.fit_temperature(logits[held_out], labels[held_out])
+    assert t == pytest.approx(4.0, rel=0.1)
+    before = M.calibration_metrics(logits[eval_], labels[eval_])
+    after = M.calibration_metrics(logits[eval_], labels[eval_], temperature=t)
+    assert after["nll"] < before["nll"] and after["ece"] < before["ece"]
+    assert after["acc"] == before["acc"]  # temperature never changes the arg-max
+
+
+def test_reliability_bins_agree_with_torchmetrics_ece():
+    logits, labels = _synthetic_predictor(3000, temperature=0.5, seed=2)
+    probs = M.softmax(logits)
+    bins = M.reliability_bins(probs, labels, n_bins=15)
+    assert bins.counts.sum() == 3000
+    assert bins.ece == pytest.approx(M.expected_calibration_error(probs, labels, 15), abs=1e-5)
+
+
+def test_brier_by_hand():
+    probs = np.array([[1.0, 0.0], [0.5, 0.5]])
+    # sample 0: perfect (0); sample 1 (label 0): 0.25 + 0.25
+    assert M.brier_score(probs, np.array([0, 0])) == pytest.approx(0.25)
