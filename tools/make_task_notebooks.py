@@ -1,6 +1,7 @@
-"""Write notebooks/tasks/{retrieval,ood,robustness}.ipynb: a parameters cell and a call into bobkit.
+"""Write the thin task notebooks (notebooks/tasks/<task>.ipynb): a parameters cell and a call into bobkit.
 
-Run from the repository root with the project's venv: ``python /path/to/make_task_notebooks.py``.
+The parameters cell is generated from the task module's ``PARAMETERS``, so notebook and module never disagree
+(tests check it). Run after changing a task's parameters: ``python tools/make_task_notebooks.py [task ...]``.
 """
 
 from pathlib import Path
@@ -8,11 +9,29 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from bobkit.tasks import ood, retrieval, robustness
+import sys
 
-REPO = Path.cwd()
+from bobkit.tasks import get_task
+
+REPO = Path(__file__).resolve().parents[1]
+GENERATED = ("classification", "retrieval", "ood", "robustness", "smoke")
 
 INTROS = {
+    "classification": """# Classification: linear probe and end-to-end fine-tuning
+
+One cell of the battle: a backbone from the registry (`bob backbones`) on a dataset (`bob data`), by
+**linear probe** on cached frozen features (L-BFGS logistic regression) or **fine-tuning** (AdamW, warm-up +
+cosine, optional layer-wise lr decay). Low-shot: `label_fraction` (e.g. 0.01, 0.1) or `shots_per_class`.
+Metrics: top-1 (top-5 when there are more than 5 classes), macro-F1, test NLL.
+
+Run it interactively in JupyterLab, or with papermill:
+`papermill notebooks/tasks/classification.ipynb out.ipynb -p backbone resnet18.random_init -p protocol finetune`.
+""",
+    "smoke": """# Runner self-test
+
+No model and no data: this task tests and benchmarks the batch layer (papermill overhead, failure recording,
+out-of-memory retry, kill-and-resume). Its `score` is `value + seed`, not a result about any backbone.
+""",
     "retrieval": """# Retrieval with frozen features
 
 One cell of the battle: rank a database by cosine similarity of a backbone's frozen pooled features (no training).
@@ -45,6 +64,15 @@ Accuracy at epsilon 0 is the clean accuracy of the attacked subset; accuracy nev
 }
 
 COMMENTS = {
+    "classification": {
+        "protocol": "linear_probe | finetune",
+        "max_train": "class-stratified subset of the train split (None: all)",
+        "label_fraction": "low-shot: fraction of train labels kept per class",
+        "shots_per_class": "low-shot: n labels per class",
+        "layer_decay": "e.g. 0.75 as in the paper; None disables",
+        "device": "auto | cpu | cuda",
+    },
+    "smoke": {"mode": "ok | raise | nan | oom | die | sleep"},
     "retrieval": {
         "protocol": "class_folder | revisited (roxford5k, rparis6k)",
         "split": "the split whose items become queries + database (the probe's test split: cache shared)",
@@ -110,19 +138,19 @@ def notebook(task: str, module) -> nbformat.NotebookNode:
             f"metrics = {task}.run(\n    {call_args},\n)\n"
             "save_cell_metrics(metrics, output_dir)"
         ))
-    cells.append(new_code_cell("import pandas as pd\n\npd.Series(metrics, name=backbone).to_frame()"))
+    cells.append(new_code_cell("import pandas as pd\n\npd.Series(metrics).to_frame('value')"))
     return new_notebook(
         cells=cells,
         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
     )
 
 
-def main() -> None:
-    for task, module in (("retrieval", retrieval), ("ood", ood), ("robustness", robustness)):
+def main(tasks: list[str]) -> None:
+    for task in tasks or GENERATED:
         out = REPO / "notebooks" / "tasks" / f"{task}.ipynb"
-        nbformat.write(notebook(task, module), out)
+        nbformat.write(notebook(task, get_task(task)), out)
         print(out)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
