@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "/work/main/notebooks/analysis")
+OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "notebooks" / "analysis"
 
 PAPER = {
     "top": "overall, the best backbones were supervised ConvNeXt-B (ImageNet-21k), supervised SwinV2-B (ImageNet-21k) "
