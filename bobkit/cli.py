@@ -92,7 +92,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Execute the analysis notebooks on a results table and render the static site."""
     from bobkit.report import build_report
 
-    index = build_report(Path(args.results) if args.results else None, Path(args.out), runs_dir=Path(args.runs_dir))
+    results = Path(args.results) if args.results else None
+    if results is None and Path("results/results.parquet").exists():
+        results = Path("results/results.parquet")
+    index = build_report(results, Path(args.out), runs_dir=Path(args.runs_dir), notebooks=args.notebooks,
+                         jobs=args.jobs, strict=args.strict, timeout=args.timeout)
     print(f"report: {index}")
     return 0
 
@@ -166,9 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("report", help="render the analysis notebooks into a static site")
-    p.add_argument("--results", default=None, help="results table (default: results/results.parquet if present)")
+    p.add_argument("--results", default=None,
+                   help="results table (default: results/results.parquet if present, else the public tables)")
     p.add_argument("--out", default="site")
     p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--notebooks", nargs="*", default=None, help="analysis notebooks to run (default: all)")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks executed at once")
+    p.add_argument("--timeout", type=int, default=600, help="seconds per notebook cell")
+    p.add_argument("--strict", action="store_true", help="fail when an analysis notebook fails")
     p.set_defaults(func=cmd_report)
     return parser
 
