@@ -22,10 +22,13 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    """List the manifest's datasets and reference tables and which are present here."""
-    from bobkit.data.manifest import status
+    """List the manifest's datasets and reference tables and which are present here; optionally download some."""
+    from bobkit.data.manifest import download, status
 
-    _print_table(status())
+    for name in args.download or []:
+        for path in download(name):
+            print(f"{name}: {path}")
+    _print_table(status(verify=args.verify))
     return 0
 
 
@@ -138,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_backbones)
 
     p = sub.add_parser("data", help="list datasets and reference tables and whether they are present")
+    p.add_argument("--download", nargs="+", metavar="NAME", help="download these manifest entries (sha256-checked)")
+    p.add_argument("--verify", action="store_true", help="hash every present file against the manifest")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("validate", help="expand grid files without running them")
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
+    except (ValueError, OSError, KeyError) as exc:  # bad input, missing files, no network: one clear line
         print(f"bob {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

