@@ -13,7 +13,7 @@ setup-test:
 	bash tools/setup.sh --test
 
 demo: setup
-	$(BOB) run params/demo.yaml --build
+	$(BOB) run params/demo.yaml --workers 2 --build
 
 test: setup-test
 	$(PY) -m pytest -q
