@@ -25,6 +25,7 @@ SCHEMA_VERSION = 1
 LOWER_IS_BETTER = ("nll", "ece", "brier", "error", "drop", "loss", "mce")
 # Keys a task may return that describe the run rather than score the backbone.
 NON_SCORE_SUFFIXES = ("_seconds", "_mb", "_bytes")
+NON_SCORE_PREFIXES = ("exec_", "peak_")  # execution settings (precision, channels_last, ...) and memory
 NON_SCORE_KEYS = ("threads", "n_train", "n_test", "n_queries", "n_database", "feature_cache_hit",
                   "batch_size_used", "images_per_second", "temperature")
 
@@ -44,7 +45,7 @@ def split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, 
     scores: dict[str, float] = {}
     info: dict[str, float] = {}
     for name, value in metrics.items():
-        is_info = name.endswith(NON_SCORE_SUFFIXES) or name in NON_SCORE_KEYS
+        is_info = name.endswith(NON_SCORE_SUFFIXES) or name in NON_SCORE_KEYS or name.startswith(NON_SCORE_PREFIXES)
         (info if is_info else scores)[name] = value
     return scores, info
 

@@ -29,9 +29,10 @@ def test_metric_direction(metric, expected):
 
 
 def test_split_metrics_keeps_timings_out_of_scores():
-    scores, info = split_metrics({"top1": 0.9, "train_seconds": 3.0, "threads": 2.0, "nll": 0.3})
+    scores, info = split_metrics({"top1": 0.9, "train_seconds": 3.0, "threads": 2.0, "nll": 0.3,
+                                  "exec_bf16": 1.0, "peak_rss_mb": 900.0})
     assert scores == {"top1": 0.9, "nll": 0.3}
-    assert info == {"train_seconds": 3.0, "threads": 2.0}
+    assert info == {"train_seconds": 3.0, "threads": 2.0, "exec_bf16": 1.0, "peak_rss_mb": 900.0}
 
 
 def test_json_writes_are_strict_and_atomic(tmp_path):

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The GPU benchmark set in one go (about 4-5 minutes on one H100; budgeted for < 8), the table printed last.
+#
+#   bash benchmarks/gpu_check.sh [--device cuda|cpu] [--tiny] [--out DIR]
+#
+#   --device cuda  (default) every figure on the GPU: bobkit bf16+channels_last extraction vs a raw timm bf16
+#                  loop, FLOP/s utilisation against the measured bf16 matmul peak, execution modes, the probe
+#                  solver on the GPU, cache reuse, peak memory over Fashion-MNIST 60k @ 224 px, fine-tuning
+#                  with/without gradient checkpointing.
+#   --device cpu   the same scripts with their CPU-sized defaults (the CPU figures).
+#   --tiny         minute-sized settings, for testing this script (tests/test_fast_paths.py runs it on CPU).
+#   --out DIR      where the JSON files and table.md go (default: benchmarks/results).
+#
+# Needs only torch, torchvision, timm, numpy, pandas, pyyaml, pillow, scikit-learn on the machine; bobkit is
+# taken from this checkout (PYTHONPATH), Fashion-MNIST from $BOB_DATA_DIR or the Debian package path.
+# Each step has its own time limit, so one slow step cannot take the others down; a failed step is reported
+# and the rest still run (exit status 1 at the end).
+set -u -o pipefail
+
+DEVICE=cuda
+TINY=0
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(dirname "$HERE")"
+OUT="$HERE/results"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) DEVICE="$2"; shift 2 ;;
+    --tiny) TINY=1; shift ;;
+    --out) OUT="$2"; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+PY="${PYTHON:-python3}"
+mkdir -p "$OUT"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export BOB_CACHE_DIR="${BOB_CACHE_DIR:-$(mktemp -d -t bob-gpu-check-XXXXXX)}"
+FAILED=()
+START=$(date +%s)
+
+step() {  # step NAME LIMIT_SECONDS SCRIPT ARGS...
+  local name="$1" limit="$2" script="$3"; shift 3
+  local t0=$(date +%s)
+  echo "=== $name ($(($t0 - START)) s in)"
+  if ! timeout "$limit" "$PY" "$HERE/$script" "$@" --out-dir "$OUT" > "$OUT/$name.log" 2>&1; then
+    echo "!!! $name failed (log: $OUT/$name.log)"; tail -n 15 "$OUT/$name.log"; FAILED+=("$name")
+  fi
+  echo "    $name took $(( $(date +%s) - t0 )) s"
+}
+
+if [ "$DEVICE" != "cpu" ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/nvidia_smi.txt" 2>&1 || true
+fi
+
+if [ "$TINY" = 1 ]; then
+  R18=resnet18.random_init
+  step feature_throughput 300 feature_throughput.py --device "$DEVICE" --backbone $R18 --n 64 --image-size 32 \
+    --batch-size 32 --repeats 1
+  step flops_utilization 300 flops_utilization.py --device "$DEVICE" --backbones $R18 --image-size 32 --n 32 \
+    --batch-size 16 --repeats 1
+  step execution_modes 300 execution_modes.py --device "$DEVICE" --backbones $R18 --image-size 32 --n 32 \
+    --batch-size 16 --repeats 1
+  step probe_solver 300 probe_solver.py --device "$DEVICE" --backbone $R18 --image-size 32 --n-train 200 \
+    --n-test 100 --epochs 5 --repeats 1
+  step cache_reuse 300 cache_reuse.py --device "$DEVICE" --backbone $R18 --n 64 --n-test 32 --image-size 32
+  step memory 300 memory.py --device "$DEVICE" --model tiny --n 512 --image-size 64
+  step finetune_step 300 finetune_step.py --device "$DEVICE" --backbone $R18 --image-size 32 --batch-size 8 \
+    --steps 2
+elif [ "$DEVICE" = "cpu" ]; then
+  step feature_throughput 1800 feature_throughput.py --device cpu
+  step execution_modes 1800 execution_modes.py --device cpu --gray
+  step flops_utilization 1800 flops_utilization.py --device cpu --image-size 64
+  step probe_solver 1800 probe_solver.py --device cpu
+  step cache_reuse 1800 cache_reuse.py --device cpu
+  step memory 3600 memory.py --device cpu
+  step finetune_step 1800 finetune_step.py --device cpu
+else
+  # bf16 + channels_last (the GPU defaults) against a raw timm loop in the same precision and memory format.
+  step feature_throughput 120 feature_throughput.py --device "$DEVICE" --backbone resnet50.random_init \
+    --n 8192 --image-size 224 --batch-size 256 --repeats 3 --precision bf16 --channels-last on
+  step flops_utilization 150 flops_utilization.py --device "$DEVICE" --image-size 224 --n 4096 --batch-size 256
+  step execution_modes 120 execution_modes.py --device "$DEVICE" --image-size 224 --n 2048 --batch-size 256 \
+    --repeats 2
+  step probe_solver 90 probe_solver.py --device "$DEVICE" --backbone resnet50.random_init --image-size 64 \
+    --n-train 10000 --n-test 5000
+  step memory 90 memory.py --device "$DEVICE" --model resnet18.random_init --image-size 224
+  step cache_reuse 60 cache_reuse.py --device "$DEVICE" --backbone resnet50.random_init --n 4096 --n-test 2048 \
+    --image-size 64
+  step finetune_step 90 finetune_step.py --device "$DEVICE" --backbone vit_base_patch16_224.random_init \
+    --batch-size 64 --steps 20
+fi
+
+echo "=== done in $(( $(date +%s) - START )) s; failed: ${FAILED[*]:-none}"
+"$PY" "$HERE/make_table.py" --dir "$OUT" > "$OUT/table.md" 2> "$OUT/make_table.log" || FAILED+=(make_table)
+cat "$OUT/table.md"
+[ ${#FAILED[@]} -eq 0 ]
