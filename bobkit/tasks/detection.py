@@ -34,7 +34,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from bobkit import coco_eval, scenes
-from bobkit.device import resolve_device, set_threads
+from bobkit.device import peak_memory, reset_peak_memory, resolve_device, set_threads
 
 #: Bump when a change alters the metrics for given parameters (part of the run key).
 VERSION = "1"
@@ -538,6 +538,7 @@ def run(
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     set_threads(num_threads)
     dev = resolve_device(device)
+    reset_peak_memory(dev)
     train, val = load_datasets(
         dataset, eval_dataset=eval_dataset, n_train=n_train, n_val=n_val, canvas_size=canvas_size, seed=seed
     )
@@ -582,4 +583,4 @@ def run(
         from bobkit.atomic import write_json
 
         write_json(Path(output_dir) / "detections_val.json", predictions)
-    return {**metrics, "train_seconds": train_seconds, "eval_seconds": eval_seconds}
+    return {**metrics, "train_seconds": train_seconds, "eval_seconds": eval_seconds, **peak_memory(dev)}

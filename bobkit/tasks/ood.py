@@ -29,7 +29,7 @@ import torch
 from bobkit import backbones
 from bobkit.corruptions import CORRUPTIONS, DEFAULT_CORRUPTIONS, SEVERITIES, corrupt
 from bobkit.data import ImageDataset, MissingDataError, dataset_info, dataset_names, get_dataset
-from bobkit.device import resolve_device, set_threads
+from bobkit.device import peak_memory, reset_peak_memory, resolve_device, set_threads
 from bobkit.features import extract_features, forward_batches
 from bobkit.tasks.classification import finetune, fit_linear_probe
 
@@ -191,6 +191,7 @@ def run(**params: Any) -> dict[str, float]:
     threads = set_threads(p["num_threads"])
     torch.manual_seed(p["seed"])
     device = resolve_device(p["device"])
+    reset_peak_memory(device)
     check_label_spaces(p)
     config = backbones.data_config(p["backbone"], image_size=p["image_size"])
     timings = {"extract_seconds": 0.0, "train_seconds": 0.0, "evaluate_seconds": 0.0}
@@ -217,6 +218,7 @@ def run(**params: Any) -> dict[str, float]:
     metrics.update(timings)
     metrics.update(n_train=float(predict.n_train), n_test=float(len(id_labels)), threads=float(threads),
                    feature_cache_hit=float(predict.cache_hit))
+    metrics.update(peak_memory(device))  # *_mb: run descriptors, not scores
     return metrics
 
 

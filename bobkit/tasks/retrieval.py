@@ -32,7 +32,7 @@ from PIL import Image
 
 from bobkit import backbones
 from bobkit.data import ImageDataset, MissingDataError
-from bobkit.device import resolve_device, set_threads
+from bobkit.device import peak_memory, reset_peak_memory, resolve_device, set_threads
 from bobkit.features import extract_features, forward_batches
 from bobkit.metrics import (
     AP_MODES,
@@ -129,8 +129,10 @@ def run(**params: Any) -> dict[str, float]:
     validate_params(p)
     threads = set_threads(p["num_threads"])
     torch.manual_seed(p["seed"])
+    reset_peak_memory(resolve_device(p["device"]))
     metrics = _run_class_folder(p) if p["protocol"] == "class_folder" else _run_revisited(p)
     metrics["threads"] = float(threads)
+    metrics.update(peak_memory(resolve_device(p["device"])))  # *_mb: run descriptors, not scores
     return metrics
 
 

@@ -27,7 +27,7 @@ from bobkit import backbones
 from bobkit.attacks import ATTACKS, NormalizedModel, robust_accuracy
 from bobkit.data import dataset_info, get_dataset
 from bobkit.data.transforms import to_tensor_batch
-from bobkit.device import resolve_device, set_threads
+from bobkit.device import peak_memory, reset_peak_memory, resolve_device, set_threads
 from bobkit.features import extract_features, forward_batches
 from bobkit.metrics import ReliabilityBins, calibration_metrics, fit_temperature, reliability_bins, softmax
 from bobkit.tasks.classification import finetune, fit_linear_probe
@@ -133,6 +133,7 @@ def evaluate(**params: Any) -> RobustnessResult:
     threads = set_threads(p["num_threads"])
     torch.manual_seed(p["seed"])
     device = resolve_device(p["device"])
+    reset_peak_memory(device)
     config = backbones.data_config(p["backbone"], image_size=p["image_size"])
     n_classes = dataset_info(p["dataset"]).num_classes
     timings: dict[str, float] = {}
@@ -159,6 +160,7 @@ def evaluate(**params: Any) -> RobustnessResult:
     metrics.update(timings)
     metrics.update(n_train=float(n_fit), n_test=float(len(test_labels)), threads=float(threads),
                    feature_cache_hit=float(cache_hit))
+    metrics.update(peak_memory(device))  # *_mb: run descriptors, not scores
     return RobustnessResult(
         metrics,
         reliability_bins(softmax(test_logits), test_labels, int(p["n_bins"])),
