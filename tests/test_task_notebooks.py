@@ -1,4 +1,4 @@
-"""The retrieval, OOD and robustness notebooks: thin, in sync with their task's PARAMETERS, and run by papermill."""
+"""Task notebooks: thin, in sync with their task's PARAMETERS, and run by plain papermill with injected parameters."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from bobkit.tasks import ood, retrieval, robustness
+from bobkit.tasks import classification, ood, retrieval, robustness, smoke
 
 REPO = Path(__file__).resolve().parents[1]
-MODULES = {"retrieval": retrieval, "ood": ood, "robustness": robustness}
+MODULES = {"classification": classification, "retrieval": retrieval, "ood": ood, "robustness": robustness,
+           "smoke": smoke}
 PACKAGED = "mobilenetv2_100.packaged_tv_in1k"
 TINY = {
+    "classification": dict(backbone=PACKAGED, dataset="mnist5k", protocol="finetune", image_size=32, max_train=100,
+                           max_test=100, epochs=1, batch_size=32, num_threads=1, device="cpu"),
+    "smoke": dict(value=2.5, seed=1),
     "retrieval": dict(backbone=PACKAGED, image_size=32, max_samples=200, num_threads=1, device="cpu"),
     "ood": dict(backbone=PACKAGED, image_size=32, max_train=200, max_test=200, max_corrupted=50,
                 corruptions=["contrast"], severities=[1, 5], num_threads=1, device="cpu"),
@@ -56,8 +60,13 @@ def test_notebook_runs_under_papermill(task, tmp_path):
         cwd=str(REPO),
     )
     metrics = json.loads((out_dir / "task_metrics.json").read_text())
-    expected = {"retrieval": "mrr", "ood": "mca", "robustness": "acc/pgd/2"}[task]
+    expected = {"classification": "top1", "retrieval": "mrr", "ood": "mca", "robustness": "acc/pgd/2",
+                "smoke": "score"}[task]
     assert expected in metrics and metrics[expected] is not None
+    if task == "classification":
+        assert metrics["n_train"] == 100 and 0.0 <= metrics["top1"] <= 1.0  # the injected parameters took effect
+    if task == "smoke":
+        assert metrics["score"] == 3.5
     if task == "robustness":
         images = [o for c in executed.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
         assert images, "the reliability diagram is displayed"
