@@ -30,6 +30,7 @@ from bobkit import backbones
 from bobkit.corruptions import CORRUPTIONS, DEFAULT_CORRUPTIONS, SEVERITIES, corrupt
 from bobkit.data import ImageDataset, MissingDataError, dataset_info, dataset_names, get_dataset
 from bobkit.device import peak_memory, reset_peak_memory, resolve_device, set_threads
+from bobkit.tasks.common import as_list
 from bobkit.features import extract_features, forward_batches
 from bobkit.tasks.classification import finetune, fit_linear_probe
 
@@ -70,15 +71,6 @@ PARAMETERS: dict[str, Any] = {
 }
 
 
-def _as_list(value: Any, cast: type) -> list[Any]:
-    """A list parameter given as a list, a single value or a comma-separated string (YAML-grid friendly)."""
-    if isinstance(value, str):
-        value = [v for v in value.split(",") if v.strip()]
-    elif not isinstance(value, (list, tuple)):
-        value = [value]
-    return [cast(v.strip()) if isinstance(v, str) else cast(v) for v in value]
-
-
 def _target_spec(target: str, default_split: str) -> tuple[str, str]:
     """``"name"`` or ``"name:split"`` -> (name, split)."""
     name, _, split = str(target).partition(":")
@@ -90,14 +82,14 @@ def validate_params(p: dict[str, Any]) -> None:
     if p["protocol"] not in PROTOCOLS:
         raise ValueError(f"ood protocol={p['protocol']!r} is not one of {PROTOCOLS}")
     known = set(dataset_names()) | set(DATASETS)
-    for target in _as_list(p["targets"], str):
+    for target in as_list(p["targets"], str):
         name, _ = _target_spec(target, p["target_split"])
         if name != CORRUPTION_TARGET and name not in known:
             raise ValueError(f"unknown OOD target {name!r}; targets are dataset names or {CORRUPTION_TARGET!r}")
-    bad = [c for c in _as_list(p["corruptions"], str) if c not in CORRUPTIONS]
+    bad = [c for c in as_list(p["corruptions"], str) if c not in CORRUPTIONS]
     if bad:
         raise ValueError(f"unknown corruption(s) {bad}; known: {', '.join(CORRUPTIONS)}")
-    bad_sev = [s for s in _as_list(p["severities"], int) if s not in SEVERITIES]
+    bad_sev = [s for s in as_list(p["severities"], int) if s not in SEVERITIES]
     if bad_sev:
         raise ValueError(f"severities {bad_sev} are not in {SEVERITIES}")
 
@@ -203,7 +195,7 @@ def run(**params: Any) -> dict[str, float]:
 
     t0, extract_before = time.perf_counter(), predict.extract_seconds
     metrics: dict[str, float] = {"id_acc": masked_accuracy(id_logits, id_labels)}
-    targets = _as_list(p["targets"], str)
+    targets = as_list(p["targets"], str)
     for target in targets:
         name, split = _target_spec(target, p["target_split"])
         if name == CORRUPTION_TARGET:
@@ -225,7 +217,7 @@ def run(**params: Any) -> dict[str, float]:
 def check_label_spaces(p: dict[str, Any]) -> None:
     """Every dataset target must share the source's classes, or be labelled in the ImageNet-1k index space."""
     source = _load(p["dataset"], p["train_split"], None, 0).classes
-    for target in _as_list(p["targets"], str):
+    for target in as_list(p["targets"], str):
         name, split = _target_spec(target, p["target_split"])
         if name == CORRUPTION_TARGET or (name in dataset_names() and dataset_info(name).label_space != "own"):
             continue
@@ -338,8 +330,8 @@ def _corruption_metrics(p: dict[str, Any], predict: _Predictor, id_acc: float) -
     ds = _load(p["dataset"], p["test_split"], p["max_corrupted"], p["seed"])
     images, labels = ds.images, ds.labels
     out: dict[str, float] = {}
-    for name in _as_list(p["corruptions"], str):
-        for severity in _as_list(p["severities"], int):
+    for name in as_list(p["corruptions"], str):
+        for severity in as_list(p["severities"], int):
             logits = predict.images(corrupt(images, name, severity, seed=p["seed"]))
             out[f"acc/{name}/{severity}"] = masked_accuracy(logits, labels)
     if out:

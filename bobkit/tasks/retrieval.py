@@ -33,6 +33,7 @@ from PIL import Image
 from bobkit import backbones
 from bobkit.data import ImageDataset, MissingDataError
 from bobkit.device import peak_memory, reset_peak_memory, resolve_device, set_threads
+from bobkit.tasks.common import as_list
 from bobkit.features import extract_features, forward_batches
 from bobkit.metrics import (
     AP_MODES,
@@ -69,15 +70,6 @@ PARAMETERS: dict[str, Any] = {
 }
 
 
-def _as_list(value: Any, cast: type) -> list[Any]:
-    """A list parameter given as a list, a single value or a comma-separated string (YAML-grid friendly)."""
-    if isinstance(value, str):
-        value = [v for v in value.split(",") if v.strip()]
-    elif not isinstance(value, (list, tuple)):
-        value = [value]
-    return [cast(v.strip()) if isinstance(v, str) else cast(v) for v in value]
-
-
 def validate_params(p: dict[str, Any]) -> None:
     """Reject bad values before anything runs (called by the grid and by :func:`run`)."""
     if p["protocol"] not in PROTOCOLS:
@@ -94,7 +86,7 @@ def validate_params(p: dict[str, Any]) -> None:
         raise ValueError(f"revisited_protocol={p['revisited_protocol']!r} is not one of {REVISITED_PROTOCOLS}")
     if p["ap"] not in AP_MODES:
         raise ValueError(f"ap={p['ap']!r} is not one of {AP_MODES}")
-    if any(k < 1 for k in _as_list(p["ks"], int)):
+    if any(k < 1 for k in as_list(p["ks"], int)):
         raise ValueError(f"ks={p['ks']!r} must be positive integers")
 
 
@@ -151,7 +143,7 @@ def _run_class_folder(p: dict[str, Any]) -> dict[str, float]:
     features = np.asarray(fs.features)
     metrics = class_retrieval_metrics(
         features[q_idx], fs.labels[q_idx], features[db_idx], fs.labels[db_idx],
-        ks=_as_list(p["ks"], int), ap=p["ap"], device=resolve_device(p["device"]),
+        ks=as_list(p["ks"], int), ap=p["ap"], device=resolve_device(p["device"]),
     )
     metrics.update(n_database=float(len(db_idx)), extract_seconds=fs.seconds,
                    retrieval_seconds=time.perf_counter() - t0, feature_cache_hit=float(fs.cache_hit))
@@ -261,7 +253,7 @@ def _run_revisited(p: dict[str, Any]) -> dict[str, float]:
     db = dataset_features(model, database, config, p["image_size"], p["batch_size"], device)
     extract_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
-    metrics = revisited_retrieval_metrics(q, db, gnd, protocol=p["revisited_protocol"], ks=_as_list(p["ks"], int),
+    metrics = revisited_retrieval_metrics(q, db, gnd, protocol=p["revisited_protocol"], ks=as_list(p["ks"], int),
                                           ap=p["ap"], device=device)
     metrics.update(n_database=float(len(db)), extract_seconds=extract_seconds,
                    retrieval_seconds=time.perf_counter() - t1, feature_cache_hit=0.0)

@@ -28,6 +28,7 @@ from bobkit.attacks import ATTACKS, NormalizedModel, robust_accuracy
 from bobkit.data import dataset_info, get_dataset
 from bobkit.data.transforms import to_tensor_batch
 from bobkit.device import peak_memory, reset_peak_memory, resolve_device, set_threads
+from bobkit.tasks.common import as_list
 from bobkit.features import extract_features, forward_batches
 from bobkit.metrics import ReliabilityBins, calibration_metrics, fit_temperature, reliability_bins, softmax
 from bobkit.tasks.classification import finetune, fit_linear_probe
@@ -66,25 +67,16 @@ PARAMETERS: dict[str, Any] = {
 }
 
 
-def _as_list(value: Any, cast: type) -> list[Any]:
-    """A list parameter given as a list, a single value or a comma-separated string (YAML-grid friendly)."""
-    if isinstance(value, str):
-        value = [v for v in value.split(",") if v.strip()]
-    elif not isinstance(value, (list, tuple)):
-        value = [value]
-    return [cast(v.strip()) if isinstance(v, str) else cast(v) for v in value]
-
-
 def validate_params(p: dict[str, Any]) -> None:
     """Reject bad values before anything runs (called by the grid and by :func:`run`)."""
     if p["protocol"] not in PROTOCOLS:
         raise ValueError(f"robustness protocol={p['protocol']!r} is not one of {PROTOCOLS}")
     if not 0 < float(p["calibration_fraction"]) < 1:
         raise ValueError(f"calibration_fraction={p['calibration_fraction']!r} must be in (0, 1)")
-    bad = [a for a in _as_list(p["attacks"], str) if a not in ATTACKS]
+    bad = [a for a in as_list(p["attacks"], str) if a not in ATTACKS]
     if bad:
         raise ValueError(f"unknown attack(s) {bad}; known: {ATTACKS}")
-    if any(e < 0 for e in _as_list(p["epsilons"], float)):
+    if any(e < 0 for e in as_list(p["epsilons"], float)):
         raise ValueError(f"epsilons={p['epsilons']!r} must be >= 0 (pixel units, /255)")
     if int(p["pgd_steps"]) < 1:
         raise ValueError(f"pgd_steps={p['pgd_steps']!r} must be >= 1")
@@ -235,9 +227,9 @@ def _attack_metrics(p: dict[str, Any], model: torch.nn.Module, config: dict[str,
     attacked = NormalizedModel(model, config["mean"], config["std"]).to(device).eval()
     for param in attacked.parameters():
         param.requires_grad_(False)  # gradients are needed for the input only
-    epsilons = _as_list(p["epsilons"], float)
+    epsilons = as_list(p["epsilons"], float)
     out: dict[str, float] = {}
-    for attack in _as_list(p["attacks"], str):
+    for attack in as_list(p["attacks"], str):
         accs = robust_accuracy(
             attacked, x, y, epsilons, attack=attack, steps=int(p["pgd_steps"]), step_size=p["pgd_step_size"],
             random_start=bool(p["random_start"]), batch_size=int(p["batch_size"]), seed=int(p["seed"]),
