@@ -106,23 +106,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _build_and_print(runs_dir: str, results: str) -> None:
     from bobkit.results import build_results, leaderboard, write_results
+    from bobkit.stats import PRIMARY_METRICS, primary_metrics
 
     table = build_results(runs_dir)
     path = write_results(table, results)
     print(f"results: {path} ({len(table)} rows, {table['run_key'].nunique()} runs)")
-    for task, rows in table.groupby("task"):
-        metric = _headline_metric(rows)
-        board = leaderboard(rows, metric)
+    table = table[table["task"] != "smoke"]  # the runner's self-test scores no backbone
+    if table.empty:
+        return
+    # OOD: accuracy per shifted dataset and the mean corruption accuracy, side by side.
+    primary = primary_metrics(table, {**PRIMARY_METRICS, "ood": (r"acc/[^/]+|mca",)})
+    for task, rows in primary.groupby("task"):
+        board = leaderboard(rows, metric=None)
         if not board.empty:
-            print(f"\nleaderboard: {task} ({metric}, mean over seeds)")
+            metrics = ", ".join(sorted(rows["metric"].unique()))
+            print(f"\nleaderboard: {task} ({metrics}; mean over seeds, higher is better)")
             _print_table(board.round(3).reset_index())
-
-
-def _headline_metric(rows: pd.DataFrame) -> str:
-    for metric in ("top1", "mrr", "map", "box_ap", "mca", "acc_clean", "ece"):
-        if (rows["metric"] == metric).any():
-            return metric
-    return str(rows["metric"].iloc[0])
 
 
 def _print_table(table: pd.DataFrame) -> None:

@@ -140,13 +140,18 @@ def write_results(table: pd.DataFrame, path: str | os.PathLike[str] = "results/r
     return path
 
 
-def leaderboard(table: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
-    """A small wide table: backbones as rows, settings as columns, mean ``metric`` over seeds."""
+def leaderboard(table: "pd.DataFrame", metric: str | None = "top1") -> "pd.DataFrame":
+    """A small wide table: backbones as rows, settings (x metric, when several) as columns, mean over seeds.
+
+    ``metric=None`` keeps every metric of ``table`` (e.g. rows already filtered to each task's primary metrics).
+    """
     import pandas as pd
 
-    rows = table[table["metric"] == metric]
+    rows = table if metric is None else table[table["metric"] == metric]
     if rows.empty:
         return pd.DataFrame()
-    wide = rows.pivot_table(index="backbone", columns="setting", values="value", aggfunc="mean")
+    rows = rows.assign(column=rows["setting"] + ("/" + rows["metric"] if rows["metric"].nunique() > 1 else ""))
+    wide = rows.pivot_table(index="backbone", columns="column", values="value", aggfunc="mean")
+    wide.columns.name = None
     wide["mean"] = wide.mean(axis=1)
     return wide.sort_values("mean", ascending=False)
