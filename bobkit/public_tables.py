@@ -76,68 +76,24 @@ TIMM_TASKS: dict[str, str] = {
     "imagenet_r": "ood",
     "imagenet_a": "ood",
 }
-#: Where each manifest name lives under a data directory (``$BOB_DATA_DIR`` or ``../shared/data``), used only when the
-#: manifest module is not importable.
-FALLBACK_FILES: dict[str, str] = {
-    "timm_results_imagenet": "timm-results/results-imagenet.csv",
-    "timm_results_imagenet_r": "timm-results/results-imagenet-r.csv",
-    "timm_results_imagenet_r_clean": "timm-results/results-imagenet-r-clean.csv",
-    "timm_results_imagenet_a": "timm-results/results-imagenet-a.csv",
-    "timm_results_imagenet_a_clean": "timm-results/results-imagenet-a-clean.csv",
-    "timm_model_metadata_in1k": "timm-results/model_metadata-in1k.csv",
-    "timm_benchmark_infer_gpu": "timm-results/benchmark-infer-amp-nchw-pt240-cu124-rtx4090.csv",
-    "timm_benchmark_infer_cpu": "timm-results/benchmark-infer-fp32-nchw-pt240-cpu-i9_10940x-dynamo.csv",
-    "bob_retrieval_snapshot": "bob/retrieval_snapshot_2023-05.csv",
-    "bob_backbones_catalog": "bob/backbones.csv",
-}
 #: Reference tables a notebook can name instead of a results path.
 REFERENCES: tuple[str, ...] = ("bob_retrieval", "timm")
 
 
 def resolve_public(name: str, path: str | os.PathLike[str] | None = None) -> Path:
-    """Path of a public file: ``path`` when given, else the manifest's verified file for ``name``.
+    """Path of a public file: ``path`` when given, else the data manifest's verified file for ``name``.
 
-    When :mod:`bobkit.data.manifest` is not importable (or does not list ``name``), ``$BOB_DATA_DIR`` and the
-    workspace's ``../shared/data`` are searched for the file's usual location; checksum errors are never bypassed.
+    The manifest searches ``$BOB_DATA_DIR``, bobkit's data cache and the copies shipped inside bobkit; a missing
+    file raises ``MissingDataError`` saying where to download it (``bob data --download NAME``).
     """
     if path is not None:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{name}: no file at {path}")
         return path
-    try:
-        from bobkit.data.manifest import resolve  # type: ignore[import-not-found]
-    except ImportError:
-        resolve = None
-    manifest_error: Exception | None = None
-    if resolve is not None:
-        try:
-            return Path(resolve(name))
-        except Exception as exc:  # noqa: BLE001 - inspected below
-            if "checksum" in type(exc).__name__.lower():
-                raise
-            manifest_error = exc
-    relative = FALLBACK_FILES.get(name)
-    if relative is not None:
-        for root in _data_roots():
-            candidate = root / relative
-            if candidate.exists():
-                return candidate
-    if manifest_error is not None:
-        raise manifest_error
-    raise FileNotFoundError(
-        f"public table {name!r} not found: set BOB_DATA_DIR to the folder holding {relative or name!r}"
-    )
+    from bobkit.data.manifest import resolve
 
-
-def _data_roots() -> list[Path]:
-    roots = []
-    if os.environ.get("BOB_DATA_DIR"):
-        roots.append(Path(os.environ["BOB_DATA_DIR"]).expanduser())
-    from bobkit.paths import repo_root
-
-    roots.append(repo_root().parent / "shared" / "data")
-    return roots
+    return Path(resolve(name))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,9 @@ os.environ.setdefault("BOB_CACHE_DIR", tempfile.mkdtemp(prefix="bob-test-cache-"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# The public tables (timm results, BoB snapshot) are found through the manifest; tests point it at ../shared/data.
+if SHARED_DATA.exists():
+    os.environ.setdefault("BOB_DATA_DIR", str(SHARED_DATA))
 
 
 @pytest.fixture(scope="session")
