@@ -33,6 +33,7 @@ from bobkit.device import (
     set_threads,
 )
 from bobkit.features import BatchConverter, extract_features, is_cached, iter_uint8_batches, run_forward
+from bobkit.tasks.common import merge_params
 
 VERSION = "1"
 PROTOCOLS = ("linear_probe", "finetune")
@@ -267,10 +268,7 @@ def validate_params(params: dict[str, Any]) -> None:
 
 def run(**params: Any) -> dict[str, float]:
     """Run one classification cell; ``params`` override :data:`PARAMETERS`. Returns metric name -> value."""
-    p = {**PARAMETERS, **params}
-    unknown = set(params) - set(PARAMETERS)
-    if unknown:
-        raise TypeError(f"unknown classification parameter(s): {', '.join(sorted(unknown))}")
+    p = merge_params("classification", PARAMETERS, params)
     validate_params(p)
     threads = set_threads(p["num_threads"])
     torch.manual_seed(p["seed"])

@@ -12,3 +12,11 @@ def as_list(value: Any, cast: type) -> list[Any]:
     elif not isinstance(value, (list, tuple)):
         value = [value]
     return [cast(v.strip()) if isinstance(v, str) else cast(v) for v in value]
+
+
+def merge_params(task: str, defaults: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` over the task's ``defaults``; an unknown name raises ``TypeError`` naming it."""
+    unknown = set(params) - set(defaults)
+    if unknown:
+        raise TypeError(f"unknown {task} parameter(s): {', '.join(sorted(unknown))}")
+    return {**defaults, **params}

@@ -30,7 +30,7 @@ from bobkit import backbones
 from bobkit.corruptions import CORRUPTIONS, DEFAULT_CORRUPTIONS, SEVERITIES, corrupt
 from bobkit.data import ImageDataset, MissingDataError, dataset_info, dataset_names, get_dataset
 from bobkit.device import peak_memory, reset_peak_memory, resolve_device, set_threads
-from bobkit.tasks.common import as_list
+from bobkit.tasks.common import as_list, merge_params
 from bobkit.features import extract_features, forward_batches
 from bobkit.tasks.classification import finetune, fit_linear_probe
 
@@ -175,10 +175,7 @@ def masked_accuracy(logits: np.ndarray, labels: np.ndarray, class_subset: np.nda
 
 def run(**params: Any) -> dict[str, float]:
     """Run one OOD cell; ``params`` override :data:`PARAMETERS`. Returns metric name -> value."""
-    unknown = set(params) - set(PARAMETERS)
-    if unknown:
-        raise TypeError(f"unknown ood parameter(s): {', '.join(sorted(unknown))}")
-    p = {**PARAMETERS, **params}
+    p = merge_params("ood", PARAMETERS, params)
     validate_params(p)
     threads = set_threads(p["num_threads"])
     torch.manual_seed(p["seed"])

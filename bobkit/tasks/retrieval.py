@@ -33,7 +33,7 @@ from PIL import Image
 from bobkit import backbones
 from bobkit.data import ImageDataset, MissingDataError
 from bobkit.device import peak_memory, reset_peak_memory, resolve_device, set_threads
-from bobkit.tasks.common import as_list
+from bobkit.tasks.common import as_list, merge_params
 from bobkit.features import extract_features, forward_batches
 from bobkit.metrics import (
     AP_MODES,
@@ -114,10 +114,7 @@ def class_folder_split(
 
 def run(**params: Any) -> dict[str, float]:
     """Run one retrieval cell; ``params`` override :data:`PARAMETERS`. Returns metric name -> value."""
-    unknown = set(params) - set(PARAMETERS)
-    if unknown:
-        raise TypeError(f"unknown retrieval parameter(s): {', '.join(sorted(unknown))}")
-    p = {**PARAMETERS, **params}
+    p = merge_params("retrieval", PARAMETERS, params)
     validate_params(p)
     threads = set_threads(p["num_threads"])
     torch.manual_seed(p["seed"])

@@ -28,7 +28,7 @@ from bobkit.attacks import ATTACKS, NormalizedModel, robust_accuracy
 from bobkit.data import dataset_info, get_dataset
 from bobkit.data.transforms import to_tensor_batch
 from bobkit.device import peak_memory, reset_peak_memory, resolve_device, set_threads
-from bobkit.tasks.common import as_list
+from bobkit.tasks.common import as_list, merge_params
 from bobkit.features import extract_features, forward_batches
 from bobkit.metrics import ReliabilityBins, calibration_metrics, fit_temperature, reliability_bins, softmax
 from bobkit.tasks.classification import finetune, fit_linear_probe
@@ -117,10 +117,7 @@ def run(**params: Any) -> dict[str, float]:
 
 def evaluate(**params: Any) -> RobustnessResult:
     """Like :func:`run`, also returning the reliability bins for the figure."""
-    unknown = set(params) - set(PARAMETERS)
-    if unknown:
-        raise TypeError(f"unknown robustness parameter(s): {', '.join(sorted(unknown))}")
-    p = {**PARAMETERS, **params}
+    p = merge_params("robustness", PARAMETERS, params)
     validate_params(p)
     threads = set_threads(p["num_threads"])
     torch.manual_seed(p["seed"])
