@@ -32,11 +32,6 @@ CORRUPTIONS: tuple[str, ...] = tuple(_PARAMS)
 DEFAULT_CORRUPTIONS: tuple[str, ...] = ("gaussian_noise", "gaussian_blur", "contrast", "jpeg", "pixelate")
 
 
-def corruption_names() -> list[str]:
-    """Names accepted by :func:`corrupt`."""
-    return list(CORRUPTIONS)
-
-
 def _to_float(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / 255.0
 

@@ -28,6 +28,7 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 
 from bobkit.atomic import atomic_path, write_json
+from bobkit.results import SIDECAR, read_sidecar
 from bobkit.stats import InsufficientDataError
 
 log = logging.getLogger(__name__)
@@ -304,14 +305,9 @@ def collect_runs(runs_dir: Path) -> list[dict[str, Any]]:
         return records
     for run in sorted(p for p in runs_dir.glob("*/*") if p.is_dir()):
         notebook = run / "executed.ipynb"
-        sidecar_path = run / "metrics.json"
-        if not notebook.exists() and not sidecar_path.exists():
+        if not notebook.exists() and not (run / SIDECAR).exists():
             continue
-        sidecar: dict[str, Any] = {}
-        try:
-            sidecar = json.loads(sidecar_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
+        sidecar = read_sidecar(run) or {}
         params = sidecar.get("params") or {}
         records.append({
             "task": run.parent.name, "run_key": run.name, "status": sidecar.get("status", "unknown"),

@@ -1094,12 +1094,6 @@ def main_metric(results: pd.DataFrame, **filters: Any) -> str:
     return "top1" if "top1" in set(metrics) else str(metrics.value_counts().index[0])
 
 
-def rho_of(table: pd.DataFrame, group: str) -> float:
-    """The ``rho`` of one group in a :func:`correlate_by_group` table (NaN when absent)."""
-    match = table.loc[table["group"] == group, "rho"]
-    return float(match.iloc[0]) if len(match) else math.nan
-
-
 def pair_stats(pairs: pd.DataFrame, threshold: float = 0.8) -> dict[str, float]:
     """Median, min, max of the pairwise rho in a :func:`correlation_matrix` pairs table and the share above
     ``threshold``."""
