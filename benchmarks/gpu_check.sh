@@ -60,8 +60,8 @@ if [ "$TINY" = 1 ]; then
     --batch-size 16 --repeats 1
   step execution_modes 300 execution_modes.py --device "$DEVICE" --backbones $R18 --image-size 32 --n 32 \
     --batch-size 16 --repeats 1
-  step probe_solver 300 probe_solver.py --device "$DEVICE" --backbone $R18 --image-size 32 --n-train 200 \
-    --n-test 100 --epochs 5 --repeats 1
+  step probe_solver 300 probe_solver.py --device "$DEVICE" --backbone $R18 --dataset fashion_mnist --image-size 32 \
+    --n-train 200 --n-test 100 --epochs 5 --repeats 1
   step cache_reuse 300 cache_reuse.py --device "$DEVICE" --backbone $R18 --n 64 --n-test 32 --image-size 32
   step memory 300 memory.py --device "$DEVICE" --model tiny --n 512 --image-size 64
   step finetune_step 300 finetune_step.py --device "$DEVICE" --backbone $R18 --image-size 32 --batch-size 8 \
@@ -81,8 +81,8 @@ else
   step flops_utilization 150 flops_utilization.py --device "$DEVICE" --image-size 224 --n 4096 --batch-size 256
   step execution_modes 120 execution_modes.py --device "$DEVICE" --image-size 224 --n 2048 --batch-size 256 \
     --repeats 2
-  step probe_solver 90 probe_solver.py --device "$DEVICE" --backbone resnet50.random_init --image-size 64 \
-    --n-train 10000 --n-test 5000
+  step probe_solver 90 probe_solver.py --device "$DEVICE" --backbone resnet50.random_init --dataset fashion_mnist \
+    --image-size 64 --n-train 10000 --n-test 5000
   step memory 90 memory.py --device "$DEVICE" --model resnet18.random_init --image-size 224
   step cache_reuse 60 cache_reuse.py --device "$DEVICE" --backbone resnet50.random_init --n 4096 --n-test 2048 \
     --image-size 64

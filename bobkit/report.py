@@ -28,6 +28,7 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 
 from bobkit.atomic import atomic_path, write_json
+from bobkit.data.errors import MissingDataError
 from bobkit.results import SIDECAR, read_sidecar
 from bobkit.stats import InsufficientDataError
 
@@ -119,11 +120,12 @@ class Analysis:
 
     @contextmanager
     def guard(self, what: str) -> Iterator[None]:
-        """Run a section; when the table lacks what it needs (:class:`InsufficientDataError`) show a note instead
-        of failing, and record the reason under ``skipped``."""
+        """Run a section; when the table lacks what it needs (:class:`InsufficientDataError`) or a public file is
+        not downloaded yet (:class:`~bobkit.data.errors.MissingDataError`, whose message says how to get it) show
+        a note instead of failing, and record the reason under ``skipped``."""
         try:
             yield
-        except InsufficientDataError as exc:
+        except (InsufficientDataError, MissingDataError) as exc:
             self.summary["skipped"][what] = str(exc)
             self._write()
             self.note(f"*{what}* is skipped: {exc}")

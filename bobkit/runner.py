@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable
 from bobkit import provenance
 from bobkit.claims import Claim, is_stale, read_claim, try_claim
 from bobkit.grid import Cell
+from bobkit.oom import oom_kill_count
 from bobkit.paths import repo_root
 from bobkit.results import SIDECAR, TASK_OUTPUT, is_complete, read_sidecar, split_metrics, write_sidecar
 from bobkit.tasks import notebook_path
@@ -343,6 +344,7 @@ def _attempt(
     child_env = {**os.environ, **env, "BOB_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
     log = work / "output.log"
     start = time.perf_counter()
+    oom_kills_before = oom_kill_count()
     with open(log, "wb") as handle:
         # Own session: a Ctrl-C meant for the batch does not reach the cell; the batch decides what to record.
         proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=child_env,
@@ -361,8 +363,10 @@ def _attempt(
         if bad:
             attempt.kind, attempt.message = "nan", f"non-finite metric(s): {', '.join(sorted(bad))}"
         return attempt
+    oom_kills_after = oom_kill_count()
+    oom_killed = None not in (oom_kills_before, oom_kills_after) and oom_kills_after > oom_kills_before
     attempt.kind, attempt.message = classify_failure(output, proc.returncode, metrics_file.exists(),
-                                                     killed_for_time=ended_by == "deadline")
+                                                     killed_for_time=ended_by == "deadline", oom_killed=oom_killed)
     return attempt
 
 
@@ -394,10 +398,17 @@ def _wait(proc: subprocess.Popen[bytes], deadline: float, stop: threading.Event 
 
 
 def classify_failure(
-    output: str, returncode: int, wrote_metrics: bool, killed_for_time: bool = False
+    output: str, returncode: int, wrote_metrics: bool, killed_for_time: bool = False, oom_killed: bool = False
 ) -> tuple[str, str]:
-    """Name the failure kind (timeout, oom, dead_kernel, nan, exception) and its first error line."""
+    """Name the failure kind (timeout, oom, dead_kernel, nan, exception) and its first error line.
+
+    ``oom_killed``: the cgroup's OOM-kill count rose while the cell ran (:func:`bobkit.oom.oom_kill_count`);
+    a kernel that then died silently was killed for memory.
+    """
     error_line = _papermill_error(output)
+    dead = "DeadKernelError" in output or re.search(r"[Kk]ernel died", output) is not None
+    if oom_killed and not killed_for_time and (dead or returncode < 0):
+        return "oom", "the kernel was killed by the Linux OOM killer (the cgroup's oom_kill count rose)"
     if killed_for_time or "CellTimeoutError" in output or "Cell execution timed out" in output:
         kind = "timeout"
         error_line = _last_match(output, r"CellTimeoutError: ") or _first_match(output, r"Cell execution timed out.*")
@@ -405,7 +416,7 @@ def classify_failure(
     elif any(re.search(p, output) for p in OOM_PATTERNS):
         kind, fallback = "oom", "out of memory"
         error_line = _last_match(output, "|".join(OOM_PATTERNS)) or error_line
-    elif "DeadKernelError" in output or re.search(r"[Kk]ernel died", output):
+    elif dead:
         kind, fallback = "dead_kernel", _first_match(output, r"(DeadKernelError.*|[Kk]ernel died.*)")
         error_line = fallback  # the last error line would be papermill's own traceback, not the cause
     elif re.search(r"FloatingPointError|non-finite|\bNaN loss", output):

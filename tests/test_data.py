@@ -212,6 +212,15 @@ def test_download_file_url_round_trip(tmp_path):
     assert sorted(p.name for p in (dest / "r").iterdir()) == ["results.csv"]  # nothing half-written left
 
 
+def test_download_failure_names_the_url_and_leaves_nothing(tmp_path):
+    missing = (tmp_path / "upstream" / "gone.csv").as_uri()  # fails like an unreachable host, without a network
+    m = _write_manifest(tmp_path / "m.yaml", [_table_entry("gone", "r/gone.csv", "1" * 64, url=missing)])
+    with pytest.raises(bd.DownloadError, match="gone.csv") as info:
+        m.download("gone", dest_dir=tmp_path / "dl")
+    assert info.value.url == missing and "r/gone.csv" in str(info.value)
+    assert not list((tmp_path / "dl").rglob("*.part"))
+
+
 def test_download_refuses_manual_entries():
     with pytest.raises(bd.MissingDataError, match="image-net.org"):
         bd.download("imagenet_1k")

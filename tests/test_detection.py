@@ -455,3 +455,50 @@ def test_notebook_runs_under_papermill(cache_dir: Path, tmp_path: Path) -> None:
     assert (out_dir / "detections_val.json").is_file()
     executed = (tmp_path / "executed.ipynb").read_text()
     assert "box_ap" in executed
+
+
+# ------------------------------------------------------------------------------------------------------ execution
+
+
+def test_execution_resolution_keeps_cpu_fp32_and_records_what_runs() -> None:
+    from bobkit.tasks import detection
+
+    base = {**detection.PARAMETERS, "device": "cpu"}
+    ex = detection.detection_execution(base)
+    assert ex.precision == "fp32" and not ex.channels_last and not ex.grad_checkpointing  # CPU default: as before
+    assert detection.detection_execution({**base, "channels_last": True}).channels_last
+    tuned = {**base, "grad_checkpointing": True}
+    assert detection.detection_execution({**tuned, "protocol": "finetune"}).grad_checkpointing
+    assert not detection.detection_execution({**tuned, "protocol": "frozen"}).grad_checkpointing  # no backward
+
+
+def test_feature_network_autocasts_and_hands_fp32_to_the_heads() -> None:
+    _needs_registry()
+    from bobkit.tasks import detection
+
+    model = detection.build_detector(OFFLINE_BACKBONE, "finetune", 3, image_size=64, seed=0, precision="bf16")
+    dtypes: list[torch.dtype] = []
+    conv = next(m for m in model.backbone.body.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    model.eval()
+    with torch.inference_mode():
+        pyramid = model.backbone(torch.rand(1, 3, 64, 64))
+        (output,) = model([torch.rand(3, 64, 64)])
+    assert dtypes[0] == torch.bfloat16
+    assert all(v.dtype == torch.float32 for v in pyramid.values())
+    assert output["boxes"].dtype == torch.float32  # boxes decoded in fp32, not rounded to bf16
+
+
+def test_run_records_execution_settings(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _needs_registry()
+    monkeypatch.setenv("BOB_CACHE_DIR", str(cache_dir))
+    from bobkit.tasks import detection
+
+    metrics = detection.run(
+        backbone=OFFLINE_BACKBONE, protocol="finetune", epochs=1, canvas_size=64, n_train=8, n_val=8, batch_size=4,
+        num_threads=1, device="cpu", precision="bf16", channels_last=True, grad_checkpointing=True, loader_workers=1,
+    )
+    assert metrics["exec_cuda"] == 0.0 and metrics["exec_bf16"] == 1.0 and metrics["exec_autocast_bits"] == 16.0
+    assert metrics["exec_channels_last"] == 1.0 and metrics["exec_grad_checkpointing"] == 1.0
+    assert metrics["exec_loader_workers"] == 1.0 and metrics["exec_compile"] == 0.0
+    assert 0.0 <= metrics["box_ap"] <= 1.0 and 0.0 <= metrics["mask_ap"] <= 1.0

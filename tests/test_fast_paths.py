@@ -320,3 +320,42 @@ def test_gpu_check_script_runs_on_cpu_in_tiny_mode(tmp_path):
     assert json.loads((tmp_path / "feature_throughput.json").read_text())["bobkit_images_per_s"] > 0
     table = proc.stdout.strip().splitlines()
     assert any(line.startswith("|") for line in table[-15:])  # the table is printed last
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Every task: the same execution parameters, validated before any work
+# ------------------------------------------------------------------------------------------------------------
+
+EXECUTION_TASKS = ("classification", "retrieval", "ood", "robustness", "detection")
+EXECUTION_NAMES = ("precision", "channels_last", "compile", "grad_checkpointing", "loader_workers")
+BAD_EXECUTION = [("precision", "fp8"), ("precision", "BF16"), ("loader_workers", -1), ("loader_workers", 1.5),
+                 ("loader_workers", True), ("channels_last", "yes"), ("compile", 1), ("grad_checkpointing", None)]
+
+
+@pytest.mark.parametrize("task", EXECUTION_TASKS)
+def test_every_task_has_the_execution_parameters_with_the_same_defaults(task):
+    from bobkit.tasks import get_task
+
+    reference = {"precision": "auto", "channels_last": None, "compile": False, "grad_checkpointing": False,
+                 "loader_workers": None}
+    assert {name: get_task(task).PARAMETERS[name] for name in EXECUTION_NAMES} == reference
+
+
+@pytest.mark.parametrize("task", EXECUTION_TASKS)
+@pytest.mark.parametrize(("name", "bad"), BAD_EXECUTION)
+def test_every_task_rejects_a_bad_execution_value_before_any_work(task, name, bad, monkeypatch):
+    import re
+
+    from bobkit.tasks import get_task
+
+    module = get_task(task)
+
+    def started(*args, **kwargs):
+        raise AssertionError(f"{task} started work before rejecting {name}={bad!r}")
+
+    monkeypatch.setattr(module, "set_threads", started)  # every run's first step after validation
+    message = re.escape(f"{name}={bad!r}")
+    with pytest.raises(ValueError, match=message):
+        module.run(**{name: bad})
+    with pytest.raises(ValueError, match=message):  # what the grid calls on every cell
+        module.validate_params({**module.PARAMETERS, name: bad})

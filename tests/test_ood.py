@@ -120,3 +120,21 @@ def test_mnist_to_sklearn_digits_is_a_real_shift():
     assert {"id_acc", "acc/sklearn_digits", "drop_sklearn_digits"} <= set(m)
     assert m["drop_sklearn_digits"] == pytest.approx(m["id_acc"] - m["acc/sklearn_digits"])
     assert m["id_acc"] > 0.5 and m["drop_sklearn_digits"] > 0.1
+
+
+def test_execution_settings_are_recorded():
+    m = ood.run(backbone=PACKAGED, dataset="fashion_mnist", targets=["corruptions"], corruptions=["contrast"],
+                severities=[5], precision="bf16", loader_workers=1, **TINY)
+    assert m["exec_cuda"] == 0.0 and m["exec_bf16"] == 1.0 and m["exec_autocast_bits"] == 16.0
+    assert m["exec_loader_workers"] == 1.0 and m["exec_compile"] == 0.0 and m["exec_grad_checkpointing"] == 0.0
+    assert m["exec_channels_last"] == 1.0  # auto: the corrupted images ran through a CNN in NHWC
+    assert m["id_acc"] > 0.5
+
+
+def test_finetune_protocol_records_its_execution_settings():
+    m = ood.run(backbone=PACKAGED, dataset="mnist5k", protocol="finetune", targets=["sklearn_digits"],
+                image_size=32, max_train=64, max_test=64, max_target=64, batch_size=32, num_threads=1, device="cpu",
+                precision="bf16", channels_last=False, grad_checkpointing=True)
+    assert m["exec_bf16"] == 1.0 and m["exec_channels_last"] == 0.0 and m["exec_grad_checkpointing"] == 1.0
+    assert 0.0 <= m["id_acc"] <= 1.0
+    assert m["drop_sklearn_digits"] == pytest.approx(m["id_acc"] - m["acc/sklearn_digits"])

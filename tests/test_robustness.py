@@ -138,3 +138,19 @@ def test_robustness_task_offline():
     fig = result.figure()
     assert len(fig.axes) == 2
     assert result.reliability.counts.sum() == 300
+
+
+def test_execution_settings_are_recorded_and_attacks_stay_monotone():
+    from bobkit.tasks import robustness
+
+    params = {**TINY, "max_attack": 8, "epsilons": [0, 2]}
+    probe = robustness.run(backbone=PACKAGED, dataset="fashion_mnist", precision="bf16", loader_workers=1, **params)
+    assert probe["exec_cuda"] == 0.0 and probe["exec_bf16"] == 1.0 and probe["exec_autocast_bits"] == 16.0
+    assert probe["exec_loader_workers"] == 1.0 and probe["exec_channels_last"] == 1.0  # auto: a CNN, NHWC
+    tuned = robustness.run(backbone=PACKAGED, dataset="fashion_mnist", protocol="finetune", precision="bf16",
+                           channels_last=False, grad_checkpointing=True,
+                           **{**params, "max_train": 64, "max_test": 64, "batch_size": 32})
+    assert tuned["exec_bf16"] == 1.0 and tuned["exec_channels_last"] == 0.0
+    assert tuned["exec_grad_checkpointing"] == 1.0
+    for m in (probe, tuned):  # attacks run in fp32 through the (checkpointed) model
+        assert m["acc/pgd/2"] <= m["acc/pgd/0"] and m["acc/fgsm/2"] <= m["acc/fgsm/0"]

@@ -102,6 +102,27 @@ def test_classify_failure(output: str, returncode: int, kind: str, needle: str):
     assert got_kind == kind and needle in message
 
 
+def test_a_silent_kernel_death_during_an_oom_kill_is_recorded_as_oom():
+    dead = "nbclient.exceptions.DeadKernelError: Kernel died\n"
+    kind, message = classify_failure(dead, 1, wrote_metrics=False, oom_killed=True)
+    assert kind == "oom" and "OOM killer" in message
+    assert classify_failure(dead, 1, wrote_metrics=False)[0] == "dead_kernel"  # count unchanged: a crash
+    assert classify_failure("", -9, wrote_metrics=False, killed_for_time=True, oom_killed=True)[0] == "timeout"
+    assert classify_failure("ValueError: bad\n", 1, wrote_metrics=False, oom_killed=True)[0] == "exception"
+
+
+def test_oom_kill_count_reads_cgroup_v1_and_v2_files(tmp_path: Path):
+    from bobkit.oom import oom_kill_count
+
+    v2 = tmp_path / "memory.events"
+    v2.write_text("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n")
+    v1 = tmp_path / "memory.oom_control"
+    v1.write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 5\n")
+    assert oom_kill_count([tmp_path / "absent", v2]) == 2
+    assert oom_kill_count([v1]) == 5
+    assert oom_kill_count([tmp_path / "absent"]) is None
+
+
 def test_partial_outputs_of_a_killed_cell_never_read_as_complete(tmp_path: Path):
     (cell,) = expand_grid({"grid": [{"task": "smoke"}]})
     run_dir = run_dir_of(cell, tmp_path)

@@ -7,7 +7,7 @@ Public API
 - datasets: :func:`get_dataset`, :class:`ImageDataset`, :func:`low_shot`, :func:`stratified_indices`,
   :func:`dataset_names`, :func:`dataset_info`, :data:`DATASETS`
 - errors: :class:`UnknownDatasetError`, :class:`UnknownSplitError`, :class:`MissingDataError`,
-  :class:`ChecksumError`, :class:`ManifestError`
+  :class:`ChecksumError`, :class:`DownloadError`, :class:`ManifestError`
 - preprocessing lives in :mod:`bobkit.data.transforms` (imports torch / torchvision on use).
 """
 
@@ -27,6 +27,7 @@ from bobkit.data.datasets import (
 from bobkit.data.errors import (
     ChecksumError,
     DataError,
+    DownloadError,
     ManifestError,
     MissingDataError,
     UnknownDatasetError,
@@ -50,7 +51,8 @@ from bobkit.data.manifest import (
 __all__ = [
     "DATASETS", "DEFAULT_STORAGE_SIZE", "DatasetInfo", "ImageDataset", "clear_cache", "dataset_info",
     "dataset_names", "datasets_frame", "get_dataset", "low_shot", "stratified_indices",
-    "ChecksumError", "DataError", "ManifestError", "MissingDataError", "UnknownDatasetError", "UnknownSplitError",
+    "ChecksumError", "DataError", "DownloadError", "ManifestError", "MissingDataError", "UnknownDatasetError",
+    "UnknownSplitError",
     "Entry", "FileSpec", "Manifest", "copy_into_data_dir", "data_dirs", "default_manifest_path", "download",
     "file_sha256", "load_manifest", "resolve", "resolve_dir", "status",
 ]

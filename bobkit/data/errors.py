@@ -42,6 +42,17 @@ class MissingDataError(DataError, FileNotFoundError):
     """A data file or folder is not present anywhere bobkit looks for it."""
 
 
+class DownloadError(DataError, OSError):
+    """A download failed before its bytes arrived (names the URL, the destination and what to do offline)."""
+
+    def __init__(self, url: str, dest: str, reason: object) -> None:
+        super().__init__(
+            f"could not download {url}: {reason}. Without network access, fetch it elsewhere and put it at {dest} "
+            f"(or in $BOB_DATA_DIR under the same relative path); its sha256 is checked when it is read."
+        )
+        self.url, self.dest, self.reason = url, dest, reason
+
+
 class ChecksumError(DataError, ValueError):
     """A data file's hash differs from the manifest (names the file, expected and actual hash)."""
 

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import urllib.error
 import urllib.request
 import warnings
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import Any, Iterable
 import yaml
 
 from bobkit import paths
-from bobkit.data.errors import ChecksumError, ManifestError, MissingDataError, UnknownDatasetError
+from bobkit.data.errors import ChecksumError, DownloadError, ManifestError, MissingDataError, UnknownDatasetError
 
 __all__ = [
     "KINDS",
@@ -461,7 +462,8 @@ def candidates(spec: FileSpec) -> list[Path]:
 def _missing_message(entry: Entry, spec: FileSpec, searched: list[Path]) -> str:
     where = "\n  ".join(str(p) for p in searched)
     how = {
-        "direct": f"run bobkit.data.download({entry.name!r}) or download {spec.url}",
+        "direct": f"run `bob data --download {entry.name}` (in Python: bobkit.data.download({entry.name!r})), or "
+        f"download {spec.url}",
         "manual": f"download it manually from {spec.url or entry.url} (see {entry.url})",
         "bundled": f"it ships inside bobkit (bobkit/reference/); reinstall bobkit or set BOB_DATA_DIR to the "
         f"folder holding {spec.filename} (upstream: {entry.url})",
@@ -562,11 +564,14 @@ def _fetch(url: str, dest: Path, spec: FileSpec, timeout: float) -> Path:
     sha, md5 = hashlib.sha256(), hashlib.md5()
     try:
         req = urllib.request.Request(url, headers={"User-Agent": "bobkit-data/1"})
-        with urllib.request.urlopen(req, timeout=timeout) as resp, os.fdopen(fd, "wb") as out:
-            while chunk := resp.read(_CHUNK):
-                out.write(chunk)
-                sha.update(chunk)
-                md5.update(chunk)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp, os.fdopen(fd, "wb") as out:
+                while chunk := resp.read(_CHUNK):
+                    out.write(chunk)
+                    sha.update(chunk)
+                    md5.update(chunk)
+        except (urllib.error.URLError, OSError) as exc:  # offline, DNS, refused, timeout, HTTP 404
+            raise DownloadError(url, str(dest), getattr(exc, "reason", exc)) from exc
         actual = sha.hexdigest()
         if spec.accepted_sha256 and actual not in spec.accepted_sha256:
             raise ChecksumError(f"{dest} (downloaded from {url})", spec.accepted_sha256, actual)

@@ -34,7 +34,16 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from bobkit import coco_eval, scenes
-from bobkit.device import peak_memory, reset_peak_memory, resolve_device, set_threads
+from bobkit.device import (
+    Execution,
+    autocast,
+    peak_memory,
+    reset_peak_memory,
+    resolve_device,
+    resolve_execution,
+    set_threads,
+)
+from bobkit.tasks.common import validate_execution_params
 
 #: Bump when a change alters the metrics for given parameters (part of the run key).
 VERSION = "1"
@@ -56,6 +65,12 @@ PARAMETERS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "num_threads": 1,
+    # Execution (how fast, not what): None / "auto" take the device's measured defaults (bobkit.device).
+    "precision": "auto",
+    "channels_last": None,
+    "compile": False,
+    "grad_checkpointing": False,
+    "loader_workers": None,
     "output_dir": None,
 }
 # Why one thread: a detection step is many small ops; measured on 2 shared cores, a second thread gave 0.25 s/step
@@ -64,6 +79,27 @@ PARAMETERS: dict[str, Any] = {
 PROTOCOLS = ("finetune", "frozen", "random_init")
 #: Datasets this task accepts besides bobkit.data's (the grid validates names against them).
 DATASETS = (*scenes.SCENE_DATASETS, *scenes.REAL_DATASETS)
+
+
+def validate_params(p: dict[str, Any]) -> None:
+    """Reject bad values before anything runs (called by the grid and by :func:`run`)."""
+    if p["protocol"] not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {p['protocol']!r}")
+    validate_execution_params(p)
+
+
+def detection_execution(p: dict[str, Any]) -> Execution:
+    """The run's :class:`Execution` from (validated) ``protocol``, ``device`` and execution parameters.
+
+    As every task's (``auto``: the device's measured defaults: bf16 on a GPU, fp32 on CPU), except that
+    ``channels_last=None`` means off (not measured for detection) and gradient checkpointing is off for the
+    ``frozen`` protocol, whose trunk has no backward pass: the ``exec_*`` metrics record what ran.
+    """
+    return resolve_execution(
+        p["device"], p["precision"], channels_last=bool(p["channels_last"]), compile=p["compile"],
+        loader_workers=p["loader_workers"], grad_checkpointing=p["grad_checkpointing"] and p["protocol"] != "frozen",
+    )
+
 
 #: Anchor sizes (one per pyramid level, 4 FPN levels + max-pool) for 28-56 px items on a 128 px canvas; scaled with
 #: the input size. Real datasets use torchvision's COCO anchors at an 800 px short side.
@@ -175,6 +211,11 @@ class TimmFPN(nn.Module):
     freeze_bn : bool
         Body BatchNorm layers stay in eval mode (running statistics and affine use pretrained values) even in
         ``train()``; used for the pretrained protocols.
+    precision : {"fp32", "bf16", "fp16"}
+        Autocast precision of the body and FPN (:func:`bobkit.device.autocast`). Their outputs return to fp32,
+        so the RPN, RoI heads, box decoding and losses run in full precision: under a whole-model bf16 autocast
+        torchvision decodes boxes in the predictor's dtype, and bf16's 8 significant bits round coordinates to
+        4 px at 800 px.
     """
 
     def __init__(
@@ -185,12 +226,14 @@ class TimmFPN(nn.Module):
         out_channels: int = FPN_CHANNELS,
         frozen: bool = False,
         freeze_bn: bool = True,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         self.body = body
         self.scales = tuple(float(s) for s in scales)
         self.frozen = frozen
         self.freeze_bn = freeze_bn or frozen
+        self.precision = precision
         channels = list(body.feature_info.channels())
         self.channels_last = str(getattr(body, "output_fmt", "NCHW")).endswith("NHWC")  # timm Swin features
         self.fpn = FeaturePyramidNetwork(channels, out_channels, extra_blocks=LastLevelMaxPool())
@@ -211,6 +254,11 @@ class TimmFPN(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        with autocast(x.device, self.precision):
+            pyramid = self._pyramid(x)
+        return OrderedDict((k, v.float()) for k, v in pyramid.items())  # fp32 for the heads (no copy in fp32)
+
+    def _pyramid(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         if self.frozen:
             with torch.no_grad():
                 feats = self.body(x)
@@ -240,6 +288,7 @@ def build_detector(
     max_size: int | None = None,
     seed: int = 0,
     masks: bool = True,
+    precision: str = "fp32",
 ) -> FasterRCNN:
     """Mask R-CNN over a registry backbone, sized for CPU training on small images.
 
@@ -261,6 +310,8 @@ def build_detector(
         Seeds the heads' (and random-init backbones') initialisation.
     masks : bool
         False builds the same detector without a mask head (Faster R-CNN) for box-only datasets.
+    precision : {"fp32", "bf16", "fp16"}
+        Autocast precision of the feature network (body + FPN); the heads stay fp32 (see :class:`TimmFPN`).
 
     Returns
     -------
@@ -274,7 +325,8 @@ def build_detector(
     body = create_body(backbone, protocol, out_indices=out_indices, image_size=image_size, seed=seed)
     config = backbones.data_config(backbone, image_size=image_size)
     torch.manual_seed(seed)  # the heads: same initialisation for every protocol at a given seed
-    feature_net = TimmFPN(body, scales, frozen=protocol == "frozen", freeze_bn=protocol != "random_init")
+    feature_net = TimmFPN(body, scales, frozen=protocol == "frozen", freeze_bn=protocol != "random_init",
+                          precision=precision)
     levels = [str(k) for k in range(len(out_indices))]
     anchors = AnchorGenerator(
         sizes=tuple((float(s),) for s in anchor_sizes), aspect_ratios=((0.5, 1.0, 2.0),) * len(anchor_sizes)
@@ -315,6 +367,74 @@ def _collate(batch: list[Any]) -> tuple[list[torch.Tensor], list[dict[str, torch
     return list(images), list(targets)
 
 
+def _as_execution(execution: Execution | torch.device | str) -> Execution:
+    """An :class:`Execution`; a bare device means no loader workers and unpinned batches."""
+    return execution if isinstance(execution, Execution) else Execution(device=resolve_device(execution))
+
+
+def _loader(
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    execution: Execution,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+) -> torch.utils.data.DataLoader:
+    """Batches of ``(images, targets)`` lists; ``loader_workers`` worker processes decode images ahead.
+
+    Workers are processes here (a detection item decodes an image and rasterises its masks in Python, which
+    threads would serialise on the GIL); the shuffling order depends only on ``generator``, not on the workers.
+    """
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=_collate, generator=generator,
+        num_workers=execution.loader_workers, pin_memory=execution.pin_memory and execution.device.type == "cuda",
+    )
+
+
+def _feature_precision(model: FasterRCNN) -> str:
+    """The autocast precision of the detector's feature network (``fp32`` for a plain torchvision backbone)."""
+    return str(getattr(model.backbone, "precision", "fp32"))
+
+
+def set_body_grad_checkpointing(body: nn.Module, enable: bool = True) -> None:
+    """Turn timm's gradient checkpointing on (or off) in a ``features_only`` trunk.
+
+    CNN and Swin feature nets have ``set_grad_checkpointing`` themselves; plain ViTs come wrapped (timm's
+    ``FeatureGetterNet``) around a model that has it.
+
+    Raises
+    ------
+    ValueError
+        When neither the trunk nor the model it wraps supports checkpointing.
+    """
+    inner = getattr(body, "_orig_mod", body)
+    for candidate in (inner, getattr(inner, "model", None)):
+        if candidate is not None and hasattr(candidate, "set_grad_checkpointing"):
+            candidate.set_grad_checkpointing(enable)
+            return
+    raise ValueError(f"{type(inner).__name__} has no set_grad_checkpointing (timm feature models have it)")
+
+
+def prepare_detector(model: FasterRCNN, execution: Execution) -> FasterRCNN:
+    """Move the detector to the run's device and apply the execution's trunk settings, in place.
+
+    Only the trunk (``model.backbone.body``) is touched: channels_last weights when ``execution.channels_last``,
+    gradient checkpointing when ``execution.grad_checkpointing``, and ``torch.compile`` when
+    ``execution.compile`` (the trunk sees a fixed input size on the offline scenes; torchvision's RPN and RoI
+    heads, with data-dependent shapes, stay eager). The precision is set when building
+    (:func:`build_detector`'s ``precision``). cuDNN autotuning stays off: real datasets vary the input size.
+    """
+    model.to(execution.device)
+    body = model.backbone.body
+    if execution.channels_last:
+        body.to(memory_format=torch.channels_last)
+    if execution.grad_checkpointing:
+        set_body_grad_checkpointing(body)
+    if execution.compile:
+        model.backbone.body = torch.compile(body)
+    return model
+
+
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """LR multiplier: linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
 
@@ -336,7 +456,7 @@ def train_detector(
     batch_size: int,
     weight_decay: float = 1e-4,
     seed: int = 0,
-    device: torch.device | str = "cpu",
+    execution: Execution | torch.device | str = "cpu",
     max_grad_norm: float = 10.0,
 ) -> list[float]:
     """Train with AdamW, linear warm-up (10% of steps) and cosine decay.
@@ -351,8 +471,10 @@ def train_detector(
         Optimisation settings.
     seed : int
         Seeds the shuffling.
-    device : torch.device or str
-        Where to train.
+    execution : Execution, torch.device or str
+        Where to train, with ``loader_workers`` decoding processes and pinned batches on a GPU (a bare device:
+        neither). The autocast precision is the feature network's own (:func:`build_detector`); fp16 adds a
+        gradient scaler.
     max_grad_norm : float
         Gradient-norm clip (keeps random-init runs stable at detection learning rates).
 
@@ -366,23 +488,24 @@ def train_detector(
     FloatingPointError
         When a loss is NaN or infinite, naming the epoch and step and the per-head losses.
     """
-    device = torch.device(device)
+    ex = _as_execution(execution)
+    device = ex.device
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, collate_fn=_collate, generator=generator, num_workers=0
-    )
+    loader = _loader(dataset, batch_size, ex, shuffle=True, generator=generator)
     total = max(1, epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, max(1, round(0.1 * total))))
+    # fp16 activations in the trunk can underflow their gradients: scale the loss (a no-op otherwise).
+    scaler = torch.amp.GradScaler(device.type, enabled=_feature_precision(model) == "fp16")
     epoch_losses: list[float] = []
     step = 0
     for epoch in range(epochs):
         running = []
         for images, targets in loader:
-            images = [img.to(device) for img in images]
-            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            images = [img.to(device, non_blocking=True) for img in images]
+            targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
             losses = model(images, targets)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
@@ -391,9 +514,11 @@ def train_detector(
                     f"non-finite detection loss {loss.item()} at step {step} (epoch {epoch}): {parts}"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             running.append(loss.item())
             step += 1
@@ -407,21 +532,22 @@ def predict(
     dataset: scenes.CocoDataset,
     *,
     batch_size: int = 8,
-    device: torch.device | str = "cpu",
+    execution: Execution | torch.device | str = "cpu",
     label_to_category_id: dict[int, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """COCO result dicts (boxes, scores and RLE masks) of ``model`` on every image of ``dataset``.
+    """COCO result dicts (boxes, scores and RLE masks) of ``model`` on every image of ``dataset``, in order.
 
-    ``label_to_category_id`` maps model labels to the dataset's category ids (default: the dataset's own).
+    ``execution`` gives the device and the decoding workers (see :func:`train_detector`); the feature network
+    autocasts to its own precision. ``label_to_category_id`` maps model labels to the dataset's category ids
+    (default: the dataset's own).
     """
-    device = torch.device(device)
-    model.to(device).eval()
+    ex = _as_execution(execution)
+    model.to(ex.device).eval()
     mapping = label_to_category_id or dataset.label_to_category_id
     results: list[dict[str, Any]] = []
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        outputs = model([img.to(device) for img, _ in items])
-        for (_, target), output in zip(items, outputs):
+    for images, targets in _loader(dataset, batch_size, ex, shuffle=False):
+        outputs = model([img.to(ex.device, non_blocking=True) for img in images])
+        for target, output in zip(targets, outputs):
             keep = torch.tensor([int(lbl) in mapping for lbl in output["labels"]], dtype=torch.bool)
             output = {k: v[keep.to(v.device)] for k, v in output.items()}
             results.extend(coco_eval.detections_to_coco(int(target["image_id"]), output, mapping))
@@ -489,6 +615,11 @@ def run(
     seed: int = PARAMETERS["seed"],
     device: str = PARAMETERS["device"],
     num_threads: int | None = PARAMETERS["num_threads"],
+    precision: str = PARAMETERS["precision"],
+    channels_last: bool | None = PARAMETERS["channels_last"],
+    compile: bool = PARAMETERS["compile"],
+    grad_checkpointing: bool = PARAMETERS["grad_checkpointing"],
+    loader_workers: int | None = PARAMETERS["loader_workers"],
     output_dir: str | None = PARAMETERS["output_dir"],
 ) -> dict[str, float]:
     """Train Mask R-CNN on ``dataset`` with ``backbone`` under ``protocol``; return COCO box and mask AP.
@@ -520,25 +651,40 @@ def run(
     num_threads : int, optional
         CPU threads for torch (None: ``$BOB_NUM_THREADS`` or torch's own choice). The default 1 is the fastest
         measured setting on a shared 2-core machine.
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Autocast precision of the trunk and FPN (``auto``: bf16 on a GPU, fp32 on CPU); the RPN and RoI heads
+        always run in fp32 (see :class:`TimmFPN`).
+    channels_last : bool, optional
+        channels_last trunk weights; ``None`` (auto) is off here: it was not measured for detection.
+    compile : bool
+        ``torch.compile`` the trunk (see :func:`prepare_detector`).
+    grad_checkpointing : bool
+        Recompute the trunk's activations in backward (``finetune`` and ``random_init``; the ``frozen`` trunk has
+        no backward pass, so it stays off there and is recorded as off).
+    loader_workers : int, optional
+        Worker processes decoding images ahead (``None``: the device's default, 0 on a small CPU machine).
     output_dir : str, optional
         When given, the validation predictions are written there as ``detections_val.json`` (COCO results).
 
     Returns
     -------
     dict of str to float
-        ``box_ap, box_ap50, box_ap75, mask_ap, mask_ap50, mask_ap75`` (0-1, pycocotools) and ``train_seconds``,
-        ``eval_seconds``.
+        ``box_ap, box_ap50, box_ap75, mask_ap, mask_ap50, mask_ap75`` (0-1, pycocotools), ``train_seconds``,
+        ``eval_seconds``, the execution settings (``exec_*``) and peak memory (``*_mb``).
 
     Raises
     ------
+    ValueError
+        A bad protocol or execution parameter (before any work).
     FloatingPointError
         A non-finite training loss (named by step); no metrics are produced.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    settings = dict(protocol=protocol, device=device, precision=precision, channels_last=channels_last,
+                    compile=compile, grad_checkpointing=grad_checkpointing, loader_workers=loader_workers)
+    validate_params(settings)
     set_threads(num_threads)
-    dev = resolve_device(device)
-    reset_peak_memory(dev)
+    ex = detection_execution(settings)
+    reset_peak_memory(ex.device)
     train, val = load_datasets(
         dataset, eval_dataset=eval_dataset, n_train=n_train, n_val=n_val, canvas_size=canvas_size, seed=seed
     )
@@ -559,16 +705,19 @@ def run(
         max_size=max_size,
         seed=seed,
         masks=train.has_masks,
+        precision=ex.precision,
     )
+    prepare_detector(model, ex)
 
     start = time.perf_counter()
     train_detector(
-        model, train, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed, device=dev
+        model, train, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
+        execution=ex,
     )
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    predictions = predict(model, val, batch_size=batch_size, device=dev)
+    predictions = predict(model, val, batch_size=batch_size, execution=ex)
     with_masks = train.has_masks and val.has_masks
     metrics = coco_eval.evaluate(
         val.coco, predictions, iou_types=("bbox", "segm") if with_masks else ("bbox",), image_ids=val.image_ids
@@ -583,4 +732,5 @@ def run(
         from bobkit.atomic import write_json
 
         write_json(Path(output_dir) / "detections_val.json", predictions)
-    return {**metrics, "train_seconds": train_seconds, "eval_seconds": eval_seconds, **peak_memory(dev)}
+    return {**metrics, "train_seconds": train_seconds, "eval_seconds": eval_seconds, **ex.as_metrics(),
+            **peak_memory(ex.device)}

@@ -29,10 +29,16 @@ import torch
 from bobkit import backbones
 from bobkit.corruptions import CORRUPTIONS, DEFAULT_CORRUPTIONS, SEVERITIES, corrupt
 from bobkit.data import ImageDataset, MissingDataError, dataset_info, dataset_names, get_dataset
-from bobkit.device import peak_memory, reset_peak_memory, resolve_device, set_threads
-from bobkit.tasks.common import as_list, merge_params
-from bobkit.features import extract_features, forward_batches
+from bobkit.device import Execution, peak_memory, prepare_model, reset_peak_memory, set_threads
+from bobkit.features import extract_features, run_forward
 from bobkit.tasks.classification import finetune, fit_linear_probe
+from bobkit.tasks.common import (
+    as_list,
+    inference_batch_size,
+    merge_params,
+    resolve_task_execution,
+    validate_execution_params,
+)
 
 VERSION = "1"
 PROTOCOLS = ("linear_probe", "finetune")
@@ -58,7 +64,7 @@ PARAMETERS: dict[str, Any] = {
     "max_target": None,
     "max_corrupted": 200,
     "probe_l2": 1e-3,
-    "probe_max_iter": 100,
+    "probe_max_iter": 20,  # chosen on validation splits: benchmarks/probe_solver.py
     "epochs": 1,
     "lr": 1e-3,
     "weight_decay": 0.05,
@@ -68,6 +74,12 @@ PARAMETERS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "num_threads": None,
+    # Execution (how fast, not what): None / "auto" take the device's measured defaults (bobkit.device).
+    "precision": "auto",
+    "channels_last": None,
+    "compile": False,
+    "grad_checkpointing": False,
+    "loader_workers": None,
 }
 
 
@@ -92,6 +104,7 @@ def validate_params(p: dict[str, Any]) -> None:
     bad_sev = [s for s in as_list(p["severities"], int) if s not in SEVERITIES]
     if bad_sev:
         raise ValueError(f"severities {bad_sev} are not in {SEVERITIES}")
+    validate_execution_params(p)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -179,16 +192,16 @@ def run(**params: Any) -> dict[str, float]:
     validate_params(p)
     threads = set_threads(p["num_threads"])
     torch.manual_seed(p["seed"])
-    device = resolve_device(p["device"])
-    reset_peak_memory(device)
+    ex = resolve_task_execution(p)
+    reset_peak_memory(ex.device)
     check_label_spaces(p)
     config = backbones.data_config(p["backbone"], image_size=p["image_size"])
     timings = {"extract_seconds": 0.0, "train_seconds": 0.0, "evaluate_seconds": 0.0}
 
     if p["protocol"] == "linear_probe":
-        predict, id_logits, id_labels = _linear_probe_classifier(p, device, config, timings)
+        predict, id_logits, id_labels = _linear_probe_classifier(p, ex, config, timings)
     else:
-        predict, id_logits, id_labels = _finetuned_classifier(p, device, config, timings)
+        predict, id_logits, id_labels = _finetuned_classifier(p, ex, config, timings)
 
     t0, extract_before = time.perf_counter(), predict.extract_seconds
     metrics: dict[str, float] = {"id_acc": masked_accuracy(id_logits, id_labels)}
@@ -207,7 +220,8 @@ def run(**params: Any) -> dict[str, float]:
     metrics.update(timings)
     metrics.update(n_train=float(predict.n_train), n_test=float(len(id_labels)), threads=float(threads),
                    feature_cache_hit=float(predict.cache_hit))
-    metrics.update(peak_memory(device))  # *_mb: run descriptors, not scores
+    metrics.update(predict.ex.as_metrics())  # exec_*: how it ran (floats; not scores)
+    metrics.update(peak_memory(ex.device))  # *_mb: run descriptors, not scores
     return metrics
 
 
@@ -225,28 +239,37 @@ def check_label_spaces(p: dict[str, Any]) -> None:
 
 
 class _Predictor:
-    """Logits for images or for whole target datasets, from a probe on frozen features or a fine-tuned model."""
+    """Logits for images or for whole target datasets, from a probe on frozen features or a fine-tuned model.
 
-    def __init__(self, p: dict[str, Any], device: torch.device, config: dict[str, Any],
-                 model: Callable[[], torch.nn.Module], head: Callable[[np.ndarray], np.ndarray] | None,
-                 n_train: int, cache_hit: bool) -> None:
-        self.p, self.device, self.config = p, device, config
-        self._model_factory, self._model = model, None
+    ``build`` makes the (raw) frozen backbone when a forward pass first needs it; a model that is already
+    prepared for ``ex`` (fine-tuned, or built for uncached source features) is given as ``model``. ``ex`` is the
+    run's execution, its ``channels_last`` settled once a model exists (read it for the metrics).
+    """
+
+    def __init__(self, p: dict[str, Any], ex: Execution, config: dict[str, Any],
+                 build: Callable[[], torch.nn.Module] | None, head: Callable[[np.ndarray], np.ndarray] | None,
+                 n_train: int, cache_hit: bool, model: torch.nn.Module | None = None) -> None:
+        self.p, self.ex, self.config = p, ex, config
+        self._build, self._model = build, model
         self.head = head  # features -> logits (linear probe); None when the model outputs logits itself
         self.n_train, self.cache_hit = n_train, cache_hit
         self.extract_seconds = 0.0
 
     @property
     def model(self) -> torch.nn.Module:
+        """The model prepared for :attr:`ex` (built on first use)."""
         if self._model is None:
-            self._model = self._model_factory().eval().to(self.device)
+            assert self._build is not None
+            raw = self._build().eval()
+            self.ex = self.ex.for_model(raw, self.p["channels_last"])
+            self._model = prepare_model(raw, self.ex, grad_checkpointing=False)  # inference only
         return self._model
 
-    def images(self, images: np.ndarray) -> np.ndarray:
-        """Logits of uint8 images (uncached forward pass)."""
+    def images(self, images: np.ndarray | ImageDataset) -> np.ndarray:
+        """Logits of uint8 images, an array or a dataset (uncached forward pass)."""
         t0 = time.perf_counter()
-        out = forward_batches(self.model, images, self.config, self.p["image_size"], self.p["batch_size"],
-                              self.device)
+        batch = inference_batch_size(self.p["batch_size"], self.ex)
+        out = run_forward(self.model, images, self.config, self.p["image_size"], batch, self.ex)
         self.extract_seconds += time.perf_counter() - t0
         return self.head(out) if self.head is not None else out
 
@@ -255,9 +278,8 @@ class _Predictor:
         p = self.p
         if name in dataset_names() and self.head is not None:
             # Registry dataset + frozen features: through the feature cache.
-            fs = extract_features(p["backbone"], name, split, image_size=p["image_size"],
-                                  max_samples=p["max_target"], seed=p["seed"], batch_size=p["batch_size"],
-                                  device=p["device"], model=self._model)
+            fs = extract_features(dataset=name, split=split, max_samples=p["max_target"], model=self._raw_model(),
+                                  **_extraction_args(p, self.ex))
             self.extract_seconds += fs.seconds
             self.cache_hit = self.cache_hit and fs.cache_hit
             logits = self.head(np.array(fs.features))
@@ -265,61 +287,75 @@ class _Predictor:
             subset = _class_subset(ds_meta, logits.shape[1]) if ds_meta is not None else None
             return logits, fs.labels, subset
         ds = _load(name, split, p["max_target"], p["seed"])
-        logits = np.concatenate([self.images(batch) for batch, _ in ds.iter_batches(512)])
+        logits = self.images(ds)  # file-backed targets are decoded batch by batch
         self.cache_hit = False
         return logits, ds.labels, _class_subset(ds, logits.shape[1])
 
+    def _raw_model(self) -> torch.nn.Module | None:
+        """The built backbone without a ``torch.compile`` wrapper (extraction prepares it itself), or None."""
+        return getattr(self._model, "_orig_mod", self._model)
 
 
-def _linear_probe_classifier(p: dict[str, Any], device: torch.device, config: dict[str, Any],
+def _extraction_args(p: dict[str, Any], ex: Execution) -> dict[str, Any]:
+    """Keyword arguments of :func:`extract_features` shared by every split: the backbone, sizes, execution."""
+    return dict(backbone=p["backbone"], image_size=p["image_size"], seed=p["seed"],
+                batch_size=inference_batch_size(p["batch_size"], ex), device=ex.device, precision=ex.precision,
+                channels_last=p["channels_last"], loader_workers=ex.loader_workers, compile=ex.compile)
+
+
+def _linear_probe_classifier(p: dict[str, Any], ex: Execution, config: dict[str, Any],
                              timings: dict[str, float]) -> tuple[_Predictor, np.ndarray, np.ndarray]:
-    common = dict(image_size=p["image_size"], seed=p["seed"], batch_size=p["batch_size"], device=p["device"])
-
     def build() -> torch.nn.Module:
         return backbones.create_model(p["backbone"], num_classes=0, image_size=p["image_size"], seed=p["seed"])
 
+    model = None
     if p["dataset"] in dataset_names():
-        train = extract_features(p["backbone"], p["dataset"], p["train_split"], max_samples=p["max_train"], **common)
-        test = extract_features(p["backbone"], p["dataset"], p["test_split"], max_samples=p["max_test"], **common)
+        args = _extraction_args(p, ex)
+        train = extract_features(dataset=p["dataset"], split=p["train_split"], max_samples=p["max_train"], **args)
+        test = extract_features(dataset=p["dataset"], split=p["test_split"], max_samples=p["max_test"], **args)
         train_x, train_y, test_x, test_y = train.features, train.labels, test.features, test.labels
         timings["extract_seconds"] += train.seconds + test.seconds
         cache_hit = train.cache_hit and test.cache_hit
         n_classes = dataset_info(p["dataset"]).num_classes
     else:  # a source this task builds itself (VisDA): uncached features
-        t0 = time.perf_counter()
-        model = build().eval().to(device)
-        from bobkit.tasks.retrieval import dataset_features
+        from bobkit.tasks.retrieval import dataset_features, prepare_backbone
 
+        t0 = time.perf_counter()
+        model, ex = prepare_backbone(p, ex)
         tr = _load(p["dataset"], p["train_split"], p["max_train"], p["seed"])
         te = _load(p["dataset"], p["test_split"], p["max_test"], p["seed"])
-        train_x = dataset_features(model, tr, config, p["image_size"], p["batch_size"], device)
-        test_x = dataset_features(model, te, config, p["image_size"], p["batch_size"], device)
+        batch = inference_batch_size(p["batch_size"], ex)
+        train_x = dataset_features(model, tr, config, p["image_size"], batch, ex)
+        test_x = dataset_features(model, te, config, p["image_size"], batch, ex)
         train_y, test_y, n_classes, cache_hit = tr.labels, te.labels, len(tr.classes), False
         timings["extract_seconds"] += time.perf_counter() - t0
-        build = (lambda m=model: m)  # noqa: E731  (reuse the model already built)
     t1 = time.perf_counter()
     probe = fit_linear_probe(np.array(train_x), train_y, num_classes=n_classes, l2=p["probe_l2"],
-                             max_iter=p["probe_max_iter"], device=p["device"])
+                             max_iter=p["probe_max_iter"], device=ex.device)
     timings["train_seconds"] += time.perf_counter() - t1
-    predictor = _Predictor(p, device, config, build, probe.logits, len(train_y), cache_hit)
+    predictor = _Predictor(p, ex, config, build, probe.logits, len(train_y), cache_hit, model=model)
     return predictor, probe.logits(np.array(test_x)), np.asarray(test_y)
 
 
-def _finetuned_classifier(p: dict[str, Any], device: torch.device, config: dict[str, Any],
+def _finetuned_classifier(p: dict[str, Any], ex: Execution, config: dict[str, Any],
                           timings: dict[str, float]) -> tuple[_Predictor, np.ndarray, np.ndarray]:
     t0 = time.perf_counter()
     train_ds = _load(p["dataset"], p["train_split"], p["max_train"], p["seed"])
     test_ds = _load(p["dataset"], p["test_split"], p["max_test"], p["seed"])
     model = backbones.create_model(p["backbone"], num_classes=len(train_ds.classes), image_size=p["image_size"],
-                                   seed=p["seed"]).to(device)
+                                   seed=p["seed"])
+    ex = ex.for_model(model, p["channels_last"])
+    model = prepare_model(model, ex)  # device, channels_last, gradient checkpointing, compile
     timings["extract_seconds"] += time.perf_counter() - t0
     t1 = time.perf_counter()
-    finetune(model, train_ds.images, train_ds.labels, config, image_size=p["image_size"], epochs=p["epochs"],
+    finetune(model, train_ds, train_ds.labels, config, image_size=p["image_size"], epochs=p["epochs"],
              lr=p["lr"], weight_decay=p["weight_decay"], layer_decay=p["layer_decay"],
-             warmup_epochs=p["warmup_epochs"], batch_size=p["batch_size"], seed=p["seed"], device=device)
+             warmup_epochs=p["warmup_epochs"], batch_size=p["batch_size"], seed=p["seed"], device=ex.device,
+             precision=ex.precision, channels_last=ex.channels_last, loader_workers=ex.loader_workers,
+             pin_memory=ex.pin_memory)
     timings["train_seconds"] += time.perf_counter() - t1
-    predictor = _Predictor(p, device, config, lambda: model, None, len(train_ds), False)
-    return predictor, predictor.images(test_ds.images), test_ds.labels
+    predictor = _Predictor(p, ex, config, None, None, len(train_ds), False, model=model.eval())
+    return predictor, predictor.images(test_ds), test_ds.labels
 
 
 def _corruption_metrics(p: dict[str, Any], predict: _Predictor, id_acc: float) -> dict[str, float]:

@@ -32,9 +32,15 @@ from PIL import Image
 
 from bobkit import backbones
 from bobkit.data import ImageDataset, MissingDataError
-from bobkit.device import peak_memory, reset_peak_memory, resolve_device, set_threads
-from bobkit.tasks.common import as_list, merge_params
-from bobkit.features import extract_features, forward_batches
+from bobkit.device import Execution, peak_memory, prepare_model, reset_peak_memory, set_threads
+from bobkit.features import extract_features, is_cached, run_forward
+from bobkit.tasks.common import (
+    as_list,
+    inference_batch_size,
+    merge_params,
+    resolve_task_execution,
+    validate_execution_params,
+)
 from bobkit.metrics import (
     AP_MODES,
     REVISITED_PROTOCOLS,
@@ -67,6 +73,12 @@ PARAMETERS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "num_threads": None,
+    # Execution (how fast, not what): None / "auto" take the device's measured defaults (bobkit.device).
+    "precision": "auto",
+    "channels_last": None,
+    "compile": False,
+    "grad_checkpointing": False,
+    "loader_workers": None,
 }
 
 
@@ -88,6 +100,7 @@ def validate_params(p: dict[str, Any]) -> None:
         raise ValueError(f"ap={p['ap']!r} is not one of {AP_MODES}")
     if any(k < 1 for k in as_list(p["ks"], int)):
         raise ValueError(f"ks={p['ks']!r} must be positive integers")
+    validate_execution_params(p)
 
 
 def class_folder_split(
@@ -118,18 +131,27 @@ def run(**params: Any) -> dict[str, float]:
     validate_params(p)
     threads = set_threads(p["num_threads"])
     torch.manual_seed(p["seed"])
-    reset_peak_memory(resolve_device(p["device"]))
-    metrics = _run_class_folder(p) if p["protocol"] == "class_folder" else _run_revisited(p)
+    ex = resolve_task_execution(p)
+    reset_peak_memory(ex.device)
+    metrics = _run_class_folder(p, ex) if p["protocol"] == "class_folder" else _run_revisited(p, ex)
     metrics["threads"] = float(threads)
-    metrics.update(peak_memory(resolve_device(p["device"])))  # *_mb: run descriptors, not scores
+    metrics.update(peak_memory(ex.device))  # *_mb: run descriptors, not scores
     return metrics
 
 
-def _run_class_folder(p: dict[str, Any]) -> dict[str, float]:
-    # No model is built unless the cache misses: extract_features builds it only then.
+def _run_class_folder(p: dict[str, Any], ex: Execution) -> dict[str, float]:
+    cached = is_cached(p["backbone"], p["dataset"], p["split"], image_size=p["image_size"],
+                       max_samples=p["max_samples"], seed=p["seed"], device=ex.device, precision=ex.precision)
+    # No model is built when the cache serves the features (a retrieval cell after a probe cell).
+    model = None if cached else backbones.create_model(
+        p["backbone"], num_classes=0, image_size=p["image_size"], seed=p["seed"])
+    if model is not None:
+        ex = ex.for_model(model, p["channels_last"])  # what extraction resolves too (for the metrics)
     fs = extract_features(
         p["backbone"], p["dataset"], p["split"], image_size=p["image_size"], max_samples=p["max_samples"],
-        seed=p["seed"], batch_size=p["batch_size"], device=p["device"],
+        seed=p["seed"], batch_size=inference_batch_size(p["batch_size"], ex), device=ex.device, model=model,
+        precision=ex.precision, channels_last=p["channels_last"], loader_workers=ex.loader_workers,
+        compile=ex.compile,
     )
     q_idx, db_idx = class_folder_split(fs.labels, query_fraction=float(p["query_fraction"]),
                                        max_per_class=p["max_per_class"])
@@ -140,10 +162,11 @@ def _run_class_folder(p: dict[str, Any]) -> dict[str, float]:
     features = np.asarray(fs.features)
     metrics = class_retrieval_metrics(
         features[q_idx], fs.labels[q_idx], features[db_idx], fs.labels[db_idx],
-        ks=as_list(p["ks"], int), ap=p["ap"], device=resolve_device(p["device"]),
+        ks=as_list(p["ks"], int), ap=p["ap"], device=ex.device,
     )
     metrics.update(n_database=float(len(db_idx)), extract_seconds=fs.seconds,
                    retrieval_seconds=time.perf_counter() - t0, feature_cache_hit=float(fs.cache_hit))
+    metrics.update(ex.as_metrics())  # exec_*: how it ran (floats; not scores)
     return metrics
 
 
@@ -229,29 +252,54 @@ def _decode_query(path: Path, bbx: list[float] | None, size: int) -> np.ndarray:
 
 
 def dataset_features(model: torch.nn.Module, dataset: ImageDataset, data_config: dict[str, Any], image_size: int,
-                     batch_size: int, device: torch.device, *, chunk: int = 512) -> np.ndarray:
-    """Pooled features of a (possibly file-backed) dataset, decoding ``chunk`` images at a time (uncached)."""
-    parts = [
-        forward_batches(model, images, data_config, image_size, batch_size, device)
-        for images, _ in dataset.iter_batches(chunk)
-    ]
-    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+                     batch_size: int, execution: Execution) -> np.ndarray:
+    """Pooled features of a (possibly file-backed) dataset, uncached.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Backbone already prepared for ``execution`` (:func:`bobkit.device.prepare_model`), in eval mode.
+    dataset : ImageDataset
+        In memory or file-backed; file-backed items are decoded batch by batch (by the execution's prefetch
+        threads when ``loader_workers > 0``), never all at once.
+    data_config, image_size, batch_size
+        Normalisation and interpolation of the backbone, input side, forward batch.
+    execution : Execution
+        Device, autocast precision, memory format and loader threads of the forward pass.
+
+    Returns
+    -------
+    ndarray
+        ``(N, D)`` float32 features.
+    """
+    return run_forward(model, dataset, data_config, image_size, batch_size, execution)
 
 
-def _run_revisited(p: dict[str, Any]) -> dict[str, float]:
+def prepare_backbone(p: dict[str, Any], ex: Execution) -> tuple[torch.nn.Module, Execution]:
+    """Build the task's frozen feature backbone and prepare it for inference under ``ex``.
+
+    Returns the model (on the device, eval mode, channels_last / compiled as settled) and ``ex`` with
+    ``channels_last`` settled for it. Gradient checkpointing is left off: no backward pass runs through it.
+    """
+    model = backbones.create_model(p["backbone"], num_classes=0, image_size=p["image_size"], seed=p["seed"])
+    ex = ex.for_model(model, p["channels_last"])
+    return prepare_model(model.eval(), ex, grad_checkpointing=False), ex
+
+
+def _run_revisited(p: dict[str, Any], ex: Execution) -> dict[str, float]:
     t0 = time.perf_counter()
     queries, database, gnd = load_revisited(p["dataset"], crop_queries=bool(p["crop_queries"]),
                                             gnd_sha256=p["gnd_sha256"])
-    device = resolve_device(p["device"])
-    model = backbones.create_model(p["backbone"], num_classes=0, image_size=p["image_size"], seed=p["seed"])
-    model = model.eval().to(device)
+    model, ex = prepare_backbone(p, ex)
     config = backbones.data_config(p["backbone"], image_size=p["image_size"])
-    q = dataset_features(model, queries, config, p["image_size"], p["batch_size"], device)
-    db = dataset_features(model, database, config, p["image_size"], p["batch_size"], device)
+    batch = inference_batch_size(p["batch_size"], ex)
+    q = dataset_features(model, queries, config, p["image_size"], batch, ex)
+    db = dataset_features(model, database, config, p["image_size"], batch, ex)
     extract_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
     metrics = revisited_retrieval_metrics(q, db, gnd, protocol=p["revisited_protocol"], ks=as_list(p["ks"], int),
-                                          ap=p["ap"], device=device)
+                                          ap=p["ap"], device=ex.device)
     metrics.update(n_database=float(len(db)), extract_seconds=extract_seconds,
                    retrieval_seconds=time.perf_counter() - t1, feature_cache_hit=0.0)
+    metrics.update(ex.as_metrics())
     return metrics

@@ -12,6 +12,10 @@ Adversarial robustness
     pixel units: ``acc/fgsm/<eps>``, ``acc/pgd/<eps>``. The attacks run on ``[0, 1]`` images at the model's input
     size with the backbone's normalisation inside the attacked function. Epsilon 0 gives the clean accuracy of
     the attacked subset, and accuracy never increases with epsilon (see :func:`bobkit.attacks.robust_accuracy`).
+Execution
+    Feature extraction, fine-tuning and the clean / calibration forward passes use the run's execution settings
+    (``precision``, ``channels_last``, ... as in every task); the attacks always run in fp32, so robust accuracy
+    does not depend on the device's default precision.
 """
 
 from __future__ import annotations
@@ -27,11 +31,17 @@ from bobkit import backbones
 from bobkit.attacks import ATTACKS, NormalizedModel, robust_accuracy
 from bobkit.data import dataset_info, get_dataset
 from bobkit.data.transforms import to_tensor_batch
-from bobkit.device import peak_memory, reset_peak_memory, resolve_device, set_threads
-from bobkit.tasks.common import as_list, merge_params
-from bobkit.features import extract_features, forward_batches
+from bobkit.device import Execution, peak_memory, prepare_model, reset_peak_memory, set_threads
+from bobkit.features import extract_features, run_forward
 from bobkit.metrics import ReliabilityBins, calibration_metrics, fit_temperature, reliability_bins, softmax
 from bobkit.tasks.classification import finetune, fit_linear_probe
+from bobkit.tasks.common import (
+    as_list,
+    inference_batch_size,
+    merge_params,
+    resolve_task_execution,
+    validate_execution_params,
+)
 
 VERSION = "1"
 PROTOCOLS = ("linear_probe", "finetune")
@@ -54,7 +64,7 @@ PARAMETERS: dict[str, Any] = {
     "random_start": True,
     "max_attack": 64,
     "probe_l2": 1e-3,
-    "probe_max_iter": 100,
+    "probe_max_iter": 20,  # chosen on validation splits: benchmarks/probe_solver.py
     "epochs": 1,
     "lr": 1e-3,
     "weight_decay": 0.05,
@@ -64,6 +74,12 @@ PARAMETERS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "num_threads": None,
+    # Execution (how fast, not what): None / "auto" take the device's measured defaults (bobkit.device).
+    "precision": "auto",
+    "channels_last": None,
+    "compile": False,
+    "grad_checkpointing": False,
+    "loader_workers": None,
 }
 
 
@@ -82,6 +98,7 @@ def validate_params(p: dict[str, Any]) -> None:
         raise ValueError(f"pgd_steps={p['pgd_steps']!r} must be >= 1")
     if int(p["n_bins"]) < 1:
         raise ValueError(f"n_bins={p['n_bins']!r} must be >= 1")
+    validate_execution_params(p)
 
 
 def calibration_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -121,16 +138,16 @@ def evaluate(**params: Any) -> RobustnessResult:
     validate_params(p)
     threads = set_threads(p["num_threads"])
     torch.manual_seed(p["seed"])
-    device = resolve_device(p["device"])
-    reset_peak_memory(device)
+    ex = resolve_task_execution(p)
+    reset_peak_memory(ex.device)
     config = backbones.data_config(p["backbone"], image_size=p["image_size"])
     n_classes = dataset_info(p["dataset"]).num_classes
     timings: dict[str, float] = {}
 
     if p["protocol"] == "linear_probe":
-        model, calib, test, cache_hit, n_fit = _linear_probe_model(p, device, n_classes, timings)
+        model, ex, calib, test, cache_hit, n_fit = _linear_probe_model(p, ex, n_classes, timings)
     else:
-        model, calib, test, cache_hit, n_fit = _finetuned_model(p, device, config, n_classes, timings)
+        model, ex, calib, test, cache_hit, n_fit = _finetuned_model(p, ex, config, n_classes, timings)
 
     t0 = time.perf_counter()
     (calib_logits, calib_labels), (test_logits, test_labels) = calib, test
@@ -144,12 +161,13 @@ def evaluate(**params: Any) -> RobustnessResult:
     timings["calibration_seconds"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    metrics.update(_attack_metrics(p, model, config, device))
+    metrics.update(_attack_metrics(p, model, config, ex))
     timings["attack_seconds"] = time.perf_counter() - t1
     metrics.update(timings)
     metrics.update(n_train=float(n_fit), n_test=float(len(test_labels)), threads=float(threads),
                    feature_cache_hit=float(cache_hit))
-    metrics.update(peak_memory(device))  # *_mb: run descriptors, not scores
+    metrics.update(ex.as_metrics())  # exec_*: how it ran (floats; not scores)
+    metrics.update(peak_memory(ex.device))  # *_mb: run descriptors, not scores
     return RobustnessResult(
         metrics,
         reliability_bins(softmax(test_logits), test_labels, int(p["n_bins"])),
@@ -159,11 +177,18 @@ def evaluate(**params: Any) -> RobustnessResult:
     )
 
 
-def _linear_probe_model(p: dict[str, Any], device: torch.device, n_classes: int, timings: dict[str, float]):
-    """Backbone + probe head; logits of the held-out and test items from the cached features."""
-    common = dict(image_size=p["image_size"], seed=p["seed"], batch_size=p["batch_size"], device=p["device"])
+def _linear_probe_model(p: dict[str, Any], ex: Execution, n_classes: int, timings: dict[str, float]):
+    """Backbone + probe head; logits of the held-out and test items from the cached features.
+
+    Returns the classifier (on ``ex.device``), ``ex`` with channels_last settled for the backbone, the held-out
+    and test ``(logits, labels)``, whether both splits were cached, and the number of fitting items.
+    """
     t0 = time.perf_counter()
     backbone = backbones.create_model(p["backbone"], num_classes=0, image_size=p["image_size"], seed=p["seed"])
+    ex = ex.for_model(backbone, p["channels_last"])
+    common = dict(image_size=p["image_size"], seed=p["seed"], batch_size=inference_batch_size(p["batch_size"], ex),
+                  device=ex.device, precision=ex.precision, channels_last=ex.channels_last,
+                  loader_workers=ex.loader_workers, compile=ex.compile)
     timings["load_seconds"] = time.perf_counter() - t0
     # Same cache keys as the classification probe: a robustness cell after a probe cell extracts nothing.
     train = extract_features(p["backbone"], p["dataset"], p["train_split"], max_samples=p["max_train"],
@@ -175,38 +200,49 @@ def _linear_probe_model(p: dict[str, Any], device: torch.device, n_classes: int,
     train_x = np.array(train.features)
     t1 = time.perf_counter()
     probe = fit_linear_probe(train_x[fit_idx], train.labels[fit_idx], num_classes=n_classes, l2=p["probe_l2"],
-                             max_iter=p["probe_max_iter"], device=p["device"])
+                             max_iter=p["probe_max_iter"], device=ex.device)
     timings["train_seconds"] = time.perf_counter() - t1
-    model = torch.nn.Sequential(backbone, probe.as_module())
+    # Device and memory format as extraction set them (in place) on a cache miss, and checkpointing for the
+    # attacks' backward pass; uncompiled, since the attacks differentiate through it.
+    backbone = prepare_model(backbone.eval(), ex, compile=False)
+    model = torch.nn.Sequential(backbone, probe.as_module().to(ex.device))
     calib = (probe.logits(train_x[held_idx]), train.labels[held_idx])
     test_out = (probe.logits(np.array(test.features)), test.labels)
-    return model, calib, test_out, train.cache_hit and test.cache_hit, len(fit_idx)
+    return model, ex, calib, test_out, train.cache_hit and test.cache_hit, len(fit_idx)
 
 
-def _finetuned_model(p: dict[str, Any], device: torch.device, config: dict[str, Any], n_classes: int,
+def _finetuned_model(p: dict[str, Any], ex: Execution, config: dict[str, Any], n_classes: int,
                      timings: dict[str, float]):
-    """Backbone fine-tuned with a new head on the non-held-out training items."""
+    """Backbone fine-tuned with a new head on the non-held-out training items.
+
+    Returns the plain fine-tuned module (no ``torch.compile`` wrapper: the attacks differentiate through it),
+    ``ex`` with channels_last settled, the held-out and test ``(logits, labels)``, ``False`` (no feature cache)
+    and the number of fitting items.
+    """
     t0 = time.perf_counter()
     train_ds = get_dataset(p["dataset"], p["train_split"], max_samples=p["max_train"], seed=p["seed"])
     test_ds = get_dataset(p["dataset"], p["test_split"], max_samples=p["max_test"], seed=p["seed"])
     model = backbones.create_model(p["backbone"], num_classes=n_classes, image_size=p["image_size"],
-                                   seed=p["seed"]).to(device)
+                                   seed=p["seed"])
+    ex = ex.for_model(model, p["channels_last"])
+    prepared = prepare_model(model, ex)  # device, channels_last, gradient checkpointing, compile
     timings["load_seconds"] = time.perf_counter() - t0
     fit_idx, held_idx = calibration_split(train_ds.labels, float(p["calibration_fraction"]), p["seed"])
     images = train_ds.images
     t1 = time.perf_counter()
-    finetune(model, images[fit_idx], train_ds.labels[fit_idx], config, image_size=p["image_size"],
+    finetune(prepared, images[fit_idx], train_ds.labels[fit_idx], config, image_size=p["image_size"],
              epochs=p["epochs"], lr=p["lr"], weight_decay=p["weight_decay"], layer_decay=p["layer_decay"],
-             warmup_epochs=p["warmup_epochs"], batch_size=p["batch_size"], seed=p["seed"], device=device)
+             warmup_epochs=p["warmup_epochs"], batch_size=p["batch_size"], seed=p["seed"], device=ex.device,
+             precision=ex.precision, channels_last=ex.channels_last, loader_workers=ex.loader_workers,
+             pin_memory=ex.pin_memory)
     timings["train_seconds"] = time.perf_counter() - t1
-    model.eval()
+    prepared.eval()
     t2 = time.perf_counter()
-    calib = (forward_batches(model, images[held_idx], config, p["image_size"], p["batch_size"], device),
-             train_ds.labels[held_idx])
-    test_out = (forward_batches(model, test_ds.images, config, p["image_size"], p["batch_size"], device),
-                test_ds.labels)
+    batch = inference_batch_size(p["batch_size"], ex)
+    calib = (run_forward(prepared, images[held_idx], config, p["image_size"], batch, ex), train_ds.labels[held_idx])
+    test_out = (run_forward(prepared, test_ds.images, config, p["image_size"], batch, ex), test_ds.labels)
     timings["extract_seconds"] = time.perf_counter() - t2
-    return model, calib, test_out, False, len(fit_idx)
+    return model, ex, calib, test_out, False, len(fit_idx)
 
 
 def pixel_batch(images: np.ndarray, data_config: dict[str, Any], image_size: int) -> torch.Tensor:
@@ -216,12 +252,17 @@ def pixel_batch(images: np.ndarray, data_config: dict[str, Any], image_size: int
 
 
 def _attack_metrics(p: dict[str, Any], model: torch.nn.Module, config: dict[str, Any],
-                    device: torch.device) -> dict[str, float]:
-    """``acc/<attack>/<eps>`` for every attack and epsilon on ``max_attack`` stratified test images."""
+                    ex: Execution) -> dict[str, float]:
+    """``acc/<attack>/<eps>`` for every attack and epsilon on ``max_attack`` stratified test images.
+
+    The attacks run on ``ex.device`` in fp32 whatever ``ex.precision``: the gradient sign of an autocast
+    forward would mostly agree, but fp32 keeps the attack strength independent of the execution settings, so
+    robust accuracies stay comparable across devices (the extra cost is small: ``max_attack`` images).
+    """
     attack_ds = get_dataset(p["dataset"], p["test_split"], max_samples=p["max_attack"], seed=p["seed"])
     x = pixel_batch(attack_ds.images, config, p["image_size"])
     y = torch.as_tensor(attack_ds.labels, dtype=torch.long)
-    attacked = NormalizedModel(model, config["mean"], config["std"]).to(device).eval()
+    attacked = NormalizedModel(model, config["mean"], config["std"]).to(ex.device).eval()
     for param in attacked.parameters():
         param.requires_grad_(False)  # gradients are needed for the input only
     epsilons = as_list(p["epsilons"], float)
