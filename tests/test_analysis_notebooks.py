@@ -147,6 +147,8 @@ def test_runs_on_synthetic_results(synthetic_runs, name):
     # the synthetic table has every task, protocol and metric: nothing is skipped except placement against the
     # retrieval snapshot (no shared settings) in 08
     allowed = {"Placement among the bob_retrieval reference"}
+    if not DATA_DIR.is_dir():  # 07 then notes that timm's tables are not downloaded
+        allowed.add("timm tables")
     assert set(summary["skipped"]) <= allowed, summary["skipped"]
 
 
