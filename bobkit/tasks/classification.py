@@ -32,7 +32,7 @@ from bobkit.device import (
     set_threads,
 )
 from bobkit.features import BatchConverter, extract_features, is_cached, iter_uint8_batches, run_forward
-from bobkit.tasks.common import inference_batch_size, merge_params, validate_execution_params
+from bobkit.tasks.common import EXECUTION_PARAMETERS, inference_batch_size, merge_params, validate_execution_params
 
 VERSION = "1"
 PROTOCOLS = ("linear_probe", "finetune")
@@ -61,12 +61,7 @@ PARAMETERS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "num_threads": None,
-    # Execution (how fast, not what): None / "auto" take the device's measured defaults (bobkit.device).
-    "precision": "auto",
-    "channels_last": None,
-    "compile": False,
-    "grad_checkpointing": False,
-    "loader_workers": None,
+    **EXECUTION_PARAMETERS,
 }
 
 

@@ -29,6 +29,17 @@ def merge_params(task: str, defaults: dict[str, Any], params: dict[str, Any]) ->
 # ------------------------------------------------------------------------------------------------------------
 
 
+#: Execution parameters (how fast, not what) shared by every task's PARAMETERS: None / "auto" take the
+#: device's measured defaults (:func:`bobkit.device.resolve_execution`).
+EXECUTION_PARAMETERS: dict[str, Any] = {
+    "precision": "auto",
+    "channels_last": None,
+    "compile": False,
+    "grad_checkpointing": False,
+    "loader_workers": None,
+}
+
+
 def validate_execution_params(params: dict[str, Any]) -> None:
     """Reject bad execution parameters before anything runs, naming the value.
 

@@ -43,7 +43,7 @@ from bobkit.device import (
     resolve_execution,
     set_threads,
 )
-from bobkit.tasks.common import validate_execution_params
+from bobkit.tasks.common import EXECUTION_PARAMETERS, validate_execution_params
 
 #: Bump when a change alters the metrics for given parameters (part of the run key).
 VERSION = "1"
@@ -65,12 +65,7 @@ PARAMETERS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "num_threads": 1,
-    # Execution (how fast, not what): None / "auto" take the device's measured defaults (bobkit.device).
-    "precision": "auto",
-    "channels_last": None,
-    "compile": False,
-    "grad_checkpointing": False,
-    "loader_workers": None,
+    **EXECUTION_PARAMETERS,
     "output_dir": None,
 }
 # Why one thread: a detection step is many small ops; measured on 2 shared cores, a second thread gave 0.25 s/step

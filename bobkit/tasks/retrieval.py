@@ -35,6 +35,7 @@ from bobkit.data import ImageDataset, MissingDataError
 from bobkit.device import Execution, peak_memory, prepare_model, reset_peak_memory, set_threads
 from bobkit.features import extract_features, is_cached, run_forward
 from bobkit.tasks.common import (
+    EXECUTION_PARAMETERS,
     as_list,
     inference_batch_size,
     merge_params,
@@ -73,12 +74,7 @@ PARAMETERS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "num_threads": None,
-    # Execution (how fast, not what): None / "auto" take the device's measured defaults (bobkit.device).
-    "precision": "auto",
-    "channels_last": None,
-    "compile": False,
-    "grad_checkpointing": False,
-    "loader_workers": None,
+    **EXECUTION_PARAMETERS,
 }
 
 

@@ -36,6 +36,7 @@ from bobkit.features import extract_features, run_forward
 from bobkit.metrics import ReliabilityBins, calibration_metrics, fit_temperature, reliability_bins, softmax
 from bobkit.tasks.classification import finetune, fit_linear_probe
 from bobkit.tasks.common import (
+    EXECUTION_PARAMETERS,
     as_list,
     inference_batch_size,
     merge_params,
@@ -74,12 +75,7 @@ PARAMETERS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "num_threads": None,
-    # Execution (how fast, not what): None / "auto" take the device's measured defaults (bobkit.device).
-    "precision": "auto",
-    "channels_last": None,
-    "compile": False,
-    "grad_checkpointing": False,
-    "loader_workers": None,
+    **EXECUTION_PARAMETERS,
 }
 
 
