@@ -37,6 +37,9 @@ from bobkit.tasks.common import EXECUTION_PARAMETERS, inference_batch_size, merg
 VERSION = "1"
 PROTOCOLS = ("linear_probe", "finetune")
 PROBE_SOLVERS = ("lbfgs", "sgd")
+#: L-BFGS iterations of the linear probe: the median budget that held-out validation splits pick over pretrained
+#: and random-init backbones (benchmarks/probe_solver.py). Classification, OOD and robustness share it.
+PROBE_MAX_ITER = 20
 
 PARAMETERS: dict[str, Any] = {
     "backbone": "mobilenetv2_100.packaged_tv_in1k",
@@ -49,7 +52,7 @@ PARAMETERS: dict[str, Any] = {
     "shots_per_class": None,
     "probe_solver": "lbfgs",
     "probe_l2": 1e-3,
-    "probe_max_iter": 20,  # median budget of held-out validation splits: benchmarks/probe_solver.py
+    "probe_max_iter": PROBE_MAX_ITER,
     "probe_epochs": 90,
     "probe_lr": 0.1,
     "epochs": 1,
@@ -97,7 +100,7 @@ def fit_linear_probe(
     *,
     num_classes: int | None = None,
     l2: float = 1e-3,
-    max_iter: int = 20,
+    max_iter: int = PROBE_MAX_ITER,
     precondition_rank: int = 16,
     device: str | torch.device = "cpu",
 ) -> LinearProbe:

@@ -31,7 +31,7 @@ from bobkit.corruptions import CORRUPTIONS, DEFAULT_CORRUPTIONS, SEVERITIES, cor
 from bobkit.data import ImageDataset, MissingDataError, dataset_info, dataset_names, get_dataset
 from bobkit.device import Execution, peak_memory, prepare_model, reset_peak_memory, set_threads
 from bobkit.features import extract_features, run_forward
-from bobkit.tasks.classification import finetune, fit_linear_probe
+from bobkit.tasks.classification import PROBE_MAX_ITER, finetune, fit_linear_probe
 from bobkit.tasks.common import (
     EXECUTION_PARAMETERS,
     as_list,
@@ -65,7 +65,7 @@ PARAMETERS: dict[str, Any] = {
     "max_target": None,
     "max_corrupted": 200,
     "probe_l2": 1e-3,
-    "probe_max_iter": 20,  # median budget of held-out validation splits: benchmarks/probe_solver.py
+    "probe_max_iter": PROBE_MAX_ITER,
     "epochs": 1,
     "lr": 1e-3,
     "weight_decay": 0.05,
