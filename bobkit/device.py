@@ -272,6 +272,11 @@ def resolve_execution(
     return ex.for_model(model, channels_last) if model is not None else ex
 
 
+def as_execution(execution: Execution | torch.device | str) -> Execution:
+    """An :class:`Execution`; a bare device means fp32, no loader workers and unpinned batches."""
+    return execution if isinstance(execution, Execution) else Execution(device=resolve_device(execution))
+
+
 def prepare_model(
     model: torch.nn.Module,
     execution: Execution | torch.device | str,
@@ -286,7 +291,7 @@ def prepare_model(
     weights give the same results for any input layout); the returned module is the compiled wrapper when
     ``compile`` is on, else ``model`` itself. The train/eval mode is left to the caller.
     """
-    ex = execution if isinstance(execution, Execution) else Execution(device=resolve_device(execution))
+    ex = as_execution(execution)
     cl = ex.channels_last if channels_last is None else channels_last
     model = model.to(ex.device)
     if ex.device.type == "cuda":

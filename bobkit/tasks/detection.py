@@ -36,10 +36,10 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from bobkit import coco_eval, scenes
 from bobkit.device import (
     Execution,
+    as_execution,
     autocast,
     peak_memory,
     reset_peak_memory,
-    resolve_device,
     resolve_execution,
     set_threads,
 )
@@ -362,11 +362,6 @@ def _collate(batch: list[Any]) -> tuple[list[torch.Tensor], list[dict[str, torch
     return list(images), list(targets)
 
 
-def _as_execution(execution: Execution | torch.device | str) -> Execution:
-    """An :class:`Execution`; a bare device means no loader workers and unpinned batches."""
-    return execution if isinstance(execution, Execution) else Execution(device=resolve_device(execution))
-
-
 def _loader(
     dataset: torch.utils.data.Dataset,
     batch_size: int,
@@ -483,7 +478,7 @@ def train_detector(
     FloatingPointError
         When a loss is NaN or infinite, naming the epoch and step and the per-head losses.
     """
-    ex = _as_execution(execution)
+    ex = as_execution(execution)
     device = ex.device
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -536,7 +531,7 @@ def predict(
     autocasts to its own precision. ``label_to_category_id`` maps model labels to the dataset's category ids
     (default: the dataset's own).
     """
-    ex = _as_execution(execution)
+    ex = as_execution(execution)
     model.to(ex.device).eval()
     mapping = label_to_category_id or dataset.label_to_category_id
     results: list[dict[str, Any]] = []
