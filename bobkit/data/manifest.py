@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import tempfile
-import urllib.error
 import urllib.request
 import warnings
 from dataclasses import dataclass, field
@@ -570,7 +569,7 @@ def _fetch(url: str, dest: Path, spec: FileSpec, timeout: float) -> Path:
                     out.write(chunk)
                     sha.update(chunk)
                     md5.update(chunk)
-        except (urllib.error.URLError, OSError) as exc:  # offline, DNS, refused, timeout, HTTP 404
+        except OSError as exc:  # urllib's URLError/HTTPError too: offline, DNS, refused, timeout, 404
             raise DownloadError(url, str(dest), getattr(exc, "reason", exc)) from exc
         actual = sha.hexdigest()
         if spec.accepted_sha256 and actual not in spec.accepted_sha256:
