@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 import torch
-
 from benchlib import machine_info, write_result
 
 
@@ -39,10 +38,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
 
     from bobkit import backbones
-    from bobkit.device import resolve_device
-    from bobkit.features import extract_features
-    from bobkit.paths import feature_cache_dir
+    from bobkit.features.device import resolve_device
+    from bobkit.features.extract import extract_features
     from bobkit.tasks.classification import fit_linear_probe
+    from bobkit.utils.paths import feature_cache_dir
 
     device = resolve_device(args.device)
     batch = args.batch_size or (256 if device.type == "cuda" else 64)

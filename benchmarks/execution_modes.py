@@ -1,7 +1,7 @@
 """Which execution settings are fastest on this device: precision x memory format x prefetch threads.
 
-The measurement behind ``bobkit.device.execution_defaults``: each backbone's extraction path
-(``bobkit.features.run_forward``) is timed in every combination of autocast precision (fp32, bf16) and memory
+The measurement behind ``bobkit.features.device.execution_defaults``: each backbone's extraction path
+(``bobkit.features.extract.run_forward``) is timed in every combination of autocast precision (fp32, bf16) and memory
 format (contiguous, channels_last), then the best combination again with and without prefetch threads. Passes are
 interleaved across settings and the best of ``--repeats`` counts. The features of every setting are compared with
 fp32's (cosine similarity), so a fast setting that changes the numbers shows it.
@@ -21,7 +21,6 @@ import tempfile
 
 import numpy as np
 import torch
-
 from benchlib import interleaved, machine_info, write_result
 
 GPU_BACKBONES = ["resnet50.random_init", "vit_base_patch16_224.random_init"]
@@ -55,8 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.backends.cudnn.benchmark = True
 
     from bobkit import backbones
-    from bobkit.device import Execution, execution_defaults, prepare_model, resolve_device, resolve_execution
-    from bobkit.features import run_forward
+    from bobkit.features.device import Execution, execution_defaults, prepare_model, resolve_device, resolve_execution
+    from bobkit.features.extract import run_forward
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
             if key not in models:
                 models[key] = prepare_model(base if not key else _copy(base), s)
 
-        def make(s: Execution):
+        def make(s: Execution, models=models, config=config):
             return lambda: run_forward(models[s.channels_last], images, config, size, batch, s)
 
         fns = {fns_label(s): make(s) for s in settings}

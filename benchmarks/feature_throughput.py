@@ -22,7 +22,6 @@ import tempfile
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from benchlib import interleaved, machine_info, write_result
 
 
@@ -75,8 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from bobkit import backbones
     from bobkit.data import get_dataset
-    from bobkit.device import peak_memory, prepare_model, reset_peak_memory, resolve_execution
-    from bobkit.features import extract_features
+    from bobkit.features.device import peak_memory, prepare_model, reset_peak_memory, resolve_execution
+    from bobkit.features.extract import extract_features
 
     cl = {"auto": None, "on": True, "off": False}[args.channels_last]
     ex = resolve_execution(args.device, args.precision, channels_last=cl, loader_workers=args.loader_workers)

@@ -19,7 +19,6 @@ import time
 
 import numpy as np
 import torch
-
 from benchlib import machine_info, sync, write_result
 
 
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.backends.cudnn.benchmark = True
 
     from bobkit import backbones
-    from bobkit.device import Execution, peak_memory, prepare_model, reset_peak_memory, resolve_execution
+    from bobkit.features.device import Execution, peak_memory, prepare_model, reset_peak_memory, resolve_execution
     from bobkit.tasks.classification import finetune
 
     base = resolve_execution(args.device)

@@ -1,7 +1,7 @@
 """Images/s of bobkit's extraction path against each model's FLOPs and the device's measured peak FLOP/s.
 
 For every backbone: FLOPs per image are counted by ``torch.utils.flop_counter.FlopCounterMode`` (2 per
-multiply-add, convolutions, matmuls and attention); images/s are measured through ``bobkit.features.run_forward``
+multiply-add, convolutions, matmuls and attention); images/s are measured through ``bobkit.features.extract.run_forward``
 on uint8 RGB images (the whole data path: host batch, copy, convert, forward, copy back) and for the model alone
 on a ready device batch; the peak is a large square matmul in the same precision on the same device. Achieved
 fraction = images/s x FLOPs/image / peak.
@@ -20,7 +20,6 @@ import time
 
 import numpy as np
 import torch
-
 from benchlib import machine_info, matmul_peak_flops, sync, write_result
 
 GPU_BACKBONES = ["resnet50.random_init", "convnext_tiny.random_init", "vit_small_patch16_224.random_init",
@@ -72,8 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.backends.cudnn.benchmark = True
 
     from bobkit import backbones
-    from bobkit.device import prepare_model, resolve_execution
-    from bobkit.features import BatchConverter, run_forward
+    from bobkit.features.device import prepare_model, resolve_execution
+    from bobkit.features.extract import BatchConverter, run_forward
 
     cl = {"auto": None, "on": True, "off": False}[args.channels_last]
     ex = resolve_execution(args.device, args.precision, channels_last=cl)

@@ -18,7 +18,6 @@ import tempfile
 import time
 
 import torch
-
 from benchlib import machine_info, write_result
 
 
@@ -47,8 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from bobkit import backbones
     from bobkit.data import get_dataset
-    from bobkit.device import current_rss_mb, peak_memory, prepare_model, reset_peak_memory, resolve_execution
-    from bobkit.features import run_forward
+    from bobkit.features.device import current_rss_mb, peak_memory, prepare_model, reset_peak_memory, resolve_execution
+    from bobkit.features.extract import run_forward
 
     ex = resolve_execution(args.device)
     cuda = ex.device.type == "cuda"

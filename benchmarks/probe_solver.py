@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from benchlib import interleaved, machine_info, write_result
 
 BUDGETS = (5, 10, 15, 20, 25, 30, 40, 50, 70, 100)
@@ -103,7 +102,7 @@ def run_pair(backbone: str, dataset: str, solvers_kw: dict[str, dict[str, int]],
              device: torch.device) -> dict[str, Any]:
     """Extract (or reuse) one pair's features, choose its budget on validation, compare the solvers on them."""
     from bobkit import backbones as registry
-    from bobkit.features import extract_features
+    from bobkit.features.extract import extract_features
 
     common = dict(image_size=args.image_size, device=device, batch_size=256 if device.type == "cuda" else 64)
     train = extract_features(backbone, dataset, "train", max_samples=args.n_train, **common)
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ["BOB_CACHE_DIR"] = os.environ.get("BOB_CACHE_DIR") or tempfile.mkdtemp(prefix="bob-bench-")
     torch.set_num_threads(args.threads)
 
-    from bobkit.device import resolve_device
+    from bobkit.features.device import resolve_device
     from bobkit.tasks.classification import PARAMETERS, fit_linear_probe
 
     device = resolve_device(args.device)

@@ -3,7 +3,7 @@
 Measures, on the runner's self-test task (``smoke``: no model):
 
 1. **launch**: one empty notebook run with plain ``python -m papermill`` (what the runner used to start) against
-   ``python -m bobkit.papermill_main`` (what it starts now), interleaved, median of ``--repeats``;
+   ``python -m bobkit.batch.papermill_main`` (what it starts now), interleaved, median of ``--repeats``;
 2. **breakdown**: where a cell's overhead goes (papermill import with and without the skipped optional imports,
    kernel start, kernel shutdown graceful vs immediate, the notebook's own imports);
 3. **empty cells**: a batch of ``--empty`` empty cells, one worker: wall per cell (claim to sidecar) minus the
@@ -35,11 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bobkit import provenance
-from bobkit.grid import expand_grid
-from bobkit.paths import repo_root
-from bobkit.results import iter_sidecars
-from bobkit.runner import run_cells
+from bobkit.batch import provenance
+from bobkit.batch.grid import expand_grid
+from bobkit.batch.runner import run_cells
+from bobkit.results.sidecars import iter_sidecars
+from bobkit.utils.paths import repo_root
 
 OUT = repo_root() / "benchmarks" / "results" / "runner_overhead.json"
 NOTEBOOK = repo_root() / "notebooks" / "tasks" / "smoke.ipynb"
@@ -58,7 +58,7 @@ def machine_info() -> dict[str, Any]:
         "memory_gb": mem_gb, "gpus": static["gpus"], "platform": platform.platform(), "python": static["python"],
         "libraries": {k: v for k, v in static["libraries"].items() if v}, "git_commit": static["git_commit"],
         "load_average_at_start": list(os.getloadavg()),
-        # Installed or not, these decide how slow a plain ``python -m papermill`` starts (see bobkit.papermill_main).
+        # Installed or not, these decide how slow a plain ``python -m papermill`` starts (see bobkit.batch.papermill_main).
         "slow_optional_imports_installed": [name for name in ("rfc3987_syntax", "lark", "pyarrow")
                                             if importlib.util.find_spec(name) is not None],
     }
@@ -91,7 +91,7 @@ def bench_launch(repeats: int, work: Path) -> dict[str, Any]:
     old_cmd = [sys.executable, "-m", "papermill", str(NOTEBOOK), str(work / "old.ipynb"), "-f",
                str(work / "params.yaml"), "--cwd", str(repo_root()), "--log-output", "--no-progress-bar",
                "--execution-timeout", "600"]
-    new_cmd = [sys.executable, "-m", "bobkit.papermill_main", str(work / "spec.json")]
+    new_cmd = [sys.executable, "-m", "bobkit.batch.papermill_main", str(work / "spec.json")]
     old, new, old_cpu, new_cpu = [], [], [], []
     for _ in range(repeats):  # interleaved, so a change in machine load hits both alike
         old.append(timed(old_cmd, old_cpu))
@@ -104,7 +104,7 @@ def bench_launch(repeats: int, work: Path) -> dict[str, Any]:
 def bench_breakdown(repeats: int) -> dict[str, Any]:
     """Where the remaining per-cell overhead goes."""
     py = sys.executable
-    skip = "from bobkit.papermill_main import skip_optional_imports; skip_optional_imports(); "
+    skip = "from bobkit.batch.papermill_main import skip_optional_imports; skip_optional_imports(); "
     parts: dict[str, list[float]] = {k: [] for k in (
         "python_startup", "import_papermill_plain", "import_papermill_skipping_optional",
         "kernel_start", "kernel_shutdown_graceful", "kernel_shutdown_immediate", "notebook_imports_in_kernel",
@@ -117,7 +117,7 @@ def bench_breakdown(repeats: int) -> dict[str, Any]:
         "    t = time.perf_counter(); km, kc = start_new_kernel(kernel_name='python3')\n"
         "    out['kernel_start'] = time.perf_counter() - t\n"
         "    t = time.perf_counter()\n"
-        "    kc.execute_interactive('from bobkit.results import save_cell_metrics\\nfrom bobkit.tasks import smoke')\n"
+        "    kc.execute_interactive('from bobkit.results.sidecars import save_cell_metrics\\nfrom bobkit.tasks import smoke')\n"
         "    out['notebook_imports_in_kernel'] = time.perf_counter() - t\n"
         "    kc.stop_channels(); t = time.perf_counter(); km.shutdown_kernel(now=(mode == 'immediate'))\n"
         "    out['kernel_shutdown_' + mode] = time.perf_counter() - t\n"
@@ -127,8 +127,8 @@ def bench_breakdown(repeats: int) -> dict[str, Any]:
         parts["python_startup"].append(timed([py, "-c", "pass"]))
         parts["import_papermill_plain"].append(timed([py, "-c", "import papermill.cli"]))
         parts["import_papermill_skipping_optional"].append(timed([py, "-c", skip + "import papermill.cli"]))
-        parts["import_bobkit_results_pandas"].append(timed([py, "-c", "import bobkit.results, bobkit.tasks.smoke"]))
-        parts["import_bobkit_atomic_only"].append(timed([py, "-c", "import bobkit.atomic, bobkit.tasks.smoke"]))
+        parts["import_bobkit_results_pandas"].append(timed([py, "-c", "import bobkit.results.sidecars, bobkit.tasks.smoke"]))
+        parts["import_bobkit_atomic_only"].append(timed([py, "-c", "import bobkit.utils.files, bobkit.tasks.smoke"]))
         probe = subprocess.run([py, "-c", kernel_probe], check=True, capture_output=True, text=True)
         for key, value in json.loads(probe.stdout.strip().splitlines()[-1]).items():
             parts[key].append(value)
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"machine": machine_info(), "settings": vars(args) | {"out": str(args.out)}}
     with tempfile.TemporaryDirectory(prefix="bob-overhead-") as tmp:
         tmp_path = Path(tmp)
-        print("launch: python -m papermill vs bobkit.papermill_main ...", flush=True)
+        print("launch: python -m papermill vs bobkit.batch.papermill_main ...", flush=True)
         report["launch"] = bench_launch(args.repeats, tmp_path)
         print(json.dumps(report["launch"], indent=1), flush=True)
         print("breakdown ...", flush=True)

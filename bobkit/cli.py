@@ -34,7 +34,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Expand grid files without running them: every name resolves, every cell expands."""
-    from bobkit.grid import load_grid
+    from bobkit.batch.grid import load_grid
 
     for path in args.params:
         cells = load_grid(path)
@@ -45,7 +45,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Expand a grid (validated first), run the cells that are not done, then optionally build the table."""
-    from bobkit.grid import load_grid
+    from bobkit.batch.grid import load_grid
 
     cells = load_grid(args.params)  # raises before anything runs
     print(f"{args.params}: {len(cells)} cells, runs folder {args.runs_dir}", flush=True)
@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for cell in cells:
             print(f"  {cell.run_key}  {cell.label}")
         return 0
-    from bobkit.backends import get_backend
+    from bobkit.batch.backends import get_backend
 
     backend = get_backend(args.backend, workers=args.workers, kernel=args.kernel, cluster=args.cluster,
                           progress=not args.no_progress)
@@ -85,7 +85,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Counts of done / failed / running / pending cells, failures with their first error line."""
-    from bobkit.batch_status import format_status, grid_status
+    from bobkit.batch.status import format_status, grid_status
 
     print(format_status(grid_status(args.params, args.runs_dir), args.params, args.runs_dir))
     return 0
@@ -93,7 +93,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Execute the analysis notebooks on a results table and render the static site."""
-    from bobkit.report import build_report
+    from bobkit.report.site import build_report
 
     results = Path(args.results) if args.results else None
     if results is None and Path("results/results.parquet").exists():
@@ -105,8 +105,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _build_and_print(runs_dir: str, results: str) -> None:
-    from bobkit.results import build_results, leaderboard, write_results
-    from bobkit.stats import PRIMARY_METRICS, primary_metrics
+    from bobkit.analysis.stats import PRIMARY_METRICS, primary_metrics
+    from bobkit.results.schema import write_results
+    from bobkit.results.table import build_results, leaderboard
 
     table = build_results(runs_dir)
     path = write_results(table, results)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bobkit.public_tables import RESULTS_COLUMNS, conform
+from bobkit.analysis.public_tables import RESULTS_COLUMNS, conform
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -13,9 +13,16 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
-
-from fixtures_analysis import (DATA_DIR, NOTEBOOK_DIR, analysis_notebook_names, exec_notebook_inprocess,
-                               make_minimal_results, make_results, run_notebooks, write_table)
+from fixtures_analysis import (
+    DATA_DIR,
+    NOTEBOOK_DIR,
+    analysis_notebook_names,
+    exec_notebook_inprocess,
+    make_minimal_results,
+    make_results,
+    run_notebooks,
+    write_table,
+)
 
 NAMES = analysis_notebook_names()
 EXPECTED = ["01_leaderboard", "02_task_correlation", "03_scale", "04_ssl_vs_supervised",

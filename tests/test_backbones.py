@@ -14,7 +14,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub miss must fail in seconds, never wait on the network
 
 import bobkit.backbones as B  # noqa: E402
-from bobkit import weights as W  # noqa: E402
+from bobkit.backbones import weights as W  # noqa: E402
 
 torch.set_num_threads(2)
 

@@ -18,11 +18,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bobkit.backends import SubmititBackend, executor_parameters, group_by_resources, run_submitit
-from bobkit.claims import read_claim
-from bobkit.grid import expand_grid, load_grid
-from bobkit.results import build_results, iter_sidecars, read_sidecar
-from bobkit.runner import run_dir_of
+from bobkit.batch.backends import SubmititBackend, executor_parameters, group_by_resources, run_submitit
+from bobkit.batch.claims import read_claim
+from bobkit.batch.grid import expand_grid, load_grid
+from bobkit.batch.runner import run_dir_of
+from bobkit.results.sidecars import iter_sidecars, read_sidecar
+from bobkit.results.table import build_results
 
 SLEEPY = "name: sleepy\ngrid:\n  - task: smoke\n    mode: sleep\n    sleep_seconds: {sleep}\n    value: {values}\n"
 SUMMARY = re.compile(r"executed (\d+) cell\(s\): (\d+) complete, (\d+) failed; (\d+) already done, (\d+) running")

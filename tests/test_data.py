@@ -449,7 +449,7 @@ def test_fgvc_flowers_cub_on_synthetic_layouts(tmp_path, monkeypatch):
     savemat(f / "setid.mat", {"trnid": np.array([[2, 1]]), "valid": np.array([[3]]), "tstid": np.array([[4]])})
     # CUB-200-2011
     cub = tmp_path / "cub200_2011" / "CUB_200_2011"
-    for k, rel in enumerate(["001.A/a.jpg", "002.B/b.jpg", "002.B/c.jpg"], 1):
+    for rel in ["001.A/a.jpg", "002.B/b.jpg", "002.B/c.jpg"]:
         _img(cub / "images" / rel)
     (cub / "images.txt").write_text("1 001.A/a.jpg\n2 002.B/b.jpg\n3 002.B/c.jpg\n")
     (cub / "image_class_labels.txt").write_text("1 1\n2 2\n3 2\n")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -11,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from bobkit import coco_eval, scenes
+from bobkit.data import scenes
+from bobkit.eval import coco as coco_eval
 
 OFFLINE_BACKBONE = "mobilenetv2_100.packaged_tv_in1k"
 
@@ -169,7 +169,6 @@ def test_written_scenes_load_with_pycocotools(tmp_path: Path) -> None:
 
 
 def test_fmnist_scene_split_is_cached(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("bobkit.data")
     monkeypatch.setenv("BOB_CACHE_DIR", str(cache_dir))
     config = scenes.SceneConfig(canvas_size=64, min_item_size=14, max_item_size=28)
     first = scenes.build_scene_split("fmnist_scenes", "val", 6, config, seed=0)
@@ -225,7 +224,6 @@ def _fake_cityscapes(root: Path, split: str = "val", n: int = 3) -> None:
 
 
 def test_sim10k_and_cityscapes_convert_to_coco(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("bobkit.data.manifest")
     _fake_sim10k(tmp_path / "data" / "sim10k")
     _fake_cityscapes(tmp_path / "data" / "cityscapes")
     monkeypatch.setenv("BOB_DATA_DIR", str(tmp_path / "data"))
@@ -251,7 +249,6 @@ def test_sim10k_and_cityscapes_convert_to_coco(tmp_path: Path, monkeypatch: pyte
 
 @pytest.mark.slow
 def test_run_trains_box_only_and_evaluates_across_datasets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _needs_registry()
     _fake_sim10k(tmp_path / "data" / "sim10k", n=12)
     _fake_cityscapes(tmp_path / "data" / "cityscapes")
     monkeypatch.setenv("BOB_DATA_DIR", str(tmp_path / "data"))
@@ -278,14 +275,8 @@ def _body_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.backbone.body.state_dict().items()}
 
 
-def _needs_registry() -> None:
-    if importlib.util.find_spec("bobkit.backbones") is None:
-        pytest.skip("bobkit.backbones not available")
-
-
 @pytest.mark.parametrize("protocol", ["frozen", "finetune"])
 def test_frozen_keeps_backbone_and_finetune_changes_it(protocol: str, tmp_path: Path) -> None:
-    _needs_registry()
     from bobkit.tasks import detection
 
     train = _tiny_train_set(tmp_path)
@@ -308,7 +299,6 @@ def test_frozen_keeps_backbone_and_finetune_changes_it(protocol: str, tmp_path: 
 
 
 def test_random_init_does_not_load_pretrained_weights() -> None:
-    _needs_registry()
     from bobkit.tasks import detection
 
     pretrained = detection.build_detector(OFFLINE_BACKBONE, "frozen", 3, image_size=64, seed=0)
@@ -339,7 +329,6 @@ def test_plan_levels() -> None:
     "name", ["vit_tiny_patch16_224.random_init", "convnext_atto.random_init", "swinv2_tiny_window8_256.random_init"]
 )
 def test_plain_and_hierarchical_backbones_give_a_five_level_pyramid(name: str) -> None:
-    _needs_registry()
     from bobkit.tasks import detection
 
     model = detection.build_detector(name, "random_init", 3, image_size=64, seed=0)
@@ -350,7 +339,6 @@ def test_plain_and_hierarchical_backbones_give_a_five_level_pyramid(name: str) -
 
 
 def test_nan_loss_raises_naming_the_step(tmp_path: Path) -> None:
-    _needs_registry()
     from bobkit.tasks import detection
 
     class NaNImages(torch.utils.data.Dataset):
@@ -386,8 +374,8 @@ def test_notebook_parameters_cell_matches_module_defaults() -> None:
 
     import nbformat
 
-    from bobkit.paths import repo_root
     from bobkit.tasks import detection
+    from bobkit.utils.paths import repo_root
 
     nb = nbformat.read(str(repo_root() / "notebooks" / "tasks" / "detection.ipynb"), as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
@@ -407,11 +395,9 @@ SMALL = dict(epochs=4, lr=2e-3, canvas_size=64, n_train=96, n_val=32, batch_size
 
 @pytest.mark.slow
 def test_pretrained_beats_random_init_on_offline_scenes(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _needs_registry()
     monkeypatch.setenv("BOB_CACHE_DIR", str(cache_dir))
+    from bobkit.results.sidecars import split_metrics
     from bobkit.tasks import detection
-
-    from bobkit.results import split_metrics
 
     pretrained = detection.run(backbone=OFFLINE_BACKBONE, protocol="frozen", **SMALL)
     random = detection.run(backbone=OFFLINE_BACKBONE, protocol="random_init", **SMALL)
@@ -425,12 +411,9 @@ def test_pretrained_beats_random_init_on_offline_scenes(cache_dir: Path, monkeyp
 
 @pytest.mark.notebook
 def test_notebook_runs_under_papermill(cache_dir: Path, tmp_path: Path) -> None:
-    _needs_registry()
-    results = pytest.importorskip("bobkit.results")
-    if not hasattr(results, "save_cell_metrics"):
-        pytest.skip("bobkit.results.save_cell_metrics not available yet")
-    papermill = pytest.importorskip("papermill")
-    from bobkit.paths import repo_root
+    import papermill
+
+    from bobkit.utils.paths import repo_root
 
     out_dir = tmp_path / "cell"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -473,7 +456,6 @@ def test_execution_resolution_keeps_cpu_fp32_and_records_what_runs() -> None:
 
 
 def test_feature_network_autocasts_and_hands_fp32_to_the_heads() -> None:
-    _needs_registry()
     from bobkit.tasks import detection
 
     model = detection.build_detector(OFFLINE_BACKBONE, "finetune", 3, image_size=64, seed=0, precision="bf16")
@@ -490,7 +472,6 @@ def test_feature_network_autocasts_and_hands_fp32_to_the_heads() -> None:
 
 
 def test_run_records_execution_settings(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _needs_registry()
     monkeypatch.setenv("BOB_CACHE_DIR", str(cache_dir))
     from bobkit.tasks import detection
 

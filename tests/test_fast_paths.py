@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from bobkit.data.transforms import to_tensor_batch
-from bobkit.device import (
+from bobkit.features.device import (
     Execution,
     autocast,
     execution_defaults,
@@ -34,7 +34,7 @@ from bobkit.device import (
     reset_peak_memory,
     resolve_execution,
 )
-from bobkit.features import (
+from bobkit.features.extract import (
     BatchConverter,
     batch_slices,
     extract_features,
@@ -266,7 +266,7 @@ def test_closed_form_probe_objective_matches_autograd():
 
 
 def test_classification_run_records_execution_and_memory_as_floats():
-    from bobkit.results import split_metrics
+    from bobkit.results.sidecars import split_metrics
     from bobkit.tasks.classification import run
 
     m = run(backbone=BACKBONE, dataset="fashion_mnist", max_train=40, max_test=20, image_size=32, device="cpu",

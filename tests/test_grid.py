@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bobkit.grid import GridError, expand_grid, load_grid, make_cell, run_key
+from bobkit.batch.grid import GridError, expand_grid, load_grid, make_cell, run_key
 
 SMOKE = {"task": "smoke", "value": [1, 2, 3], "setting": [{"mode": "ok"}, {"mode": "sleep", "sleep_seconds": 0.1}]}
 
@@ -29,7 +29,7 @@ def test_run_key_is_stable_across_processes_and_key_order():
     key = run_key("smoke", params)
     assert key == run_key("smoke", dict(reversed(list(params.items()))))
     code = (
-        "from bobkit.grid import run_key; "
+        "from bobkit.batch.grid import run_key; "
         f"print(run_key('smoke', {params!r}))"
     )
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -106,7 +106,7 @@ def test_defaults_apply_only_to_tasks_that_have_the_parameter():
 
 
 def test_shipped_grids_expand():
-    from bobkit.paths import repo_root
+    from bobkit.utils.paths import repo_root
 
     for path in sorted((repo_root() / "params").glob("*.yaml")):
         cells = load_grid(path)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bobkit import metrics as M
+from bobkit.eval import metrics as M
 
 # Two queries over a ranked database of 10 items (rank 0 first).
 # q0: positives at ranks 0, 2, 5 (3 positives); q1: one positive at rank 2.

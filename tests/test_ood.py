@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bobkit.corruptions import CORRUPTIONS, corrupt
 from bobkit.data import MissingDataError, get_dataset
-from bobkit.results import higher_is_better
+from bobkit.eval.corruptions import CORRUPTIONS, corrupt
+from bobkit.results.table import higher_is_better
 from bobkit.tasks import ood
 
 PACKAGED = "mobilenetv2_100.packaged_tv_in1k"
@@ -22,8 +22,8 @@ def fmnist() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def rgb() -> np.ndarray:
-    from skimage import data
     from PIL import Image
+    from skimage import data
 
     return np.stack([np.asarray(Image.fromarray(im).resize((48, 48))) for im in (data.astronaut(), data.coffee())])
 

@@ -1,4 +1,4 @@
-"""bobkit.plots: every figure builds from a synthetic table, fails clearly without data, saves PNGs."""
+"""bobkit.analysis.plots: every figure builds from a synthetic table, fails clearly without data, saves PNGs."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-
-from bobkit import plots, stats  # noqa: E402
-from bobkit.stats import InsufficientDataError  # noqa: E402
 from fixtures_analysis import make_results  # noqa: E402
+
+from bobkit.analysis import (
+    plots,
+    stats,  # noqa: E402
+)
+from bobkit.analysis.stats import InsufficientDataError  # noqa: E402
 
 
 @pytest.fixture(scope="module")

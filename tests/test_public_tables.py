@@ -1,4 +1,4 @@
-"""bobkit.public_tables: timm tag parsing and the public tables in the results schema."""
+"""bobkit.analysis.public_tables: timm tag parsing and the public tables in the results schema."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bobkit import public_tables as pt
+from bobkit.analysis import public_tables as pt
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"public tables not found at {DATA_DIR}")

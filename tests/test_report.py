@@ -1,4 +1,4 @@
-"""bobkit.report: the notebook helper, HTML conversion, and the static site rendered in headless Chromium."""
+"""bobkit.report.site: the notebook helper, HTML conversion, and the static site rendered in headless Chromium."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import nbformat  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-
-from bobkit import report  # noqa: E402
-from bobkit.stats import InsufficientDataError  # noqa: E402
 from fixtures_analysis import DATA_DIR, make_minimal_results, write_table  # noqa: E402
+
+from bobkit.analysis import notebook as analysis_notebook  # noqa: E402
+from bobkit.analysis.stats import InsufficientDataError  # noqa: E402
+from bobkit.report import site as report  # noqa: E402
 
 # a subset keeps the test fast: every notebook already runs under papermill in test_analysis_notebooks
 REPORT_NOTEBOOKS = ["01_leaderboard", "06_robustness_calibration", "08_where_does_my_backbone_rank"]
@@ -28,7 +29,7 @@ CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/ch
 
 
 def test_analysis_helper_records_and_degrades(tmp_path):
-    out = report.Analysis("99_test", tmp_path / "figs", show=False)
+    out = analysis_notebook.Analysis("99_test", tmp_path / "figs", show=False)
     out.say("plain text")
     out.say("a headline", headline=True)
     with out.guard("Needs two families"):
@@ -39,7 +40,7 @@ def test_analysis_helper_records_and_degrades(tmp_path):
     out.figure(fig, "line")
     out.table(pd.DataFrame({"a": [1, 2]}), "numbers")
     out.record(answer=42)
-    summary = report.read_summary(tmp_path / "figs")
+    summary = analysis_notebook.read_summary(tmp_path / "figs")
     assert summary["headlines"] == ["a headline"]
     assert summary["skipped"] == {"Needs two families": "only one family"}
     assert summary["figures"] == ["line.png"] and summary["tables"] == ["numbers.csv"]
@@ -50,7 +51,7 @@ def test_analysis_helper_records_and_degrades(tmp_path):
             1 / 0  # noqa: B018
     with out.guard("stats error"):
         raise InsufficientDataError("no rows")
-    assert "stats error" in report.read_summary(tmp_path / "figs")["skipped"]
+    assert "stats error" in analysis_notebook.read_summary(tmp_path / "figs")["skipped"]
 
 
 def _tiny_notebook(path: Path) -> Path:

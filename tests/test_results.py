@@ -7,16 +7,9 @@ import math
 
 import pytest
 
-from bobkit.atomic import write_json
-from bobkit.results import (
-    build_results,
-    higher_is_better,
-    is_complete,
-    leaderboard,
-    save_cell_metrics,
-    split_metrics,
-    write_sidecar,
-)
+from bobkit.results.sidecars import is_complete, save_cell_metrics, split_metrics, write_sidecar
+from bobkit.results.table import build_results, higher_is_better, leaderboard
+from bobkit.utils.files import write_json
 
 
 @pytest.mark.parametrize(

@@ -133,7 +133,7 @@ def test_execution_settings_are_recorded_and_bf16_stays_close_to_fp32():
     that moved mAP by 0.002 and MRR by 0.002 (measured), so |delta mAP| <= 0.02 and |delta MRR| <= 0.05 (3 of
     the 60 queries' first hits) allow for near-tie rank flips without hiding a broken extraction.
     """
-    from bobkit.device import execution_defaults
+    from bobkit.features.device import execution_defaults
 
     fp32 = retrieval.run(backbone=PACKAGED, **TINY)
     bf16 = retrieval.run(backbone=PACKAGED, precision="bf16", channels_last=False, loader_workers=1, **TINY)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bobkit.attacks import NormalizedModel, fgsm, pgd, robust_accuracy
+from bobkit.eval.attacks import NormalizedModel, fgsm, pgd, robust_accuracy
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from bobkit import provenance
-from bobkit.batch_status import format_status, grid_status
-from bobkit.claims import CLAIM, is_stale, process_start_time, read_claim, try_claim
-from bobkit.grid import expand_grid, load_grid
-from bobkit.results import is_complete, read_sidecar, write_sidecar
-from bobkit.runner import cell_state, classify_failure, remove_leftovers, run_cells, run_dir_of, worker_env
+from bobkit.batch import provenance
+from bobkit.batch.claims import CLAIM, is_stale, process_start_time, read_claim, try_claim
+from bobkit.batch.grid import expand_grid, load_grid
+from bobkit.batch.runner import cell_state, classify_failure, remove_leftovers, run_cells, run_dir_of, worker_env
+from bobkit.batch.status import format_status, grid_status
+from bobkit.results.sidecars import is_complete, read_sidecar, write_sidecar
 
 
 def _hold_claim(run_dir: str, barrier: Any, results: Any) -> None:
@@ -112,7 +112,7 @@ def test_a_silent_kernel_death_during_an_oom_kill_is_recorded_as_oom():
 
 
 def test_oom_kill_count_reads_cgroup_v1_and_v2_files(tmp_path: Path):
-    from bobkit.oom import oom_kill_count
+    from bobkit.batch.oom import oom_kill_count
 
     v2 = tmp_path / "memory.events"
     v2.write_text("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n")

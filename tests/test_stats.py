@@ -1,4 +1,4 @@
-"""bobkit.stats: z-scores, aggregation, bootstrap intervals, correlations, regressions, paired comparisons."""
+"""bobkit.analysis.stats: z-scores, aggregation, bootstrap intervals, correlations, regressions, paired comparisons."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from bobkit import stats
-from bobkit.public_tables import conform
-from bobkit.stats import InsufficientDataError
+from bobkit.analysis import stats
+from bobkit.analysis.public_tables import conform
+from bobkit.analysis.stats import InsufficientDataError
 
 
 def _table(rows: list[tuple]) -> pd.DataFrame:

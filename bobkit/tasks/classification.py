@@ -21,7 +21,7 @@ from sklearn.metrics import f1_score
 from bobkit import backbones
 from bobkit.data import get_dataset
 from bobkit.data.datasets import low_shot_indices
-from bobkit.device import (
+from bobkit.features.device import (
     Execution,
     peak_memory,
     prepare_model,
@@ -31,7 +31,7 @@ from bobkit.device import (
     resolve_precision,
     set_threads,
 )
-from bobkit.features import BatchConverter, extract_features, is_cached, iter_uint8_batches, run_forward
+from bobkit.features.extract import BatchConverter, extract_features, is_cached, iter_uint8_batches, run_forward
 from bobkit.tasks.common import EXECUTION_PARAMETERS, inference_batch_size, merge_params, validate_execution_params
 
 VERSION = "1"
@@ -414,7 +414,7 @@ def finetune(
     """Train ``model`` end to end with AdamW, linear warm-up and cosine decay; return the per-step losses.
 
     ``images`` is a uint8 array or an :class:`~bobkit.data.ImageDataset` aligned with ``labels``. ``model`` must
-    already be on ``device`` (see :func:`bobkit.device.prepare_model` for channels_last, checkpointing, compile).
+    already be on ``device`` (see :func:`bobkit.features.device.prepare_model` for channels_last, checkpointing, compile).
 
     Execution: ``precision`` autocast (``fp16`` adds a gradient scaler), ``channels_last`` input batches,
     ``loader_workers`` prefetch threads with ``pin_memory`` host batches. Losses stay on the device; they are

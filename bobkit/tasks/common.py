@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bobkit.device import PRECISIONS, Execution, execution_defaults, resolve_execution
+from bobkit.features.device import PRECISIONS, Execution, execution_defaults, resolve_execution
 
 
 def as_list(value: Any, cast: type) -> list[Any]:
@@ -30,7 +30,7 @@ def merge_params(task: str, defaults: dict[str, Any], params: dict[str, Any]) ->
 
 
 #: Execution parameters (how fast, not what) shared by every task's PARAMETERS: None / "auto" take the
-#: device's measured defaults (:func:`bobkit.device.resolve_execution`).
+#: device's measured defaults (:func:`bobkit.features.device.resolve_execution`).
 EXECUTION_PARAMETERS: dict[str, Any] = {
     "precision": "auto",
     "channels_last": None,
@@ -52,7 +52,7 @@ def validate_execution_params(params: dict[str, Any]) -> None:
     Raises
     ------
     ValueError
-        A precision outside :data:`bobkit.device.PRECISIONS`, a non-boolean flag, or a negative / non-integer
+        A precision outside :data:`bobkit.features.device.PRECISIONS`, a non-boolean flag, or a negative / non-integer
         ``loader_workers``.
     """
     if params["precision"] not in PRECISIONS:
@@ -68,7 +68,7 @@ def validate_execution_params(params: dict[str, Any]) -> None:
 
 
 def resolve_task_execution(params: dict[str, Any]) -> Execution:
-    """The :class:`~bobkit.device.Execution` of a task's (validated) parameters, ``auto`` resolved per device.
+    """The :class:`~bobkit.features.device.Execution` of a task's (validated) parameters, ``auto`` resolved per device.
 
     ``channels_last=None`` stays unsettled (off) until :meth:`Execution.for_model` sees the model.
     """

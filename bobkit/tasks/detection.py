@@ -9,10 +9,10 @@ Three protocols, as in the paper:
   trained end to end with BatchNorm in train mode.
 
 The paper trains Cascade Mask R-CNN; on CPU this module trains plain Mask R-CNN (torchvision has no Cascade head).
-The offline default dataset ``fmnist_scenes`` is composed by :mod:`bobkit.scenes`; real COCO-format datasets
+The offline default dataset ``fmnist_scenes`` is composed by :mod:`bobkit.data.scenes`; real COCO-format datasets
 (``coco2017``, ``sim10k``, ``cityscapes``) come through the data manifest, and ``eval_dataset`` evaluates on a
 different dataset than the one trained on (Sim10k -> Cityscapes cars, categories matched by name). Box and mask AP
-come from pycocotools (:mod:`bobkit.coco_eval`).
+come from pycocotools (:mod:`bobkit.eval.coco`).
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from bobkit import coco_eval, scenes
-from bobkit.device import (
+from bobkit.data import scenes
+from bobkit.eval import coco as coco_eval
+from bobkit.features.device import (
     Execution,
     as_execution,
     autocast,
@@ -207,7 +208,7 @@ class TimmFPN(nn.Module):
         Body BatchNorm layers stay in eval mode (running statistics and affine use pretrained values) even in
         ``train()``; used for the pretrained protocols.
     precision : {"fp32", "bf16", "fp16"}
-        Autocast precision of the body and FPN (:func:`bobkit.device.autocast`). Their outputs return to fp32,
+        Autocast precision of the body and FPN (:func:`bobkit.features.device.autocast`). Their outputs return to fp32,
         so the RPN, RoI heads, box decoding and losses run in full precision: under a whole-model bf16 autocast
         torchvision decodes boxes in the predictor's dtype, and bf16's 8 significant bits round coordinates to
         4 px at 800 px.
@@ -237,7 +238,7 @@ class TimmFPN(nn.Module):
             body.requires_grad_(False)
         self.train()
 
-    def train(self, mode: bool = True) -> "TimmFPN":
+    def train(self, mode: bool = True) -> TimmFPN:
         """Set train mode, keeping the body (frozen) or its BatchNorm layers (pretrained) in eval mode."""
         super().train(mode)
         if self.frozen:
@@ -248,12 +249,12 @@ class TimmFPN(nn.Module):
                     module.eval()
         return self
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         with autocast(x.device, self.precision):
             pyramid = self._pyramid(x)
         return OrderedDict((k, v.float()) for k, v in pyramid.items())  # fp32 for the heads (no copy in fp32)
 
-    def _pyramid(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def _pyramid(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         if self.frozen:
             with torch.no_grad():
                 feats = self.body(x)
@@ -565,7 +566,7 @@ def load_datasets(
     canvas_size: int,
     seed: int,
 ) -> tuple[scenes.CocoDataset, scenes.CocoDataset]:
-    """Train and validation :class:`bobkit.scenes.CocoDataset` for ``dataset`` (validation from ``eval_dataset``
+    """Train and validation :class:`bobkit.data.scenes.CocoDataset` for ``dataset`` (validation from ``eval_dataset``
     when given, its categories matched to the training ones by name)."""
     # Items scale with the canvas (28-56 px on 128 px, as measured in DESIGN 8).
     config = scenes.SceneConfig(
@@ -622,7 +623,7 @@ def run(
         Backbone treatment, see the module docstring.
     dataset : str
         ``"fmnist_scenes"`` (offline, composed on first use and cached), a manifest COCO-format dataset
-        (``"coco2017"``, ``"sim10k"``, ``"cityscapes"``, see :data:`bobkit.scenes.REAL_DATASETS`) or a folder with
+        (``"coco2017"``, ``"sim10k"``, ``"cityscapes"``, see :data:`bobkit.data.scenes.REAL_DATASETS`) or a folder with
         ``instances_{train,val}.json``.
     eval_dataset : str, optional
         Evaluate on this dataset's validation split instead (domain shift, e.g. ``sim10k`` -> ``cityscapes``).
@@ -719,7 +720,7 @@ def run(
     if output_dir is not None:
         from pathlib import Path
 
-        from bobkit.atomic import write_json
+        from bobkit.utils.files import write_json
 
         write_json(Path(output_dir) / "detections_val.json", predictions)
     return {**metrics, "train_seconds": train_seconds, "eval_seconds": eval_seconds, **ex.as_metrics(),

@@ -10,7 +10,7 @@ cached features, so an OOD cell after a probe cell extracts only the target feat
   images. ImageNet-A and -R cover 200 classes: logits are masked to those classes before the arg-max. A target
   is ``name`` (split ``target_split``) or ``name:split``;
 - the target ``corruptions``: ``max_corrupted`` source test images (a stratified subset) under each of
-  ``corruptions`` at each of ``severities`` (:mod:`bobkit.corruptions`): ``acc/<corruption>/<severity>``, their
+  ``corruptions`` at each of ``severities`` (:mod:`bobkit.eval.corruptions`): ``acc/<corruption>/<severity>``, their
   mean ``mca`` (mean corruption accuracy) and ``mca_drop`` = ``id_acc - mca``.
 
 Metric names keep their direction readable by :func:`bobkit.results.higher_is_better`: accuracies are
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from bobkit import backbones
-from bobkit.corruptions import CORRUPTIONS, DEFAULT_CORRUPTIONS, SEVERITIES, corrupt
 from bobkit.data import ImageDataset, MissingDataError, dataset_info, dataset_names, get_dataset
-from bobkit.device import Execution, peak_memory, prepare_model, reset_peak_memory, set_threads
-from bobkit.features import extract_features, run_forward
+from bobkit.eval.corruptions import CORRUPTIONS, DEFAULT_CORRUPTIONS, SEVERITIES, corrupt
+from bobkit.features.device import Execution, peak_memory, prepare_model, reset_peak_memory, set_threads
+from bobkit.features.extract import extract_features, run_forward
 from bobkit.tasks.classification import PROBE_MAX_ITER, finetune, fit_linear_probe
 from bobkit.tasks.common import (
     EXECUTION_PARAMETERS,

@@ -12,7 +12,7 @@ Two protocols, as in the paper's retrieval code (hsouri/bob-retrieval):
     Revisited Oxford / Paris (Radenovic et al. 2018): 70 queries against ~5-6k database images, easy + hard
     positives, junk removed from the ranking ("medium"; "easy" and "hard" protocols on request). Images are read
     from the manifest's folder, the ground-truth pickle is verified and converted to JSON once
-    (:func:`bobkit.metrics.convert_revisited_gnd`). Like the paper's code, query images are used whole unless
+    (:func:`bobkit.eval.metrics.convert_revisited_gnd`). Like the paper's code, query images are used whole unless
     ``crop_queries`` (the official protocol crops them to their bounding box).
 
 Metrics: ``map``, ``mrr``, ``precision@k``, ``recall@k`` (k in ``ks``), all in [0, 1]; AP is the trapezoidal AP
@@ -32,8 +32,16 @@ from PIL import Image
 
 from bobkit import backbones
 from bobkit.data import ImageDataset, MissingDataError
-from bobkit.device import Execution, peak_memory, prepare_model, reset_peak_memory, set_threads
-from bobkit.features import extract_features, is_cached, run_forward
+from bobkit.eval.metrics import (
+    AP_MODES,
+    REVISITED_PROTOCOLS,
+    class_retrieval_metrics,
+    convert_revisited_gnd,
+    load_revisited_gnd,
+    revisited_retrieval_metrics,
+)
+from bobkit.features.device import Execution, peak_memory, prepare_model, reset_peak_memory, set_threads
+from bobkit.features.extract import extract_features, is_cached, run_forward
 from bobkit.tasks.common import (
     EXECUTION_PARAMETERS,
     as_list,
@@ -41,14 +49,6 @@ from bobkit.tasks.common import (
     merge_params,
     resolve_task_execution,
     validate_execution_params,
-)
-from bobkit.metrics import (
-    AP_MODES,
-    REVISITED_PROTOCOLS,
-    class_retrieval_metrics,
-    convert_revisited_gnd,
-    load_revisited_gnd,
-    revisited_retrieval_metrics,
 )
 
 VERSION = "1"
@@ -206,7 +206,7 @@ def load_revisited(
         folder under ``$BOB_DATA_DIR`` or the data cache.
     """
     from bobkit.data import resolve_dir
-    from bobkit.paths import data_cache_dir
+    from bobkit.utils.paths import data_cache_dir
 
     if name not in DATASETS:
         raise ValueError(f"revisited dataset {name!r} is not one of {DATASETS}")
@@ -254,7 +254,7 @@ def dataset_features(model: torch.nn.Module, dataset: ImageDataset, data_config:
     Parameters
     ----------
     model : torch.nn.Module
-        Backbone already prepared for ``execution`` (:func:`bobkit.device.prepare_model`), in eval mode.
+        Backbone already prepared for ``execution`` (:func:`bobkit.features.device.prepare_model`), in eval mode.
     dataset : ImageDataset
         In memory or file-backed; file-backed items are decoded batch by batch (by the execution's prefetch
         threads when ``loader_workers > 0``), never all at once.

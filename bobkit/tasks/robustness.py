@@ -8,10 +8,10 @@ Calibration
     ``ece`` (15 bins), ``nll``, ``brier`` before and ``ece_ts``, ``nll_ts``, ``brier_ts`` after temperature
     scaling, with the fitted ``temperature``; :func:`plot_reliability` draws both reliability diagrams.
 Adversarial robustness
-    Accuracy under FGSM and PGD (L-inf, :mod:`bobkit.attacks`) on ``max_attack`` test images for each epsilon in
+    Accuracy under FGSM and PGD (L-inf, :mod:`bobkit.eval.attacks`) on ``max_attack`` test images for each epsilon in
     pixel units: ``acc/fgsm/<eps>``, ``acc/pgd/<eps>``. The attacks run on ``[0, 1]`` images at the model's input
     size with the backbone's normalisation inside the attacked function. Epsilon 0 gives the clean accuracy of
-    the attacked subset, and accuracy never increases with epsilon (see :func:`bobkit.attacks.robust_accuracy`).
+    the attacked subset, and accuracy never increases with epsilon (see :func:`bobkit.eval.attacks.robust_accuracy`).
 Execution
     Feature extraction, fine-tuning and the clean / calibration forward passes use the run's execution settings
     (``precision``, ``channels_last``, ... as in every task); the attacks always run in fp32, so robust accuracy
@@ -28,12 +28,12 @@ import numpy as np
 import torch
 
 from bobkit import backbones
-from bobkit.attacks import ATTACKS, NormalizedModel, robust_accuracy
 from bobkit.data import dataset_info, get_dataset
 from bobkit.data.transforms import to_tensor_batch
-from bobkit.device import Execution, peak_memory, prepare_model, reset_peak_memory, set_threads
-from bobkit.features import extract_features, run_forward
-from bobkit.metrics import ReliabilityBins, calibration_metrics, fit_temperature, reliability_bins, softmax
+from bobkit.eval.attacks import ATTACKS, NormalizedModel, robust_accuracy
+from bobkit.eval.metrics import ReliabilityBins, calibration_metrics, fit_temperature, reliability_bins, softmax
+from bobkit.features.device import Execution, peak_memory, prepare_model, reset_peak_memory, set_threads
+from bobkit.features.extract import extract_features, run_forward
 from bobkit.tasks.classification import PROBE_MAX_ITER, finetune, fit_linear_probe
 from bobkit.tasks.common import (
     EXECUTION_PARAMETERS,

@@ -1,13 +1,16 @@
-"""Atomic file writes: write to a temp file in the same folder, then rename over the target."""
+"""Files: atomic writes (temp file in the same folder, then rename over the target) and content hashes.
+
+The one place for both: every sidecar, cache entry, table and download goes through here."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 
 @contextmanager
@@ -47,3 +50,20 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         return None
     return value
+
+
+HASH_BLOCK = 1 << 20
+
+
+def sha256_stream(handle: IO[bytes]) -> str:
+    """Hex sha256 of an open binary file from its current position, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(HASH_BLOCK), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of the file at ``path``."""
+    with open(path, "rb") as handle:
+        return sha256_stream(handle)

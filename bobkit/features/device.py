@@ -224,7 +224,7 @@ class Execution:
             "exec_grad_checkpointing": float(self.grad_checkpointing),
         }
 
-    def for_model(self, model: torch.nn.Module, channels_last: bool | None = None) -> "Execution":
+    def for_model(self, model: torch.nn.Module, channels_last: bool | None = None) -> Execution:
         """These settings with ``channels_last`` settled for ``model`` (``None``: the device's default for it)."""
         if channels_last is None:
             default = execution_defaults(self.device)["channels_last"]

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from bobkit import backbones
 from bobkit.data import get_dataset
 from bobkit.data.transforms import _mean_std, interpolation_mode, resolve_image_size
-from bobkit.device import Execution, prepare_model, resolve_device, resolve_execution
-from bobkit.paths import feature_cache_dir
+from bobkit.features.device import Execution, prepare_model, resolve_device, resolve_execution
+from bobkit.utils.paths import feature_cache_dir
 
 FEATURE_VERSION = "1"
 _DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -125,7 +125,7 @@ def extract_features(
     model
         An already built backbone (saves building it twice when several splits are extracted).
     precision, channels_last, loader_workers, compile
-        Execution settings (see :func:`bobkit.device.resolve_execution`); ``auto`` / ``None`` take the device's
+        Execution settings (see :func:`bobkit.features.device.resolve_execution`); ``auto`` / ``None`` take the device's
         measured defaults. A precision other than fp32 gets its own cache entries.
 
     Returns

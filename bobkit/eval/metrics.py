@@ -27,7 +27,6 @@ Revisited ground truth
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bobkit.atomic import write_json
+from bobkit.utils.files import sha256_file, write_json
 
 DEFAULT_KS = (1, 5, 10)
 AP_MODES = ("trapezoid", "step")
@@ -252,15 +251,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def restricted_unpickle(data: bytes) -> Any:
     """Unpickle ``data`` admitting only builtin containers and numpy arrays (raises :class:`UnsafePickleError`)."""
     return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
@@ -295,7 +285,7 @@ class RevisitedGroundTruth:
         return {"imlist": self.imlist, "qimlist": self.qimlist, "gnd": self.gnd, "source_sha256": self.source_sha256}
 
     @classmethod
-    def from_json(cls, payload: dict[str, Any]) -> "RevisitedGroundTruth":
+    def from_json(cls, payload: dict[str, Any]) -> RevisitedGroundTruth:
         for key in ("imlist", "qimlist", "gnd"):
             if key not in payload:
                 raise ValueError(f"revisited ground truth lacks {key!r}")
@@ -340,7 +330,7 @@ def convert_revisited_gnd(
                 f"no sha256 to verify {pickle_path} against (the manifest records none); pass sha256=... or "
                 f"allow_unverified=True (its sha256 is {actual})"
             )
-        warnings.warn(f"converting unverified {pickle_path} (sha256 {actual}); record this hash in the manifest")
+        warnings.warn(f"converting unverified {pickle_path} (sha256 {actual}); record this hash in the manifest", stacklevel=2)
     elif actual != sha256.lower():
         raise ValueError(f"sha256 of {pickle_path} is {actual}, expected {sha256}; refusing to unpickle it")
     if json_path.exists() and json.loads(json_path.read_text()).get("source_sha256") == actual:

@@ -1,7 +1,7 @@
 """Execute cells: each one is a papermill run of its task notebook in a process of its own.
 
-Per cell: skip when a complete sidecar exists; claim the cell (atomic, see :mod:`bobkit.claims`); run papermill
-(:mod:`bobkit.papermill_main`) into a private work folder; then move ``executed.ipynb`` into place and write,
+Per cell: skip when a complete sidecar exists; claim the cell (atomic, see :mod:`bobkit.batch.claims`); run papermill
+(:mod:`bobkit.batch.papermill_main`) into a private work folder; then move ``executed.ipynb`` into place and write,
 last and atomically, ``metrics.json``. Whatever is killed when, a cell is complete only once its sidecar says
 so; a killed cell's work folder is removed by the next claimant. A failure (an exception, a dead kernel, a
 timeout, out-of-memory, a NaN) is recorded in the sidecar with the error and the tail of the output, and the
@@ -29,13 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from bobkit import provenance
-from bobkit.claims import Claim, is_stale, read_claim, try_claim
-from bobkit.grid import Cell
-from bobkit.oom import oom_kill_count
-from bobkit.paths import repo_root
-from bobkit.results import SIDECAR, TASK_OUTPUT, is_complete, read_sidecar, split_metrics, write_sidecar
+from bobkit.batch import provenance
+from bobkit.batch.claims import Claim, is_stale, read_claim, try_claim
+from bobkit.batch.grid import Cell
+from bobkit.batch.oom import oom_kill_count
+from bobkit.results.sidecars import SIDECAR, TASK_OUTPUT, is_complete, read_sidecar, split_metrics, write_sidecar
 from bobkit.tasks import notebook_path
+from bobkit.utils.paths import repo_root
+from bobkit.utils.progress import progress_bar
 
 OUTPUT_TAIL_CHARS = 4000
 HISTORY_LIMIT = 20
@@ -133,7 +134,7 @@ def run_cells(
         slots.put(slot)
     stop = threading.Event()
     runner = {"backend": "local", "batch_id": uuid.uuid4().hex[:12], "host": socket.gethostname(), "pid": os.getpid()}
-    bar = _progress_bar(len(cells), progress)
+    bar = progress_bar(len(cells), "cells", "cell", progress)
 
     def job(cell: Cell) -> CellOutcome:
         if stop.is_set():
@@ -195,7 +196,7 @@ def execute_cell(
         Who ran the cell (backend, batch id, job id...), stored in the sidecar.
     adopt_token, on_claim
         For requeued Slurm jobs: take over the claim an earlier job of this cell handed over, and learn the
-        claim once held (see :mod:`bobkit.backends`).
+        claim once held (see :mod:`bobkit.batch.backends`).
     """
     run_dir = run_dir_of(cell, Path(runs_dir))
     if is_complete(run_dir):
@@ -340,7 +341,7 @@ def _attempt(
         "kernel": kernel,
     }
     (work / "spec.json").write_text(json.dumps(spec, default=str))
-    command = [sys.executable, "-m", "bobkit.papermill_main", str(work / "spec.json")]
+    command = [sys.executable, "-m", "bobkit.batch.papermill_main", str(work / "spec.json")]
     child_env = {**os.environ, **env, "BOB_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
     log = work / "output.log"
     start = time.perf_counter()
@@ -402,7 +403,7 @@ def classify_failure(
 ) -> tuple[str, str]:
     """Name the failure kind (timeout, oom, dead_kernel, nan, exception) and its first error line.
 
-    ``oom_killed``: the cgroup's OOM-kill count rose while the cell ran (:func:`bobkit.oom.oom_kill_count`);
+    ``oom_killed``: the cgroup's OOM-kill count rose while the cell ran (:func:`bobkit.batch.oom.oom_kill_count`);
     a kernel that then died silently was killed for memory.
     """
     error_line = _papermill_error(output)
@@ -470,13 +471,6 @@ def worker_env(slot: int, workers: int) -> dict[str, str]:
         env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
     return env
 
-
-def _progress_bar(total: int, enabled: bool) -> Any:
-    if not enabled or total == 0:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="cells", unit="cell", dynamic_ncols=True)
 
 
 __all__ = [

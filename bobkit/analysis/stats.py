@@ -587,7 +587,7 @@ def _categorical(column: str, values: pd.Series, reference: str) -> str:
     return f"C({column})"
 
 
-def family_slopes(reg: "Regression") -> pd.DataFrame:
+def family_slopes(reg: Regression) -> pd.DataFrame:
     """Per-family slope of the score on ``log10(params)`` implied by a :func:`scale_regression` fit with the family
     interaction (reference slope + interaction term), with its standard error and interval from the fit's covariance."""
     params = reg.fit.params
@@ -609,7 +609,7 @@ def family_slopes(reg: "Regression") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def term_effect(reg: "Regression", contains: str) -> dict[str, float] | None:
+def term_effect(reg: Regression, contains: str) -> dict[str, float] | None:
     """The first coefficient whose term name contains ``contains`` (e.g. ``"[T.SSL]"``) with its interval."""
     for row in reg.table.itertuples():
         if contains in row.term:

@@ -2,7 +2,7 @@
 pretraining-method kind, so a CNN or a CLIP model has the same colour in every figure.
 
 Every function returns a :class:`matplotlib.figure.Figure` and never calls ``plt.show``; it raises
-:class:`bobkit.stats.InsufficientDataError` when the data cannot make the figure.
+:class:`bobkit.analysis.stats.InsufficientDataError` when the data cannot make the figure.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
-from bobkit import stats
-from bobkit.stats import InsufficientDataError
+from bobkit.analysis import stats
+from bobkit.analysis.stats import InsufficientDataError
 
 #: Fixed colours (seaborn "colorblind" palette) for the schema's categories.
 _CB = sns.color_palette("colorblind", 10)
@@ -54,7 +54,7 @@ def save_figure(fig: plt.Figure, out_dir: str | os.PathLike[str] | None, name: s
     """Save ``fig`` as ``out_dir/name.png`` (atomic); ``None`` when ``out_dir`` is None."""
     if out_dir is None:
         return None
-    from bobkit.atomic import atomic_path
+    from bobkit.utils.files import atomic_path
 
     path = Path(out_dir) / f"{name}.png"
     with atomic_path(path) as tmp:
@@ -115,7 +115,7 @@ def leaderboard_plot(
 
 def correlation_heatmap(matrix: pd.DataFrame, *, title: str = "Spearman correlation", annot: bool = True,
                         vmin: float = -1.0) -> plt.Figure:
-    """Heatmap of a square correlation matrix (:func:`bobkit.stats.correlation_matrix`)."""
+    """Heatmap of a square correlation matrix (:func:`bobkit.analysis.stats.correlation_matrix`)."""
     if matrix.shape[0] < 2:
         raise InsufficientDataError("need at least two columns for a correlation heatmap")
     n = matrix.shape[0]
@@ -191,7 +191,7 @@ def scale_plot(
 ) -> plt.Figure:
     """Score against a size (log x axis) per family, with a least-squares line of ``y`` on ``log10(x)`` per family
     (statsmodels-free: :func:`numpy.polyfit`, the same fit seaborn's ``regplot(logx=True)`` draws). ``correlations``
-    (:func:`bobkit.stats.correlate_by_group`) adds each family's rho to its legend label."""
+    (:func:`bobkit.analysis.stats.correlate_by_group`) adds each family's rho to its legend label."""
     data = frame.copy()
     data[x] = pd.to_numeric(data[x], errors="coerce")
     data = data[(data[x] > 0) & data[y].notna()]
@@ -224,7 +224,7 @@ def scale_plot(
 
 def paired_plot(pairs: pd.DataFrame, *, a_label: str = "supervised", b_label: str = "SSL",
                 title: str | None = None) -> plt.Figure:
-    """Dumbbell chart of :func:`bobkit.stats.matched_pairs`: for each pair, the ``a`` (supervised) and ``b`` (SSL)
+    """Dumbbell chart of :func:`bobkit.analysis.stats.matched_pairs`: for each pair, the ``a`` (supervised) and ``b`` (SSL)
     scores joined by a line, green when ``b`` wins."""
     if pairs.empty:
         raise InsufficientDataError("no matched pairs to plot")
@@ -255,7 +255,7 @@ def slope_chart(
     max_facets: int = 6,
     title: str | None = None,
 ) -> plt.Figure:
-    """Slope chart of :func:`bobkit.stats.protocol_comparison`: one line per backbone from its ``a`` value to its ``b``
+    """Slope chart of :func:`bobkit.analysis.stats.protocol_comparison`: one line per backbone from its ``a`` value to its ``b``
     value, one panel per dataset (first ``max_facets``)."""
     if comparison.empty:
         raise InsufficientDataError("nothing to compare between protocols")
@@ -341,7 +341,7 @@ def probit_scatter(
     title: str | None = None,
 ) -> plt.Figure:
     """ID vs OOD accuracy on probit axes (ticks in %), coloured by ``hue``, with the fitted linear trend
-    (:func:`bobkit.stats.fit_probit_trend`) and the y = x line."""
+    (:func:`bobkit.analysis.stats.fit_probit_trend`) and the y = x line."""
     data = frame.dropna(subset=[id_col, ood_col]).copy()
     if len(data) < 2:
         raise InsufficientDataError(f"fewer than two models with {id_col!r} and {ood_col!r}")

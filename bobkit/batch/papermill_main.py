@@ -1,4 +1,4 @@
-"""``python -m bobkit.papermill_main SPEC.json``: run one notebook with papermill, fast to start and to stop.
+"""``python -m bobkit.batch.papermill_main SPEC.json``: run one notebook with papermill, fast to start and to stop.
 
 The runner starts one such process per cell (a kernel of its own, killable as a whole), so papermill's start-up
 and tear-down are paid per cell. Compared with ``python -m papermill`` this saves, per cell:

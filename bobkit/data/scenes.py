@@ -5,7 +5,7 @@ Two sources, one loader:
 * **Offline scenes** (:func:`compose_scenes`, :func:`build_fmnist_scenes`): real Fashion-MNIST items pasted on black
   canvases. Boxes and masks are exact (a mask is the item's pixels above a threshold, a box is the tight box around
   the visible mask), the result is written as a COCO ``instances.json`` plus an ``images.npz``, deterministic by seed
-  and cached under :func:`bobkit.paths.data_cache_dir`.
+  and cached under :func:`bobkit.utils.paths.data_cache_dir`.
 * **Real datasets** found through the data manifest (:func:`resolve_coco_split`): COCO 2017 as is; Sim10k (VOC
   XML) and Cityscapes (gtFine polygons) converted once to COCO instances files; or any folder holding
   ``instances_{split}.json`` and its images.
@@ -31,8 +31,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from bobkit import paths
-from bobkit.atomic import atomic_path
+from bobkit.utils import paths
+from bobkit.utils.files import atomic_path
 
 #: Bump when the composer's output for given parameters changes (invalidates the scene cache).
 SCENES_VERSION = "1"
@@ -564,7 +564,7 @@ class CocoDataset(torch.utils.data.Dataset):
     Attributes
     ----------
     coco : pycocotools.coco.COCO
-        The ground truth (for :func:`bobkit.coco_eval.evaluate`).
+        The ground truth (for :func:`bobkit.eval.coco.evaluate`).
     category_names : list of str
         Label ``k`` (1-based) is ``category_names[k - 1]``.
     label_to_category_id : dict of int to int

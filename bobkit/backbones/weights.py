@@ -6,7 +6,7 @@ Three kinds of weight files reach :mod:`bobkit.backbones` through here:
 * checkpoints the user supplies (``weights_file=`` or ``$BOB_WEIGHTS_DIR``) or that are downloaded from a URL,
 * timm hub weights (only their local-cache lookup lives here; timm does the download).
 
-Non-timm checkpoints are converted once into ``bobkit.paths.weights_cache_dir()`` as safetensors files with timm key
+Non-timm checkpoints are converted once into ``bobkit.utils.paths.weights_cache_dir()`` as safetensors files with timm key
 names, written atomically, so every later load is a plain ``safetensors`` read through timm's own loader.
 Checkpoints are read with ``torch.load(..., weights_only=True)`` or safetensors only (no arbitrary unpickling).
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bobkit.paths import weights_cache_dir
+from bobkit.utils.paths import weights_cache_dir
 
 __all__ = [
     "WeightsUnavailableError",

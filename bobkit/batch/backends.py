@@ -1,9 +1,9 @@
 """Where cells run: local worker processes, or Slurm through submitit. Both behind one small interface.
 
-Every backend ends in :func:`bobkit.runner.execute_cell` for each cell, so run keys, claims, sidecars, failure
+Every backend ends in :func:`bobkit.batch.runner.execute_cell` for each cell, so run keys, claims, sidecars, failure
 records and the OOM retry are the same everywhere; a backend only decides where and when that call happens.
 
-* :class:`LocalBackend`: ``workers`` concurrent papermill processes on this machine (:func:`bobkit.runner.run_cells`).
+* :class:`LocalBackend`: ``workers`` concurrent papermill processes on this machine (:func:`bobkit.batch.runner.run_cells`).
 * :class:`SubmititBackend`: one Slurm job-array task per cell, cells grouped into arrays by their resources
   (``timeout_min``, ``gpus``, ``cpus``, ``mem_gb``, ``partition``, ``slurm_array_parallelism`` from the params
   file). Each task is a :class:`CellJob`, a ``submitit.helpers.Checkpointable``: on preemption or at the time
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence
 
-from bobkit.claims import Claim, try_claim
-from bobkit.grid import Cell
-from bobkit.runner import (
+from bobkit.batch.claims import Claim, try_claim
+from bobkit.batch.grid import Cell
+from bobkit.batch.runner import (
     OUTPUT_TAIL_CHARS,
     BatchSummary,
     CellOutcome,
@@ -39,6 +39,7 @@ from bobkit.runner import (
     select_cells,
     stale_after,
 )
+from bobkit.utils.progress import progress_bar
 
 try:  # submitit is optional (bobkit[cluster]); without it only the local backend works
     from submitit.helpers import Checkpointable
@@ -73,7 +74,7 @@ class LocalBackend:
     def run(
         self, cells: Sequence[Cell], runs_dir: str | os.PathLike[str], *, only_failed: bool = False
     ) -> BatchSummary:
-        """See :func:`bobkit.runner.run_cells`."""
+        """See :func:`bobkit.batch.runner.run_cells`."""
         return run_cells(cells, runs_dir, workers=self.workers, only_failed=only_failed, kernel=self.kernel,
                          progress=self.progress)
 
@@ -134,7 +135,7 @@ class SubmititBackend:
         from submitit.helpers import as_completed
 
         by_job = {id(job): cell for job, cell in submitted}
-        bar = _progress_bar(len(submitted), self.progress)
+        bar = progress_bar(len(submitted), "jobs", "cell", self.progress)
         poll = self.poll_seconds if self.poll_seconds is not None else (30.0 if cluster == "slurm" else 0.5)
         outcomes = []
         jobs = [job for job, _ in submitted]
@@ -241,7 +242,7 @@ def group_by_resources(cells: Iterable[Cell]) -> list[tuple[dict[str, Any], list
 
 
 def executor_parameters(resources: dict[str, Any], cluster: str) -> dict[str, Any]:
-    """submitit parameters for one array from a cell's resources (``bobkit.grid.RESOURCE_KEYS``)."""
+    """submitit parameters for one array from a cell's resources (``bobkit.batch.grid.RESOURCE_KEYS``)."""
     params: dict[str, Any] = {
         "name": "bob",
         "timeout_min": int(math.ceil(float(resources.get("timeout_min", 60)) + JOB_MARGIN_MIN)),
@@ -271,8 +272,8 @@ def collect(job: Any, cell: Cell, runs_dir: Path) -> CellOutcome:
 
 def record_job_failure(cell: Cell, runs_dir: Path, exc: BaseException, stderr: str = "") -> CellOutcome:
     """Write a failed sidecar for a cell whose job died outside the runner (killed, out of time too often)."""
-    from bobkit import provenance
-    from bobkit.results import write_sidecar
+    from bobkit.batch import provenance
+    from bobkit.results.sidecars import write_sidecar
 
     state = cell_state(cell, runs_dir)
     if state == "done":
@@ -321,10 +322,3 @@ def _job_threads(cell: Cell) -> int:
         available = os.cpu_count() or 1
     return max(1, min(available, int(cell.resources.get("cpus", available))))
 
-
-def _progress_bar(total: int, enabled: bool) -> Any:
-    if not enabled or total == 0:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="jobs", unit="cell", dynamic_ncols=True)

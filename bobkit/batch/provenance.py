@@ -16,7 +16,7 @@ from importlib import metadata
 from typing import Any
 
 import bobkit
-from bobkit.paths import repo_root
+from bobkit.utils.paths import repo_root
 
 LIBRARIES = (
     "torch", "torchvision", "timm", "numpy", "pandas", "scikit-learn", "papermill", "nbclient", "ipykernel",
@@ -75,7 +75,7 @@ def collect(
 def device_name(requested: str, visible: str | None) -> str:
     """The device a cell with ``device=requested`` runs on, given the GPUs it can see.
 
-    ``auto`` means the first visible GPU when there is one (what :func:`bobkit.device.resolve_device` picks),
+    ``auto`` means the first visible GPU when there is one (what :func:`bobkit.features.device.resolve_device` picks),
     else the CPU.
     """
     gpus = _visible_gpu_names(visible)

@@ -6,10 +6,10 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bobkit.claims import read_claim
-from bobkit.grid import Cell, load_grid
-from bobkit.results import read_sidecar
-from bobkit.runner import cell_state, run_dir_of
+from bobkit.batch.claims import read_claim
+from bobkit.batch.grid import Cell, load_grid
+from bobkit.batch.runner import cell_state, run_dir_of
+from bobkit.results.sidecars import read_sidecar
 
 STATES = ("done", "failed", "running", "pending")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 def repo_root() -> Path:
     """The project checkout holding ``data_manifest.yaml``, ``notebooks/`` and ``params/``."""
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def cache_dir() -> Path:

@@ -1,0 +1,1 @@
+"""Analysis of a results table: scores and leaderboards, correlations, regressions, plots, public tables."""

@@ -1,0 +1,164 @@
+"""The helper every analysis notebook uses: notes, figures (PNG), tables (CSV) and headline numbers.
+
+Headline numbers go to ``summary.json`` in the notebook's figures folder, which the report's index page and the
+tests read (:func:`read_summary`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import pandas as pd
+
+from bobkit.analysis.stats import InsufficientDataError
+from bobkit.data.errors import MissingDataError
+from bobkit.utils.files import atomic_path, write_json
+
+SUMMARY_FILE = "summary.json"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+
+def _in_ipython() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython ships with ipykernel
+        return False
+    return get_ipython() is not None
+
+
+def _display(obj: Any) -> None:
+    if _in_ipython():
+        from IPython.display import display
+
+        display(obj)
+    elif isinstance(obj, pd.DataFrame):
+        print(obj.to_string(max_rows=20))
+    # figures outside a notebook are only saved
+
+
+def _markdown(text: str) -> None:
+    if _in_ipython():
+        from IPython.display import Markdown, display
+
+        display(Markdown(text))
+    else:
+        print(text)
+
+
+class Analysis:
+    """Outputs of one analysis notebook: notes, figures (PNG), tables (CSV) and headline numbers (``summary.json``).
+
+    Parameters
+    ----------
+    name:
+        The notebook's name (``01_leaderboard``), stored in the summary.
+    figures_dir:
+        Folder for the PNGs, CSVs and ``summary.json``; ``None`` keeps nothing on disk.
+    show:
+        Display notes, figures and tables (in a notebook) or not (scripts, tests).
+    """
+
+    def __init__(self, name: str, figures_dir: str | os.PathLike[str] | None, *, show: bool = True) -> None:
+        self.name = name
+        self.dir = Path(figures_dir) if figures_dir is not None else None
+        self.show = show
+        self.summary: dict[str, Any] = {"notebook": name, "headlines": [], "skipped": {}, "figures": [],
+                                        "tables": []}
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._write()
+
+    # -- display -----------------------------------------------------------------------------------------------------
+    def say(self, text: str, *, headline: bool = False) -> None:
+        """Show computed prose (Markdown); ``headline`` also lists it on the report's index page."""
+        if headline:
+            self.summary["headlines"].append(text)
+            self._write()
+        if self.show:
+            _markdown(text)
+
+    def note(self, text: str) -> None:
+        """Show a note (why something is skipped, a caveat) as a Markdown quote."""
+        if self.show:
+            _markdown("> **Note.** " + text)
+
+    @contextmanager
+    def guard(self, what: str) -> Iterator[None]:
+        """Run a section; when the table lacks what it needs (:class:`InsufficientDataError`) or a public file is
+        not downloaded yet (:class:`~bobkit.data.errors.MissingDataError`, whose message says how to get it) show
+        a note instead of failing, and record the reason under ``skipped``."""
+        try:
+            yield
+        except (InsufficientDataError, MissingDataError) as exc:
+            self.summary["skipped"][what] = str(exc)
+            self._write()
+            self.note(f"*{what}* is skipped: {exc}")
+
+    def require(self, condition: bool, reason: str) -> None:
+        """Raise :class:`InsufficientDataError` (caught by :meth:`guard`) unless ``condition``."""
+        if not condition:
+            raise InsufficientDataError(reason)
+
+    # -- outputs -----------------------------------------------------------------------------------------------------
+    def figure(self, fig: Any, name: str) -> Path | None:
+        """Save ``fig`` as ``<figures_dir>/<name>.png``, display it once, close it."""
+        import matplotlib.pyplot as plt
+
+        from bobkit.analysis.plots import save_figure
+
+        path = save_figure(fig, self.dir, name)
+        if path is not None:
+            self.summary["figures"].append(path.name)
+            self._write()
+        if self.show:
+            _display(fig)
+        plt.close(fig)
+        return path
+
+    def table(self, frame: pd.DataFrame, name: str, *, show: int | None = 20, columns: Sequence[str] | None = None,
+              digits: int = 3) -> Path | None:
+        """Save ``frame`` as ``<figures_dir>/<name>.csv`` and display its first ``show`` rows (``columns`` only)."""
+        path = None
+        if self.dir is not None:
+            path = self.dir / f"{name}.csv"
+            with atomic_path(path) as tmp:
+                frame.to_csv(tmp, index=False)
+            self.summary["tables"].append(path.name)
+            self._write()
+        if self.show and show:
+            view = frame[[c for c in columns if c in frame]] if columns else frame
+            _display(view.head(show).round(digits))
+        return path
+
+    def record(self, **values: Any) -> None:
+        """Store headline numbers in ``summary.json`` (merged into its top level)."""
+        self.summary.update(values)
+        self._write()
+
+    def describe_source(self, table: pd.DataFrame) -> None:
+        """Say what table is analysed: source, rows, backbones, tasks, settings, families."""
+        source = table.attrs.get("source", "a results table")
+        n_settings = table[["setting", "metric"]].drop_duplicates().shape[0] if len(table) else 0
+        families = ", ".join(sorted(map(str, table["family"].dropna().unique()))) or "unknown"
+        tasks = ", ".join(sorted(map(str, table["task"].unique()))) or "none"
+        self.record(source=source, n_rows=int(len(table)), n_backbones=int(table["backbone"].nunique()),
+                    n_settings=int(n_settings), tasks=sorted(map(str, table["task"].unique())))
+        self.say(f"**Data:** {source}: {len(table):,} rows, {table['backbone'].nunique():,} backbones, "
+                 f"{n_settings} settings (setting x metric) over tasks {tasks}; families: {families}.")
+
+    def _write(self) -> None:
+        if self.dir is not None:
+            write_json(self.dir / SUMMARY_FILE, self.summary)
+
+
+def read_summary(figures_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``summary.json`` an analysis notebook wrote (empty dict when absent)."""
+    try:
+        return json.loads((Path(figures_dir) / SUMMARY_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}

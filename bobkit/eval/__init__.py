@@ -1,0 +1,1 @@
+"""Evaluation pieces the tasks share: retrieval and calibration metrics, attacks, corruptions, COCO AP."""

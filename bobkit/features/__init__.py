@@ -1,0 +1,1 @@
+"""Frozen features: device execution settings and extraction with an on-disk cache."""

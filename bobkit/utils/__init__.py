@@ -1,0 +1,1 @@
+"""Infrastructure every stage uses: project paths and caches, atomic files and hashing."""
