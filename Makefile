@@ -16,7 +16,7 @@ demo: setup
 	$(BOB) run params/demo.yaml --workers 2 --build
 
 test: setup-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 report: setup
 	$(BOB) report --results results/results.parquet --out site
