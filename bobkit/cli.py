@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from bobkit.batch.grid import Cell
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
@@ -88,7 +91,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warn_corrupt(cells: list, runs_dir: str) -> None:
+def _warn_corrupt(cells: list[Cell], runs_dir: str) -> None:
     """Say which of the grid's sidecars cannot be read: those cells run again (the bad file is kept aside)."""
     from bobkit.batch.runner import run_dir_of
     from bobkit.results.sidecars import sidecar_problem

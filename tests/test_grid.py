@@ -56,7 +56,7 @@ def test_run_key_changes_with_the_code_version(monkeypatch):
 
     before = make_cell("smoke", {}).run_key
     files = codehash.task_code_files("smoke")
-    monkeypatch.setattr(codehash, "task_code_files", lambda task: {**files, "bobkit.tasks.smoke": "edited"})
+    monkeypatch.setattr(codehash, "task_code_files", lambda task, **_: {**files, "bobkit.tasks.smoke": "edited"})
     assert make_cell("smoke", {}).run_key != before  # (tests/test_runkeys.py edits real source files)
 
 

@@ -110,6 +110,26 @@ def test_the_static_scan_resolves_relative_and_from_imports(tmp_path: Path):
     assert found == {"bobkit.tasks", "bobkit.tasks.mytask", "bobkit.tasks.helpers", "bobkit.lazy"}
 
 
+def test_a_cell_whose_code_changed_after_expansion_is_not_run_under_its_old_key(tmp_path: Path):
+    root = copy_checkout(tmp_path / "copy")
+    script = f"""
+import json
+from pathlib import Path
+from bobkit.batch.grid import expand_grid
+from bobkit.batch.runner import execute_cell
+(cell,) = expand_grid({{"grid": [{{"task": "smoke"}}]}})
+smoke = Path({str(root / "bobkit" / "tasks" / "smoke.py")!r})
+smoke.write_text(smoke.read_text() + "# edited while the batch waited\\n")
+outcome = execute_cell(cell, {str(tmp_path / "runs")!r})
+print(json.dumps([outcome.status, outcome.kind, outcome.error]))
+"""
+    proc = in_checkout(root, "-c", script)
+    assert proc.returncode == 0, proc.stderr
+    status, kind, error = json.loads(proc.stdout)
+    assert (status, kind) == ("failed", "code_changed") and "run the grid again" in error
+    assert not (tmp_path / "runs").exists()  # nothing recorded under the old key
+
+
 def test_identity_leaves_the_code_out_and_the_sidecar_carries_it():
     cell = make_cell("smoke", {"value": 2.0})
     assert cell_identity("smoke", cell.params) == cell_identity("smoke", {**cell.params, "device": "cuda"})

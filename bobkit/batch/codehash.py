@@ -13,7 +13,6 @@ them on save).
 from __future__ import annotations
 
 import ast
-import functools
 import hashlib
 import json
 from pathlib import Path
@@ -115,17 +114,43 @@ def _sha256(text: str | bytes) -> str:
     return hashlib.sha256(text.encode("utf-8") if isinstance(text, str) else text).hexdigest()
 
 
-def task_code_files(task: str) -> dict[str, str]:
+# The files behind each task as last hashed in this process: {task: {name: sha256}}.
+_KNOWN: dict[str, dict[str, str]] = {}
+
+
+def task_code_files(task: str, *, fresh: bool = False) -> dict[str, str]:
     """``{name: sha256}`` of everything that computes a cell of ``task``: its notebook and the modules it runs.
 
     Names are module names (``bobkit.tasks.smoke``) and the notebook's project path
-    (``notebooks/tasks/smoke.ipynb``), so the mapping is the same on every machine. Computed once per process.
+    (``notebooks/tasks/smoke.ipynb``), so the mapping is the same on every machine. Computed once per process;
+    ``fresh=True`` re-reads the files (and follows the imports again only when one of them changed), for a long
+    batch to notice code edited under it.
     """
-    return dict(_task_code_files(task))
+    known = _KNOWN.get(task)
+    if known is None or (fresh and not _unchanged(task, known)):
+        known = _KNOWN[task] = _hash_task_code(task)
+    return dict(known)
 
 
-@functools.cache
-def _task_code_files(task: str) -> tuple[tuple[str, str], ...]:
+def _unchanged(task: str, known: dict[str, str]) -> bool:
+    """The files named in ``known`` still hash the same (a new import needs an edit to one of them)."""
+    return all(_hash_named(task, name) == digest for name, digest in known.items())
+
+
+def _hash_named(task: str, name: str) -> str | None:
+    from bobkit.tasks import notebook_path
+    from bobkit.utils.paths import repo_root
+
+    try:
+        if name == notebook_path(task):
+            return _sha256(notebook_code(repo_root() / name))
+        path = module_file(name)
+        return _sha256(path.read_bytes()) if path is not None else None
+    except (OSError, ValueError):
+        return None
+
+
+def _hash_task_code(task: str) -> dict[str, str]:
     from bobkit.tasks import TASKS, notebook_path
     from bobkit.utils.paths import repo_root
 
@@ -140,12 +165,12 @@ def _task_code_files(task: str) -> tuple[tuple[str, str], ...]:
         roots |= imported_modules(code, "__notebook__", False)
     for name in sorted(module_closure(roots)):
         files[name] = _sha256((module_file(name) or Path()).read_bytes())
-    return tuple(sorted(files.items()))
+    return dict(sorted(files.items()))
 
 
-def code_version(task: str) -> str:
+def code_version(task: str, *, fresh: bool = False) -> str:
     """16 hex digits over :func:`task_code_files`: changes exactly when the code behind ``task``'s cells does."""
-    blob = json.dumps(task_code_files(task), sort_keys=True)
+    blob = json.dumps(task_code_files(task, fresh=fresh), sort_keys=True)
     return _sha256(blob)[:CODE_VERSION_DIGITS]
 
 

@@ -86,10 +86,13 @@ def cell_identity(task: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run_key(task: str, params: dict[str, Any]) -> str:
-    """Stable 16-hex-digit hash of the task, its result-relevant parameters and the code behind it."""
-    blob = json.dumps({"task": task, "params": result_params(params), "code": code_version(task)}, sort_keys=True,
-                      default=str)
+def run_key(task: str, params: dict[str, Any], code: str | None = None) -> str:
+    """Stable 16-hex-digit hash of the task, its result-relevant parameters and the code behind it.
+
+    ``code`` is a code version to use instead of this checkout's (:func:`code_version`).
+    """
+    code = code if code is not None else code_version(task)
+    blob = json.dumps({"task": task, "params": result_params(params), "code": code}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

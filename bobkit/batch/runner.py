@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from bobkit.batch import provenance
+from bobkit.batch import codehash, provenance
 from bobkit.batch.claims import Claim, is_stale, read_claim, try_claim
-from bobkit.batch.grid import Cell
+from bobkit.batch.grid import Cell, run_key
 from bobkit.batch.oom import oom_kill_count
 from bobkit.batch.record import cell_record
 from bobkit.results.sidecars import (
@@ -60,6 +60,8 @@ OOM_PATTERNS = (
     r"not enough memory", r"CUBLAS_STATUS_ALLOC_FAILED", r"CUDA error: out of memory",
 )
 WORK_PREFIX = ".work-"
+CODE_CHANGED = ("the code behind this cell changed after its run key was computed; nothing recorded: "
+                "run the grid again to run it under its new key")
 
 
 @dataclass
@@ -222,6 +224,10 @@ def execute_cell(
     run_dir = run_dir_of(cell, absolute_runs_dir(runs_dir))
     if is_complete(run_dir):
         return CellOutcome(cell, "skipped")
+    if run_key(cell.task, cell.params, codehash.code_version(cell.task, fresh=True)) != cell.run_key:
+        # Code edited after the keys were computed (a long batch, a Slurm job that waited): its numbers must
+        # not be filed under the old key. Nothing is recorded; the cell runs again under its new key.
+        return CellOutcome(cell, "failed", error=CODE_CHANGED, kind="code_changed")
     claim = try_claim(run_dir, stale_after=stale_after(cell), adopt_token=adopt_token)
     if claim is None:
         return CellOutcome(cell, "busy")
