@@ -298,6 +298,18 @@ def test_the_heartbeat_stops_once_another_claim_holds_the_cell(tmp_path: Path, c
     assert read_claim(tmp_path / "cell")["token"] == "other"  # release never removes another's claim
 
 
+def test_claims_work_where_hard_links_do_not(tmp_path: Path, monkeypatch):
+    def no_links(src, dst, *args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(claims.os, "link", no_links)
+    claim = try_claim(tmp_path / "cell")
+    assert claim is not None and read_claim(tmp_path / "cell")["token"] == claim.token
+    assert try_claim(tmp_path / "cell") is None  # still exclusive
+    claim.release()
+    assert not (tmp_path / "cell" / CLAIM).exists()
+
+
 def _race_for_claim(run_dir: str, barrier, results) -> None:
     barrier.wait()
     claim = try_claim(Path(run_dir), stale_after=3600)

@@ -33,6 +33,8 @@ HEARTBEAT_SECONDS = 30.0
 # After an error (ESTALE on NFS, a full disk) the heartbeat tries again this much sooner than its period.
 HEARTBEAT_RETRY_SECONDS = 5.0
 STALE_PREFIX = f"{CLAIM}.stale-"
+# errno values of file systems that cannot hard-link (some FUSE mounts): claims then fall back to O_EXCL.
+NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +197,27 @@ def _create_complete(path: Path, token: str) -> bool:
             os.link(tmp, path)
         except FileExistsError:
             return False
+        except FileNotFoundError:  # the holder's clean-up took our temp file: the cell is held
+            return False
+        except OSError as exc:
+            if exc.errno not in NO_HARD_LINKS:
+                raise
+            return _create_exclusive(path, token)
         return True
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _create_exclusive(path: Path, token: str) -> bool:
+    """``O_CREAT | O_EXCL`` then write: for file systems without hard links (a crash here leaves an unreadable
+    claim, which turns stale like any other)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(_claim_content(token), handle)
+    return True
 
 
 def _claim_content(token: str) -> dict[str, Any]:
@@ -239,6 +259,11 @@ def _break_stale(path: Path, judged: dict[str, Any]) -> bool:
             os.link(aside, path)  # not the claim we judged: put the live one back
         except FileExistsError:
             log.warning("claim %s changed hands while being broken; its holder will find it lost", path)
+        except OSError as exc:
+            if exc.errno not in NO_HARD_LINKS:
+                raise
+            if not path.exists():  # best effort where hard links are missing
+                os.rename(aside, path)
         return False
     finally:
         aside.unlink(missing_ok=True)
