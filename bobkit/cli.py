@@ -107,6 +107,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Counts of done / failed / running / pending cells, failures with their first error line."""
     from bobkit.batch.status import format_status, grid_status
 
+    if not Path(args.runs_dir).is_dir():
+        print(f"note: runs folder {args.runs_dir!r} does not exist (nothing has run there)", file=sys.stderr)
     print(format_status(grid_status(args.params, args.runs_dir), args.params, args.runs_dir))
     return 0
 

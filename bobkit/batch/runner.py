@@ -501,6 +501,6 @@ def worker_env(slot: int, workers: int) -> dict[str, str]:
 
 
 __all__ = [
-    "BatchSummary", "CellOutcome", "SIDECAR", "cell_state", "classify_failure", "execute_cell", "run_cells",
-    "run_dir_of", "select_cells", "worker_env",
+    "BatchSummary", "CellOutcome", "SIDECAR", "absolute_runs_dir", "cell_state", "classify_failure", "execute_cell",
+    "run_cells", "run_dir_of", "select_cells", "worker_env",
 ]
