@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from bobkit.batch.grid import Cell
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
@@ -49,6 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cells = load_grid(args.params)  # raises before anything runs
     print(f"{args.params}: {len(cells)} cells, runs folder {args.runs_dir}", flush=True)
+    _warn_corrupt(cells, args.runs_dir)
     if args.dry_run:
         for cell in cells:
             print(f"  {cell.run_key}  {cell.label}")
@@ -73,20 +77,38 @@ def cmd_run(args: argparse.Namespace) -> int:
         if outcome.status == "failed":
             print(f"  FAILED {outcome.cell.run_key} {outcome.cell.label}: {outcome.error}")
     if args.build:
-        _build_and_print(args.runs_dir, args.results)
-    return 1 if summary.count("failed") and args.strict else 0
+        _build_and_print(args.runs_dir, args.results, force=args.force)
+    if summary.count("failed") and not args.allow_failures:
+        print(f"{summary.count('failed')} cell(s) failed (bob status {args.params} lists them; "
+              "--allow-failures exits 0 anyway)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     """Merge complete sidecars into the results table and print a small leaderboard."""
-    _build_and_print(args.runs_dir, args.results)
+    _build_and_print(args.runs_dir, args.results, force=args.force, include_stale=args.include_stale)
     return 0
+
+
+def _warn_corrupt(cells: list[Cell], runs_dir: str) -> None:
+    """Say which of the grid's sidecars cannot be read: those cells run again (the bad file is kept aside)."""
+    from bobkit.batch.runner import run_dir_of
+    from bobkit.results.sidecars import sidecar_problem
+
+    for cell in cells:
+        problem = sidecar_problem(run_dir_of(cell, runs_dir))
+        if problem:
+            print(f"warning: unreadable sidecar of {cell.run_key} {cell.label} ({problem}): the cell runs again, "
+                  "the file is kept as metrics.json.corrupt-*", file=sys.stderr)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Counts of done / failed / running / pending cells, failures with their first error line."""
     from bobkit.batch.status import format_status, grid_status
 
+    if not Path(args.runs_dir).is_dir():
+        print(f"note: runs folder {args.runs_dir!r} does not exist (nothing has run there)", file=sys.stderr)
     print(format_status(grid_status(args.params, args.runs_dir), args.params, args.runs_dir))
     return 0
 
@@ -104,14 +126,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_and_print(runs_dir: str, results: str) -> None:
+def _build_and_print(runs_dir: str, results: str, *, force: bool = False, include_stale: bool = False) -> None:
     from bobkit.analysis.stats import PRIMARY_METRICS, primary_metrics
     from bobkit.results.schema import write_results
-    from bobkit.results.table import build_results, leaderboard
+    from bobkit.results.table import build_results, check_replacement, leaderboard
 
-    table = build_results(runs_dir)
+    table = build_results(runs_dir, include_stale=include_stale)
+    _print_left_out(table.attrs)
+    if not force:
+        check_replacement(table, results)
     path = write_results(table, results)
-    print(f"results: {path} ({len(table)} rows, {table['run_key'].nunique()} runs)")
+    print(f"results: {path} ({len(table)} rows, {table['run_key'].nunique()} runs, from {table.attrs['runs_dir']})")
     table = table[table["task"] != "smoke"]  # the runner's self-test scores no backbone
     if table.empty:
         return
@@ -123,6 +148,21 @@ def _build_and_print(runs_dir: str, results: str) -> None:
             metrics = ", ".join(sorted(rows["metric"].unique()))
             print(f"\nleaderboard: {task} ({metrics}; mean over seeds, higher is better)")
             _print_table(board.round(3).reset_index())
+
+
+def _print_left_out(attrs: dict) -> None:
+    """What ``bob build`` left out of the table, and why."""
+    left_out = attrs.get("left_out", {})
+    if left_out.get("stale"):
+        print(f"left out {left_out['stale']} stale run(s) made by other code (bob status <grid> lists them; "
+              "--include-stale keeps them)", file=sys.stderr)
+    if left_out.get("no_notebook"):
+        print(f"left out {left_out['no_notebook']} run(s) whose executed.ipynb is gone (bob run re-runs them)",
+              file=sys.stderr)
+    for path in attrs.get("corrupt", []):
+        print(f"warning: skipped unreadable sidecar {path}", file=sys.stderr)
+    if left_out.get("corrupt"):
+        print(f"skipped {left_out['corrupt']} unreadable sidecar(s)", file=sys.stderr)
 
 
 def _print_table(table: pd.DataFrame) -> None:
@@ -161,12 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build", action="store_true", help="build the results table afterwards")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their run keys, run nothing")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--strict", action="store_true", help="exit 1 when a cell failed")
+    p.add_argument("--allow-failures", action="store_true", help="exit 0 even when cells failed")
+    p.add_argument("--strict", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
+    p.add_argument("--force", action="store_true", help="with --build: replace a results table that has more runs")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("build", help="merge sidecars into results/results.parquet")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--results", default="results/results.parquet")
+    p.add_argument("--include-stale", action="store_true", help="keep runs made by other code (stale)")
+    p.add_argument("--force", action="store_true", help="replace a results table that has more runs")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("status", help="done / failed / running / pending cells of a grid")

@@ -52,11 +52,12 @@ def test_run_key_ignores_execution_only_parameters():
 
 
 def test_run_key_changes_with_the_code_version(monkeypatch):
-    import bobkit.tasks.smoke as smoke
+    from bobkit.batch import codehash
 
     before = make_cell("smoke", {}).run_key
-    monkeypatch.setattr(smoke, "VERSION", "999")
-    assert make_cell("smoke", {}).run_key != before
+    files = codehash.task_code_files("smoke")
+    monkeypatch.setattr(codehash, "task_code_files", lambda task, **_: {**files, "bobkit.tasks.smoke": "edited"})
+    assert make_cell("smoke", {}).run_key != before  # (tests/test_runkeys.py edits real source files)
 
 
 @pytest.mark.parametrize(
@@ -100,9 +101,11 @@ def test_bad_params_file_fails_before_anything_runs(write_grid, tmp_path):
 
 
 def test_defaults_apply_only_to_tasks_that_have_the_parameter():
-    cells = expand_grid({"defaults": {"image_size": 32, "value": 5.0}, "grid": [{"task": "smoke"}]})
+    cells = expand_grid({"defaults": {"image_size": 32, "value": 5.0},
+                         "grid": [{"task": "smoke"}, {"task": "classification"}]})
     assert cells[0].params["value"] == 5.0
     assert "image_size" not in cells[0].params
+    assert cells[1].params["image_size"] == 32 and "value" not in cells[1].params
 
 
 def test_shipped_grids_expand():

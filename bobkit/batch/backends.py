@@ -28,10 +28,12 @@ from typing import Any, Iterable, Protocol, Sequence
 
 from bobkit.batch.claims import Claim, try_claim
 from bobkit.batch.grid import Cell
+from bobkit.batch.resources import check_resources
 from bobkit.batch.runner import (
     OUTPUT_TAIL_CHARS,
     BatchSummary,
     CellOutcome,
+    absolute_runs_dir,
     cell_state,
     execute_cell,
     run_cells,
@@ -107,7 +109,7 @@ class SubmititBackend:
         """Submit one array task per cell to run (cells complete or running elsewhere are not submitted)."""
         import submitit
 
-        runs_dir = Path(runs_dir)
+        runs_dir = absolute_runs_dir(runs_dir)  # the compute nodes start elsewhere
         start = time.perf_counter()
         summary = BatchSummary()
         todo = []
@@ -118,7 +120,7 @@ class SubmititBackend:
             else:
                 todo.append(cell)
         cluster = resolve_cluster(self.cluster)
-        folder = Path(self.folder) if self.folder else runs_dir / SUBMITIT_FOLDER
+        folder = Path(self.folder).resolve() if self.folder else runs_dir / SUBMITIT_FOLDER
         runner = {"backend": "submitit", "cluster": cluster, "batch_id": uuid.uuid4().hex[:12]}
         submitted: list[tuple[Any, Cell]] = []
         for resources, group in group_by_resources(todo):
@@ -242,17 +244,23 @@ def group_by_resources(cells: Iterable[Cell]) -> list[tuple[dict[str, Any], list
 
 
 def executor_parameters(resources: dict[str, Any], cluster: str) -> dict[str, Any]:
-    """submitit parameters for one array from a cell's resources (``bobkit.batch.grid.RESOURCE_KEYS``)."""
+    """submitit parameters for one array from a cell's resources (``bobkit.batch.resources.RESOURCE_KEYS``).
+
+    The values are checked again here (a cell can be built without a grid file): nothing unchecked reaches a
+    Slurm batch script. ``gpus: 0`` (the default) writes no ``--gpus-per-node`` line at all.
+    """
+    check_resources(resources, "resources")
     params: dict[str, Any] = {
         "name": "bob",
         "timeout_min": int(math.ceil(float(resources.get("timeout_min", 60)) + JOB_MARGIN_MIN)),
         "nodes": 1,
         "tasks_per_node": 1,
         "cpus_per_task": int(resources.get("cpus", 2)),
-        "gpus_per_node": int(resources.get("gpus", 0)),
         "mem_gb": float(resources.get("mem_gb", 16)),
         "slurm_signal_delay_s": SIGNAL_DELAY_S,
     }
+    if resources.get("gpus"):
+        params["gpus_per_node"] = int(resources["gpus"])
     if resources.get("partition"):
         params["slurm_partition"] = str(resources["partition"])
     if resources.get("slurm_array_parallelism"):
@@ -272,7 +280,7 @@ def collect(job: Any, cell: Cell, runs_dir: Path) -> CellOutcome:
 
 def record_job_failure(cell: Cell, runs_dir: Path, exc: BaseException, stderr: str = "") -> CellOutcome:
     """Write a failed sidecar for a cell whose job died outside the runner (killed, out of time too often)."""
-    from bobkit.batch import provenance
+    from bobkit.batch.record import job_failure_record
     from bobkit.results.sidecars import write_sidecar
 
     state = cell_state(cell, runs_dir)
@@ -284,15 +292,9 @@ def record_job_failure(cell: Cell, runs_dir: Path, exc: BaseException, stderr: s
         return CellOutcome(cell, "busy", error=str(exc).splitlines()[0] if str(exc) else None)
     try:
         message = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        write_sidecar(run_dir, {
-            "run_key": cell.run_key, "task": cell.task, "label": cell.label, "params": cell.params,
-            "params_used": cell.params, "resources": cell.resources, "source": cell.source, "attempts": [],
-            "runner": {"backend": "submitit", "host": socket.gethostname()},
-            "provenance": provenance.collect({}, cell.params), "timings": {}, "history": [],
-            "started": time.time(), "wall_seconds": 0.0, "status": "failed", "metrics": {},
-            "error": {"kind": "job_failed", "message": message[:500],
-                      "output_tail": (str(exc) + "\n" + stderr)[-OUTPUT_TAIL_CHARS:]},
-        })
+        error = {"kind": "job_failed", "message": message[:500],
+                 "output_tail": (str(exc) + "\n" + stderr)[-OUTPUT_TAIL_CHARS:]}
+        write_sidecar(run_dir, job_failure_record(cell, error, {"backend": "submitit", "host": socket.gethostname()}))
     finally:
         claim.release()
     return CellOutcome(cell, "failed", error=message, kind="job_failed")

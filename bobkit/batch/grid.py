@@ -30,7 +30,8 @@ from typing import Any
 
 import yaml
 
-import bobkit
+from bobkit.batch import codehash
+from bobkit.batch.resources import DEFAULT_RESOURCES, ResourceError, check_resources
 from bobkit.tasks import get_task, task_names
 
 # Parameters that change where/how fast a cell runs, not its result: left out of the run key so a batch resumes
@@ -38,8 +39,6 @@ from bobkit.tasks import get_task, task_names
 EXECUTION_PARAMS = frozenset(
     {"device", "num_threads", "channels_last", "compile", "grad_checkpointing", "loader_workers"}
 )
-RESOURCE_KEYS = frozenset({"timeout_min", "gpus", "cpus", "mem_gb", "partition", "slurm_array_parallelism"})
-DEFAULT_RESOURCES: dict[str, Any] = {"timeout_min": 60, "gpus": 0, "cpus": 2, "mem_gb": 16}
 
 
 class GridError(ValueError):
@@ -68,14 +67,32 @@ class Cell:
 
 
 def code_version(task: str) -> str:
-    """The code version that goes into a run key: bobkit's version plus the task module's ``VERSION``."""
-    return f"{bobkit.__version__}+{task}.{getattr(get_task(task), 'VERSION', '0')}"
+    """The code part of a run key: a hash of the code behind the task's cells (:mod:`bobkit.batch.codehash`)."""
+    return codehash.code_version(task)
 
 
-def run_key(task: str, params: dict[str, Any]) -> str:
-    """Stable 16-hex-digit hash of the task, its result-relevant parameters and the code version."""
-    relevant = {k: v for k, v in params.items() if k not in EXECUTION_PARAMS}
-    blob = json.dumps({"task": task, "params": relevant, "code": code_version(task)}, sort_keys=True, default=str)
+def result_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters that can change a cell's result: all but the execution-only ones."""
+    return {k: v for k, v in params.items() if k not in EXECUTION_PARAMS}
+
+
+def cell_identity(task: str, params: dict[str, Any]) -> str:
+    """16 hex digits over the task and its result-relevant parameters, without the code.
+
+    Cells of one identity made by different code have different run keys; the identity (kept in the sidecar)
+    finds the older ones, which ``bob status`` reports as stale.
+    """
+    blob = json.dumps({"task": task, "params": result_params(params)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_key(task: str, params: dict[str, Any], code: str | None = None) -> str:
+    """Stable 16-hex-digit hash of the task, its result-relevant parameters and the code behind it.
+
+    ``code`` is a code version to use instead of this checkout's (:func:`code_version`).
+    """
+    code = code if code is not None else code_version(task)
+    blob = json.dumps({"task": task, "params": result_params(params), "code": code}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -109,6 +126,8 @@ def expand_grid(spec: Any, source: str = "<grid>") -> list[Cell]:
     if unknown_top:
         raise GridError(f"{source}: unknown top-level key(s) {sorted(unknown_top)}")
     defaults = spec.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise GridError(f"{source}: 'defaults' must be a mapping, got {defaults!r}")
     resources = spec.get("resources") or {}
     _check_resources(resources, source)
     cells: dict[str, Cell] = {}
@@ -116,6 +135,7 @@ def expand_grid(spec: Any, source: str = "<grid>") -> list[Cell]:
         where = f"{source}: grid[{index}]"
         for cell in _expand_block(block, defaults, resources, where):
             cells.setdefault(cell.run_key, cell)
+    _check_defaults(defaults, {block["task"] for block in spec["grid"]}, source)
     return list(cells.values())
 
 
@@ -188,7 +208,20 @@ def _known_datasets(module: Any) -> list[str]:
     return sorted(set(dataset_names()) | set(getattr(module, "DATASETS", ())))
 
 
-def _check_resources(resources: dict[str, Any], where: str) -> None:
-    unknown = set(resources) - RESOURCE_KEYS
-    if unknown:
-        raise GridError(f"{where}: unknown resource key(s) {sorted(unknown)}; known: {sorted(RESOURCE_KEYS)}")
+def _check_resources(resources: Any, where: str) -> None:
+    """Every resource key known and every value safe (see :mod:`bobkit.batch.resources`)."""
+    try:
+        check_resources(resources, where)
+    except ResourceError as exc:
+        raise GridError(str(exc)) from exc
+
+
+def _check_defaults(defaults: dict[str, Any], tasks: set[str], where: str) -> None:
+    """Reject ``defaults:`` keys that no task of the grid has (a typo would otherwise be dropped silently)."""
+    known = sorted({name for task in tasks for name in get_task(task).PARAMETERS})
+    for key in defaults:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise GridError(f"{where}: defaults key {key!r} is a parameter of no task in this grid "
+                            f"({', '.join(sorted(tasks))}){hint}")
