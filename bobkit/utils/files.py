@@ -188,6 +188,17 @@ def sha256_bytes(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
+def source_fingerprint(*objects: Any, extra: str = "") -> str:
+    """12 hex digits of sha256 over the source code of modules / functions / classes (plus ``extra`` text).
+
+    Cache keys carry this instead of a hand-bumped version: editing the code that computes a cached number
+    changes the key, so a stale entry is never reused.
+    """
+    import inspect
+
+    return sha256_bytes("\n".join([*(inspect.getsource(o) for o in objects), extra]))[:12]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Integrity records of cache entries
 # ----------------------------------------------------------------------------------------------------------------
