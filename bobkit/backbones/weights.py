@@ -25,7 +25,14 @@ import torch
 from torch import nn
 
 from bobkit.data.verify import file_digest
-from bobkit.utils.files import atomic_path, move_aside, record_problems, source_fingerprint, write_json
+from bobkit.utils.files import (
+    atomic_path,
+    file_record,
+    move_aside,
+    record_problems,
+    source_fingerprint,
+    write_json,
+)
 from bobkit.utils.paths import weights_cache_dir
 
 __all__ = [
@@ -405,7 +412,7 @@ def _save_converted(tensors: StateDict, dest: Path, metadata: dict[str, str]) ->
     owned = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
     with atomic_path(dest) as tmp:
         save_file(owned, str(tmp), metadata=metadata)
-    write_json(_record_path(dest), {**metadata, "file": {"size": dest.stat().st_size, "sha256": file_digest(dest)}})
+    write_json(_record_path(dest), {**metadata, "file": file_record(dest, sha256=file_digest)})
 
 
 def _check_expected(label: str, digest: str, expected: str | Sequence[str] | None) -> None:

@@ -204,9 +204,12 @@ def source_fingerprint(*objects: Any, extra: str = "") -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def file_record(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``{"size": bytes, "sha256": hex}`` of a file, stored in a cache entry's meta and checked on read."""
-    return {"size": os.path.getsize(path), "sha256": sha256_file(path)}
+def file_record(path: str | os.PathLike[str], *, sha256: Any = sha256_file) -> dict[str, Any]:
+    """``{"size": bytes, "sha256": hex}`` of a file, stored in a cache entry's meta and checked on read.
+
+    ``sha256`` is the hash function (the memoised one also remembers the file, so the first read is not a re-hash).
+    """
+    return {"size": os.path.getsize(path), "sha256": sha256(path)}
 
 
 def record_problems(folder: str | os.PathLike[str], records: Any, *, sha256: Any = sha256_file) -> list[str]:
