@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -126,13 +127,13 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def move_aside(path: str | os.PathLike[str]) -> Path:
-    """Rename a corrupt cache file or folder to ``<name>.bad-<UTC time>-<pid>`` so it is recomputed, not reused.
+    """Rename a corrupt cache file or folder to ``<name>.bad-<UTC time>-<random>`` so it is recomputed, not reused.
 
     The bad copy is kept (not deleted) for inspection; nothing else is touched.
     """
     path = Path(path)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.bad-{stamp}-{os.getpid()}")
+    aside = path.with_name(f"{path.name}.bad-{stamp}-{secrets.token_hex(4)}")
     try:
         os.replace(path, aside)
     except FileNotFoundError:
