@@ -605,3 +605,43 @@ def test_gnd_without_published_hash_is_refused_until_pinned(tmp_path, monkeypatc
     _write_gnd_pickle(pkl, {**payload, "qimlist": ["other"]})
     with pytest.raises(bd.ChecksumError, match=sha):
         rv.revisited_ground_truth("roxford5k", pkl)
+
+
+def test_required_verification_refuses_unhashed_file_until_pinned(tmp_path, monkeypatch):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    f = data_dir / "w.bin"
+    f.write_bytes(b"weights")
+    m = _write_manifest(tmp_path / "m.yaml", [_table_entry("w", "w.bin", None)])
+    monkeypatch.setenv("BOB_DATA_DIR", str(data_dir))
+    assert m.resolve("w") == f  # plain data without a hash: returned, as before
+    with pytest.raises(bd.UnverifiedFileError, match=_sha256(b"weights")):
+        m.resolve("w", required=True)
+    with pytest.raises(FileNotFoundError):
+        bd.pin("w", data_dir / "absent.bin", manifest=m)
+    assert bd.pin("w", f, manifest=m)["size_bytes"] == 7
+    assert m.resolve("w", required=True) == f
+    assert m.status(verify=True).set_index("name").loc["w", "verified"] == "yes"
+    f.write_bytes(b"other!!")
+    with pytest.raises(bd.ChecksumError):
+        m.resolve("w", required=True)
+
+
+def test_pin_refuses_a_file_that_contradicts_a_published_hash(tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_bytes(b"a,b\n")
+    m = _write_manifest(tmp_path / "m.yaml", [_table_entry("t", "t.csv", "0" * 64)])
+    with pytest.raises(bd.ChecksumError, match="0" * 64):
+        bd.pin("t", f, manifest=m)
+    assert bd.pins() == {}
+
+
+def test_bob_data_pin_command(tmp_path, monkeypatch, capsys):
+    from bobkit.cli import main
+
+    f = tmp_path / "gnd_rparis6k.pkl"
+    f.write_bytes(pickle.dumps({"imlist": [], "qimlist": [], "gnd": []}))
+    monkeypatch.setattr("bobkit.data.manifest.status", lambda **kw: __import__("pandas").DataFrame())
+    main(["data", "--pin", "rparis6k", str(f)])
+    assert _sha256(f.read_bytes()) in capsys.readouterr().out
+    assert bd.pins()["rparis6k"]["rparis6k/gnd_rparis6k.pkl"]["sha256"] == _sha256(f.read_bytes())

@@ -33,7 +33,7 @@ from bobkit.utils.files import (
     source_fingerprint,
     write_json,
 )
-from bobkit.utils.paths import weights_cache_dir
+from bobkit.utils.paths import env_flag, weights_cache_dir
 
 __all__ = [
     "WeightsUnavailableError",
@@ -79,16 +79,12 @@ class WeightsVerificationError(WeightsConversionError):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def offline_mode() -> bool:
     """Whether network access is disallowed (``$BOB_OFFLINE`` or ``$HF_HUB_OFFLINE`` set to a true value).
 
     Read at call time (not import time) so that tests and notebooks can switch it per process.
     """
-    return _truthy(os.environ.get("BOB_OFFLINE")) or _truthy(os.environ.get("HF_HUB_OFFLINE"))
+    return env_flag("BOB_OFFLINE") or env_flag("HF_HUB_OFFLINE")
 
 
 def weights_dirs() -> list[Path]:

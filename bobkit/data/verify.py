@@ -20,9 +20,8 @@ import io
 import os
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Iterator
+from typing import IO, TYPE_CHECKING, Any
 
 from bobkit.data.errors import ChecksumError, UnverifiedFileError
 from bobkit.utils import paths
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
     from bobkit.data.manifest import Entry, FileSpec, Manifest
 
 __all__ = ["file_digest", "pin", "pins", "pinned_sha256", "accepted_sha256", "check_digest", "verify_file",
-           "open_verified", "PIN_ENV"]
+           "pin_on_first_use", "PIN_ENV"]
 
 MEMO_FILE = "verified_hashes.json"
 PINS_FILE = "pinned_hashes.json"
@@ -220,8 +219,9 @@ def accepted_sha256(entry: Entry, spec: FileSpec) -> list[str]:
     return [pinned] if pinned else []
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+def pin_on_first_use() -> bool:
+    """Whether ``$BOB_PIN_UNVERIFIED`` asks to pin files without a recorded hash the first time they are seen."""
+    return paths.env_flag(PIN_ENV)
 
 
 def check_digest(path: str | os.PathLike[str], digest: str, entry: Entry, spec: FileSpec, *,
@@ -244,7 +244,7 @@ def check_digest(path: str | os.PathLike[str], digest: str, entry: Entry, spec: 
         return True
     if not required:
         return False
-    if _truthy(os.environ.get(PIN_ENV)):
+    if pin_on_first_use():
         warnings.warn(f"{PIN_ENV}: pinning unverified {path} as {entry.name}/{spec.filename} (sha256 {digest})",
                       stacklevel=3)
         _record_pin(entry.name, spec.filename, digest, os.path.getsize(path), str(path))
@@ -260,16 +260,3 @@ def verify_file(path: str | os.PathLike[str], entry: Entry, spec: FileSpec, *, r
             raise ChecksumError(str(path), [spec.md5.lower()], actual, algorithm="md5")
         return True
     return check_digest(path, file_digest(path), entry, spec, required=required)
-
-
-@contextmanager
-def open_verified(path: str | os.PathLike[str], entry: Entry, spec: FileSpec) -> Iterator[IO[bytes]]:
-    """Open ``path``, verify exactly the opened file (a hash or pin is required), and yield it at position 0.
-
-    Reading from the yielded handle reads the bytes that were verified: there is no window in which the path
-    could be swapped for another file between the check and the use.
-    """
-    with open(path, "rb") as handle:
-        check_digest(path, file_digest(handle), entry, spec, required=True)
-        handle.seek(0)
-        yield handle
