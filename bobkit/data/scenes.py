@@ -22,6 +22,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -307,6 +308,7 @@ def scenes_to_coco(scenes: Scenes, *, description: str = "") -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ cached builder
 
 
+@cache
 def scene_code_version() -> str:
     """Fingerprint of the code that composes scenes (this module and the source-image readers)."""
     return source_fingerprint(sys.modules[__name__], _datasets, _sources)

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -96,6 +97,7 @@ def feature_key(
     return sha256_bytes(json.dumps(payload, sort_keys=True))[:20]
 
 
+@cache
 def feature_code_version() -> str:
     """Fingerprint of the code that turns images into features (part of every feature key)."""
     return source_fingerprint(sys.modules[__name__], _device, _transforms, _datasets, _sources)
