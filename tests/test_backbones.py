@@ -94,6 +94,17 @@ def test_entry_metadata_is_valid(name: str) -> None:
     assert isinstance(B.weights_id(name), str) and B.weights_id(name)
 
 
+@pytest.mark.parametrize("name", [b.name for b in B.list_backbones() if b.source == "url"])
+def test_url_backbones_have_a_weights_entry_with_their_url(name: str) -> None:
+    """Each downloadable checkpoint is a manifest entry (where it goes, what verifies it) with the same URL."""
+    entry = B.get_backbone(name)
+    item = bd.load_manifest().entry(entry.weights_entry)
+    assert item.kind == "weights" and item.download == "direct"
+    assert item.file().url == entry.url
+    # No hash is published for these files; if one is recorded later it must be a full sha256.
+    assert item.file().sha256 is None or len(item.file().sha256) == 64
+
+
 def test_known_timm_names_and_pretraining_sizes() -> None:
     expected = {
         "convnext_base.fb_in22k": ("supervised", 14_197_122),
