@@ -27,7 +27,11 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     """List the manifest's datasets and reference tables and which are present here; optionally download some."""
     from bobkit.data.manifest import download, status
+    from bobkit.data.verify import pin
 
+    if args.pin:
+        record = pin(args.pin[0], args.pin[1])
+        print(f"pinned {args.pin[0]}: {record['source']} sha256 {record['sha256']} ({record['size_bytes']} bytes)")
     for name in args.download or []:
         for path in download(name):
             print(f"{name}: {path}")
@@ -183,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="list datasets and reference tables and whether they are present")
     p.add_argument("--download", nargs="+", metavar="NAME", help="download these manifest entries (sha256-checked)")
     p.add_argument("--verify", action="store_true", help="hash every present file against the manifest")
+    p.add_argument("--pin", nargs=2, metavar=("NAME", "FILE"),
+                   help="trust FILE as manifest entry NAME's file (one without a published sha256): record its hash")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("validate", help="expand grid files without running them")

@@ -12,7 +12,7 @@ Two protocols, as in the paper's retrieval code (hsouri/bob-retrieval):
     Revisited Oxford / Paris (Radenovic et al. 2018): 70 queries against ~5-6k database images, easy + hard
     positives, junk removed from the ranking ("medium"; "easy" and "hard" protocols on request). Images are read
     from the manifest's folder, the ground-truth pickle is verified and converted to JSON once
-    (:func:`bobkit.eval.metrics.convert_revisited_gnd`). Like the paper's code, query images are used whole unless
+    (:func:`bobkit.data.revisited.revisited_ground_truth`). Like the paper's code, query images are used whole unless
     ``crop_queries`` (the official protocol crops them to their bounding box).
 
 Metrics: ``map``, ``mrr``, ``precision@k``, ``recall@k`` (k in ``ks``), all in [0, 1]; AP is the trapezoidal AP
@@ -32,12 +32,11 @@ from PIL import Image
 
 from bobkit import backbones
 from bobkit.data import ImageDataset, MissingDataError
+from bobkit.data.revisited import revisited_ground_truth
 from bobkit.eval.metrics import (
     AP_MODES,
     REVISITED_PROTOCOLS,
     class_retrieval_metrics,
-    convert_revisited_gnd,
-    load_revisited_gnd,
     revisited_retrieval_metrics,
 )
 from bobkit.features.device import Execution, peak_memory, prepare_model, reset_peak_memory, set_threads
@@ -171,15 +170,6 @@ def _run_class_folder(p: dict[str, Any], ex: Execution) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _manifest_sha256(name: str, filename: str) -> str | None:
-    from bobkit.data import load_manifest
-
-    try:
-        return load_manifest().entry(name).file(filename).sha256
-    except (ValueError, KeyError):
-        return None
-
-
 def load_revisited(
     name: str,
     *,
@@ -199,14 +189,13 @@ def load_revisited(
     crop_queries
         Crop each query to its ground-truth bounding box first (the official protocol; the paper's code did not).
     gnd_sha256
-        Expected sha256 of ``gnd_<name>.pkl``; default: the manifest's. When neither records one, the pickle is
-        still read only through the restricted unpickler, and a warning gives its hash.
+        Expected sha256 of ``gnd_<name>.pkl``; default: the manifest's, else the user's pin
+        (``bob data --pin <name> <file>``). With neither, the pickle is refused before it is unpickled.
     root
         The dataset folder (``<root>/jpg/*.jpg`` and ``<root>/gnd_<name>.pkl``); default: the manifest's
         folder under ``$BOB_DATA_DIR`` or the data cache.
     """
     from bobkit.data import resolve_dir
-    from bobkit.utils.paths import data_cache_dir
 
     if name not in DATASETS:
         raise ValueError(f"revisited dataset {name!r} is not one of {DATASETS}")
@@ -215,9 +204,7 @@ def load_revisited(
     if not pickle_path.is_file():
         raise MissingDataError(f"{pickle_path} not found: download it from "
                                f"http://cmp.felk.cvut.cz/revisitop/data/datasets/{name}/gnd_{name}.pkl")
-    sha = gnd_sha256 or _manifest_sha256(name, f"{name}/gnd_{name}.pkl")
-    json_path = data_cache_dir() / "revisited" / f"gnd_{name}.json"
-    gt = load_revisited_gnd(convert_revisited_gnd(pickle_path, json_path, sha256=sha, allow_unverified=sha is None))
+    gt = revisited_ground_truth(name, pickle_path, sha256=gnd_sha256)
     image_dir = folder / "jpg"
     missing = [f for f in gt.imlist[:20] + gt.qimlist if not (image_dir / f"{f}.jpg").is_file()]
     if missing:
