@@ -33,7 +33,15 @@ from bobkit.batch import provenance
 from bobkit.batch.claims import Claim, is_stale, read_claim, try_claim
 from bobkit.batch.grid import Cell
 from bobkit.batch.oom import oom_kill_count
-from bobkit.results.sidecars import SIDECAR, TASK_OUTPUT, is_complete, read_sidecar, split_metrics, write_sidecar
+from bobkit.results.sidecars import (
+    SIDECAR,
+    TASK_OUTPUT,
+    flat_task_metrics,
+    is_complete,
+    read_sidecar,
+    split_metrics,
+    write_sidecar,
+)
 from bobkit.tasks import notebook_path
 from bobkit.utils.paths import repo_root
 from bobkit.utils.progress import progress_bar
@@ -359,7 +367,7 @@ def _attempt(
         return attempt
     metrics_file = work / TASK_OUTPUT
     if proc.returncode == 0 and metrics_file.exists() and ended_by == "exit":
-        attempt.metrics = json.loads(metrics_file.read_text())
+        attempt.metrics = flat_task_metrics(json.loads(metrics_file.read_text()))
         bad = [k for k, v in attempt.metrics.items() if v is None or (isinstance(v, float) and v != v)]
         if bad:
             attempt.kind, attempt.message = "nan", f"non-finite metric(s): {', '.join(sorted(bad))}"

@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from bobkit.utils.files import write_json
 
 SIDECAR = "metrics.json"
 TASK_OUTPUT = "task_metrics.json"
+#: Format of ``task_metrics.json`` (see :func:`task_output`); format 1 was one flat name -> value dict.
+TASK_OUTPUT_FORMAT = 2
+#: ``se/<metric>``: the sampling standard error of ``<metric>`` over the cell's test items.
+STDERR_PREFIX = "se/"
 SCHEMA_VERSION = 1
 
 
@@ -36,11 +40,43 @@ def split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, 
     return scores, info
 
 
-def save_cell_metrics(metrics: dict[str, Any], output_dir: str | os.PathLike[str] | None) -> None:
-    """Called at the end of a task notebook: hand the metrics to the runner (no-op when run interactively)."""
+def save_cell_metrics(metrics: Mapping[str, Any], output_dir: str | os.PathLike[str] | None) -> None:
+    """Hand a cell's outputs to the runner as ``task_metrics.json``, format 2 (no-op when run interactively).
+
+    The task harness calls it when ``output_dir`` is set. ``metrics`` is a task's result (its
+    :meth:`~bobkit.tasks.harness.TaskResult.output` carries the declared directions and kinds) or a plain flat
+    dict (scores told from descriptors by name, ``se/<metric>`` keys as standard errors).
+    """
     if output_dir is None:
         return
-    write_json(Path(output_dir) / TASK_OUTPUT, metrics)
+    write_json(Path(output_dir) / TASK_OUTPUT, task_output(metrics))
+
+
+def task_output(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The format-2 task output of a task's result, a plain flat metrics dict or an output already in format 2.
+
+    Format 2: ``format``, ``metrics`` (scores), ``stderr``, ``n_items``, ``higher_is_better``, ``primary``,
+    ``setting_params`` and ``descriptors`` (timings, sizes, execution settings, peak memory).
+    """
+    output = getattr(metrics, "output", None)
+    if callable(output):
+        return output()
+    if metrics.get("format") == TASK_OUTPUT_FORMAT:
+        return dict(metrics)
+    from bobkit.results.table import higher_is_better
+
+    stderr = {k[len(STDERR_PREFIX):]: v for k, v in metrics.items() if k.startswith(STDERR_PREFIX)}
+    scores, descriptors = split_metrics({k: v for k, v in metrics.items() if not k.startswith(STDERR_PREFIX)})
+    return {"format": TASK_OUTPUT_FORMAT, "metrics": scores, "stderr": stderr, "n_items": {},
+            "higher_is_better": {name: higher_is_better(name) for name in scores}, "primary": [],
+            "setting_params": {}, "descriptors": descriptors}
+
+
+def flat_task_metrics(output: Mapping[str, Any]) -> dict[str, Any]:
+    """A task output as one flat name -> value dict: scores and descriptors (format 1 was flat already)."""
+    if output.get("format") != TASK_OUTPUT_FORMAT:
+        return dict(output)
+    return {**output.get("metrics", {}), **output.get("descriptors", {})}
 
 
 def read_sidecar(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
