@@ -9,6 +9,7 @@ The commands are parsed out of the documents, so an example is tested the moment
   (``validate``, ``backbones``, ``data``, ``status``; ``run`` / ``build`` on a tiny copy of the grid, slow;
   ``--backend slurm`` as ``--dry-run``); ``bob data --download`` names manifest entries; ``bob report`` runs in
   tests/test_report.py;
+* ``python <script>`` runs as written (from the project root);
 * ``make <target>`` names a Makefile target (``make test`` is what CI runs); ``jupyter lab <notebook>`` names a
   notebook that exists.
 
@@ -33,7 +34,7 @@ from bobkit.tasks import get_spec
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "notebooks" / "tasks").glob("*.ipynb"))]
-PROGRAMS = ("papermill", "bob", "make", "jupyter", ".")
+PROGRAMS = ("papermill", "bob", "python", "make", "jupyter", ".")
 #: Sizes appended to a papermill example for the parameters it does not set (seconds on a CPU).
 TINY = {
     "classification": dict(image_size=32, max_train=60, max_test=40, epochs=1, batch_size=16),
@@ -217,8 +218,20 @@ def test_batch_examples_run_on_a_tiny_copy_of_their_grid(tmp_path):
         assert proc.returncode == 0, f"{example}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         ran.append(words[0])
     assert "run" in ran and results.exists()
-    assert not list(runs.glob("*/*/metrics.json")) or all(
-        json.loads(p.read_text())["status"] == "complete" for p in runs.glob("*/*/metrics.json"))
+    sidecars = [json.loads(p.read_text()) for p in runs.glob("*/*/metrics.json")]
+    assert sidecars and all(s["status"] == "complete" for s in sidecars), [s.get("error") for s in sidecars]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# python, make, jupyter
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("example", _of("python"), ids=str)
+def test_python_example_runs(example):
+    proc = subprocess.run([sys.executable, *example.words[1:]], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, f"{example}\n{proc.stderr[-2000:]}"
 
 
 # ------------------------------------------------------------------------------------------------------------
