@@ -14,13 +14,11 @@ import ast
 import functools
 from typing import Any, Callable, Iterable, Mapping
 
+from bobkit.results.sidecars import STDERR_PREFIX, TASK_OUTPUT_FORMAT, save_cell_metrics, split_metrics
 from bobkit.tasks.contract import PARAMETERS_HEADER, Metric, TaskSpec
 
 #: The first line of the cell papermill injects (``-p``, ``-y``, ``-f``).
 PAPERMILL_HEADER = "# Parameters"
-#: Stderr keys of the inner code: ``se/<metric>`` is the sampling standard error of ``<metric>``.
-STDERR_PREFIX = "se/"
-OUTPUT_FORMAT = 2
 
 Body = Callable[[dict[str, Any], Any], Any]
 
@@ -51,8 +49,6 @@ class TaskResult(dict):
         declared = self.declaration(name)
         if declared is not None:
             return declared.kind == "score"
-        from bobkit.results.sidecars import split_metrics
-
         return name in split_metrics({name: 0.0})[0]
 
     @property
@@ -110,7 +106,7 @@ class TaskResult(dict):
     def output(self) -> dict[str, Any]:
         """The task output, format 2 (``task_metrics.json``; the runner copies it into the sidecar)."""
         return {
-            "format": OUTPUT_FORMAT,
+            "format": TASK_OUTPUT_FORMAT,
             "metrics": self.scores,
             "stderr": self.stderr,
             "n_items": self.n_items,
@@ -158,8 +154,6 @@ def run_task(spec: TaskSpec, overrides: Mapping[str, Any], body: Body) -> TaskRe
     values = out.metrics if hasattr(out, "metrics") else out
     result = TaskResult(spec, params, values, details=None if out is values else out)
     if params.get("output_dir") is not None:
-        from bobkit.results.sidecars import save_cell_metrics
-
         save_cell_metrics(result, params["output_dir"])
     return result
 
