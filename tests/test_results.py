@@ -49,7 +49,8 @@ def test_json_writes_are_strict_and_atomic(tmp_path):
 def test_save_cell_metrics_is_a_noop_interactively(tmp_path):
     save_cell_metrics({"top1": 1.0}, None)
     save_cell_metrics({"top1": 1.0}, tmp_path)
-    assert json.loads((tmp_path / "task_metrics.json").read_text()) == {"top1": 1.0}
+    output = json.loads((tmp_path / "task_metrics.json").read_text())
+    assert output["format"] == 2 and output["metrics"] == {"top1": 1.0} and output["higher_is_better"] == {"top1": True}
 
 
 def _sidecar(run_key: str, backbone: str, top1: float, status: str = "complete", **fields) -> dict:

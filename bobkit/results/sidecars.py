@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from bobkit.utils.files import write_json
 
@@ -26,7 +26,9 @@ SIDECAR = "metrics.json"
 NOTEBOOK = "executed.ipynb"
 TASK_OUTPUT = "task_metrics.json"
 SCHEMA_VERSION = 2
+#: Format of ``task_metrics.json`` (see :func:`task_output`); format 1 was one flat name -> value dict.
 TASK_OUTPUT_FORMAT = 2
+#: ``se/<metric>``: the sampling standard error of ``<metric>`` over the cell's test items.
 STDERR_PREFIX = "se/"
 
 
@@ -47,11 +49,33 @@ def split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, 
     return scores, info
 
 
-def save_cell_metrics(metrics: dict[str, Any], output_dir: str | os.PathLike[str] | None) -> None:
-    """Called at the end of a task notebook: hand the metrics to the runner (no-op when run interactively)."""
+def save_cell_metrics(metrics: Mapping[str, Any], output_dir: str | os.PathLike[str] | None) -> None:
+    """Hand a cell's outputs to the runner as ``task_metrics.json``, format 2 (no-op when run interactively).
+
+    The task harness calls it when ``output_dir`` is set. ``metrics`` is a task's result (its
+    :meth:`~bobkit.tasks.harness.TaskResult.output` carries the declared directions and kinds) or a plain flat
+    dict (scores told from descriptors by name, ``se/<metric>`` keys as standard errors).
+    """
     if output_dir is None:
         return
-    write_json(Path(output_dir) / TASK_OUTPUT, metrics)
+    write_json(Path(output_dir) / TASK_OUTPUT, task_output(metrics))
+
+
+def task_output(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The format-2 task output of a task's result, a plain flat metrics dict or an output already in format 2.
+
+    Format 2: ``format``, ``metrics`` (scores), ``stderr``, ``n_items``, ``higher_is_better``, ``primary``,
+    ``setting_params`` and ``descriptors`` (timings, sizes, execution settings, peak memory).
+    """
+    output = getattr(metrics, "output", None)
+    if callable(output):
+        return output()
+    parsed = parse_task_output(dict(metrics))
+    if not parsed.higher_is_better:
+        from bobkit.results.table import higher_is_better
+
+        parsed.higher_is_better = {name: higher_is_better(name) for name in parsed.metrics}
+    return {"format": TASK_OUTPUT_FORMAT, **asdict(parsed), "setting_params": parsed.setting_params or {}}
 
 
 @dataclass
