@@ -208,3 +208,22 @@ def test_protocol_gain_uses_each_pairs_standard_error():
     assert comparison.sort_values("backbone")["delta_se"].to_numpy() == pytest.approx(expected_se)
     gain = cmp.protocol_gain(comparison, n_boot=400)
     assert gain["mean"] == pytest.approx(0.05) and gain["ci_low"] < 0.05 < gain["ci_high"]
+
+
+def test_highest_group_carries_an_interval_on_its_lead():
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"g": np.repeat(["clip", "in21k", "in1k"], 30),
+                          "arch": [f"a{i % 10}" for i in range(90)],
+                          "er": np.concatenate([rng.normal(0.10, 0.01, 30), rng.normal(0.02, 0.01, 30),
+                                                rng.normal(0.0, 0.01, 30)])})
+    summary = cmp.group_summary(frame, "er", "g", n_boot=200, cluster="arch")
+    assert summary["g"].tolist() == ["clip", "in21k", "in1k"]
+    lead = cmp.best_vs_next(frame, "er", "g", summary, n_boot=200, cluster="arch")
+    assert (lead["b"], lead["a"]) == ("clip", "in21k")
+    assert lead["diff"] == pytest.approx(frame.groupby("g")["er"].mean().pipe(lambda m: m["clip"] - m["in21k"]))
+    assert 0.05 < lead["ci_low"] < lead["diff"] < lead["ci_high"] and lead["p_b_greater"] == 1.0
+    from bobkit.analysis import prose
+
+    text = prose.describe_best_group(summary, "g", "effective robustness", lead, scale=100, unit=" points", digits=1)
+    assert text.startswith("Highest mean effective robustness by g: clip") and "ahead of in21k by 8." in text
+    assert cmp.best_vs_next(frame, "er", "g", summary.head(1)) is None

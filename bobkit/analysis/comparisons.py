@@ -309,3 +309,13 @@ def place_backbones(
     board = leaderboard(merged, n_boot=n_boot, ci=ci, seed=seed, **score_kwargs)
     board["mine"] = board["backbone"].isin(set(ours["backbone"]))
     return board, matches
+
+
+def best_vs_next(frame: pd.DataFrame, value: str, by: str, summary: pd.DataFrame, *, n_boot: int = 1000,
+                 ci: float = 0.95, seed: int = 0, cluster: str | None = None) -> dict[str, Any] | None:
+    """The first group of a :func:`group_summary` (largest mean) minus the second, with the interval of
+    :func:`group_difference`: does "highest" hold? ``None`` with fewer than two groups."""
+    if len(summary) < 2:
+        return None
+    best, second = summary[by].iloc[0], summary[by].iloc[1]
+    return group_difference(frame, value, by, a=second, b=best, n_boot=n_boot, ci=ci, seed=seed, cluster=cluster)

@@ -138,6 +138,25 @@ def describe_group_difference(diff: Mapping[str, Any], value: str = "score") -> 
             f"{100 * diff['p_b_greater']:.0f}% of bootstrap replicates.")
 
 
+def describe_best_group(summary: pd.DataFrame, by: str, what: str, diff: Mapping[str, Any] | None = None,
+                        scale: float = 1.0, unit: str = "", digits: int = 2) -> str:
+    """``Highest mean <what> by <by>: <group> (mean [interval], n = ...); ahead of <next> by d [lo, hi] (ahead in
+    p% of bootstrap replicates).`` from a :func:`~bobkit.analysis.comparisons.group_summary` and
+    :func:`~bobkit.analysis.comparisons.best_vs_next`."""
+    if summary.empty:
+        return f"No group of {md(by)} has enough rows to compare {what}."
+    best = summary.iloc[0]
+    clusters = best.get("n_clusters", best["n"])
+    size = f"n = {best['n']}" + (f" in {clusters} architectures" if clusters != best["n"] else "")
+    mean = fmt_ci(scale * best["mean"], scale * best["ci_low"], scale * best["ci_high"], digits)
+    text = f"Highest mean {what} by {md(by)}: {md(best[by])} ({mean}{unit}, {size})"
+    if diff is not None:
+        gap = fmt_ci(scale * diff["diff"], scale * diff["ci_low"], scale * diff["ci_high"], digits)
+        text += (f"; ahead of {md(diff['a'])} by {gap}{unit} (ahead in {100 * diff['p_b_greater']:.0f}% of "
+                 "bootstrap replicates)")
+    return text + "."
+
+
 def describe_regression(reg: Any) -> str:
     """R², n and the per-family slope on log10(params) of a
     :func:`~bobkit.analysis.regression.scale_regression` fit."""
