@@ -19,7 +19,13 @@ from bobkit.analysis.correlation import spearman
 from bobkit.analysis.errors import InsufficientDataError
 from bobkit.analysis.scores import backbone_metadata, leaderboard
 from bobkit.analysis.settings import match_settings, one_setting_per_base, setting_ids
-from bobkit.analysis.uncertainty import bootstrap_mean, percentile_interval, within_cell_stderr
+from bobkit.analysis.uncertainty import (
+    bootstrap_mean,
+    cluster_members,
+    percentile_interval,
+    resample_rows,
+    within_cell_stderr,
+)
 
 # --------------------------------------------------------------------------------------------------------------------
 # SSL vs supervised at matched architecture and data
@@ -117,8 +123,6 @@ def group_difference(
     interval that resamples each group's rows (or ``cluster``\\ s) and, with ``replicates`` (backbone columns), uses
     replicate values. Returns ``a``, ``b``, ``n_a``, ``n_b``, ``mean_a``, ``mean_b``, ``diff``, ``ci_low``,
     ``ci_high``, ``p_b_greater``."""
-    from bobkit.analysis.uncertainty import cluster_members, resample_rows
-
     data = frame.dropna(subset=[value])
     groups = {g: data[data[by] == g] for g in (a, b)}
     for g, part in groups.items():
