@@ -104,3 +104,29 @@ def test_consistent_colours():
     assert plots.palette_for(["SSL"], "method_kind")["SSL"] == plots.METHOD_KIND_COLORS["SSL"]
     other = plots.palette_for(["foo", "bar"], "anything")
     assert other["foo"] != other["bar"]
+
+
+def test_long_names_wrap_instead_of_being_cut():
+    name = "vit_base_patch16_clip_224.laion2b_ft_in12k_in1k"
+    wrapped = plots.wrap_label(name, 20)
+    assert "\n" in wrapped and wrapped.replace("\n", "") == name
+    assert plots.wrap_label("Supervised EfficientNet-Lite2 (IN-1k, packaged)", 30) == \
+        "Supervised EfficientNet-Lite2\n(IN-1k, packaged)"  # never broken inside IN-1k
+    board = sc.leaderboard(make_results(seeds=(0,)), n_boot=10)
+    board.loc[0, "display_name"] = name + "_with_a_much_longer_suffix_than_any_axis_allows"
+    fig = plots.leaderboard_plot(board, top=5)
+    labels = [t.get_text().replace("\n", "") for t in fig.axes[0].get_yticklabels()]
+    assert board.loc[0, "display_name"] in labels and not any(label.endswith("…") for label in labels)
+
+
+def test_leaderboard_plot_labels_and_clips_random_init_baselines():
+    board = pd.DataFrame({"backbone": ["a", "b", "r"], "display_name": ["a", "b", "resnet18"],
+                          "score": [1.0, -1.0, -40.0], "score_lo": [0.5, -1.5, -45.0], "score_hi": [1.5, -0.5, -35.0],
+                          "baseline": [False, False, True], "method_kind": ["supervised", "supervised", "random"]})
+    fig = plots.leaderboard_plot(board)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[0] == "resnet18 (random init)"
+    assert ax.get_xlim()[0] > -10  # the axis stays on the pretrained backbones
+    assert any(t.get_text().startswith("-40.0") for t in ax.texts)  # the clipped baseline's score is written
+    assert ax.patches[0].get_hatch() == "//"

@@ -71,10 +71,10 @@ def _labels(frame: pd.DataFrame, name_col: str = "display_name") -> pd.Series:
 
 
 def wrap_label(text: str, width: int = 36) -> str:
-    """``text`` on lines of at most about ``width`` characters, broken after ``.``, ``_``, ``-``, ``/``, spaces and
-    before ``(``: a long backbone name wraps instead of being cut, so names that differ only at the end stay
-    distinguishable."""
-    tokens = re.findall(r"[^._\-/ (]*(?:[._\-/ ]|$)|\([^._\-/ (]*(?:[._\-/ ]|$)", str(text))
+    """``text`` on lines of at most about ``width`` characters, broken after ``.``, ``_``, ``/``, spaces and before
+    ``(`` (never inside ``IN-1k``): a long backbone name wraps instead of being cut, so names that differ only at the
+    end stay distinguishable."""
+    tokens = re.findall(r"[^._/ (]*(?:[._/ ]|$)|\([^._/ (]*(?:[._/ ]|$)", str(text))
     lines, line = [], ""
     for token in (t for t in tokens if t):
         if line and len(line) + len(token) > width:
@@ -111,7 +111,8 @@ def leaderboard_plot(
     hue = _hue(data, color_by)
     colors = palette_for(hue, color_by)
     baseline = data["baseline"].fillna(False).astype(bool) if "baseline" in data else pd.Series(False, index=data.index)
-    labels = [wrap_label(s + (" (random init)" if b else "")) for s, b in zip(_labels(data), baseline)]
+    labels = [wrap_label(s + (" (random init)" if b and "random" not in s.lower() else ""))
+              for s, b in zip(_labels(data), baseline)]
     n_lines = sum(label.count("\n") + 1 for label in labels)
     fig, ax = plt.subplots(figsize=(FIGSIZE[0] + 1.0, max(2.0, 0.2 * n_lines + 0.1 * len(data) + 1.0)))
     y = np.arange(len(data))
@@ -126,14 +127,35 @@ def leaderboard_plot(
             err = np.vstack([data["score"] - data["score_lo"], data["score_hi"] - data["score"]])[:, ok].clip(min=0)
             ax.errorbar(data["score"][ok], y[ok], xerr=err, fmt="none", ecolor="0.2", elinewidth=1, capsize=2)
     ax.set_yticks(y, labels)
+    _clip_baselines(ax, data, baseline, y)
     ax.axvline(0, color="0.3", lw=0.8)
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     if color_by is not None and color_by in board:
         handles = [plt.Rectangle((0, 0), 1, 1, color=colors[k]) for k in colors]
-        ax.legend(handles, list(colors), title=color_by, loc="lower right", fontsize="small")
+        ax.legend(handles, list(colors), title=color_by, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     fig.tight_layout()
     return fig
+
+
+def _clip_baselines(ax: plt.Axes, data: pd.DataFrame, baseline: pd.Series, y: np.ndarray) -> None:
+    """Random-init controls scored against the pretrained backbones' spread can sit dozens of units away; keep the
+    axis on the pretrained backbones and write a clipped baseline's score at the axis edge."""
+    pretrained = data[~baseline.to_numpy()]
+    if pretrained.empty or not baseline.any():
+        return
+    ends = pd.concat([pretrained["score"], pretrained.get("score_lo", pretrained["score"]),
+                      pretrained.get("score_hi", pretrained["score"])]).dropna()
+    lo, hi = min(float(ends.min()), 0.0), max(float(ends.max()), 0.0)
+    span = hi - lo or 1.0
+    left, right = lo - 0.6 * span, hi + 0.15 * span
+    if data.loc[baseline.to_numpy(), "score"].min() >= left:
+        return
+    ax.set_xlim(left, right)
+    for yi, score in zip(y[baseline.to_numpy()], data.loc[baseline.to_numpy(), "score"]):
+        if score < left:
+            ax.annotate(f"{score:.1f} ◀", (left, yi), xytext=(3, 0), textcoords="offset points", va="center",
+                        fontsize="small", color="0.25")
 
 
 def correlation_heatmap(matrix: pd.DataFrame, *, title: str = "Spearman correlation", annot: bool = True,
