@@ -131,7 +131,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _build_and_print(runs_dir: str, results: str, *, force: bool = False, include_stale: bool = False) -> None:
-    from bobkit.analysis.stats import PRIMARY_METRICS, primary_metrics
+    from bobkit.analysis.settings import PRIMARY_METRICS, primary_metrics
     from bobkit.results.schema import write_results
     from bobkit.results.table import build_results, check_replacement, leaderboard
 

@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 from fixtures_analysis import DATA_DIR, make_minimal_results, write_table  # noqa: E402
 
 from bobkit.analysis import notebook as analysis_notebook  # noqa: E402
-from bobkit.analysis.stats import InsufficientDataError  # noqa: E402
+from bobkit.analysis.errors import InsufficientDataError  # noqa: E402
 from bobkit.report import site as report  # noqa: E402
 
 # a subset keeps the test fast: every notebook already runs under papermill in test_analysis_notebooks

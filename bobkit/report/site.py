@@ -25,8 +25,8 @@ from typing import Any
 
 import pandas as pd
 
+from bobkit.analysis.errors import InsufficientDataError
 from bobkit.analysis.notebook import read_summary
-from bobkit.analysis.stats import InsufficientDataError
 from bobkit.results.sidecars import SIDECAR, read_sidecar
 from bobkit.utils.files import atomic_path, write_json
 
@@ -362,10 +362,11 @@ def _leaderboard_for_index(out_dir: Path, results_abs: str | None) -> pd.DataFra
     if csv.exists():
         return pd.read_csv(csv)
     try:
-        from bobkit.analysis import public_tables, stats
+        from bobkit.analysis.load import load_table
+        from bobkit.analysis.scores import leaderboard
 
-        table = public_tables.load_table(results_abs, "bob_retrieval")
-        return stats.leaderboard(table, n_boot=200)
+        table = load_table(results_abs, "bob_retrieval")
+        return leaderboard(table, n_boot=200)
     except (InsufficientDataError, FileNotFoundError, ValueError) as exc:
         log.warning("no leaderboard for the index page: %s", exc)
         return None

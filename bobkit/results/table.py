@@ -155,16 +155,20 @@ def check_replacement(table: pd.DataFrame, path: str | os.PathLike[str]) -> None
 
 
 def leaderboard(table: pd.DataFrame, metric: str | None = "top1") -> pd.DataFrame:
-    """A small wide table: backbones as rows, settings (x metric, when several) as columns, mean over seeds.
+    """A small wide table: backbones as rows, settings as columns, mean over seeds (never over settings).
 
-    ``metric=None`` keeps every metric of ``table`` (e.g. rows already filtered to each task's primary metrics).
+    One column per ``setting_id``, labelled ``setting | metric`` plus the parameters that tell two settings with the
+    same label apart. ``metric=None`` keeps every metric of ``table`` (e.g. rows already filtered to each task's
+    primary metrics).
     """
     import pandas as pd
+
+    from bobkit.analysis.settings import setting_ids
 
     rows = table if metric is None else table[table["metric"] == metric]
     if rows.empty:
         return pd.DataFrame()
-    rows = rows.assign(column=rows["setting"] + ("/" + rows["metric"] if rows["metric"].nunique() > 1 else ""))
+    rows = rows.assign(column=setting_ids(rows))
     wide = rows.pivot_table(index="backbone", columns="column", values="value", aggfunc="mean")
     wide.columns.name = None
     wide["mean"] = wide.mean(axis=1)
