@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import pickle
+import shutil
 import struct
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from bobkit.data import revisited as rv
 from bobkit.data import sources
 from bobkit.data import verify as dv
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REFERENCE_DIR = Path(bd.__file__).resolve().parents[1] / "reference"
 FMNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 REFERENCE_TABLES = {
     "timm_results_imagenet": "timm-results/results-imagenet.csv",
@@ -95,21 +96,41 @@ def test_unknown_manifest_entry_names_it_and_close_matches():
     assert "timm_results_imagenet" in ei.value.close_matches
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data not present")
+def _shipped_copy(filename: str) -> Path:
+    """The copy of a public table that ships inside bobkit (``timm-results/x.csv`` -> ``reference/timm/x.csv``)."""
+    folder, name = filename.split("/")
+    return REFERENCE_DIR / {"timm-results": "timm", "bob": "bob"}[folder] / name
+
+
+@pytest.fixture
+def user_data_dir(tmp_path):
+    """A ``$BOB_DATA_DIR`` laid out as the manifest's filenames say, filled from the copies bobkit ships."""
+    root = tmp_path / "data"
+    for filename in REFERENCE_TABLES.values():
+        (root / filename).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_shipped_copy(filename), root / filename)
+    return root
+
+
 @pytest.mark.parametrize("name", sorted(REFERENCE_TABLES))
-def test_reference_tables_resolve_and_verify(name, monkeypatch):
-    monkeypatch.setenv("BOB_DATA_DIR", str(SHARED_DATA))
+def test_reference_tables_resolve_and_verify(name, monkeypatch, user_data_dir):
+    monkeypatch.setenv("BOB_DATA_DIR", str(user_data_dir))
     path = bd.resolve(name)
-    assert path == SHARED_DATA / REFERENCE_TABLES[name]
+    assert path == user_data_dir / REFERENCE_TABLES[name]
     assert path.stat().st_size == bd.load_manifest().entry(name).size_bytes
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data not present")
-def test_bob_data_dir_may_hold_several_directories(tmp_path, monkeypatch):
+def test_reference_tables_resolve_to_the_shipped_copies_without_a_data_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("BOB_DATA_DIR", str(tmp_path / "empty"))
+    for name, filename in REFERENCE_TABLES.items():
+        assert bd.resolve(name) == _shipped_copy(filename)
+
+
+def test_bob_data_dir_may_hold_several_directories(tmp_path, monkeypatch, user_data_dir):
     import os
 
-    monkeypatch.setenv("BOB_DATA_DIR", os.pathsep.join([str(tmp_path / "nothing"), str(SHARED_DATA)]))
-    assert bd.resolve("bob_backbones_catalog") == SHARED_DATA / "bob" / "backbones.csv"
+    monkeypatch.setenv("BOB_DATA_DIR", os.pathsep.join([str(tmp_path / "nothing"), str(user_data_dir)]))
+    assert bd.resolve("bob_backbones_catalog") == user_data_dir / "bob" / "backbones.csv"
 
 
 def test_status_reports_offline_entries_present():

@@ -1,6 +1,6 @@
 """Every backbone, declared once.
 
-The paper's suite follows ``../shared/data/bob/backbones.csv`` (one entry per row, ``paper_name`` = its ``name``),
+The paper's suite follows the BoB catalog shipped in ``bobkit/reference/bob/backbones.csv`` (one entry per row, ``paper_name`` = its ``name``),
 mapped to timm 1.0 names where timm hosts the weights. Then come the offline packaged backbones and the small
 random-init controls of the offline default. Parameter counts are the CSV's (timm ``num_classes=0``, no head) or,
 for added entries, computed the same way with timm 1.0.
