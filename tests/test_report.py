@@ -19,14 +19,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import nbformat  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from report_fixtures import PAYLOAD, fake_run, notebook_file  # noqa: E402
 
 from bobkit import cli  # noqa: E402
 from bobkit.analysis import notebook as analysis_notebook  # noqa: E402
 from bobkit.analysis.stats import InsufficientDataError  # noqa: E402
-from bobkit.report import claims, inputs, runs, sanitize, site, tables  # noqa: E402
+from bobkit.report import claims, inputs, pages, runs, sanitize, site, tables  # noqa: E402
 from bobkit.report.execute import NotebookRun, error_message  # noqa: E402
-
-PAYLOAD = "<img src=x onerror=alert(1)>"
 
 
 def test_analysis_helper_records_and_degrades(tmp_path):
@@ -117,34 +116,6 @@ def test_clearing_the_out_folder_never_deletes_outside_it(tmp_path):
 # The runs behind the table
 # --------------------------------------------------------------------------------------------------------------------
 
-def _notebook(path: Path, text: str = "2", stderr: str | None = None) -> Path:
-    outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": text}, execution_count=1)]
-    if stderr:
-        outputs.append(nbformat.v4.new_output("stream", name="stderr", text=stderr))
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_markdown_cell("# Classification\n\nSome prose."),
-        nbformat.v4.new_code_cell("1 + 1", execution_count=1, outputs=outputs)])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, str(path))
-    return path
-
-
-def fake_run(runs_dir: Path, task: str, key: str, *, status: str = "complete", backbone: str = "resnet18.tv_in1k",
-             label: str | None = None, error: str | None = None, notebook: bool = True) -> Path:
-    """A run folder as ``bob run`` leaves it: sidecar and executed notebook."""
-    run = runs_dir / task / key
-    run.mkdir(parents=True, exist_ok=True)
-    if notebook:
-        _notebook(run / "executed.ipynb", text=f"run {key}")
-    (run / "metrics.json").write_text(json.dumps({
-        "status": status, "run_key": key, "task": task, "label": label or f"{task} {backbone}",
-        "error": {"kind": "error", "message": error} if error else None, "code_version": f"code-{key[:4]}",
-        "params": {"backbone": backbone, "dataset": "fashion_mnist", "protocol": "linear_probe", "seed": 0},
-        "provenance": {"device": "cpu: test", "libraries": {"torch": "2.x"}}}))
-    return run
-
-
 def _table(keys: list[tuple[str, str]], runs_dir: Path | None) -> pd.DataFrame:
     rows = [{"run_key": key, "task": task, "backbone": f"bb{i}", "dataset": "fashion_mnist",
              "protocol": "linear_probe", "metric": "top1", "value": 0.5 + i / 10} for i, (task, key) in enumerate(keys)]
@@ -193,7 +164,7 @@ def test_run_keys_that_are_paths_never_reach_the_file_system(tmp_path):
 
 def test_a_symlinked_executed_notebook_is_not_published(tmp_path):
     runs_dir = tmp_path / "runs"
-    elsewhere = _notebook(tmp_path / "private" / "notes.ipynb", text="SECRET")
+    elsewhere = notebook_file(tmp_path / "private" / "notes.ipynb", text="SECRET")
     fake_run(runs_dir, "classification", "linked", notebook=False)
     (runs_dir / "classification" / "linked" / "executed.ipynb").symlink_to(elsewhere)
     real = fake_run(tmp_path / "other", "classification", "dirlink")
@@ -263,6 +234,15 @@ def test_scan_page_names_active_content():
     assert any("onerror" in f for f in findings) and any("alert(1)" in f for f in findings)
     assert any("unbalanced" in f for f in findings) and any("javascript:" in f for f in findings)
     assert any("network" in f for f in findings)
+
+
+def test_titles_never_carry_markup_even_escaped():
+    # the book theme's print header (title|striptags) and Sphinx's search results (innerHTML) unescape titles
+    assert pages.title_text(f"classification: {PAYLOAD}  on\nfashion_mnist") == \
+        "classification: ‹img src=x onerror=alert(1)› on fashion_mnist"
+    index = 'Search.setIndex({"titles": ["ok"], "alltitles": {"run: <img src=x>": [[2, "x"]]}, "terms": {}})'
+    assert sanitize.scan_search_index(index) == ["search title 'run: <img src=x>'"]
+    assert sanitize.scan_search_index(index.replace("<img src=x>", "fine")) == []
 
 
 def test_error_message_is_one_readable_line():

@@ -34,6 +34,14 @@ def markdown_text(value: Any) -> str:
     return _MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(str(value).split()))
 
 
+def title_text(value: Any) -> str:
+    """``value`` fit for a page or section title: without ``< > & " '``. Titles reach places that unescape them
+    (the book theme's print header takes ``title|striptags``; Sphinx's search shows section titles as HTML), so
+    a title must not hold markup even when escaped."""
+    text = " ".join(str(value).split())
+    return text.translate(str.maketrans({"<": "‹", ">": "›", "&": "+", '"': "", "'": "’"}))
+
+
 def html_text(value: Any) -> str:
     """``value`` escaped for HTML."""
     return html.escape("" if value is None else str(value))

@@ -11,6 +11,7 @@ stopped and names each finding.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -215,11 +216,27 @@ def scan_page(text: str) -> list[str]:
     return scanner.findings
 
 
+def scan_search_index(text: str) -> list[str]:
+    """Titles with markup in Sphinx's ``searchindex.js``: its search page inserts titles as HTML."""
+    match = re.search(r"Search\.setIndex\((.*)\)\s*;?\s*$", text, re.DOTALL)
+    if not match:
+        return []
+    index = json.loads(match.group(1))
+    titles = [*index.get("titles", []), *index.get("alltitles", {})]
+    return [f"search title {title[:60]!r}" for title in titles if "<" in title or ">" in title]
+
+
 def check_site(html_dir: Path) -> dict[str, list[str]]:
-    """``{page: findings}`` for every page of a built site that holds active content it should not."""
+    """``{page: findings}`` for every page of a built site (and its search index) that holds active content it
+    should not."""
     problems = {}
     for page in sorted(Path(html_dir).rglob("*.html")):
         findings = scan_page(page.read_text(encoding="utf-8", errors="replace"))
         if findings:
             problems[page.relative_to(html_dir).as_posix()] = findings
+    index = Path(html_dir) / "searchindex.js"
+    if index.is_file():
+        findings = scan_search_index(index.read_text(encoding="utf-8", errors="replace"))
+        if findings:
+            problems["searchindex.js"] = findings
     return problems

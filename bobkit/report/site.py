@@ -53,7 +53,8 @@ class ReportOutcome:
 
 def _run_title(record: RunRecord) -> str:
     seed = f", seed {record.seed}" if record.seed != "" else ""
-    return f"{record.task}: {record.backbone or record.run_key} · {record.dataset} · {record.protocol}{seed}"
+    return pages.title_text(f"{record.task}: {record.backbone or record.run_key} · {record.dataset} · "
+                            f"{record.protocol}{seed}")
 
 
 def _run_title_cell(record: RunRecord) -> str:
@@ -93,7 +94,8 @@ def _chapters(runs: Sequence[NotebookRun], out: Path) -> list[pages.Chapter]:
             continue
         doc = f"notebooks/{run.name}"
         nb, _ = book.prepare_notebook(run.executed, out / f"{doc}.ipynb", error=run.error)
-        chapters.append(pages.Chapter(run.name, book.short_title(book.notebook_title(nb, run.name)), run, doc))
+        title = pages.title_text(book.short_title(book.notebook_title(nb, run.name)))
+        chapters.append(pages.Chapter(run.name, title, run, doc))
     return chapters
 
 
