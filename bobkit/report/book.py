@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import nbformat
 import yaml
@@ -122,11 +122,15 @@ def book_config(title: str) -> dict[str, Any]:
     }
 
 
-def book_toc(chapters: Sequence[tuple[str, str]], runs: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """``_toc.yml``: the overview, the analysis chapters (``(doc, title)``), provenance with one page per run."""
+def book_toc(chapters: Sequence[tuple[str, str]], runs: Mapping[str, Sequence[tuple[str, str]]]) -> dict[str, Any]:
+    """``_toc.yml``: the overview, the analysis chapters (``(doc, title)``), provenance with a page per task
+    (``runs/<task>/index``) and beneath it one page per run (``runs``: ``{task: [(doc, title)]}``)."""
     provenance: dict[str, Any] = {"file": "provenance", "title": "Runs and provenance"}
     if runs:
-        provenance["sections"] = [{"file": doc, "title": title} for doc, title in runs]
+        provenance["sections"] = [
+            {"file": f"runs/{task}/index", "title": f"{task} runs",
+             "sections": [{"file": doc, "title": title} for doc, title in entries]}
+            for task, entries in sorted(runs.items())]
     parts = []
     if chapters:
         parts.append({"caption": "Analysis", "chapters": [{"file": doc, "title": t} for doc, t in chapters]})

@@ -129,9 +129,7 @@ def _leaderboard(pages: ReportPages, chapters: Mapping[str, Chapter]) -> list[st
 
 def _claims_table(claims: Sequence[ClaimResult]) -> str:
     frame = pd.DataFrame([{"the paper says": c.claim, "paper": c.stated, "this table": c.answer, "n": c.n,
-                           "verdict": c.marked_verdict, "why": c.reason} for c in claims])
-    if not frame["why"].astype(bool).any():
-        frame = frame.drop(columns="why")
+                           "verdict": c.marked_verdict + (f": {c.reason}" if c.reason else "")} for c in claims])
     return readable(frame, collapse_after=None).to_html()
 
 
@@ -164,16 +162,19 @@ def overview_markdown(pages: ReportPages) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 
 def _runs_frame(records: Iterable[RunRecord], *, with_error: bool = False) -> pd.DataFrame:
+    """One row per run; the run key links to the run's page (or notebook), ``note`` says why there is none."""
     rows = []
     for r in records:
-        row = {"task": r.task, "backbone": r.backbone, "dataset": r.dataset, "protocol": r.protocol, "seed": r.seed,
-               "status": r.status, "device": r.device, "code version": r.code_version[:12], "run key": r.run_key,
-               "notebook": "page" if r.href.endswith(".html") else ("executed.ipynb" if r.href else r.note),
-               "href": r.href}
+        row = {"run key": r.run_key, "href": r.href, "task": r.task, "backbone": r.backbone, "dataset": r.dataset,
+               "protocol": r.protocol, "seed": r.seed, "status": r.status, "device": r.device,
+               "code version": r.code_version[:12], "note": "" if r.href else r.note}
         if with_error:
             row["error"] = r.error
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if len(frame) and not frame["note"].astype(bool).any():
+        frame = frame.drop(columns="note")
+    return frame
 
 
 def _facts_table(facts: Mapping[str, Any], label: str) -> str:
@@ -197,16 +198,20 @@ def provenance_markdown(pages: ReportPages) -> str:
     parts += ["## Runs behind the table", ""]
     if pages.runs:
         parts.append(f"Exactly the {len(pages.runs):,} run keys of the table, each with its executed notebook.")
-        parts.append(html_block(readable(_runs_frame(pages.runs), links={"notebook": "href"},
-                                         collapse_after=40).to_html()))
+        parts.append(html_block(readable(_runs_frame(pages.runs), links={"run key": "href"},
+                                         caption=f"The {len(pages.runs):,} runs", collapse_after=40).to_html()))
+        tasks = sorted({r.task for r in pages.runs if r.href})
+        if tasks:
+            parts.append("By task: " + ", ".join(f"[{markdown_text(task)}](runs/{task}/index.md)" for task in tasks)
+                         + ".")
     else:
         parts.append("This table has no runs behind it.")
     parts += ["", "## Failed runs", ""]
     if pages.failed:
         parts.append("Cells of the same runs folder that failed; the table, built from complete runs, leaves them "
                      "out.")
-        parts.append(html_block(readable(_runs_frame(pages.failed, with_error=True), links={"notebook": "href"},
-                                         collapse_after=40).to_html()))
+        parts.append(html_block(readable(_runs_frame(pages.failed, with_error=True), links={"run key": "href"},
+                                         caption=f"{len(pages.failed):,} failed runs", collapse_after=40).to_html()))
     else:
         parts.append("No failed run is recorded in the runs folder.")
     parts += ["", "## Analysis notebooks", ""]
@@ -228,3 +233,14 @@ def provenance_markdown(pages: ReportPages) -> str:
               "Recorded by the runs:", "", html_block(_facts_table(pages.run_facts.get("libraries", {}), "package"))]
     parts += ["## Devices", "", html_block(_facts_table(pages.run_facts.get("device", {}), "device")), ""]
     return "\n".join(parts)
+
+
+def task_runs_markdown(task: str, records: Sequence[RunRecord]) -> str:
+    """A page per task under provenance: its runs (the book lists their pages beneath it)."""
+    frame = _runs_frame(records).drop(columns=["task"])
+    # links from runs/<task>/index.html: the run pages sit beside it
+    frame["href"] = [href.split("/", 2)[-1] if href else "" for href in frame["href"]]
+    return "\n".join([f"# {title_text(task)} runs", "",
+                      f"The {len(records):,} {markdown_text(task)} runs of the table and the failed ones of its "
+                      "runs folder, each with its executed notebook.",
+                      html_block(readable(frame, links={"run key": "href"}, collapse_after=None).to_html())])

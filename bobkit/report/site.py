@@ -68,12 +68,13 @@ def _run_title_cell(record: RunRecord) -> str:
     return "\n".join(lines)
 
 
-def publish_runs(records: Sequence[RunRecord], out: Path, *, render_runs: int) -> list[tuple[str, str]]:
+def publish_runs(records: Sequence[RunRecord], out: Path, *, render_runs: int) -> dict[str, list[tuple[str, str]]]:
     """Sanitised copies of the runs' executed notebooks under ``out/runs/<task>/<key>.ipynb``; returns the book
-    pages (``(doc, title)``) when there are at most ``render_runs`` of them, else links to the notebooks only."""
+    pages per task (``{task: [(doc, title)]}``, each task with an index page listing its runs) when there are at
+    most ``render_runs`` of them, else links to the notebooks only."""
     publishable = [r for r in records if r.notebook is not None]
     render = len(publishable) <= render_runs
-    toc = []
+    toc: dict[str, list[tuple[str, str]]] = {}
     for record in publishable:
         doc = f"runs/{record.task}/{record.run_key}"
         try:
@@ -83,7 +84,10 @@ def publish_runs(records: Sequence[RunRecord], out: Path, *, render_runs: int) -
             continue
         record.href = f"{doc}.html" if render else f"{doc}.ipynb"
         if render:
-            toc.append((doc, _run_title(record)))
+            toc.setdefault(record.task, []).append((doc, _run_title(record)))
+    for task in toc:
+        task_records = [r for r in records if r.task == task]
+        book.write_text(out / "runs" / task / "index.md", pages.task_runs_markdown(task, task_records))
     return toc
 
 

@@ -67,9 +67,11 @@ def human_size(value: float) -> str:
     return f"{value:.3g}"
 
 
-def format_number(value: float, *, integral: bool = False, digits: int = 2, p_value: bool = False) -> str:
+def format_number(value: float, *, integral: bool = False, digits: int = 2, p_value: bool = False,
+                  tiny: bool = True) -> str:
     """One number as the tables show it: integers without decimals, large values with a unit, p-values in two
-    significant digits, everything else with ``digits`` decimals (tiny values in two significant digits)."""
+    significant digits, everything else with ``digits`` decimals (tiny values in two significant digits unless
+    ``tiny`` is off, as inside an interval, whose parts share one format)."""
     if is_missing(value) or not math.isfinite(float(value)):
         return "" if is_missing(value) else str(value)
     value = float(value)
@@ -79,17 +81,18 @@ def format_number(value: float, *, integral: bool = False, digits: int = 2, p_va
         return f"{int(round(value)):,}"
     if p_value:
         return f"{value:.2g}"
-    if value != 0 and abs(value) < 10 ** -digits:
+    if tiny and value != 0 and abs(value) < 10 ** -digits:
         return f"{value:.2g}"
     return f"{value:.{digits}f}"
 
 
 def format_interval(value: float, low: float, high: float, **number_format: Any) -> str:
-    """``0.51 [0.31, 0.71]``; just the value when the bounds are missing."""
-    text = format_number(value, **number_format)
+    """``0.51 [0.31, 0.71]``; just the value when the bounds are missing. The three share one format."""
     if is_missing(low) or is_missing(high):
-        return text
-    return f"{text} [{format_number(low, **number_format)}, {format_number(high, **number_format)}]"
+        return format_number(value, **number_format)
+    number_format = {**number_format, "tiny": False}
+    parts = [format_number(v, **number_format) for v in (value, low, high)]
+    return f"{parts[0]} [{parts[1]}, {parts[2]}]"
 
 
 # --------------------------------------------------------------------------------------------------------------------
