@@ -289,6 +289,8 @@ def test_readable_table_shows_a_meaningful_index_as_a_column_and_collapses_long_
     by_family = pd.DataFrame({"mean": [0.1, 0.2]}, index=pd.Index(["CNN", "ViT"], name="family"))
     html = tables.readable(by_family).to_html()
     assert "<th class='text'>family</th>" in html and "<td class='text'>CNN</td>" in html
+    ranks = tables.readable(pd.DataFrame({"rank": [1.0], "rank_lo": [1.0], "rank_hi": [4.52]})).to_html()
+    assert "<td class='num'>1 [1, 5]</td>" in ranks  # ranks stay integers when a bound is a fractional quantile
     long = pd.DataFrame({"n": range(30)})
     collapsed = tables.readable(long, caption="Runs", collapse_after=20).to_html()
     assert collapsed.startswith("<details class='bob-collapsible'><summary>Runs: 30 rows (show)</summary>")

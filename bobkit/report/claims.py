@@ -191,7 +191,7 @@ def _top_includes(m: Measured, patterns: list[str]) -> tuple[str, str]:
 
 def verdict(check: Mapping[str, Any], measured: Mapping[str, Measured]) -> tuple[str, str]:
     """``(verdict, reason)`` for one claim's ``check`` on its measured values (``{"": m}`` for a single measure)."""
-    missing = [m.missing for m in measured.values() if m.missing]
+    missing = list(dict.fromkeys(m.missing for m in measured.values() if m.missing))
     if missing:
         return NOT_MEASURABLE, "; ".join(missing)
     single = next(iter(measured.values()))

@@ -37,6 +37,8 @@ NAME_COLUMNS = frozenset({"display_name", "backbone", "name", "architecture", "m
 #: Decimals for columns whose values have a natural precision.
 COLUMN_DIGITS: dict[str, int] = {"params_millions": 1}
 P_VALUE_COLUMNS = frozenset({"p", "pvalue", "p_value", "wilcoxon_p"})
+#: Counts and ranks: shown as integers even when a bootstrap bound between them is fractional.
+INTEGER_COLUMNS = frozenset({"rank", "n", "n_settings", "n_tasks", "n_items", "n_pairs", "seed", "runs"})
 # Bases an unprefixed ``ci_low``/``ci_high`` pair belongs to, in order of preference.
 _UNPREFIXED_BASES = ("rho", "mean", "coef", "estimate", "value", "diff", "delta", "score", "median")
 _BOUND_SUFFIXES = (("_lo", "_hi"), ("_low", "_high"), ("_ci_low", "_ci_high"))
@@ -175,7 +177,8 @@ def plan_columns(frame: pd.DataFrame, labels: Mapping[str, str] | None = None, d
             label = f"{label} [interval]"
         plan.append(Column(
             label=label, source=column, low=low, high=high, numeric=numeric,
-            integral=numeric and _all_integral(series) and (low is None or _all_integral(frame[[low, high]].stack())),
+            integral=numeric and (str(column) in INTEGER_COLUMNS or (
+                _all_integral(series) and (low is None or _all_integral(frame[[low, high]].stack())))),
             digits=COLUMN_DIGITS.get(str(column), digits), p_value=str(column) in P_VALUE_COLUMNS,
             name=str(column) in NAME_COLUMNS or labels.get(column) in NAME_COLUMNS))
     return plan
