@@ -112,6 +112,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"notebooks: {ok} of {len(outcome.notebooks)} ran")
     for run in outcome.failures:
         print(f"  FAILED {run.name}: {run.error}", file=sys.stderr)
+    if outcome.stderr_removed:
+        noisy = ", ".join(f"{name} ({count})" for name, count in outcome.stderr_removed.items())
+        print(f"stderr output left out of the pages (warnings, progress bars): {noisy}")
     print(f"report: {outcome.index}")
     if outcome.failures and not args.allow_failures:
         print(f"bob report: {len(outcome.failures)} analysis notebook(s) failed; the site shows the errors but is "

@@ -394,7 +394,7 @@ def _analysis_notebook(path: Path, body: str) -> Path:
 @pytest.mark.notebook
 def test_a_failing_notebook_shows_its_error_and_fails_the_command(tmp_path, monkeypatch, capsys):
     notebooks = tmp_path / "analysis"
-    _analysis_notebook(notebooks / "01_fine.ipynb", "print('all good')")
+    _analysis_notebook(notebooks / "01_fine.ipynb", "import warnings\nwarnings.warn('careful')\nprint('all good')")
     _analysis_notebook(notebooks / "02_broken.ipynb", f"raise RuntimeError('disk on fire {PAYLOAD}')")
     monkeypatch.setattr(site, "analysis_dir", lambda: notebooks)
     monkeypatch.chdir(tmp_path)  # no results/ here: the public-tables mode, no runs
@@ -404,6 +404,9 @@ def test_a_failing_notebook_shows_its_error_and_fails_the_command(tmp_path, monk
     assert code == 1
     assert f"FAILED 02_broken: RuntimeError: disk on fire {PAYLOAD}" in captured.err
     assert "--allow-failures" in captured.err and "notebooks: 1 of 2 ran" in captured.out
+    assert "left out of the pages (warnings, progress bars): 01_fine (1)" in captured.out
+    fine = (out / "_build" / "html" / "notebooks" / "01_fine.html").read_text()
+    assert "all good" in fine and "UserWarning" not in fine  # the output stays, the warning box goes
     overview = (out / "_build" / "html" / "index.html").read_text()
     assert "1 analysis notebook(s) failed" in overview
     assert "disk on fire &lt;img src=x onerror=alert(1)&gt;" in overview and PAYLOAD not in overview

@@ -60,6 +60,7 @@ class Chapter:
     title: str
     run: NotebookRun
     doc: str  # the book path without suffix: notebooks/01_leaderboard
+    stderr_removed: int = 0  # stderr outputs (warnings, progress bars) left out of the page
 
     @property
     def link(self) -> str:
@@ -216,7 +217,11 @@ def provenance_markdown(pages: ReportPages) -> str:
         parts.append("No failed run is recorded in the runs folder.")
     parts += ["", "## Analysis notebooks", ""]
     notebooks = pd.DataFrame([{"notebook": c.title, "href": f"{c.doc}.html", "status": "ok" if c.run.ok else "failed",
-                               "seconds": c.run.seconds, "error": c.run.error or ""} for c in pages.chapters])
+                               "seconds": c.run.seconds, "stderr outputs left out": c.stderr_removed,
+                               "error": c.run.error or ""} for c in pages.chapters])
+    parts.append("Published notebooks leave out their stderr output (progress bars, Python warnings); the executed "
+                 "originals keep it (the analysis notebooks' in `_work/` of the report folder, the runs' in the runs "
+                 "folder).")
     parts.append(html_block(readable(notebooks, links={"notebook": "href"}, collapse_after=None).to_html()))
     parts += ["", "## Code versions", "", "Code version of each run (the hash in its sidecar):", "",
               html_block(_facts_table(pages.run_facts.get("code_version", {}), "code version")),

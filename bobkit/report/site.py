@@ -45,6 +45,8 @@ class ReportOutcome:
     runs: list[RunRecord] = field(default_factory=list)
     failed_runs: list[RunRecord] = field(default_factory=list)
 
+    stderr_removed: dict[str, int] = field(default_factory=dict)
+
     @property
     def failures(self) -> list[NotebookRun]:
         """The analysis notebooks that failed."""
@@ -97,9 +99,9 @@ def _chapters(runs: Sequence[NotebookRun], out: Path) -> list[pages.Chapter]:
         if not run.executed.is_file():
             continue
         doc = f"notebooks/{run.name}"
-        nb, _ = book.prepare_notebook(run.executed, out / f"{doc}.ipynb", error=run.error)
+        nb, cleaned = book.prepare_notebook(run.executed, out / f"{doc}.ipynb", error=run.error)
         title = pages.title_text(book.short_title(book.notebook_title(nb, run.name)))
-        chapters.append(pages.Chapter(run.name, title, run, doc))
+        chapters.append(pages.Chapter(run.name, title, run, doc, stderr_removed=cleaned.stderr_removed))
     return chapters
 
 
@@ -180,7 +182,8 @@ def build_report(
     book.write_redirect(out / "index.html", index)
 
     outcome = ReportOutcome(index=index, out_dir=out, source=source, notebooks=executed, runs=records,
-                            failed_runs=failed)
+                            failed_runs=failed,
+                            stderr_removed={c.name: c.stderr_removed for c in chapters if c.stderr_removed})
     _write_manifest(outcome, content.generated)
     return outcome
 
@@ -197,4 +200,5 @@ def _write_manifest(outcome: ReportOutcome, generated: str) -> None:
         "run_keys": [r.run_key for r in outcome.runs],
         "runs_not_found": [r.run_key for r in outcome.runs if r.status in {"not found", "not a run folder name"}],
         "failed_runs": [{"run_key": r.run_key, "task": r.task, "error": r.error} for r in outcome.failed_runs],
+        "stderr_removed": outcome.stderr_removed,
     })
