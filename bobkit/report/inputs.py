@@ -17,6 +17,8 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from bobkit.utils.files import atomic_path
+
 #: Analysis notebooks are named ``NN_words`` (``01_leaderboard``).
 NOTEBOOK_NAME = re.compile(r"^\d{2}_[A-Za-z0-9_]+$")
 #: A task name or run key that may become one folder name (no separators, no leading dot).
@@ -144,5 +146,6 @@ def clear_out_dir(out: Path) -> Path:
             entry.unlink()
         else:
             shutil.rmtree(entry)
-    (out / MARKER).write_text("made by bob report: the next build empties this folder\n", encoding="utf-8")
+    with atomic_path(out / MARKER) as tmp:
+        tmp.write_text("made by bob report: the next build empties this folder\n", encoding="utf-8")
     return out

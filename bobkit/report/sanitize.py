@@ -123,20 +123,6 @@ def sanitize_notebook(nb: nbformat.NotebookNode) -> SanitizeReport:
     return report
 
 
-def sanitize_notebook_file(source: Path, target: Path) -> SanitizeReport:
-    """Read ``source`` (never through a symbolic link), sanitise it and write ``target`` atomically."""
-    from bobkit.utils.files import atomic_path
-
-    if source.is_symlink():
-        raise ValueError(f"refusing to publish {source}: it is a symbolic link")
-    nb = nbformat.read(str(source), as_version=4)
-    report = sanitize_notebook(nb)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        nbformat.write(nb, str(tmp))
-    return report
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # The built site
 # --------------------------------------------------------------------------------------------------------------------
