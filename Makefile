@@ -18,8 +18,9 @@ demo: setup
 test: setup-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The report book (offline): site/_build/html/index.html (site/index.html opens it); exits 1 if a notebook failed.
 report: setup
-	$(BOB) report --results results/results.parquet --out site
+	$(BOB) report --results results/results.parquet --out site --jobs 2
 
 bench: setup
 	$(PY) benchmarks/feature_throughput.py

@@ -118,16 +118,48 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Execute the analysis notebooks on a results table and render the static site."""
+    """Run the analysis notebooks on a results table and build the report book; exit 1 when a notebook failed
+    (unless ``--allow-failures``)."""
     from bobkit.report.site import build_report
 
     results = Path(args.results) if args.results else None
     if results is None and Path("results/results.parquet").exists():
         results = Path("results/results.parquet")
-    index = build_report(results, Path(args.out), runs_dir=Path(args.runs_dir), notebooks=args.notebooks,
-                         jobs=args.jobs, strict=args.strict, timeout=args.timeout)
-    print(f"report: {index}")
+    outcome = build_report(results, Path(args.out), runs_dir=Path(args.runs_dir), notebooks=args.notebooks,
+                           jobs=args.jobs, timeout=args.timeout, parameters=_report_parameters(args.set),
+                           render_runs=args.render_runs)
+    source = outcome.source
+    print(f"analysed: {source.results_path or 'the public reference tables'}")
+    if source.results_path is not None:
+        missing = sum(r.status in {"not found", "not a run folder name"} for r in outcome.runs)
+        print(f"runs: {len(outcome.runs)} run keys of the table, from {source.runs_dir} ({source.runs_dir_note})"
+              + (f"; {missing} not found there" if missing else ""))
+    ok = len(outcome.notebooks) - len(outcome.failures)
+    print(f"notebooks: {ok} of {len(outcome.notebooks)} ran")
+    for run in outcome.failures:
+        print(f"  FAILED {run.name}: {run.error}", file=sys.stderr)
+    if outcome.stderr_removed:
+        noisy = ", ".join(f"{name} ({count})" for name, count in outcome.stderr_removed.items())
+        print(f"stderr output left out of the pages (warnings, progress bars): {noisy}")
+    print(f"report: {outcome.index}")
+    if outcome.failures and not args.allow_failures:
+        print(f"bob report: {len(outcome.failures)} analysis notebook(s) failed; the site shows the errors but is "
+              "not ready to publish (fix them, or pass --allow-failures to publish anyway)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _report_parameters(assignments: list[str] | None) -> dict[str, object]:
+    """``--set n_boot=200 --set tasks=[retrieval]`` -> papermill parameters (values read as YAML)."""
+    import yaml
+
+    parameters: dict[str, object] = {}
+    for item in assignments or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ValueError(f"--set: {item!r} is not NAME=VALUE (e.g. n_boot=200)")
+        parameters[name] = yaml.safe_load(value)
+    return parameters
 
 
 def _build_and_print(runs_dir: str, results: str, *, force: bool = False, include_stale: bool = False) -> None:
@@ -224,15 +256,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("report", help="render the analysis notebooks into a static site")
+    p = sub.add_parser("report", help="build the report book: analysis notebooks, overview, provenance")
     p.add_argument("--results", default=None,
                    help="results table (default: results/results.parquet if present, else the public tables)")
-    p.add_argument("--out", default="site")
-    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--out", default="site",
+                   help="report folder (new, empty or made by bob report; emptied first); site in OUT/_build/html")
+    p.add_argument("--runs-dir", default="runs",
+                   help="runs folder, used only when the table does not record the one it was built from")
     p.add_argument("--notebooks", nargs="*", default=None, help="analysis notebooks to run (default: all)")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="papermill parameter for every notebook, e.g. --set n_boot=200 (repeatable)")
     p.add_argument("--jobs", type=int, default=1, help="notebooks executed at once")
     p.add_argument("--timeout", type=int, default=600, help="seconds per notebook cell")
-    p.add_argument("--strict", action="store_true", help="fail when an analysis notebook fails")
+    p.add_argument("--render-runs", type=int, default=200,
+                   help="runs' notebooks become pages up to this many runs; beyond, they are linked")
+    p.add_argument("--allow-failures", action="store_true",
+                   help="exit 0 even when an analysis notebook failed (the site shows the errors)")
+    p.add_argument("--strict", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     p.set_defaults(func=cmd_report)
     return parser
 
