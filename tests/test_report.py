@@ -1,5 +1,6 @@
-"""bobkit.report: inputs checked before anything runs, the runs behind a table, safe output, tables made to be read,
-the paper's claims against a table's answers, and a failing notebook that shows and fails the command.
+"""bobkit.report: inputs checked before anything runs, the runs behind a table, safe output, tables made to be read
+(in the book and in JupyterLab), the paper's findings beside the answers the notebooks recorded, and a failing
+notebook that shows and fails the command.
 
 The book itself, rendered in headless Chromium, is tested in ``test_book.py``.
 """
@@ -7,7 +8,6 @@ The book itself, rendered in headless Chromium, is tested in ``test_book.py``.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -23,8 +23,9 @@ from report_fixtures import PAYLOAD, fake_run, notebook_file  # noqa: E402
 
 from bobkit import cli  # noqa: E402
 from bobkit.analysis import notebook as analysis_notebook  # noqa: E402
+from bobkit.analysis import tables  # noqa: E402
 from bobkit.analysis.errors import InsufficientDataError  # noqa: E402
-from bobkit.report import claims, inputs, pages, runs, sanitize, site, tables  # noqa: E402
+from bobkit.report import answers, inputs, pages, runs, sanitize, site  # noqa: E402
 from bobkit.report.execute import NotebookRun, error_message  # noqa: E402
 
 
@@ -321,58 +322,92 @@ def test_use_readable_tables_registers_the_dataframe_formatter():
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The paper's claims beside the table's answers
+# The paper's findings beside the answers the notebooks recorded (computed once, in the notebook)
 # --------------------------------------------------------------------------------------------------------------------
 
-def _measured(value, low=math.nan, high=math.nan, n=10, interval="interval"):
-    return claims.Measured(value=value, low=low, high=high, n=n, interval=interval)
+def _write_summary(figures: Path, notebook: str, findings: dict, **extra) -> None:
+    (figures / notebook).mkdir(parents=True, exist_ok=True)
+    out = analysis_notebook.Analysis(notebook, figures / notebook, show=False)
+    for finding_id, answer in findings.items():
+        out.finding(finding_id, **answer)
+    out.record(**extra)
 
 
-def test_verdicts_follow_the_interval():
-    above = {"above": 0.8}
-    assert claims.verdict(above, {"": _measured(0.9, 0.85, 0.95)})[0] == claims.AGREES
-    assert claims.verdict(above, {"": _measured(0.5, 0.3, 0.7)})[0] == claims.DISAGREES
-    assert claims.verdict(above, {"": _measured(0.82, 0.6, 0.95)})[0] == claims.INCONCLUSIVE
-    outcome, reason = claims.verdict(above, {"": _measured(0.9, n=2)})
-    assert outcome == claims.INCONCLUSIVE and "no interval (n = 2)" in reason
-    assert claims.verdict(above, {"": _measured(0.85, 0.4, 0.97, interval="range")})[0] == claims.AGREES
-    assert claims.verdict({"below": 0}, {"": _measured(-0.5, -0.8, -0.1)})[0] == claims.AGREES
-    assert claims.verdict({"not_below": 0}, {"": _measured(-0.1, -0.3, 0.05)})[0] == claims.AGREES
-    assert claims.verdict({"not_below": 0}, {"": _measured(-0.4, -0.6, -0.2)})[0] == claims.DISAGREES
-    greater = {"greater": ["ViT", "CNN"]}
-    assert claims.verdict(greater, {"ViT": _measured(0.7, 0.6, 0.8), "CNN": _measured(0.3, 0.2, 0.4)})[0] == "agrees"
-    assert claims.verdict(greater, {"ViT": _measured(0.5, 0.2, 0.8), "CNN": _measured(0.3, 0.2, 0.4)})[0] == \
-        claims.INCONCLUSIVE
-    missing = claims.Measured(missing="no ViT rows in this table's results")
-    assert claims.verdict(greater, {"ViT": missing, "CNN": _measured(0.3, 0.2, 0.4)}) == \
-        (claims.NOT_MEASURABLE, "no ViT rows in this table's results")
+def test_overview_rows_show_what_the_notebooks_recorded(tmp_path):
+    from bobkit.analysis import findings
 
-
-def test_claims_are_measured_from_the_notebooks_outputs(tmp_path):
     figures = tmp_path / "figures"
-    (figures / "03_scale").mkdir(parents=True)
-    (figures / "03_scale" / "summary.json").write_text(json.dumps({"skipped": {}, "spearman_params": [
-        {"group": "CNN", "rho": 0.2, "ci_low": 0.1, "ci_high": 0.3, "n": 12},
-        {"group": "ViT", "rho": 0.6, "ci_low": 0.45, "ci_high": 0.75, "n": 9}]}))
-    (figures / "01_leaderboard").mkdir()
-    (figures / "01_leaderboard" / "summary.json").write_text(json.dumps({"skipped": {}}))
-    pd.DataFrame({"display_name": ["Supervised ConvNeXt-B (IN-21k)", "DINO ViT-S/16", "CLIP ViT-B/16 (LAION-2B)",
-                                   "Supervised SwinV2-B (IN-21k)"]}).to_csv(
-        figures / "01_leaderboard" / "leaderboard.csv", index=False)
-    (figures / "04_ssl_vs_supervised").mkdir()
-    (figures / "04_ssl_vs_supervised" / "summary.json").write_text(json.dumps(
-        {"skipped": {"Matched pairs": "no SSL backbone shares an architecture with a supervised one"}}))
-    results = {(r.question, r.stated): r for r in claims.evaluate(claims.load_claims(), figures,
-                                                                   failed={"06_robustness_calibration": "boom"})}
-    scale = results[("scale", "ViT 0.58, CNN 0.35")]
-    assert scale.verdict == claims.AGREES and scale.answer == "ViT 0.60 [0.45, 0.75]; CNN 0.20 [0.10, 0.30]"
-    assert scale.n == "ViT 9, CNN 12"
-    top = results[("leaderboard", "ConvNeXt-B, SwinV2-B, CLIP ViT-B")]
-    assert top.verdict == claims.PARTLY and "2 of the 3" in top.reason  # SwinV2-B is 4th
-    ssl = results[("ssl", "competitive (no single number)")]
-    assert ssl.verdict == claims.NOT_MEASURABLE and "no SSL backbone shares" in ssl.reason
-    robustness = [r for r in results.values() if r.question == "robustness"]
-    assert robustness and all("06_robustness_calibration failed" in r.reason for r in robustness)
+    scale_diff = {"diff": 0.31, "ci_low": 0.12, "ci_high": 0.5, "rho_a": 0.6, "rho_b": 0.29, "n_a": 9, "n_b": 12}
+    _write_summary(figures, "03_scale", {
+        "scale_params": findings.difference_finding("scale_params", scale_diff),
+        "scale_data": findings.not_shown("scale_data", "it has 2 pretrained ViT backbone(s) with a known size")})
+    _write_summary(figures, "02_task_correlation", {"task_correlation": findings.threshold_finding(
+        "task_correlation", 0.55, 0.2, 0.7, 12, "rho")})
+    rows = {r.finding: r for r in answers.collect(figures, failed={"06_robustness_calibration": "ValueError: boom"})}
+    # every finding of every question has a row, in the file's order
+    assert list(rows) == [f for q in findings.questions() for f in q["findings"]]
+    scale = rows["scale_params"]
+    assert (scale.answer, scale.n, scale.verdict, scale.reason) == ("0.31 [0.12, 0.50]", "21", answers.AGREES, "")
+    assert scale.stated.startswith("Spearman rho ViT 0.58, CNN 0.35") and scale.chapter == "03_scale"
+    assert "ViT minus CNN" in scale.measure
+    data = rows["scale_data"]
+    assert data.verdict == answers.NOT_MEASURABLE and data.answer == ""
+    assert data.marked_verdict == "– not measurable here: it has 2 pretrained ViT backbone(s) with a known size"
+    assert rows["task_correlation"].verdict == answers.DISAGREES  # the whole interval is under 0.8
+    assert rows["task_correlation"].answer == "0.55 [0.20, 0.70]"
+    assert rows["ood_tracks_id"].reason == "the notebook 06_robustness_calibration failed (ValueError: boom)"
+    assert rows["calibration_tracks_accuracy"].reason == rows["ood_tracks_id"].reason
+    assert rows["top_overall"].reason == "the notebook 01_leaderboard was not run for this report"
+
+
+def test_an_answer_in_words_reads_as_plain_text(tmp_path):
+    from bobkit.analysis import findings
+    from bobkit.analysis.prose import md
+
+    board = pd.DataFrame({"backbone": ["convnext_base.fb_in22k", "x"], "rank": [1, 2], "rank_lo": [1.0, 1.0],
+                          "rank_hi": [2.0, 2.0]})
+    table = pd.DataFrame({"backbone": ["convnext_base.fb_in22k", "x", "x"], "task": ["a", "b", "a"],
+                          "display_name": ["Supervised ConvNeXt-B (IN-21k)", "x", "x"]})
+    answer = findings.top_k_finding("top_overall", board, table)
+    _write_summary(tmp_path, "01_leaderboard", {"top_overall": answer, "top_small": {
+        "shown": True, "agreement": "disagrees", "n": 5,
+        "statement": f"**Top:** {md('DINO *ViT-S* [x] ' + PAYLOAD)}; the paper: other."}})
+    rows = {r.finding: r for r in answers.collect(tmp_path)}
+    top = rows["top_overall"]
+    assert top.verdict == answers.AGREES and top.n == "2"
+    assert top.answer == ("Where the paper's top 3 rank in this table: ConvNeXt-B (supervised, IN-21k): rank 1 of 2 "
+                          "(95% interval 1-2); SwinV2-B (supervised, IN-21k): not in this table; CLIP ViT-B: not in "
+                          "this table.")
+    # the notebook's Markdown (escapes, emphasis) reads as the words it renders to, and stays text in the HTML
+    small = rows["top_small"]
+    assert small.answer == f"Top: DINO *ViT-S* [x] {PAYLOAD}; the paper: other."
+    html = pages._answer_block(small)
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html and "✗ disagrees" in html
+
+
+def test_a_finding_recorded_without_a_paper_value_has_no_verdict(tmp_path):
+    _write_summary(tmp_path, "04_ssl_vs_supervised", {"ssl_vs_supervised": {
+        "shown": True, "value": 0.1, "ci_low": -0.1, "ci_high": 0.3, "n": 4, "statement": "x"}})
+    row = {r.finding: r for r in answers.collect(tmp_path)}["ssl_vs_supervised"]
+    assert (row.verdict, row.reason) == (answers.UNCLEAR, "the paper states nothing to compare with")
+
+
+def test_the_findings_file_is_the_one_source_of_the_papers_values():
+    from bobkit.analysis import findings
+    from bobkit.utils.paths import repo_root
+
+    document = findings.load_findings()
+    assert "Battle of the Backbones" in document["source"]["citation"] and "NeurIPS 2023" in document["source"]["citation"]
+    assert [q["id"] for q in document["questions"]] == ["leaderboard", "scale", "ssl", "protocols", "correlation",
+                                                         "robustness"]
+    assert not list((repo_root() / "bobkit").rglob("paper_claims*"))  # no second file of the paper's values
+    with pytest.raises(ValueError, match="finding 'scale_params' lacks \\['stated'\\]"):
+        bad = {**document, "findings": {**document["findings"],
+                                        "scale_params": {k: v for k, v in document["findings"]["scale_params"].items()
+                                                         if k != "stated"}}}
+        findings.check_findings(bad, "paper_findings.yaml")
+    with pytest.raises(ValueError, match="unknown: \\['no_such'\\]"):
+        findings.check_findings({**document, "questions": [{"id": "q", "title": "t", "findings": ["no_such"]}]})
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -1,13 +1,16 @@
-"""Tables made to be read: the one styling helper for every table the report shows.
+"""Tables made to be read: the one styling helper for every table the analysis notebooks and the report show.
 
 :func:`readable` turns a DataFrame into an HTML table without an index column, with integers as integers, large
 sizes as ``1.28 M``, estimate/interval column triples merged into ``0.51 [0.31, 0.71]``, full backbone names that
 wrap, numeric columns right-aligned (CSS class ``num``) and long tables collapsed behind a ``<details>`` element.
 Every value is HTML-escaped: a ``display_name`` of ``<img src=x onerror=alert(1)>`` shows as that text.
 
-In a notebook, ``readable(frame)`` displays as the styled table; :func:`use_readable_tables` makes every DataFrame
-a notebook displays render this way (``bob report`` turns it on in the kernels that run the analysis notebooks).
-The look (wrapping, alignment, stripes) comes from the classes below and the book's ``bob.css``.
+It lives with the analysis so that a notebook opened in JupyterLab and the published book show the same table:
+:meth:`bobkit.analysis.notebook.Analysis.table` displays through it, :func:`use_readable_tables` makes every
+DataFrame a kernel displays render this way (``bob report`` turns it on in the kernels it starts), and the report's
+own pages (:mod:`bobkit.report.pages`) build their tables with it. The look (wrapping, alignment, stripes) is
+:data:`TABLE_CSS`: shipped with the table in a notebook, written into the book's static files for the site (where
+notebook outputs lose their ``<style>``, see :mod:`bobkit.report.sanitize`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,32 @@ _BOUND_SUFFIXES = (("_lo", "_hi"), ("_low", "_high"), ("_ci_low", "_ci_high"))
 _UNPREFIXED_BOUNDS = (("ci_low", "ci_high"), ("lo", "hi"), ("low", "high"))
 #: Values at or above this size are written with a unit (``1.28 M``, ``2.3 B``).
 LARGE = 1e6
+#: The tables' look, for JupyterLab (inline, before the table) and the book (``_static/bob-tables.css``).
+TABLE_CSS = """\
+.bob-table-wrap { overflow-x: auto; margin: 0.4rem 0 1rem; }
+table.bob-table { border-collapse: collapse; font-size: 0.86rem; line-height: 1.35; width: auto;
+                  margin-left: 0; margin-right: auto; }
+table.bob-table caption { caption-side: top; text-align: left; font-weight: 600; padding: 0 0 0.3rem; }
+table.bob-table th, table.bob-table td {
+  padding: 0.25rem 0.45rem; vertical-align: top; text-align: left;
+  border: none; border-bottom: 1px solid var(--pst-color-border, #d9d9d9);
+}
+table.bob-table thead th { border-bottom: 2px solid var(--pst-color-text-muted, #888); font-weight: 600; }
+table.bob-table tbody tr:nth-child(even) { background: var(--pst-color-surface, #f5f6f7); }
+/* numbers: right-aligned, digits in columns, never broken */
+table.bob-table .num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+/* names: shown in full, wrapping between words (and inside a long id only when it must) */
+table.bob-table .name { white-space: normal; overflow-wrap: anywhere; min-width: 9rem; max-width: 24rem; }
+table.bob-table .text { white-space: normal; min-width: 5rem; max-width: 34rem; }
+details.bob-collapsible { margin: 0.4rem 0 1rem; }
+details.bob-collapsible > summary { cursor: pointer; font-weight: 600; }
+@media print {
+  .bob-table-wrap { overflow: visible; }
+  table.bob-table { font-size: 9pt; }
+  table.bob-table tbody tr:nth-child(even) { background: none; }
+  table.bob-table tr { break-inside: avoid; }
+}
+"""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -272,7 +301,8 @@ class ReadableTable:
         return text
 
     def _repr_html_(self) -> str:
-        return self.to_html()
+        # the style travels with the table in JupyterLab; the book drops it and links TABLE_CSS instead
+        return f"<style>{TABLE_CSS}</style>{self.to_html()}"
 
     def __repr__(self) -> str:
         return self.frame.to_string(index=False, max_rows=30)
@@ -300,5 +330,5 @@ def use_readable_tables(shell: Any = None) -> bool:
     if shell is None:
         return False
     formatter = shell.display_formatter.formatters["text/html"]
-    formatter.for_type(pd.DataFrame, lambda frame: readable(frame).to_html())
+    formatter.for_type(pd.DataFrame, lambda frame: readable(frame)._repr_html_())
     return True
