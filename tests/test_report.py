@@ -298,6 +298,32 @@ def test_readable_table_shows_a_meaningful_index_as_a_column_and_collapses_long_
     assert "<details" not in tables.readable(long.head(5), collapse_after=20).to_html()
 
 
+def test_analysis_tables_display_as_the_book_shows_them(tmp_path, monkeypatch):
+    """A table an analysis notebook shows in JupyterLab is the book's table: same helper, same look."""
+    from bobkit.report import book
+
+    shown = []
+    monkeypatch.setattr(analysis_notebook, "_display", shown.append)
+    out = analysis_notebook.Analysis("99_tables", tmp_path / "figs", show=True)
+    board = pd.DataFrame({"rank": [1.0, 2.0, 3.0], "display_name": [PAYLOAD, "Supervised ConvNeXt-B (IN-21k)", "c"],
+                          "score": [0.512, 0.3, 0.1], "score_lo": [0.31, 0.104, 0.0], "score_hi": [0.71, 0.5, 0.2],
+                          "family": ["CNN", "CNN", "ViT"]})
+    out.table(board, "board", show=2, columns=["rank", "display_name", "score"])
+    assert len(pd.read_csv(tmp_path / "figs" / "board.csv")) == 3  # the CSV keeps every row and column
+    (table,) = shown
+    assert isinstance(table, tables.ReadableTable)
+    html = table._repr_html_()
+    cells = _table_cells(html)
+    assert list(cells.columns) == ["rank", "backbone", "score [interval]"]  # bounds came along with the estimate
+    assert cells["rank"].tolist() == ["1", "2"] and cells["score [interval]"].tolist()[0] == "0.51 [0.31, 0.71]"
+    assert "<caption>First 2 of 3 rows (all in board.csv)</caption>" in html
+    assert html.startswith("<style>") and "table.bob-table .num" in html  # JupyterLab gets the look inline ...
+    assert "<style" not in sanitize.clean_html(html) and "<img" not in html  # ... the book drops it and links it
+    book.copy_static(tmp_path / "book")
+    assert (tmp_path / "book" / "_static" / book.TABLE_CSS_FILE).read_text() == tables.TABLE_CSS
+    assert book.TABLE_CSS_FILE in book.book_config("t")["sphinx"]["config"]["html_css_files"]
+
+
 def test_readable_table_links_are_escaped():
     frame = pd.DataFrame({"run": ["a", "b"], "href": ["runs/x/a.html", "'><script>x</script>"]})
     html = tables.readable(frame, links={"run": "href"}).to_html()
