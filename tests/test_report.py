@@ -376,6 +376,7 @@ def test_overview_rows_show_what_the_notebooks_recorded(tmp_path):
     assert (scale.answer, scale.n, scale.verdict, scale.reason) == ("0.31 [0.12, 0.50]", "21", answers.AGREES, "")
     assert scale.stated.startswith("Spearman rho ViT 0.58, CNN 0.35") and scale.chapter == "03_scale"
     assert "ViT minus CNN" in scale.measure
+    assert '<td class="keep">0.31 [0.12, 0.50]</td>' in pages._answer_block(scale)  # kept on one line
     data = rows["scale_data"]
     assert data.verdict == answers.NOT_MEASURABLE and data.answer == ""
     assert data.marked_verdict == "– not measurable here: it has 2 pretrained ViT backbone(s) with a known size"

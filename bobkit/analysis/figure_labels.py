@@ -29,6 +29,12 @@ UNITS: tuple[tuple[str, str], ...] = (
 )
 #: Points (or lines) up to this many are all numbered; beyond, only the highlighted ones.
 NUMBER_ALL_UP_TO = 20
+# Inches per line of the key (its text is "small": about 9 pt), and characters per line by number of columns.
+_KEY_LINE = 0.19
+KEY_WIDTH = {1: 80, 2: 38}
+# Where a point's number may go, in points from the point, tried in this order until it overlaps no other number.
+_OFFSETS = ((3, 3), (3, -12), (-12, 3), (-12, -12), (9, 12), (-18, 12), (9, -20), (-18, -20), (18, 0), (-26, 0),
+            (0, 20), (0, -28), (22, 16), (-30, 16), (22, -24), (-30, -24))
 
 
 def wrap_label(text: str, width: int = 36) -> str:
@@ -80,41 +86,43 @@ def key_entries(names: Sequence[str]) -> list[str]:
     return [f"{i}  {name}" for i, name in enumerate(names, start=1)]
 
 
-def key_height(names: Sequence[str], columns: int | None = None, width: int = 70) -> float:
+def key_height(names: Sequence[str], columns: int | None = None, width: int | None = None) -> float:
     """Inches the key of ``names`` needs beneath a plot (small font; wrapped lines counted; ``columns`` None:
     :func:`key_columns`)."""
     if not names:
         return 0.0
     columns = columns or key_columns(names)
+    width = width or KEY_WIDTH[min(columns, 2)]
     lines = [wrap_label(entry, width).count("\n") + 1 for entry in key_entries(names)]
     rows = int(np.ceil(len(lines) / columns))
     per_column = max(sum(lines[c * rows:(c + 1) * rows]) for c in range(columns))
-    return 0.3 + 0.16 * per_column
+    return 0.35 + _KEY_LINE * per_column
 
 
 def add_key(key_ax: plt.Axes, names: Sequence[str], *, title: str = "Key", columns: int | None = None,
-            width: int = 70) -> None:
+            width: int | None = None) -> None:
     """List ``names`` as a numbered key in ``key_ax`` (an axes beneath the plot, turned off): one text per entry,
     wrapped, in ``columns`` columns (None: :func:`key_columns`)."""
     key_ax.axis("off")
     if not names:
         return
     columns = columns or key_columns(names)
+    width = width or KEY_WIDTH[min(columns, 2)]
     entries = [wrap_label(entry, width) for entry in key_entries(names)]
     rows = int(np.ceil(len(entries) / columns))
     total = key_height(names, columns, width)
-    line = 0.16 / total  # one text line as a fraction of the key's height
-    key_ax.text(0, 1, title, transform=key_ax.transAxes, va="top", ha="left", fontsize="small", fontweight="bold")
+    line = _KEY_LINE / total  # one text line as a fraction of the key's height
+    key_ax.text(0, 1, title, transform=key_ax.transAxes, va="top", ha="left", fontsize="medium", fontweight="bold")
     for column in range(columns):
         y = 1 - 1.6 * line
         for entry in entries[column * rows:(column + 1) * rows]:
             key_ax.text(column / columns, y, entry, transform=key_ax.transAxes, va="top", ha="left",
-                        fontsize="x-small", linespacing=1.1)
+                        fontsize="small", linespacing=1.15)
             y -= line * (entry.count("\n") + 1)
 
 
 def figure_with_key(width: float, height: float, names: Sequence[str], *, columns: int | None = None,
-                    key_width: int = 70) -> tuple[plt.Figure, plt.Axes, plt.Axes | None]:
+                    key_width: int | None = None) -> tuple[plt.Figure, plt.Axes, plt.Axes | None]:
     """A figure of ``width`` x ``height`` inches for the plot, grown by the key's height when ``names`` is not
     empty: ``(fig, ax, key_ax)`` (``key_ax`` None without a key). The plot is ``fig.axes[0]``."""
     extra = key_height(names, columns, key_width)
@@ -134,11 +142,30 @@ def points_to_number(frame: pd.DataFrame, order_by: pd.Series, highlight: int,
     return (ranked if len(ranked) <= limit else ranked.head(highlight)).drop(columns="_order")
 
 
+def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def number_points(ax: plt.Axes, x: Sequence[float], y: Sequence[float]) -> None:
-    """Write 1, 2, ... beside the points at ``x``, ``y`` (small, offset up and right, on a white halo)."""
+    """Write 1, 2, ... beside the points at ``x``, ``y`` (bold, on a white halo), each where it overlaps no number
+    placed before it (the first free spot of a few around the point, with a leader when it had to move)."""
+    ax.get_xlim(), ax.get_ylim()  # settle the autoscaled limits before reading positions
+    to_points = 72.0 / ax.figure.dpi
+    placed: list[tuple[float, float, float, float]] = []
     for i, (xi, yi) in enumerate(zip(x, y), start=1):
-        ax.annotate(str(i), (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=7, fontweight="bold",
-                    color="0.1", bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
+        px, py = ax.transData.transform((xi, yi)) * to_points
+        width, height = 6.0 * len(str(i)) + 3, 10.0
+        dx, dy = _OFFSETS[0]
+        for dx, dy in _OFFSETS:
+            box = (px + dx, py + dy, px + dx + width, py + dy + height)
+            if not any(_overlaps(box, other) for other in placed):
+                break
+        placed.append((px + dx, py + dy, px + dx + width, py + dy + height))
+        moved = (dx, dy) != _OFFSETS[0]
+        ax.annotate(str(i), (xi, yi), xytext=(dx, dy), textcoords="offset points", fontsize=8, fontweight="bold",
+                    color="0.1", va="bottom", ha="left",
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.75},
+                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.4"} if moved else None)
 
 
 def backbone_names(frame: pd.DataFrame, name_col: str = "display_name") -> pd.Series:
@@ -172,4 +199,4 @@ def spread(values: Sequence[float], gap: float) -> np.ndarray:
 
 def key_columns(names: Sequence[str]) -> int:
     """Two key columns for a long key of short names, else one."""
-    return 2 if len(names) > 8 and max(len(str(n)) for n in names) <= 45 else 1
+    return 2 if len(names) > 8 and max(len(str(n)) for n in names) <= KEY_WIDTH[2] - 4 else 1

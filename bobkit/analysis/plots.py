@@ -99,9 +99,11 @@ def _hue(frame: pd.DataFrame, column: str | None) -> pd.Series:
 # Leaderboard and correlations
 # --------------------------------------------------------------------------------------------------------------------
 
-def _label_height(labels: Sequence[str], per_line: float = 0.19, per_label: float = 0.08) -> float:
-    """Inches a column of (wrapped) tick labels needs so that none overlaps the next."""
-    return sum(per_line * (label.count("\n") + 1) + per_label for label in labels)
+def _label_height(labels: Sequence[str], per_line: float = 0.2, per_label: float = 0.08) -> float:
+    """Inches a column of (wrapped) tick labels needs so that none crowds the next: the rows are evenly spaced, so
+    each gets room for the longest label."""
+    lines = max((label.count("\n") + 1 for label in labels), default=1)
+    return len(labels) * (per_line * lines + per_label)
 
 
 def leaderboard_plot(
@@ -121,7 +123,7 @@ def leaderboard_plot(
     hue = _hue(data, color_by)
     colors = palette_for(hue, color_by)
     baseline = data["baseline"].fillna(False).astype(bool) if "baseline" in data else pd.Series(False, index=data.index)
-    labels = [wrap_label(s + (" (random init)" if b and "random" not in s.lower() else ""))
+    labels = [wrap_label(s + (" (random init)" if b and "random" not in s.lower() else ""), 40)
               for s, b in zip(backbone_names(data), baseline)]
     fig, ax = plt.subplots(figsize=(FIGSIZE[0] + 1.0, max(2.0, _label_height(labels) + 1.1)))
     y = np.arange(len(data))
@@ -193,7 +195,7 @@ def correlation_heatmap(matrix: pd.DataFrame, *, title: str = "Spearman correlat
     named = n <= HEATMAP_NAMED_UP_TO
     side = min(max(3.6, 1.8 + 0.42 * n), MAX_WIDTH - 2.0)
     fig, ax, key_ax = figure_with_key(side + 2.0, side + (1.4 if named else 0.4), [] if named else names,
-                                      columns=2, key_width=55)
+                                      columns=2, key_width=56)
     with warnings.catch_warnings():  # seaborn's own use of a matplotlib API on its way out: not the reader's concern
         warnings.filterwarnings("ignore", message="The set_bad function", category=PendingDeprecationWarning)
         sns.heatmap(matrix.astype(float), vmin=vmin, vmax=1, cmap="vlag", center=0, annot=annot and n <= 12,
@@ -202,7 +204,7 @@ def correlation_heatmap(matrix: pd.DataFrame, *, title: str = "Spearman correlat
     _category_ticks(ax, [wrap_label(c, 22) for c in names], named)
     ax.set_title(title)
     if key_ax is not None:
-        add_key(key_ax, names, title="Rows and columns", columns=2, width=55)
+        add_key(key_ax, names, title="Rows and columns", columns=2, width=56)
     fig.tight_layout()
     return fig
 
@@ -268,7 +270,8 @@ def task_scatter(
 # Scale, SSL vs supervised, protocols
 # --------------------------------------------------------------------------------------------------------------------
 
-_SIZE_UNITS = {"params_millions": "parameters (M, log scale)", "pretrain_images": "pretraining images (log scale)"}
+_SIZE_LABELS = {"params_millions": ("parameters", "millions, log scale"),
+                "pretrain_images": ("pretraining images", "count, log scale")}
 
 
 def scale_plot(
@@ -312,9 +315,10 @@ def scale_plot(
     ax.set_xscale("log")
     if names:
         _numbered(ax, data, x, y, data[y], highlight)
-    ax.set_xlabel(with_unit(xlabel or x, _SIZE_UNITS.get(x, "log scale")))
+    name, unit = _SIZE_LABELS.get(x, (x, "log scale"))
+    ax.set_xlabel(with_unit(xlabel or name, unit))
     ax.set_ylabel(with_unit(f"{y} score", "mean z-score"))
-    ax.set_title(title or f"{y} score vs {xlabel or x}")
+    ax.set_title(title or f"{y} score vs {xlabel or name}")
     ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1), title=hue.replace("_", " "),
               title_fontsize="small")
     if key_ax is not None:

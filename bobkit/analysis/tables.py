@@ -55,16 +55,18 @@ table.bob-table { border-collapse: collapse; font-size: 0.86rem; line-height: 1.
                   margin-left: 0; margin-right: auto; }
 table.bob-table caption { caption-side: top; text-align: left; font-weight: 600; padding: 0 0 0.3rem; }
 table.bob-table th, table.bob-table td {
-  padding: 0.25rem 0.45rem; vertical-align: top; text-align: left;
+  padding: 0.25rem 0.4rem; vertical-align: top; text-align: left;
   border: none; border-bottom: 1px solid var(--pst-color-border, #d9d9d9);
 }
 table.bob-table thead th { border-bottom: 2px solid var(--pst-color-text-muted, #888); font-weight: 600; }
 table.bob-table tbody tr:nth-child(even) { background: var(--pst-color-surface, #f5f6f7); }
 /* numbers: right-aligned, digits in columns, never broken */
 table.bob-table .num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.bob-table thead th.num { white-space: normal; }
 /* names: shown in full, wrapping between words (and inside a long id only when it must) */
-table.bob-table .name { white-space: normal; overflow-wrap: anywhere; min-width: 9rem; max-width: 24rem; }
-table.bob-table .text { white-space: normal; min-width: 5rem; max-width: 34rem; }
+table.bob-table .name { white-space: normal; overflow-wrap: anywhere; min-width: 8rem; max-width: 24rem; }
+table.bob-table .text { white-space: normal; min-width: 4rem; max-width: 34rem; }
+table.bob-table td.keep { white-space: nowrap; }
 details.bob-collapsible { margin: 0.4rem 0 1rem; }
 details.bob-collapsible > summary { cursor: pointer; font-weight: 600; }
 @media print {
@@ -143,6 +145,7 @@ class Column:
     digits: int = 2
     p_value: bool = False
     name: bool = False
+    unbroken: bool = False
 
     def cell(self, row: Mapping[str, Any]) -> str:
         """The cell text (not yet escaped) for one row."""
@@ -248,6 +251,8 @@ class ReadableTable:
         Decimals for non-integer numbers.
     links:
         ``{column: href_column}``: cells of ``column`` link to the URL in ``href_column`` (not shown itself).
+    unbroken:
+        Columns whose cells never wrap (a text column holding ``0.51 [0.31, 0.71]``).
     """
 
     frame: pd.DataFrame
@@ -257,6 +262,7 @@ class ReadableTable:
     collapse_after: int | None = 20
     digits: int = 2
     links: Mapping[str, str] | None = None
+    unbroken: Sequence[str] = ()
     _plan: list[Column] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -273,6 +279,8 @@ class ReadableTable:
             frame = frame[keep + extra]
         self.frame = frame
         self._plan = plan_columns(frame, self.labels, self.digits)
+        for column in self._plan:
+            column.unbroken = column.source in self.unbroken
 
     def to_html(self) -> str:
         """The table as an HTML fragment (classes only, no inline styles or scripts)."""
@@ -309,12 +317,13 @@ class ReadableTable:
 
     @staticmethod
     def _classes(column: Column) -> str:
-        return " ".join(c for c in ("num" if column.numeric else "", "name" if column.name else "") if c) or "text"
+        kinds = ("num" if column.numeric else "", "name" if column.name else "", "keep" if column.unbroken else "")
+        return " ".join(c for c in kinds if c) or "text"
 
 
 def readable(frame: pd.DataFrame, **options: Any) -> ReadableTable:
     """``frame`` as a :class:`ReadableTable` (options: ``columns``, ``labels``, ``caption``, ``collapse_after``,
-    ``digits``)."""
+    ``digits``, ``links``, ``unbroken``)."""
     return ReadableTable(frame, **options)
 
 
