@@ -498,3 +498,19 @@ def test_report_writes_nothing_outside_out_on_bad_input(tmp_path):
     before = sorted(os.listdir(tmp_path))
     assert cli.main(["report", "--out", str(tmp_path / "site"), "--notebooks", "../x"]) == 2
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_published_notebooks_keep_code_behind_toggles_and_leave_out_code_that_shows_nothing(tmp_path):
+    from bobkit.report import book
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# 01 Test: a chapter"),
+        nbformat.v4.new_code_cell("n_boot = 10", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("table = load()"),
+        nbformat.v4.new_code_cell("table", execution_count=1, outputs=[
+            nbformat.v4.new_output("execute_result", data={"text/plain": "3 rows"}, execution_count=1)])])
+    source = tmp_path / "executed.ipynb"
+    nbformat.write(nb, str(source))
+    published, _ = book.prepare_notebook(source, tmp_path / "book" / "01_test.ipynb")
+    tags = [cell.metadata.get("tags", []) for cell in published.cells if cell.cell_type == "code"]
+    assert tags == [["parameters", "hide-input"], ["remove-cell"], ["hide-input"]]

@@ -70,11 +70,20 @@ def _error_cell(message: str | None) -> nbformat.NotebookNode:
         f"<p><code>{text}</code></p></div>")
 
 
+def _code_tag(cell: nbformat.NotebookNode, tags: list[str]) -> str:
+    """How a code cell shows in the book: behind a "show code" toggle when it shows something or holds the
+    parameters; left out when it shows nothing (a row of empty toggles tells a reader nothing; the executed
+    notebook, one click away, keeps every cell)."""
+    if cell.get("outputs") or {"parameters", "injected-parameters"} & set(tags):
+        return "hide-input"
+    return "remove-cell"
+
+
 def prepare_notebook(source: Path, target: Path, *, title_cell: str | None = None, error: str | None = None
                      ) -> tuple[nbformat.NotebookNode, SanitizeReport]:
-    """Copy an executed notebook into the book: outputs sanitised, code collapsed behind a toggle, papermill's
-    error banner replaced by one naming the error (escaped), an optional title cell (Markdown, already escaped)
-    first. Never reads through a symbolic link."""
+    """Copy an executed notebook into the book: outputs sanitised, code collapsed behind a toggle (code that shows
+    nothing left out, :func:`_code_tag`), papermill's error banner replaced by one naming the error (escaped), an
+    optional title cell (Markdown, already escaped) first. Never reads through a symbolic link."""
     if source.is_symlink():
         raise ValueError(f"refusing to publish {source}: it is a symbolic link")
     nb = nbformat.read(str(source), as_version=4)
@@ -85,8 +94,8 @@ def prepare_notebook(source: Path, target: Path, *, title_cell: str | None = Non
         if "papermill-error-cell-tag" in tags:
             cells.append(_error_cell(error))
             continue
-        if cell.cell_type == "code" and "hide-input" not in tags:
-            cell.metadata["tags"] = [*tags, "hide-input"]
+        if cell.cell_type == "code":
+            cell.metadata["tags"] = [*tags, _code_tag(cell, tags)]
         cells.append(cell)
     if title_cell:
         cells.insert(0, nbformat.v4.new_markdown_cell(title_cell))
