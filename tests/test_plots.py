@@ -245,7 +245,7 @@ def test_points_a_reader_must_tell_apart_are_numbered_with_a_key(table, scores):
 def test_units_follow_what_an_axis_shows():
     from bobkit.analysis.figure_labels import spread, unit_of, with_unit
 
-    assert unit_of("classification top1") == "fraction correct"
+    assert unit_of("classification top1") == "fraction correct" == unit_of("ood id_acc")
     assert unit_of("ece (lower is better)") == "0-1"
     assert unit_of("retrieval map") == "0-1" and unit_of("overall score") == "mean z-score"
     assert with_unit("parameters (M)") == "parameters (M)"  # a unit already given is kept

@@ -283,7 +283,13 @@ def test_readable_table_formats_values_as_people_read_them():
     assert cells["pretraining images"].tolist() == ["1.28 M", "14.2 M"]
     assert cells["params (M)"].tolist() == ["88.6", "4.7"] and cells["p"].tolist() == ["3.2e-47", "0.2"]
     assert "&lt;img src=x onerror=alert(1)&gt;" in html and "<img" not in html  # escaped, shown in full
-    assert "<td class='num'>0.51 [0.31, 0.71]</td>" in html and "<td class='name'>Supervised ConvNeXt-B" in html
+    assert "<td class='num'>0.51 [0.31, 0.71]</td>" in html
+    # names break between words and after _ . / - of an id, never elsewhere; their text is unchanged
+    assert "<td class='name'>Supervised ConvNeXt-<wbr>B (IN-<wbr>21k)</td>" in html
+    ids = tables.readable(pd.DataFrame({"backbone": ["vit_small_patch16_224.dino"], "top1": [0.5]})).to_html()
+    assert "vit_<wbr>small_<wbr>patch16_<wbr>224.<wbr>dino" in ids
+    assert _table_cells(ids)["backbone"].tolist() == ["vit_small_patch16_224.dino"]
+    assert "<wbr>" in sanitize.clean_html(ids)  # the sanitiser keeps the break hints
 
 
 def test_readable_table_shows_a_meaningful_index_as_a_column_and_collapses_long_tables():

@@ -23,7 +23,7 @@ UNITS: tuple[tuple[str, str], ...] = (
     (r"z-score|\bscore\b|overall", "mean z-score"),
     (r"\bece\b|calibration", "0-1"),
     (r"\bnll\b|\bloss\b", "nats"),
-    (r"top-?[15]|\bacc|accuracy|recall|\bdrop", "fraction correct"),
+    (r"top-?[15]|(?<![a-z])acc|accuracy|recall|(?<![a-z])drop", "fraction correct"),
     (r"\bm?ap\b|box_ap|mask_ap|\bmrr|auroc|\bauc\b|mp@|map@", "0-1"),
     (r"\brho\b|spearman|pearson", "-1 to 1"),
 )

@@ -223,19 +223,22 @@ def sign_finding(finding_id: str, summary: dict[str, Any], what: str, *, expecte
 def family_gain_finding(finding_id: str, comparison: pd.DataFrame, *, a: str, b: str, vit_families: list[str],
                         n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Do ViTs gain more than CNNs from protocol ``b`` over ``a``? The ViT (``vit_families``) mean ``delta`` minus
-    the CNN one over the backbone x dataset pairs of a :func:`~bobkit.analysis.comparisons.protocol_comparison`,
-    with a bootstrap interval resampling backbones within each family: :func:`sign_finding` (positive)."""
+    the CNN one over the pretrained backbones' x dataset pairs of a
+    :func:`~bobkit.analysis.comparisons.protocol_comparison` (random-init controls left out: an untrained ViT says
+    nothing about pretrained transformers), with a bootstrap interval resampling backbones within each family:
+    :func:`sign_finding` (positive)."""
     from bobkit.analysis.comparisons import group_difference
     from bobkit.analysis.errors import InsufficientDataError
     from bobkit.analysis.prose import md
 
-    grouped = comparison.assign(_family=comparison["family"].map(lambda f: "ViT" if f in vit_families else f))
+    pretrained = comparison[comparison["method_kind"] != "random"] if "method_kind" in comparison else comparison
+    grouped = pretrained.assign(_family=pretrained["family"].map(lambda f: "ViT" if f in vit_families else f))
     try:
         diff = group_difference(grouped, "delta", "_family", a="CNN", b="ViT", n_boot=n_boot, seed=seed,
                                 cluster="backbone")
     except InsufficientDataError as exc:
-        return not_shown(finding_id, f"it needs backbones of both families under both protocols ({md(exc)})",
-                         paper_value=0.0)
+        return not_shown(finding_id, f"it needs pretrained backbones of both families under both protocols "
+                                     f"({md(exc)})", paper_value=0.0)
     summary = {"mean": diff["diff"], "ci_low": diff["ci_low"], "ci_high": diff["ci_high"],
                "n": diff["n_a"] + diff["n_b"]}
     return sign_finding(finding_id, summary, f"ViT minus CNN gain from {md(b)} over {md(a)}",

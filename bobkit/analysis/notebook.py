@@ -15,7 +15,7 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import pandas as pd
 
@@ -52,12 +52,12 @@ def _display(obj: Any) -> None:
 
 
 def shown_table(frame: pd.DataFrame, name: str, *, show: int, columns: Sequence[str] | None = None,
-                digits: int = 2) -> ReadableTable:
+                digits: int = 2, labels: Mapping[str, str] | None = None) -> ReadableTable:
     """What :meth:`Analysis.table` displays: the first ``show`` rows of ``frame`` (``columns`` only) as a
     :class:`~bobkit.analysis.tables.ReadableTable`, captioned when rows are left out."""
     caption = f"First {show} of {len(frame):,} rows (all in {name}.csv)" if len(frame) > show else None
     return readable(frame.head(show), columns=[c for c in columns if c in frame] if columns else None,
-                    caption=caption, digits=digits, collapse_after=None)
+                    caption=caption, digits=digits, collapse_after=None, labels=labels)
 
 
 def _markdown(text: str) -> None:
@@ -143,11 +143,11 @@ class Analysis:
         return path
 
     def table(self, frame: pd.DataFrame, name: str, *, show: int | None = 20, columns: Sequence[str] | None = None,
-              digits: int = 2) -> Path | None:
+              digits: int = 2, labels: Mapping[str, str] | None = None) -> Path | None:
         """Save ``frame`` as ``<figures_dir>/<name>.csv`` (every row and column) and display its first ``show`` rows
-        (``columns`` only, with the interval bounds that belong to them) as the book shows tables
-        (:func:`bobkit.analysis.tables.readable`: no index, integers as integers, ``0.51 [0.31, 0.71]``, full
-        names); a caption says when rows are left out of the display."""
+        (``columns`` only, with the interval bounds that belong to them; ``labels``: header overrides) as the book
+        shows tables (:func:`bobkit.analysis.tables.readable`: no index, integers as integers,
+        ``0.51 [0.31, 0.71]``, full names); a caption says when rows are left out of the display."""
         path = None
         if self.dir is not None:
             path = self.dir / f"{name}.csv"
@@ -156,7 +156,7 @@ class Analysis:
             self.summary["tables"].append(path.name)
             self._write()
         if self.show and show:
-            _display(shown_table(frame, name, show=show, columns=columns, digits=digits))
+            _display(shown_table(frame, name, show=show, columns=columns, digits=digits, labels=labels))
         return path
 
     def record(self, **values: Any) -> None:

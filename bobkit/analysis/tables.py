@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -46,6 +47,8 @@ INTEGER_COLUMNS = frozenset({"rank", "n", "n_settings", "n_tasks", "n_items", "n
 _UNPREFIXED_BASES = ("rho", "mean", "coef", "estimate", "value", "diff", "delta", "score", "median")
 _BOUND_SUFFIXES = (("_lo", "_hi"), ("_low", "_high"), ("_ci_low", "_ci_high"))
 _UNPREFIXED_BOUNDS = (("ci_low", "ci_high"), ("lo", "hi"), ("low", "high"))
+# Where a long name may break: after these characters (<wbr> marks the spot; the text itself is unchanged).
+_BREAK_AFTER = re.compile(r"([_./-])(?=\w)")
 #: Values at or above this size are written with a unit (``1.28 M``, ``2.3 B``).
 LARGE = 1e6
 #: The tables' look, for JupyterLab (inline, before the table) and the book (``_static/bob-tables.css``).
@@ -63,8 +66,9 @@ table.bob-table tbody tr:nth-child(even) { background: var(--pst-color-surface, 
 /* numbers: right-aligned, digits in columns, never broken */
 table.bob-table .num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 table.bob-table thead th.num { white-space: normal; }
-/* names: shown in full, wrapping between words (and inside a long id only when it must) */
-table.bob-table .name { white-space: normal; overflow-wrap: anywhere; min-width: 8rem; max-width: 24rem; }
+/* names: shown in full, wrapping between words and after _ . / - inside an id (<wbr>), mid-word only when a part
+   is longer than the column */
+table.bob-table .name { white-space: normal; overflow-wrap: break-word; min-width: 8rem; max-width: 24rem; }
 table.bob-table .text { white-space: normal; min-width: 4rem; max-width: 34rem; }
 table.bob-table td.keep { white-space: nowrap; }
 details.bob-collapsible { margin: 0.4rem 0 1rem; }
@@ -302,6 +306,8 @@ class ReadableTable:
 
     def _cell_html(self, column: Column, record: Mapping[str, Any], position: int) -> str:
         text = html.escape(column.cell(record))
+        if column.name:  # an id like vit_small_patch16_224.dino may break after _ . / - and nowhere else
+            text = _BREAK_AFTER.sub(r"\1<wbr>", text)
         hrefs = self._hrefs.get(column.source)
         href = hrefs.iloc[position] if hrefs is not None else None
         if text and isinstance(href, str) and href:
