@@ -181,14 +181,18 @@ def overview_markdown(pages: ReportPages) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 
 def _runs_frame(records: Iterable[RunRecord], *, with_error: bool = False) -> pd.DataFrame:
-    """One row per run; the run key links to the run's page (or notebook), ``note`` says why there is none."""
+    """One row per run; the run key links to the run's page (or notebook), ``note`` says why there is none. Failed
+    runs (``with_error``) trade the status, device and code version (the same for all of them, or listed under
+    code versions and devices) for their error, so the table fits the page."""
     rows = []
     for r in records:
         row = {"run key": r.run_key, "href": r.href, "task": r.task, "backbone": r.backbone, "dataset": r.dataset,
-               "protocol": r.protocol, "seed": r.seed, "status": r.status, "device": r.device,
-               "code version": r.code_version[:12], "note": "" if r.href else r.note}
+               "protocol": r.protocol, "seed": r.seed}
         if with_error:
             row["error"] = r.error
+        else:
+            row.update({"status": r.status, "device": r.device, "code version": r.code_version[:12]})
+        row["note"] = "" if r.href else r.note
         rows.append(row)
     frame = pd.DataFrame(rows)
     if len(frame) and not frame["note"].astype(bool).any():
