@@ -3,7 +3,8 @@
 One build of a small synthetic table (one backbone named ``<img src=x onerror=alert(1)>``), with run folders that
 include a symlinked notebook, a failed run, and a decoy runs folder; then every page is visited once and checked:
 the sidebar lists every chapter, search finds a backbone, images decode, no stderr box or Python warning, no index
-column, nothing runs as script. Chromium comes with ``tools/setup.sh --test`` (Debian's ``chromium``).
+column, no table wider than the column, nothing runs as script. Chromium comes with ``tools/setup.sh --test``
+(Debian's ``chromium``).
 """
 
 from __future__ import annotations
@@ -137,6 +138,11 @@ PAGE_FACTS = r"""
     index_columns: tables.filter((t) => t.querySelector('tbody th') ||
       (t.querySelector('thead th') && t.querySelector('thead th').textContent.trim() === '')).length,
     handlers: document.querySelectorAll('article [onerror], article [onload], article [onclick]').length,
+    // a table wider than the column hides its right-hand columns behind a scrollbar
+    overflowing: Array.from(article.querySelectorAll('.bob-table-wrap'))
+      .filter((w) => w.closest('details') === null || w.closest('details').open)
+      .filter((w) => w.scrollWidth > w.clientWidth + 2)
+      .map((w) => Array.from(w.querySelectorAll('thead th')).map((th) => th.textContent.trim()).join(' | ')),
     dialogs: window.__bobDialogs,
     text: article.innerText,
   };
@@ -263,6 +269,11 @@ def test_no_table_shows_an_index_column(pages):
     content = _content_pages(pages)
     assert sum(f["tables"] for f in content.values()) >= 5
     assert {name: f["index_columns"] for name, f in content.items() if f["index_columns"]} == {}
+
+
+def test_every_table_fits_the_column(pages):
+    content = _content_pages(pages)
+    assert {name: f["overflowing"] for name, f in content.items() if f["overflowing"]} == {}
 
 
 def test_table_and_sidecar_values_never_run_as_script(book, pages):
