@@ -147,12 +147,13 @@ def _is_number(text: str) -> bool:
 
 def readability_problems(fig) -> list[str]:
     """What a reader would trip over: overlapping tick labels, a numeric axis without its unit, a legend on the
-    data, a figure wider than the book's column allows."""
+    data, a figure too wide for the book's column or so narrow that stretching it to the column blows its text up."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     problems = []
-    if fig.get_size_inches()[0] > plots.MAX_WIDTH + 1e-9:
-        problems.append(f"{fig.get_size_inches()[0]:.1f} in wide")
+    width = fig.get_size_inches()[0]
+    if not plots.FIGSIZE[0] - 1e-9 <= width <= plots.MAX_WIDTH + 1e-9:  # the book stretches all to one width
+        problems.append(f"{width:.1f} in wide")
     for k, ax in enumerate(fig.axes):
         if not ax.axison:  # a key beneath the plot
             continue

@@ -109,7 +109,8 @@ def test_family_gain_leaves_random_init_controls_out():
         lambda f: pd.concat([f, comparison[comparison["backbone"] == "vit_rand"]]))
     missing = findings.family_gain_finding("finetune_vs_linear_probe", only_random, a="linear_probe",
                                            b="finetune", vit_families=["ViT"], n_boot=50)
-    assert not missing["shown"] and "pretrained backbones of both families" in missing["reason"]
+    assert not missing["shown"]
+    assert missing["reason"] == "it has no pretrained ViT backbone run under both linear_probe and finetune"
 
 
 def test_plain_text_undoes_markdown_escapes():

@@ -233,12 +233,16 @@ def family_gain_finding(finding_id: str, comparison: pd.DataFrame, *, a: str, b:
 
     pretrained = comparison[comparison["method_kind"] != "random"] if "method_kind" in comparison else comparison
     grouped = pretrained.assign(_family=pretrained["family"].map(lambda f: "ViT" if f in vit_families else f))
+    present = set(grouped.dropna(subset=["delta"])["_family"])
+    absent = [family for family in ("ViT", "CNN") if family not in present]
+    if absent:
+        return not_shown(finding_id, f"it has no pretrained {' or '.join(absent)} backbone run under both "
+                                     f"{md(a)} and {md(b)}", paper_value=0.0)
     try:
         diff = group_difference(grouped, "delta", "_family", a="CNN", b="ViT", n_boot=n_boot, seed=seed,
                                 cluster="backbone")
     except InsufficientDataError as exc:
-        return not_shown(finding_id, f"it needs pretrained backbones of both families under both protocols "
-                                     f"({md(exc)})", paper_value=0.0)
+        return not_shown(finding_id, md(exc), paper_value=0.0)
     summary = {"mean": diff["diff"], "ci_low": diff["ci_low"], "ci_high": diff["ci_high"],
                "n": diff["n_a"] + diff["n_b"]}
     return sign_finding(finding_id, summary, f"ViT minus CNN gain from {md(b)} over {md(a)}",

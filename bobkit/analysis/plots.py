@@ -193,7 +193,7 @@ def correlation_heatmap(matrix: pd.DataFrame, *, title: str = "Spearman correlat
     n = matrix.shape[0]
     names = [str(c) for c in matrix.columns]
     named = n <= HEATMAP_NAMED_UP_TO
-    side = min(max(3.6, 1.8 + 0.42 * n), MAX_WIDTH - 2.0)
+    side = min(max(4.4, 1.8 + 0.42 * n), MAX_WIDTH - 2.0)  # at least as wide as the other figures, with its bar
     fig, ax, key_ax = figure_with_key(side + 2.0, side + (1.4 if named else 0.4), [] if named else names,
                                       columns=2, key_width=56)
     with warnings.catch_warnings():  # seaborn's own use of a matplotlib API on its way out: not the reader's concern
@@ -201,6 +201,7 @@ def correlation_heatmap(matrix: pd.DataFrame, *, title: str = "Spearman correlat
         sns.heatmap(matrix.astype(float), vmin=vmin, vmax=1, cmap="vlag", center=0, annot=annot and n <= 12,
                     fmt=".2f", annot_kws={"fontsize": 7 if n > 6 else 9}, square=True, ax=ax,
                     cbar_kws={"shrink": 0.7, "label": "Spearman rho (-1 to 1)"})
+    ax.grid(False)  # the style's grid would cross the cells
     _category_ticks(ax, [wrap_label(c, 22) for c in names], named)
     ax.set_title(title)
     if key_ax is not None:
@@ -376,7 +377,8 @@ def slope_chart(
     names = backbone_names(first).tolist() if numbered else []
     cols, rows = min(len(panels), per_row), int(np.ceil(len(panels) / per_row))
     extra = key_height(names)
-    fig = plt.figure(figsize=(min(2.6 * cols + 1.9, MAX_WIDTH), 3.4 * rows + extra))
+    # never narrower than the other figures: the book stretches every figure to the column
+    fig = plt.figure(figsize=(min(max(2.6 * cols + 1.9, FIGSIZE[0]), MAX_WIDTH), 3.4 * rows + extra))
     grid = fig.add_gridspec(rows + (1 if extra else 0), cols, height_ratios=[3.4] * rows + ([extra] if extra else []))
     axes = [fig.add_subplot(grid[i // cols, i % cols]) for i in range(len(panels))]
     key_ax = fig.add_subplot(grid[rows, :]) if extra else None
@@ -398,7 +400,7 @@ def slope_chart(
     handles = [plt.Line2D([], [], color=c, marker="o") for c in colors.values()]
     axes[cols - 1].legend(handles, list(colors), title=hue.replace("_", " "), fontsize="x-small", loc="upper left",
                           bbox_to_anchor=(1.05, 1), title_fontsize="small")
-    fig.suptitle(title or f"{a} vs {b}")
+    fig.suptitle(title or f"{a} vs {b}".replace("_", " "))
     if key_ax is not None:
         add_key(key_ax, names)
     fig.tight_layout()

@@ -69,7 +69,7 @@ table.bob-table thead th.num { white-space: normal; }
 /* names: shown in full, wrapping between words and after _ . / - inside an id (<wbr>), mid-word only when a part
    is longer than the column */
 table.bob-table .name { white-space: normal; overflow-wrap: break-word; min-width: 8rem; max-width: 24rem; }
-table.bob-table .text { white-space: normal; min-width: 4rem; max-width: 34rem; }
+table.bob-table .text { white-space: normal; overflow-wrap: anywhere; min-width: 4rem; max-width: 34rem; }
 table.bob-table td.keep { white-space: nowrap; }
 details.bob-collapsible { margin: 0.4rem 0 1rem; }
 details.bob-collapsible > summary { cursor: pointer; font-weight: 600; }
