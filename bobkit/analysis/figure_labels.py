@@ -73,7 +73,7 @@ def with_unit(label: str, unit: str | None = None, width: int = 60) -> str:
 def legend_outside(ax: plt.Axes, **options: object) -> None:
     """Move the axes' legend (when it has one) to the right of the plot, out of the data."""
     if ax.get_legend() is not None:
-        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), fontsize="x-small", title_fontsize="small",
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), fontsize="small", title_fontsize="medium",
                         **options)
 
 

@@ -146,7 +146,7 @@ def leaderboard_plot(
     if color_by is not None and color_by in board:
         handles = [plt.Rectangle((0, 0), 1, 1, color=colors[k]) for k in colors]
         ax.legend(handles, list(colors), title=color_by.replace("_", " "), loc="upper left",
-                  bbox_to_anchor=(1.02, 1), fontsize="x-small", title_fontsize="small")
+                  bbox_to_anchor=(1.02, 1), fontsize="small", title_fontsize="medium")
     fig.tight_layout()
     return fig
 
@@ -320,8 +320,8 @@ def scale_plot(
     ax.set_xlabel(with_unit(xlabel or name, unit))
     ax.set_ylabel(with_unit(f"{y} score", "mean z-score"))
     ax.set_title(title or f"{y} score vs {xlabel or name}")
-    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1), title=hue.replace("_", " "),
-              title_fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1), title=hue.replace("_", " "),
+              title_fontsize="medium")
     if key_ax is not None:
         add_key(key_ax, names, title=_key_title(len(names), len(data)))
     fig.tight_layout()
@@ -347,7 +347,7 @@ def paired_plot(pairs: pd.DataFrame, *, a_label: str = "supervised", b_label: st
     ax.set_ylim(-0.6, len(data) - 0.4)
     ax.set_xlabel(with_unit("score", "mean z-score"))
     ax.set_title(title or f"{b_label} (diamond) vs matched {a_label} (circle)")
-    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1))
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     return fig
 
@@ -398,8 +398,8 @@ def slope_chart(
                            fontsize="small")
         panel_ax.set_ylabel(with_unit(str(metric), width=28), fontsize="small")
     handles = [plt.Line2D([], [], color=c, marker="o") for c in colors.values()]
-    axes[cols - 1].legend(handles, list(colors), title=hue.replace("_", " "), fontsize="x-small", loc="upper left",
-                          bbox_to_anchor=(1.05, 1), title_fontsize="small")
+    axes[cols - 1].legend(handles, list(colors), title=hue.replace("_", " "), fontsize="small", loc="upper left",
+                          bbox_to_anchor=(1.05, 1), title_fontsize="medium")
     fig.suptitle(title or f"{a} vs {b}".replace("_", " "))
     if key_ax is not None:
         add_key(key_ax, names)
@@ -517,8 +517,8 @@ def probit_scatter(
     ax.set_xlabel(id_label + ", probit scale")
     ax.set_ylabel(wrap_label(f"{ood_label or ood_col} top-1 (%), probit scale", 40))
     ax.set_title(title or f"{ood_label or ood_col} vs ImageNet (n = {len(data)})")
-    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1), title=hue.replace("_", " "),
-              title_fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1), title=hue.replace("_", " "),
+              title_fontsize="medium")
     if key_ax is not None:
         add_key(key_ax, names)
     fig.tight_layout()
@@ -551,8 +551,8 @@ def group_strip(
         data["_hue"] = _hue(data, hue)
         sns.stripplot(data=data, x=value, y="_by", order=order, hue="_hue", palette=palette_for(data["_hue"], hue),
                       size=3, alpha=0.6, ax=ax)
-        ax.legend(fontsize="x-small", title=hue.replace("_", " "), loc="upper left", bbox_to_anchor=(1.02, 1),
-                  title_fontsize="small")
+        ax.legend(fontsize="small", title=hue.replace("_", " "), loc="upper left", bbox_to_anchor=(1.02, 1),
+                  title_fontsize="medium")
     else:
         sns.stripplot(data=data, x=value, y="_by", order=order, color=_CB[0], size=3, alpha=0.6, ax=ax)
     ax.set_yticks(range(len(order)), labels)
