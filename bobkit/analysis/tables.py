@@ -49,6 +49,7 @@ _BOUND_SUFFIXES = (("_lo", "_hi"), ("_low", "_high"), ("_ci_low", "_ci_high"))
 _UNPREFIXED_BOUNDS = (("ci_low", "ci_high"), ("lo", "hi"), ("low", "high"))
 # Where a long name may break: after these characters (<wbr> marks the spot; the text itself is unchanged).
 _BREAK_AFTER = re.compile(r"([_./-])(?=\w)")
+_LONG_WORD = re.compile(r"\S{21,}")
 #: Values at or above this size are written with a unit (``1.28 M``, ``2.3 B``).
 LARGE = 1e6
 #: The tables' look, for JupyterLab (inline, before the table) and the book (``_static/bob-tables.css``).
@@ -69,7 +70,7 @@ table.bob-table thead th.num { white-space: normal; }
 /* names: shown in full, wrapping between words and after _ . / - inside an id (<wbr>), mid-word only when a part
    is longer than the column */
 table.bob-table .name { white-space: normal; overflow-wrap: break-word; min-width: 8rem; max-width: 24rem; }
-table.bob-table .text { white-space: normal; overflow-wrap: anywhere; min-width: 4rem; max-width: 34rem; }
+table.bob-table .text { white-space: normal; overflow-wrap: break-word; min-width: 4rem; max-width: 34rem; }
 table.bob-table td.keep { white-space: nowrap; }
 details.bob-collapsible { margin: 0.4rem 0 1rem; }
 details.bob-collapsible > summary { cursor: pointer; font-weight: 600; }
@@ -308,6 +309,8 @@ class ReadableTable:
         text = html.escape(column.cell(record))
         if column.name:  # an id like vit_small_patch16_224.dino may break after _ . / - and nowhere else
             text = _BREAK_AFTER.sub(r"\1<wbr>", text)
+        elif not column.numeric:  # so may a long path or module name in a message, never a short word
+            text = _LONG_WORD.sub(lambda word: _BREAK_AFTER.sub(r"\1<wbr>", word.group(0)), text)
         hrefs = self._hrefs.get(column.source)
         href = hrefs.iloc[position] if hrefs is not None else None
         if text and isinstance(href, str) and href:
