@@ -138,9 +138,9 @@ PAGE_FACTS = r"""
     index_columns: tables.filter((t) => t.querySelector('tbody th') ||
       (t.querySelector('thead th') && t.querySelector('thead th').textContent.trim() === '')).length,
     handlers: document.querySelectorAll('article [onerror], article [onload], article [onclick]').length,
-    // a table wider than the column hides its right-hand columns behind a scrollbar
-    overflowing: Array.from(article.querySelectorAll('.bob-table-wrap'))
-      .filter((w) => w.closest('details') === null || w.closest('details').open)
+    // a table wider than the column hides its right-hand columns behind a scrollbar (collapsed ones opened)
+    overflowing: Array.from(article.querySelectorAll('details')).map((d) => { d.open = true; return d; }) &&
+      Array.from(article.querySelectorAll('.bob-table-wrap'))
       .filter((w) => w.scrollWidth > w.clientWidth + 2)
       .map((w) => Array.from(w.querySelectorAll('thead th')).map((th) => th.textContent.trim()).join(' | ')),
     dialogs: window.__bobDialogs,

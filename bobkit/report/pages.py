@@ -180,24 +180,36 @@ def overview_markdown(pages: ReportPages) -> str:
 # Provenance
 # --------------------------------------------------------------------------------------------------------------------
 
-def _runs_frame(records: Iterable[RunRecord], *, with_error: bool = False) -> pd.DataFrame:
-    """One row per run; the run key links to the run's page (or notebook), ``note`` says why there is none. Failed
-    runs (``with_error``) trade the status, device and code version (the same for all of them, or listed under
-    code versions and devices) for their error, so the table fits the page."""
+def _runs_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
+    """One row per run; the run key links to the run's page (or notebook), ``note`` says why there is none. The
+    device is on the run's page and counted under Devices (its long name would push the table off the page)."""
     rows = []
     for r in records:
-        row = {"run key": r.run_key, "href": r.href, "task": r.task, "backbone": r.backbone, "dataset": r.dataset,
-               "protocol": r.protocol, "seed": r.seed}
-        if with_error:
-            row["error"] = r.error
-        else:
-            row.update({"status": r.status, "device": r.device, "code version": r.code_version[:12]})
-        row["note"] = "" if r.href else r.note
-        rows.append(row)
+        rows.append({"run key": r.run_key, "href": r.href, "task": r.task, "backbone": r.backbone,
+                     "dataset": r.dataset, "protocol": r.protocol, "seed": r.seed, "status": r.status,
+                     "code version": r.code_version[:12], "note": "" if r.href else r.note})
     frame = pd.DataFrame(rows)
     if len(frame) and not frame["note"].astype(bool).any():
         frame = frame.drop(columns="note")
     return frame
+
+
+def _failed_runs_html(records: Sequence[RunRecord], collapse_after: int = 10) -> str:
+    """Each failed run on its own lines: the run key (linked to its notebook), what it ran, and its error in full
+    (an error is a sentence with paths in it: a table column would squeeze it or push the table off the page)."""
+    items = []
+    for r in records:
+        key = html_text(r.run_key)
+        link = f"<a href='{html_text(r.href)}'>{key}</a>" if r.href else key
+        what = " · ".join(html_text(v) for v in (r.task, r.backbone, r.dataset, r.protocol) if v)
+        seed = f" · seed {html_text(r.seed)}" if r.seed != "" else ""
+        error = html_text(r.error).replace("\n", "<br>")  # the page's HTML block is one line
+        items.append(f"<li><p><b>{link}</b>: {what}{seed}</p><pre class='bob-error'>{error}</pre></li>")
+    listing = f"<ul class='bob-failed'>{''.join(items)}</ul>"
+    if len(records) > collapse_after:
+        return (f"<details class='bob-collapsible'><summary>{len(records):,} failed runs (show)</summary>"
+                f"{listing}</details>")
+    return listing
 
 
 def _facts_table(facts: Mapping[str, Any], label: str) -> str:
@@ -233,8 +245,7 @@ def provenance_markdown(pages: ReportPages) -> str:
     if pages.failed:
         parts.append("Cells of the same runs folder that failed; the table, built from complete runs, leaves them "
                      "out.")
-        parts.append(html_block(readable(_runs_frame(pages.failed, with_error=True), links={"run key": "href"},
-                                         caption=f"{len(pages.failed):,} failed runs", collapse_after=40).to_html()))
+        parts.append(html_block(_failed_runs_html(pages.failed)))
     else:
         parts.append("No failed run is recorded in the runs folder.")
     parts += ["", "## Analysis notebooks", ""]
