@@ -55,11 +55,11 @@ LARGE = 1e6
 #: The tables' look, for JupyterLab (inline, before the table) and the book (``_static/bob-tables.css``).
 TABLE_CSS = """\
 .bob-table-wrap { overflow-x: auto; margin: 0.4rem 0 1rem; }
-table.bob-table { border-collapse: collapse; font-size: 0.86rem; line-height: 1.35; width: auto;
+table.bob-table { border-collapse: collapse; font-size: 0.82rem; line-height: 1.35; width: auto;
                   margin-left: 0; margin-right: auto; }
 table.bob-table caption { caption-side: top; text-align: left; font-weight: 600; padding: 0 0 0.3rem; }
 table.bob-table th, table.bob-table td {
-  padding: 0.25rem 0.4rem; vertical-align: top; text-align: left;
+  padding: 0.25rem 0.3rem; vertical-align: top; text-align: left;
   border: none; border-bottom: 1px solid var(--pst-color-border, #d9d9d9);
 }
 table.bob-table thead th { border-bottom: 2px solid var(--pst-color-text-muted, #888); font-weight: 600; }
@@ -69,7 +69,7 @@ table.bob-table .num { text-align: right; font-variant-numeric: tabular-nums; wh
 table.bob-table thead th.num { white-space: normal; }
 /* names: shown in full, wrapping between words and after _ . / - inside an id (<wbr>), mid-word only when a part
    is longer than the column */
-table.bob-table .name { white-space: normal; overflow-wrap: break-word; min-width: 8rem; max-width: 24rem; }
+table.bob-table .name { white-space: normal; overflow-wrap: break-word; min-width: 7rem; max-width: 24rem; }
 table.bob-table .text { white-space: normal; overflow-wrap: break-word; min-width: 4rem; max-width: 34rem; }
 table.bob-table td.keep { white-space: nowrap; }
 details.bob-collapsible { margin: 0.4rem 0 1rem; }

@@ -180,18 +180,22 @@ def overview_markdown(pages: ReportPages) -> str:
 # Provenance
 # --------------------------------------------------------------------------------------------------------------------
 
-def _runs_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
-    """One row per run; the run key links to the run's page (or notebook), ``note`` says why there is none. The
-    device is on the run's page and counted under Devices (its long name would push the table off the page)."""
-    rows = []
-    for r in records:
-        rows.append({"run key": r.run_key, "href": r.href, "task": r.task, "backbone": r.backbone,
-                     "dataset": r.dataset, "protocol": r.protocol, "seed": r.seed, "status": r.status,
-                     "code version": r.code_version[:12], "note": "" if r.href else r.note})
-    frame = pd.DataFrame(rows)
-    if len(frame) and not frame["note"].astype(bool).any():
-        frame = frame.drop(columns="note")
-    return frame
+def _what_ran(record: RunRecord, *, with_task: bool = True) -> str:
+    """``classification · resnet18.tv_in1k · fashion_mnist · linear_probe · seed 0`` (one cell that wraps)."""
+    parts = [record.task] if with_task else []
+    parts += [record.backbone, record.dataset, record.protocol]
+    seed = [f"seed {record.seed}"] if record.seed != "" else []
+    return " · ".join(str(p) for p in [*parts, *seed] if p)
+
+
+def _runs_frame(records: Iterable[RunRecord], *, with_task: bool = True) -> pd.DataFrame:
+    """One row per run: the run key (linked to the run's page or notebook), what ran in one wrapping cell, the
+    status (with the reason a run has no page) and the code version; the device is on the run's page and counted
+    under Devices. Few columns, so the table fits the page's column."""
+    rows = [{"run key": r.run_key, "href": r.href, "what ran": _what_ran(r, with_task=with_task),
+             "status": r.status + ("" if r.href or not r.note else f" ({r.note})"),
+             "code version": r.code_version[:12]} for r in records]
+    return pd.DataFrame(rows, columns=["run key", "href", "what ran", "status", "code version"])
 
 
 def _failed_runs_html(records: Sequence[RunRecord], collapse_after: int = 10) -> str:
@@ -275,7 +279,7 @@ def provenance_markdown(pages: ReportPages) -> str:
 
 def task_runs_markdown(task: str, records: Sequence[RunRecord]) -> str:
     """A page per task under provenance: its runs (the book lists their pages beneath it)."""
-    frame = _runs_frame(records).drop(columns=["task"])
+    frame = _runs_frame(records, with_task=False)
     # links from runs/<task>/index.html: the run pages sit beside it
     frame["href"] = [href.split("/", 2)[-1] if href else "" for href in frame["href"]]
     return "\n".join([f"# {title_text(task)} runs", "",
