@@ -333,6 +333,16 @@ def test_analysis_tables_display_as_the_book_shows_them(tmp_path, monkeypatch):
     assert book.TABLE_CSS_FILE in book.book_config("t")["sphinx"]["config"]["html_css_files"]
 
 
+def test_small_values_keep_their_digits():
+    # effective robustness is a few thousandths: two decimals would print 0.01 [-0.00, 0.00]
+    er = pd.DataFrame({"group": ["JFT", "IN-1k"], "mean": [0.0077, 0.0002], "ci_low": [0.004, -0.0004],
+                       "ci_high": [0.012, 0.0008], "n": [35, 976]})
+    cells = _table_cells(tables.readable(er).to_html())
+    assert cells["mean [interval]"].tolist() == ["0.0077 [0.0040, 0.0120]", "0.0002 [-0.0004, 0.0008]"]
+    scores = _table_cells(tables.readable(pd.DataFrame({"score": [0.512, 1.3]})).to_html())
+    assert scores["score"].tolist() == ["0.51", "1.30"]  # ordinary values keep two
+
+
 def test_readable_table_links_are_escaped():
     frame = pd.DataFrame({"run": ["a", "b"], "href": ["runs/x/a.html", "'><script>x</script>"]})
     html = tables.readable(frame, links={"run": "href"}).to_html()

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 #: Readable headers for the results-table and leaderboard columns the analysis shows most.
@@ -194,6 +195,17 @@ def _interval_bounds(frame: pd.DataFrame) -> dict[str, tuple[str, str]]:
     return {b: lh for b, lh in bounds.items() if _is_number_column(frame[b])}
 
 
+def _digits_for(frame: pd.DataFrame, columns: Sequence[str | None], digits: int, most: int = 4) -> int:
+    """Decimals that show a column's values: ``digits``, or more (up to ``most``) when its typical value (the
+    median size, interval bounds included) is small, so an effective robustness of 0.0077 reads 0.0077, not 0.01,
+    and its interval is not [-0.00, 0.00]."""
+    values = pd.concat([pd.to_numeric(frame[c], errors="coerce") for c in columns if c is not None and c in frame])
+    sizes = values[np.isfinite(values) & (values != 0)].abs()
+    if sizes.empty:
+        return digits
+    return int(min(most, max(digits, 1 - np.floor(np.log10(sizes.median())))))
+
+
 def plan_columns(frame: pd.DataFrame, labels: Mapping[str, str] | None = None, digits: int = 2) -> list[Column]:
     """The columns :func:`readable` shows for ``frame``: bounds merged into their estimate, headers made readable."""
     overrides = dict(labels or {})
@@ -216,7 +228,8 @@ def plan_columns(frame: pd.DataFrame, labels: Mapping[str, str] | None = None, d
             label=label, source=column, low=low, high=high, numeric=numeric,
             integral=numeric and (str(column) in INTEGER_COLUMNS or (
                 _all_integral(series) and (low is None or _all_integral(frame[[low, high]].stack())))),
-            digits=COLUMN_DIGITS.get(str(column), digits), p_value=str(column) in P_VALUE_COLUMNS,
+            digits=COLUMN_DIGITS.get(str(column), _digits_for(frame, [column, low, high], digits)),
+            p_value=str(column) in P_VALUE_COLUMNS,
             name=str(column) in NAME_COLUMNS or labels.get(column) in NAME_COLUMNS))
     return plan
 
