@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import re  # noqa: E402
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from fixtures_analysis import make_results  # noqa: E402
@@ -132,6 +133,19 @@ def test_leaderboard_plot_labels_and_clips_random_init_baselines():
     assert ax.get_xlim()[0] > -10  # the axis stays on the pretrained backbones
     assert any(t.get_text().startswith("-40.0") for t in ax.texts)  # the clipped baseline's score is written
     assert ax.patches[0].get_hatch() == "//"
+
+
+def test_a_clipped_baselines_interval_never_runs_through_its_written_score():
+    """The baseline's interval reaches into the axis (-2.0 > the left edge), but its score is written at the edge:
+    the interval line would strike the number through, so the clipped row draws none (the table gives it)."""
+    board = pd.DataFrame({"backbone": ["a", "b", "r"], "display_name": ["a", "b", "resnet18"],
+                          "score": [1.0, -1.0, -40.0], "score_lo": [0.5, -1.5, -80.0], "score_hi": [1.5, -0.5, -2.0],
+                          "baseline": [False, False, True], "method_kind": ["supervised", "supervised", "random"]})
+    ax = plots.leaderboard_plot(board).axes[0]
+    assert ax.get_xlim()[0] < -2.0  # the interval's upper end would be on the axis
+    rows = {round(float(y), 6) for lines in ax.collections for segment in lines.get_segments()
+            for y in np.asarray(segment)[:, 1]}
+    assert 0.0 not in rows and {1.0, 2.0} <= rows  # the baseline (bottom row) has no interval line, the others do
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -132,14 +132,21 @@ def leaderboard_plot(
         if is_baseline:
             bar.set_hatch("//")
             bar.set_alpha(0.5)
+    limits = _baseline_clip_limits(data, baseline)
+    clipped = (data["score"] < limits[0]).to_numpy() if limits else np.zeros(len(data), dtype=bool)
     if "score_lo" in data:
-        ok = np.isfinite(data["score_lo"]) & np.isfinite(data["score_hi"])
+        # A clipped bar's interval would run through the score written over it; the table gives that interval.
+        ok = (np.isfinite(data["score_lo"]) & np.isfinite(data["score_hi"])).to_numpy() & ~clipped
         if ok.any():
             err = np.vstack([data["score"] - data["score_lo"], data["score_hi"] - data["score"]])[:, ok].clip(min=0)
             ax.errorbar(data["score"][ok], y[ok], xerr=err, fmt="none", ecolor="0.2", elinewidth=1, capsize=2)
     ax.set_yticks(y, labels)
     ax.set_ylim(-0.6, len(data) - 0.4)
-    _clip_baselines(ax, data, baseline, y)
+    if limits:
+        ax.set_xlim(*limits)
+        for yi, score in zip(y[clipped], data.loc[clipped, "score"]):
+            ax.annotate(f"{score:.1f} ◀", (limits[0], yi), xytext=(3, 0), textcoords="offset points", va="center",
+                        fontsize="small", color="0.25")
     ax.axvline(0, color="0.3", lw=0.8)
     ax.set_xlabel(with_unit(xlabel, "mean z-score"))
     ax.set_title(title)
@@ -151,24 +158,20 @@ def leaderboard_plot(
     return fig
 
 
-def _clip_baselines(ax: plt.Axes, data: pd.DataFrame, baseline: pd.Series, y: np.ndarray) -> None:
-    """Random-init controls scored against the pretrained backbones' spread can sit dozens of units away; keep the
-    axis on the pretrained backbones and write a clipped baseline's score at the axis edge."""
+def _baseline_clip_limits(data: pd.DataFrame, baseline: pd.Series) -> tuple[float, float] | None:
+    """Random-init controls scored against the pretrained backbones' spread can sit dozens of units away: the x
+    limits that keep the axis on the pretrained backbones, or None when every baseline fits on it anyway."""
     pretrained = data[~baseline.to_numpy()]
     if pretrained.empty or not baseline.any():
-        return
+        return None
     ends = pd.concat([pretrained["score"], pretrained.get("score_lo", pretrained["score"]),
                       pretrained.get("score_hi", pretrained["score"])]).dropna()
     lo, hi = min(float(ends.min()), 0.0), max(float(ends.max()), 0.0)
     span = hi - lo or 1.0
     left, right = lo - 0.6 * span, hi + 0.15 * span
     if data.loc[baseline.to_numpy(), "score"].min() >= left:
-        return
-    ax.set_xlim(left, right)
-    for yi, score in zip(y[baseline.to_numpy()], data.loc[baseline.to_numpy(), "score"]):
-        if score < left:
-            ax.annotate(f"{score:.1f} ◀", (left, yi), xytext=(3, 0), textcoords="offset points", va="center",
-                        fontsize="small", color="0.25")
+        return None
+    return left, right
 
 
 def _category_ticks(ax: plt.Axes, labels: Sequence[str], named: bool) -> None:
