@@ -264,8 +264,14 @@ def test_synthetic_findings_beside_the_papers(synthetic_runs):
     independent computation from the notebooks' own CSVs."""
     protocols = synthetic_runs["05_finetune_vs_linear_probe"]["figures_dir"]
     gain = _summary(protocols)["findings"]["finetune_vs_linear_probe"]
-    pairs = pd.read_csv(protocols / "protocol_pairs.csv")
-    pairs = pairs[pairs["method_kind"] != "random"]  # the paper's claim is about pretrained backbones
+    everything = pd.read_csv(protocols / "protocol_pairs.csv")
+    pairs = everything[everything["method_kind"] != "random"]  # the paper's claim is about pretrained backbones
+    by_family = pd.read_csv(protocols / "delta_by_family.csv").set_index("family")["mean"]
+    controls = everything[everything["method_kind"] == "random"]
+    assert not controls.empty  # the table beside the finding sets them apart rather than pooling them in
+    expected_table = pd.concat([pairs.groupby("family")["delta"].mean(),
+                                controls.groupby(controls["family"] + ", random init")["delta"].mean()])
+    assert by_family.sort_index().to_dict() == pytest.approx(expected_table.sort_index().to_dict(), abs=1e-9)
     vit_like = pairs["family"].isin(["ViT", "hierarchical-ViT"])
     expected = pairs.loc[vit_like, "delta"].mean() - pairs.loc[pairs["family"] == "CNN", "delta"].mean()
     assert gain["shown"] and gain["value"] == pytest.approx(expected, abs=1e-9)

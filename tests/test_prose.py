@@ -113,6 +113,14 @@ def test_family_gain_leaves_random_init_controls_out():
     assert missing["reason"] == "it has no pretrained ViT backbone run under both linear_probe and finetune"
 
 
+def test_family_table_sets_random_init_controls_apart():
+    comparison = pd.DataFrame({"family": ["CNN", "CNN", "ViT", None], "delta": [0.1, -0.4, -0.5, 0.2],
+                               "method_kind": ["supervised", "random", "random", "SSL"]})
+    groups = findings.family_or_control(comparison)
+    assert list(groups) == ["CNN", "CNN, random init", "ViT, random init", "unknown"]
+    assert list(findings.family_or_control(comparison.drop(columns="method_kind"))) == ["CNN", "CNN", "ViT", "unknown"]
+
+
 def test_plain_text_undoes_markdown_escapes():
     for value in ["a*b [x] `c` \\ d", "<img src=x onerror=alert(1)>", "vit_small_patch16_224.dino"]:
         assert prose.plain_text(prose.md(value)) == value

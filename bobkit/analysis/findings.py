@@ -220,6 +220,15 @@ def sign_finding(finding_id: str, summary: dict[str, Any], what: str, *, expecte
             "n": summary["n"], "paper_value": 0.0, "agreement": verdict}
 
 
+def family_or_control(frame: pd.DataFrame) -> pd.Series:
+    """Each row's ``family``, with random-init controls set apart (``"CNN, random init"``): the by-family gains a
+    notebook shows then read as the finding computes them, over pretrained backbones only."""
+    family = frame["family"].fillna("unknown").astype(str)
+    if "method_kind" not in frame:
+        return family
+    return family.where(frame["method_kind"] != "random", family + ", random init")
+
+
 def family_gain_finding(finding_id: str, comparison: pd.DataFrame, *, a: str, b: str, vit_families: list[str],
                         n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Do ViTs gain more than CNNs from protocol ``b`` over ``a``? The ViT (``vit_families``) mean ``delta`` minus
