@@ -9,15 +9,14 @@ import pytest
 import torch
 
 from bobkit.data.datasets import low_shot_indices
-from bobkit.tasks.classification import (
+from bobkit.tasks.classification import classification_metrics, run
+from bobkit.tasks.training import (
     _probe_objective,
     _standardised,
     _top_direction_preconditioner,
-    classification_metrics,
     finetune,
     fit_linear_probe,
     fit_sgd_probe,
-    run,
 )
 
 PACKAGED_VS_CONTROL = [

@@ -277,10 +277,10 @@ def _body_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("protocol", ["frozen", "finetune"])
 def test_frozen_keeps_backbone_and_finetune_changes_it(protocol: str, tmp_path: Path) -> None:
-    from bobkit.tasks import detection
+    from bobkit.tasks import detection, detector
 
     train = _tiny_train_set(tmp_path)
-    model = detection.build_detector(OFFLINE_BACKBONE, protocol, 3, image_size=64, seed=0)
+    model = detector.build_detector(OFFLINE_BACKBONE, protocol, 3, image_size=64, seed=0)
     before = _body_state(model)
     heads_before = {k: v.clone() for k, v in model.roi_heads.state_dict().items()}
     detection.train_detector(model, train, epochs=1, lr=1e-3, batch_size=2)
@@ -299,11 +299,11 @@ def test_frozen_keeps_backbone_and_finetune_changes_it(protocol: str, tmp_path: 
 
 
 def test_random_init_does_not_load_pretrained_weights() -> None:
-    from bobkit.tasks import detection
+    from bobkit.tasks import detector
 
-    pretrained = detection.build_detector(OFFLINE_BACKBONE, "frozen", 3, image_size=64, seed=0)
-    random_a = detection.build_detector(OFFLINE_BACKBONE, "random_init", 3, image_size=64, seed=0)
-    random_b = detection.build_detector(OFFLINE_BACKBONE, "random_init", 3, image_size=64, seed=0)
+    pretrained = detector.build_detector(OFFLINE_BACKBONE, "frozen", 3, image_size=64, seed=0)
+    random_a = detector.build_detector(OFFLINE_BACKBONE, "random_init", 3, image_size=64, seed=0)
+    random_b = detector.build_detector(OFFLINE_BACKBONE, "random_init", 3, image_size=64, seed=0)
     p, a, b = _body_state(pretrained), _body_state(random_a), _body_state(random_b)
     assert p.keys() == a.keys()
     convs = [k for k in p if k.endswith("weight") and p[k].ndim == 4]
@@ -318,7 +318,7 @@ def test_random_init_does_not_load_pretrained_weights() -> None:
 
 
 def test_plan_levels() -> None:
-    from bobkit.tasks.detection import plan_levels
+    from bobkit.tasks.detector import plan_levels
 
     assert plan_levels([2, 4, 8, 16, 32]) == ((1, 2, 3, 4), (1.0,) * 4)  # MobileNetV2, EfficientNet, ResNet
     assert plan_levels([4, 8, 16, 32]) == ((0, 1, 2, 3), (1.0,) * 4)  # ConvNeXt, Swin
@@ -329,9 +329,9 @@ def test_plan_levels() -> None:
     "name", ["vit_tiny_patch16_224.random_init", "convnext_atto.random_init", "swinv2_tiny_window8_256.random_init"]
 )
 def test_plain_and_hierarchical_backbones_give_a_five_level_pyramid(name: str) -> None:
-    from bobkit.tasks import detection
+    from bobkit.tasks import detector
 
-    model = detection.build_detector(name, "random_init", 3, image_size=64, seed=0)
+    model = detector.build_detector(name, "random_init", 3, image_size=64, seed=0)
     pyramid = model.backbone(torch.rand(1, 3, 64, 64))
     assert {k: tuple(v.shape[1:]) for k, v in pyramid.items()} == {
         "0": (64, 16, 16), "1": (64, 8, 8), "2": (64, 4, 4), "3": (64, 2, 2), "pool": (64, 1, 1)
@@ -339,7 +339,7 @@ def test_plain_and_hierarchical_backbones_give_a_five_level_pyramid(name: str) -
 
 
 def test_nan_loss_raises_naming_the_step(tmp_path: Path) -> None:
-    from bobkit.tasks import detection
+    from bobkit.tasks import detection, detector
 
     class NaNImages(torch.utils.data.Dataset):
         def __init__(self, base: torch.utils.data.Dataset) -> None:
@@ -352,7 +352,7 @@ def test_nan_loss_raises_naming_the_step(tmp_path: Path) -> None:
             image, target = self.base[i]
             return torch.full_like(image, float("nan")), target
 
-    model = detection.build_detector(OFFLINE_BACKBONE, "finetune", 3, image_size=64, seed=0)
+    model = detector.build_detector(OFFLINE_BACKBONE, "finetune", 3, image_size=64, seed=0)
     with pytest.raises(FloatingPointError, match="step 0"):
         detection.train_detector(model, NaNImages(_tiny_train_set(tmp_path)), epochs=1, lr=1e-3, batch_size=2)
 
@@ -456,9 +456,9 @@ def test_execution_resolution_keeps_cpu_fp32_and_records_what_runs() -> None:
 
 
 def test_feature_network_autocasts_and_hands_fp32_to_the_heads() -> None:
-    from bobkit.tasks import detection
+    from bobkit.tasks import detector
 
-    model = detection.build_detector(OFFLINE_BACKBONE, "finetune", 3, image_size=64, seed=0, precision="bf16")
+    model = detector.build_detector(OFFLINE_BACKBONE, "finetune", 3, image_size=64, seed=0, precision="bf16")
     dtypes: list[torch.dtype] = []
     conv = next(m for m in model.backbone.body.modules() if isinstance(m, torch.nn.Conv2d))
     conv.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
