@@ -33,10 +33,14 @@ from bobkit.features.extract import BatchConverter, iter_uint8_batches
 #: L-BFGS iterations of the linear probe: the median budget that held-out validation splits pick over pretrained
 #: and random-init backbones (benchmarks/probe_solver.py). Classification, OOD and robustness share it.
 PROBE_MAX_ITER = 20
-#: L2 strengths :func:`fit_probe` chooses from when ``l2="auto"`` (log-spaced; features are standardised).
-PROBE_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+#: L2 strengths :func:`fit_probe` chooses from when ``l2="auto"`` (log-spaced; features are standardised). Measured
+#: optima on Fashion-MNIST: 1e-2..1e-1 with 2000 labels, 1..10 with 5-10 per class (benchmarks/probe_l2.py).
+PROBE_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 #: Share of the training items held out (per class) to choose a hyperparameter.
 VALIDATION_FRACTION = 0.2
+#: Fewer held-out items than this and :func:`validation_folds` cross-validates instead: NLL on a few dozen items is
+#: dominated by the rare confident mistake (a 20-item split picked an L2 ten times too small for a 10-shot probe).
+MIN_VALIDATION_ITEMS = 200
 PROBE_SOLVERS = ("lbfgs", "sgd")
 
 Candidate = TypeVar("Candidate")
@@ -100,10 +104,11 @@ def fit_probe(
 ) -> ProbeFit:
     """Fit the linear probe with a fixed ``l2`` or, for ``l2="auto"``, the one that validates best.
 
-    ``"auto"`` holds out :data:`VALIDATION_FRACTION` of each class's training items (seeded by ``seed``), fits one
-    probe per value of :data:`PROBE_L2_GRID` on the rest, keeps the value with the lowest validation NLL (a proper
-    score: it rewards calibrated probabilities, not only the arg-max; the smaller value on ties) and refits on all
-    training items with it. ``solver`` is ``"lbfgs"`` (:func:`fit_linear_probe`, ``max_iter``) or ``"sgd"``
+    ``"auto"`` holds out :data:`VALIDATION_FRACTION` of each class's training items (seeded by ``seed``; with few
+    items, every item once over stratified folds, :func:`validation_folds`), fits one probe per value of
+    :data:`PROBE_L2_GRID` on the rest, keeps the value with the lowest held-out NLL (a proper score: it rewards
+    calibrated probabilities, not only the arg-max; the smaller value on ties) and refits on all training items
+    with it. The test split is never seen; a value whose fit diverges (SGD with a large ``lr * l2``) is left out. ``solver`` is ``"lbfgs"`` (:func:`fit_linear_probe`, ``max_iter``) or ``"sgd"``
     (:func:`fit_sgd_probe`, ``epochs``, ``lr``).
 
     Raises
@@ -126,13 +131,19 @@ def fit_probe(
         if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not l2 > 0 or not math.isfinite(l2):
             raise ValueError(f"probe_l2={l2!r} must be a positive number or 'auto'")
         return ProbeFit(fit(features, labels, float(l2)), float(l2))
-    fit_idx, val_idx = validation_split(labels, seed=seed, name="probe_l2='auto'")
+    folds = validation_folds(labels, seed=seed, name="probe_l2='auto'")
     x = np.asarray(features)
-    val_x, val_y = x[val_idx], labels[val_idx]
 
     def validation_score(strength: float) -> float:
-        logits = fit(x[fit_idx], labels[fit_idx], strength).logits(val_x)
-        return -float(F.cross_entropy(torch.as_tensor(logits, dtype=torch.float64), torch.as_tensor(val_y)))
+        total = 0.0
+        for fit_idx, val_idx in folds:
+            try:
+                probe = fit(x[fit_idx], labels[fit_idx], strength)
+            except FloatingPointError:  # SGD diverges when lr * l2 is too large: not a candidate
+                return float("nan")
+            logits = torch.as_tensor(probe.logits(x[val_idx]), dtype=torch.float64)
+            total += float(F.cross_entropy(logits, torch.as_tensor(labels[val_idx]), reduction="sum"))
+        return -total / sum(len(val_idx) for _, val_idx in folds)
 
     best, scores = select_on_validation(PROBE_L2_GRID, validation_score)
     nll = {strength: -score for strength, score in zip(PROBE_L2_GRID, scores)}
@@ -336,6 +347,25 @@ def validation_split(labels: np.ndarray, *, seed: int = 0, fraction: float = VAL
         raise ValueError(f"{name} needs at least 2 training items per class to carve a validation split; "
                          f"class(es) {small} have 1")
     return stratified_split(labels, fraction, seed)
+
+
+def validation_folds(labels: np.ndarray, *, seed: int = 0, fraction: float = VALIDATION_FRACTION,
+                     min_items: int = MIN_VALIDATION_ITEMS,
+                     name: str = "selection") -> list[tuple[np.ndarray, np.ndarray]]:
+    """(fit, validation) position pairs for a selection: one :func:`validation_split` when it holds out at least
+    ``min_items``, otherwise ``round(1 / fraction)`` class-stratified folds in which every item is held out once
+    (each class's items, seeded-shuffled, dealt round-robin to the folds)."""
+    labels = np.asarray(labels)
+    single = validation_split(labels, seed=seed, fraction=fraction, name=name)
+    if len(single[1]) >= min_items:
+        return [single]
+    n_folds = max(2, round(1 / fraction))
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), dtype=np.int64)
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        fold[idx[rng.permutation(len(idx))]] = np.arange(len(idx)) % n_folds
+    return [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in range(n_folds)]
 
 
 def select_on_validation(candidates: Sequence[Candidate],
