@@ -40,6 +40,15 @@ def test_trapezoid_ap_by_hand():
     assert out["ap"] == pytest.approx([q0, q1])
 
 
+def test_mp_at_k_divides_by_the_rank_of_the_last_positive():
+    out = M.ranked_metrics(RANKED)
+    # q0: positives at 1-based ranks 1, 3, 6 -> mP@1 = 1/1, mP@5 = 2/5 (last positive at 6 > 5), mP@10 = 3/6
+    # q1: one positive at rank 3 -> mP@1 = 0/1, mP@5 = 1/3, mP@10 = 1/3 (precision@k: 0, 1/5, 1/10)
+    assert out["mp@1"] == pytest.approx([1.0, 0.0])
+    assert out["mp@5"] == pytest.approx([2 / 5, 1 / 3])
+    assert out["mp@10"] == pytest.approx([3 / 6, 1 / 3])
+
+
 def test_step_ap_matches_sklearn_and_torchmetrics():
     from sklearn.metrics import average_precision_score
     from torchmetrics.functional.retrieval import retrieval_average_precision, retrieval_reciprocal_rank
@@ -112,6 +121,53 @@ def test_revisited_protocol_ignores_junk():
     # hard protocol: only item 3 positive; easy item 1 and junk ignored -> ranked first: AP 1
     hard = M.revisited_retrieval_metrics(query, db, gnd, protocol="hard", ap="step")
     assert hard["map"] == pytest.approx(1.0)
+
+
+def _revisitop_reference_mp(ranks: np.ndarray, ok: list[int], junk: list[int], ks: list[int]) -> list[float]:
+    """The official revisitop compute_map's precision@k (mP@k), one query, positions adjusted for junk."""
+    pos = np.arange(len(ranks))[np.isin(ranks, ok)]
+    jk = np.arange(len(ranks))[np.isin(ranks, junk)]
+    k = ij = 0
+    for ip in range(len(pos)):
+        while ij < len(jk) and pos[ip] > jk[ij]:
+            k += 1
+            ij += 1
+        pos[ip] -= k
+    pos = pos + 1
+    return [(pos <= min(max(pos), kappa)).sum() / min(max(pos), kappa) for kappa in ks]
+
+
+def test_revisited_mp_at_k_matches_official_code_and_has_query_standard_errors():
+    rng = np.random.default_rng(5)
+    n_db, n_q, ks = 80, 6, [1, 5, 10]
+    db, queries = rng.normal(size=(n_db, 16)), rng.normal(size=(n_q, 16))
+    gnd, ref = [], []
+    for q in range(n_q):
+        perm = rng.permutation(n_db)
+        g = {"easy": perm[:2].tolist(), "hard": perm[2:4].tolist(), "junk": perm[4:12].tolist()}
+        gnd.append(g)
+        sims = M.l2_normalize(db).numpy() @ M.l2_normalize(queries[q : q + 1]).numpy()[0]
+        ref.append(_revisitop_reference_mp(np.argsort(-sims, kind="stable"), g["easy"] + g["hard"], g["junk"], ks))
+    out = M.revisited_retrieval_metrics(queries, db, gnd, protocol="medium", ks=ks)
+    ref = np.array(ref)
+    for j, kappa in enumerate(ks):
+        assert out[f"mp@{kappa}"] == pytest.approx(ref[:, j].mean())
+        assert out[f"se/mp@{kappa}"] == pytest.approx(ref[:, j].std() / np.sqrt(n_q))
+    assert out["n_queries"] == n_q
+
+
+def test_class_retrieval_reports_standard_errors_over_queries():
+    rng = np.random.default_rng(6)
+    db, db_labels = rng.normal(size=(50, 8)), rng.integers(0, 3, size=50)
+    q, q_labels = rng.normal(size=(12, 8)), rng.integers(0, 3, size=12)
+    out = M.class_retrieval_metrics(q, q_labels, db, db_labels, ks=[5])
+    per_query = M.ranked_metrics(
+        db_labels[np.argsort(-(M.l2_normalize(q) @ M.l2_normalize(db).T).numpy(), axis=1, kind="stable")]
+        == q_labels[:, None], ks=[5])
+    assert out["map"] == pytest.approx(per_query["ap"].mean())
+    assert out["se/map"] == pytest.approx(per_query["ap"].std() / np.sqrt(12))
+    assert out["se/precision@5"] == pytest.approx(per_query["precision@5"].std() / np.sqrt(12))
+    assert "mp@5" not in out  # mP@k is the revisited Oxford/Paris convention
 
 
 def test_revisited_trapezoid_matches_official_code():
@@ -225,15 +281,72 @@ def test_temperature_scaling_recovers_temperature_and_lowers_nll():
     assert after["acc"] == before["acc"]  # temperature never changes the arg-max
 
 
-def test_reliability_bins_agree_with_torchmetrics_ece():
+def test_reliability_bins_agree_with_torchmetrics_ece_away_from_confidence_one():
     logits, labels = _synthetic_predictor(3000, temperature=0.5, seed=2)
     probs = M.softmax(logits)
+    assert (probs.astype(np.float32).max(1) < 1.0).all()  # no confidence that float32 rounds to 1.0
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
     bins = M.reliability_bins(probs, labels, n_bins=15)
     assert bins.counts.sum() == 3000
-    assert bins.ece == pytest.approx(M.expected_calibration_error(probs, labels, 15), abs=1e-5)
+    assert bins.ece == M.expected_calibration_error(probs, labels, 15)  # one definition
+    reference = multiclass_calibration_error(torch.tensor(probs, dtype=torch.float32), torch.tensor(labels),
+                                             num_classes=5, n_bins=15, norm="l1")
+    assert bins.ece == pytest.approx(float(reference), abs=1e-5)
+
+
+def test_ece_is_the_textbook_value_where_torchmetrics_hides_confidence_one():
+    # The issue's case: confidences 1 - 4e-9 (float32: exactly 1.0) and e^3.6 / (e^3.6 + 2) = 0.9482, all in
+    # the last bin (14/15, 1]: |mean confidence - accuracy| = |(2 (1 - 4.1e-9) + 2 * 0.9482) / 4 - 3/4|.
+    logits = np.array([[20.0, 0, 0], [20.0, 0, 0], [3.6, 0, 0], [3.6, 0, 0]])
+    labels = np.array([0, 1, 0, 0])
+    high, low = 1 / (1 + 2 * np.exp(-20.0)), np.exp(3.6) / (np.exp(3.6) + 2)
+    expected = abs((2 * high + 2 * low) / 4 - 3 / 4)
+    assert expected == pytest.approx(0.2241, abs=1e-4)
+    metrics = M.calibration_metrics(logits, labels)
+    assert metrics["ece"] == pytest.approx(expected, rel=1e-12)
+    bins = M.reliability_bins(M.softmax(logits), labels)  # the diagram's bins give the same number
+    assert bins.counts.tolist() == [0.0] * 14 + [4.0] and bins.ece == metrics["ece"]
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    hidden_bin = multiclass_calibration_error(torch.tensor(M.softmax(logits), dtype=torch.float32),
+                                              torch.tensor(labels), num_classes=3, n_bins=15, norm="l1")
+    assert float(hidden_bin) == pytest.approx(0.2759, abs=1e-4)  # what was reported before
+
+
+def test_calibration_standard_errors():
+    logits, labels = _synthetic_predictor(400, temperature=0.5, seed=4)
+    m = M.calibration_metrics(logits, labels, seed=1)
+    probs = M.softmax(logits)
+    assert m["se/acc"] == pytest.approx(np.sqrt(m["acc"] * (1 - m["acc"]) / 400))
+    item_brier = ((probs - np.eye(5)[labels]) ** 2).sum(1)
+    assert m["brier"] == pytest.approx(item_brier.mean())
+    assert m["se/brier"] == pytest.approx(item_brier.std() / np.sqrt(400))
+    item_nll = -np.log(probs[np.arange(400), labels])
+    assert m["se/nll"] == pytest.approx(item_nll.std() / np.sqrt(400))
+    assert 0 < m["se/ece"] < 0.1
+    assert M.calibration_metrics(logits, labels, seed=1)["se/ece"] == m["se/ece"]  # seeded
 
 
 def test_brier_by_hand():
     probs = np.array([[1.0, 0.0], [0.5, 0.5]])
     # sample 0: perfect (0); sample 1 (label 0): 0.25 + 0.25
     assert M.brier_score(probs, np.array([0, 0])) == pytest.approx(0.25)
+    from sklearn.metrics import brier_score_loss
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(4), size=50)
+    y = rng.integers(0, 4, size=50)
+    assert M.brier_score(p, y) == pytest.approx(brier_score_loss(y, p, labels=np.arange(4), scale_by_half=False))
+
+
+def test_macro_f1_matches_sklearn_and_counts_weights_as_repeats():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 6, size=200)
+    pred = np.where(rng.random(200) < 0.6, y, rng.integers(0, 7, size=200))  # class 6 only predicted
+    assert M.macro_f1(y, pred) == pytest.approx(f1_score(y, pred, average="macro"))
+    weights = rng.integers(0, 3, size=200)
+    repeated = np.repeat(np.arange(200), weights)
+    assert M.macro_f1(y, pred, weights) == pytest.approx(f1_score(y[repeated], pred[repeated], average="macro"))
