@@ -182,7 +182,8 @@ def _run_finetune(p: dict[str, Any], ex: Execution) -> dict[str, float]:
     t0 = time.perf_counter()
     train_ds = get_dataset(p["dataset"], "train", max_samples=p["max_train"], seed=p["seed"])
     test_ds = get_dataset(p["dataset"], "test", max_samples=p["max_test"], seed=p["seed"])
-    keep = low_shot_indices(train_ds.labels, fraction=p["label_fraction"], per_class=p["shots_per_class"], seed=p["seed"])
+    keep = low_shot_indices(train_ds.labels, fraction=p["label_fraction"], per_class=p["shots_per_class"],
+                            seed=p["seed"])
     train = train_ds if len(keep) == len(train_ds) else train_ds.subset(keep, "low_shot")
     config = backbones.data_config(p["backbone"], image_size=p["image_size"])
     load_seconds = time.perf_counter() - t0

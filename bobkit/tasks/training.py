@@ -108,8 +108,9 @@ def fit_probe(
     items, every item once over stratified folds, :func:`validation_folds`), fits one probe per value of
     :data:`PROBE_L2_GRID` on the rest, keeps the value with the lowest held-out NLL (a proper score: it rewards
     calibrated probabilities, not only the arg-max; the smaller value on ties) and refits on all training items
-    with it. The test split is never seen; a value whose fit diverges (SGD with a large ``lr * l2``) is left out. ``solver`` is ``"lbfgs"`` (:func:`fit_linear_probe`, ``max_iter``) or ``"sgd"``
-    (:func:`fit_sgd_probe`, ``epochs``, ``lr``).
+    with it. The test split is never seen; a value whose fit diverges (SGD with a large ``lr * l2``) is left out.
+    ``solver`` is ``"lbfgs"`` (:func:`fit_linear_probe`, ``max_iter``) or ``"sgd"`` (:func:`fit_sgd_probe`,
+    ``epochs``, ``lr``).
 
     Raises
     ------
@@ -501,7 +502,8 @@ def finetune(
     """Train ``model`` end to end (:func:`make_optimizer`, :func:`warmup_cosine`); return the per-step losses.
 
     ``images`` is a uint8 array or an :class:`~bobkit.data.ImageDataset` aligned with ``labels``. ``model`` must
-    already be on ``device`` (see :func:`bobkit.features.device.prepare_model` for channels_last, checkpointing, compile).
+    already be on ``device`` (see :func:`bobkit.features.device.prepare_model` for channels_last, checkpointing,
+    compile).
 
     Execution: ``precision`` autocast (``fp16`` adds a gradient scaler), ``channels_last`` input batches,
     ``loader_workers`` prefetch threads with ``pin_memory`` host batches. Losses stay on the device; they are
