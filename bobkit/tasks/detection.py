@@ -1,4 +1,5 @@
-"""Detection and instance segmentation: a registry backbone + FPN inside torchvision's Mask R-CNN.
+"""Detection and instance segmentation: a registry backbone + FPN inside torchvision's Mask R-CNN
+(:mod:`bobkit.tasks.detector` builds it; this module trains, evaluates and runs the task).
 
 Three protocols, as in the paper:
 
