@@ -15,6 +15,7 @@ from bobkit.tasks.training import (
     finetune,
     fit_linear_probe,
     fit_probe,
+    learning_rates,
     make_optimizer,
     select_on_validation,
     validation_folds,
@@ -209,3 +210,17 @@ def test_small_training_sets_are_cross_validated_large_ones_split_once():
     large = np.repeat(np.arange(10), 100)
     (single,) = validation_folds(large, seed=1)
     assert len(single[1]) == 200
+
+
+def test_learning_rates_accept_one_or_a_list_and_name_a_bad_value():
+    assert learning_rates(1e-3) == [1e-3]
+    assert learning_rates([8e-5, 1e-4]) == [8e-5, 1e-4]
+    assert learning_rates("1e-3, 3e-3") == [1e-3, 3e-3]
+    for bad in ([], [1e-3, -1.0], "x", True, float("nan"), [None]):
+        with pytest.raises(ValueError, match="lr="):
+            learning_rates(bad)
+    images, labels = _tiny_task(8)
+    with pytest.raises(ValueError, match=r"lr=\[0.001, 0.003\]"):  # one fine-tune takes one lr
+        finetune(torch.nn.Linear(1, 1), images, labels, CONFIG, image_size=16, epochs=1, lr=[1e-3, 3e-3],
+                 weight_decay=0.0, layer_decay=None, warmup_epochs=0, batch_size=4, seed=0, device="cpu")
+

@@ -33,7 +33,6 @@ from bobkit.features.device import (
 from bobkit.features.extract import extract_features, is_cached, run_forward
 from bobkit.tasks.common import (
     EXECUTION_PARAMETERS,
-    as_list,
     inference_batch_size,
     merge_params,
     validate_execution_params,
@@ -43,6 +42,7 @@ from bobkit.tasks.training import (
     PROBE_SOLVERS,
     finetune,
     fit_probe,
+    learning_rates,
     select_on_validation,
     validation_split,
 )
@@ -179,6 +179,7 @@ def _run_finetune(p: dict[str, Any], ex: Execution) -> dict[str, float]:
     """Fine-tune on the (low-shot) training items and score the test split; with several ``lr``, each is
     fine-tuned on a class-stratified 80% of the training items and scored (top-1) on the other 20%, and the
     winner is fine-tuned again on all of them (``selected_lr``)."""
+    rates = learning_rates(p["lr"])
     t0 = time.perf_counter()
     train_ds = get_dataset(p["dataset"], "train", max_samples=p["max_train"], seed=p["seed"])
     test_ds = get_dataset(p["dataset"], "test", max_samples=p["max_test"], seed=p["seed"])
@@ -188,7 +189,6 @@ def _run_finetune(p: dict[str, Any], ex: Execution) -> dict[str, float]:
     config = backbones.data_config(p["backbone"], image_size=p["image_size"])
     load_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
-    rates = as_list(p["lr"], float)
     metrics: dict[str, float] = {}
     if len(rates) > 1:
         fit_idx, val_idx = validation_split(train.labels, seed=p["seed"], name=f"lr={rates}")

@@ -43,7 +43,7 @@ from bobkit.features.device import (
     resolve_execution,
     set_threads,
 )
-from bobkit.tasks.common import EXECUTION_PARAMETERS, as_list, validate_execution_params
+from bobkit.tasks.common import EXECUTION_PARAMETERS, validate_execution_params
 from bobkit.tasks.detector import (
     COCO_ANCHORS,
     PROTOCOLS,
@@ -53,7 +53,13 @@ from bobkit.tasks.detector import (
     feature_precision,
     prepare_detector,
 )
-from bobkit.tasks.training import VALIDATION_FRACTION, make_optimizer, select_on_validation, warmup_cosine
+from bobkit.tasks.training import (
+    VALIDATION_FRACTION,
+    learning_rates,
+    make_optimizer,
+    select_on_validation,
+    warmup_cosine,
+)
 
 #: Bump when a change alters the metrics for given parameters (part of the run key).
 VERSION = "1"
@@ -399,6 +405,7 @@ def run(
     settings = dict(protocol=protocol, device=device, precision=precision, channels_last=channels_last,
                     compile=compile, grad_checkpointing=grad_checkpointing, loader_workers=loader_workers)
     validate_params(settings)
+    rates = learning_rates(lr)  # before any work
     set_threads(num_threads)
     ex = detection_execution(settings)
     reset_peak_memory(ex.device)
@@ -425,7 +432,6 @@ def run(
         return model
 
     start = time.perf_counter()
-    rates = as_list(lr, float)
     selection: dict[str, float] = {}
     if len(rates) > 1:
         fit_part, held_out = split_images(train, VALIDATION_FRACTION, seed)

@@ -369,6 +369,19 @@ def validation_folds(labels: np.ndarray, *, seed: int = 0, fraction: float = VAL
     return [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in range(n_folds)]
 
 
+def learning_rates(value: Any) -> list[float]:
+    """``lr`` as a non-empty list of positive numbers: one number, a list (a selection, see
+    :func:`select_on_validation`) or a comma-separated string. Raises ``ValueError`` naming the bad value."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    try:
+        rates = [float(v) for v in items if not isinstance(v, bool)]
+    except (TypeError, ValueError):
+        rates = []
+    if not rates or len(rates) != len(items) or not all(math.isfinite(r) and r > 0 for r in rates):
+        raise ValueError(f"lr={value!r} must be a positive number or a non-empty list of them")
+    return rates
+
+
 def select_on_validation(candidates: Sequence[Candidate],
                          score: Callable[[Candidate], float]) -> tuple[Candidate, list[float]]:
     """The candidate with the highest validation ``score`` (the first listed on ties; NaN never wins) and every
@@ -512,6 +525,8 @@ def finetune(
 
     Raises ``FloatingPointError`` on a non-finite loss (a failed run, never a metric).
     """
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"lr={lr!r} must be one positive number here (a list is a selection: see learning_rates)")
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
     optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay)
