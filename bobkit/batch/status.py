@@ -66,4 +66,18 @@ def format_status(status: GridStatus, params: str | Path, runs_dir: str | Path =
         lines.append(f"  failed {cell.run_key} {cell.label}: [{kind}] {status.errors[cell.run_key]}")
     if counts["failed"]:
         lines.append(f"re-run the failures: {rerun_command(params, runs_dir)}")
+    lines.extend(slurm_lines(status, runs_dir))
     return "\n".join(lines)
+
+
+def slurm_lines(status: GridStatus, runs_dir: str | Path = "runs") -> list[str]:
+    """Slurm's own view (``squeue``/``sacct``) of the cells not done whose jobs went to Slurm; empty otherwise."""
+    from bobkit.batch.scheduler import slurm_view
+
+    cells = []
+    for state in ("running", "pending", "failed"):
+        for cell in status.cells[state]:
+            run_dir = run_dir_of(cell, Path(runs_dir))
+            claim = read_claim(run_dir) or {}
+            cells.append((cell.run_key, cell.label, run_dir, claim.get("slurm_job_id")))
+    return slurm_view(cells)
