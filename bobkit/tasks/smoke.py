@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from bobkit.utils.files import write_json
@@ -69,8 +70,7 @@ def _resumable_sleep(p: dict[str, Any], step: float = 0.5) -> tuple[float, float
 
     The stand-in for a real task's resumable work (its feature cache). Returns (slept now, resumed from before).
     """
-    key = hashlib.sha256(json.dumps(p, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    progress = cache_dir() / "smoke" / f"{key}.json"
+    progress = progress_path(p)
     try:
         resumed = float(json.loads(progress.read_text())["slept"])
     except (OSError, ValueError, KeyError):
@@ -83,3 +83,9 @@ def _resumable_sleep(p: dict[str, Any], step: float = 0.5) -> tuple[float, float
         write_json(progress, {"slept": done})
     progress.unlink(missing_ok=True)  # finished: a later run of the same cell starts afresh
     return done - resumed, resumed
+
+
+def progress_path(params: dict[str, Any]) -> Path:
+    """Where a resumable sleep keeps its progress: the cache, keyed by the cell's parameters."""
+    key = hashlib.sha256(json.dumps({**PARAMETERS, **params}, sort_keys=True, default=str).encode()).hexdigest()
+    return cache_dir() / "smoke" / f"{key[:16]}.json"

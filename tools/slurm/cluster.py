@@ -170,7 +170,8 @@ class Cluster:
 
     def start(self) -> None:
         """Write the configuration and the munge key, start munged, slurmctld and slurmd, wait for an idle node."""
-        # munged wants its socket's folders searchable by all and writable by no one else.
+        # munged wants its socket's folders (and their parents) searchable by all, writable by no one else.
+        self.folder.mkdir(parents=True, exist_ok=True)
         os.chmod(self.folder, 0o755)
         for sub in ("etc", "munge", "state", "spool", "run", "log"):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
@@ -198,16 +199,19 @@ class Cluster:
         """Cancel every job, stop the daemons by PID (newest first) and any job step left; returns what was done."""
         done = []
         if self.daemons and self._alive("slurmctld"):
-            self._quiet(["scancel", "--full", "--quiet", "--partition", ",".join(PARTITIONS)])
+            jobs = self._output(["squeue", "--noheader", "--format=%i"]).split()
+            if jobs:
+                self._quiet(["scancel", *jobs])
             deadline = time.time() + KILL_WAIT_S + 15
-            while time.time() < deadline and self._output(["squeue", "-h", "-o", "%i"]).strip():
+            while time.time() < deadline and self._output(["squeue", "--noheader", "--format=%i"]).strip():
                 time.sleep(0.5)
         for name, proc in reversed(self.daemons):
             done.append(f"{name} (pid {proc.pid}): {_terminate(proc)}")
-        for pid in self._step_daemons():
+        steps = self._step_daemons()
+        for pid in [*_descendants(steps), *steps]:  # a job step left behind, and what it runs
             try:
                 os.kill(pid, signal.SIGKILL)
-                done.append(f"slurmstepd (pid {pid}): killed")
+                done.append(f"job step process (pid {pid}): killed")
             except ProcessLookupError:
                 pass
         self.daemons.clear()
@@ -263,7 +267,7 @@ class Cluster:
             if not proc.name.isdigit():
                 continue
             try:
-                if Path(os.readlink(proc / "exe")).name != "slurmstepd":
+                if not Path(os.readlink(proc / "exe")).name.startswith("slurmstepd"):  # Debian: slurmstepd-wlm
                     continue
                 targets = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
             except OSError:
@@ -311,6 +315,25 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def _descendants(pids: list[int]) -> list[int]:
+    """All living descendants of ``pids`` (children before grandchildren), from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat[stat.rindex(")") + 2:].split()[1])
+            children.setdefault(parent, []).append(int(proc.name))
+    found, frontier = [], list(pids)
+    while frontier:
+        kids = [kid for pid in frontier for kid in children.get(pid, [])]
+        found.extend(kids)
+        frontier = kids
+    return found
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> str:
