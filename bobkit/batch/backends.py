@@ -221,10 +221,11 @@ class CellJob(Checkpointable):
             signal.signal(signal.SIGTERM, previous)
         if not stop.is_set() or outcome.status in ("complete", "skipped", "busy"):
             return outcome
-        return self._after_sigterm(cell, str(runner["job_id"]), restarts)
+        return self._after_sigterm(cell, {**runner, "slurm_restarts": restarts})
 
-    def _after_sigterm(self, cell: Cell, job_id: str, restarts: int) -> CellOutcome:
-        cause, state = scheduler.termination_cause(job_id, restarts)
+    def _after_sigterm(self, cell: Cell, runner: dict[str, Any]) -> CellOutcome:
+        job_id = str(runner["job_id"])
+        cause, state = scheduler.termination_cause(job_id, runner["slurm_restarts"])
         if cause == "requeued":
             # No result: the driver keeps following this job id, whose next run does the cell.
             print(f"bob: Slurm requeued job {job_id} ({state.describe()}); its next run does {cell.label}",
@@ -236,7 +237,8 @@ class CellJob(Checkpointable):
         else:
             kind, message = scheduler.failure_from_state(
                 scheduler.JobState(job_id, "TIMEOUT" if cause == "timeout" else "CANCELLED"))
-        return record_job_failure(cell, Path(self.runs_dir), RuntimeError(message), kind=kind, message=message)
+        return record_job_failure(cell, Path(self.runs_dir), RuntimeError(message), kind=kind, message=message,
+                                  runner=runner)
 
     def _hold(self, claim: Claim) -> None:
         self._claim = claim
@@ -330,10 +332,12 @@ def collect(job: Any, cell: Cell, runs_dir: Path) -> CellOutcome:
 
 
 def record_job_failure(cell: Cell, runs_dir: Path, exc: BaseException, stderr: str = "", *,
-                       kind: str = "job_failed", message: str | None = None) -> CellOutcome:
+                       kind: str = "job_failed", message: str | None = None,
+                       runner: dict[str, Any] | None = None) -> CellOutcome:
     """Write a failed sidecar for a cell whose job died outside the runner (killed, cancelled, out of time).
 
-    ``kind`` and ``message`` name the cause when it is known (Slurm's verdict: ``cancelled``, ``timeout``...).
+    ``kind`` and ``message`` name the cause when it is known (Slurm's verdict: ``cancelled``, ``timeout``...);
+    ``runner`` is the job's own description when the job records its end itself.
     """
     from bobkit.batch import provenance
     from bobkit.results.sidecars import write_sidecar
@@ -350,7 +354,7 @@ def record_job_failure(cell: Cell, runs_dir: Path, exc: BaseException, stderr: s
         write_sidecar(run_dir, {
             "run_key": cell.run_key, "task": cell.task, "label": cell.label, "params": cell.params,
             "params_used": cell.params, "resources": cell.resources, "source": cell.source, "attempts": [],
-            "runner": {"backend": "submitit", "host": socket.gethostname()},
+            "runner": runner or {"backend": "submitit", "host": socket.gethostname()},
             "provenance": provenance.collect({}, cell.params), "timings": {}, "history": [],
             "started": time.time(), "wall_seconds": 0.0, "status": "failed", "metrics": {},
             "error": {"kind": kind, "message": message[:500],

@@ -51,6 +51,9 @@ FAILURE_KINDS = {"CANCELLED": "cancelled", "PREEMPTED": "cancelled", "TIMEOUT": 
                  "OUT_OF_MEMORY": "oom"}
 SQUEUE_FIELDS = ("JobArrayID", "JobID", "State", "Reason", "RestartCnt", "TimeUsed", "TimeLimit")
 COMMAND_TIMEOUT_S = 60
+# How long a job that got SIGTERM while Slurm still calls it RUNNING waits for Slurm's verdict (a preemption grace
+# time is typically a minute or a few).
+TERM_WAIT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -192,12 +195,14 @@ def failure_from_state(state: JobState) -> tuple[str, str]:
     return kind, message
 
 
-def termination_cause(job_id: str, restarts_at_start: int, wait_s: float = 2.0) -> tuple[str, JobState]:
-    """Why a running job got SIGTERM: ``requeued``, ``cancelled``, ``timeout`` or ``terminated`` (still running).
+def termination_cause(job_id: str, restarts_at_start: int, wait_s: float = TERM_WAIT_S) -> tuple[str, JobState]:
+    """Why a running job got SIGTERM: ``requeued``, ``cancelled``, ``timeout`` or ``terminated``.
 
     Slurm updates the job before it signals it: a requeue raises the restart count at once; a cancellation or a
     time limit leaves the job ``COMPLETING`` (told apart by the time used against the limit). A job still
-    ``RUNNING`` after ``wait_s`` was signalled by someone else (``scancel --signal``, ``kill``).
+    ``RUNNING`` may be in a preemption grace time (SIGTERM first, requeue or cancel later): keep asking, up to
+    ``wait_s``; still running then, the signal came from elsewhere (``scancel --signal``, ``kill``):
+    ``terminated``. Slurm's SIGKILL may end the wait first; the driver then reads the final state itself.
     """
     deadline = time.monotonic() + wait_s
     while True:
@@ -212,7 +217,7 @@ def termination_cause(job_id: str, restarts_at_start: int, wait_s: float = 2.0) 
             return "cancelled", state
         if time.monotonic() >= deadline:
             return "terminated", state
-        time.sleep(0.2)
+        time.sleep(0.5)
 
 
 def record_submission(run_dir: Path, job_id: str, batch_id: str) -> None:

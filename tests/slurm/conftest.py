@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from slurm_helpers import CLUSTER_ENV
+from slurm_helpers import CLUSTER_ENV, start_bob
 
 # The driver polls Slurm every 2 s instead of 30 s, so the tests notice an ended job quickly.
 os.environ.setdefault("BOB_SLURM_POLL_SECONDS", "2")
@@ -38,3 +38,19 @@ def slurm_cluster() -> Path:
     if "UP" not in ping.stdout:
         pytest.fail(f"the test cluster does not answer: {ping.stdout} {ping.stderr}", pytrace=False)
     return Path(folder)
+
+
+@pytest.fixture
+def start_driver():
+    """Start ``bob run ARGS`` drivers; any still running when the test ends (it failed) is killed."""
+    drivers: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        drivers.append(start_bob(*args))
+        return drivers[-1]
+
+    yield start
+    for driver in drivers:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()

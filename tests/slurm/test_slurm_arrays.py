@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from slurm_helpers import bob, recorded_job, scontrol_job, start_bob, wait_for
+from slurm_helpers import bob, recorded_job, scontrol_job, wait_for
 
 from bobkit.batch.grid import load_grid
 from bobkit.batch.runner import run_dir_of
@@ -96,11 +96,11 @@ def test_a_partition_that_would_inject_script_lines_is_refused_before_any_submis
 
 
 def test_a_second_driver_leaves_queued_cells_to_the_first_and_two_at_once_run_each_cell_once(
-        write_grid, tmp_path: Path):
+        write_grid, tmp_path: Path, start_driver):
     grid = write_grid(GRID.replace("value: [1, 2]", "value: [1, 2]\n    mode: sleep\n    sleep_seconds: 4"))
     runs = tmp_path / "runs"
     cells = load_grid(grid)
-    first = start_bob(str(grid), "--backend", "slurm", "--runs-dir", str(runs))
+    first = start_driver(str(grid), "--backend", "slurm", "--runs-dir", str(runs))
     wait_for(lambda: all(recorded_job(run_dir_of(c, runs)) for c in cells), what="the first driver's jobs")
     second = bob("run", str(grid), "--backend", "slurm", "--runs-dir", str(runs))
     out, err = first.communicate(timeout=300)
@@ -111,7 +111,7 @@ def test_a_second_driver_leaves_queued_cells_to_the_first_and_two_at_once_run_ea
 
     # Two drivers started together on new cells: both may submit, each cell still runs once.
     grid2 = write_grid(GRID.replace("[1, 2]", "[4, 5]").replace("value: 3", "value: 6"), name="grid2.yaml")
-    a, b = (start_bob(str(grid2), "--backend", "slurm", "--runs-dir", str(runs)) for _ in range(2))
+    a, b = (start_driver(str(grid2), "--backend", "slurm", "--runs-dir", str(runs)) for _ in range(2))
     (out_a, err_a), (out_b, err_b) = a.communicate(timeout=300), b.communicate(timeout=300)
     assert a.returncode == 0 and b.returncode == 0, err_a + err_b
     ca, cb = counts(out_a), counts(out_b)

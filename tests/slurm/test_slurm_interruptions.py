@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from slurm_helpers import bob, recorded_job, running_cell, squeue_state, start_bob, wait_for
+from slurm_helpers import bob, recorded_job, running_cell, squeue_state, wait_for
 
 from bobkit.batch import backends
 from bobkit.batch.grid import expand_grid, load_grid
@@ -41,12 +41,12 @@ def status_lines(grid: Path, runs: Path) -> str:
     return done.stdout
 
 
-def test_scancel_records_cancelled_cells_that_only_failed_reruns(write_grid, tmp_path: Path):
+def test_scancel_records_cancelled_cells_that_only_failed_reruns(write_grid, tmp_path: Path, start_driver):
     # Three cells of 1 CPU on a 2-CPU node: two run, one waits.
     grid = write_grid(SLEEPY.format(sleep=15, values="[1, 2, 3]"))
     cells, runs = load_grid(grid), tmp_path / "runs"
     dirs = [run_dir_of(c, runs) for c in cells]
-    driver = start_bob(str(grid), "--backend", "slurm", "--runs-dir", str(runs))
+    driver = start_driver(str(grid), "--backend", "slurm", "--runs-dir", str(runs))
     running = wait_for(lambda: running_cell(dirs), what="a running cell")
     pending = wait_for(lambda: next((d for d in dirs if recorded_job(d) and squeue_state(recorded_job(d))[0]
                                      == "PENDING"), None), what="a pending cell")
@@ -65,6 +65,7 @@ def test_scancel_records_cancelled_cells_that_only_failed_reruns(write_grid, tmp
         assert recorded_job(run_dir) in sidecar["error"]["message"]
         assert "exited with code" not in sidecar["error"]["message"]
     # (a pending array task Slurm still lists reads "CANCELLED"; one it dropped, "left the queue before it started")
+    assert read_sidecar(running)["runner"]["job_id"] == recorded_job(running)  # the job recorded it itself
     assert not list(running.glob(".work-*")) and not (running / ".claim").exists()
     status = status_lines(grid, runs)
     assert status.count("[cancelled]") == 2 and "--only-failed" in status
@@ -78,7 +79,8 @@ def test_scancel_records_cancelled_cells_that_only_failed_reruns(write_grid, tmp
     assert sorted(build_results(runs)["value"]) == [1.0, 2.0, 3.0]
 
 
-def test_requeued_task_is_followed_by_the_driver_and_never_reported_failed(write_grid, tmp_path: Path):
+def test_requeued_task_is_followed_by_the_driver_and_never_reported_failed(write_grid, tmp_path: Path,
+                                                                          start_driver):
     grid = write_grid(SLEEPY.format(sleep=12, values="[1, 2]"))
     cells, runs = load_grid(grid), tmp_path / "runs"
     dirs = [run_dir_of(c, runs) for c in cells]
@@ -92,7 +94,7 @@ def test_requeued_task_is_followed_by_the_driver_and_never_reported_failed(write
 
     watcher = threading.Thread(target=watch_sidecars, daemon=True)
     watcher.start()
-    driver = start_bob(str(grid), "--backend", "slurm", "--runs-dir", str(runs), "--build",
+    driver = start_driver(str(grid), "--backend", "slurm", "--runs-dir", str(runs), "--build",
                        "--results", str(tmp_path / "results.parquet"))
     running = wait_for(lambda: running_cell(dirs), what="a running cell")
     job = recorded_job(running)

@@ -1,12 +1,15 @@
-"""Small pieces the Slurm tests rely on: Slurm durations, job descriptions, the resumable smoke sleep."""
+"""Pieces the Slurm tests rely on: Slurm durations, job descriptions, a job's verdict after SIGTERM, the resumable
+smoke sleep."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
+from slurm_helpers import squeue_state, wait_for
 
-from bobkit.batch.scheduler import JobState, slurm_seconds
+from bobkit.batch.scheduler import JobState, failure_from_state, query, slurm_seconds, termination_cause
 from bobkit.tasks import smoke
 from bobkit.utils.paths import cache_dir
 
@@ -40,3 +43,17 @@ def test_resumable_smoke_sleep_continues_from_saved_progress_and_starts_afresh_w
     assert (resumed["resumed_seconds"], resumed["slept_seconds"]) == (1.0, 0.5)
     assert not key_file.exists()
 
+
+
+def test_termination_cause_reads_slurms_verdict_on_a_real_job():
+    # A job still RUNNING (a bare signal), then requeued, then cancelled: what a cell's job asks after SIGTERM.
+    job = subprocess.run(["sbatch", "--parsable", "--mem=10M", "--output=/dev/null", "--chdir=/tmp",
+                          "--wrap", "sleep 300"], capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    wait_for(lambda: squeue_state(job)[0] == "RUNNING", what="the job running")
+    assert termination_cause(job, 0, wait_s=1)[0] == "terminated"
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
+    cause, state = termination_cause(job, 0, wait_s=1)
+    assert cause == "requeued" and state.restarts == 1
+    subprocess.run(["scancel", job], check=True, timeout=60)
+    assert termination_cause(job, 1, wait_s=1)[0] == "cancelled"
+    assert failure_from_state(query([job])[job])[0] == "cancelled"
