@@ -1,4 +1,5 @@
-"""``bob status``: where a grid stands in a runs folder, read from sidecars and claims only."""
+"""``bob status``: where a grid stands in a runs folder, read from sidecars and claims (and, for cells sent to
+Slurm, Slurm's own view beside them: :func:`slurm_lines`)."""
 
 from __future__ import annotations
 
