@@ -77,8 +77,10 @@ class JobState:
         text = self.state
         if self.reason and self.reason != "None":
             text += f" ({self.reason})"
-        if self.restarts:
-            text = f"REQUEUED: {text}, restart {self.restarts}" if self.live else f"{text}, after {self.restarts} requeue(s)"
+        if self.restarts and self.live:
+            text = f"REQUEUED: {text}, restart {self.restarts}"
+        elif self.restarts:
+            text += f", after {self.restarts} requeue(s)"
         if self.state == ENDED:
             text += " (gone from squeue" + ("" if accounting_enabled() else "; no accounting to ask") + ")"
         return text
@@ -96,18 +98,26 @@ def query(job_ids: Iterable[str]) -> dict[str, JobState]:
     if shutil.which("squeue") is None:
         return {j: JobState(j, UNKNOWN, "squeue not found") for j in ids}
     found = _squeue(ids)
+    if found is None:  # the controller did not answer (busy, restarting): nothing is known, nothing has ended
+        return {j: JobState(j, UNKNOWN, "squeue failed") for j in ids}
     missing = [j for j in ids if j not in found]
     if missing and accounting_enabled():
         found.update(_sacct(missing))
     return {j: found.get(j, JobState(j, ENDED)) for j in ids}
 
 
-def _squeue(ids: list[str]) -> dict[str, JobState]:
+def _squeue(ids: list[str]) -> dict[str, JobState] | None:
+    """The jobs squeue knows (``{}`` when it knows none of them); ``None`` when it did not answer."""
     fmt = ",".join(f"{name}:|" for name in SQUEUE_FIELDS)
     command = ["squeue", "--noheader", "--array", "--states=all", f"--jobs={','.join(ids)}", f"--Format={fmt}"]
-    out = _run(command)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return {} if "Invalid job id" in done.stderr else None  # every one of them forgotten, or no answer
     states: dict[str, JobState] = {}
-    for line in (out or "").splitlines():
+    for line in done.stdout.splitlines():
         parts = [p.strip() for p in line.split("|")]
         if len(parts) < len(SQUEUE_FIELDS):
             continue

@@ -51,6 +51,10 @@ def test_no_root_or_no_apt_fails_with_the_reason(monkeypatch, capsys):
     monkeypatch.setattr(tool.os, "geteuid", lambda: 1000)
     assert tool.main(["run", "--", "true"]) == 2
     assert "slurmctld, munged not installed and not root" in capsys.readouterr().err
+    monkeypatch.setattr(tool, "missing_programs", lambda: [])  # installed, but still not root
+    assert tool.main(["run", "--", "true"]) == 2
+    assert "run as root" in capsys.readouterr().err
+    monkeypatch.setattr(tool, "missing_programs", lambda: ["slurmctld", "munged"])
     monkeypatch.setattr(tool.os, "geteuid", lambda: 0)
     monkeypatch.setattr(tool.shutil, "which", lambda name, path=None: None)
     assert tool.main(["install"]) == 2

@@ -57,3 +57,4 @@ def test_termination_cause_reads_slurms_verdict_on_a_real_job():
     subprocess.run(["scancel", job], check=True, timeout=60)
     assert termination_cause(job, 1, wait_s=1)[0] == "cancelled"
     assert failure_from_state(query([job])[job])[0] == "cancelled"
+    assert query(["987654"])["987654"].state == "ENDED"  # an id squeue never knew (or forgot): not waited for

@@ -189,8 +189,7 @@ class Cluster:
                                f"--seed-file={munge / 'munged.seed'}"])
         self._wait_for(lambda: (munge / "munge.socket").exists(), "munged's socket")
         self._spawn("slurmctld", [_program("slurmctld"), "-D", "-c", "-f", str(self.conf)])
-        self._wait_for(lambda: self._quiet(["scontrol", "ping"]) and "UP" in self._output(["scontrol", "ping"]),
-                       "slurmctld to answer")
+        self._wait_for(lambda: "UP" in self._output(["scontrol", "ping"]), "slurmctld to answer")
         self._spawn("slurmd", [_program("slurmd"), "-D", "-f", str(self.conf)])
         self._wait_for(lambda: self._output(["sinfo", "-h", "-N", "-o", "%T"]).split()[:1] == ["idle"],
                        "the node to be idle")
@@ -225,10 +224,10 @@ class Cluster:
         return "\n".join(out)
 
     def _spawn(self, name: str, command: list[str]) -> None:
-        log = open(self.folder / "log" / f"{name}.stdout", "wb")  # noqa: SIM115 - the daemon keeps it
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                start_new_session=True,  # a Ctrl-C meant for the tests does not reach it first
-                                preexec_fn=_die_with_parent)
+        with open(self.folder / "log" / f"{name}.stdout", "wb") as log:  # the daemon keeps its own copy
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                    start_new_session=True,  # a Ctrl-C meant for the tests does not reach it first
+                                    preexec_fn=_die_with_parent)
         self.daemons.append((name, proc))
 
     def _alive(self, name: str) -> bool:
@@ -295,6 +294,8 @@ def one_node_cluster(folder: Path | None = None, keep: bool = False) -> Iterator
 def run(command: list[str], keep: bool = False) -> int:
     """Install if needed, start a cluster, run ``command`` against it, stop the cluster; ``command``'s exit code."""
     install()
+    if os.geteuid() != 0:
+        raise ClusterError("the test cluster runs slurmctld, slurmd and its jobs as root (SlurmUser=root): run as root")
     with one_node_cluster(keep=keep) as cluster:
         print(f"slurm cluster: up in {cluster.folder} (SLURM_CONF={cluster.conf})", flush=True)
         return subprocess.run(command, env=cluster.env).returncode
