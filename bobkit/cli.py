@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from bobkit.batch.grid import Cell
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
@@ -24,7 +27,11 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     """List the manifest's datasets and reference tables and which are present here; optionally download some."""
     from bobkit.data.manifest import download, status
+    from bobkit.data.verify import pin
 
+    if args.pin:
+        record = pin(args.pin[0], args.pin[1])
+        print(f"pinned {args.pin[0]}: {record['source']} sha256 {record['sha256']} ({record['size_bytes']} bytes)")
     for name in args.download or []:
         for path in download(name):
             print(f"{name}: {path}")
@@ -49,6 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cells = load_grid(args.params)  # raises before anything runs
     print(f"{args.params}: {len(cells)} cells, runs folder {args.runs_dir}", flush=True)
+    _warn_corrupt(cells, args.runs_dir)
     if args.dry_run:
         for cell in cells:
             print(f"  {cell.run_key}  {cell.label}")
@@ -73,45 +81,98 @@ def cmd_run(args: argparse.Namespace) -> int:
         if outcome.status == "failed":
             print(f"  FAILED {outcome.cell.run_key} {outcome.cell.label}: {outcome.error}")
     if args.build:
-        _build_and_print(args.runs_dir, args.results)
-    return 1 if summary.count("failed") and args.strict else 0
+        _build_and_print(args.runs_dir, args.results, force=args.force)
+    if summary.count("failed") and not args.allow_failures:
+        print(f"{summary.count('failed')} cell(s) failed (bob status {args.params} lists them; "
+              "--allow-failures exits 0 anyway)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     """Merge complete sidecars into the results table and print a small leaderboard."""
-    _build_and_print(args.runs_dir, args.results)
+    _build_and_print(args.runs_dir, args.results, force=args.force, include_stale=args.include_stale)
     return 0
+
+
+def _warn_corrupt(cells: list[Cell], runs_dir: str) -> None:
+    """Say which of the grid's sidecars cannot be read: those cells run again (the bad file is kept aside)."""
+    from bobkit.batch.runner import run_dir_of
+    from bobkit.results.sidecars import sidecar_problem
+
+    for cell in cells:
+        problem = sidecar_problem(run_dir_of(cell, runs_dir))
+        if problem:
+            print(f"warning: unreadable sidecar of {cell.run_key} {cell.label} ({problem}): the cell runs again, "
+                  "the file is kept as metrics.json.corrupt-*", file=sys.stderr)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Counts of done / failed / running / pending cells, failures with their first error line."""
     from bobkit.batch.status import format_status, grid_status
 
+    if not Path(args.runs_dir).is_dir():
+        print(f"note: runs folder {args.runs_dir!r} does not exist (nothing has run there)", file=sys.stderr)
     print(format_status(grid_status(args.params, args.runs_dir), args.params, args.runs_dir))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Execute the analysis notebooks on a results table and render the static site."""
+    """Run the analysis notebooks on a results table and build the report book; exit 1 when a notebook failed
+    (unless ``--allow-failures``)."""
     from bobkit.report.site import build_report
 
     results = Path(args.results) if args.results else None
     if results is None and Path("results/results.parquet").exists():
         results = Path("results/results.parquet")
-    index = build_report(results, Path(args.out), runs_dir=Path(args.runs_dir), notebooks=args.notebooks,
-                         jobs=args.jobs, strict=args.strict, timeout=args.timeout)
-    print(f"report: {index}")
+    outcome = build_report(results, Path(args.out), runs_dir=Path(args.runs_dir), notebooks=args.notebooks,
+                           jobs=args.jobs, timeout=args.timeout, parameters=_report_parameters(args.set),
+                           render_runs=args.render_runs)
+    source = outcome.source
+    print(f"analysed: {source.results_path or 'the public reference tables'}")
+    if source.results_path is not None:
+        missing = sum(r.status in {"not found", "not a run folder name"} for r in outcome.runs)
+        print(f"runs: {len(outcome.runs)} run keys of the table, from {source.runs_dir} ({source.runs_dir_note})"
+              + (f"; {missing} not found there" if missing else ""))
+    ok = len(outcome.notebooks) - len(outcome.failures)
+    print(f"notebooks: {ok} of {len(outcome.notebooks)} ran")
+    for run in outcome.failures:
+        print(f"  FAILED {run.name}: {run.error}", file=sys.stderr)
+    if outcome.stderr_removed:
+        noisy = ", ".join(f"{name} ({count})" for name, count in outcome.stderr_removed.items())
+        print(f"stderr output left out of the pages (warnings, progress bars): {noisy}")
+    print(f"report: {outcome.index}")
+    if outcome.failures and not args.allow_failures:
+        print(f"bob report: {len(outcome.failures)} analysis notebook(s) failed; the site shows the errors but is "
+              "not ready to publish (fix them, or pass --allow-failures to publish anyway)", file=sys.stderr)
+        return 1
     return 0
 
 
-def _build_and_print(runs_dir: str, results: str) -> None:
-    from bobkit.analysis.stats import PRIMARY_METRICS, primary_metrics
-    from bobkit.results.schema import write_results
-    from bobkit.results.table import build_results, leaderboard
+def _report_parameters(assignments: list[str] | None) -> dict[str, object]:
+    """``--set n_boot=200 --set tasks=[retrieval]`` -> papermill parameters (values read as YAML)."""
+    import yaml
 
-    table = build_results(runs_dir)
+    parameters: dict[str, object] = {}
+    for item in assignments or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ValueError(f"--set: {item!r} is not NAME=VALUE (e.g. n_boot=200)")
+        parameters[name] = yaml.safe_load(value)
+    return parameters
+
+
+def _build_and_print(runs_dir: str, results: str, *, force: bool = False, include_stale: bool = False) -> None:
+    from bobkit.analysis.settings import PRIMARY_METRICS, primary_metrics
+    from bobkit.results.schema import write_results
+    from bobkit.results.table import build_results, check_replacement, leaderboard
+
+    table = build_results(runs_dir, include_stale=include_stale)
+    _print_left_out(table.attrs)
+    if not force:
+        check_replacement(table, results)
     path = write_results(table, results)
-    print(f"results: {path} ({len(table)} rows, {table['run_key'].nunique()} runs)")
+    print(f"results: {path} ({len(table)} rows, {table['run_key'].nunique()} runs, from {table.attrs['runs_dir']})")
     table = table[table["task"] != "smoke"]  # the runner's self-test scores no backbone
     if table.empty:
         return
@@ -123,6 +184,21 @@ def _build_and_print(runs_dir: str, results: str) -> None:
             metrics = ", ".join(sorted(rows["metric"].unique()))
             print(f"\nleaderboard: {task} ({metrics}; mean over seeds, higher is better)")
             _print_table(board.round(3).reset_index())
+
+
+def _print_left_out(attrs: dict) -> None:
+    """What ``bob build`` left out of the table, and why."""
+    left_out = attrs.get("left_out", {})
+    if left_out.get("stale"):
+        print(f"left out {left_out['stale']} stale run(s) made by other code (bob status <grid> lists them; "
+              "--include-stale keeps them)", file=sys.stderr)
+    if left_out.get("no_notebook"):
+        print(f"left out {left_out['no_notebook']} run(s) whose executed.ipynb is gone (bob run re-runs them)",
+              file=sys.stderr)
+    for path in attrs.get("corrupt", []):
+        print(f"warning: skipped unreadable sidecar {path}", file=sys.stderr)
+    if left_out.get("corrupt"):
+        print(f"skipped {left_out['corrupt']} unreadable sidecar(s)", file=sys.stderr)
 
 
 def _print_table(table: pd.DataFrame) -> None:
@@ -143,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="list datasets and reference tables and whether they are present")
     p.add_argument("--download", nargs="+", metavar="NAME", help="download these manifest entries (sha256-checked)")
     p.add_argument("--verify", action="store_true", help="hash every present file against the manifest")
+    p.add_argument("--pin", nargs=2, metavar=("NAME", "FILE"),
+                   help="trust FILE as manifest entry NAME's file (one without a published sha256): record its hash")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("validate", help="expand grid files without running them")
@@ -161,12 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build", action="store_true", help="build the results table afterwards")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their run keys, run nothing")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--strict", action="store_true", help="exit 1 when a cell failed")
+    p.add_argument("--allow-failures", action="store_true", help="exit 0 even when cells failed")
+    p.add_argument("--strict", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
+    p.add_argument("--force", action="store_true", help="with --build: replace a results table that has more runs")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("build", help="merge sidecars into results/results.parquet")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--results", default="results/results.parquet")
+    p.add_argument("--include-stale", action="store_true", help="keep runs made by other code (stale)")
+    p.add_argument("--force", action="store_true", help="replace a results table that has more runs")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("status", help="done / failed / running / pending cells of a grid")
@@ -174,15 +256,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("report", help="render the analysis notebooks into a static site")
+    p = sub.add_parser("report", help="build the report book: analysis notebooks, overview, provenance")
     p.add_argument("--results", default=None,
                    help="results table (default: results/results.parquet if present, else the public tables)")
-    p.add_argument("--out", default="site")
-    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--out", default="site",
+                   help="report folder (new, empty or made by bob report; emptied first); site in OUT/_build/html")
+    p.add_argument("--runs-dir", default="runs",
+                   help="runs folder, used only when the table does not record the one it was built from")
     p.add_argument("--notebooks", nargs="*", default=None, help="analysis notebooks to run (default: all)")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="papermill parameter for every notebook, e.g. --set n_boot=200 (repeatable)")
     p.add_argument("--jobs", type=int, default=1, help="notebooks executed at once")
     p.add_argument("--timeout", type=int, default=600, help="seconds per notebook cell")
-    p.add_argument("--strict", action="store_true", help="fail when an analysis notebook fails")
+    p.add_argument("--render-runs", type=int, default=200,
+                   help="runs' notebooks become pages up to this many runs; beyond, they are linked")
+    p.add_argument("--allow-failures", action="store_true",
+                   help="exit 0 even when an analysis notebook failed (the site shows the errors)")
+    p.add_argument("--strict", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -1,4 +1,5 @@
-"""Shared test settings: offline hub, an isolated cache, the public data folder."""
+"""Shared test settings: offline hub, an isolated cache. Nothing outside the repository is read: the public tables
+ship inside bobkit (``bobkit/reference/``) and test data lives under ``tests/``."""
 
 from __future__ import annotations
 
@@ -14,18 +15,6 @@ os.environ.setdefault("BOB_NUM_THREADS", "2")
 os.environ.setdefault("BOB_CACHE_DIR", tempfile.mkdtemp(prefix="bob-test-cache-"))
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-# The public tables (timm results, BoB snapshot) are found through the manifest; tests point it at ../shared/data.
-if SHARED_DATA.exists():
-    os.environ.setdefault("BOB_DATA_DIR", str(SHARED_DATA))
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """``../shared/data`` (real public tables); tests that need it skip when it is absent."""
-    if not SHARED_DATA.exists():
-        pytest.skip("../shared/data is not present")
-    return SHARED_DATA
 
 
 @pytest.fixture

@@ -2,20 +2,28 @@
 
 :func:`make_results` builds a table with a known structure: each backbone has a latent quality that grows with
 log-parameters (faster for ViTs) and log-data, every setting reads it through a monotone link plus noise, so task
-scores correlate, bigger backbones score higher, and every analysis notebook has something to show.
-:func:`make_minimal_results` mimics the offline demo: one task, one protocol, one seed, no robustness rows.
+scores correlate, bigger backbones score higher, and every analysis notebook has something to show. Every cell has
+``n_items`` test items, accuracies their binomial ``stderr``, and ``setting_params`` / ``setting_id`` as ``bob build``
+writes them. :func:`make_minimal_results` mimics the offline demo: one task, one protocol, one seed, no robustness
+rows. Nothing here reads outside the repository: the public tables ship in ``bobkit/reference/``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bobkit.analysis.public_tables import RESULTS_COLUMNS, conform
+from bobkit.results.schema import COLUMNS, conform, setting_id
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: The public tables bundled with bobkit (a data dir for callers that set ``BOB_DATA_DIR``; the manifest finds the
+#: bundled copies without it).
+DATA_DIR = Path(__file__).resolve().parents[1] / "bobkit" / "reference"
+#: Measurement parameters of the synthetic cells, as ``bob build`` records them.
+SETTING_PARAMS = {"image_size": 64, "max_train": 2000, "max_test": 1000}
+N_ITEMS = 1000
 
 _BACKBONES = [
     # name, family, method, method_kind, pretrain_data, images, params
@@ -65,7 +73,7 @@ def _quality(family: str, kind: str, images: float, params: float, rng: np.rando
 
 
 def make_results(*, seeds: tuple[int, ...] = (0, 1), noise: float = 0.15, seed: int = 0,
-                 backbones: int | None = None) -> pd.DataFrame:
+                 backbones: int | None = None, n_items: int = N_ITEMS) -> pd.DataFrame:
     """A full synthetic table: 14 backbones (or the first ``backbones``) x 17 metrics over 5 tasks x ``seeds``."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -87,16 +95,22 @@ def make_results(*, seeds: tuple[int, ...] = (0, 1), noise: float = 0.15, seed: 
                     "acc/mnist5k": shifted, "acc/pgd/1": shifted, "acc/fgsm/1": min(1.0, shifted + 0.05),
                     "drop_mnist5k": clean - shifted,
                 }.get(metric, clean)
+                accuracy = metric in {"top1", "map", "mrr", "recall@1", "id_acc"} or metric.startswith("acc/")
                 rows.append({
                     "run_key": f"{name}-{task}-{dataset}-{protocol}-{s}",
                     "task": task, "backbone": name, "dataset": dataset, "protocol": protocol, "seed": s,
-                    "setting": f"{task}/{dataset}/{protocol}", "metric": metric, "value": float(value),
+                    "setting": f"{task}/{dataset}/{protocol}",
+                    "setting_id": setting_id(task, dataset, protocol, metric, SETTING_PARAMS),
+                    "setting_params": json.dumps(SETTING_PARAMS, sort_keys=True), "metric": metric,
+                    "value": float(value),
+                    "stderr": float(np.sqrt(value * (1 - value) / n_items)) if accuracy else np.nan,
+                    "n_items": float(n_items),
                     "higher_is_better": hib, "display_name": name, "architecture": name.split(".")[0],
                     "family": family, "method": method, "method_kind": kind, "pretrain_data": data,
                     "pretrain_images": images, "params_millions": params,
                 })
     table = pd.DataFrame(rows)
-    assert list(table.columns) == RESULTS_COLUMNS
+    assert set(table.columns) <= set(COLUMNS)
     return conform(table)
 
 

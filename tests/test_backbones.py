@@ -14,7 +14,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub miss must fail in seconds, never wait on the network
 
 import bobkit.backbones as B  # noqa: E402
+import bobkit.data as bd  # noqa: E402
 from bobkit.backbones import weights as W  # noqa: E402
+from bobkit.utils.files import sha256_file  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -23,7 +25,7 @@ PACKAGED = ["tf_efficientnet_lite0.packaged_in1k", "tf_efficientnet_lite2.packag
 RANDOM_CONTROLS = ["resnet18.random_init", "convnext_atto.random_init", "vit_tiny_patch16_224.random_init"]
 CAT_IDS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 COFFEE_IDS = {967, 968, 504}  # espresso, cup, coffee mug
-CATALOG = Path(__file__).resolve().parents[2] / "shared" / "data" / "bob" / "backbones.csv"
+CATALOG = Path(B.__file__).resolve().parents[1] / "reference" / "bob" / "backbones.csv"  # ships with bobkit
 
 
 def _photos(name: str) -> torch.Tensor:
@@ -48,8 +50,6 @@ def packaged_classifier(request: pytest.FixtureRequest) -> tuple[str, torch.nn.M
 
 
 def test_registry_covers_every_row_of_the_paper_catalog() -> None:
-    if not CATALOG.exists():
-        pytest.skip(f"{CATALOG} is not present")
     with CATALOG.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 49
@@ -90,6 +90,17 @@ def test_entry_metadata_is_valid(name: str) -> None:
     cfg = B.data_config(name)
     assert cfg["input_size"][0] == 3 and len(cfg["mean"]) == 3 and len(cfg["std"]) == 3
     assert isinstance(B.weights_id(name), str) and B.weights_id(name)
+
+
+@pytest.mark.parametrize("name", [b.name for b in B.list_backbones() if b.source == "url"])
+def test_url_backbones_have_a_weights_entry_with_their_url(name: str) -> None:
+    """Each downloadable checkpoint is a manifest entry (where it goes, what verifies it) with the same URL."""
+    entry = B.get_backbone(name)
+    item = bd.load_manifest().entry(entry.weights_entry)
+    assert item.kind == "weights" and item.download == "direct"
+    assert item.file().url == entry.url
+    # No hash is published for these files; if one is recorded later it must be a full sha256.
+    assert item.file().sha256 is None or len(item.file().sha256) == 64
 
 
 def test_known_timm_names_and_pretraining_sizes() -> None:
@@ -173,7 +184,7 @@ def test_converted_state_dict_loads_strict(name: str) -> None:
     mtime = converted[-1].stat().st_mtime_ns
     B.create_model(name)
     assert converted[-1].stat().st_mtime_ns == mtime, "the cached conversion was rewritten"
-    assert B.weights_id(name) == f"packaged-sha256:{entry.package_sha256[:16]}"
+    assert B.weights_id(name) == f"packaged-sha256:{entry.package_sha256[:16]}+conv{W.converter_version()}"
 
 
 def test_mobilenet_matches_torchvision_logits() -> None:
@@ -270,11 +281,19 @@ def test_moco_v3_checkpoint_from_weights_dir(monkeypatch: pytest.MonkeyPatch, tm
     state = {f"module.base_encoder.{k}": v.half() for k, v in source.state_dict().items()}
     state["module.base_encoder.head.0.weight"] = torch.zeros(4, 384)  # the MoCo projection MLP, dropped
     state["module.predictor.0.weight"] = torch.zeros(4, 4)  # the predictor, outside the encoder
-    torch.save({"epoch": 300, "arch": "vit_small", "state_dict": state}, tmp_path / "vit-s-300ep.pth.tar")
+    checkpoint = tmp_path / "vit-s-300ep.pth.tar"
+    torch.save({"epoch": 300, "arch": "vit_small", "state_dict": state}, checkpoint)
     monkeypatch.setenv("BOB_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("BOB_CACHE_DIR", str(tmp_path / "cache"))
 
+    # No sha256 is published for MoCo v3's file: a copy is refused (nothing unpickled) until the user pins it.
+    assert not B.is_available_offline(name)
+    with pytest.raises(B.WeightsVerificationError, match="bob data --pin weights_vit_small_patch16_224_mocov3"):
+        B.create_model(name, image_size=64)
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))
+    bd.pin("weights_vit_small_patch16_224_mocov3", checkpoint)
     assert B.is_available_offline(name)
-    assert B.weights_id(name).startswith("file-sha256:")
+    assert B.weights_id(name).startswith(f"file-sha256:{sha256_file(checkpoint)[:16]}")
     model = B.create_model(name, image_size=64)
     assert model.pos_embed.shape[1] == 1 + (64 // 16) ** 2  # resampled from 14x14 on load
     torch.testing.assert_close(model.blocks[3].attn.qkv.weight, source.blocks[3].attn.qkv.weight.half().float())
@@ -294,7 +313,8 @@ def test_local_file_overrides_hub_weights(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert B.weights_id(name) == "timm:convnext_base.fb_in22k" or B.is_available_offline(name)
     save_file({"w": torch.zeros(2)}, str(tmp_path / f"{name}.safetensors"))
     assert B.is_available_offline(name)
-    assert B.weights_id(name) == f"file-sha256:{W.sha256_file(tmp_path / f'{name}.safetensors')[:16]}"
+    digest = sha256_file(tmp_path / f"{name}.safetensors")
+    assert B.weights_id(name) == f"file-sha256:{digest[:16]}+conv{W.converter_version()}"
     with pytest.raises(W.WeightsConversionError, match=f"{name}.safetensors"):
         B.create_model(name)  # the file is found and used, and its wrong keys are reported by name
 

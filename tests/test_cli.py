@@ -41,3 +41,11 @@ def test_dry_run_lists_cells_and_runs_nothing(write_grid, tmp_path: Path):
 def test_validate_reports_cell_counts(write_grid):
     proc = bob("validate", str(write_grid(GRID)))
     assert proc.returncode == 0 and "2 cells" in proc.stdout
+
+
+def test_strict_is_still_accepted_and_failures_fail_by_default(write_grid, tmp_path: Path):
+    """``--strict`` (exit 1 on failures) is what ``bob run`` does now; old scripts passing it keep working."""
+    proc = bob("run", str(write_grid(GRID)), "--runs-dir", str(tmp_path / "runs"), "--dry-run", "--strict")
+    assert proc.returncode == 0 and proc.stdout.count("smoke value=") == 2
+    help_text = bob("run", "--help").stdout
+    assert "--allow-failures" in help_text and "--strict" not in help_text

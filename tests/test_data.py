@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import pickle
+import shutil
 import struct
 from pathlib import Path
 
@@ -14,9 +17,11 @@ from PIL import Image
 
 import bobkit.data as bd
 from bobkit.data import manifest as mf
+from bobkit.data import revisited as rv
 from bobkit.data import sources
+from bobkit.data import verify as dv
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REFERENCE_DIR = Path(bd.__file__).resolve().parents[1] / "reference"
 FMNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 REFERENCE_TABLES = {
     "timm_results_imagenet": "timm-results/results-imagenet.csv",
@@ -91,21 +96,41 @@ def test_unknown_manifest_entry_names_it_and_close_matches():
     assert "timm_results_imagenet" in ei.value.close_matches
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data not present")
+def _shipped_copy(filename: str) -> Path:
+    """The copy of a public table that ships inside bobkit (``timm-results/x.csv`` -> ``reference/timm/x.csv``)."""
+    folder, name = filename.split("/")
+    return REFERENCE_DIR / {"timm-results": "timm", "bob": "bob"}[folder] / name
+
+
+@pytest.fixture
+def user_data_dir(tmp_path):
+    """A ``$BOB_DATA_DIR`` laid out as the manifest's filenames say, filled from the copies bobkit ships."""
+    root = tmp_path / "data"
+    for filename in REFERENCE_TABLES.values():
+        (root / filename).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_shipped_copy(filename), root / filename)
+    return root
+
+
 @pytest.mark.parametrize("name", sorted(REFERENCE_TABLES))
-def test_reference_tables_resolve_and_verify(name, monkeypatch):
-    monkeypatch.setenv("BOB_DATA_DIR", str(SHARED_DATA))
+def test_reference_tables_resolve_and_verify(name, monkeypatch, user_data_dir):
+    monkeypatch.setenv("BOB_DATA_DIR", str(user_data_dir))
     path = bd.resolve(name)
-    assert path == SHARED_DATA / REFERENCE_TABLES[name]
+    assert path == user_data_dir / REFERENCE_TABLES[name]
     assert path.stat().st_size == bd.load_manifest().entry(name).size_bytes
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data not present")
-def test_bob_data_dir_may_hold_several_directories(tmp_path, monkeypatch):
+def test_reference_tables_resolve_to_the_shipped_copies_without_a_data_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("BOB_DATA_DIR", str(tmp_path / "empty"))
+    for name, filename in REFERENCE_TABLES.items():
+        assert bd.resolve(name) == _shipped_copy(filename)
+
+
+def test_bob_data_dir_may_hold_several_directories(tmp_path, monkeypatch, user_data_dir):
     import os
 
-    monkeypatch.setenv("BOB_DATA_DIR", os.pathsep.join([str(tmp_path / "nothing"), str(SHARED_DATA)]))
-    assert bd.resolve("bob_backbones_catalog") == SHARED_DATA / "bob" / "backbones.csv"
+    monkeypatch.setenv("BOB_DATA_DIR", os.pathsep.join([str(tmp_path / "nothing"), str(user_data_dir)]))
+    assert bd.resolve("bob_backbones_catalog") == user_data_dir / "bob" / "backbones.csv"
 
 
 def test_status_reports_offline_entries_present():
@@ -158,11 +183,11 @@ def test_changed_file_is_rehashed_not_served_from_cache(tmp_path, monkeypatch):
     m = _write_manifest(tmp_path / "m.yaml", [_table_entry("x", "x.bin", _sha256(b"first"))])
     monkeypatch.setenv("BOB_DATA_DIR", str(data_dir))
     calls = []
-    real = mf._hash_file
-    monkeypatch.setattr(mf, "_hash_file", lambda p, a: calls.append(p) or real(p, a))
+    real = dv.digest_stream
+    monkeypatch.setattr(dv, "digest_stream", lambda h, a="sha256": calls.append(h.name) or real(h, a))
     m.resolve("x")
     m.resolve("x")
-    assert len(calls) == 1  # second resolve answered from the (path, size, mtime) cache
+    assert len(calls) == 1  # second resolve answered from the memo (same inode, size and change time)
     f.write_bytes(b"second, longer")
     with pytest.raises(bd.ChecksumError):
         m.resolve("x")
@@ -520,3 +545,124 @@ def test_build_transform_train_is_random_but_shaped():
     torch.manual_seed(0)
     a, b = tf(im), tf(im)
     assert a.shape == b.shape == (3, 32, 32) and not torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Revisited Oxford/Paris ground truth (moved here with the code from bobkit.eval.metrics)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _write_gnd_pickle(path, payload) -> str:
+    data = pickle.dumps(payload, protocol=4)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_gnd_pickle_converted_once_with_numpy_arrays(tmp_path):
+    payload = {
+        "imlist": ["a", "b", "c"],
+        "qimlist": ["q"],
+        "gnd": [{"easy": np.array([0]), "hard": np.array([2], dtype=np.int32), "junk": [], "bbx": [1.0, 2, 3, 4]}],
+    }
+    sha = _write_gnd_pickle(tmp_path / "gnd.pkl", payload)
+    out = rv.convert_revisited_gnd(tmp_path / "gnd.pkl", tmp_path / "gnd.json", sha256=sha)
+    gt = rv.load_revisited_gnd(out)
+    assert gt.gnd[0]["easy"] == [0] and gt.gnd[0]["hard"] == [2] and gt.source_sha256 == sha
+    # second call reads nothing new (the JSON is kept as is)
+    mtime = out.stat().st_mtime_ns
+    rv.convert_revisited_gnd(tmp_path / "gnd.pkl", tmp_path / "gnd.json", sha256=sha)
+    assert out.stat().st_mtime_ns == mtime
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned",))
+
+
+def test_gnd_pickle_with_code_is_refused(tmp_path):
+    sha = _write_gnd_pickle(tmp_path / "gnd.pkl", {"imlist": [], "qimlist": [], "gnd": [_Evil()]})
+    with pytest.raises(rv.UnsafePickleError, match="system"):
+        rv.convert_revisited_gnd(tmp_path / "gnd.pkl", tmp_path / "gnd.json", sha256=sha)
+    assert not (tmp_path / "gnd.json").exists()
+
+
+def test_gnd_pickle_checksum_verified_before_unpickling(tmp_path):
+    _write_gnd_pickle(tmp_path / "gnd.pkl", {"imlist": [], "qimlist": [], "gnd": []})
+    with pytest.raises(bd.ChecksumError, match="sha256"):
+        rv.convert_revisited_gnd(tmp_path / "gnd.pkl", tmp_path / "gnd.json", sha256="0" * 64)
+    with pytest.raises(ValueError, match="sha256"):
+        rv.convert_revisited_gnd(tmp_path / "gnd.pkl", tmp_path / "gnd.json", sha256=[])
+    assert not (tmp_path / "gnd.json").exists()
+
+
+def test_gnd_json_indices_validated(tmp_path):
+    bad = {"imlist": ["a"], "qimlist": ["q"], "gnd": [{"easy": [5], "hard": [], "junk": []}]}
+    (tmp_path / "g.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="outside"):
+        rv.load_revisited_gnd(tmp_path / "g.json")
+
+
+def test_gnd_without_published_hash_is_refused_until_pinned(tmp_path, monkeypatch):
+    """The manifest records no sha256 for the real gnd pickles: the file is refused (hash and pin command in the
+    message), nothing is unpickled, and after `bob data --pin` (bd.pin) the same file loads."""
+    payload = {"imlist": ["a", "b"], "qimlist": ["q"], "gnd": [{"easy": [1], "hard": [], "junk": [0]}]}
+    pkl = tmp_path / "gnd_roxford5k.pkl"
+    sha = _write_gnd_pickle(pkl, payload)
+    assert bd.load_manifest().entry("roxford5k").file("gnd_roxford5k.pkl").sha256 is None
+    unpickled = []
+    monkeypatch.setenv("BOB_CACHE_DIR", str(tmp_path / "cache"))
+    with monkeypatch.context() as patched, pytest.raises(bd.UnverifiedFileError) as info:
+        patched.setattr(rv, "restricted_unpickle", lambda *a, **k: unpickled.append(1))
+        rv.revisited_ground_truth("roxford5k", pkl)
+    assert sha in str(info.value) and "bob data --pin roxford5k" in str(info.value) and not unpickled
+    record = bd.pin("roxford5k", pkl)
+    assert record["sha256"] == sha and bd.pins()["roxford5k"]["roxford5k/gnd_roxford5k.pkl"]["sha256"] == sha
+    assert (tmp_path / "cache" / "data" / "pinned_hashes.json").stat().st_mode & 0o777 == 0o600
+    gt = rv.revisited_ground_truth("roxford5k", pkl)
+    assert gt.gnd[0]["junk"] == [0] and gt.source_sha256 == sha
+    # a different file under the same name no longer matches the pin
+    _write_gnd_pickle(pkl, {**payload, "qimlist": ["other"]})
+    with pytest.raises(bd.ChecksumError, match=sha):
+        rv.revisited_ground_truth("roxford5k", pkl)
+
+
+def test_required_verification_refuses_unhashed_file_until_pinned(tmp_path, monkeypatch):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    f = data_dir / "w.bin"
+    f.write_bytes(b"weights")
+    m = _write_manifest(tmp_path / "m.yaml", [_table_entry("w", "w.bin", None)])
+    monkeypatch.setenv("BOB_DATA_DIR", str(data_dir))
+    assert m.resolve("w") == f  # plain data without a hash: returned, as before
+    with pytest.raises(bd.UnverifiedFileError, match=_sha256(b"weights")):
+        m.resolve("w", required=True)
+    with pytest.raises(FileNotFoundError):
+        bd.pin("w", data_dir / "absent.bin", manifest=m)
+    assert bd.pin("w", f, manifest=m)["size_bytes"] == 7
+    assert m.resolve("w", required=True) == f
+    assert m.status(verify=True).set_index("name").loc["w", "verified"] == "yes"
+    f.write_bytes(b"other!!")
+    with pytest.raises(bd.ChecksumError):
+        m.resolve("w", required=True)
+
+
+def test_pin_refuses_a_file_that_contradicts_a_published_hash(tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_bytes(b"a,b\n")
+    m = _write_manifest(tmp_path / "m.yaml", [_table_entry("t", "t.csv", "0" * 64)])
+    with pytest.raises(bd.ChecksumError, match="0" * 64):
+        bd.pin("t", f, manifest=m)
+    assert bd.pins() == {}
+
+
+def test_bob_data_pin_command(tmp_path, monkeypatch, capsys):
+    from bobkit.cli import main
+
+    f = tmp_path / "gnd_rparis6k.pkl"
+    f.write_bytes(pickle.dumps({"imlist": [], "qimlist": [], "gnd": []}))
+    monkeypatch.setattr("bobkit.data.manifest.status", lambda **kw: __import__("pandas").DataFrame())
+    main(["data", "--pin", "rparis6k", str(f)])
+    assert _sha256(f.read_bytes()) in capsys.readouterr().out
+    assert bd.pins()["rparis6k"]["rparis6k/gnd_rparis6k.pkl"]["sha256"] == _sha256(f.read_bytes())

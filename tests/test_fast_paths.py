@@ -353,7 +353,7 @@ def test_every_task_rejects_a_bad_execution_value_before_any_work(task, name, ba
     def started(*args, **kwargs):
         raise AssertionError(f"{task} started work before rejecting {name}={bad!r}")
 
-    monkeypatch.setattr(module, "set_threads", started)  # every run's first step after validation
+    monkeypatch.setattr("bobkit.features.device.set_threads", started)  # the harness's first step after validation
     message = re.escape(f"{name}={bad!r}")
     with pytest.raises(ValueError, match=message):
         module.run(**{name: bad})

@@ -52,11 +52,12 @@ def test_run_key_ignores_execution_only_parameters():
 
 
 def test_run_key_changes_with_the_code_version(monkeypatch):
-    import bobkit.tasks.smoke as smoke
+    from bobkit.batch import codehash
 
     before = make_cell("smoke", {}).run_key
-    monkeypatch.setattr(smoke, "VERSION", "999")
-    assert make_cell("smoke", {}).run_key != before
+    files = codehash.task_code_files("smoke")
+    monkeypatch.setattr(codehash, "task_code_files", lambda task, **_: {**files, "bobkit.tasks.smoke": "edited"})
+    assert make_cell("smoke", {}).run_key != before  # (tests/test_runkeys.py edits real source files)
 
 
 @pytest.mark.parametrize(
@@ -100,9 +101,11 @@ def test_bad_params_file_fails_before_anything_runs(write_grid, tmp_path):
 
 
 def test_defaults_apply_only_to_tasks_that_have_the_parameter():
-    cells = expand_grid({"defaults": {"image_size": 32, "value": 5.0}, "grid": [{"task": "smoke"}]})
+    cells = expand_grid({"defaults": {"image_size": 32, "value": 5.0},
+                         "grid": [{"task": "smoke"}, {"task": "classification"}]})
     assert cells[0].params["value"] == 5.0
     assert "image_size" not in cells[0].params
+    assert cells[1].params["image_size"] == 32 and "value" not in cells[1].params
 
 
 def test_shipped_grids_expand():
@@ -112,3 +115,63 @@ def test_shipped_grids_expand():
         cells = load_grid(path)
         assert cells, path
         assert len({c.run_key for c in cells}) == len(cells)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Every value checked against its declaration before any cell starts (issue 12)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _cuda_here() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+BAD_GRID_VALUES = [
+    ("task: classification\n    seed: -1", "seed=-1"),
+    ("task: classification\n    max_train: 0", "max_train=0"),
+    ("task: classification\n    lr: .nan", "lr=nan"),
+    ("task: classification\n    image_size: true", "image_size=True"),
+    ("task: classification\n    image_size: 100000", "image_size=100000 is above its maximum"),
+    ("task: classification\n    max_train: 1000000000", "max_train=1000000000 is above its maximum"),
+    ("task: classification\n    backbone: []", "'backbone' is an empty list"),
+    ("task: classification\n    setting: []", "'setting' is an empty list"),
+    ("task: robustness\n    epsilons: x", "epsilons='x'"),
+    ("task: robustness\n    epsilons: [[0, 1], []]", "epsilons=[] needs at least 1 item"),
+    ("task: detection\n    canvas_size: 5000", "canvas_size=5000 is above its maximum"),
+    ("task: detection\n    eval_dataset: cityscapess", "eval_dataset='cityscapess'"),
+    ("task: detection\n    dataset: fashion_mnist", "dataset='fashion_mnist'"),
+    ("task: classification\n    device: " + ("'cuda:99'" if _cuda_here() else "cuda"), "device="),
+    ("task: classification\n    probe_solver: lbgfs", "did you mean 'lbfgs'?"),
+]
+
+
+@pytest.mark.parametrize("block, needle", BAD_GRID_VALUES)
+def test_every_value_is_checked_against_its_declaration(write_grid, block, needle):
+    path = write_grid(f"grid:\n  - {block}\n")
+    with pytest.raises(GridError) as info:
+        load_grid(path)
+    assert needle in str(info.value) and str(path) in str(info.value)
+
+
+def test_cuda_is_left_to_the_node_when_the_cell_asks_its_scheduler_for_gpus():
+    cells = expand_grid({"resources": {"gpus": 1}, "grid": [{"task": "classification", "device": "cuda"}]})
+    assert cells[0].params["device"] == "cuda"
+
+
+def test_list_values_are_normalised_so_equal_settings_share_a_run_key():
+    as_list = make_cell("robustness", {"epsilons": [0, 1, 2]})
+    as_json = make_cell("robustness", {"epsilons": "[0, 1.0, 2]"})
+    as_commas = make_cell("robustness", {"epsilons": "0,1,2"})
+    assert as_list.params["epsilons"] == [0.0, 1.0, 2.0]
+    assert as_list.run_key == as_json.run_key == as_commas.run_key
+
+
+def test_bob_run_rejects_a_bad_value_before_any_cell_starts(write_grid, tmp_path):
+    grid = write_grid("grid:\n  - task: smoke\n    value: [1, 2]\n  - task: smoke\n    seed: -1\n")
+    runs = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "bobkit.cli", "run", str(grid), "--runs-dir", str(runs)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "seed=-1 must be at least 0" in proc.stderr
+    assert not runs.exists()

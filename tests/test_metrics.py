@@ -3,10 +3,6 @@ and library oracles."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import pickle
-
 import numpy as np
 import pytest
 import torch
@@ -193,60 +189,6 @@ def test_query_without_positives_is_left_out():
     relevant = np.array([[True, False], [False, False]])
     out = M.ranked_metrics(relevant)
     assert np.isnan(out["ap"][1]) and out["ap"][0] == 1.0
-
-
-# --- revisited ground truth conversion ------------------------------------------------------------------------
-
-
-def _write_gnd_pickle(path, payload) -> str:
-    data = pickle.dumps(payload, protocol=4)
-    path.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def test_gnd_pickle_converted_once_with_numpy_arrays(tmp_path):
-    payload = {
-        "imlist": ["a", "b", "c"],
-        "qimlist": ["q"],
-        "gnd": [{"easy": np.array([0]), "hard": np.array([2], dtype=np.int32), "junk": [], "bbx": [1.0, 2, 3, 4]}],
-    }
-    sha = _write_gnd_pickle(tmp_path / "gnd.pkl", payload)
-    out = M.convert_revisited_gnd(tmp_path / "gnd.pkl", tmp_path / "gnd.json", sha256=sha)
-    gt = M.load_revisited_gnd(out)
-    assert gt.gnd[0]["easy"] == [0] and gt.gnd[0]["hard"] == [2] and gt.source_sha256 == sha
-    # second call reads nothing new (the JSON is kept as is)
-    mtime = out.stat().st_mtime_ns
-    M.convert_revisited_gnd(tmp_path / "gnd.pkl", tmp_path / "gnd.json", sha256=sha)
-    assert out.stat().st_mtime_ns == mtime
-
-
-class _Evil:
-    def __reduce__(self):
-        import os
-
-        return (os.system, ("echo pwned",))
-
-
-def test_gnd_pickle_with_code_is_refused(tmp_path):
-    sha = _write_gnd_pickle(tmp_path / "gnd.pkl", {"imlist": [], "qimlist": [], "gnd": [_Evil()]})
-    with pytest.raises(M.UnsafePickleError, match="system"):
-        M.convert_revisited_gnd(tmp_path / "gnd.pkl", tmp_path / "gnd.json", sha256=sha)
-    assert not (tmp_path / "gnd.json").exists()
-
-
-def test_gnd_pickle_checksum_verified_before_unpickling(tmp_path):
-    _write_gnd_pickle(tmp_path / "gnd.pkl", {"imlist": [], "qimlist": [], "gnd": []})
-    with pytest.raises(ValueError, match="sha256"):
-        M.convert_revisited_gnd(tmp_path / "gnd.pkl", tmp_path / "gnd.json", sha256="0" * 64)
-    with pytest.raises(ValueError, match="allow_unverified"):
-        M.convert_revisited_gnd(tmp_path / "gnd.pkl", tmp_path / "gnd.json", sha256=None)
-
-
-def test_gnd_json_indices_validated(tmp_path):
-    bad = {"imlist": ["a"], "qimlist": ["q"], "gnd": [{"easy": [5], "hard": [], "junk": []}]}
-    (tmp_path / "g.json").write_text(json.dumps(bad))
-    with pytest.raises(ValueError, match="outside"):
-        M.load_revisited_gnd(tmp_path / "g.json")
 
 
 # --- calibration ------------------------------------------------------------------------------------------------

@@ -11,11 +11,11 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from fixtures_analysis import make_results  # noqa: E402
 
-from bobkit.analysis import (
-    plots,
-    stats,  # noqa: E402
-)
-from bobkit.analysis.stats import InsufficientDataError  # noqa: E402
+from bobkit.analysis import comparisons as cmp  # noqa: E402
+from bobkit.analysis import correlation as corr  # noqa: E402
+from bobkit.analysis import id_ood, plots  # noqa: E402
+from bobkit.analysis import scores as sc  # noqa: E402
+from bobkit.analysis.errors import InsufficientDataError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def table() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def scores(table) -> pd.DataFrame:
-    return stats.scores(table)
+    return sc.scores(table)
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +36,7 @@ def _close():
 
 
 def test_leaderboard_plot(table, tmp_path):
-    board = stats.leaderboard(table, n_boot=20)
+    board = sc.leaderboard(table, n_boot=20)
     fig = plots.leaderboard_plot(board, top=5)
     ax = fig.axes[0]
     assert len(ax.patches) == 5
@@ -49,7 +49,7 @@ def test_leaderboard_plot(table, tmp_path):
 
 
 def test_correlation_plots(table, scores):
-    matrix, _ = stats.correlation_matrix(stats.score_matrix(table, level="task"), n_boot=0)
+    matrix, _ = corr.correlation_matrix(corr.score_matrix(table, level="task"), n_boot=0)
     fig = plots.correlation_heatmap(matrix)
     assert fig.axes
     fig = plots.task_scatter(scores, "classification", "retrieval")
@@ -61,8 +61,8 @@ def test_correlation_plots(table, scores):
 
 
 def test_scale_plot(scores):
-    corr = stats.correlate_by_group(scores, "params_millions", "overall", n_boot=0)
-    fig = plots.scale_plot(scores, x="params_millions", correlations=corr)
+    by_family = corr.correlate_by_group(scores, "params_millions", "overall", n_boot=0)
+    fig = plots.scale_plot(scores, x="params_millions", correlations=by_family)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -74,11 +74,11 @@ def test_scale_plot(scores):
 
 
 def test_paired_and_slope_charts(table, scores):
-    pairs = stats.matched_pairs(scores)
+    pairs = cmp.matched_pairs(scores)
     assert len(pairs) >= 2
     fig = plots.paired_plot(pairs)
     assert len(fig.axes[0].get_yticklabels()) == len(pairs)
-    comparison = stats.protocol_comparison(table)
+    comparison = cmp.protocol_comparison(table)
     fig = plots.slope_chart(comparison)
     assert len(fig.axes) == comparison["dataset"].nunique()
     with pytest.raises(InsufficientDataError):
@@ -86,12 +86,12 @@ def test_paired_and_slope_charts(table, scores):
 
 
 def test_robustness_and_probit_plots(table):
-    rob = stats.metric_pairs(table, {"task": "classification", "metric": "top1"},
+    rob = id_ood.metric_pairs(table, {"task": "classification", "metric": "top1"},
                              {"task": "robustness", "metric": "top1"}, x_name="acc", y_name="rob")
     fig = plots.metric_scatter(rob, "acc", "rob")
     assert "Spearman" in fig.axes[0].get_title()
     frame = rob.rename(columns={"acc": "id_acc"})
-    er, trend = stats.effective_robustness(frame, "rob")
+    er, trend = id_ood.effective_robustness(frame, "rob")
     fig = plots.probit_scatter(frame, "rob", trend=trend, hue="family")
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert all(t.isdigit() for t in ticks if t)  # percentages on a probit axis
@@ -104,3 +104,29 @@ def test_consistent_colours():
     assert plots.palette_for(["SSL"], "method_kind")["SSL"] == plots.METHOD_KIND_COLORS["SSL"]
     other = plots.palette_for(["foo", "bar"], "anything")
     assert other["foo"] != other["bar"]
+
+
+def test_long_names_wrap_instead_of_being_cut():
+    name = "vit_base_patch16_clip_224.laion2b_ft_in12k_in1k"
+    wrapped = plots.wrap_label(name, 20)
+    assert "\n" in wrapped and wrapped.replace("\n", "") == name
+    assert plots.wrap_label("Supervised EfficientNet-Lite2 (IN-1k, packaged)", 30) == \
+        "Supervised EfficientNet-Lite2\n(IN-1k, packaged)"  # never broken inside IN-1k
+    board = sc.leaderboard(make_results(seeds=(0,)), n_boot=10)
+    board.loc[0, "display_name"] = name + "_with_a_much_longer_suffix_than_any_axis_allows"
+    fig = plots.leaderboard_plot(board, top=5)
+    labels = [t.get_text().replace("\n", "") for t in fig.axes[0].get_yticklabels()]
+    assert board.loc[0, "display_name"] in labels and not any(label.endswith("…") for label in labels)
+
+
+def test_leaderboard_plot_labels_and_clips_random_init_baselines():
+    board = pd.DataFrame({"backbone": ["a", "b", "r"], "display_name": ["a", "b", "resnet18"],
+                          "score": [1.0, -1.0, -40.0], "score_lo": [0.5, -1.5, -45.0], "score_hi": [1.5, -0.5, -35.0],
+                          "baseline": [False, False, True], "method_kind": ["supervised", "supervised", "random"]})
+    fig = plots.leaderboard_plot(board)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[0] == "resnet18 (random init)"
+    assert ax.get_xlim()[0] > -10  # the axis stays on the pretrained backbones
+    assert any(t.get_text().startswith("-40.0") for t in ax.texts)  # the clipped baseline's score is written
+    assert ax.patches[0].get_hatch() == "//"

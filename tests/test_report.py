@@ -1,12 +1,14 @@
-"""bobkit.report.site: the notebook helper, HTML conversion, and the static site rendered in headless Chromium."""
+"""bobkit.report: inputs checked before anything runs, the runs behind a table, safe output, tables made to be read,
+the paper's claims against a table's answers, and a failing notebook that shows and fails the command.
+
+The book itself, rendered in headless Chromium, is tested in ``test_book.py``.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import matplotlib
@@ -17,15 +19,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import nbformat  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-from fixtures_analysis import DATA_DIR, make_minimal_results, write_table  # noqa: E402
+from report_fixtures import PAYLOAD, fake_run, notebook_file  # noqa: E402
 
+from bobkit import cli  # noqa: E402
 from bobkit.analysis import notebook as analysis_notebook  # noqa: E402
-from bobkit.analysis.stats import InsufficientDataError  # noqa: E402
-from bobkit.report import site as report  # noqa: E402
-
-# a subset keeps the test fast: every notebook already runs under papermill in test_analysis_notebooks
-REPORT_NOTEBOOKS = ["01_leaderboard", "06_robustness_calibration", "08_where_does_my_backbone_rank"]
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+from bobkit.analysis.errors import InsufficientDataError  # noqa: E402
+from bobkit.report import claims, inputs, pages, runs, sanitize, site, tables  # noqa: E402
+from bobkit.report.execute import NotebookRun, error_message  # noqa: E402
 
 
 def test_analysis_helper_records_and_degrades(tmp_path):
@@ -54,122 +54,385 @@ def test_analysis_helper_records_and_degrades(tmp_path):
     assert "stats error" in analysis_notebook.read_summary(tmp_path / "figs")["skipped"]
 
 
-def _tiny_notebook(path: Path) -> Path:
+# --------------------------------------------------------------------------------------------------------------------
+# Inputs: names that become paths, the output folder
+# --------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../analysis/01_leaderboard", "../x", "/tmp/01_x", "01_leaderboard.ipynb",
+                                  "01_leaderboard/../01_leaderboard", "", "1_short"])
+def test_notebook_names_that_are_paths_are_rejected_before_anything_runs(tmp_path, name):
+    out = tmp_path / "site"
+    with pytest.raises(ValueError, match="--notebooks") as info:
+        site.build_report(None, out, notebooks=[name])
+    assert repr(name) in str(info.value)  # the message names the bad value
+    assert not out.exists()  # nothing was created, let alone run or deleted
+
+
+def test_unknown_notebook_and_missing_table_are_named(tmp_path):
+    with pytest.raises(ValueError, match="no analysis notebook '99_nope'"):
+        site.build_report(None, tmp_path / "site", notebooks=["99_nope"])
+    with pytest.raises(ValueError, match="missing.parquet"):
+        site.build_report(tmp_path / "missing.parquet", tmp_path / "site", notebooks=["01_leaderboard"])
+    assert not (tmp_path / "site").exists()
+
+
+def test_an_out_folder_not_made_by_the_report_is_refused_and_kept(tmp_path):
+    mine = tmp_path / "my_folder"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(ValueError, match="not made by bob report"):
+        site.build_report(None, mine, notebooks=["01_leaderboard"])
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    with pytest.raises(ValueError, match="refusing"):
+        inputs.check_out_dir(Path.home())
+
+
+def test_an_out_folder_holding_the_runs_or_the_table_is_refused(tmp_path):
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ValueError, match="holds"):
+        inputs.check_out_dir(tmp_path, protected=[tmp_path / "runs"])
+    with pytest.raises(ValueError, match="holds"):
+        inputs.check_out_dir(tmp_path / "runs", protected=[tmp_path / "runs"])
+
+
+def test_clearing_the_out_folder_never_deletes_outside_it(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "keep.txt").write_text("keep")
+    (outside / "deep" / "keep.txt").write_text("keep")
+    out = inputs.clear_out_dir(tmp_path / "site")  # new folder: created and marked
+    (out / "old_page.html").write_text("old")
+    (out / "link_to_outside").symlink_to(outside, target_is_directory=True)
+    (out / "sub").mkdir()
+    (out / "sub" / "nested_link").symlink_to(outside / "deep", target_is_directory=True)
+    (out / "file_link").symlink_to(outside / "keep.txt")
+    assert inputs.check_out_dir(out) == out.resolve()  # marked: may be cleared
+    inputs.clear_out_dir(out)
+    assert sorted(p.name for p in out.iterdir()) == [inputs.MARKER]
+    assert (outside / "keep.txt").read_text() == "keep" and (outside / "deep" / "keep.txt").read_text() == "keep"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The runs behind the table
+# --------------------------------------------------------------------------------------------------------------------
+
+def _table(keys: list[tuple[str, str]], runs_dir: Path | None) -> pd.DataFrame:
+    rows = [{"run_key": key, "task": task, "backbone": f"bb{i}", "dataset": "fashion_mnist",
+             "protocol": "linear_probe", "metric": "top1", "value": 0.5 + i / 10} for i, (task, key) in enumerate(keys)]
+    table = pd.DataFrame(rows)
+    if runs_dir is not None:
+        table.attrs["runs_dir"] = str(runs_dir)
+    return table
+
+
+def test_the_report_follows_the_runs_folder_the_table_records(tmp_path):
+    behind, elsewhere = tmp_path / "batch_a" / "runs", tmp_path / "runs"
+    for key in ("k1", "k2", "k3"):
+        fake_run(behind, "classification", key)
+    fake_run(elsewhere, "classification", "k9")
+    path = tmp_path / "results.parquet"
+    _table([("classification", "k1"), ("classification", "k2")], behind).to_parquet(path)
+
+    source = inputs.read_table_source(path, runs_dir_fallback=elsewhere)
+    assert source.runs_dir == behind and "recorded in the table" in source.runs_dir_note
+    records = runs.runs_behind(source.runs, source.runs_dir)
+    assert [r.run_key for r in records] == ["k1", "k2"]  # exactly the table's keys: not k3, not k9
+    assert all(r.status == "complete" and r.notebook is not None for r in records)
+    assert records[0].code_version == "code-k1" and records[0].device == "cpu: test"
+
+
+def test_a_table_without_its_runs_folder_falls_back_and_says_so(tmp_path):
+    fallback = tmp_path / "runs"
+    fake_run(fallback, "classification", "k1")
+    path = tmp_path / "results.csv"  # CSV tables carry no attrs
+    _table([("classification", "k1"), ("classification", "gone")], None).to_csv(path, index=False)
+    source = inputs.read_table_source(path, runs_dir_fallback=fallback)
+    assert source.runs_dir == fallback.resolve()
+    assert "does not record its runs folder" in source.runs_dir_note and "--runs-dir" in source.runs_dir_note
+    statuses = {r.run_key: r.status for r in runs.runs_behind(source.runs, source.runs_dir)}
+    assert statuses == {"k1": "complete", "gone": "not found"}
+
+
+def test_run_keys_that_are_paths_never_reach_the_file_system(tmp_path):
+    runs_dir = tmp_path / "runs"
+    fake_run(tmp_path, "secret", "k1")  # tmp/secret/k1 is outside runs/
+    table = _table([("..", "secret"), ("classification", "../../secret/k1")], runs_dir)
+    records = runs.runs_behind(table.drop_duplicates("run_key"), runs_dir)
+    assert {r.status for r in records} == {"not a run folder name"}
+    assert all(r.notebook is None for r in records)
+
+
+def test_a_symlinked_executed_notebook_is_not_published(tmp_path):
+    runs_dir = tmp_path / "runs"
+    elsewhere = notebook_file(tmp_path / "private" / "notes.ipynb", text="SECRET")
+    fake_run(runs_dir, "classification", "linked", notebook=False)
+    (runs_dir / "classification" / "linked" / "executed.ipynb").symlink_to(elsewhere)
+    real = fake_run(tmp_path / "other", "classification", "dirlink")
+    (runs_dir / "classification" / "dirlink").symlink_to(real, target_is_directory=True)
+    fake_run(runs_dir, "classification", "plain")
+    table = _table([("classification", "linked"), ("classification", "dirlink"), ("classification", "plain")],
+                   runs_dir)
+    records = {r.run_key: r for r in runs.runs_behind(table, runs_dir)}
+    assert records["linked"].notebook is None and "symbolic link" in records["linked"].note
+    assert records["dirlink"].notebook is None and records["dirlink"].status == "not published"
+    assert records["plain"].notebook is not None
+
+    out = tmp_path / "site"
+    site.publish_runs(list(records.values()), out, render_runs=10)
+    published = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.ipynb"))
+    assert published == ["runs/classification/plain.ipynb"]
+    assert "SECRET" not in (out / published[0]).read_text()
+
+
+def test_failed_runs_of_the_folder_are_listed_with_their_error(tmp_path):
+    runs_dir = tmp_path / "runs"
+    fake_run(runs_dir, "classification", "ok1")
+    fake_run(runs_dir, "retrieval", "bad1", status="failed", error="Traceback ...\nCUDA out of memory")
+    failed = runs.failed_runs(runs_dir, exclude={"ok1"})
+    assert [(r.run_key, r.error) for r in failed] == [("bad1", "CUDA out of memory")]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Safe output
+# --------------------------------------------------------------------------------------------------------------------
+
+def test_sanitize_notebook_escapes_markdown_and_cleans_html():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("display_data", data={"text/markdown": f"**Top:** {PAYLOAD} `p < 0.05`",
+                                                     "text/plain": "md"}),
+        nbformat.v4.new_output("display_data", data={"text/html": f"<table><tr><td>{PAYLOAD}</td></tr></table>"
+                                                                  "<script>alert(2)</script>"
+                                                                  "<a href='javascript:alert(3)'>x</a>"}),
+        nbformat.v4.new_output("display_data", data={"application/javascript": "alert(4)"}),
+        nbformat.v4.new_output("stream", name="stderr", text="UserWarning: careful\n  0%|  | 0/10"),
+        nbformat.v4.new_output("stream", name="stdout", text="kept"),
+    ])])
+    report = sanitize.sanitize_notebook(nb)
+    outputs = nb.cells[0].outputs
+    assert [o.output_type for o in outputs] == ["display_data", "display_data", "stream"]
+    markdown_html = outputs[0].data["text/html"]
+    assert "&lt;img src=x onerror=alert(1)&gt;" in markdown_html and "<strong>Top:</strong>" in markdown_html
+    assert "<code>p &lt; 0.05</code>" in markdown_html and "text/markdown" not in outputs[0].data
+    cleaned = outputs[1].data["text/html"]
+    assert "onerror" not in cleaned and "<script" not in cleaned and "javascript:" not in cleaned
+    assert "<td><img src=\"x\"></td>" in cleaned  # the tag without its handler
+    assert report.stderr_removed == 1 and report.outputs_dropped == 1 and outputs[2].text == "kept"
+
+
+def test_clean_html_keeps_inline_images_only():
+    png = "data:image/png;base64,iVBORw0KGgo="
+    assert png in sanitize.clean_html(f"<img src='{png}'>")
+    assert "data:" not in sanitize.clean_html("<img src='data:image/svg+xml;base64,PHN2Zz4='>")
+    assert "data:" not in sanitize.clean_html("<a href='data:text/html,<script>alert(1)</script>'>x</a>")
+
+
+def test_scan_page_names_active_content():
+    clean = "<html><body><article><table><tr><td>&lt;img&gt;</td></tr></table></article></body></html>"
+    assert sanitize.scan_page(clean) == []
+    findings = sanitize.scan_page(f"<article><p>{PAYLOAD}</p><script>alert(1)</script></article></article>"
+                                  "<a href='javascript:x'>y</a><script src='https://cdn.example/x.js'></script>")
+    assert any("onerror" in f for f in findings) and any("alert(1)" in f for f in findings)
+    assert any("unbalanced" in f for f in findings) and any("javascript:" in f for f in findings)
+    assert any("network" in f for f in findings)
+
+
+def test_titles_never_carry_markup_even_escaped():
+    # the book theme's print header (title|striptags) and Sphinx's search results (innerHTML) unescape titles
+    assert pages.title_text(f"classification: {PAYLOAD}  on\nfashion_mnist") == \
+        "classification: ‹img src=x onerror=alert(1)› on fashion_mnist"
+    index = 'Search.setIndex({"titles": ["ok"], "alltitles": {"run: <img src=x>": [[2, "x"]]}, "terms": {}})'
+    assert sanitize.scan_search_index(index) == ["search title 'run: <img src=x>'"]
+    assert sanitize.scan_search_index(index.replace("<img src=x>", "fine")) == []
+
+
+def test_error_message_is_one_readable_line():
+    class PapermillLike(Exception):
+        ename, evalue, exec_count = "ValueError", "\x1b[31mbad value 'x'\x1b[0m", 7
+
+    assert error_message(PapermillLike("ignored")) == "ValueError: bad value 'x' (cell [7])"
+    assert error_message(RuntimeError("first\nsecond")) == "RuntimeError: first"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tables made to be read
+# --------------------------------------------------------------------------------------------------------------------
+
+def _table_cells(html: str) -> pd.DataFrame:
+    """The header and cell texts of the one table in ``html``."""
+    from bs4 import BeautifulSoup
+
+    table = BeautifulSoup(html, "html.parser").find("table")
+    header = [th.get_text() for th in table.find("thead").find_all("th")]
+    rows = [[td.get_text() for td in tr.find_all("td")] for tr in table.find("tbody").find_all("tr")]
+    return pd.DataFrame(rows, columns=header)
+
+
+def test_readable_table_formats_values_as_people_read_them():
+    board = pd.DataFrame({"rank": [1.0, 2.0], "display_name": [PAYLOAD, "Supervised ConvNeXt-B (IN-21k)"],
+                          "score": [0.512, 0.3], "score_lo": [0.31, 0.104], "score_hi": [0.71, 0.5],
+                          "pretrain_images": [1281167.0, 14.2e6], "params_millions": [88.59, 4.65],
+                          "pvalue": [3.2e-47, 0.2]}, index=[7, 3])
+    board.index.name = None
+    html = tables.readable(board.reset_index(drop=True)).to_html()
+    assert "<th" in html and "<tbody><tr><td" in html and "<tbody><tr><th" not in html  # no index column
+    cells = _table_cells(html)
+    assert list(cells.columns) == ["rank", "backbone", "score [interval]", "pretraining images", "params (M)", "p"]
+    assert cells["rank"].tolist() == ["1", "2"]  # integers as integers
+    assert cells["score [interval]"].tolist() == ["0.51 [0.31, 0.71]", "0.30 [0.10, 0.50]"]
+    assert cells["pretraining images"].tolist() == ["1.28 M", "14.2 M"]
+    assert cells["params (M)"].tolist() == ["88.6", "4.7"] and cells["p"].tolist() == ["3.2e-47", "0.2"]
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html and "<img" not in html  # escaped, shown in full
+    assert "<td class='num'>0.51 [0.31, 0.71]</td>" in html and "<td class='name'>Supervised ConvNeXt-B" in html
+
+
+def test_readable_table_shows_a_meaningful_index_as_a_column_and_collapses_long_tables():
+    by_family = pd.DataFrame({"mean": [0.1, 0.2]}, index=pd.Index(["CNN", "ViT"], name="family"))
+    html = tables.readable(by_family).to_html()
+    assert "<th class='text'>family</th>" in html and "<td class='text'>CNN</td>" in html
+    ranks = tables.readable(pd.DataFrame({"rank": [1.0], "rank_lo": [1.0], "rank_hi": [4.52]})).to_html()
+    assert "<td class='num'>1 [1, 5]</td>" in ranks  # ranks stay integers when a bound is a fractional quantile
+    long = pd.DataFrame({"n": range(30)})
+    collapsed = tables.readable(long, caption="Runs", collapse_after=20).to_html()
+    assert collapsed.startswith("<details class='bob-collapsible'><summary>Runs: 30 rows (show)</summary>")
+    assert "<details" not in tables.readable(long.head(5), collapse_after=20).to_html()
+
+
+def test_readable_table_links_are_escaped():
+    frame = pd.DataFrame({"run": ["a", "b"], "href": ["runs/x/a.html", "'><script>x</script>"]})
+    html = tables.readable(frame, links={"run": "href"}).to_html()
+    assert "<a href='runs/x/a.html'>a</a>" in html and "<script>" not in html and "href" not in html.split("<tbody>")[0]
+
+
+def test_use_readable_tables_registers_the_dataframe_formatter():
+    class Formatter:
+        def __init__(self):
+            self.types = {}
+
+        def for_type(self, kind, function):
+            self.types[kind] = function
+
+    class Shell:
+        display_formatter = type("D", (), {"formatters": {"text/html": Formatter()}})()
+
+    shell = Shell()
+    assert tables.use_readable_tables(shell)
+    render = shell.display_formatter.formatters["text/html"].types[pd.DataFrame]
+    assert "bob-table" in render(pd.DataFrame({"a": [1.0]}))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The paper's claims beside the table's answers
+# --------------------------------------------------------------------------------------------------------------------
+
+def _measured(value, low=math.nan, high=math.nan, n=10, interval="interval"):
+    return claims.Measured(value=value, low=low, high=high, n=n, interval=interval)
+
+
+def test_verdicts_follow_the_interval():
+    above = {"above": 0.8}
+    assert claims.verdict(above, {"": _measured(0.9, 0.85, 0.95)})[0] == claims.AGREES
+    assert claims.verdict(above, {"": _measured(0.5, 0.3, 0.7)})[0] == claims.DISAGREES
+    assert claims.verdict(above, {"": _measured(0.82, 0.6, 0.95)})[0] == claims.INCONCLUSIVE
+    outcome, reason = claims.verdict(above, {"": _measured(0.9, n=2)})
+    assert outcome == claims.INCONCLUSIVE and "no interval (n = 2)" in reason
+    assert claims.verdict(above, {"": _measured(0.85, 0.4, 0.97, interval="range")})[0] == claims.AGREES
+    assert claims.verdict({"below": 0}, {"": _measured(-0.5, -0.8, -0.1)})[0] == claims.AGREES
+    assert claims.verdict({"not_below": 0}, {"": _measured(-0.1, -0.3, 0.05)})[0] == claims.AGREES
+    assert claims.verdict({"not_below": 0}, {"": _measured(-0.4, -0.6, -0.2)})[0] == claims.DISAGREES
+    greater = {"greater": ["ViT", "CNN"]}
+    assert claims.verdict(greater, {"ViT": _measured(0.7, 0.6, 0.8), "CNN": _measured(0.3, 0.2, 0.4)})[0] == "agrees"
+    assert claims.verdict(greater, {"ViT": _measured(0.5, 0.2, 0.8), "CNN": _measured(0.3, 0.2, 0.4)})[0] == \
+        claims.INCONCLUSIVE
+    missing = claims.Measured(missing="no ViT rows in this table's results")
+    assert claims.verdict(greater, {"ViT": missing, "CNN": _measured(0.3, 0.2, 0.4)}) == \
+        (claims.NOT_MEASURABLE, "no ViT rows in this table's results")
+
+
+def test_claims_are_measured_from_the_notebooks_outputs(tmp_path):
+    figures = tmp_path / "figures"
+    (figures / "03_scale").mkdir(parents=True)
+    (figures / "03_scale" / "summary.json").write_text(json.dumps({"skipped": {}, "spearman_params": [
+        {"group": "CNN", "rho": 0.2, "ci_low": 0.1, "ci_high": 0.3, "n": 12},
+        {"group": "ViT", "rho": 0.6, "ci_low": 0.45, "ci_high": 0.75, "n": 9}]}))
+    (figures / "01_leaderboard").mkdir()
+    (figures / "01_leaderboard" / "summary.json").write_text(json.dumps({"skipped": {}}))
+    pd.DataFrame({"display_name": ["Supervised ConvNeXt-B (IN-21k)", "DINO ViT-S/16", "CLIP ViT-B/16 (LAION-2B)",
+                                   "Supervised SwinV2-B (IN-21k)"]}).to_csv(
+        figures / "01_leaderboard" / "leaderboard.csv", index=False)
+    (figures / "04_ssl_vs_supervised").mkdir()
+    (figures / "04_ssl_vs_supervised" / "summary.json").write_text(json.dumps(
+        {"skipped": {"Matched pairs": "no SSL backbone shares an architecture with a supervised one"}}))
+    results = {(r.question, r.stated): r for r in claims.evaluate(claims.load_claims(), figures,
+                                                                   failed={"06_robustness_calibration": "boom"})}
+    scale = results[("scale", "ViT 0.58, CNN 0.35")]
+    assert scale.verdict == claims.AGREES and scale.answer == "ViT 0.60 [0.45, 0.75]; CNN 0.20 [0.10, 0.30]"
+    assert scale.n == "ViT 9, CNN 12"
+    top = results[("leaderboard", "ConvNeXt-B, SwinV2-B, CLIP ViT-B")]
+    assert top.verdict == claims.PARTLY and "2 of the 3" in top.reason  # SwinV2-B is 4th
+    ssl = results[("ssl", "competitive (no single number)")]
+    assert ssl.verdict == claims.NOT_MEASURABLE and "no SSL backbone shares" in ssl.reason
+    robustness = [r for r in results.values() if r.question == "robustness"]
+    assert robustness and all("06_robustness_calibration failed" in r.reason for r in robustness)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A failing notebook shows, and fails the command
+# --------------------------------------------------------------------------------------------------------------------
+
+def _analysis_notebook(path: Path, body: str) -> Path:
     nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_markdown_cell("# Title\n\nSome prose."),
-        nbformat.v4.new_code_cell("secret_code = 1 + 1\nsecret_code", execution_count=1, outputs=[
-            nbformat.v4.new_output("execute_result", data={"text/plain": "2"}, execution_count=1)]),
-    ])
+        nbformat.v4.new_markdown_cell(f"# {path.stem.replace('_', ' ')}: a test chapter"),
+        nbformat.v4.new_code_cell("results_path = None\nfigures_dir = None", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(body)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, str(path))
     return path
 
 
-def test_notebook_to_html_hides_code_and_needs_no_network(tmp_path):
-    source = _tiny_notebook(tmp_path / "nb" / "x.ipynb")
-    page = report.notebook_to_html(source, tmp_path / "site" / "x.html")
-    text = page.read_text()
-    assert "Some prose." in text and "secret_code" in text  # code is there, behind the toggle
-    assert ".jp-CodeCell .jp-Cell-inputWrapper { display: none; }" in text
-    assert "Show code" in text and "report index" in text
-    assert not re.search(r'<script[^>]*src="https?://', text)
-    assert 'href="../nb/x.ipynb"' in text
-    shown = report.notebook_to_html(source, tmp_path / "site" / "y.html", hide_code=False).read_text()
-    assert ".jp-CodeCell .jp-Cell-inputWrapper { display: none; }" not in shown
-
-
-def test_collect_runs(tmp_path):
-    runs = _fake_runs(tmp_path / "runs")
-    records = report.collect_runs(runs)
-    assert [(r["task"], r["run_key"], r["status"]) for r in records] == [
-        ("classification", "0123456789abcdef", "complete"), ("retrieval", "fedcba9876543210", "failed")]
-    assert report.collect_runs(tmp_path / "missing") == []
-
-
-def _fake_runs(runs: Path) -> Path:
-    for task, key, status in (("classification", "0123456789abcdef", "complete"),
-                              ("retrieval", "fedcba9876543210", "failed")):
-        _tiny_notebook(runs / task / key / "executed.ipynb")
-        (runs / task / key / "metrics.json").write_text(json.dumps({
-            "status": status, "run_key": key, "task": task,
-            "params": {"backbone": "resnet18.tv_in1k", "dataset": "fashion_mnist", "protocol": "linear_probe",
-                       "seed": 0}}))
-    return runs
-
-
-def test_build_report_rejects_unknown_inputs(tmp_path):
-    with pytest.raises(ValueError, match="unknown analysis notebooks"):
-        report.build_report(None, tmp_path / "site", notebooks=["99_nope"])
-    with pytest.raises(FileNotFoundError):
-        report.build_report(tmp_path / "missing.parquet", tmp_path / "site", notebooks=["01_leaderboard"])
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    """build_report on a demo-like table (one task, one family, no robustness rows) with two fake runs."""
-    root = tmp_path_factory.mktemp("report")
-    old = os.environ.get("BOB_DATA_DIR")
-    os.environ["BOB_DATA_DIR"] = str(DATA_DIR)
-    try:
-        results = write_table(make_minimal_results(), root / "results" / "results.parquet")
-        runs = _fake_runs(root / "runs")
-        index = report.build_report(results, root / "site", runs_dir=runs, parameters={"n_boot": 50}, jobs=2,
-                                    notebooks=REPORT_NOTEBOOKS)
-    finally:
-        if old is None:
-            os.environ.pop("BOB_DATA_DIR", None)
-        else:
-            os.environ["BOB_DATA_DIR"] = old
-    return index
-
-
-@pytest.mark.notebook
 @pytest.mark.slow
-def test_build_report_writes_the_site(site):
-    out = site.parent
-    assert site == out / "index.html"
+@pytest.mark.notebook
+def test_a_failing_notebook_shows_its_error_and_fails_the_command(tmp_path, monkeypatch, capsys):
+    notebooks = tmp_path / "analysis"
+    _analysis_notebook(notebooks / "01_fine.ipynb", "import warnings\nwarnings.warn('careful')\nprint('all good')")
+    _analysis_notebook(notebooks / "02_broken.ipynb", f"raise RuntimeError('disk on fire {PAYLOAD}')")
+    monkeypatch.setattr(site, "analysis_dir", lambda: notebooks)
+    monkeypatch.chdir(tmp_path)  # no results/ here: the public-tables mode, no runs
+    out = tmp_path / "site"
+    code = cli.main(["report", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert f"FAILED 02_broken: RuntimeError: disk on fire {PAYLOAD}" in captured.err
+    assert "--allow-failures" in captured.err and "notebooks: 1 of 2 ran" in captured.out
+    assert "left out of the pages (warnings, progress bars): 01_fine (1)" in captured.out
+    fine = (out / "_build" / "html" / "notebooks" / "01_fine.html").read_text()
+    assert "all good" in fine and "UserWarning" not in fine  # the output stays, the warning box goes
+    overview = (out / "_build" / "html" / "index.html").read_text()
+    assert "1 analysis notebook(s) failed" in overview
+    assert "disk on fire &lt;img src=x onerror=alert(1)&gt;" in overview and PAYLOAD not in overview
+    chapter = (out / "_build" / "html" / "notebooks" / "02_broken.html").read_text()
+    assert "This notebook failed" in chapter and PAYLOAD not in chapter
     meta = json.loads((out / "report.json").read_text())
-    failures = {n["name"]: n["error"] for n in meta["notebooks"] if not n["ok"]}
-    assert failures == {}
-    assert [n["name"] for n in meta["notebooks"]] == REPORT_NOTEBOOKS
-    for name in REPORT_NOTEBOOKS:
-        page = (out / "notebooks" / f"{name}.html").read_text()
-        assert "Show code" in page and "data:image/png;base64" in page
-        assert not re.search(r'<script[^>]*src="https?://', page)
-        assert (out / "notebooks" / f"{name}.ipynb").exists()
-    index = site.read_text()
-    assert "<table id='leaderboard'>" in index
-    assert "data:image/png;base64" in index  # the leaderboard figure is embedded
-    for src in re.findall(r"<img[^>]*src='([^']+)'", index):
-        assert src.startswith("data:") or (out / src).exists(), src
-    for href in re.findall(r"href='([^']+)'", index):
-        assert (out / href).exists(), href
-    assert "runs/classification/0123456789abcdef/executed.ipynb" in index
-    assert (out / "runs" / "retrieval" / "fedcba9876543210" / "executed.html").exists()
-    # the demo-like table lacks robustness rows and a second protocol: those sections are notes, not crashes
-    notes = (out / "notebooks" / "06_robustness_calibration.html").read_text()
-    assert "is skipped" in notes
+    assert [(n["name"], n["ok"]) for n in meta["notebooks"]] == [("01_fine", True), ("02_broken", False)]
+
+    # the same outcome with --allow-failures exits 0 (the build itself is not repeated here)
+    outcome = site.ReportOutcome(index=out / "_build" / "html" / "index.html", out_dir=out,
+                                 source=inputs.TableSource(None),
+                                 notebooks=[NotebookRun("02_broken", out, out, 1.0, "RuntimeError: x")])
+    monkeypatch.setattr(site, "build_report", lambda *a, **k: outcome)
+    assert cli.main(["report", "--out", str(out), "--allow-failures"]) == 0
+    assert cli.main(["report", "--out", str(out)]) == 1
 
 
-@pytest.mark.notebook
-@pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
-def test_index_renders_in_headless_chromium(site, tmp_path):
-    base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-dev-shm-usage", "--hide-scrollbars", "--virtual-time-budget=5000"]
-    url = site.resolve().as_uri()
-    dom = subprocess.run([*base, f"--user-data-dir={tmp_path / 'profile1'}", "--dump-dom", url],
-                         capture_output=True, text=True, timeout=120, check=True).stdout
-    assert '<table id="leaderboard">' in dom
-    rows = re.findall(r"<tr>", dom.split('<table id="leaderboard">', 1)[1].split("</table>", 1)[0])
-    assert len(rows) >= 3  # header + the three demo backbones
-    total = int(re.search(r'data-images-total="(\d+)"', dom).group(1))
-    loaded = int(re.search(r'data-images-loaded="(\d+)"', dom).group(1))
-    assert total >= 2 and loaded == total  # every figure decoded from disk, no server
-    shot = tmp_path / "report_screenshot.png"
-    subprocess.run([*base, f"--user-data-dir={tmp_path / 'profile2'}", f"--screenshot={shot}",
-                    "--window-size=1280,2000", url], capture_output=True, text=True, timeout=120, check=True)
-    data = shot.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+def test_set_parameters_are_read_as_yaml_and_checked():
+    assert cli._report_parameters(["n_boot=200", "tasks=[retrieval, ood]", "exclude_random=true"]) == {
+        "n_boot": 200, "tasks": ["retrieval", "ood"], "exclude_random": True}
+    with pytest.raises(ValueError, match="'n boot=2' is not NAME=VALUE"):
+        cli._report_parameters(["n boot=2"])
+    assert cli.main(["report", "--set", "novalue"]) == 2  # bad input: one clear line, exit 2
+
+
+def test_report_writes_nothing_outside_out_on_bad_input(tmp_path):
+    before = sorted(os.listdir(tmp_path))
+    assert cli.main(["report", "--out", str(tmp_path / "site"), "--notebooks", "../x"]) == 2
+    assert sorted(os.listdir(tmp_path)) == before

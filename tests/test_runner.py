@@ -168,6 +168,7 @@ def test_status_counts_failures_running_and_rerun_command(write_grid, tmp_path: 
     runs = tmp_path / "runs"
     done, failed, running, _pending = load_grid(grid)
     write_sidecar(run_dir_of(done, runs), {"status": "complete", "run_key": done.run_key})
+    (run_dir_of(done, runs) / "executed.ipynb").write_text("{}")
     write_sidecar(run_dir_of(failed, runs), {"status": "failed", "run_key": failed.run_key,
                                              "error": {"kind": "oom", "message": "MemoryError: too big\nmore"}})
     claim = try_claim(run_dir_of(running, runs))

@@ -1,4 +1,5 @@
-"""bobkit.analysis.stats: z-scores, aggregation, bootstrap intervals, correlations, regressions, paired comparisons."""
+"""The analysis statistics (bobkit.analysis.scores, correlation, regression, comparisons, id_ood, settings): z-scores,
+aggregation, bootstrap intervals, correlations, regressions, paired comparisons."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from bobkit.analysis import stats
-from bobkit.analysis.public_tables import conform
-from bobkit.analysis.stats import InsufficientDataError
+from bobkit.analysis import comparisons as cmp
+from bobkit.analysis import correlation as corr
+from bobkit.analysis import id_ood, prose, settings
+from bobkit.analysis import regression as regression_mod
+from bobkit.analysis import scores as sc
+from bobkit.analysis.errors import InsufficientDataError
+from bobkit.results.schema import conform
 
 
 def _table(rows: list[tuple]) -> pd.DataFrame:
@@ -40,7 +45,7 @@ def hand_table() -> pd.DataFrame:
 
 
 def test_zscores_hand_computed(hand_table):
-    z = stats.zscores(hand_table).set_index(["backbone", "metric"])["z"]
+    z = sc.zscores(hand_table).set_index(["backbone", "metric"])["z"]
     assert z[("a", "top1")] == pytest.approx(-SQ)
     assert z[("b", "top1")] == pytest.approx(0.0)
     assert z[("c", "top1")] == pytest.approx(SQ)
@@ -55,7 +60,7 @@ def test_zscores_hand_computed(hand_table):
 
 
 def test_task_then_overall_aggregation(hand_table):
-    scores = stats.scores(hand_table).set_index("backbone")
+    scores = sc.scores(hand_table).set_index("backbone")
     # cls = mean of its two settings; overall = mean of the two task scores (not of the three settings)
     assert scores.loc["a", "cls"] == pytest.approx((-SQ - SQ) / 2)
     assert scores.loc["b", "cls"] == pytest.approx((0 + SQ) / 2)
@@ -68,12 +73,12 @@ def test_task_then_overall_aggregation(hand_table):
 
 def test_negation_of_lower_is_better(hand_table):
     nll = hand_table[hand_table["metric"] == "nll"]
-    z_neg = stats.zscores(nll).set_index("backbone")["z"]
-    z_raw = stats.zscores(nll, negate_lower=False).set_index("backbone")["z"]
+    z_neg = sc.zscores(nll).set_index("backbone")["z"]
+    z_raw = sc.zscores(nll, negate_lower=False).set_index("backbone")["z"]
     assert z_neg.idxmax() == "b"  # lowest loss wins
     assert z_raw.idxmax() == "a"
     assert np.allclose(z_neg.sort_index(), -z_raw.sort_index())
-    signed = stats.setting_values(nll).set_index("backbone")["signed"]
+    signed = sc.setting_values(nll).set_index("backbone")["signed"]
     assert signed["a"] == -3.0
 
 
@@ -82,9 +87,9 @@ def test_seeds_are_averaged_before_z_scoring():
         ("a", "t", "d", "top1", 0.0, True, 0), ("a", "t", "d", "top1", 2.0, True, 1),
         ("b", "t", "d", "top1", 3.0, True, 0), ("b", "t", "d", "top1", 5.0, True, 1),
     ])
-    values = stats.setting_values(table).set_index("backbone")
+    values = sc.setting_values(table).set_index("backbone")
     assert values.loc["a", "value"] == 1.0 and values.loc["a", "n_seeds"] == 2
-    z = stats.zscores(table).set_index("backbone")["z"]
+    z = sc.zscores(table).set_index("backbone")["z"]
     assert z["a"] == pytest.approx(-1.0) and z["b"] == pytest.approx(1.0)
 
 
@@ -94,22 +99,22 @@ def test_ties_small_settings_and_options():
         ("a", "t", "d2", "top1", 0.9, True),  # only one backbone -> dropped
         ("a", "t", "d3", "top1", 1.0, True), ("b", "t", "d3", "top1", 2.0, True), ("c", "t", "d3", "top1", 6.0, True),
     ])
-    z = stats.zscores(table)
+    z = sc.zscores(table)
     assert set(z["dataset"]) == {"d1", "d3"}
     assert (z.loc[z["dataset"] == "d1", "z"] == 0).all()
-    z1 = stats.zscores(table, ddof=1, min_backbones=1).set_index(["backbone", "dataset"])["z"]
+    z1 = sc.zscores(table, ddof=1, min_backbones=1).set_index(["backbone", "dataset"])["z"]
     assert z1[("c", "d3")] == pytest.approx(sps.zscore([1.0, 2.0, 6.0], ddof=1)[2])
     assert z1[("a", "d2")] == 0.0
-    med = stats.scores(table, setting_agg="median").set_index("backbone")
+    med = sc.scores(table, setting_agg="median").set_index("backbone")
     assert med.loc["a", "t"] == pytest.approx(np.median([0.0, sps.zscore([1.0, 2.0, 6.0])[0]]))
     with pytest.raises(InsufficientDataError):
-        stats.zscores(table.iloc[:0])
+        sc.zscores(table.iloc[:0])
 
 
 def test_spearman_equals_scipy():
     x = np.array([3.1, 1.2, 5.5, 4.4, 2.0, 9.1, 7.7, 6.0, 8.8, 0.5])
     y = np.array([2.0, 1.0, 4.0, 6.0, 3.0, 10.0, 7.0, 5.0, 8.0, 9.0])
-    res = stats.spearman(x, y, n_boot=300, seed=1)
+    res = corr.spearman(x, y, n_boot=300, seed=1)
     ref = sps.spearmanr(x, y)
     assert res["rho"] == pytest.approx(ref.statistic, abs=1e-12)
     assert res["pvalue"] == pytest.approx(ref.pvalue, abs=1e-12)
@@ -119,9 +124,9 @@ def test_spearman_equals_scipy():
     xt = np.array([1, 2, 2, 3, 4, np.nan, 5, 5])
     yt = np.array([1, 3, 2, 2, 5, 1.0, 4, 6])
     ok = ~np.isnan(xt)
-    assert stats.spearman(xt, yt, n_boot=0)["rho"] == pytest.approx(sps.spearmanr(xt[ok], yt[ok]).statistic)
-    assert math.isnan(stats.spearman([1, 2], [2, 1])["rho"])
-    assert math.isnan(stats.spearman([1, 1, 1, 1], [1, 2, 3, 4])["rho"])
+    assert corr.spearman(xt, yt, n_boot=0)["rho"] == pytest.approx(sps.spearmanr(xt[ok], yt[ok]).statistic)
+    assert math.isnan(corr.spearman([1, 2], [2, 1])["rho"])
+    assert math.isnan(corr.spearman([1, 1, 1, 1], [1, 2, 3, 4])["rho"])
 
 
 def test_correlate_by_group_matches_scipy():
@@ -131,7 +136,7 @@ def test_correlate_by_group_matches_scipy():
         "params_millions": rng.uniform(5, 300, 28),
         "overall": rng.normal(size=28),
     })
-    table = stats.correlate_by_group(frame, "params_millions", "overall", n_boot=100,
+    table = corr.correlate_by_group(frame, "params_millions", "overall", n_boot=100,
                                      extra_groups={"ViT-like": ["ViT", "hierarchical-ViT"]}).set_index("group")
     for fam in ("CNN", "ViT", "hierarchical-ViT"):
         part = frame[frame["family"] == fam]
@@ -145,13 +150,13 @@ def test_correlate_by_group_matches_scipy():
 def test_correlation_matrix_equals_pandas_spearman():
     rng = np.random.default_rng(3)
     wide = pd.DataFrame(rng.normal(size=(15, 3)), columns=["cls", "det", "ret"])
-    matrix, pairs = stats.correlation_matrix(wide, n_boot=50)
+    matrix, pairs = corr.correlation_matrix(wide, n_boot=50)
     expected = wide.corr(method="spearman")
     assert np.allclose(matrix.to_numpy(), expected.to_numpy())
     assert len(pairs) == 3
-    assert stats.pair_stats(pairs)["n_pairs"] == 3
+    assert corr.pair_stats(pairs)["n_pairs"] == 3
     with pytest.raises(InsufficientDataError):
-        stats.correlation_matrix(wide[["cls"]])
+        corr.correlation_matrix(wide[["cls"]])
 
 
 def _noisy_table(n_settings: int, n_backbones: int = 8, seed: int = 0, seeds: int = 1) -> pd.DataFrame:
@@ -166,8 +171,8 @@ def _noisy_table(n_settings: int, n_backbones: int = 8, seed: int = 0, seeds: in
 
 
 def test_bootstrap_intervals_contain_point_and_shrink_with_more_settings():
-    few = stats.leaderboard(_noisy_table(4), n_boot=400, seed=0)
-    many = stats.leaderboard(_noisy_table(40), n_boot=400, seed=0)
+    few = sc.leaderboard(_noisy_table(4), n_boot=400, seed=0)
+    many = sc.leaderboard(_noisy_table(40), n_boot=400, seed=0)
     for board in (few, many):
         assert (board["score_lo"] <= board["score"] + 1e-12).all()
         assert (board["score"] <= board["score_hi"] + 1e-12).all()
@@ -184,24 +189,26 @@ def test_bootstrap_intervals_contain_point_and_shrink_with_more_settings():
 
 def test_bootstrap_resamples_seeds():
     table = _noisy_table(1, seeds=5)
-    with_seeds = stats.leaderboard(table, n_boot=200)
-    without = stats.leaderboard(table, n_boot=200, resample=("settings",))
+    with_seeds = sc.leaderboard(table, n_boot=200)
+    without = sc.leaderboard(table, n_boot=200, resample=("settings",))
     assert ((with_seeds["score_hi"] - with_seeds["score_lo"]) > 0).all()
-    assert np.allclose(without["score_hi"] - without["score_lo"], 0)  # one setting, no seed resampling: no spread
-    boot = stats.bootstrap_scores(table, n_boot=10)
-    assert boot["overall"].shape == (10, 8) and boot["max_seeds"] == 5
+    # one setting, no seed resampling, no known standard error: nothing varies, so no interval (not a zero-width one)
+    assert without["score_lo"].isna().all() and without["score_hi"].isna().all()
+    assert without["rank_lo"].isna().all()
+    boot = sc.bootstrap_scores(table, n_boot=10)
+    assert boot.overall.shape == (10, 8) and boot.max_seeds == 5
     with pytest.raises(ValueError):
-        stats.bootstrap_scores(table, resample=("backbones",))
+        sc.bootstrap_scores(table, resample=("backbones",))
 
 
 def test_leaderboard_point_matches_scores(hand_table):
-    board = stats.leaderboard(hand_table, n_boot=50).set_index("backbone")
-    scores = stats.scores(hand_table).set_index("backbone")
+    board = sc.leaderboard(hand_table, n_boot=50).set_index("backbone")
+    scores = sc.scores(hand_table).set_index("backbone")
     assert np.allclose(board.loc[scores.index, "score"], scores["overall"])
-    task_board = stats.leaderboard(hand_table, level="ret", n_boot=50)
+    task_board = sc.leaderboard(hand_table, level="ret", n_boot=50)
     assert task_board.iloc[0]["backbone"] == "a"
     with pytest.raises(InsufficientDataError):
-        stats.leaderboard(hand_table, level="detection", n_boot=10)
+        sc.leaderboard(hand_table, level="detection", n_boot=10)
 
 
 def test_scale_regression_recovers_known_slopes():
@@ -215,20 +222,20 @@ def test_scale_regression_recovers_known_slopes():
              + 0.5 * (kind == "SSL") + rng.normal(scale=0.01, size=n))
     frame = pd.DataFrame({"backbone": [f"b{i}" for i in range(n)], "overall": score, "family": family,
                           "params_millions": params, "pretrain_images": images, "method_kind": kind})
-    reg = stats.scale_regression(frame)
-    coef = reg.table.set_index("term")["coef"]
+    fit = regression_mod.scale_regression(frame)
+    coef = fit.table.set_index("term")["coef"]
     assert coef["log_params"] == pytest.approx(0.3, abs=0.02)
     assert coef["log_data"] == pytest.approx(0.2, abs=0.02)
-    assert stats.term_effect(reg, "[T.SSL]")["coef"] == pytest.approx(0.5, abs=0.02)
-    slopes = stats.family_slopes(reg).set_index("family")["slope_per_decade"]
+    assert regression_mod.term_effect(fit, "[T.SSL]")["coef"] == pytest.approx(0.5, abs=0.02)
+    slopes = regression_mod.family_slopes(fit).set_index("family")["slope_per_decade"]
     assert slopes["CNN"] == pytest.approx(0.3, abs=0.02) and slopes["ViT"] == pytest.approx(0.7, abs=0.02)
     # one family, one method kind: those terms are dropped
     single = frame[frame["family"] == "CNN"].assign(method_kind="supervised")
-    reg1 = stats.scale_regression(single)
-    assert "C(family)" in reg1.dropped_terms and "C(method_kind)" in reg1.dropped_terms
-    assert "Dropped for lack of variation" in stats.describe_regression(reg1)
+    fit1 = regression_mod.scale_regression(single)
+    assert "C(family)" in fit1.dropped_terms and "C(method_kind)" in fit1.dropped_terms
+    assert "Dropped for lack of variation" in prose.describe_regression(fit1)
     with pytest.raises(InsufficientDataError):
-        stats.scale_regression(frame.head(3))
+        regression_mod.scale_regression(frame.head(3))
 
 
 def test_matched_pairs_and_paired_summary():
@@ -241,13 +248,13 @@ def test_matched_pairs_and_paired_summary():
         "method": ["supervised", "DINO", "supervised", "MAE", "MoCo", "supervised"],
         "overall": [0.0, 0.5, 1.0, 0.2, 1.3, 2.0],
     })
-    pairs = stats.matched_pairs(frame)
+    pairs = cmp.matched_pairs(frame)
     assert sorted(pairs["b_backbone"]) == ["dino_s", "mae_b", "moco_b"]
     assert dict(zip(pairs["b_backbone"], pairs["diff"])) == pytest.approx({"dino_s": 0.5, "mae_b": -0.8, "moco_b": 0.3})
-    summary = stats.paired_summary(pairs["diff"], n_boot=100)
+    summary = cmp.paired_summary(pairs["diff"], n_boot=100)
     assert summary["n"] == 3 and summary["mean"] == pytest.approx(0.0)
     assert summary["share_positive"] == pytest.approx(2 / 3)
-    assert "3 matched pairs" in stats.describe_paired(summary, "SSL", "supervised")
+    assert "3 matched pairs" in prose.describe_paired(summary, "SSL", "supervised")
 
 
 def test_protocol_comparison_and_rank_agreement():
@@ -259,89 +266,91 @@ def test_protocol_comparison_and_rank_agreement():
         rows.append({"backbone": b, "task": "classification", "dataset": "fm", "protocol": "finetune",
                      "metric": "nll", "value": 1.0, "higher_is_better": False})
     table = conform(pd.DataFrame(rows))
-    comp = stats.protocol_comparison(table)
+    comp = cmp.protocol_comparison(table)
     assert set(comp["metric"]) == {"top1"}
     assert np.allclose(comp["delta"], 0.1)
-    agree = stats.rank_agreement(comp, n_boot=0)
+    agree = cmp.rank_agreement(comp, n_boot=0)
     assert agree["rho"].iloc[0] == pytest.approx(1.0)
     with pytest.raises(InsufficientDataError):
-        stats.protocol_comparison(table[table["protocol"] == "finetune"])
+        cmp.protocol_comparison(table[table["protocol"] == "finetune"])
 
 
 def test_probit_trend_and_effective_robustness():
     id_acc = np.linspace(0.5, 0.9, 30)
-    ood = sps.norm.cdf(0.2 + 1.5 * stats.probit(id_acc))
+    ood = sps.norm.cdf(0.2 + 1.5 * id_ood.probit(id_acc))
     frame = pd.DataFrame({"id_acc": id_acc, "ood": ood, "group": ["base"] * 30})
     frame.loc[len(frame)] = {"id_acc": 0.7, "ood": 0.9, "group": "robust"}
-    er, trend = stats.effective_robustness(frame, "ood", baseline="group == 'base'")
+    er, trend = id_ood.effective_robustness(frame, "ood", baseline="group == 'base'")
     assert trend["slope"] == pytest.approx(1.5, abs=1e-6) and trend["intercept"] == pytest.approx(0.2, abs=1e-6)
     assert np.allclose(er[:30], 0, atol=1e-6)
-    assert er.iloc[-1] == pytest.approx(0.9 - sps.norm.cdf(0.2 + 1.5 * stats.probit(0.7)))
-    corr = stats.correlations(frame["id_acc"], frame["ood"])
+    assert er.iloc[-1] == pytest.approx(0.9 - sps.norm.cdf(0.2 + 1.5 * id_ood.probit(0.7)))
+    corr = id_ood.correlations(frame["id_acc"], frame["ood"])
     assert corr["pearson"] == pytest.approx(frame["id_acc"].corr(frame["ood"]))
-    summary = stats.group_summary(frame.assign(er=er), "er", "group", n_boot=50)
+    summary = cmp.group_summary(frame.assign(er=er), "er", "group", n_boot=50)
     assert summary.iloc[0]["group"] == "robust"
 
 
 def test_place_backbones_on_shared_settings():
     reference = _noisy_table(6, seed=1)
     mine = reference[reference["backbone"] == "bb3"].assign(backbone="mine", display_name="mine")
-    extra = mine.assign(dataset="private", setting="cls/private/linear_probe")
-    board, shared = stats.place_backbones(pd.concat([mine, extra]), reference[reference["backbone"] != "bb3"],
-                                          n_boot=100)
-    assert len(shared) == 6 and "cls/private/linear_probe" not in set(shared["setting"])
+    # a setting the reference lacks: a new dataset is a new setting_id
+    extra = conform(mine.drop(columns=["setting_id"]).assign(dataset="private", setting="cls/private/linear_probe"))
+    board, matches = cmp.place_backbones(pd.concat([mine, extra]), reference[reference["backbone"] != "bb3"],
+                                         n_boot=100)
+    assert (matches["match"] == "exact").sum() == 6
+    assert matches.set_index("dataset").loc["private", "match"] == "none"
     row = board[board["mine"]].iloc[0]
     assert row["backbone"] == "mine" and row["rank_lo"] <= row["rank"] <= row["rank_hi"]
     with pytest.raises(InsufficientDataError):
-        stats.place_backbones(extra, reference, n_boot=10)
+        cmp.place_backbones(extra, reference, n_boot=10)
 
 
 def test_metric_pairs_and_main_metric(hand_table):
-    pairs = stats.metric_pairs(hand_table, {"metric": "top1"}, {"metric": "nll"}, x_name="acc", y_name="nll")
+    pairs = id_ood.metric_pairs(hand_table, {"metric": "top1"}, {"metric": "nll"}, x_name="acc", y_name="nll")
     assert dict(zip(pairs["backbone"], pairs["nll"])) == {"a": 3.0, "b": 1.0, "c": 2.0}
-    assert stats.main_metric(hand_table, task="cls") == "top1"
-    assert stats.main_metric(hand_table, task="ret") == "map"
+    assert settings.main_metric(hand_table, task="cls") == "top1"
+    assert settings.main_metric(hand_table, task="ret") == "map"
     with pytest.raises(InsufficientDataError):
-        stats.metric_pairs(hand_table, {"metric": "top1"}, {"metric": "ece"})
+        id_ood.metric_pairs(hand_table, {"metric": "top1"}, {"metric": "ece"})
     with pytest.raises(InsufficientDataError):
-        stats.main_metric(hand_table, task="robustness")
+        settings.main_metric(hand_table, task="robustness")
 
 
 def test_primary_metrics_pick_one_score_per_task():
     from fixtures_analysis import make_results
 
     table = make_results(seeds=(0,))
-    scored = stats.primary_metrics(table)
+    scored = settings.primary_metrics(table)
     kept = scored.groupby("task")["metric"].unique().map(sorted).to_dict()
     assert kept == {"classification": ["top1"], "detection": ["box_ap"], "ood": ["acc/mnist5k"],
                     "retrieval": ["mrr"], "robustness": ["acc/fgsm/1", "acc/pgd/1"]}
     assert scored.attrs["primary"]["robustness"].startswith("acc/")
-    custom = stats.primary_metrics(table, {"retrieval": ("map",)})
+    custom = settings.primary_metrics(table, {"retrieval": ("map",)})
     assert set(custom.loc[custom["task"] == "retrieval", "metric"]) == {"map"}
     assert set(custom.loc[custom["task"] == "classification", "metric"]) == {"top1"}  # unlisted task: top1
-    assert "classification: top1" in stats.describe_primary(scored)
+    assert "classification: top1" in prose.describe_primary(scored)
 
 
 def test_robustness_and_calibration_pairs():
     from fixtures_analysis import make_results
 
     table = make_results(seeds=(0,))
-    ood = stats.robustness_pairs(table, "ood")
+    ood = id_ood.robustness_pairs(table, "ood")
     assert ood.attrs["x_label"] == "ood id_acc" and ood.attrs["y_metrics"] == ["acc/mnist5k"]
     expected = table[(table["task"] == "ood") & (table["metric"] == "acc/mnist5k")].set_index("backbone")["value"]
     assert np.allclose(ood.set_index("backbone")["robustness"], expected.loc[ood["backbone"]])
-    adv = stats.robustness_pairs(table, "robustness")
+    adv = id_ood.robustness_pairs(table, "robustness")
     assert adv.attrs["y_metrics"] == ["acc/fgsm/1", "acc/pgd/1"] and adv.attrs["x_label"] == "robustness top1"
     # a table whose OOD rows are plain top-1 (timm): clean accuracy comes from the classification task
     timm_like = table[table["metric"].isin(["top1"]) & table["task"].isin(["classification"])].copy()
     shifted = timm_like.assign(task="ood", value=timm_like["value"] - 0.2)
-    pairs = stats.robustness_pairs(pd.concat([timm_like, shifted]), "ood")
+    pairs = id_ood.robustness_pairs(pd.concat([timm_like, shifted]), "ood")
     assert pairs.attrs["x_label"] == "classification top1"
     assert np.allclose(pairs["accuracy"] - pairs["robustness"], 0.2)
-    cal = stats.calibration_pairs(table)
+    cal = id_ood.calibration_pairs(table)
     assert cal.attrs["x_label"] == "robustness top-1" and len(cal) == table["backbone"].nunique()
     assert sps.spearmanr(cal["accuracy"], cal["calibration"]).statistic < -0.5
     with pytest.raises(InsufficientDataError):
-        stats.robustness_pairs(table, "segmentation")
+        id_ood.robustness_pairs(table, "segmentation")
     with pytest.raises(InsufficientDataError):
-        stats.calibration_pairs(table, metric="brier")
+        id_ood.calibration_pairs(table, metric="brier")

@@ -1,7 +1,11 @@
 """The helper every analysis notebook uses: notes, figures (PNG), tables (CSV) and headline numbers.
 
-Headline numbers go to ``summary.json`` in the notebook's figures folder, which the report's index page and the
-tests read (:func:`read_summary`).
+Headline numbers go to ``summary.json`` in the notebook's figures folder, which the report and the tests read
+(:func:`read_summary`). Its keys: ``notebook``, ``headlines`` (Markdown sentences), ``skipped`` (section -> reason),
+``figures``, ``tables``, ``findings`` (paper finding id -> the paper's value and this table's answer, see
+:meth:`Analysis.finding`), plus whatever a notebook records. Text that came from a table is escaped before it
+enters Markdown (:func:`bobkit.analysis.prose.md`), and :meth:`Analysis.say` / :meth:`Analysis.note` neutralise
+any HTML tag left in their text.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
-from bobkit.analysis.stats import InsufficientDataError
+from bobkit.analysis import findings as paper
+from bobkit.analysis.errors import InsufficientDataError
+from bobkit.analysis.prose import md, neutralise_html
 from bobkit.data.errors import MissingDataError
 from bobkit.utils.files import atomic_path, write_json
 
@@ -68,14 +74,16 @@ class Analysis:
         self.dir = Path(figures_dir) if figures_dir is not None else None
         self.show = show
         self.summary: dict[str, Any] = {"notebook": name, "headlines": [], "skipped": {}, "figures": [],
-                                        "tables": []}
+                                        "tables": [], "findings": {}}
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._write()
 
     # -- display -----------------------------------------------------------------------------------------------------
     def say(self, text: str, *, headline: bool = False) -> None:
-        """Show computed prose (Markdown); ``headline`` also lists it on the report's index page."""
+        """Show computed prose (Markdown); ``headline`` also lists it on the report's index page. Table values in
+        ``text`` must come through :func:`~bobkit.analysis.prose.md`; HTML tags are neutralised regardless."""
+        text = neutralise_html(text)
         if headline:
             self.summary["headlines"].append(text)
             self._write()
@@ -83,7 +91,8 @@ class Analysis:
             _markdown(text)
 
     def note(self, text: str) -> None:
-        """Show a note (why something is skipped, a caveat) as a Markdown quote."""
+        """Show a note (why something is skipped, a caveat) as a Markdown quote (HTML tags neutralised)."""
+        text = neutralise_html(text)
         if self.show:
             _markdown("> **Note.** " + text)
 
@@ -97,7 +106,7 @@ class Analysis:
         except (InsufficientDataError, MissingDataError) as exc:
             self.summary["skipped"][what] = str(exc)
             self._write()
-            self.note(f"*{what}* is skipped: {exc}")
+            self.note(f"*{md(what)}* is skipped: {md(exc)}")
 
     def require(self, condition: bool, reason: str) -> None:
         """Raise :class:`InsufficientDataError` (caught by :meth:`guard`) unless ``condition``."""
@@ -140,16 +149,41 @@ class Analysis:
         self.summary.update(values)
         self._write()
 
+    # -- the paper ----------------------------------------------------------------------------------------------
+    def claim(self, finding_id: str) -> None:
+        """Show the paper's stated finding ``finding_id`` (``bobkit/reference/paper_findings.yaml``) with its
+        source."""
+        self.say(paper.claim_text(finding_id))
+
+    def finding(self, finding_id: str, *, shown: bool, value: float | None = None, ci_low: float | None = None,
+                ci_high: float | None = None, n: int | None = None, paper_value: float | None = None,
+                statement: str = "", agreement: str | None = None) -> None:
+        """Record how this table answers the paper's finding ``finding_id`` under ``summary["findings"]``:
+        ``shown`` (False: the table cannot show it, ``statement`` says why), this table's ``value`` with its
+        interval and ``n``, the paper's value, ``agreement`` (``agrees`` / ``disagrees`` / ``unclear``; computed
+        from the interval and the paper's value when not given) and a one-sentence ``statement`` (Markdown, table
+        values escaped). The helpers of :mod:`bobkit.analysis.findings` return these keywords."""
+        paper.finding(finding_id)  # a typo in an id fails here, not in the report
+        entry: dict[str, Any] = {"shown": bool(shown), "statement": neutralise_html(statement),
+                                 "paper_value": paper_value, "value": value, "ci_low": ci_low, "ci_high": ci_high,
+                                 "n": n, "agreement": agreement if shown else None}
+        if shown and agreement is None and paper_value is not None and value is not None:
+            entry["agreement"] = paper.agreement(value, ci_low if ci_low is not None else float("nan"),
+                                                 ci_high if ci_high is not None else float("nan"), paper_value)
+        self.summary["findings"][finding_id] = entry
+        self._write()
+
     def describe_source(self, table: pd.DataFrame) -> None:
         """Say what table is analysed: source, rows, backbones, tasks, settings, families."""
         source = table.attrs.get("source", "a results table")
-        n_settings = table[["setting", "metric"]].drop_duplicates().shape[0] if len(table) else 0
-        families = ", ".join(sorted(map(str, table["family"].dropna().unique()))) or "unknown"
-        tasks = ", ".join(sorted(map(str, table["task"].unique()))) or "none"
+        n_settings = int(table["setting_id"].nunique()) if len(table) and "setting_id" in table else 0
+        families = ", ".join(md(f) for f in sorted(map(str, table["family"].dropna().unique()))) or "unknown"
+        tasks = ", ".join(md(t) for t in sorted(map(str, table["task"].unique()))) or "none"
         self.record(source=source, n_rows=int(len(table)), n_backbones=int(table["backbone"].nunique()),
-                    n_settings=int(n_settings), tasks=sorted(map(str, table["task"].unique())))
-        self.say(f"**Data:** {source}: {len(table):,} rows, {table['backbone'].nunique():,} backbones, "
-                 f"{n_settings} settings (setting x metric) over tasks {tasks}; families: {families}.")
+                    n_settings=n_settings, tasks=sorted(map(str, table["task"].unique())))
+        self.say(f"**Data:** {md(source)}: {len(table):,} rows, {table['backbone'].nunique():,} backbones, "
+                 f"{n_settings} settings (task x dataset x protocol x metric x measurement parameters) over tasks "
+                 f"{tasks}; families: {families}.")
 
     def _write(self) -> None:
         if self.dir is not None:

@@ -2,13 +2,14 @@
 pretraining-method kind, so a CNN or a CLIP model has the same colour in every figure.
 
 Every function returns a :class:`matplotlib.figure.Figure` and never calls ``plt.show``; it raises
-:class:`bobkit.analysis.stats.InsufficientDataError` when the data cannot make the figure.
+:class:`bobkit.analysis.errors.InsufficientDataError` when the data cannot make the figure.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -18,8 +19,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
-from bobkit.analysis import stats
-from bobkit.analysis.stats import InsufficientDataError
+from bobkit.analysis.correlation import spearman
+from bobkit.analysis.errors import InsufficientDataError
+from bobkit.analysis.id_ood import inverse_probit, probit
 
 #: Fixed colours (seaborn "colorblind" palette) for the schema's categories.
 _CB = sns.color_palette("colorblind", 10)
@@ -68,8 +70,19 @@ def _labels(frame: pd.DataFrame, name_col: str = "display_name") -> pd.Series:
     return frame["backbone"].astype(str)
 
 
-def _short(text: str, width: int = 42) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+def wrap_label(text: str, width: int = 36) -> str:
+    """``text`` on lines of at most about ``width`` characters, broken after ``.``, ``_``, ``/``, spaces and before
+    ``(`` (never inside ``IN-1k``): a long backbone name wraps instead of being cut, so names that differ only at the
+    end stay distinguishable."""
+    tokens = re.findall(r"[^._/ (]*(?:[._/ ]|$)|\([^._/ (]*(?:[._/ ]|$)", str(text))
+    lines, line = [], ""
+    for token in (t for t in tokens if t):
+        if line and len(line) + len(token) > width:
+            lines.append(line.rstrip())
+            line = ""
+        line += token
+    lines.append(line.rstrip())
+    return "\n".join(lines)
 
 
 def _hue(frame: pd.DataFrame, column: str | None) -> pd.Series:
@@ -90,37 +103,69 @@ def leaderboard_plot(
     title: str = "Leaderboard",
     xlabel: str = "score (mean z-score)",
 ) -> plt.Figure:
-    """Horizontal bars of ``score`` with the bootstrap interval (``score_lo``/``score_hi``) for the ``top`` backbones."""
+    """Horizontal bars of ``score`` with the bootstrap interval (``score_lo``/``score_hi``) for the ``top`` backbones;
+    baselines (random-init controls, ``baseline`` column) are hatched and labelled."""
     if board.empty:
         raise InsufficientDataError("no scored backbones to plot")
     data = board.head(top).iloc[::-1].reset_index(drop=True)
     hue = _hue(data, color_by)
     colors = palette_for(hue, color_by)
-    fig, ax = plt.subplots(figsize=(FIGSIZE[0], max(2.0, 0.28 * len(data) + 1.0)))
+    baseline = data["baseline"].fillna(False).astype(bool) if "baseline" in data else pd.Series(False, index=data.index)
+    labels = [wrap_label(s + (" (random init)" if b and "random" not in s.lower() else ""))
+              for s, b in zip(_labels(data), baseline)]
+    n_lines = sum(label.count("\n") + 1 for label in labels)
+    fig, ax = plt.subplots(figsize=(FIGSIZE[0] + 1.0, max(2.0, 0.2 * n_lines + 0.1 * len(data) + 1.0)))
     y = np.arange(len(data))
-    ax.barh(y, data["score"], color=[colors[h] for h in hue], alpha=0.9)
-    if "score_lo" in data and np.isfinite(data["score_lo"]).any():
-        err = np.vstack([data["score"] - data["score_lo"], data["score_hi"] - data["score"]]).clip(min=0)
-        ax.errorbar(data["score"], y, xerr=err, fmt="none", ecolor="0.2", elinewidth=1, capsize=2)
-    ax.set_yticks(y, [_short(s) for s in _labels(data)])
+    bars = ax.barh(y, data["score"], color=[colors[h] for h in hue], alpha=0.9)
+    for bar, is_baseline in zip(bars, baseline):
+        if is_baseline:
+            bar.set_hatch("//")
+            bar.set_alpha(0.5)
+    if "score_lo" in data:
+        ok = np.isfinite(data["score_lo"]) & np.isfinite(data["score_hi"])
+        if ok.any():
+            err = np.vstack([data["score"] - data["score_lo"], data["score_hi"] - data["score"]])[:, ok].clip(min=0)
+            ax.errorbar(data["score"][ok], y[ok], xerr=err, fmt="none", ecolor="0.2", elinewidth=1, capsize=2)
+    ax.set_yticks(y, labels)
+    _clip_baselines(ax, data, baseline, y)
     ax.axvline(0, color="0.3", lw=0.8)
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     if color_by is not None and color_by in board:
         handles = [plt.Rectangle((0, 0), 1, 1, color=colors[k]) for k in colors]
-        ax.legend(handles, list(colors), title=color_by, loc="lower right", fontsize="small")
+        ax.legend(handles, list(colors), title=color_by, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     fig.tight_layout()
     return fig
 
 
+def _clip_baselines(ax: plt.Axes, data: pd.DataFrame, baseline: pd.Series, y: np.ndarray) -> None:
+    """Random-init controls scored against the pretrained backbones' spread can sit dozens of units away; keep the
+    axis on the pretrained backbones and write a clipped baseline's score at the axis edge."""
+    pretrained = data[~baseline.to_numpy()]
+    if pretrained.empty or not baseline.any():
+        return
+    ends = pd.concat([pretrained["score"], pretrained.get("score_lo", pretrained["score"]),
+                      pretrained.get("score_hi", pretrained["score"])]).dropna()
+    lo, hi = min(float(ends.min()), 0.0), max(float(ends.max()), 0.0)
+    span = hi - lo or 1.0
+    left, right = lo - 0.6 * span, hi + 0.15 * span
+    if data.loc[baseline.to_numpy(), "score"].min() >= left:
+        return
+    ax.set_xlim(left, right)
+    for yi, score in zip(y[baseline.to_numpy()], data.loc[baseline.to_numpy(), "score"]):
+        if score < left:
+            ax.annotate(f"{score:.1f} ◀", (left, yi), xytext=(3, 0), textcoords="offset points", va="center",
+                        fontsize="small", color="0.25")
+
+
 def correlation_heatmap(matrix: pd.DataFrame, *, title: str = "Spearman correlation", annot: bool = True,
                         vmin: float = -1.0) -> plt.Figure:
-    """Heatmap of a square correlation matrix (:func:`bobkit.analysis.stats.correlation_matrix`)."""
+    """Heatmap of a square correlation matrix (:func:`bobkit.analysis.correlation.correlation_matrix`)."""
     if matrix.shape[0] < 2:
         raise InsufficientDataError("need at least two columns for a correlation heatmap")
     n = matrix.shape[0]
     fig, ax = plt.subplots(figsize=(min(max(5.0, 2.5 + 0.7 * n), 11), min(max(4.0, 2.0 + 0.6 * n), 10)))
-    labels = [_short(str(c), 28) for c in matrix.columns]
+    labels = [wrap_label(str(c), 30) for c in matrix.columns]
     sns.heatmap(matrix.astype(float), vmin=vmin, vmax=1, cmap="vlag", center=0, annot=annot and n <= 14,
                 fmt=".2f", square=True, cbar_kws={"shrink": 0.7, "label": "rho"}, ax=ax,
                 xticklabels=labels, yticklabels=labels)
@@ -157,13 +202,13 @@ def task_scatter(
                     palette=palette_for(data[hue_col], hue), alpha=0.8, ax=ax, legend="brief")
     best = data.assign(_sum=data[x] + data[y]).nlargest(annotate, "_sum")
     for i, (_, row) in enumerate(best.iterrows()):
-        ax.annotate(_short(str(row.get("display_name", row.get("backbone"))), 34), (row[x], row[y]),
+        ax.annotate(wrap_label(str(row.get("display_name", row.get("backbone"))), 34), (row[x], row[y]),
                     fontsize=7, xytext=(-8, -12 - 11 * i), textcoords="offset points", ha="right",
                     arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
-    res = stats.spearman(data[x], data[y], n_boot=0)
+    res = spearman(data[x], data[y], n_boot=0)
     ax.set_title(title or f"Spearman rho = {res['rho']:.2f} over {res['n']} backbones")
-    ax.set_xlabel(f"{_short(x, 60)} (score)")
-    ax.set_ylabel(f"{_short(y, 60)} (score)")
+    ax.set_xlabel(wrap_label(f"{x} (score)", 60))
+    ax.set_ylabel(wrap_label(f"{y} (score)", 60))
     _outside_legend(ax)
     fig.tight_layout()
     return fig
@@ -191,7 +236,7 @@ def scale_plot(
 ) -> plt.Figure:
     """Score against a size (log x axis) per family, with a least-squares line of ``y`` on ``log10(x)`` per family
     (statsmodels-free: :func:`numpy.polyfit`, the same fit seaborn's ``regplot(logx=True)`` draws). ``correlations``
-    (:func:`bobkit.analysis.stats.correlate_by_group`) adds each family's rho to its legend label."""
+    (:func:`bobkit.analysis.correlation.correlate_by_group`) adds each family's rho to its legend label."""
     data = frame.copy()
     data[x] = pd.to_numeric(data[x], errors="coerce")
     data = data[(data[x] > 0) & data[y].notna()]
@@ -224,7 +269,7 @@ def scale_plot(
 
 def paired_plot(pairs: pd.DataFrame, *, a_label: str = "supervised", b_label: str = "SSL",
                 title: str | None = None) -> plt.Figure:
-    """Dumbbell chart of :func:`bobkit.analysis.stats.matched_pairs`: for each pair, the ``a`` (supervised) and ``b`` (SSL)
+    """Dumbbell chart of :func:`bobkit.analysis.comparisons.matched_pairs`: for each pair, the ``a`` (supervised) and ``b`` (SSL)
     scores joined by a line, green when ``b`` wins."""
     if pairs.empty:
         raise InsufficientDataError("no matched pairs to plot")
@@ -236,7 +281,7 @@ def paired_plot(pairs: pd.DataFrame, *, a_label: str = "supervised", b_label: st
                 alpha=0.8)
     ax.scatter(data["a_score"], y, color=METHOD_KIND_COLORS["supervised"], label=a_label, zorder=3)
     ax.scatter(data["b_score"], y, color=METHOD_KIND_COLORS["SSL"], marker="D", label=b_label, zorder=3)
-    labels = [_short(str(r.b_display), 44) for r in data.itertuples()]
+    labels = [wrap_label(str(r.b_display), 40) for r in data.itertuples()]
     ax.set_yticks(y, labels)
     ax.set_xlabel("score")
     ax.set_title(title or f"{b_label} (diamond) vs matched {a_label} (circle)")
@@ -255,7 +300,7 @@ def slope_chart(
     max_facets: int = 6,
     title: str | None = None,
 ) -> plt.Figure:
-    """Slope chart of :func:`bobkit.analysis.stats.protocol_comparison`: one line per backbone from its ``a`` value to its ``b``
+    """Slope chart of :func:`bobkit.analysis.comparisons.protocol_comparison`: one line per backbone from its ``a`` value to its ``b``
     value, one panel per dataset (first ``max_facets``)."""
     if comparison.empty:
         raise InsufficientDataError("nothing to compare between protocols")
@@ -311,7 +356,7 @@ def metric_scatter(
                     **kwargs)
     if trend and len(data) >= 3 and data[x].nunique() > 1:
         sns.regplot(data=data, x=x, y=y, scatter=False, ci=None, color="0.3", line_kws={"lw": 1.2}, ax=ax)
-    res = stats.spearman(data[x], data[y], n_boot=0)
+    res = spearman(data[x], data[y], n_boot=0)
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or y)
     ax.set_title(title or f"Spearman rho = {res['rho']:.2f} over {res['n']} backbones")
@@ -323,10 +368,10 @@ def metric_scatter(
 def _probit_axis(ax: plt.Axes, which: str, lo: float, hi: float) -> None:
     ticks = np.array([0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99])
     ticks = ticks[(ticks >= lo - 1e-9) & (ticks <= hi + 1e-9)]
-    pos = stats.probit(ticks)
+    pos = probit(ticks)
     axis = ax.xaxis if which == "x" else ax.yaxis
     axis.set_major_locator(FixedLocator(pos))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * float(stats.sps.norm.cdf(v)):.0f}"))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * float(inverse_probit(v)):.0f}"))
 
 
 def probit_scatter(
@@ -341,12 +386,12 @@ def probit_scatter(
     title: str | None = None,
 ) -> plt.Figure:
     """ID vs OOD accuracy on probit axes (ticks in %), coloured by ``hue``, with the fitted linear trend
-    (:func:`bobkit.analysis.stats.fit_probit_trend`) and the y = x line."""
+    (:func:`bobkit.analysis.id_ood.fit_probit_trend`) and the y = x line."""
     data = frame.dropna(subset=[id_col, ood_col]).copy()
     if len(data) < 2:
         raise InsufficientDataError(f"fewer than two models with {id_col!r} and {ood_col!r}")
-    data["_x"] = stats.probit(data[id_col])
-    data["_y"] = stats.probit(data[ood_col])
+    data["_x"] = probit(data[id_col])
+    data["_y"] = probit(data[ood_col])
     data["_hue"] = _hue(data, hue)
     fig, ax = plt.subplots(figsize=(FIGSIZE[0] + 1.2, FIGSIZE[1] + 0.6))
     counts = data["_hue"].value_counts()

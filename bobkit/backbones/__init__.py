@@ -31,7 +31,12 @@ from bobkit.backbones.registry import (
     register,
     register_alias,
 )
-from bobkit.backbones.weights import UnsupportedBackboneError, WeightsConversionError, WeightsUnavailableError
+from bobkit.backbones.weights import (
+    UnsupportedBackboneError,
+    WeightsConversionError,
+    WeightsUnavailableError,
+    WeightsVerificationError,
+)
 
 __all__ = [
     "FAMILIES",
@@ -43,6 +48,7 @@ __all__ = [
     "WeightsUnavailableError",
     "UnsupportedBackboneError",
     "WeightsConversionError",
+    "WeightsVerificationError",
     "register",
     "register_alias",
     "get_backbone",

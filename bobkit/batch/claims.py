@@ -1,9 +1,13 @@
 """Per-cell claims: an atomically created file that says who is running a cell.
 
-``O_CREAT | O_EXCL`` makes the claim atomic, so two batches on one runs folder never run a cell twice. A claim
-is stale when its process is gone (same host: the pid is dead, or was reused by a process that started later)
-or its heartbeat is older than ``stale_after`` seconds (another host, e.g. a preempted Slurm job); a stale claim
-is broken by renaming it away first, so only one taker wins.
+A claim is written complete into a temp file and then hard-linked into place (``link`` fails when the name
+exists, also on NFS), so two batches on one runs folder never run a cell twice and a claim file is never empty
+(a kill or a full disk between create and write leaves only a temp file). A claim is stale when its process is
+gone (same host: the pid is dead, or was reused by a process that started later) or its heartbeat is older than
+``stale_after`` seconds (another host, e.g. a preempted Slurm job); an unreadable claim (left by older code) is
+stale once it is older than that. A stale claim is broken by renaming it to a unique name and then checking that
+what was renamed is the claim judged stale (same token, same file); anything else (another host's fresh claim) is
+put back, so a taker never removes a live claim nor, under it, the live work folder.
 
 A claim can be handed over: a Slurm job that is preempted keeps its claim on disk (:meth:`Claim.hand_over`) and
 the requeued job adopts it by token (``try_claim(..., adopt_token=...)``), so no other batch slips in between.
@@ -11,8 +15,10 @@ the requeued job adopts it by token (``try_claim(..., adopt_token=...)``), so no
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import threading
@@ -24,6 +30,13 @@ from typing import Any
 
 CLAIM = ".claim"
 HEARTBEAT_SECONDS = 30.0
+# After an error (ESTALE on NFS, a full disk) the heartbeat tries again this much sooner than its period.
+HEARTBEAT_RETRY_SECONDS = 5.0
+STALE_PREFIX = f"{CLAIM}.stale-"
+# errno values of file systems that cannot hard-link (some FUSE mounts): claims then fall back to O_EXCL.
+NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,19 +48,42 @@ class Claim:
     _stop: threading.Event | None = field(default=None, repr=False)
     _handed_over: bool = False
 
-    def start_heartbeat(self, every: float = HEARTBEAT_SECONDS) -> None:
-        """Touch the claim file periodically so other hosts can tell it is alive."""
+    def start_heartbeat(self, every: float = HEARTBEAT_SECONDS, retry: float = HEARTBEAT_RETRY_SECONDS) -> None:
+        """Touch the claim file every ``every`` seconds, while it is ours, so other hosts can tell it is alive.
+
+        An error (``ESTALE`` on NFS, ``ENOSPC``...) or a claim briefly missing (another taker checking it, see
+        :func:`_break_stale`) is logged and retried after ``retry`` seconds; the beat stops on :meth:`release` or
+        once another claim holds the file (:meth:`still_ours` then says so too).
+        """
         self._stop = threading.Event()
         stop = self._stop
 
         def beat() -> None:
-            while not stop.wait(every):
+            wait = every
+            while not stop.wait(wait):
+                wait = min(retry, every)
                 try:
-                    os.utime(self.path)
-                except FileNotFoundError:
-                    return
+                    if self._beat_once():
+                        wait = every
+                    else:
+                        log.warning("claim %s is held by another batch now; heartbeat stopped", self.path)
+                        return
+                except Exception as exc:  # noqa: BLE001 - a dead heartbeat would let others break a live claim
+                    name = errno.errorcode.get(getattr(exc, "errno", None) or 0, type(exc).__name__)
+                    log.warning("heartbeat of claim %s failed (%s: %s); retrying in %.0f s", self.path, name, exc,
+                                wait)
 
         threading.Thread(target=beat, daemon=True, name=f"heartbeat-{self.path.parent.name}").start()
+
+    def _beat_once(self) -> bool:
+        """Touch the claim if it is ours; ``False`` when another claim holds it, an error when it is missing."""
+        info = read_claim(self.path.parent)
+        if info is None:
+            raise FileNotFoundError(errno.ENOENT, "claim missing", str(self.path))
+        if info.get("token") != self.token:
+            return False
+        os.utime(self.path)
+        return True
 
     def still_ours(self) -> bool:
         """True when the claim file still carries this claim's token (nobody broke it as stale)."""
@@ -73,19 +109,34 @@ class Claim:
 
 
 def read_claim(run_dir: Path) -> dict[str, Any] | None:
-    """The claim's content plus its ``mtime``, or ``None`` when there is none (or it is being written)."""
+    """The claim of ``run_dir`` with its ``mtime`` and ``file`` identity, or ``None`` when there is none.
+
+    A claim that cannot be read (empty, not JSON) comes back as ``{"unreadable": True, "mtime", "file"}``.
+    """
+    return _read_claim_file(Path(run_dir) / CLAIM)
+
+
+def _read_claim_file(path: Path) -> dict[str, Any] | None:
     try:
-        path = Path(run_dir) / CLAIM
-        info = json.loads(path.read_text())
-        info["mtime"] = path.stat().st_mtime
-        return info
-    except (FileNotFoundError, json.JSONDecodeError):
+        with open(path, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            raw = handle.read()
+    except FileNotFoundError:
         return None
+    try:
+        info = json.loads(raw.decode("utf-8"))
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+    except ValueError:
+        info = {"unreadable": True}
+    info["mtime"] = stat.st_mtime
+    info["file"] = [stat.st_dev, stat.st_ino]
+    return info
 
 
 def is_stale(info: dict[str, Any], stale_after: float) -> bool:
-    """A claim whose process is gone (this host) or whose heartbeat stopped (any host)."""
-    if info.get("host") == socket.gethostname() and not _same_process_alive(info):
+    """A claim whose process is gone (this host) or whose heartbeat stopped (any host, unreadable claims too)."""
+    if not info.get("unreadable") and info.get("host") == socket.gethostname() and not _same_process_alive(info):
         return True
     return time.time() - float(info.get("mtime", 0)) > stale_after
 
@@ -118,25 +169,55 @@ def _claim_locked(run_dir: Path, stale_after: float, adopt_token: str | None) ->
     path = run_dir / CLAIM
     for _ in range(3):
         token = uuid.uuid4().hex
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            info = read_claim(run_dir)
-            if info is None:
-                # Claim being written this instant (another host), or just released: look once more.
-                time.sleep(0.05)
-                info = read_claim(run_dir)
-                if info is None:
-                    continue
-            adopt = adopt_token is not None and info.get("token") == adopt_token
-            if not adopt and not is_stale(info, stale_after):
-                return None
-            _break_stale(path, info)
-            continue
-        with os.fdopen(fd, "w") as handle:
-            json.dump(_claim_content(token), handle)
-        return Claim(path, token)
+        if _create_complete(path, token):
+            return Claim(path, token)
+        info = read_claim(run_dir)
+        if info is None:
+            continue  # released in between: try again
+        adopt = adopt_token is not None and info.get("token") == adopt_token
+        if not adopt and not is_stale(info, stale_after):
+            return None
+        _break_stale(path, info)
     return None
+
+
+def _create_complete(path: Path, token: str) -> bool:
+    """Create ``path`` holding this process's claim, complete, or return ``False`` when it exists.
+
+    The content goes to a temp file first (fsynced), which is then hard-linked to ``path``: other readers see
+    no claim or a whole one.
+    """
+    tmp = path.with_name(f".{CLAIM.lstrip('.')}.{token}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as handle:
+            json.dump(_claim_content(token), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except FileNotFoundError:  # the holder's clean-up took our temp file: the cell is held
+            return False
+        except OSError as exc:
+            if exc.errno not in NO_HARD_LINKS:
+                raise
+            return _create_exclusive(path, token)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _create_exclusive(path: Path, token: str) -> bool:
+    """``O_CREAT | O_EXCL`` then write: for file systems without hard links (a crash here leaves an unreadable
+    claim, which turns stale like any other)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(_claim_content(token), handle)
+    return True
 
 
 def _claim_content(token: str) -> dict[str, Any]:
@@ -150,15 +231,42 @@ def _claim_content(token: str) -> dict[str, Any]:
     }
 
 
-def _break_stale(path: Path, info: dict[str, Any]) -> None:
-    """Rename a stale claim away (atomic), but only if it is still the same stale claim."""
-    current = read_claim(path.parent)
-    if current is None or current.get("token") != info.get("token"):
-        return
+def _same_claim(a: dict[str, Any], b: dict[str, Any] | None) -> bool:
+    """Two reads of a claim are the same claim: the same token, or (unreadable) the same file."""
+    if b is None:
+        return False
+    if a.get("unreadable") or b.get("unreadable"):
+        return bool(a.get("unreadable")) and bool(b.get("unreadable")) and a.get("file") == b.get("file")
+    return a.get("token") == b.get("token")
+
+
+def _break_stale(path: Path, judged: dict[str, Any]) -> bool:
+    """Break the claim judged stale: rename it to a unique name, then check that the renamed file is that claim.
+
+    Another host may have broken it and claimed afresh between our read and our rename; then the fresh claim is
+    linked back into place (unless a third claim already took the name: its holder's :meth:`Claim.still_ours`
+    fails and it records nothing). Returns ``True`` when the judged claim was removed.
+    """
+    aside = path.with_name(f"{STALE_PREFIX}{uuid.uuid4().hex}")
     try:
-        os.replace(path, path.with_name(f"{CLAIM}.stale-{uuid.uuid4().hex[:8]}"))
+        os.rename(path, aside)
     except FileNotFoundError:
-        pass
+        return False
+    try:
+        if _same_claim(judged, _read_claim_file(aside)):
+            return True
+        try:
+            os.link(aside, path)  # not the claim we judged: put the live one back
+        except FileExistsError:
+            log.warning("claim %s changed hands while being broken; its holder will find it lost", path)
+        except OSError as exc:
+            if exc.errno not in NO_HARD_LINKS:
+                raise
+            if not path.exists():  # best effort where hard links are missing
+                os.rename(aside, path)
+        return False
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 def process_start_time(pid: int) -> str | None:

@@ -30,16 +30,16 @@ from typing import Any
 
 import yaml
 
-import bobkit
-from bobkit.tasks import get_task, task_names
+from bobkit.batch import codehash
+from bobkit.batch.resources import DEFAULT_RESOURCES, ResourceError, check_resources
+from bobkit.tasks import ParameterError, get_spec, get_task, task_names
+from bobkit.tasks.contract import Param
 
 # Parameters that change where/how fast a cell runs, not its result: left out of the run key so a batch resumes
 # on another machine.
 EXECUTION_PARAMS = frozenset(
     {"device", "num_threads", "channels_last", "compile", "grad_checkpointing", "loader_workers"}
 )
-RESOURCE_KEYS = frozenset({"timeout_min", "gpus", "cpus", "mem_gb", "partition", "slurm_array_parallelism"})
-DEFAULT_RESOURCES: dict[str, Any] = {"timeout_min": 60, "gpus": 0, "cpus": 2, "mem_gb": 16}
 
 
 class GridError(ValueError):
@@ -68,24 +68,49 @@ class Cell:
 
 
 def code_version(task: str) -> str:
-    """The code version that goes into a run key: bobkit's version plus the task module's ``VERSION``."""
-    return f"{bobkit.__version__}+{task}.{getattr(get_task(task), 'VERSION', '0')}"
+    """The code part of a run key: a hash of the code behind the task's cells (:mod:`bobkit.batch.codehash`)."""
+    return codehash.code_version(task)
 
 
-def run_key(task: str, params: dict[str, Any]) -> str:
-    """Stable 16-hex-digit hash of the task, its result-relevant parameters and the code version."""
-    relevant = {k: v for k, v in params.items() if k not in EXECUTION_PARAMS}
-    blob = json.dumps({"task": task, "params": relevant, "code": code_version(task)}, sort_keys=True, default=str)
+def result_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters that can change a cell's result: all but the execution-only ones."""
+    return {k: v for k, v in params.items() if k not in EXECUTION_PARAMS}
+
+
+def cell_identity(task: str, params: dict[str, Any]) -> str:
+    """16 hex digits over the task and its result-relevant parameters, without the code.
+
+    Cells of one identity made by different code have different run keys; the identity (kept in the sidecar)
+    finds the older ones, which ``bob status`` reports as stale.
+    """
+    blob = json.dumps({"task": task, "params": result_params(params)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_key(task: str, params: dict[str, Any], code: str | None = None) -> str:
+    """Stable 16-hex-digit hash of the task, its result-relevant parameters and the code behind it.
+
+    ``code`` is a code version to use instead of this checkout's (:func:`code_version`).
+    """
+    code = code if code is not None else code_version(task)
+    blob = json.dumps({"task": task, "params": result_params(params), "code": code}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def make_cell(task: str, overrides: dict[str, Any], resources: dict[str, Any] | None = None, source: str = "") -> Cell:
-    """Validate ``overrides`` against the task's parameters and build the cell with its run key."""
-    module = get_task(task)
-    params = {**module.PARAMETERS, **overrides}
+    """Validate ``overrides`` against the task's declaration and build the cell with its run key.
+
+    Every value is checked (type, range, registries) as the kernel will check it; ``device: cuda`` must exist on
+    this machine unless the cell asks its scheduler for GPUs (``resources: {gpus: N}``).
+    """
+    resources = {**DEFAULT_RESOURCES, **(resources or {})}
+    overrides = {k: v for k, v in overrides.items() if k != "output_dir"}  # the runner sets it per run
+    try:
+        params = get_spec(task).validate(overrides, check_machine=not resources.get("gpus"))
+    except ParameterError as exc:
+        raise GridError(f"{source}: {exc}" if source else str(exc)) from exc
     params.pop("output_dir", None)
-    _validate(task, module, params, overrides, source)
-    return Cell(task, params, run_key(task, params), {**DEFAULT_RESOURCES, **(resources or {})}, source)
+    return Cell(task, params, run_key(task, params), resources, source)
 
 
 def load_grid(path: str | Path) -> list[Cell]:
@@ -109,6 +134,8 @@ def expand_grid(spec: Any, source: str = "<grid>") -> list[Cell]:
     if unknown_top:
         raise GridError(f"{source}: unknown top-level key(s) {sorted(unknown_top)}")
     defaults = spec.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise GridError(f"{source}: 'defaults' must be a mapping, got {defaults!r}")
     resources = spec.get("resources") or {}
     _check_resources(resources, source)
     cells: dict[str, Cell] = {}
@@ -116,6 +143,7 @@ def expand_grid(spec: Any, source: str = "<grid>") -> list[Cell]:
         where = f"{source}: grid[{index}]"
         for cell in _expand_block(block, defaults, resources, where):
             cells.setdefault(cell.run_key, cell)
+    _check_defaults(defaults, {block["task"] for block in spec["grid"]}, source)
     return list(cells.values())
 
 
@@ -126,16 +154,18 @@ def _expand_block(block: Any, defaults: dict[str, Any], resources: dict[str, Any
     if task not in task_names():
         close = difflib.get_close_matches(str(task), task_names(), n=3)
         raise GridError(f"{where}: unknown task {task!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
-    module = get_task(task)
+    spec = get_spec(task)
     block_resources = {**resources, **(block.get("resources") or {})}
     _check_resources(block_resources, where)
-    settings = block.get("setting") or [{}]
+    settings = block.get("setting", [{}])
     if not isinstance(settings, list) or not all(isinstance(s, dict) for s in settings):
         raise GridError(f"{where}: 'setting' must be a list of mappings")
+    if not settings:
+        raise GridError(f"{where}: 'setting' is an empty list (it would make no cells)")
     axes = {k: v for k, v in block.items() if k not in {"task", "setting", "resources"}}
-    base = {k: v for k, v in defaults.items() if k in module.PARAMETERS}
+    base = {k: v for k, v in defaults.items() if k in spec.names()}
     names = list(axes)
-    values = [_axis_values(module.PARAMETERS.get(k), v) for k, v in axes.items()]
+    values = [_axis_values(_declared(spec, k), k, v, where) for k, v in axes.items()]
     cells = []
     for combo in itertools.product(*values):
         for setting in settings:
@@ -144,51 +174,37 @@ def _expand_block(block: Any, defaults: dict[str, Any], resources: dict[str, Any
     return cells
 
 
-def _axis_values(default: Any, value: Any) -> list[Any]:
+def _declared(spec: Any, name: str) -> Param | None:
+    """The declaration of ``name`` (``None`` for an unknown name: :func:`make_cell` names it)."""
+    return next((p for p in spec.parameters if p.name == name), None)
+
+
+def _axis_values(param: Param | None, name: str, value: Any, where: str) -> list[Any]:
     """Values of one axis: a list sweeps, a scalar is fixed; for a list-valued parameter (e.g. ``targets``) a
-    list is the value itself and a list of lists sweeps."""
+    list is the value itself and a list of lists sweeps. An empty sweep is an error, not zero cells."""
     if not isinstance(value, list):
         return [value]
-    if isinstance(default, list) and not all(isinstance(v, list) for v in value):
+    if param is not None and param.type is list and not (value and all(isinstance(v, list) for v in value)):
         return [value]
+    if not value:
+        raise GridError(f"{where}: {name!r} is an empty list (an axis with no values would make no cells)")
     return value
 
 
-def _validate(task: str, module: Any, params: dict[str, Any], overrides: dict[str, Any], where: str) -> None:
-    """Reject unknown parameter names, backbones and datasets before anything runs."""
-    for key in overrides:
-        if key not in module.PARAMETERS and key != "output_dir":
-            close = difflib.get_close_matches(key, list(module.PARAMETERS), n=1)
+def _check_resources(resources: Any, where: str) -> None:
+    """Every resource key known and every value safe (see :mod:`bobkit.batch.resources`)."""
+    try:
+        check_resources(resources, where)
+    except ResourceError as exc:
+        raise GridError(str(exc)) from exc
+
+
+def _check_defaults(defaults: dict[str, Any], tasks: set[str], where: str) -> None:
+    """Reject ``defaults:`` keys that no task of the grid has (a typo would otherwise be dropped silently)."""
+    known = sorted({name for task in tasks for name in get_task(task).PARAMETERS})
+    for key in defaults:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise GridError(f"{where}: task {task!r} has no parameter {key!r}{hint}")
-    if "backbone" in params:
-        from bobkit.backbones import get_backbone
-
-        try:
-            get_backbone(params["backbone"])
-        except ValueError as exc:
-            raise GridError(f"{where}: {exc}") from exc
-    if "dataset" in params:
-        known = _known_datasets(module)
-        if params["dataset"] not in known:
-            close = difflib.get_close_matches(str(params["dataset"]), known, n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise GridError(f"{where}: unknown dataset {params['dataset']!r} for task {task!r}{hint}")
-    validate = getattr(module, "validate_params", None)
-    if validate is not None:
-        try:
-            validate(params)
-        except (ValueError, TypeError) as exc:
-            raise GridError(f"{where}: {exc}") from exc
-
-
-def _known_datasets(module: Any) -> list[str]:
-    from bobkit.data import dataset_names
-
-    return sorted(set(dataset_names()) | set(getattr(module, "DATASETS", ())))
-
-
-def _check_resources(resources: dict[str, Any], where: str) -> None:
-    unknown = set(resources) - RESOURCE_KEYS
-    if unknown:
-        raise GridError(f"{where}: unknown resource key(s) {sorted(unknown)}; known: {sorted(RESOURCE_KEYS)}")
+            raise GridError(f"{where}: defaults key {key!r} is a parameter of no task in this grid "
+                            f"({', '.join(sorted(tasks))}){hint}")

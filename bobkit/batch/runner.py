@@ -29,12 +29,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from bobkit.batch import provenance
+from bobkit.batch import codehash, provenance
 from bobkit.batch.claims import Claim, is_stale, read_claim, try_claim
-from bobkit.batch.grid import Cell
+from bobkit.batch.grid import Cell, run_key
 from bobkit.batch.oom import oom_kill_count
-from bobkit.results.sidecars import SIDECAR, TASK_OUTPUT, is_complete, read_sidecar, split_metrics, write_sidecar
+from bobkit.batch.record import cell_record
+from bobkit.results.sidecars import (
+    NOTEBOOK,
+    SIDECAR,
+    TASK_OUTPUT,
+    TaskOutput,
+    is_complete,
+    parse_task_output,
+    read_sidecar,
+    sidecar_problem,
+    write_sidecar,
+)
 from bobkit.tasks import notebook_path
+from bobkit.utils.files import write_json
 from bobkit.utils.paths import repo_root
 from bobkit.utils.progress import progress_bar
 
@@ -48,6 +60,8 @@ OOM_PATTERNS = (
     r"not enough memory", r"CUBLAS_STATUS_ALLOC_FAILED", r"CUDA error: out of memory",
 )
 WORK_PREFIX = ".work-"
+CODE_CHANGED = ("the code behind this cell changed after its run key was computed; nothing recorded: "
+                "run the grid again to run it under its new key")
 
 
 @dataclass
@@ -83,16 +97,25 @@ class BatchSummary:
         return self.count("complete") + self.count("failed")
 
 
-def run_dir_of(cell: Cell, runs_dir: Path) -> Path:
+def run_dir_of(cell: Cell, runs_dir: str | os.PathLike[str]) -> Path:
     """``runs/<task>/<run_key>``."""
     return Path(runs_dir) / cell.task / cell.run_key
 
 
+def absolute_runs_dir(runs_dir: str | os.PathLike[str]) -> Path:
+    """``runs_dir`` made absolute against this process's working directory.
+
+    Every path that crosses a process boundary (papermill's spec, the kernel's ``output_dir``, a Slurm job) is
+    absolute: the kernel runs in the project root and a Slurm job wherever Slurm starts it.
+    """
+    return Path(runs_dir).expanduser().resolve()
+
+
 def cell_state(cell: Cell, runs_dir: Path) -> str:
-    """done | failed | running | pending, read from the runs folder."""
+    """done | failed | running | pending, read from the runs folder (done: a complete sidecar and notebook)."""
     run_dir = run_dir_of(cell, runs_dir)
     sidecar = read_sidecar(run_dir)
-    if sidecar and sidecar.get("status") == "complete":
+    if is_complete(run_dir):
         return "done"
     claim = read_claim(run_dir)
     if claim is not None and not is_stale(claim, stale_after=stale_after(cell)):
@@ -124,7 +147,7 @@ def run_cells(
     and ``cpu_count // workers`` threads. Ctrl-C stops the batch: running cells are killed and left pending
     (no sidecar), queued cells never start.
     """
-    runs_dir = Path(runs_dir)
+    runs_dir = absolute_runs_dir(runs_dir)
     cells = select_cells(cells, runs_dir, only_failed)
     summary = BatchSummary()
     start = time.perf_counter()
@@ -198,9 +221,13 @@ def execute_cell(
         For requeued Slurm jobs: take over the claim an earlier job of this cell handed over, and learn the
         claim once held (see :mod:`bobkit.batch.backends`).
     """
-    run_dir = run_dir_of(cell, Path(runs_dir))
+    run_dir = run_dir_of(cell, absolute_runs_dir(runs_dir))
     if is_complete(run_dir):
         return CellOutcome(cell, "skipped")
+    if run_key(cell.task, cell.params, codehash.code_version(cell.task, fresh=True)) != cell.run_key:
+        # Code edited after the keys were computed (a long batch, a Slurm job that waited): its numbers must
+        # not be filed under the old key. Nothing is recorded; the cell runs again under its new key.
+        return CellOutcome(cell, "failed", error=CODE_CHANGED, kind="code_changed")
     claim = try_claim(run_dir, stale_after=stale_after(cell), adopt_token=adopt_token)
     if claim is None:
         return CellOutcome(cell, "busy")
@@ -221,6 +248,7 @@ def _execute_claimed(
 ) -> CellOutcome:
     started = time.time()
     previous = read_sidecar(run_dir)  # a failed record being retried (complete ones were skipped)
+    keep_aside_if_corrupt(run_dir)
     remove_leftovers(run_dir)
     params = dict(cell.params)
     result = _attempt(cell, params, run_dir, kernel, env, stop)
@@ -239,34 +267,29 @@ def _execute_claimed(
         result.discard()
         return CellOutcome(cell, "interrupted" if ours else "busy", time.time() - started,
                            "interrupted" if ours else "claim lost")
-    scores, info = split_metrics(result.metrics) if result.kind == "complete" else ({}, {})
-    sidecar: dict[str, Any] = {
-        "run_key": cell.run_key,
-        "task": cell.task,
-        "label": cell.label,
-        "params": cell.params,
-        "params_used": params,
-        "resources": cell.resources,
-        "source": cell.source,
-        "attempts": attempts,
-        "runner": runner,
-        "provenance": provenance.collect(env, params, info),
-        "timings": {**info, **result.timings()},
-        "history": _history(previous),
-        "started": started,
-        "wall_seconds": time.time() - started,
-    }
-    if result.kind == "complete":
-        sidecar.update(status="complete", metrics=scores, error=None)
-    else:
-        sidecar.update(status="failed", metrics={}, error=result.error())
+    complete = result.kind == "complete"
+    output = result.task_output if complete else None
+    descriptors = output.descriptors if output else {}
+    sidecar = cell_record(
+        cell, output=output, params_used=params, prov=provenance.collect(env, params, descriptors),
+        error=None if complete else result.error(), started=started,
+        attempts=attempts, runner=runner, timings={**descriptors, **result.timings()}, history=_history(previous),
+    )
     if result.notebook.exists():
-        os.replace(result.notebook, run_dir / "executed.ipynb")
+        os.replace(result.notebook, run_dir / NOTEBOOK)
     write_sidecar(run_dir, sidecar)  # last, atomically: from here on the cell counts as recorded
     result.discard()
-    error = None if result.kind == "complete" else sidecar["error"]["message"]
-    return CellOutcome(cell, sidecar["status"], sidecar["wall_seconds"], error,
-                       None if result.kind == "complete" else result.kind)
+    error = None if complete else sidecar["error"]["message"]
+    return CellOutcome(cell, sidecar["status"], sidecar["wall_seconds"], error, None if complete else result.kind)
+
+
+def keep_aside_if_corrupt(run_dir: Path) -> Path | None:
+    """Rename an unreadable sidecar to ``metrics.json.corrupt-<time>`` (kept, not overwritten); call under the claim."""
+    if sidecar_problem(run_dir) is None:
+        return None
+    aside = run_dir / f"{SIDECAR}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    os.replace(run_dir / SIDECAR, aside)
+    return aside
 
 
 def remove_leftovers(run_dir: Path) -> None:
@@ -296,7 +319,7 @@ class _Attempt:
     seconds: float
     returncode: int
     output: str
-    metrics: dict[str, Any] = field(default_factory=dict)
+    task_output: TaskOutput | None = None
     message: str = ""
 
     def summary(self) -> dict[str, Any]:
@@ -340,7 +363,7 @@ def _attempt(
         "execution_timeout": timeout_s,
         "kernel": kernel,
     }
-    (work / "spec.json").write_text(json.dumps(spec, default=str))
+    write_json(work / "spec.json", spec)
     command = [sys.executable, "-m", "bobkit.batch.papermill_main", str(work / "spec.json")]
     child_env = {**os.environ, **env, "BOB_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
     log = work / "output.log"
@@ -359,10 +382,14 @@ def _attempt(
         return attempt
     metrics_file = work / TASK_OUTPUT
     if proc.returncode == 0 and metrics_file.exists() and ended_by == "exit":
-        attempt.metrics = json.loads(metrics_file.read_text())
-        bad = [k for k, v in attempt.metrics.items() if v is None or (isinstance(v, float) and v != v)]
+        try:
+            attempt.task_output = parse_task_output(json.loads(metrics_file.read_bytes().decode("utf-8")))
+        except ValueError as exc:  # invalid UTF-8 or JSON, or not an object
+            attempt.kind, attempt.message = "exception", f"unreadable {TASK_OUTPUT}: {exc}"[:500]
+            return attempt
+        bad = attempt.task_output.non_finite()
         if bad:
-            attempt.kind, attempt.message = "nan", f"non-finite metric(s): {', '.join(sorted(bad))}"
+            attempt.kind, attempt.message = "nan", f"non-finite metric(s): {', '.join(bad)}"
         return attempt
     oom_kills_after = oom_kill_count()
     oom_killed = None not in (oom_kills_before, oom_kills_after) and oom_kills_after > oom_kills_before
@@ -474,6 +501,6 @@ def worker_env(slot: int, workers: int) -> dict[str, str]:
 
 
 __all__ = [
-    "BatchSummary", "CellOutcome", "SIDECAR", "cell_state", "classify_failure", "execute_cell", "run_cells",
-    "run_dir_of", "select_cells", "worker_env",
+    "BatchSummary", "CellOutcome", "SIDECAR", "absolute_runs_dir", "cell_state", "classify_failure", "execute_cell",
+    "run_cells", "run_dir_of", "select_cells", "worker_env",
 ]

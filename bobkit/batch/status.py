@@ -1,4 +1,10 @@
-"""``bob status``: where a grid stands in a runs folder, read from sidecars and claims only."""
+"""``bob status``: where a grid stands in a runs folder, read from sidecars and claims (and, for cells sent to
+Slurm, Slurm's own view beside them: :func:`slurm_lines`).
+
+A cell is ``done`` (complete sidecar and executed notebook), ``failed``, ``running`` (a live claim), ``pending``,
+or ``stale``: pending under the current code while a complete record of it made by other code exists (see
+:mod:`bobkit.batch.stale`). Unreadable sidecars are listed, never fatal.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bobkit.batch.claims import read_claim
-from bobkit.batch.grid import Cell, load_grid
+from bobkit.batch.grid import Cell, cell_identity, load_grid
 from bobkit.batch.runner import cell_state, run_dir_of
-from bobkit.results.sidecars import read_sidecar
+from bobkit.batch.stale import OlderRecord, older_records
+from bobkit.results.sidecars import read_sidecar, scan_sidecars
 
-STATES = ("done", "failed", "running", "pending")
+STATES = ("done", "failed", "running", "pending", "stale")
 
 
 @dataclass
@@ -22,6 +29,8 @@ class GridStatus:
     errors: dict[str, str] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)
     where: dict[str, str] = field(default_factory=dict)
+    older: dict[str, OlderRecord] = field(default_factory=dict)
+    corrupt: list[tuple[Path, str]] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """Number of cells per state."""
@@ -31,8 +40,17 @@ class GridStatus:
 def grid_status(params: str | Path, runs_dir: str | Path = "runs") -> GridStatus:
     """Read every cell's state from ``runs_dir``."""
     status = GridStatus()
-    for cell in load_grid(params):
+    cells = load_grid(params)
+    tasks = sorted({cell.task for cell in cells})
+    older = {task: older_records(runs_dir, task) for task in tasks}
+    for task in tasks:
+        status.corrupt.extend(scan_sidecars(runs_dir, task).corrupt)
+    for cell in cells:
         state = cell_state(cell, Path(runs_dir))
+        record = older[cell.task].get(cell_identity(cell.task, cell.params)) if state == "pending" else None
+        if record is not None:
+            state = "stale"
+            status.older[cell.run_key] = record
         status.cells[state].append(cell)
         run_dir = run_dir_of(cell, Path(runs_dir))
         if state == "failed":
@@ -47,9 +65,9 @@ def grid_status(params: str | Path, runs_dir: str | Path = "runs") -> GridStatus
     return status
 
 
-def rerun_command(params: str | Path, runs_dir: str | Path = "runs") -> str:
-    """The command that re-runs only the failed cells of ``params``."""
-    args = ["bob", "run", str(params), "--only-failed"]
+def rerun_command(params: str | Path, runs_dir: str | Path = "runs", only_failed: bool = True) -> str:
+    """The command that re-runs the failed cells of ``params`` (or, ``only_failed=False``, every cell not done)."""
+    args = ["bob", "run", str(params), *(["--only-failed"] if only_failed else [])]
     if str(runs_dir) != "runs":
         args += ["--runs-dir", str(runs_dir)]
     return shlex.join(args)
@@ -64,6 +82,26 @@ def format_status(status: GridStatus, params: str | Path, runs_dir: str | Path =
     for cell in status.cells["failed"]:
         kind = status.kinds.get(cell.run_key, "exception")
         lines.append(f"  failed {cell.run_key} {cell.label}: [{kind}] {status.errors[cell.run_key]}")
+    for cell in status.cells["stale"]:
+        lines.append(f"  stale {cell.run_key} {cell.label}: {status.older[cell.run_key].describe()}")
+    for path, reason in status.corrupt:
+        lines.append(f"  corrupt sidecar skipped: {path}: {reason}")
     if counts["failed"]:
         lines.append(f"re-run the failures: {rerun_command(params, runs_dir)}")
+    if counts["stale"]:
+        lines.append(f"re-run the stale cells with this code: {rerun_command(params, runs_dir, only_failed=False)}")
+    lines.extend(slurm_lines(status, runs_dir))
     return "\n".join(lines)
+
+
+def slurm_lines(status: GridStatus, runs_dir: str | Path = "runs") -> list[str]:
+    """Slurm's own view (``squeue``/``sacct``) of the cells not done whose jobs went to Slurm; empty otherwise."""
+    from bobkit.batch.scheduler import slurm_view
+
+    cells = []
+    for state in ("running", "pending", "failed"):
+        for cell in status.cells[state]:
+            run_dir = run_dir_of(cell, Path(runs_dir))
+            claim = read_claim(run_dir) or {}
+            cells.append((cell.run_key, cell.label, run_dir, claim.get("slurm_job_id")))
+    return slurm_view(cells)

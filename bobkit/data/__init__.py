@@ -6,8 +6,10 @@ Public API
   :func:`status`, :func:`data_dirs`
 - datasets: :func:`get_dataset`, :class:`ImageDataset`, :func:`low_shot`, :func:`stratified_indices`,
   :func:`dataset_names`, :func:`dataset_info`, :data:`DATASETS`
+- verification: :func:`pin` (trust a file that has no published hash), :func:`pins`; see :mod:`bobkit.data.verify`
 - errors: :class:`UnknownDatasetError`, :class:`UnknownSplitError`, :class:`MissingDataError`,
-  :class:`ChecksumError`, :class:`DownloadError`, :class:`ManifestError`
+  :class:`ChecksumError`, :class:`UnverifiedFileError`, :class:`DownloadError`, :class:`DownloadSizeError`,
+  :class:`DiskFullError`, :class:`ManifestError`
 - preprocessing lives in :mod:`bobkit.data.transforms` (imports torch / torchvision on use).
 """
 
@@ -27,11 +29,14 @@ from bobkit.data.datasets import (
 from bobkit.data.errors import (
     ChecksumError,
     DataError,
+    DiskFullError,
     DownloadError,
+    DownloadSizeError,
     ManifestError,
     MissingDataError,
     UnknownDatasetError,
     UnknownSplitError,
+    UnverifiedFileError,
 )
 from bobkit.data.manifest import (
     Entry,
@@ -47,12 +52,14 @@ from bobkit.data.manifest import (
     resolve_dir,
     status,
 )
+from bobkit.data.verify import pin, pins
 
 __all__ = [
     "DATASETS", "DEFAULT_STORAGE_SIZE", "DatasetInfo", "ImageDataset", "clear_cache", "dataset_info",
     "dataset_names", "datasets_frame", "get_dataset", "low_shot", "stratified_indices",
-    "ChecksumError", "DataError", "DownloadError", "ManifestError", "MissingDataError", "UnknownDatasetError",
-    "UnknownSplitError",
+    "ChecksumError", "DataError", "DiskFullError", "DownloadError", "DownloadSizeError", "ManifestError",
+    "MissingDataError", "UnknownDatasetError", "UnknownSplitError", "UnverifiedFileError",
     "Entry", "FileSpec", "Manifest", "copy_into_data_dir", "data_dirs", "default_manifest_path", "download",
     "file_sha256", "load_manifest", "resolve", "resolve_dir", "status",
+    "pin", "pins",
 ]

@@ -64,3 +64,45 @@ class ChecksumError(DataError, ValueError):
             f"different version: delete it and download it again (bobkit.data.download)."
         )
         self.path, self.expected, self.actual, self.algorithm = path, expected, actual, algorithm
+
+
+class DownloadSizeError(DownloadError):
+    """The server sent more (or fewer) bytes than the manifest declares; reading stopped at the declared size."""
+
+    def __init__(self, url: str, dest: str, declared: int, got: str) -> None:
+        DataError.__init__(
+            self,
+            f"download of {url} does not have the declared size: the manifest says {declared} bytes, the server "
+            f"sent {got}. Nothing was stored at {dest}; the file upstream changed or the server is misbehaving.",
+        )
+        self.url, self.dest, self.reason = url, dest, f"size {got}, declared {declared}"
+        self.declared = declared
+
+
+class DiskFullError(DataError, OSError):
+    """A write ran out of disk space (ENOSPC) or quota (EDQUOT); names the folder and how much was needed."""
+
+    def __init__(self, dest: str, needed: int | None, free: int | None, what: str = "download") -> None:
+        need = f"{needed} bytes" if needed is not None else "an unknown number of bytes"
+        have = f"{free} bytes free" if free is not None else "free space unknown"
+        super().__init__(
+            f"disk full while writing {dest} ({what}): it needs {need}, the file system has {have}. Free some space "
+            f"or point $BOB_CACHE_DIR / $BOB_DATA_DIR at a larger disk; nothing was left half-written."
+        )
+        self.dest, self.needed, self.free = dest, needed, free
+
+
+class UnverifiedFileError(DataError, ValueError):
+    """A file that must be verified before use (a checkpoint, a pickle) has no recorded hash and no pin.
+
+    The message gives its sha256 and the command that pins it (records the hash as trusted for this user).
+    """
+
+    def __init__(self, path: str, entry: str, sha256: str, why: str = "") -> None:
+        super().__init__(
+            f"refusing to use unverified {path}: manifest entry {entry!r} records no sha256 for it{why}. Its sha256 "
+            f"is {sha256}. If you trust this file (e.g. you downloaded it from the URL in the manifest yourself), "
+            f"pin it: `bob data --pin {entry} {path}` (in Python: bobkit.data.pin({entry!r}, {str(path)!r})), or set "
+            f"BOB_PIN_UNVERIFIED=1 to pin files the first time they are seen."
+        )
+        self.path, self.entry, self.sha256 = path, entry, sha256

@@ -7,18 +7,15 @@
 2. :func:`bobkit.utils.paths.data_cache_dir` (where :func:`download` writes),
 3. the entry's known offline locations (Debian paths, files inside installed Python packages).
 
-Verified hashes are remembered per (path, size, mtime) in a small JSON file so large files are hashed once.
+Hashes are checked by :mod:`bobkit.data.verify` (memoised per inode and change time; pins for files without a
+published hash); downloads go through :func:`bobkit.data.fetch.fetch_url`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import os
 import shutil
-import tempfile
-import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -27,8 +24,11 @@ from typing import Any, Iterable
 
 import yaml
 
-from bobkit.data.errors import ChecksumError, DownloadError, ManifestError, MissingDataError, UnknownDatasetError
+from bobkit.data import verify as V
+from bobkit.data.errors import ChecksumError, ManifestError, MissingDataError, UnknownDatasetError
+from bobkit.data.fetch import Fetched, fetch_url
 from bobkit.utils import paths
+from bobkit.utils.files import atomic_path
 
 __all__ = [
     "KINDS",
@@ -39,18 +39,19 @@ __all__ = [
     "default_manifest_path",
     "load_manifest",
     "data_dirs",
+    "candidates",
     "resolve",
     "resolve_dir",
     "download",
     "status",
     "file_sha256",
+    "copy_into_data_dir",
 ]
 
 KINDS = ("dataset", "reference_table", "weights")
 DOWNLOAD_MODES = ("direct", "manual", "bundled", "package")
 REQUIRED_FIELDS = ("name", "kind", "tasks", "description", "url", "licence", "layout", "download", "size_bytes")
 REQUIRED_FILE_FIELDS = ("filename", "url", "sha256", "size_bytes")
-_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -269,9 +270,9 @@ class Manifest:
             raise UnknownDatasetError(name, self.entries, what="manifest entry") from None
 
     # The work is done by module functions so both APIs share one implementation.
-    def resolve(self, name: str, filename: str | None = None, *, verify: bool = True) -> Path:
+    def resolve(self, name: str, filename: str | None = None, *, verify: bool = True, required: bool = False) -> Path:
         """See :func:`resolve`."""
-        return resolve(name, filename, verify=verify, manifest=self)
+        return resolve(name, filename, verify=verify, required=required, manifest=self)
 
     def resolve_dir(self, name: str) -> Path:
         """See :func:`resolve_dir`."""
@@ -282,7 +283,9 @@ class Manifest:
         return download(name, filename, manifest=self, **kwargs)
 
     def status(self, **kwargs: Any):
-        """See :func:`status`."""
+        """See :func:`bobkit.data.status.status`."""
+        from bobkit.data.status import status
+
         return status(manifest=self, **kwargs)
 
 
@@ -329,93 +332,6 @@ def load_manifest(path: str | os.PathLike | None = None) -> Manifest:
 
 def _manifest(manifest: Manifest | None) -> Manifest:
     return manifest if manifest is not None else load_manifest()
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Hashing with a small persistent cache
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _hash_cache_path() -> Path:
-    return paths.data_cache_dir() / "verified_hashes.json"
-
-
-def _read_hash_cache() -> dict[str, dict]:
-    try:
-        with open(_hash_cache_path(), encoding="utf-8") as fh:
-            data = json.load(fh)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=0, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _hash_file(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike, algorithm: str = "sha256", *, use_cache: bool = True) -> str:
-    """Hash a file, remembering the result by (path, size, mtime) so a large file is hashed once.
-
-    Parameters
-    ----------
-    path : path-like
-    algorithm : {"sha256", "md5"}
-    use_cache : bool
-        Read and update the cache in ``data_cache_dir()/verified_hashes.json``.
-    """
-    p = Path(path).resolve()
-    st = p.stat()
-    key = str(p)
-    if use_cache:
-        cache = _read_hash_cache()
-        rec = cache.get(key)
-        if rec and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns and algorithm in rec:
-            return rec[algorithm]
-    digest = _hash_file(p, algorithm)
-    if use_cache:
-        cache = _read_hash_cache()  # re-read: another process may have added entries meanwhile
-        rec = cache.get(key)
-        if not rec or rec.get("size") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
-            rec = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        rec[algorithm] = digest
-        cache[key] = rec
-        try:
-            _write_json_atomic(_hash_cache_path(), cache)
-        except OSError:
-            pass  # a read-only cache dir only costs re-hashing next time
-    return digest
-
-
-def _verify(path: Path, spec: FileSpec) -> bool:
-    """Check ``path`` against ``spec``; return False if it has no hash to check, raise on mismatch."""
-    accepted = spec.accepted_sha256
-    if accepted:
-        actual = file_sha256(path)
-        if actual not in accepted:
-            raise ChecksumError(str(path), accepted, actual)
-        return True
-    if spec.md5:
-        actual = file_sha256(path, "md5")
-        if actual != spec.md5.lower():
-            raise ChecksumError(str(path), [spec.md5.lower()], actual, algorithm="md5")
-        return True
-    return False
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -480,6 +396,7 @@ def resolve(
     filename: str | None = None,
     *,
     verify: bool = True,
+    required: bool = False,
     manifest: Manifest | None = None,
 ) -> Path:
     """Return the verified local path of a manifest entry's file.
@@ -491,7 +408,11 @@ def resolve(
     filename : str, optional
         Which file, for multi-file entries (relative path or base name).
     verify : bool
-        Check the sha256 (or md5 when only that is published). Hashes are cached by (path, size, mtime).
+        Check the sha256 (or md5 when only that is published, or the user's pin). Hashes are memoised per inode
+        and change time (:mod:`bobkit.data.verify`).
+    required : bool
+        Refuse a file that has no recorded hash and no pin (:class:`UnverifiedFileError`) instead of returning it
+        unverified. Consumers that unpickle or load code-adjacent formats ask for this.
     manifest : Manifest, optional
         Defaults to :func:`load_manifest` ().
 
@@ -507,6 +428,8 @@ def resolve(
         Names the file, the places searched and the URL to download it from.
     ChecksumError
         Names the file, the expected and the actual hash.
+    UnverifiedFileError
+        ``required`` and nothing to verify against; names the file, its sha256 and how to pin it.
     """
     entry = _manifest(manifest).entry(name)
     if not entry.files:
@@ -518,7 +441,7 @@ def resolve(
     for path in searched:
         if path.is_file():
             if verify:
-                _verify(path, spec)
+                V.verify_file(path, entry, spec, required=required)
             return path
     raise MissingDataError(_missing_message(entry, spec, searched))
 
@@ -555,37 +478,24 @@ def resolve_dir(name: str, *, manifest: Manifest | None = None) -> Path:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _fetch(url: str, dest: Path, spec: FileSpec, timeout: float) -> Path:
-    """Stream ``url`` into a temp file next to ``dest``, hash while writing, verify, then rename."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    sha, md5 = hashlib.sha256(), hashlib.md5()
-    try:
-        req = urllib.request.Request(url, headers={"User-Agent": "bobkit-data/1"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp, os.fdopen(fd, "wb") as out:
-                while chunk := resp.read(_CHUNK):
-                    out.write(chunk)
-                    sha.update(chunk)
-                    md5.update(chunk)
-        except OSError as exc:  # urllib's URLError/HTTPError too: offline, DNS, refused, timeout, 404
-            raise DownloadError(url, str(dest), getattr(exc, "reason", exc)) from exc
-        actual = sha.hexdigest()
-        if spec.accepted_sha256 and actual not in spec.accepted_sha256:
-            raise ChecksumError(f"{dest} (downloaded from {url})", spec.accepted_sha256, actual)
-        if not spec.accepted_sha256 and spec.md5 and md5.hexdigest() != spec.md5.lower():
-            raise ChecksumError(f"{dest} (downloaded from {url})", [spec.md5.lower()], md5.hexdigest(), "md5")
-        if not spec.accepted_sha256 and not spec.md5:
+def _download_check(entry: Entry, spec: FileSpec) -> Any:
+    """The check run on a finished transfer before it is renamed into place (sha256, md5 or pin)."""
+
+    def check(got: Fetched) -> None:
+        where = f"{got.dest} (downloaded from {got.url})"
+        if not V.accepted_sha256(entry, spec) and spec.md5:
+            if got.md5 != spec.md5.lower():
+                raise ChecksumError(where, [spec.md5.lower()], got.md5, "md5")
+            return
+        if not V.check_digest(where, got.sha256, entry, spec, required=False):
             warnings.warn(
-                f"{spec.filename}: the manifest records no checksum; stored unverified (sha256 {actual})",
-                stacklevel=3,
+                f"{spec.filename}: the manifest records no checksum; stored unverified (sha256 {got.sha256}). "
+                f"Consumers that need a verified file refuse it until it is pinned: bob data --pin {entry.name} "
+                f"{got.dest}",
+                stacklevel=4,
             )
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dest
+
+    return check
 
 
 def download(
@@ -597,7 +507,7 @@ def download(
     timeout: float = 60.0,
     manifest: Manifest | None = None,
 ) -> list[Path]:
-    """Download an entry's file(s) with urllib, verify the sha256 and move them into place atomically.
+    """Download an entry's file(s), verify them and move them into place atomically.
 
     Parameters
     ----------
@@ -616,7 +526,7 @@ def download(
     Returns
     -------
     list of Path
-        The verified local files.
+        The local files (verified, or stored with a warning when the manifest records no hash).
 
     Raises
     ------
@@ -624,6 +534,10 @@ def download(
         The entry has no direct download (registration, licence click-through or bundled data).
     ChecksumError
         The downloaded bytes do not match; nothing is left behind.
+    DownloadSizeError
+        The server sent more bytes than the manifest's ``size_bytes`` (reading stops there) or fewer.
+    DiskFullError
+        The disk filled up (not a network error); nothing is left behind.
     """
     entry = _manifest(manifest).entry(name)
     if entry.download in ("manual", "bundled"):
@@ -640,79 +554,26 @@ def download(
         dest = base / spec.filename
         if dest.is_file() and not force:
             try:
-                _verify(dest, spec)
-                out.append(dest)
-                continue
+                if V.verify_file(dest, entry, spec):
+                    out.append(dest)
+                    continue
             except ChecksumError:
                 pass  # stale or partial copy: fetch again
-        out.append(_fetch(spec.url, dest, spec, timeout))
+        fetch_url(spec.url, dest, size_bytes=spec.size_bytes, check=_download_check(entry, spec), timeout=timeout)
+        out.append(dest)
     return out
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Status (for `bob data`)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _find(spec: FileSpec) -> Path | None:
-    return next((p for p in candidates(spec) if p.is_file()), None)
-
-
 def status(*, verify: bool = False, kind: str | None = None, manifest: Manifest | None = None):
-    """One row per manifest entry: is it present, and where.
+    """One row per manifest entry: is it present, where, verified; see :func:`bobkit.data.status.status`."""
+    from bobkit.data.status import status as _status
 
-    Parameters
-    ----------
-    verify : bool
-        Also check hashes of the files found (cached by path, size and mtime).
-    kind : str, optional
-        Only entries of this kind.
+    return _status(verify=verify, kind=kind, manifest=manifest)
 
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``name, kind, download, present ('yes' | 'no' | 'partial'), where, files_found,
-        files_total, verified ('yes' | 'no' | 'mismatch' | 'no checksum' | ''), size_bytes, licence, url``.
-        Folder datasets count as present when their extracted ``root`` folder exists.
-    """
-    import pandas as pd
 
-    rows = []
-    for e in _manifest(manifest):
-        if kind is not None and e.kind != kind:
-            continue
-        found = {spec.filename: _find(spec) for spec in e.files}
-        n_found = sum(p is not None for p in found.values())
-        root = None
-        if e.root:
-            root = next((d / e.root for d in data_dirs() if (d / e.root).is_dir()), None)
-        if root is not None or (e.files and n_found == len(e.files)):
-            present = "yes"
-        elif n_found:
-            present = "partial"
-        else:
-            present = "no"
-        first = next((p for p in found.values() if p is not None), None)
-        where = str(root) if root is not None else (str(first.parent) if first is not None else "")
-        verified = ""
-        if verify and n_found:
-            states = []
-            for spec in e.files:
-                if found[spec.filename] is None:
-                    continue
-                try:
-                    states.append("yes" if _verify(found[spec.filename], spec) else "no checksum")
-                except ChecksumError:
-                    states.append("mismatch")
-            verified = "mismatch" if "mismatch" in states else ("yes" if all(s == "yes" for s in states)
-                                                                 else "no checksum")
-        rows.append(
-            dict(name=e.name, kind=e.kind, download=e.download, present=present, where=where,
-                 files_found=n_found, files_total=len(e.files), verified=verified, size_bytes=e.size_bytes,
-                 licence=e.licence, url=e.url)
-        )
-    return pd.DataFrame(rows, columns=["name", "kind", "download", "present", "where", "files_found",
-                                       "files_total", "verified", "size_bytes", "licence", "url"])
+def file_sha256(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, memoised per inode and change time (:func:`bobkit.data.verify.file_digest`)."""
+    return V.file_digest(path, algorithm)
 
 
 def copy_into_data_dir(src: str | os.PathLike, name: str, filename: str | None = None, *,
@@ -724,15 +585,8 @@ def copy_into_data_dir(src: str | os.PathLike, name: str, filename: str | None =
     entry = _manifest(manifest).entry(name)
     spec = entry.file(filename)
     src = Path(src).expanduser()
-    _verify(src, spec)
+    V.verify_file(src, entry, spec)
     dest = (Path(dest_dir) if dest_dir is not None else paths.data_cache_dir()) / spec.filename
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    os.close(fd)
-    try:
+    with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dest

@@ -5,7 +5,8 @@ Two sources, one loader:
 * **Offline scenes** (:func:`compose_scenes`, :func:`build_fmnist_scenes`): real Fashion-MNIST items pasted on black
   canvases. Boxes and masks are exact (a mask is the item's pixels above a threshold, a box is the tight box around
   the visible mask), the result is written as a COCO ``instances.json`` plus an ``images.npz``, deterministic by seed
-  and cached under :func:`bobkit.utils.paths.data_cache_dir`.
+  and cached under :func:`bobkit.utils.paths.data_cache_dir` (with the files' sizes and sha256 in ``meta.json``,
+  checked on every reuse: a damaged split is moved aside and composed again).
 * **Real datasets** found through the data manifest (:func:`resolve_coco_split`): COCO 2017 as is; Sim10k (VOC
   XML) and Cityscapes (gtFine polygons) converted once to COCO instances files; or any folder holding
   ``instances_{split}.json`` and its images.
@@ -16,12 +17,12 @@ detection format.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import tempfile
+import sys
+import warnings
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,11 +32,24 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from bobkit.data import datasets as _datasets
+from bobkit.data import sources as _sources
+from bobkit.data.coco_real import CITYSCAPES_INSTANCE_CLASSES as CITYSCAPES_INSTANCE_CLASSES  # re-export
+from bobkit.data.coco_real import cityscapes_to_coco, sim10k_to_coco
+from bobkit.data.verify import file_digest
 from bobkit.utils import paths
-from bobkit.utils.files import atomic_path
+from bobkit.utils.files import (
+    atomic_dir,
+    atomic_path,
+    file_record,
+    move_aside,
+    record_problems,
+    sha256_bytes,
+    source_fingerprint,
+)
 
-#: Bump when the composer's output for given parameters changes (invalidates the scene cache).
-SCENES_VERSION = "1"
+#: The files of a written split; their sizes and sha256 go into its ``meta.json``.
+SCENE_FILES = ("instances.json", "images.npz")
 
 #: Offline scene datasets: name -> source image dataset in :mod:`bobkit.data` (train scenes come from its train
 #: split, validation scenes from its test split, so no source item is shared between them).
@@ -50,8 +64,6 @@ REAL_DATASETS: dict[str, str] = {
     "cityscapes": "Cityscapes gtFine instances (8 classes, polygon masks); Sim10k -> Cityscapes evaluates its cars",
 }
 
-#: Cityscapes classes that have instances (the standard 8 of its instance-segmentation benchmark).
-CITYSCAPES_INSTANCE_CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
 
 
 @dataclass(frozen=True)
@@ -286,7 +298,7 @@ def scenes_to_coco(scenes: Scenes, *, description: str = "") -> dict[str, Any]:
             ann_id += 1
     categories = [{"id": k + 1, "name": name, "supercategory": "object"} for k, name in enumerate(scenes.classes)]
     return {
-        "info": {"description": description, "version": SCENES_VERSION},
+        "info": {"description": description, "version": scene_code_version()},
         "images": images,
         "annotations": annotations,
         "categories": categories,
@@ -296,13 +308,32 @@ def scenes_to_coco(scenes: Scenes, *, description: str = "") -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ cached builder
 
 
+@cache
+def scene_code_version() -> str:
+    """Fingerprint of the code that composes scenes (this module and the source-image readers)."""
+    return source_fingerprint(sys.modules[__name__], _datasets, _sources)
+
+
 def _scene_key(dataset: str, split: str, n: int, config: SceneConfig, seed: int) -> str:
-    """Cache folder name: the parameters and the composer version hashed."""
+    """Cache folder name: the parameters and the composing code's fingerprint hashed."""
     payload = json.dumps(
-        {"dataset": dataset, "split": split, "n": n, "config": config.__dict__, "seed": seed, "v": SCENES_VERSION},
+        {"dataset": dataset, "split": split, "n": n, "config": config.__dict__, "seed": seed,
+         "code": scene_code_version()},
         sort_keys=True,
     )
-    return f"{dataset}-{split}-{n}-{config.canvas_size}px-s{seed}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+    return f"{dataset}-{split}-{n}-{config.canvas_size}px-s{seed}-{sha256_bytes(payload)[:12]}"
+
+
+def scene_problems(folder: str | os.PathLike[str]) -> list[str] | None:
+    """What is wrong with a written split: None when absent, ``[]`` when its files match ``meta.json``'s records."""
+    folder = Path(folder)
+    if not folder.exists():
+        return None
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return [f"meta.json unreadable: {exc}"]
+    return record_problems(folder, meta.get("files") if isinstance(meta, dict) else None, sha256=file_digest)
 
 
 def build_scene_split(
@@ -342,8 +373,13 @@ def build_scene_split(
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     root = Path(cache_root) if cache_root is not None else paths.data_cache_dir() / "scenes"
     target = root / _scene_key(dataset, split, n, config, seed)
-    if (target / "instances.json").is_file() and (target / "images.npz").is_file():
+    problems = scene_problems(target)
+    if problems == []:
         return target
+    if problems:
+        aside = move_aside(target)
+        warnings.warn(f"scene cache {target} is damaged ({'; '.join(problems)}); moved to {aside.name}, composing "
+                      f"it again", stacklevel=2)
 
     from bobkit.data import get_dataset  # local import: keeps scene loading usable without the data package
 
@@ -355,14 +391,18 @@ def build_scene_split(
 
 
 def write_scenes(scenes: Scenes, target: str | os.PathLike[str], *, description: str = "") -> Path:
-    """Write ``scenes`` as ``target/{instances.json, images.npz}``, the folder renamed into place when complete.
+    """Write ``scenes`` as ``target/{instances.json, images.npz, meta.json}``, renamed into place when complete.
+
+    ``meta.json`` records the size and sha256 of the two data files (checked by :func:`scene_problems`). The
+    folder appears atomically and durably (:func:`bobkit.utils.files.atomic_dir`); if a concurrent writer
+    finished the same deterministic split first, theirs is kept.
 
     Parameters
     ----------
     scenes : Scenes
         Composed scenes.
     target : path-like
-        Destination folder (replaced if a concurrent writer finished first).
+        Destination folder.
     description : str
         Stored in the json's ``info``.
 
@@ -372,26 +412,25 @@ def write_scenes(scenes: Scenes, target: str | os.PathLike[str], *, description:
         ``target``.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         coco = scenes_to_coco(scenes, description=description)
         (tmp / "instances.json").write_text(json.dumps(coco))
         arrays = {img["file_name"]: scenes.images[k] for k, img in enumerate(coco["images"])}
         np.savez_compressed(tmp / "images.npz", **arrays)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "instances.json").is_file():  # a non-empty, incomplete target: should not happen
-                raise
-            # Another process wrote the same deterministic split first: keep theirs.
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        files = {name: file_record(tmp / name, sha256=file_digest) for name in SCENE_FILES}
+        (tmp / "meta.json").write_text(json.dumps({"files": files, "description": description}, indent=2))
     return target
 
 
 # -------------------------------------------------------------------------------------------------------- loader
+
+
+def _is_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def resolve_coco_split(dataset: str, split: str) -> tuple[Path, Path]:
@@ -423,6 +462,8 @@ def resolve_coco_split(dataset: str, split: str) -> tuple[Path, Path]:
         if dataset == "coco2017":
             return root / "annotations" / f"instances_{split}2017.json", root / f"{split}2017"
         target = paths.data_cache_dir() / "coco" / dataset / f"instances_{split}.json"
+        if target.is_file() and not _is_json(target):
+            move_aside(target)  # damaged (e.g. zero-filled by a crash before writes were fsynced): convert again
         if not target.is_file():
             coco = sim10k_to_coco(root, split) if dataset == "sim10k" else cityscapes_to_coco(root, split)
             with atomic_path(target) as tmp:
@@ -436,100 +477,6 @@ def resolve_coco_split(dataset: str, split: str) -> tuple[Path, Path]:
         return ann, root / split if (root / split).is_dir() else root / "images"
     known = ", ".join([*SCENE_DATASETS, *REAL_DATASETS])
     raise ValueError(f"unknown detection dataset {dataset!r}; known: {known}, or a folder with instances_<split>.json")
-
-
-def sim10k_to_coco(root: str | os.PathLike[str], split: str) -> dict[str, Any]:
-    """COCO instances of Sim10k's cars from its VOC XML (``Annotations/*.xml``, images in ``JPEGImages/``).
-
-    Sim10k has no official split: ``val`` is every 10th frame in name order, ``train`` the rest. Sim10k has boxes
-    only, so annotations carry no ``segmentation`` (the detector then trains without a mask head).
-    """
-    import xml.etree.ElementTree as ET  # local, user-supplied annotation files
-
-    root = Path(root)
-    files = sorted((root / "Annotations").glob("*.xml"))
-    if not files:
-        raise FileNotFoundError(f"no Sim10k annotations in {root / 'Annotations'}")
-    files = [f for k, f in enumerate(files) if (k % 10 == 0) == (split == "val")]
-    images, annotations = [], []
-    for image_id, path in enumerate(files, start=1):
-        doc = ET.parse(path).getroot()
-        size = doc.find("size")
-        width, height = int(size.findtext("width")), int(size.findtext("height"))
-        name = doc.findtext("filename") or f"{path.stem}.jpg"
-        images.append({"id": image_id, "file_name": f"JPEGImages/{name}", "width": width, "height": height})
-        for obj in doc.iter("object"):
-            if (obj.findtext("name") or "").strip().lower() != "car":
-                continue
-            bb = obj.find("bndbox")
-            x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-            if x1 <= x0 or y1 <= y0:
-                continue
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": 1,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": (x1 - x0) * (y1 - y0),
-                    "iscrowd": 0,
-                }
-            )
-    return {
-        "info": {"description": f"Sim10k cars, {split} (converted from VOC XML)"},
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": 1, "name": "car", "supercategory": "vehicle"}],
-    }
-
-
-def cityscapes_to_coco(root: str | os.PathLike[str], split: str) -> dict[str, Any]:
-    """COCO instances of Cityscapes from ``gtFine/<split>/<city>/*_gtFine_polygons.json``.
-
-    Objects of :data:`CITYSCAPES_INSTANCE_CLASSES` become instances with their polygon as segmentation (``group``
-    labels such as ``cargroup`` are crowd regions, as in Cityscapes' own instance benchmark they are ignored).
-    """
-    root = Path(root)
-    files = sorted((root / "gtFine" / split).glob("*/*_gtFine_polygons.json"))
-    if not files:
-        raise FileNotFoundError(f"no Cityscapes polygons in {root / 'gtFine' / split}")
-    categories = [
-        {"id": k + 1, "name": n, "supercategory": "cityscapes"} for k, n in enumerate(CITYSCAPES_INSTANCE_CLASSES)
-    ]
-    cat_id = {c["name"]: c["id"] for c in categories}
-    images, annotations = [], []
-    for image_id, path in enumerate(files, start=1):
-        doc = json.loads(path.read_text())
-        height, width = int(doc["imgHeight"]), int(doc["imgWidth"])
-        stem = path.name[: -len("_gtFine_polygons.json")]
-        file_name = f"leftImg8bit/{split}/{path.parent.name}/{stem}_leftImg8bit.png"
-        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-        for obj in doc.get("objects", []):
-            if obj.get("label") not in cat_id or len(obj.get("polygon", [])) < 3:
-                continue
-            poly = [float(v) for xy in obj["polygon"] for v in xy]
-            rle = mask_utils.frPyObjects([poly], height, width)
-            area = float(mask_utils.area(mask_utils.merge(rle)))
-            if area <= 0:
-                continue
-            x, y, w, h = (float(v) for v in mask_utils.toBbox(mask_utils.merge(rle)))
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": cat_id[obj["label"]],
-                    "bbox": [x, y, w, h],
-                    "area": area,
-                    "segmentation": [poly],
-                    "iscrowd": 0,
-                }
-            )
-    return {
-        "info": {"description": f"Cityscapes gtFine instances, {split}"},
-        "images": images,
-        "annotations": annotations,
-        "categories": categories,
-    }
 
 
 def load_coco(annotation_file: str | os.PathLike[str]) -> COCO:

@@ -1,4 +1,4 @@
-"""Retrieval, calibration and classification metrics, and the revisited Oxford/Paris ground truth.
+"""Retrieval, calibration and classification metrics.
 
 Retrieval
     Queries are ranked against a database by dot product of L2-normalised features. Every metric is computed from
@@ -26,21 +26,13 @@ Calibration
     fitted by minimising NLL on held-out logits. Standard errors: per-item means for NLL and Brier, binomial for
     accuracy, a seeded bootstrap over items for ECE.
 
-Revisited ground truth
-    ``gnd_roxford5k.pkl`` / ``gnd_rparis6k.pkl`` are pickles. They are read once, after their sha256 is verified,
-    with an unpickler that only admits plain containers and numpy arrays, and written out as JSON; everything
-    afterwards reads the JSON.
+The revisited Oxford/Paris ground truth (a pickle, verified and converted once) is read by
+:mod:`bobkit.data.revisited`.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import pickle
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -48,7 +40,6 @@ import torch
 import torch.nn.functional as F
 
 from bobkit.eval.uncertainty import binomial_se, bootstrap_se, mean_se
-from bobkit.utils.files import sha256_file, write_json
 
 DEFAULT_KS = (1, 5, 10)
 AP_MODES = ("trapezoid", "step")
@@ -244,132 +235,6 @@ def revisited_retrieval_metrics(
             ranked_metrics(positive_mask[rank_rows, order], ignore_mask[rank_rows, order], ks=ks, ap=ap)
         )
     return _summarise(per_query, ks, mp=True)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Revisited Oxford/Paris ground truth: pickle -> JSON, once, without a general unpickler
-# ----------------------------------------------------------------------------------------------------------------
-
-# Everything a gnd_*.pkl may legitimately reference: containers and numpy arrays/scalars (numpy 1.x and 2.x paths).
-_ALLOWED_GLOBALS = {
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"), ("builtins", "complex"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
-    ("_codecs", "encode"),  # numpy arrays pickled by Python 2 / protocol 2 store their bytes this way
-}
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle referenced a global outside the allow-list (a module, function or class it has no reason to use)."""
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise UnsafePickleError(f"refusing to load global {module}.{name} from a ground-truth pickle")
-        return super().find_class(module, name)
-
-
-def restricted_unpickle(data: bytes) -> Any:
-    """Unpickle ``data`` admitting only builtin containers and numpy arrays (raises :class:`UnsafePickleError`)."""
-    return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-
-
-def _plain(value: Any) -> Any:
-    """numpy arrays/scalars and sets to JSON-able lists and numbers."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_plain(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    return value
-
-
-@dataclass
-class RevisitedGroundTruth:
-    """Image lists and per-query ground truth of a revisited Oxford/Paris dataset (0-based database indices)."""
-
-    imlist: list[str]
-    qimlist: list[str]
-    gnd: list[dict[str, Any]]
-    source_sha256: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"imlist": self.imlist, "qimlist": self.qimlist, "gnd": self.gnd, "source_sha256": self.source_sha256}
-
-    @classmethod
-    def from_json(cls, payload: dict[str, Any]) -> RevisitedGroundTruth:
-        for key in ("imlist", "qimlist", "gnd"):
-            if key not in payload:
-                raise ValueError(f"revisited ground truth lacks {key!r}")
-        if len(payload["gnd"]) != len(payload["qimlist"]):
-            raise ValueError(f"{len(payload['qimlist'])} queries but {len(payload['gnd'])} ground-truth entries")
-        n = len(payload["imlist"])
-        for i, g in enumerate(payload["gnd"]):
-            for key in ("easy", "hard", "junk"):
-                idx = g.get(key, [])
-                if any((not isinstance(v, int)) or v < 0 or v >= n for v in idx):
-                    raise ValueError(f"query {i}: {key!r} holds an index outside 0..{n - 1}")
-        return cls(payload["imlist"], payload["qimlist"], payload["gnd"], payload.get("source_sha256"))
-
-
-def convert_revisited_gnd(
-    pickle_path: str | os.PathLike[str],
-    json_path: str | os.PathLike[str],
-    *,
-    sha256: str | None,
-    allow_unverified: bool = False,
-) -> Path:
-    """Convert a revisited ``gnd_*.pkl`` to JSON once: verify its sha256, unpickle restrictedly, write atomically.
-
-    Parameters
-    ----------
-    pickle_path
-        The downloaded ``gnd_roxford5k.pkl`` / ``gnd_rparis6k.pkl``.
-    json_path
-        Where the JSON goes. When it already exists and records the same source sha256, nothing is read again.
-    sha256
-        Expected sha256 of the pickle (from the manifest); a mismatch raises ``ValueError`` before unpickling.
-    allow_unverified
-        With ``sha256=None``: convert anyway (the restricted unpickler still admits only containers and arrays),
-        record the computed hash in the JSON and warn, so it can be entered in the manifest. Without it,
-        ``sha256=None`` raises ``ValueError``.
-    """
-    json_path = Path(json_path)
-    actual = sha256_file(pickle_path)
-    if sha256 is None:
-        if not allow_unverified:
-            raise ValueError(
-                f"no sha256 to verify {pickle_path} against (the manifest records none); pass sha256=... or "
-                f"allow_unverified=True (its sha256 is {actual})"
-            )
-        warnings.warn(f"converting unverified {pickle_path} (sha256 {actual}); record this hash in the manifest", stacklevel=2)
-    elif actual != sha256.lower():
-        raise ValueError(f"sha256 of {pickle_path} is {actual}, expected {sha256}; refusing to unpickle it")
-    if json_path.exists() and json.loads(json_path.read_text()).get("source_sha256") == actual:
-        return json_path  # converted before from this very file
-    raw = restricted_unpickle(Path(pickle_path).read_bytes())
-    if not isinstance(raw, dict):
-        raise ValueError(f"{pickle_path}: expected a dict with imlist/qimlist/gnd, got {type(raw).__name__}")
-    plain = _plain({k: raw[k] for k in ("imlist", "qimlist", "gnd") if k in raw})
-    for g in plain.get("gnd", []):
-        for key in ("easy", "hard", "junk"):
-            g[key] = [int(v) for v in g.get(key, [])]
-    gt = RevisitedGroundTruth.from_json({**plain, "source_sha256": actual})
-    write_json(json_path, gt.to_json())
-    return json_path
-
-
-def load_revisited_gnd(json_path: str | os.PathLike[str]) -> RevisitedGroundTruth:
-    """Read ground truth written by :func:`convert_revisited_gnd` (validated: indices in range)."""
-    return RevisitedGroundTruth.from_json(json.loads(Path(json_path).read_text()))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """Frozen-feature extraction with an on-disk cache.
 
 A cache entry is keyed by everything that changes the numbers: backbone, weights identity, dataset, split,
-sampling, transform (size, mean, std, interpolation), storage dtype, autocast precision (when not fp32) and this
-module's version. Entries are written to a temp folder and renamed into place, so a killed extraction never leaves
-a half entry that reads as complete; hits are memory-mapped (``np.load(mmap_mode="r")``), not read into memory.
+sampling, transform (size, mean, std, interpolation), storage dtype, autocast precision (when not fp32) and a
+fingerprint of the code that computes features (this module, the device settings, transforms, dataset builders).
+Entries are written to a temp folder, fsynced and renamed into place (:func:`bobkit.utils.files.atomic_dir`), so a
+killed extraction never leaves a half entry that reads as complete. Each entry's ``meta.json`` records the size and
+sha256 of its arrays and their shapes; a hit is served only when they match (hashes memoised per inode and change
+time), otherwise the entry is moved aside and recomputed. Hits are memory-mapped (``np.load(mmap_mode="r")``).
 
 The hot path (:func:`forward_batches`) never holds the whole dataset as float images: uint8 batches are taken one
 at a time (optionally by prefetch threads, pinned for asynchronous copies), converted to normalised float on the
@@ -12,16 +15,15 @@ model's device, and each batch's output is copied into one preallocated host arr
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
+import sys
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -30,12 +32,20 @@ import torch
 import torch.nn.functional as F
 
 from bobkit import backbones
+from bobkit.data import datasets as _datasets
 from bobkit.data import get_dataset
+from bobkit.data import sources as _sources
+from bobkit.data import transforms as _transforms
 from bobkit.data.transforms import _mean_std, interpolation_mode, resolve_image_size
+from bobkit.data.verify import file_digest
+from bobkit.features import device as _device
 from bobkit.features.device import Execution, prepare_model, resolve_device, resolve_execution
+from bobkit.utils.files import atomic_dir, file_record, move_aside, record_problems, sha256_bytes, source_fingerprint
 from bobkit.utils.paths import feature_cache_dir
 
-FEATURE_VERSION = "1"
+#: Format of ``meta.json``; entries of other formats are recomputed.
+ENTRY_FORMAT = 2
+ARRAYS = ("features.npy", "labels.npy")
 _DTYPES = {"float32": np.float32, "float16": np.float16}
 _TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}
 
@@ -69,7 +79,7 @@ def feature_key(
     """
     config = backbones.data_config(backbone, image_size=image_size)
     payload = {
-        "version": FEATURE_VERSION,
+        "version": feature_code_version(),
         "backbone": backbone,
         "weights": backbones.weights_id(backbone, seed=seed),
         "dataset": dataset,
@@ -84,8 +94,13 @@ def feature_key(
     }
     if precision != "fp32":
         payload["precision"] = precision
-    blob = json.dumps(payload, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:20]
+    return sha256_bytes(json.dumps(payload, sort_keys=True))[:20]
+
+
+@cache
+def feature_code_version() -> str:
+    """Fingerprint of the code that turns images into features (part of every feature key)."""
+    return source_fingerprint(sys.modules[__name__], _device, _transforms, _datasets, _sources)
 
 
 def extract_features(
@@ -140,10 +155,9 @@ def extract_features(
     key = feature_key(backbone, dataset, split, image_size=image_size, max_samples=max_samples, seed=seed,
                       dtype=dtype, precision=ex.precision)
     entry = feature_cache_dir() / key
-    if cache and (entry / "meta.json").exists():
-        features = np.load(entry / "features.npy", mmap_mode="r")
-        labels = np.load(entry / "labels.npy")
-        return FeatureSet(features, labels, True, time.perf_counter() - start, key)
+    cached = _read_entry(entry) if cache else None
+    if cached is not None:
+        return FeatureSet(cached[0], cached[1], True, time.perf_counter() - start, key)
 
     ds = get_dataset(dataset, split, max_samples=max_samples, seed=seed)
     if model is None:
@@ -180,7 +194,7 @@ def is_cached(
     resolved = resolve_execution(device, precision).precision
     key = feature_key(backbone, dataset, split, image_size=image_size, max_samples=max_samples, seed=seed,
                       dtype=dtype, precision=resolved)
-    return (feature_cache_dir() / key / "meta.json").exists()
+    return _entry_problems(feature_cache_dir() / key) == []
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -397,19 +411,61 @@ def run_forward(
     return out.numpy()
 
 
-def _write_entry(entry: Path, features: np.ndarray, labels: np.ndarray, meta: dict[str, Any]) -> None:
-    """Write a cache entry into a temp folder and rename it into place (atomic; a lost race is harmless)."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+def _entry_problems(entry: Path) -> list[str] | None:
+    """What is wrong with a cache entry: None when there is no entry, ``[]`` when it is intact.
+
+    Checks the sizes and sha256 recorded in ``meta.json`` (memoised hashes: an unchanged file is not re-read) and
+    that the arrays' headers have the recorded shapes and dtypes.
+    """
+    meta_path = entry / "meta.json"
+    if not meta_path.exists() and not entry.exists():
+        return None
     try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return [f"meta.json unreadable: {exc}"]
+    if not isinstance(meta, dict) or meta.get("format") != ENTRY_FORMAT:
+        return [f"meta.json of format {meta.get('format') if isinstance(meta, dict) else None!r}, not {ENTRY_FORMAT}"]
+    problems = record_problems(entry, meta.get("files"), sha256=file_digest)
+    if problems:
+        return problems
+    for name, expected in meta.get("arrays", {}).items():
+        try:
+            array = np.load(entry / name, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            return [f"{name}: {exc}"]
+        if [list(array.shape), str(array.dtype)] != [expected["shape"], expected["dtype"]]:
+            return [f"{name}: shape {array.shape} {array.dtype}, recorded {expected}"]
+    return []
+
+
+def _read_entry(entry: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """Features (memory-mapped) and labels of an intact entry; a damaged one is moved aside (then recomputed)."""
+    problems = _entry_problems(entry)
+    if problems is None:
+        return None
+    if problems:
+        aside = move_aside(entry)
+        warnings.warn(f"feature cache entry {entry} is damaged ({'; '.join(problems)}); moved to {aside.name} "
+                      f"and recomputing", stacklevel=3)
+        return None
+    return np.load(entry / "features.npy", mmap_mode="r"), np.load(entry / "labels.npy")
+
+
+def _write_entry(entry: Path, features: np.ndarray, labels: np.ndarray, meta: dict[str, Any]) -> None:
+    """Write a cache entry (arrays, then their sizes, hashes and shapes in ``meta.json``) atomically and durably.
+
+    A lost race with another process writing the same entry is harmless: theirs is equally valid.
+    """
+    with atomic_dir(entry) as tmp:
         np.save(tmp / "features.npy", features)
         np.save(tmp / "labels.npy", labels)
-        (tmp / "meta.json").write_text(json.dumps({**meta, "shape": list(features.shape)}, indent=2))
-        try:
-            os.rename(tmp, entry)
-        except OSError:
-            # Another process finished the same entry first: theirs is equally valid.
-            pass
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        arrays = {"features.npy": features, "labels.npy": labels}
+        record = {
+            **meta,
+            "format": ENTRY_FORMAT,
+            "shape": list(features.shape),
+            "files": {name: file_record(tmp / name, sha256=file_digest) for name in ARRAYS},
+            "arrays": {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in arrays.items()},
+        }
+        (tmp / "meta.json").write_text(json.dumps(record, indent=2))

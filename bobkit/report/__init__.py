@@ -1,1 +1,1 @@
-"""The published report: analysis notebooks executed on a results table and rendered as a site."""
+"""The published report: analysis notebooks executed on a results table and built into a book (Jupyter Book)."""

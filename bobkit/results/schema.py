@@ -74,13 +74,27 @@ def setting_id(task: str, dataset: str, protocol: str, metric: str, params: Mapp
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def derived_setting_ids(table: pd.DataFrame) -> list[str]:
+    """:func:`setting_id` of rows that lack one (tables built before the column existed, public tables): from the
+    task, dataset, protocol, metric and ``setting_params``; a ``setting`` label that says more than
+    task/dataset/protocol (low-shot qualifiers of older builds) counts as a parameter, so such settings stay apart."""
+    ids = []
+    for row in table[["task", "dataset", "protocol", "metric", "setting", "setting_params"]].itertuples(index=False):
+        params = row.setting_params if isinstance(row.setting_params, dict) else json.loads(row.setting_params or "{}")
+        base = f"{row.task}/{row.dataset}/{row.protocol}"
+        if not params and str(row.setting) != base:
+            params = {"setting": str(row.setting)}
+        ids.append(setting_id(str(row.task), str(row.dataset), str(row.protocol), str(row.metric), params))
+    return ids
+
+
 def conform(table: pd.DataFrame, *, keep_extra: Iterable[str] | bool = True) -> pd.DataFrame:
     """Check and coerce ``table`` to :data:`COLUMNS`.
 
     Required columns must exist (``ValueError`` names the missing ones). Absent optional columns are derived
-    (``seed`` 0, ``setting`` from task/dataset/protocol, ``setting_id`` from the setting, metric and
-    ``setting_params``, ``run_key`` from backbone, setting and seed, ``higher_is_better`` from the metric's name)
-    or filled (NaN / None). ``keep_extra``: ``True`` keeps every other column after the schema's, an iterable
+    (``seed`` 0, ``setting`` from task/dataset/protocol, ``setting_params`` ``{}``, a missing ``setting_id`` by
+    :func:`derived_setting_ids` (the same hash ``bob build`` writes), ``run_key`` from backbone, setting and seed,
+    ``higher_is_better`` from the metric's name) or filled (NaN / None). ``keep_extra``: ``True`` keeps every other column after the schema's, an iterable
     keeps those named, ``False`` drops them.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
@@ -93,11 +107,13 @@ def conform(table: pd.DataFrame, *, keep_extra: Iterable[str] | bool = True) -> 
         out["setting"] = out["task"].astype(str) + "/" + out["dataset"].astype(str) + "/" + out["protocol"].astype(str)
     if "setting_params" not in out:
         out["setting_params"] = "{}"
+    out["setting_params"] = out["setting_params"].where(out["setting_params"].notna(), "{}").map(
+        lambda v: json.dumps(v, sort_keys=True, default=str) if isinstance(v, dict) else v)
     if "setting_id" not in out:
-        out["setting_id"] = [
-            setting_id(str(s), "", "", str(m), json.loads(p or "{}"))
-            for s, m, p in zip(out["setting"], out["metric"], out["setting_params"])
-        ]
+        out["setting_id"] = None
+    missing_id = out["setting_id"].isna()
+    if missing_id.any():
+        out.loc[missing_id, "setting_id"] = derived_setting_ids(out[missing_id])
     if "run_key" not in out:
         out["run_key"] = out["backbone"].astype(str) + ":" + out["setting"].astype(str) + ":" + out["seed"].astype(str)
     if "higher_is_better" not in out:

@@ -1,21 +1,29 @@
-"""The tidy results table: one row per run x metric, built from the complete sidecars, backbone metadata joined."""
+"""The tidy results table: one row per run x metric, built from the complete sidecars, backbone metadata joined.
+
+Only records of the current code go in (a record made by other code is stale, see :mod:`bobkit.batch.stale`)
+unless asked; a run whose ``executed.ipynb`` is gone is not complete; an unreadable sidecar is skipped. What was
+left out is counted in ``attrs["left_out"]``, and ``attrs["runs_dir"]`` says where the runs are.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bobkit.results.sidecars import iter_sidecars
+from bobkit.results.sidecars import NOTEBOOK, scan_sidecars
 
 if TYPE_CHECKING:
     import pandas as pd
 
 # Metric names (or their prefixes) where lower is better; every other score is higher-is-better.
 LOWER_IS_BETTER = ("nll", "ece", "brier", "error", "drop", "loss", "mce")
-RESULT_COLUMNS = [
-    "run_key", "task", "backbone", "dataset", "protocol", "seed", "setting", "metric", "value", "higher_is_better",
-]
 
+
+class NoRunsError(ValueError):
+    """A runs folder that is missing or holds no run records."""
 
 
 def higher_is_better(metric: str) -> bool:
@@ -35,49 +43,132 @@ def setting_name(task: str, dataset: str, protocol: str, params: dict[str, Any])
 
 
 def sidecar_rows(sidecar: dict[str, Any]) -> list[dict[str, Any]]:
-    """The tidy rows (one per score) of one complete sidecar."""
+    """The tidy rows (one per score) of one complete sidecar, with the setting, uncertainty and how it ran."""
+    from bobkit.results.schema import setting_id
+
     params = sidecar.get("params", {})
     protocol = str(params.get("protocol", "default"))
+    setting_params = sidecar.get("setting_params")
+    if not isinstance(setting_params, dict):  # a record made before sidecars carried it
+        from bobkit.batch.record import setting_params_of
+
+        setting_params = setting_params_of(params)
+    dataset = params.get("dataset")
     base = {
         "run_key": sidecar["run_key"],
         "task": sidecar["task"],
         "backbone": params.get("backbone"),
-        "dataset": params.get("dataset"),
+        "dataset": dataset,
         "protocol": protocol,
         "seed": int(params.get("seed", 0)),
-        "setting": setting_name(sidecar["task"], params.get("dataset"), protocol, params),
+        "setting": setting_name(sidecar["task"], dataset, protocol, params),
+        "setting_params": json.dumps(setting_params, sort_keys=True, default=str),
+        "device": sidecar.get("device"),
+        "batch_size_used": sidecar.get("batch_size_used"),
     }
+    stderr, n_items = sidecar.get("stderr") or {}, sidecar.get("n_items") or {}
+    directions = sidecar.get("higher_is_better") or {}
     return [
-        {**base, "metric": metric, "value": float(value) if value is not None else float("nan"),
-         "higher_is_better": higher_is_better(metric)}
+        {**base, "metric": metric, "value": _number(value),
+         "setting_id": setting_id(sidecar["task"], str(dataset), protocol, metric, setting_params),
+         "stderr": _number(stderr.get(metric)), "n_items": _number(n_items.get(metric)),
+         "higher_is_better": bool(directions.get(metric, higher_is_better(metric)))}
         for metric, value in sorted(sidecar.get("metrics", {}).items())
     ]
 
 
-def build_results(runs_dir: str | os.PathLike[str] = "runs") -> pd.DataFrame:
-    """Merge every complete sidecar into one tidy table with the backbone metadata joined on."""
+def _number(value: Any) -> float:
+    try:
+        return float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def build_results(runs_dir: str | os.PathLike[str] = "runs", *, include_stale: bool = False) -> pd.DataFrame:
+    """Merge every complete, current sidecar into one tidy table (the schema's columns) with backbone metadata.
+
+    Parameters
+    ----------
+    runs_dir
+        The runs folder (``<task>/<run_key>/metrics.json``); missing or without records raises
+        :class:`NoRunsError`.
+    include_stale
+        Keep records made by other code (stale) too.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Conformed to :data:`bobkit.results.schema.COLUMNS`; ``attrs["runs_dir"]`` is the absolute runs folder,
+        ``attrs["left_out"]`` counts the records left out (``stale``, ``no_notebook``, ``corrupt``) and
+        ``attrs["corrupt"]`` lists the unreadable sidecars.
+    """
     import pandas as pd
 
-    rows = [row for s in iter_sidecars(runs_dir) if s.get("status") == "complete" for row in sidecar_rows(s)]
-    table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     from bobkit.backbones import metadata_frame
+    from bobkit.batch.stale import is_current
+    from bobkit.results.schema import REQUIRED_COLUMNS, conform
 
+    root = Path(runs_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise NoRunsError(f"runs folder {str(runs_dir)!r} does not exist ({root})")
+    scan = scan_sidecars(root)
+    if not scan.sidecars and not scan.corrupt:
+        raise NoRunsError(f"runs folder {str(runs_dir)!r} holds no run records (*/*/metrics.json) ({root})")
+    left_out = {"stale": 0, "no_notebook": 0, "corrupt": len(scan.corrupt)}
+    rows = []
+    for path, sidecar in scan.sidecars:
+        if sidecar.get("status") != "complete":
+            continue
+        if not (path.parent / NOTEBOOK).is_file():
+            left_out["no_notebook"] += 1
+        elif not include_stale and not is_current(sidecar):
+            left_out["stale"] += 1
+        else:
+            rows.extend(sidecar_rows(sidecar))
+    table = pd.DataFrame(rows, columns=None if rows else list(REQUIRED_COLUMNS))
     meta = metadata_frame().rename(columns={"name": "backbone"})
-    table = table.merge(meta, on="backbone", how="left")
-    return table.sort_values(["task", "dataset", "protocol", "backbone", "seed", "metric"]).reset_index(drop=True)
+    table = conform(table.merge(meta, on="backbone", how="left"))
+    table = table.sort_values(["task", "dataset", "protocol", "backbone", "seed", "metric"]).reset_index(drop=True)
+    table.attrs = {"runs_dir": str(root), "left_out": left_out, "corrupt": [str(p) for p, _ in scan.corrupt]}
+    return table
+
+
+def check_replacement(table: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """Refuse (``ValueError``) to replace the table at ``path`` with ``table`` when that holds fewer runs.
+
+    A mistyped ``--runs-dir`` must not silently shrink a results table; the caller passes ``--force`` to skip this.
+    """
+    from bobkit.results.schema import read_results
+
+    path = Path(path)
+    if not path.exists():
+        return
+    try:
+        old = read_results(path)
+    except Exception as exc:  # noqa: BLE001 - parquet/CSV readers raise many kinds; the message says which
+        raise ValueError(f"{path} exists and cannot be read ({exc}); pass --force to replace it") from exc
+    old_runs, new_runs = old["run_key"].nunique(), table["run_key"].nunique()
+    if new_runs < old_runs:
+        raise ValueError(
+            f"refusing to replace {path} ({old_runs} runs, from {old.attrs.get('runs_dir', 'an unknown runs folder')})"
+            f" with {new_runs} runs from {table.attrs.get('runs_dir')}; check --runs-dir, or pass --force")
 
 
 def leaderboard(table: pd.DataFrame, metric: str | None = "top1") -> pd.DataFrame:
-    """A small wide table: backbones as rows, settings (x metric, when several) as columns, mean over seeds.
+    """A small wide table: backbones as rows, settings as columns, mean over seeds (never over settings).
 
-    ``metric=None`` keeps every metric of ``table`` (e.g. rows already filtered to each task's primary metrics).
+    One column per ``setting_id``, labelled ``setting | metric`` plus the parameters that tell two settings with the
+    same label apart. ``metric=None`` keeps every metric of ``table`` (e.g. rows already filtered to each task's
+    primary metrics).
     """
     import pandas as pd
+
+    from bobkit.analysis.settings import setting_ids
 
     rows = table if metric is None else table[table["metric"] == metric]
     if rows.empty:
         return pd.DataFrame()
-    rows = rows.assign(column=rows["setting"] + ("/" + rows["metric"] if rows["metric"].nunique() > 1 else ""))
+    rows = rows.assign(column=setting_ids(rows))
     wide = rows.pivot_table(index="backbone", columns="column", values="value", aggfunc="mean")
     wide.columns.name = None
     wide["mean"] = wide.mean(axis=1)

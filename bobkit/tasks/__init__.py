@@ -1,4 +1,5 @@
-"""Task registry: one module per task family, each exposing ``VERSION``, ``PARAMETERS`` and ``run(**params)``."""
+"""Task registry: one module per task family, each declaring ``SPEC`` (its :class:`~bobkit.tasks.contract.TaskSpec`)
+and exposing ``run(**params)``; ``PARAMETERS`` (the declared defaults) stays for existing callers."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import difflib
 import importlib
 import importlib.util
 from types import ModuleType
+
+from bobkit.tasks.contract import ParameterError, TaskSpec, UnknownParameterError
+from bobkit.tasks.harness import TaskResult, notebook_parameters
 
 TASKS: dict[str, str] = {
     "classification": "bobkit.tasks.classification",
@@ -15,6 +19,9 @@ TASKS: dict[str, str] = {
     "robustness": "bobkit.tasks.robustness",
     "smoke": "bobkit.tasks.smoke",
 }
+
+__all__ = ["TASKS", "ParameterError", "TaskResult", "TaskSpec", "UnknownParameterError", "UnknownTaskError",
+           "get_spec", "get_task", "notebook_parameters", "notebook_path", "task_names"]
 
 
 class UnknownTaskError(ValueError):
@@ -33,6 +40,11 @@ def get_task(name: str) -> ModuleType:
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known tasks: {', '.join(task_names())}"
         raise UnknownTaskError(f"unknown task {name!r}{hint}")
     return importlib.import_module(TASKS[name])
+
+
+def get_spec(name: str) -> TaskSpec:
+    """The declaration of task ``name``: its typed parameters and its metrics."""
+    return get_task(name).SPEC
 
 
 def notebook_path(name: str) -> str:

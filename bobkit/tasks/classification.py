@@ -24,21 +24,14 @@ from bobkit.eval.metrics import macro_f1
 from bobkit.eval.uncertainty import binomial_se, bootstrap_se, mean_se
 from bobkit.features.device import (
     Execution,
-    peak_memory,
     prepare_model,
-    reset_peak_memory,
-    resolve_execution,
-    set_threads,
 )
 from bobkit.features.extract import extract_features, is_cached, run_forward
-from bobkit.tasks.common import (
-    EXECUTION_PARAMETERS,
-    inference_batch_size,
-    merge_params,
-    validate_execution_params,
-)
+from bobkit.tasks import blocks
+from bobkit.tasks.common import inference_batch_size
+from bobkit.tasks.contract import Param, ParameterError, TaskSpec
+from bobkit.tasks.harness import task_entry
 from bobkit.tasks.training import (
-    PROBE_MAX_ITER,
     PROBE_SOLVERS,
     finetune,
     fit_probe,
@@ -50,31 +43,48 @@ from bobkit.tasks.training import (
 VERSION = "1"
 PROTOCOLS = ("linear_probe", "finetune")
 
-PARAMETERS: dict[str, Any] = {
-    "backbone": "mobilenetv2_100.packaged_tv_in1k",
-    "dataset": "fashion_mnist",
-    "protocol": "linear_probe",
-    "image_size": 64,
-    "max_train": 2000,
-    "max_test": 1000,
-    "label_fraction": None,
-    "shots_per_class": None,
-    "probe_solver": "lbfgs",
-    "probe_l2": "auto",
-    "probe_max_iter": PROBE_MAX_ITER,
-    "probe_epochs": 90,
-    "probe_lr": 0.1,
-    "epochs": 1,
-    "lr": 1e-3,
-    "weight_decay": 0.05,
-    "layer_decay": None,
-    "warmup_epochs": 0.0,
-    "batch_size": 64,
-    "seed": 0,
-    "device": "auto",
-    "num_threads": None,
-    **EXECUTION_PARAMETERS,
-}
+
+def _check(p: dict[str, Any]) -> None:
+    """Rules between parameters: one low-shot rule at a time."""
+    if p["label_fraction"] is not None and p["shots_per_class"] is not None:
+        raise ParameterError(f"classification parameters label_fraction={p['label_fraction']!r} and "
+                             f"shots_per_class={p['shots_per_class']!r}: give one low-shot rule, not both")
+
+
+SPEC = TaskSpec(
+    name="classification",
+    summary="Image classification by linear probe on frozen features or end-to-end fine-tuning.",
+    parameters=(
+        blocks.backbone_param(),
+        blocks.dataset_param("fashion_mnist", "a dataset of the registry (`bob data`)", blocks.dataset_lookup()),
+        blocks.protocol_param("linear_probe", PROTOCOLS, "how the backbone is trained"),
+        blocks.image_size_param(),
+        blocks.size_param("max_train", 2000, "class-stratified subset of the train split (None: all)"),
+        blocks.size_param("max_test", 1000, "class-stratified subset of the test split (None: all)"),
+        Param("label_fraction", float, None, "low-shot: fraction of train labels kept per class", low=0.0,
+              low_open=True, high=1.0),
+        Param("shots_per_class", int, None, "low-shot: n labels per class", low=1, high=blocks.MAX_ITEMS),
+        Param("probe_solver", str, "lbfgs", "linear probe solver (sgd: the paper's 90-epoch recipe)",
+              choices=PROBE_SOLVERS),
+        *blocks.probe_params(),
+        Param("probe_epochs", int, 90, "linear probe, sgd solver: epochs", low=1, high=1000),
+        Param("probe_lr", float, 0.1, "linear probe, sgd solver: learning rate", low=0.0, low_open=True),
+        *blocks.finetune_params(lr_selection=True),
+        blocks.batch_size_param(),
+        blocks.seed_param(),
+        *blocks.device_params(),
+        *blocks.EXECUTION,
+        blocks.OUTPUT_DIR,
+    ),
+    metrics=(
+        *blocks.accuracy_metrics(),
+        *blocks.COMMON_DESCRIPTORS,
+    ),
+    check=_check,
+)
+#: The declared defaults (what the notebook's parameters cell holds).
+PARAMETERS: dict[str, Any] = SPEC.defaults()
+validate_params = SPEC.validate
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> dict[str, float]:
@@ -100,38 +110,12 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, *, seed: int 
     return metrics
 
 
-def validate_params(params: dict[str, Any]) -> None:
-    """Reject bad values before anything runs (also called by the grid on every cell)."""
-    if params["protocol"] not in PROTOCOLS:
-        raise ValueError(f"protocol={params['protocol']!r} is not one of {PROTOCOLS}")
-    if params["probe_solver"] not in PROBE_SOLVERS:
-        raise ValueError(f"probe_solver={params['probe_solver']!r} is not one of {PROBE_SOLVERS}")
-    for name in ("image_size", "batch_size"):
-        if not isinstance(params[name], int) or params[name] < 1:
-            raise ValueError(f"{name}={params[name]!r} must be a positive integer")
-    if params["label_fraction"] is not None and not 0 < params["label_fraction"] <= 1:
-        raise ValueError(f"label_fraction={params['label_fraction']!r} must be in (0, 1]")
-    validate_execution_params(params)
-
-
-def run(**params: Any) -> dict[str, float]:
-    """Run one classification cell; ``params`` override :data:`PARAMETERS`. Returns metric name -> value."""
-    p = merge_params("classification", PARAMETERS, params)
-    validate_params(p)
-    threads = set_threads(p["num_threads"])
-    torch.manual_seed(p["seed"])
-    ex = resolve_execution(
-        p["device"], p["precision"], channels_last=p["channels_last"], compile=p["compile"],
-        loader_workers=p["loader_workers"], grad_checkpointing=p["grad_checkpointing"],
-    )
-    reset_peak_memory(ex.device)
+@task_entry(SPEC)
+def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
+    """Run one classification cell (linear probe or fine-tuning); returns metric name -> value."""
     if p["protocol"] == "linear_probe":
-        metrics = _run_linear_probe(p, ex)
-    else:
-        metrics = _run_finetune(p, ex)
-    metrics["threads"] = float(threads)
-    metrics.update(peak_memory(ex.device))  # *_mb: run descriptors, not scores
-    return metrics
+        return _run_linear_probe(p, ex)
+    return _run_finetune(p, ex)
 
 
 def _run_linear_probe(p: dict[str, Any], ex: Execution) -> dict[str, float]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -35,15 +35,9 @@ from torchvision.models.detection import FasterRCNN
 
 from bobkit.data import scenes
 from bobkit.eval import coco as coco_eval
-from bobkit.features.device import (
-    Execution,
-    as_execution,
-    peak_memory,
-    reset_peak_memory,
-    resolve_execution,
-    set_threads,
-)
-from bobkit.tasks.common import EXECUTION_PARAMETERS, validate_execution_params
+from bobkit.features.device import Execution, as_execution, resolve_execution
+from bobkit.tasks import blocks
+from bobkit.tasks.contract import MEMORY_NOTE, Metric, Param, TaskSpec
 from bobkit.tasks.detector import (
     COCO_ANCHORS,
     PROTOCOLS,
@@ -53,6 +47,7 @@ from bobkit.tasks.detector import (
     feature_precision,
     prepare_detector,
 )
+from bobkit.tasks.harness import task_entry
 from bobkit.tasks.training import (
     VALIDATION_FRACTION,
     learning_rates,
@@ -61,44 +56,12 @@ from bobkit.tasks.training import (
     warmup_cosine,
 )
 
-#: Bump when a change alters the metrics for given parameters (part of the run key).
-VERSION = "1"
-
-#: Defaults, identical to the notebook's parameters cell: the offline demo (about a minute on 2 CPU cores).
-PARAMETERS: dict[str, Any] = {
-    "backbone": "mobilenetv2_100.packaged_tv_in1k",
-    "protocol": "frozen",
-    "dataset": "fmnist_scenes",
-    "eval_dataset": None,
-    "epochs": 3,
-    "lr": 2e-3,
-    "weight_decay": 1e-4,
-    "layer_decay": None,
-    "batch_size": 4,
-    "canvas_size": 96,
-    "n_train": 240,
-    "n_val": 80,
-    "image_size": None,
-    "seed": 0,
-    "device": "auto",
-    "num_threads": 1,
-    **EXECUTION_PARAMETERS,
-    "output_dir": None,
-}
-# Why one thread: a detection step is many small ops; measured on 2 shared cores, a second thread gave 0.25 s/step
-# against 0.21-0.33 s with one, and 2 s (8x slower) whenever another process held the other core.
-
 #: Bootstrap resamples of the evaluated images behind ``se/<AP metric>`` (about 1 s per AP type on 80 images).
 AP_BOOTSTRAP = 200
-#: Datasets this task accepts besides bobkit.data's (the grid validates names against them).
+#: Datasets this task accepts (besides a folder holding ``instances_{train,val}.json``).
 DATASETS = (*scenes.SCENE_DATASETS, *scenes.REAL_DATASETS)
-
-
-def validate_params(p: dict[str, Any]) -> None:
-    """Reject bad values before anything runs (called by the grid and by :func:`run`)."""
-    if p["protocol"] not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {p['protocol']!r}")
-    validate_execution_params(p)
+#: Detector input short side bound (the paper: 1024 on COCO; the long side is up to 1333/800 of it).
+MAX_DETECTION_SIZE = 2048
 
 
 def detection_execution(p: dict[str, Any]) -> Execution:
@@ -112,6 +75,57 @@ def detection_execution(p: dict[str, Any]) -> Execution:
         p["device"], p["precision"], channels_last=bool(p["channels_last"]), compile=p["compile"],
         loader_workers=p["loader_workers"], grad_checkpointing=p["grad_checkpointing"] and p["protocol"] != "frozen",
     )
+
+
+SPEC = TaskSpec(
+    name="detection",
+    summary="Detection and instance segmentation: a registry backbone + FPN inside torchvision's Mask R-CNN.",
+    parameters=(
+        blocks.backbone_param(),
+        Param("protocol", str, "frozen", "backbone treatment", choices=PROTOCOLS),
+        blocks.dataset_param("fmnist_scenes", "fmnist_scenes (offline) | coco2017 | sim10k | cityscapes | a "
+                                              "COCO-format folder", blocks.dataset_lookup(
+                                                  DATASETS, registry=False, folder_file="instances_train.json")),
+        blocks.dataset_param(None, "evaluate on another dataset's val split, e.g. 'cityscapes' after training on "
+                                   "'sim10k'", blocks.dataset_lookup(DATASETS, registry=False,
+                                                                     folder_file="instances_val.json"),
+                             name="eval_dataset"),
+        Param("epochs", int, 3, "the paper: 36 (Cascade Mask R-CNN, lr swept over 8e-5 .. 3e-4)", low=1, high=1000),
+        Param("lr", float, 2e-3, "AdamW, 10% linear warm-up then cosine; a list: the one with the best box AP on "
+                                 "held-out training images", low=0.0, low_open=True, or_list=True),
+        Param("weight_decay", float, 1e-4, "AdamW weight decay", low=0.0),
+        Param("layer_decay", float, None, "layer-wise lr decay of the trunk, e.g. 0.75; None disables (frozen: "
+                                          "the trunk does not train)", low=0.0, low_open=True, high=1.0),
+        blocks.batch_size_param(4, doc="images per training step", high=256),
+        Param("canvas_size", int, 96, "offline scenes only: canvas side in pixels", low=32, high=1024,
+              high_note=MEMORY_NOTE),
+        blocks.size_param("n_train", 240, "scenes to compose / images to subsample (None: all)"),
+        blocks.size_param("n_val", 80, "validation scenes / images (None: all)"),
+        blocks.image_size_param(None, high=MAX_DETECTION_SIZE, doc="detector input short side (None: canvas_size "
+                                                                   "for scenes, 800 for real datasets)"),
+        blocks.seed_param(),
+        *blocks.device_params(1, "CPU threads (None: $BOB_NUM_THREADS or torch's default; 1 measured fastest on "
+                                 "2 shared cores)"),
+        *blocks.EXECUTION,
+        Param("output_dir", str, None, "set by `bob run`: metrics and predictions are written there",
+              kind="execution"),
+    ),
+    metrics=(
+        Metric("box_ap", "COCO box AP (IoU 0.5:0.95)", primary=True, n_items="n_test"),
+        Metric("box_ap50", "COCO box AP at IoU 0.5", n_items="n_test"),
+        Metric("box_ap75", "COCO box AP at IoU 0.75", n_items="n_test"),
+        Metric("mask_ap", "COCO mask AP (IoU 0.5:0.95)", primary=True, n_items="n_test"),
+        Metric("mask_ap50", "COCO mask AP at IoU 0.5", n_items="n_test"),
+        Metric("mask_ap75", "COCO mask AP at IoU 0.75", n_items="n_test"),
+        *blocks.COMMON_DESCRIPTORS,
+    ),
+    resolve_execution=detection_execution,
+)
+# Why one thread: a detection step is many small ops; measured on 2 shared cores, a second thread gave 0.25 s/step
+# against 0.21-0.33 s with one, and 2 s (8x slower) whenever another process held the other core.
+#: The declared defaults (what the notebook's parameters cell holds).
+PARAMETERS: dict[str, Any] = SPEC.defaults()
+validate_params = SPEC.validate
 
 
 # --------------------------------------------------------------------------------------------- train / evaluate
@@ -316,104 +330,33 @@ def load_datasets(
     return train, val
 
 
-def run(
-    backbone: str = PARAMETERS["backbone"],
-    protocol: str = PARAMETERS["protocol"],
-    dataset: str = PARAMETERS["dataset"],
-    eval_dataset: str | None = PARAMETERS["eval_dataset"],
-    epochs: int = PARAMETERS["epochs"],
-    lr: float | Sequence[float] = PARAMETERS["lr"],
-    weight_decay: float = PARAMETERS["weight_decay"],
-    layer_decay: float | None = PARAMETERS["layer_decay"],
-    batch_size: int = PARAMETERS["batch_size"],
-    canvas_size: int = PARAMETERS["canvas_size"],
-    n_train: int | None = PARAMETERS["n_train"],
-    n_val: int | None = PARAMETERS["n_val"],
-    image_size: int | None = PARAMETERS["image_size"],
-    seed: int = PARAMETERS["seed"],
-    device: str = PARAMETERS["device"],
-    num_threads: int | None = PARAMETERS["num_threads"],
-    precision: str = PARAMETERS["precision"],
-    channels_last: bool | None = PARAMETERS["channels_last"],
-    compile: bool = PARAMETERS["compile"],
-    grad_checkpointing: bool = PARAMETERS["grad_checkpointing"],
-    loader_workers: int | None = PARAMETERS["loader_workers"],
-    output_dir: str | None = PARAMETERS["output_dir"],
-) -> dict[str, float]:
+@task_entry(SPEC)
+def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
     """Train Mask R-CNN on ``dataset`` with ``backbone`` under ``protocol``; return COCO box and mask AP.
 
-    Parameters
-    ----------
-    backbone : str
-        Registry name (``bobkit.backbones``).
-    protocol : {"finetune", "frozen", "random_init"}
-        Backbone treatment, see the module docstring.
-    dataset : str
-        ``"fmnist_scenes"`` (offline, composed on first use and cached), a manifest COCO-format dataset
-        (``"coco2017"``, ``"sim10k"``, ``"cityscapes"``, see :data:`bobkit.data.scenes.REAL_DATASETS`) or a folder with
-        ``instances_{train,val}.json``.
-    eval_dataset : str, optional
-        Evaluate on this dataset's validation split instead (domain shift, e.g. ``sim10k`` -> ``cityscapes``).
-    epochs, weight_decay, batch_size : number
-        AdamW with 10% linear warm-up then cosine decay.
-    lr : float or list of float
-        Learning rate; a list is a selection on a held-out 20% of the training images (see the module docstring).
-    layer_decay : float, optional
-        Layer-wise lr decay of the trunk (``finetune`` and ``random_init``; the ``frozen`` trunk does not train).
-    canvas_size : int
-        Side of the offline scenes (ignored for real datasets).
-    n_train, n_val : int or None
-        Number of training / validation images (scenes composed, or a seeded subset of a real dataset; None: all).
-    image_size : int, optional
-        Short side fed to the detector (default: ``canvas_size`` for scenes, 800 for real datasets).
-    seed : int
-        Seeds scenes, subsets, initialisation and shuffling.
-    device : {"auto", "cpu", "cuda", "cuda:N"}
-        Where to run.
-    num_threads : int, optional
-        CPU threads for torch (None: ``$BOB_NUM_THREADS`` or torch's own choice). The default 1 is the fastest
-        measured setting on a shared 2-core machine.
-    precision : {"auto", "fp32", "bf16", "fp16"}
-        Autocast precision of the trunk and FPN (``auto``: bf16 on a GPU, fp32 on CPU); the RPN and RoI heads
-        always run in fp32 (see :class:`TimmFPN`).
-    channels_last : bool, optional
-        channels_last trunk weights; ``None`` (auto) is off here: it was not measured for detection.
-    compile : bool
-        ``torch.compile`` the trunk (see :func:`prepare_detector`).
-    grad_checkpointing : bool
-        Recompute the trunk's activations in backward (``finetune`` and ``random_init``; the ``frozen`` trunk has
-        no backward pass, so it stays off there and is recorded as off).
-    loader_workers : int, optional
-        Worker processes decoding images ahead (``None``: the device's default, 0 on a small CPU machine).
-    output_dir : str, optional
-        When given, the validation predictions are written there as ``detections_val.json`` (COCO results).
+    Protocols: see the module docstring. ``dataset`` is ``"fmnist_scenes"`` (offline, composed on first use and
+    cached), a manifest COCO-format dataset (:data:`bobkit.data.scenes.REAL_DATASETS`) or a folder with
+    ``instances_{train,val}.json``; ``eval_dataset`` evaluates on another dataset's validation split (domain
+    shift). AdamW with 10% linear warm-up then cosine decay, the trunk's layers at ``lr * layer_decay ** depth``
+    with ``layer_decay``; a list of ``lr`` is a selection on a held-out 20% of the training images. The trunk and
+    FPN autocast to ``precision``; the RPN and RoI heads always run in fp32 (see
+    :class:`~bobkit.tasks.detector.TimmFPN`); ``channels_last=None`` (auto) is off here (not measured for
+    detection); gradient checkpointing stays off for ``frozen`` (no backward through the trunk). With
+    ``output_dir`` the validation predictions are also written there as ``detections_val.json``.
 
-    Returns
-    -------
-    dict of str to float
-        ``box_ap, box_ap50, box_ap75, mask_ap, mask_ap50, mask_ap75`` (0-1, pycocotools) with their bootstrap
-        standard errors ``se/<metric>``, ``n_train`` and ``n_test`` (images), ``selected_lr`` when ``lr`` is a
-        list, ``train_seconds``, ``eval_seconds``, the execution settings (``exec_*``) and peak memory (``*_mb``).
-
-    Raises
-    ------
-    ValueError
-        A bad protocol or execution parameter (before any work).
-    FloatingPointError
-        A non-finite training loss (named by step); no metrics are produced.
+    Returns ``box_ap, box_ap50, box_ap75, mask_ap, mask_ap50, mask_ap75`` (0-1, pycocotools; mask AP NaN for
+    box-only datasets) with their bootstrap standard errors ``se/<metric>``, ``n_train``, ``n_test`` (validation
+    images), ``selected_lr`` when ``lr`` is a list, ``train_seconds``, ``eval_seconds`` and the execution settings
+    (``exec_*``). Raises ``FloatingPointError`` on a non-finite training loss (named by step).
     """
-    settings = dict(protocol=protocol, device=device, precision=precision, channels_last=channels_last,
-                    compile=compile, grad_checkpointing=grad_checkpointing, loader_workers=loader_workers)
-    validate_params(settings)
-    rates = learning_rates(lr)  # before any work
-    set_threads(num_threads)
-    ex = detection_execution(settings)
-    reset_peak_memory(ex.device)
+    backbone, protocol, seed, batch_size = p["backbone"], p["protocol"], p["seed"], p["batch_size"]
+    layer_decay, rates = p["layer_decay"], learning_rates(p["lr"])
     train, val = load_datasets(
-        dataset, eval_dataset=eval_dataset, n_train=n_train, n_val=n_val, canvas_size=canvas_size, seed=seed
+        p["dataset"], eval_dataset=p["eval_dataset"], n_train=p["n_train"], n_val=p["n_val"],
+        canvas_size=p["canvas_size"], seed=seed,
     )
-    offline = dataset in scenes.SCENE_DATASETS
-    size = int(image_size or (canvas_size if offline else 800))
+    offline = p["dataset"] in scenes.SCENE_DATASETS
+    size = int(p["image_size"] or (p["canvas_size"] if offline else 800))
     if offline:
         anchors = tuple(a * size / 128 for a in SCENE_ANCHORS)
         max_size = size
@@ -427,8 +370,9 @@ def run(
                                max_size=max_size, seed=seed, masks=train.has_masks, precision=ex.precision)
         layer_of = detector_layer_of(model, backbone) if layer_decay is not None else None
         prepare_detector(model, ex)
-        train_detector(model, images, epochs=epochs, lr=rate, batch_size=batch_size, weight_decay=weight_decay,
-                       layer_decay=layer_decay, layer_of=layer_of, seed=seed, execution=ex)
+        train_detector(model, images, epochs=p["epochs"], lr=rate, batch_size=batch_size,
+                       weight_decay=p["weight_decay"], layer_decay=layer_decay, layer_of=layer_of, seed=seed,
+                       execution=ex)
         return model
 
     start = time.perf_counter()
@@ -461,11 +405,10 @@ def run(
         metrics.setdefault(f"se/{name}", float("nan"))
     metrics.update(selection, n_train=float(len(train)), n_test=float(len(val)))
 
-    if output_dir is not None:
+    if p["output_dir"] is not None:
         from pathlib import Path
 
         from bobkit.utils.files import write_json
 
-        write_json(Path(output_dir) / "detections_val.json", predictions)
-    return {**metrics, "train_seconds": train_seconds, "eval_seconds": eval_seconds, **ex.as_metrics(),
-            **peak_memory(ex.device)}
+        write_json(Path(p["output_dir"]) / "detections_val.json", predictions)
+    return {**metrics, "train_seconds": train_seconds, "eval_seconds": eval_seconds, **ex.as_metrics()}

@@ -22,6 +22,7 @@ in-distribution test items.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,24 +34,13 @@ from bobkit import backbones
 from bobkit.data import ImageDataset, MissingDataError, dataset_info, dataset_names, get_dataset
 from bobkit.eval.corruptions import CORRUPTIONS, DEFAULT_CORRUPTIONS, SEVERITIES, corrupt
 from bobkit.eval.uncertainty import binomial_se, difference_se, mean_se
-from bobkit.features.device import (
-    Execution,
-    frozen_backbone,
-    peak_memory,
-    prepare_model,
-    reset_peak_memory,
-    set_threads,
-)
+from bobkit.features.device import Execution, frozen_backbone, prepare_model
 from bobkit.features.extract import extract_features, run_forward
-from bobkit.tasks.common import (
-    EXECUTION_PARAMETERS,
-    as_list,
-    inference_batch_size,
-    merge_params,
-    resolve_task_execution,
-    validate_execution_params,
-)
-from bobkit.tasks.training import PROBE_MAX_ITER, finetune, fit_probe
+from bobkit.tasks import blocks
+from bobkit.tasks.common import as_list, inference_batch_size
+from bobkit.tasks.contract import Metric, Param, TaskSpec
+from bobkit.tasks.harness import task_entry
+from bobkit.tasks.training import finetune, fit_probe
 
 VERSION = "1"
 PROTOCOLS = ("linear_probe", "finetune")
@@ -60,35 +50,6 @@ DATASETS = ("visda2017",)
 VISDA_CLASSES = ("aeroplane", "bicycle", "bus", "car", "horse", "knife", "motorcycle", "person", "plant",
                  "skateboard", "train", "truck")
 
-PARAMETERS: dict[str, Any] = {
-    "backbone": "mobilenetv2_100.packaged_tv_in1k",
-    "dataset": "fashion_mnist",
-    "protocol": "linear_probe",
-    "targets": ["corruptions"],
-    "corruptions": list(DEFAULT_CORRUPTIONS),
-    "severities": [1, 2, 3, 4, 5],
-    "image_size": 64,
-    "train_split": "train",
-    "test_split": "test",
-    "target_split": "test",
-    "max_train": 2000,
-    "max_test": 1000,
-    "max_target": None,
-    "max_corrupted": 200,
-    "probe_l2": "auto",
-    "probe_max_iter": PROBE_MAX_ITER,
-    "epochs": 1,
-    "lr": 1e-3,
-    "weight_decay": 0.05,
-    "layer_decay": None,
-    "warmup_epochs": 0.0,
-    "batch_size": 64,
-    "seed": 0,
-    "device": "auto",
-    "num_threads": None,
-    **EXECUTION_PARAMETERS,
-}
-
 
 def _target_spec(target: str, default_split: str) -> tuple[str, str]:
     """``"name"`` or ``"name:split"`` -> (name, split)."""
@@ -96,22 +57,59 @@ def _target_spec(target: str, default_split: str) -> tuple[str, str]:
     return name, split or default_split
 
 
-def validate_params(p: dict[str, Any]) -> None:
-    """Reject bad values before anything runs (called by the grid and by :func:`run`)."""
-    if p["protocol"] not in PROTOCOLS:
-        raise ValueError(f"ood protocol={p['protocol']!r} is not one of {PROTOCOLS}")
-    known = set(dataset_names()) | set(DATASETS)
-    for target in as_list(p["targets"], str):
-        name, _ = _target_spec(target, p["target_split"])
-        if name != CORRUPTION_TARGET and name not in known:
-            raise ValueError(f"unknown OOD target {name!r}; targets are dataset names or {CORRUPTION_TARGET!r}")
-    bad = [c for c in as_list(p["corruptions"], str) if c not in CORRUPTIONS]
-    if bad:
-        raise ValueError(f"unknown corruption(s) {bad}; known: {', '.join(CORRUPTIONS)}")
-    bad_sev = [s for s in as_list(p["severities"], int) if s not in SEVERITIES]
-    if bad_sev:
-        raise ValueError(f"severities {bad_sev} are not in {SEVERITIES}")
-    validate_execution_params(p)
+def check_target(target: str) -> None:
+    """Raise ``ValueError`` unless ``target`` is ``corruptions``, a dataset name or ``name:split``."""
+    name, split = _target_spec(target, "test")
+    if name != CORRUPTION_TARGET:
+        blocks.dataset_lookup(DATASETS)(name)
+    if not re.fullmatch(blocks.NAME_PATTERN, split):
+        raise ValueError(f"split {split!r} is not a split name")
+
+
+SPEC = TaskSpec(
+    name="ood",
+    summary="Out-of-distribution classification: train on a source, evaluate on shifted targets.",
+    parameters=(
+        blocks.backbone_param(),
+        blocks.dataset_param("fashion_mnist", "the source the classifier is trained on",
+                             blocks.dataset_lookup(DATASETS)),
+        blocks.protocol_param("linear_probe", PROTOCOLS, "how the classifier is trained"),
+        Param("targets", list, [CORRUPTION_TARGET], "dataset names (or name:split) and/or 'corruptions'", item=str,
+              lookup=check_target, min_items=1),
+        Param("corruptions", list, list(DEFAULT_CORRUPTIONS), "image corruptions of the source test items", item=str,
+              choices=CORRUPTIONS, min_items=1),
+        Param("severities", list, list(SEVERITIES), "corruption severities", item=int, choices=SEVERITIES,
+              min_items=1),
+        blocks.image_size_param(),
+        blocks.split_param("train_split", "train", "the source split the classifier is trained on"),
+        blocks.split_param("test_split", "test", "the source split of the in-distribution accuracy"),
+        blocks.split_param("target_split", "test", "the split of a target given without ':split'"),
+        blocks.size_param("max_train", 2000, "class-stratified subset of the train split (None: all)"),
+        blocks.size_param("max_test", 1000, "class-stratified subset of the test split (None: all)"),
+        blocks.size_param("max_target", None, "class-stratified items per target dataset (None: all)"),
+        blocks.size_param("max_corrupted", 200, "source test items corrupted at every corruption x severity",
+                          nullable=False, high=100_000),
+        *blocks.probe_params(),
+        *blocks.finetune_params(),
+        blocks.batch_size_param(),
+        blocks.seed_param(),
+        *blocks.device_params(),
+        *blocks.EXECUTION,
+        blocks.OUTPUT_DIR,
+    ),
+    metrics=(
+        Metric("id_acc", "in-distribution accuracy (the source's test split)", n_items="n_test"),
+        Metric("acc/*/*", "accuracy under a corruption at a severity"),
+        Metric("acc/*", "accuracy on a target dataset", primary=True),
+        Metric("drop_*", "id_acc minus the target accuracy", higher_is_better=False),
+        Metric("mca", "mean corruption accuracy", primary=True),
+        Metric("mca_drop", "id_acc minus mca", higher_is_better=False),
+        *blocks.COMMON_DESCRIPTORS,
+    ),
+)
+#: The declared defaults (what the notebook's parameters cell holds).
+PARAMETERS: dict[str, Any] = SPEC.defaults()
+validate_params = SPEC.validate
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -207,14 +205,9 @@ def accuracy_metrics(key: str, correct: np.ndarray, id_acc: float, id_n: int) ->
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def run(**params: Any) -> dict[str, float]:
-    """Run one OOD cell; ``params`` override :data:`PARAMETERS`. Returns metric name -> value."""
-    p = merge_params("ood", PARAMETERS, params)
-    validate_params(p)
-    threads = set_threads(p["num_threads"])
-    torch.manual_seed(p["seed"])
-    ex = resolve_task_execution(p)
-    reset_peak_memory(ex.device)
+@task_entry(SPEC)
+def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
+    """Run one OOD cell: train on the source, evaluate on every target; returns metric name -> value."""
     check_label_spaces(p)
     config = backbones.data_config(p["backbone"], image_size=p["image_size"])
     timings = {"extract_seconds": 0.0, "train_seconds": 0.0, "evaluate_seconds": 0.0}
@@ -239,10 +232,9 @@ def run(**params: Any) -> dict[str, float]:
     timings["evaluate_seconds"] = time.perf_counter() - t0 - (predict.extract_seconds - extract_before)
     timings["extract_seconds"] += predict.extract_seconds
     metrics.update(timings)
-    metrics.update(n_train=float(predict.n_train), n_test=float(len(id_labels)), threads=float(threads),
+    metrics.update(n_train=float(predict.n_train), n_test=float(len(id_labels)),
                    feature_cache_hit=float(predict.cache_hit))
     metrics.update(predict.ex.as_metrics())  # exec_*: how it ran (floats; not scores)
-    metrics.update(peak_memory(ex.device))  # *_mb: run descriptors, not scores
     return metrics
 
 

@@ -12,7 +12,7 @@ Two protocols, as in the paper's retrieval code (hsouri/bob-retrieval):
     Revisited Oxford / Paris (Radenovic et al. 2018): 70 queries against ~5-6k database images, easy + hard
     positives, junk removed from the ranking ("medium"; "easy" and "hard" protocols on request). Images are read
     from the manifest's folder, the ground-truth pickle is verified and converted to JSON once
-    (:func:`bobkit.eval.metrics.convert_revisited_gnd`). Like the paper's code, query images are used whole unless
+    (:func:`bobkit.data.revisited.revisited_ground_truth`). Like the paper's code, query images are used whole unless
     ``crop_queries`` (the official protocol crops them to their bounding box).
 
 Metrics: ``map``, ``mrr``, ``precision@k``, ``recall@k`` (k in ``ks``), and for ``revisited`` also ``mp@k``
@@ -28,76 +28,85 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from bobkit import backbones
 from bobkit.data import ImageDataset, MissingDataError
+from bobkit.data.revisited import revisited_ground_truth
 from bobkit.eval.metrics import (
     AP_MODES,
     REVISITED_PROTOCOLS,
     class_retrieval_metrics,
-    convert_revisited_gnd,
-    load_revisited_gnd,
     revisited_retrieval_metrics,
 )
-from bobkit.features.device import Execution, frozen_backbone, peak_memory, reset_peak_memory, set_threads
+from bobkit.features.device import Execution, frozen_backbone
 from bobkit.features.extract import extract_features, is_cached, run_forward
-from bobkit.tasks.common import (
-    EXECUTION_PARAMETERS,
-    as_list,
-    inference_batch_size,
-    merge_params,
-    resolve_task_execution,
-    validate_execution_params,
-)
+from bobkit.tasks import blocks
+from bobkit.tasks.common import as_list, inference_batch_size
+from bobkit.tasks.contract import Metric, Param, TaskSpec
+from bobkit.tasks.harness import task_entry
 
 VERSION = "1"
 PROTOCOLS = ("class_folder", "revisited")
 #: Datasets this task builds itself (on top of :func:`bobkit.data.dataset_names`).
 DATASETS = ("roxford5k", "rparis6k")
 
-PARAMETERS: dict[str, Any] = {
-    "backbone": "mobilenetv2_100.packaged_tv_in1k",
-    "dataset": "fashion_mnist",
-    "protocol": "class_folder",
-    "image_size": 64,
-    "split": "test",
-    "max_samples": 1000,
-    "query_fraction": 0.2,
-    "max_per_class": None,
-    "revisited_protocol": "medium",
-    "crop_queries": False,
-    "gnd_sha256": None,
-    "ap": "trapezoid",
-    "ks": [1, 5, 10],
-    "batch_size": 64,
-    "seed": 0,
-    "device": "auto",
-    "num_threads": None,
-    **EXECUTION_PARAMETERS,
-}
 
-
-def validate_params(p: dict[str, Any]) -> None:
-    """Reject bad values before anything runs (called by the grid and by :func:`run`)."""
-    if p["protocol"] not in PROTOCOLS:
-        raise ValueError(f"retrieval protocol={p['protocol']!r} is not one of {PROTOCOLS}")
+def _check(p: dict[str, Any]) -> None:
+    """Rules between parameters: the protocol fits the dataset."""
     if p["protocol"] == "revisited" and p["dataset"] not in DATASETS:
-        raise ValueError(f"protocol 'revisited' needs dataset in {DATASETS}, got {p['dataset']!r}")
+        raise SPEC.error("dataset", p["dataset"], f"has no revisited ground truth: protocol 'revisited' needs one "
+                                                  f"of {DATASETS}")
     if p["protocol"] == "class_folder" and p["dataset"] in DATASETS:
-        raise ValueError(f"dataset {p['dataset']!r} has no class folders; use protocol='revisited'")
-    if not 0 < float(p["query_fraction"]) < 1:
-        raise ValueError(f"query_fraction={p['query_fraction']!r} must be in (0, 1)")
-    if p["max_per_class"] is not None and int(p["max_per_class"]) < 2:
-        raise ValueError(f"max_per_class={p['max_per_class']!r} must be >= 2 (a query and a database item)")
-    if p["revisited_protocol"] not in REVISITED_PROTOCOLS:
-        raise ValueError(f"revisited_protocol={p['revisited_protocol']!r} is not one of {REVISITED_PROTOCOLS}")
-    if p["ap"] not in AP_MODES:
-        raise ValueError(f"ap={p['ap']!r} is not one of {AP_MODES}")
-    if any(k < 1 for k in as_list(p["ks"], int)):
-        raise ValueError(f"ks={p['ks']!r} must be positive integers")
-    validate_execution_params(p)
+        raise SPEC.error("dataset", p["dataset"], "has no class folders; use protocol='revisited'")
+
+
+SPEC = TaskSpec(
+    name="retrieval",
+    summary="Image retrieval with frozen features: rank a database by cosine similarity, no training.",
+    parameters=(
+        blocks.backbone_param(),
+        blocks.dataset_param("fashion_mnist", "a dataset of the registry, or roxford5k | rparis6k (revisited)",
+                             blocks.dataset_lookup(DATASETS)),
+        blocks.protocol_param("class_folder", PROTOCOLS, "class_folder (positives share the class) or revisited"),
+        blocks.image_size_param(),
+        blocks.split_param("split", "test", "the split whose items become queries + database (the probe's test "
+                                            "split: cache shared)"),
+        blocks.size_param("max_samples", 1000, "class-stratified subset of the split, as the probe's max_test "
+                                               "(None: all)"),
+        Param("query_fraction", float, 0.2, "per class: the first floor(fraction * n) items are queries", low=0.0,
+              low_open=True, high=1.0, high_open=True),
+        Param("max_per_class", int, None, "cap per class before splitting (the paper: 50 for ObjectNet/INSTRE, 5 "
+                                          "for iNat)", low=2, high=blocks.MAX_ITEMS),
+        Param("revisited_protocol", str, "medium", "revisited positives (medium: easy + hard, junk ignored)",
+              choices=REVISITED_PROTOCOLS),
+        Param("crop_queries", bool, False, "revisited: crop queries to their box (official protocol; the paper's "
+                                           "code did not)"),
+        Param("gnd_sha256", str, None, "revisited: expected sha256 of gnd_<dataset>.pkl (default: the manifest's)",
+              pattern=r"[0-9a-fA-F]{64}"),
+        Param("ap", str, "trapezoid", "average precision: trapezoid (revisited benchmark code, the paper) or step "
+                                      "(scikit-learn)", choices=AP_MODES),
+        Param("ks", list, [1, 5, 10], "cut-offs of precision@k and recall@k", item=int, low=1, high=10_000,
+              min_items=1),
+        blocks.batch_size_param(kind="execution", doc="forward batch (frozen features: no effect on the results)"),
+        blocks.seed_param(),
+        *blocks.device_params(),
+        *blocks.EXECUTION,
+        blocks.OUTPUT_DIR,
+    ),
+    metrics=(
+        Metric("map", "mean average precision over the queries", primary=True, n_items="n_queries"),
+        Metric("mrr", "mean reciprocal rank of the first positive", n_items="n_queries"),
+        Metric("precision@*", "mean precision of the top k", n_items="n_queries"),
+        Metric("recall@*", "mean recall of the top k", n_items="n_queries"),
+        Metric("mp@*", "mean precision at k, k capped by the query's positives", n_items="n_queries"),
+        *blocks.COMMON_DESCRIPTORS,
+    ),
+    check=_check,
+)
+#: The declared defaults (what the notebook's parameters cell holds).
+PARAMETERS: dict[str, Any] = SPEC.defaults()
+validate_params = SPEC.validate
 
 
 def class_folder_split(
@@ -122,18 +131,10 @@ def class_folder_split(
     return np.sort(np.concatenate(queries)), np.sort(np.concatenate(database))
 
 
-def run(**params: Any) -> dict[str, float]:
-    """Run one retrieval cell; ``params`` override :data:`PARAMETERS`. Returns metric name -> value."""
-    p = merge_params("retrieval", PARAMETERS, params)
-    validate_params(p)
-    threads = set_threads(p["num_threads"])
-    torch.manual_seed(p["seed"])
-    ex = resolve_task_execution(p)
-    reset_peak_memory(ex.device)
-    metrics = _run_class_folder(p, ex) if p["protocol"] == "class_folder" else _run_revisited(p, ex)
-    metrics["threads"] = float(threads)
-    metrics.update(peak_memory(ex.device))  # *_mb: run descriptors, not scores
-    return metrics
+@task_entry(SPEC)
+def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
+    """Run one retrieval cell (class folders or revisited Oxford / Paris); returns metric name -> value."""
+    return _run_class_folder(p, ex) if p["protocol"] == "class_folder" else _run_revisited(p, ex)
 
 
 def _run_class_folder(p: dict[str, Any], ex: Execution) -> dict[str, float]:
@@ -172,15 +173,6 @@ def _run_class_folder(p: dict[str, Any], ex: Execution) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _manifest_sha256(name: str, filename: str) -> str | None:
-    from bobkit.data import load_manifest
-
-    try:
-        return load_manifest().entry(name).file(filename).sha256
-    except (ValueError, KeyError):
-        return None
-
-
 def load_revisited(
     name: str,
     *,
@@ -200,14 +192,13 @@ def load_revisited(
     crop_queries
         Crop each query to its ground-truth bounding box first (the official protocol; the paper's code did not).
     gnd_sha256
-        Expected sha256 of ``gnd_<name>.pkl``; default: the manifest's. When neither records one, the pickle is
-        still read only through the restricted unpickler, and a warning gives its hash.
+        Expected sha256 of ``gnd_<name>.pkl``; default: the manifest's, else the user's pin
+        (``bob data --pin <name> <file>``). With neither, the pickle is refused before it is unpickled.
     root
         The dataset folder (``<root>/jpg/*.jpg`` and ``<root>/gnd_<name>.pkl``); default: the manifest's
         folder under ``$BOB_DATA_DIR`` or the data cache.
     """
     from bobkit.data import resolve_dir
-    from bobkit.utils.paths import data_cache_dir
 
     if name not in DATASETS:
         raise ValueError(f"revisited dataset {name!r} is not one of {DATASETS}")
@@ -216,9 +207,7 @@ def load_revisited(
     if not pickle_path.is_file():
         raise MissingDataError(f"{pickle_path} not found: download it from "
                                f"http://cmp.felk.cvut.cz/revisitop/data/datasets/{name}/gnd_{name}.pkl")
-    sha = gnd_sha256 or _manifest_sha256(name, f"{name}/gnd_{name}.pkl")
-    json_path = data_cache_dir() / "revisited" / f"gnd_{name}.json"
-    gt = load_revisited_gnd(convert_revisited_gnd(pickle_path, json_path, sha256=sha, allow_unverified=sha is None))
+    gt = revisited_ground_truth(name, pickle_path, sha256=gnd_sha256)
     image_dir = folder / "jpg"
     missing = [f for f in gt.imlist[:20] + gt.qimlist if not (image_dir / f"{f}.jpg").is_file()]
     if missing:

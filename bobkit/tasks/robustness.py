@@ -34,69 +34,68 @@ from bobkit.data.transforms import to_tensor_batch
 from bobkit.eval.attacks import ATTACKS, NormalizedModel, robust_accuracy
 from bobkit.eval.metrics import ReliabilityBins, calibration_metrics, fit_temperature, reliability_bins, softmax
 from bobkit.eval.uncertainty import binomial_se
-from bobkit.features.device import Execution, peak_memory, prepare_model, reset_peak_memory, set_threads
+from bobkit.features.device import Execution, prepare_model
 from bobkit.features.extract import extract_features, run_forward
-from bobkit.tasks.common import (
-    EXECUTION_PARAMETERS,
-    as_list,
-    inference_batch_size,
-    merge_params,
-    resolve_task_execution,
-    validate_execution_params,
-)
-from bobkit.tasks.training import PROBE_MAX_ITER, finetune, fit_probe
+from bobkit.tasks import blocks
+from bobkit.tasks.common import as_list, inference_batch_size
+from bobkit.tasks.contract import Metric, Param, TaskSpec, descriptor
+from bobkit.tasks.harness import task_entry
+from bobkit.tasks.training import finetune, fit_probe
 
 VERSION = "1"
 PROTOCOLS = ("linear_probe", "finetune")
+#: Largest L-inf radius in pixel units (/255): the whole pixel range.
+MAX_EPSILON = 255.0
 
-PARAMETERS: dict[str, Any] = {
-    "backbone": "mobilenetv2_100.packaged_tv_in1k",
-    "dataset": "fashion_mnist",
-    "protocol": "linear_probe",
-    "image_size": 64,
-    "train_split": "train",
-    "test_split": "test",
-    "max_train": 2000,
-    "max_test": 1000,
-    "calibration_fraction": 0.2,
-    "n_bins": 15,
-    "attacks": ["fgsm", "pgd"],
-    "epsilons": [0, 1, 2],
-    "pgd_steps": 5,
-    "pgd_step_size": None,
-    "random_start": True,
-    "max_attack": 64,
-    "probe_l2": "auto",
-    "probe_max_iter": PROBE_MAX_ITER,
-    "epochs": 1,
-    "lr": 1e-3,
-    "weight_decay": 0.05,
-    "layer_decay": None,
-    "warmup_epochs": 0.0,
-    "batch_size": 64,
-    "seed": 0,
-    "device": "auto",
-    "num_threads": None,
-    **EXECUTION_PARAMETERS,
-}
-
-
-def validate_params(p: dict[str, Any]) -> None:
-    """Reject bad values before anything runs (called by the grid and by :func:`run`)."""
-    if p["protocol"] not in PROTOCOLS:
-        raise ValueError(f"robustness protocol={p['protocol']!r} is not one of {PROTOCOLS}")
-    if not 0 < float(p["calibration_fraction"]) < 1:
-        raise ValueError(f"calibration_fraction={p['calibration_fraction']!r} must be in (0, 1)")
-    bad = [a for a in as_list(p["attacks"], str) if a not in ATTACKS]
-    if bad:
-        raise ValueError(f"unknown attack(s) {bad}; known: {ATTACKS}")
-    if any(e < 0 for e in as_list(p["epsilons"], float)):
-        raise ValueError(f"epsilons={p['epsilons']!r} must be >= 0 (pixel units, /255)")
-    if int(p["pgd_steps"]) < 1:
-        raise ValueError(f"pgd_steps={p['pgd_steps']!r} must be >= 1")
-    if int(p["n_bins"]) < 1:
-        raise ValueError(f"n_bins={p['n_bins']!r} must be >= 1")
-    validate_execution_params(p)
+SPEC = TaskSpec(
+    name="robustness",
+    summary="Adversarial robustness (FGSM, PGD) and calibration (ECE, NLL, Brier, temperature scaling) of a "
+            "trained classifier.",
+    parameters=(
+        blocks.backbone_param(),
+        blocks.dataset_param("fashion_mnist", "a dataset of the registry (`bob data`)", blocks.dataset_lookup()),
+        blocks.protocol_param("linear_probe", PROTOCOLS, "how the classifier is trained"),
+        blocks.image_size_param(),
+        blocks.split_param("train_split", "train", "the split the classifier is trained on"),
+        blocks.split_param("test_split", "test", "the split every metric is reported on"),
+        blocks.size_param("max_train", 2000, "class-stratified subsets, as the classification probe's (feature "
+                                             "cache shared)"),
+        blocks.size_param("max_test", 1000, "class-stratified subset of the test split (None: all)"),
+        Param("calibration_fraction", float, 0.2, "training items held out to fit the temperature", low=0.0,
+              low_open=True, high=1.0, high_open=True),
+        Param("n_bins", int, 15, "ECE / reliability-diagram bins", low=1, high=1000),
+        Param("attacks", list, ["fgsm", "pgd"], "L-inf attacks", item=str, choices=ATTACKS, min_items=1),
+        Param("epsilons", list, [0.0, 1.0, 2.0], "L-inf radii in pixel units (/255)", item=float, low=0.0,
+              high=MAX_EPSILON, min_items=1),
+        Param("pgd_steps", int, 5, "PGD iterations", low=1, high=1000),
+        Param("pgd_step_size", float, None, "PGD step in pixel units; None: 2.5 * eps / steps", low=0.0,
+              low_open=True, high=MAX_EPSILON),
+        Param("random_start", bool, True, "PGD starts from a random point in the eps-ball"),
+        blocks.size_param("max_attack", 64, "stratified test items attacked", nullable=False, high=100_000),
+        *blocks.probe_params(),
+        *blocks.finetune_params(),
+        blocks.batch_size_param(),
+        blocks.seed_param(),
+        *blocks.device_params(),
+        *blocks.EXECUTION,
+        blocks.OUTPUT_DIR,
+    ),
+    metrics=(
+        Metric("top1", "clean top-1 accuracy on the test split", n_items="n_test"),
+        Metric("ece", "expected calibration error before temperature scaling", higher_is_better=False,
+               primary=True, n_items="n_test"),
+        Metric("nll", "negative log-likelihood (nats)", higher_is_better=False, n_items="n_test"),
+        Metric("brier", "Brier score", higher_is_better=False, n_items="n_test"),
+        Metric("*_ts", "the same after temperature scaling", higher_is_better=False, n_items="n_test"),
+        descriptor("temperature", "the fitted temperature"),
+        Metric("acc/pgd/*", "accuracy under PGD at an epsilon", primary=True),
+        Metric("acc/*/*", "accuracy under an attack at an epsilon"),
+        *blocks.COMMON_DESCRIPTORS,
+    ),
+)
+#: The declared defaults (what the notebook's parameters cell holds).
+PARAMETERS: dict[str, Any] = SPEC.defaults()
+validate_params = SPEC.validate
 
 
 def calibration_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -125,19 +124,16 @@ class RobustnessResult:
         return plot_reliability(self)
 
 
-def run(**params: Any) -> dict[str, float]:
-    """Run one robustness cell; ``params`` override :data:`PARAMETERS`. Returns metric name -> value."""
-    return evaluate(**params).metrics
-
-
 def evaluate(**params: Any) -> RobustnessResult:
-    """Like :func:`run`, also returning the reliability bins for the figure."""
-    p = merge_params("robustness", PARAMETERS, params)
-    validate_params(p)
-    threads = set_threads(p["num_threads"])
-    torch.manual_seed(p["seed"])
-    ex = resolve_task_execution(p)
-    reset_peak_memory(ex.device)
+    """Like :func:`run`, also returning the reliability bins for the figure (``.metrics`` is run's result)."""
+    result = run(**params)
+    result.details.metrics = result
+    return result.details
+
+
+@task_entry(SPEC)
+def run(p: dict[str, Any], ex: Execution) -> RobustnessResult:
+    """Run one robustness cell: train the classifier, calibrate it, attack it; returns metric name -> value."""
     config = backbones.data_config(p["backbone"], image_size=p["image_size"])
     n_classes = dataset_info(p["dataset"]).num_classes
     timings: dict[str, float] = {}
@@ -157,10 +153,8 @@ def evaluate(**params: Any) -> RobustnessResult:
     metrics.update(_attack_metrics(p, model, config, ex))
     timings["attack_seconds"] = time.perf_counter() - t1
     metrics.update(timings)
-    metrics.update(n_train=float(n_fit), n_test=float(len(test_labels)), threads=float(threads),
-                   feature_cache_hit=float(cache_hit))
+    metrics.update(n_train=float(n_fit), n_test=float(len(test_labels)), feature_cache_hit=float(cache_hit))
     metrics.update(ex.as_metrics())  # exec_*: how it ran (floats; not scores)
-    metrics.update(peak_memory(ex.device))  # *_mb: run descriptors, not scores
     return RobustnessResult(
         metrics,
         reliability_bins(softmax(test_logits), test_labels, int(p["n_bins"])),

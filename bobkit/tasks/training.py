@@ -31,10 +31,8 @@ import torch.nn.functional as F
 from bobkit.eval.uncertainty import binomial_se
 from bobkit.features.device import Execution, resolve_device, resolve_precision, single_thread_on_cpu
 from bobkit.features.extract import BatchConverter, iter_uint8_batches
+from bobkit.tasks.blocks import PROBE_MAX_ITER
 
-#: L-BFGS iterations of the linear probe: the median budget that held-out validation splits pick over pretrained
-#: and random-init backbones (benchmarks/probe_solver.py). Classification, OOD and robustness share it.
-PROBE_MAX_ITER = 20
 #: L2 strengths :func:`fit_probe` chooses from when ``l2="auto"`` (log-spaced; features are standardised). Test-NLL
 #: optima measured on Fashion-MNIST: 1e-2..1e-1 with 2000 labels, 1..3 with 10 per class (benchmarks/probe_l2.py).
 PROBE_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)

@@ -1,9 +1,14 @@
-"""Where bobkit keeps caches and where the shipped project files live."""
+"""Where bobkit keeps caches and where the shipped project files live; environment switches."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+
+def env_flag(name: str) -> bool:
+    """Whether environment variable ``name`` is set to a true value (1, true, yes, on); read at call time."""
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def repo_root() -> Path:

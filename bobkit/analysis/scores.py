@@ -1,0 +1,429 @@
+"""z-scores, task and overall scores, their bootstrap, and leaderboards (every choice a parameter).
+
+Conventions:
+
+* a **setting** is one ``setting_id`` (:mod:`bobkit.analysis.settings`): rows are pooled only when it agrees;
+* values of one backbone in one setting are averaged over seeds;
+* lower-is-better metrics are negated (``negate_lower``) so that higher is always better;
+* each setting is z-scored over the backbones of its **pool** (``ddof`` 0 as :func:`scipy.stats.zscore`; a setting
+  where the pool ties scores 0; settings with fewer than ``min_backbones`` pool backbones are dropped). Random-init
+  controls (``method_kind`` in ``pool_exclude``) are kept out of the pool by default: they are scored against the
+  pretrained backbones' mean and spread and stay on the leaderboards as labelled baselines;
+* a task score averages the z-scores of its settings (``setting_agg``), the overall score averages the task scores
+  (``task_agg``); a backbone missing a setting or a task is averaged over what it has.
+
+:func:`zscore_matrix` is the one z-score implementation; everything else calls it. Uncertainty comes from
+:func:`bootstrap_scores`: each replicate resamples seeds within each backbone x setting, draws each seed's value from
+N(value, within-cell standard error), resamples settings within each task, and recomputes everything from the
+z-scores up.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from bobkit.analysis.errors import InsufficientDataError
+from bobkit.analysis.settings import DEFAULT_SETTING_KEYS, setting_ids
+from bobkit.analysis.uncertainty import percentile_interval, within_cell_stderr
+from bobkit.results.schema import METADATA_COLUMNS
+
+_AGG: dict[str, Callable[..., np.ndarray]] = {"mean": np.nanmean, "median": np.nanmedian}
+#: Method kinds kept out of the z-score pools (and the scale correlations) unless asked for.
+BASELINE_KINDS: tuple[str, ...] = ("random",)
+RESAMPLE_UNITS: tuple[str, ...] = ("settings", "seeds", "items")
+
+
+def backbone_metadata(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per backbone with the metadata columns present in ``results`` (index ``backbone``)."""
+    cols = [c for c in (*METADATA_COLUMNS, "pretrain_data_group", "tag") if c in results.columns]
+    return results.drop_duplicates("backbone").set_index("backbone")[cols]
+
+
+def baseline_mask(results: pd.DataFrame, pool_exclude: Sequence[str] = BASELINE_KINDS) -> pd.Series:
+    """True for rows of baseline backbones (``method_kind`` in ``pool_exclude``, e.g. random init)."""
+    if "method_kind" not in results or not pool_exclude:
+        return pd.Series(False, index=results.index)
+    return results["method_kind"].isin(list(pool_exclude))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The backbone x setting x seed cube
+# --------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class SettingCube:
+    """Signed values of every backbone x setting x seed (NaN padded) with their within-cell standard errors."""
+
+    backbones: list[str]
+    settings: list[str]
+    tasks: list[str]
+    task_of_setting: np.ndarray  # (S,) task index
+    values: np.ndarray  # (B, S, K) signed seed values
+    stderr: np.ndarray  # (B, S, K) within-cell standard errors (NaN unknown)
+    pool: np.ndarray  # (B,) in the z-score pool
+    setting_info: pd.DataFrame  # per setting label: task, dataset, protocol, metric, higher_is_better
+    negate_lower: bool = True
+
+    @property
+    def n_seeds(self) -> np.ndarray:
+        return np.isfinite(self.values).sum(axis=2)
+
+    def seed_means(self) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(self.values, axis=2)
+
+
+def setting_cube(
+    results: pd.DataFrame,
+    *,
+    setting_keys: Sequence[str] = DEFAULT_SETTING_KEYS,
+    negate_lower: bool = True,
+    min_backbones: int = 2,
+    pool_exclude: Sequence[str] = BASELINE_KINDS,
+) -> SettingCube:
+    """Arrange ``results`` as a :class:`SettingCube`, dropping settings with fewer than ``min_backbones`` backbones
+    in the pool (every backbone is in the pool when none would be)."""
+    if results.empty:
+        raise InsufficientDataError("the results table is empty")
+    frame = results.assign(setting_key=setting_ids(results, setting_keys), se=within_cell_stderr(results))
+    frame = frame.dropna(subset=["value"])
+    if frame.empty:
+        raise InsufficientDataError("the results table has no non-missing values")
+    sign = np.where(frame["higher_is_better"].astype(bool) | (not negate_lower), 1.0, -1.0)
+    frame = frame.assign(signed=frame["value"].to_numpy(dtype=float) * sign,
+                         in_pool=~baseline_mask(frame, pool_exclude))
+    if not frame["in_pool"].any():
+        frame["in_pool"] = True
+    pool_counts = frame[frame["in_pool"]].groupby("setting_key")["backbone"].nunique()
+    keep = pool_counts[pool_counts >= min_backbones].index
+    frame = frame[frame["setting_key"].isin(keep)]
+    if frame.empty:
+        excluded = f" (baselines of kinds {list(pool_exclude)} are not in the pool)" if pool_exclude else ""
+        raise InsufficientDataError(f"no setting has at least {min_backbones} backbones to z-score{excluded}")
+    backbones = sorted(frame["backbone"].unique())
+    settings = sorted(frame["setting_key"].unique())
+    info = frame.drop_duplicates("setting_key").set_index("setting_key").loc[
+        settings, ["task", "dataset", "protocol", "metric", "higher_is_better"]]
+    tasks = sorted(info["task"].astype(str).unique())
+    b_idx = pd.Index(backbones).get_indexer(frame["backbone"])
+    s_idx = pd.Index(settings).get_indexer(frame["setting_key"])
+    k_idx = frame.groupby(["backbone", "setting_key"]).cumcount().to_numpy()
+    shape = (len(backbones), len(settings), int(k_idx.max()) + 1)
+    values, stderr = np.full(shape, np.nan), np.full(shape, np.nan)
+    values[b_idx, s_idx, k_idx] = frame["signed"].to_numpy(dtype=float)
+    stderr[b_idx, s_idx, k_idx] = frame["se"].to_numpy(dtype=float)
+    pool = frame.groupby("backbone")["in_pool"].all().reindex(backbones).to_numpy(dtype=bool)
+    return SettingCube(backbones, settings, tasks, pd.Index(tasks).get_indexer(info["task"].astype(str)),
+                       values, stderr, pool, info, negate_lower)
+
+
+def zscore_matrix(means: np.ndarray, pool: np.ndarray | None = None, ddof: int = 0) -> np.ndarray:
+    """z-scores of a backbone x setting matrix: ``(value - mean) / std`` with mean and std over the ``pool`` rows of
+    each setting (all rows when None); 0 where the pool ties; NaN where the value is missing."""
+    pool = np.ones(means.shape[0], dtype=bool) if pool is None else np.asarray(pool, dtype=bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mu = np.nanmean(means[pool], axis=0, keepdims=True)
+        sd = np.nanstd(means[pool], axis=0, ddof=ddof, keepdims=True)
+    z = np.where(sd > 0, (means - mu) / np.where(sd > 0, sd, 1.0), 0.0)
+    return np.where(np.isfinite(means), z, np.nan)
+
+
+def _long(cube: SettingCube, means: np.ndarray, z: np.ndarray | None) -> pd.DataFrame:
+    b, s = np.nonzero(np.isfinite(means))
+    info = cube.setting_info.iloc[s].reset_index(drop=True)
+    sign = np.where(info["higher_is_better"].astype(bool).to_numpy() | (not cube.negate_lower), 1.0, -1.0)
+    out = pd.DataFrame({"backbone": np.asarray(cube.backbones, dtype=object)[b],
+                        "setting_id": np.asarray(cube.settings, dtype=object)[s]})
+    out = pd.concat([out, info], axis=1)
+    out["signed"] = means[b, s]
+    out["n_seeds"] = cube.n_seeds[b, s]
+    out["baseline"] = ~cube.pool[b]
+    if z is not None:
+        out["z"] = z[b, s]
+    return out.assign(value=lambda d: d["signed"] * sign)
+
+
+def setting_values(
+    results: pd.DataFrame,
+    *,
+    setting_keys: Sequence[str] = DEFAULT_SETTING_KEYS,
+    negate_lower: bool = True,
+) -> pd.DataFrame:
+    """One row per backbone x setting: ``value`` (seeds averaged), ``signed`` (negated when lower is better),
+    ``n_seeds``, ``baseline``, plus ``task``, ``setting_id`` (the setting's label), ``dataset``, ``protocol``,
+    ``metric``, ``higher_is_better``."""
+    cube = setting_cube(results, setting_keys=setting_keys, negate_lower=negate_lower, min_backbones=1)
+    return _long(cube, cube.seed_means(), None)
+
+
+def zscores(
+    results: pd.DataFrame,
+    *,
+    setting_keys: Sequence[str] = DEFAULT_SETTING_KEYS,
+    negate_lower: bool = True,
+    ddof: int = 0,
+    min_backbones: int = 2,
+    pool_exclude: Sequence[str] = BASELINE_KINDS,
+) -> pd.DataFrame:
+    """Per-setting z-scores: :func:`setting_values` plus ``z`` (:func:`zscore_matrix` over each setting's pool).
+    Settings with fewer than ``min_backbones`` pool backbones are dropped."""
+    cube = setting_cube(results, setting_keys=setting_keys, negate_lower=negate_lower, min_backbones=min_backbones,
+                        pool_exclude=pool_exclude)
+    means = cube.seed_means()
+    return _long(cube, means, zscore_matrix(means, cube.pool, ddof))
+
+
+def task_scores(z: pd.DataFrame, *, setting_agg: str = "mean") -> pd.DataFrame:
+    """Wide table backbone x task of aggregated setting z-scores (``z`` from :func:`zscores`)."""
+    return z.pivot_table(index="backbone", columns="task", values="z", aggfunc=_AGG[setting_agg])
+
+
+def overall_scores(task_wide: pd.DataFrame, *, task_agg: str = "mean") -> pd.Series:
+    """Overall score per backbone: ``task_agg`` over its task scores."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return pd.Series(_AGG[task_agg](task_wide.to_numpy(dtype=float), axis=1), index=task_wide.index,
+                         name="overall")
+
+
+def scores(
+    results: pd.DataFrame,
+    *,
+    setting_keys: Sequence[str] = DEFAULT_SETTING_KEYS,
+    negate_lower: bool = True,
+    ddof: int = 0,
+    min_backbones: int = 2,
+    setting_agg: str = "mean",
+    task_agg: str = "mean",
+    pool_exclude: Sequence[str] = BASELINE_KINDS,
+) -> pd.DataFrame:
+    """One row per backbone: a column per task score, ``overall``, ``n_settings``, ``n_tasks``, ``baseline`` and the
+    metadata, sorted by ``overall`` (best first)."""
+    z = zscores(results, setting_keys=setting_keys, negate_lower=negate_lower, ddof=ddof,
+                min_backbones=min_backbones, pool_exclude=pool_exclude)
+    wide = task_scores(z, setting_agg=setting_agg)
+    out = wide.copy()
+    out.columns = [str(c) for c in out.columns]
+    out["overall"] = overall_scores(wide, task_agg=task_agg)
+    out["n_settings"] = z.groupby("backbone")["setting_id"].nunique()
+    out["n_tasks"] = wide.notna().sum(axis=1)
+    out["baseline"] = z.groupby("backbone")["baseline"].first()
+    out = out.join(backbone_metadata(results))
+    out = out.sort_values("overall", ascending=False)
+    out.index.name = "backbone"
+    out.attrs["tasks"] = [str(c) for c in wide.columns]
+    return out.reset_index()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bootstrap over settings, seeds and test items
+# --------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ScoreBootstrap:
+    """Point scores and bootstrap replicates of every backbone's task and overall scores."""
+
+    backbones: list[str]
+    tasks: list[str]
+    point_overall: np.ndarray  # (B,)
+    point_tasks: np.ndarray  # (B, T)
+    overall: np.ndarray  # (n_boot, B)
+    tasks_boot: np.ndarray  # (n_boot, B, T)
+    pool: np.ndarray  # (B,) in the z-score pool (False: a baseline)
+    n_settings_per_task: list[int]
+    max_seeds: int
+    resample: list[str]
+    within_cell: bool  # some cell had a known standard error
+
+    def point(self, level: str = "overall") -> np.ndarray:
+        """Point scores at ``level`` (``"overall"`` or a task)."""
+        return self.point_overall if level == "overall" else self.point_tasks[:, self._task(level)]
+
+    def replicates(self, level: str = "overall") -> pd.DataFrame:
+        """Replicates at ``level`` as an ``n_boot`` x backbone frame."""
+        reps = self.overall if level == "overall" else self.tasks_boot[:, :, self._task(level)]
+        return pd.DataFrame(reps, columns=self.backbones)
+
+    def _task(self, level: str) -> int:
+        if level not in self.tasks:
+            raise InsufficientDataError(f"no task {level!r} in the table; tasks: {self.tasks}")
+        return self.tasks.index(level)
+
+
+def _aggregate(z: np.ndarray, setting_cols: np.ndarray, task_of_setting: np.ndarray, n_tasks: int,
+               setting_agg: str, task_agg: str) -> tuple[np.ndarray, np.ndarray]:
+    task = np.full((z.shape[0], n_tasks), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for t in range(n_tasks):
+            cols = setting_cols[task_of_setting[setting_cols] == t]
+            if cols.size:
+                task[:, t] = _AGG[setting_agg](z[:, cols], axis=1)
+        overall = _AGG[task_agg](task, axis=1)
+    return task, overall
+
+
+def _draw_means(cube: SettingCube, rng: np.random.Generator, seeds: bool, items: bool) -> np.ndarray:
+    values, stderr = cube.values, cube.stderr
+    n_seeds = cube.n_seeds
+    if seeds and values.shape[2] > 1:
+        draws = np.floor(rng.random(values.shape) * np.maximum(n_seeds, 1)[..., None]).astype(int)
+        values = np.take_along_axis(values, draws, axis=2)
+        stderr = np.take_along_axis(stderr, draws, axis=2)
+        slots = np.arange(values.shape[2])[None, None, :]
+        values = np.where(slots < n_seeds[..., None], values, np.nan)
+    if items:
+        noise = rng.standard_normal(values.shape) * np.nan_to_num(stderr, nan=0.0)
+        values = values + noise
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=2)
+
+
+def bootstrap_scores(
+    results: pd.DataFrame,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    resample: Sequence[str] = RESAMPLE_UNITS,
+    setting_keys: Sequence[str] = DEFAULT_SETTING_KEYS,
+    negate_lower: bool = True,
+    ddof: int = 0,
+    min_backbones: int = 2,
+    setting_agg: str = "mean",
+    task_agg: str = "mean",
+    pool_exclude: Sequence[str] = BASELINE_KINDS,
+) -> ScoreBootstrap:
+    """Bootstrap replicates of the task and overall scores.
+
+    Each replicate does, for each unit named in ``resample``: ``seeds`` resamples the seeds of every backbone x
+    setting (with replacement, keeping their number); ``items`` draws each seed's value from N(value, within-cell
+    standard error) (:func:`bobkit.analysis.uncertainty.within_cell_stderr`; no noise where it is unknown);
+    ``settings`` resamples the settings of every task (with replacement, keeping their number). Then it recomputes
+    the per-setting z-scores and the aggregation exactly as :func:`scores` does.
+    """
+    unknown = set(resample) - set(RESAMPLE_UNITS)
+    if unknown:
+        raise ValueError(f"resample names {sorted(unknown)}; use any of {list(RESAMPLE_UNITS)}")
+    cube = setting_cube(results, setting_keys=setting_keys, negate_lower=negate_lower, min_backbones=min_backbones,
+                        pool_exclude=pool_exclude)
+    rng = np.random.default_rng(seed)
+    n_b, n_s, n_k = cube.values.shape
+    n_t = len(cube.tasks)
+    all_cols = np.arange(n_s)
+    point_tasks, point_overall = _aggregate(zscore_matrix(cube.seed_means(), cube.pool, ddof), all_cols,
+                                            cube.task_of_setting, n_t, setting_agg, task_agg)
+    boot_overall, boot_tasks = np.empty((n_boot, n_b)), np.empty((n_boot, n_b, n_t))
+    by_task = [np.flatnonzero(cube.task_of_setting == t) for t in range(n_t)]
+    for i in range(n_boot):
+        means = _draw_means(cube, rng, "seeds" in resample, "items" in resample)
+        z = zscore_matrix(means, cube.pool, ddof)
+        cols = all_cols
+        if "settings" in resample:
+            cols = np.concatenate([rng.choice(c, size=c.size, replace=True) for c in by_task if c.size])
+        boot_tasks[i], boot_overall[i] = _aggregate(z, cols, cube.task_of_setting, n_t, setting_agg, task_agg)
+    return ScoreBootstrap(cube.backbones, cube.tasks, point_overall, point_tasks, boot_overall, boot_tasks,
+                          cube.pool, [int(c.size) for c in by_task], int(n_k), list(resample),
+                          bool(np.isfinite(cube.stderr).any()))
+
+
+def _ranks(score_matrix: np.ndarray) -> np.ndarray:
+    """Rank 1 = best along the last axis (ties share the best rank); NaN stays NaN."""
+    return sps.rankdata(-score_matrix, method="min", axis=-1, nan_policy="omit")
+
+
+def rank_gap(boot: ScoreBootstrap, k: int = 3, level: str = "overall", ci: float = 0.95,
+             backbones: Sequence[str] | None = None) -> dict[str, object] | None:
+    """Is the top ``k`` separated from the rest? The score difference between the ``k``-th and the ``k+1``-th
+    backbone (point ranking, among ``backbones`` when given) with its bootstrap interval and the share of replicates
+    in which the ``k``-th is ahead. ``None`` with fewer than ``k + 1`` backbones."""
+    point = boot.point(level)
+    order = [i for i in np.argsort(-np.nan_to_num(point, nan=-np.inf), kind="stable") if np.isfinite(point[i])]
+    if backbones is not None:
+        allowed = set(backbones)
+        order = [i for i in order if boot.backbones[i] in allowed]
+    if len(order) <= k:
+        return None
+    a, b = order[k - 1], order[k]
+    reps = boot.replicates(level).to_numpy()
+    diff = reps[:, a] - reps[:, b]
+    lo, hi = percentile_interval(diff, ci)
+    return {"k": k, "above": boot.backbones[a], "below": boot.backbones[b], "diff": float(point[a] - point[b]),
+            "ci_low": float(lo), "ci_high": float(hi), "p_ahead": float(np.nanmean(diff > 0))}
+
+
+def leaderboard_from(boot: ScoreBootstrap, results: pd.DataFrame, *, level: str = "overall", ci: float = 0.95,
+                     setting_keys: Sequence[str] = DEFAULT_SETTING_KEYS, top_k: int = 3) -> pd.DataFrame:
+    """The leaderboard of a :class:`ScoreBootstrap` (see :func:`leaderboard`)."""
+    point, reps = boot.point(level), boot.replicates(level).to_numpy()
+    keep = np.isfinite(point)
+    if keep.sum() < 1:
+        raise InsufficientDataError(f"no backbone has a {level} score")
+    backbones = [b for b, k in zip(boot.backbones, keep) if k]
+    point, reps = point[keep], reps[:, keep]
+    lo, hi = percentile_interval(reps, ci)
+    alpha = (1 - ci) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rlo, rhi = np.nanquantile(_ranks(reps), [alpha, 1 - alpha], axis=0)
+    # a rank interval is shown only where the score has one (a clear winner may keep rank 1 in every replicate)
+    rlo, rhi = np.where(np.isfinite(lo), rlo, np.nan), np.where(np.isfinite(lo), rhi, np.nan)
+    table = pd.DataFrame({"backbone": backbones, "score": point, "score_lo": lo, "score_hi": hi,
+                          "rank": _ranks(point).astype(int), "rank_lo": rlo, "rank_hi": rhi,
+                          "baseline": ~boot.pool[keep]})
+    per_task = pd.DataFrame(boot.point_tasks[keep], columns=[str(t) for t in boot.tasks])
+    table = pd.concat([table, per_task], axis=1)
+    setting_counts = (results.assign(setting_key=setting_ids(results, setting_keys)).dropna(subset=["value"])
+                      .groupby("backbone")["setting_key"].nunique())
+    table["n_settings"] = table["backbone"].map(setting_counts).astype("Int64")
+    table["n_tasks"] = per_task.notna().sum(axis=1).to_numpy()
+    table = table.join(backbone_metadata(results), on="backbone")
+    table = table.sort_values(["rank", "backbone"]).reset_index(drop=True)
+    front = ["rank", "backbone", "display_name", "score", "score_lo", "score_hi", "rank_lo", "rank_hi", "baseline"]
+    table = table[[c for c in front if c in table] + [c for c in table if c not in front]]
+    pretrained = [b for b, p in zip(boot.backbones, boot.pool) if p]
+    table.attrs.update(level=level, n_boot=len(boot.overall), ci=ci, resample=boot.resample, tasks=boot.tasks,
+                       n_settings_per_task=boot.n_settings_per_task, max_seeds=boot.max_seeds,
+                       within_cell=boot.within_cell, top_gap=rank_gap(boot, top_k, level, ci, pretrained))
+    return table
+
+
+def leaderboard(
+    results: pd.DataFrame,
+    *,
+    level: str = "overall",
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    resample: Sequence[str] = RESAMPLE_UNITS,
+    setting_keys: Sequence[str] = DEFAULT_SETTING_KEYS,
+    negate_lower: bool = True,
+    ddof: int = 0,
+    min_backbones: int = 2,
+    setting_agg: str = "mean",
+    task_agg: str = "mean",
+    pool_exclude: Sequence[str] = BASELINE_KINDS,
+    top_k: int = 3,
+) -> pd.DataFrame:
+    """Backbones ranked by score with percentile bootstrap intervals on score and rank.
+
+    ``level`` is ``"overall"`` or a task name (rank on that task's score). Columns: ``rank``, ``backbone``,
+    ``display_name``, ``score``, ``score_lo``, ``score_hi``, ``rank_lo``, ``rank_hi``, ``baseline`` (a random-init
+    control outside the z-score pool), one column per task score, ``n_settings``, ``n_tasks`` and the metadata;
+    best first. An interval is NaN when the bootstrap has nothing to vary (one setting, one seed, no known
+    within-cell standard error): no interval rather than a zero-width one. ``attrs["top_gap"]``: the ``top_k``-th
+    pretrained backbone against the next one (:func:`rank_gap`).
+    """
+    boot = bootstrap_scores(results, n_boot=max(n_boot, 1), seed=seed, resample=resample if n_boot > 0 else (),
+                            setting_keys=setting_keys, negate_lower=negate_lower, ddof=ddof,
+                            min_backbones=min_backbones, setting_agg=setting_agg, task_agg=task_agg,
+                            pool_exclude=pool_exclude)
+    return leaderboard_from(boot, results, level=level, ci=ci, setting_keys=setting_keys, top_k=top_k)

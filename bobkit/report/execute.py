@@ -1,0 +1,94 @@
+"""Running the analysis notebooks for a report: papermill, one kernel per notebook, errors kept readable.
+
+Each kernel starts with :func:`bobkit.report.tables.use_readable_tables` switched on, so every DataFrame a notebook
+displays is rendered by the report's one table helper. A failing notebook does not stop the others: its executed
+copy (with the error in the failing cell) is kept and :class:`NotebookRun` carries the error message.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+KERNEL = "python3"
+# Runs in each kernel before the notebook's first cell.
+KERNEL_SETUP = "__import__('bobkit.report.tables', fromlist=['_']).use_readable_tables()"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+@dataclass
+class NotebookRun:
+    """One analysis notebook's execution: where its executed copy is, how long it took and what failed."""
+
+    name: str
+    executed: Path
+    figures_dir: Path
+    seconds: float
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when every cell ran."""
+        return self.error is None
+
+
+def error_message(exc: BaseException) -> str:
+    """One readable line for a failed notebook: the exception raised in the cell (``ValueError: ...``), with the
+    cell's number, without the terminal colour codes papermill keeps."""
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename:
+        cell = getattr(exc, "exec_count", None)
+        where = f" (cell [{cell}])" if cell is not None else ""
+        return _ANSI.sub("", f"{ename}: {evalue}{where}").strip()
+    text = _ANSI.sub("", f"{type(exc).__name__}: {exc}").strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def execute_notebook(source: Path, executed: Path, parameters: dict[str, Any], *, timeout: int = 600,
+                     cwd: Path | None = None) -> tuple[float, str | None]:
+    """Run one notebook with papermill; returns ``(seconds, error)``. ``executed`` is written even when a cell
+    fails."""
+    import papermill as pm
+
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    error = None
+    try:
+        pm.execute_notebook(str(source), str(executed), parameters=parameters, kernel_name=KERNEL,
+                            cwd=str(cwd) if cwd else None, execution_timeout=timeout, start_timeout=120,
+                            progress_bar=False, log_output=False,
+                            extra_arguments=[f"--IPKernelApp.exec_lines={KERNEL_SETUP}"])
+    except Exception as exc:  # noqa: BLE001 - a failed notebook is reported; the others still run
+        error = error_message(exc)
+    return time.perf_counter() - start, error
+
+
+@dataclass
+class NotebookJob:
+    """What to run: a notebook, where its executed copy and figures go, and its parameters."""
+
+    name: str
+    source: Path
+    executed: Path
+    figures_dir: Path
+    parameters: dict[str, Any]
+
+
+def run_notebooks(jobs: Sequence[NotebookJob], *, workers: int = 1, timeout: int = 600,
+                  cwd: Path | None = None) -> list[NotebookRun]:
+    """Run ``jobs`` (``workers`` at a time: each notebook has its own kernel, so threads only wait); results in
+    the order of ``jobs``."""
+    def run(job: NotebookJob) -> NotebookRun:
+        job.figures_dir.mkdir(parents=True, exist_ok=True)
+        params = {"figures_dir": str(job.figures_dir), **job.parameters}
+        seconds, error = execute_notebook(job.source, job.executed, params, timeout=timeout, cwd=cwd)
+        return NotebookRun(job.name, job.executed, job.figures_dir, round(seconds, 2), error)
+
+    if workers > 1 and len(jobs) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(run, jobs))
+    return [run(job) for job in jobs]

@@ -1,0 +1,95 @@
+"""Sentences and the paper's findings: table values are escaped before they enter Markdown; the paper's stated values
+come from the project's own findings file, with their source."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from bobkit.analysis import findings, prose
+from bobkit.analysis import scores as sc
+from bobkit.analysis.errors import InsufficientDataError
+from bobkit.analysis.notebook import Analysis, read_summary
+from bobkit.results.schema import conform
+
+EVIL = "<img src=x onerror=alert(1)>"
+
+
+def test_md_escapes_html_and_markdown_markup():
+    assert prose.md(EVIL) == "&lt;img src=x onerror=alert(1)>"
+    assert "<" not in prose.md("</script><script>alert(1)</script>")
+    assert prose.md("[click](javascript:alert(1))") == r"\[click\](javascript:alert(1))"
+    assert prose.md("a*b `c`\nd") == r"a\*b \`c\` d"
+    assert prose.md("vit_small_patch16_224.dino") == "vit_small_patch16_224.dino"  # names stay readable
+    assert prose.neutralise_html("rho > 0.8 and n < 30 <b>x</b>") == "rho > 0.8 and n < 30 &lt;b>x&lt;/b>"
+
+
+def _evil_board() -> pd.DataFrame:
+    rows = [{"backbone": b, "display_name": name, "task": "t", "dataset": "d", "protocol": "p", "metric": "top1",
+             "value": v, "higher_is_better": True, "n_items": 500}
+            for b, name, v in (("x", EVIL, 0.9), ("y", "[y](javascript:alert(1))", 0.8), ("z", "z", 0.7),
+                               ("w", "w", 0.6))]
+    return conform(pd.DataFrame(rows))
+
+
+def test_sentences_escape_backbone_names():
+    text = prose.describe_leaderboard(sc.leaderboard(_evil_board(), n_boot=30))
+    assert "<img" not in text and "&lt;img src=x onerror=alert(1)>" in text
+    assert r"\[y\](javascript:alert(1))" in text  # the link syntax is escaped, so no link forms
+
+
+def test_analysis_say_note_and_guard_never_emit_raw_html(tmp_path, capsys):
+    out = Analysis("99_xss", tmp_path, show=True)
+    out.say(f"headline with {EVIL}", headline=True)
+    out.note(f"a note about {EVIL}")
+    with out.guard(f"section {EVIL}"):
+        raise InsufficientDataError(f"backbone {EVIL} has no rows")
+    printed = capsys.readouterr().out
+    summary = read_summary(tmp_path)
+    assert "<img" not in printed
+    assert "<img" not in json.dumps(summary["headlines"])
+    assert summary["headlines"] == ["headline with &lt;img src=x onerror=alert(1)>"]
+    assert f"section {EVIL}" in summary["skipped"]  # the raw reason is data; it is escaped where it is shown
+
+
+def test_findings_file_has_the_papers_values_and_source():
+    data = findings.load_findings()
+    assert "Goldblum" in data["source"]["citation"] and "NeurIPS 2023" in data["source"]["citation"]
+    scale = findings.finding("scale_params")["values"]
+    assert (scale["ViT"], scale["CNN"]) == (0.58, 0.35)
+    assert findings.finding("scale_data")["values"] == {"ViT": 0.72, "CNN": 0.33,
+                                                       "statistic": findings.finding("scale_data")["values"]["statistic"]}
+    assert findings.finding("task_correlation")["values"]["threshold"] == 0.8
+    text = findings.claim_text("top_overall")
+    assert text.startswith("**The paper** (Goldblum et al., NeurIPS 2023;") and "ConvNeXt-Base" in text
+    for item in data["findings"].values():
+        assert item["claim"] and item["where"] and item["notebook"]
+    with pytest.raises(KeyError, match="scale_params"):
+        findings.finding("scale_parms")
+
+
+def test_finding_answers_and_agreement():
+    diff = {"diff": 0.2, "ci_low": 0.05, "ci_high": 0.35, "rho_a": 0.6, "rho_b": 0.4, "n_a": 20, "n_b": 30}
+    answer = findings.difference_finding("scale_params", diff)
+    assert answer["shown"] and answer["agreement"] == "agrees" and answer["paper_value"] == pytest.approx(0.23)
+    answer = findings.difference_finding("scale_params", {**diff, "ci_low": -0.3, "ci_high": -0.1, "diff": -0.2})
+    assert answer["agreement"] == "disagrees"
+    missing = findings.difference_finding("scale_params", None, "it has 0 pretrained ViT backbone(s)")
+    assert not missing["shown"] and missing["statement"].startswith("This table cannot show the paper's finding")
+    assert findings.threshold_finding("task_correlation", 0.9, 0.85, 0.95, 12, "rho")["agreement"] == "agrees"
+    assert findings.threshold_finding("task_correlation", 0.5, 0.2, 0.7, 12, "rho")["agreement"] == "disagrees"
+    assert not findings.threshold_finding("task_correlation", 0.5, float("nan"), float("nan"), 3, "rho")["shown"]
+
+
+def test_top_k_finding_says_so_when_the_table_cannot_show_it(tmp_path):
+    board = sc.leaderboard(_evil_board(), n_boot=20)
+    answer = findings.top_k_finding("top_overall", board, _evil_board())
+    assert not answer["shown"] and "1 task" in answer["statement"]
+    out = Analysis("99_findings", tmp_path, show=False)
+    out.finding("top_overall", **answer)
+    recorded = read_summary(tmp_path)["findings"]["top_overall"]
+    assert recorded["shown"] is False and recorded["agreement"] is None
+    with pytest.raises(KeyError):
+        out.finding("no_such_finding", shown=False)
