@@ -25,7 +25,7 @@ from bobkit import cli  # noqa: E402
 from bobkit.analysis import notebook as analysis_notebook  # noqa: E402
 from bobkit.analysis import tables  # noqa: E402
 from bobkit.analysis.errors import InsufficientDataError  # noqa: E402
-from bobkit.report import answers, inputs, pages, runs, sanitize, site  # noqa: E402
+from bobkit.report import answers, frames, inputs, pages, runs, sanitize, site  # noqa: E402
 from bobkit.report.execute import NotebookRun, error_message  # noqa: E402
 
 
@@ -220,6 +220,46 @@ def test_sanitize_notebook_escapes_markdown_and_cleans_html():
     assert report.stderr_removed == 1 and report.outputs_dropped == 1 and outputs[2].text == "kept"
 
 
+def _metrics_frame() -> pd.DataFrame:
+    """Like a task notebook's ``result.to_frame()``: a named index, a count stored as float, missing values."""
+    return pd.DataFrame({"metric": ["top1", "n_test", PAYLOAD], "value": [0.704, 1000.0, 2.5],
+                         "stderr": [0.0144, None, None], "n_items": [1000.0, None, None],
+                         "kind": ["score", "descriptor", "descriptor"],
+                         "higher_is_better": [True, None, None]}).set_index("metric")
+
+
+def test_a_pandas_table_in_an_executed_notebook_is_read_back():
+    frame = _metrics_frame()
+    back = frames.frame_from_pandas_html(frame._repr_html_())
+    assert list(back.columns) == ["metric", "value", "stderr", "n_items", "kind", "higher_is_better"]
+    assert list(back["metric"]) == ["top1", "n_test", PAYLOAD]  # the index is a column, its text unescaped
+    assert back["value"].tolist() == [0.704, 1000.0, 2.5] and back["n_items"].iloc[0] == 1000
+    assert back["stderr"].isna().tolist() == [False, True, True] and back["kind"].iloc[1] == "descriptor"
+    assert back["higher_is_better"].tolist() == [True, None, None]
+    plain = frames.frame_from_pandas_html(pd.DataFrame({"a": [3, 1], "b": ["x", "y"]})._repr_html_())
+    assert list(plain.columns) == ["a", "b"] and plain["a"].tolist() == [3, 1]  # a default index says nothing
+    wide = pd.DataFrame({("a", "x"): [1], ("a", "y"): [2]})  # merged header cells: left as pandas wrote them
+    assert frames.frame_from_pandas_html(wide._repr_html_()) is None
+    assert frames.frame_from_pandas_html("<table><tr><td>1</td></tr></table>") is None
+    truncated = pd.DataFrame({"a": range(100)})
+    with pd.option_context("display.max_rows", 10):
+        assert frames.frame_from_pandas_html(truncated._repr_html_()) is None  # "100 rows x 1 columns" beside it
+
+
+def test_sanitized_pandas_tables_read_as_the_reports_tables():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("result.to_frame()", outputs=[
+        nbformat.v4.new_output("execute_result", data={"text/html": _metrics_frame()._repr_html_(),
+                                                       "text/plain": "frame"}, execution_count=1)])])
+    sanitize.sanitize_notebook(nb)
+    shown = nb.cells[0].outputs[0].data["text/html"]
+    assert "bob-table" in shown and "dataframe" not in shown
+    assert "<th" not in shown.split("<tbody>")[1]  # no index column
+    assert ">1,000<" in shown and "1000.0" not in shown  # a count reads as a count, in its own column or not
+    assert ">0.704<" in shown and ">2.500<" in shown  # a score keeps the digits it was measured to
+    assert ">yes<" in shown and ">True<" not in shown
+    assert "&lt;img src=x onerror=alert(1)&gt;" in shown and "<img" not in shown
+
+
 def test_clean_html_keeps_inline_images_only():
     png = "data:image/png;base64,iVBORw0KGgo="
     assert png in sanitize.clean_html(f"<img src='{png}'>")
@@ -331,6 +371,13 @@ def test_analysis_tables_display_as_the_book_shows_them(tmp_path, monkeypatch):
     book.copy_static(tmp_path / "book")
     assert (tmp_path / "book" / "_static" / book.TABLE_CSS_FILE).read_text() == tables.TABLE_CSS
     assert book.TABLE_CSS_FILE in book.book_config("t")["sphinx"]["config"]["html_css_files"]
+
+
+def test_whole_numbers_among_fractions_on_request():
+    frame = pd.DataFrame({"value": [0.5, 1000.0]})
+    assert "1000.00" in tables.readable(frame).to_html()  # one format per column by default
+    shown = tables.readable(frame, whole_cells=True).to_html()
+    assert ">1,000<" in shown and ">0.50<" in shown
 
 
 def test_small_values_keep_their_digits():

@@ -152,6 +152,7 @@ class Column:
     p_value: bool = False
     name: bool = False
     unbroken: bool = False
+    whole_cells: bool = False  # a whole number shows without decimals even among fractions
 
     def cell(self, row: Mapping[str, Any]) -> str:
         """The cell text (not yet escaped) for one row."""
@@ -162,7 +163,8 @@ class Column:
             if isinstance(value, bool):
                 return "yes" if value else "no"
             return str(value)
-        number_format = {"integral": self.integral, "digits": self.digits, "p_value": self.p_value}
+        whole = self.whole_cells and not is_missing(value) and float(value).is_integer()
+        number_format = {"integral": self.integral or whole, "digits": self.digits, "p_value": self.p_value}
         if self.low is not None and self.high is not None:
             return format_interval(value, row.get(self.low), row.get(self.high), **number_format)
         return format_number(value, **number_format)
@@ -271,6 +273,9 @@ class ReadableTable:
         ``{column: href_column}``: cells of ``column`` link to the URL in ``href_column`` (not shown itself).
     unbroken:
         Columns whose cells never wrap (a text column holding ``0.51 [0.31, 0.71]``).
+    whole_cells:
+        A whole number shows without decimals in any numeric column, also among fractions (a run's outputs: a
+        count such as ``n_test`` in the same column as the scores).
     """
 
     frame: pd.DataFrame
@@ -281,6 +286,7 @@ class ReadableTable:
     digits: int = 2
     links: Mapping[str, str] | None = None
     unbroken: Sequence[str] = ()
+    whole_cells: bool = False
     _plan: list[Column] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -299,6 +305,7 @@ class ReadableTable:
         self._plan = plan_columns(frame, self.labels, self.digits)
         for column in self._plan:
             column.unbroken = column.source in self.unbroken
+            column.whole_cells = self.whole_cells and column.numeric and column.low is None
 
     def to_html(self) -> str:
         """The table as an HTML fragment (classes only, no inline styles or scripts)."""
@@ -345,7 +352,7 @@ class ReadableTable:
 
 def readable(frame: pd.DataFrame, **options: Any) -> ReadableTable:
     """``frame`` as a :class:`ReadableTable` (options: ``columns``, ``labels``, ``caption``, ``collapse_after``,
-    ``digits``, ``links``, ``unbroken``)."""
+    ``digits``, ``links``, ``unbroken``, ``whole_cells``)."""
     return ReadableTable(frame, **options)
 
 
