@@ -241,9 +241,20 @@ def test_a_pandas_table_in_an_executed_notebook_is_read_back():
     wide = pd.DataFrame({("a", "x"): [1], ("a", "y"): [2]})  # merged header cells: left as pandas wrote them
     assert frames.frame_from_pandas_html(wide._repr_html_()) is None
     assert frames.frame_from_pandas_html("<table><tr><td>1</td></tr></table>") is None
-    truncated = pd.DataFrame({"a": range(100)})
-    with pd.option_context("display.max_rows", 10):
-        assert frames.frame_from_pandas_html(truncated._repr_html_()) is None  # "100 rows x 1 columns" beside it
+    assert frames.frame_from_pandas_html(_metrics_frame()._repr_html_() + "<p>a note</p>") is None
+
+
+def test_a_long_pandas_table_keeps_the_rows_the_notebook_showed_and_says_so():
+    long = pd.DataFrame({"metric": [f"m{i}" for i in range(70)], "value": [i / 8 for i in range(70)]})
+    with pd.option_context("display.max_rows", 60, "display.min_rows", 10):
+        fragment = long.set_index("metric")._repr_html_()
+        positional = long._repr_html_()
+    back = frames.frame_from_pandas_html(fragment)
+    assert back["metric"].tolist() == [f"m{i}" for i in [*range(5), *range(65, 70)]]  # the "..." row left out
+    assert back.attrs["rows_in_full"] == 70 and back["value"].iloc[-1] == 69 / 8
+    assert list(frames.frame_from_pandas_html(positional).columns) == ["metric", "value"]  # positions, no column
+    shown = frames.readable_html(fragment)
+    assert "First and last 10 of 70 rows" in shown and "..." not in shown
 
 
 def test_sanitized_pandas_tables_read_as_the_reports_tables():

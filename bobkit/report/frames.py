@@ -4,7 +4,8 @@ A task notebook run by ``bob run`` ends with a DataFrame (``result.to_frame()``)
 HTML: an index column, ``1000.0`` for a count, six decimals everywhere. The report publishes stored outputs without
 re-executing them, so it reads such a table back (the text of its cells only, never its markup) and shows it through
 :func:`bobkit.analysis.tables.readable`. Anything else (a table with merged cells, a truncated one, HTML around it)
-is left as it is.
+is left as it is. A long table pandas cut to its first and last rows keeps what it showed, with a caption that
+says so.
 """
 
 from __future__ import annotations
@@ -19,16 +20,20 @@ from bobkit.analysis.tables import readable
 # How pandas writes a missing value into its HTML.
 MISSING_TEXT = frozenset({"", "NaN", "nan", "None", "<NA>", "NaT"})
 _PANDAS_TABLE = re.compile(r'<table\b[^>]*class="dataframe"', re.IGNORECASE)
+# The line pandas writes under a table it cut (display.max_rows): "70 rows × 5 columns".
+_SHAPE_LINE = re.compile(r"^(\d+) rows × (\d+) columns$")
+_ELLIPSIS = "..."
 
 
 class _PandasTableReader(HTMLParser):
-    """Rows of one pandas table as ``(section, [(tag, text), ...])``; ``plain`` turns False on anything a plain
-    one-level table does not hold (merged cells, a second table, text outside the table)."""
+    """Rows of one pandas table as ``(section, [(tag, text), ...])`` and the text outside it; ``plain`` turns False
+    on anything a plain one-level table does not hold (merged cells, a second table)."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.rows: list[tuple[str, list[tuple[str, str]]]] = []
         self.plain = True
+        self.outside: list[str] = []
         self._section = ""
         self._cell: list[str] | None = None
         self._tables = 0
@@ -62,8 +67,8 @@ class _PandasTableReader(HTMLParser):
             return
         if self._cell is not None:
             self._cell.append(data)
-        elif data.strip() and not (self._tables and self._section):  # a "5 rows x 3 columns" line, a heading
-            self.plain = False
+        elif data.strip() and not (self._tables and self._section):  # a "70 rows x 5 columns" line, a heading
+            self.outside.append(data.strip())
 
 
 def _column_values(texts: list[str]) -> pd.Series:
@@ -78,6 +83,14 @@ def _column_values(texts: list[str]) -> pd.Series:
     return pd.Series([None if t in MISSING_TEXT else t for t in texts], dtype=object)
 
 
+def _default_positions(labels: pd.Series, rows_in_full: int) -> bool:
+    """Whether index labels are row positions 0..n-1 (all of them, or the first and last pandas kept)."""
+    values = list(labels)
+    if not all(isinstance(v, (int, float)) and float(v).is_integer() for v in values):
+        return False
+    return values[0] == 0 and values[-1] == rows_in_full - 1 and all(a < b for a, b in zip(values, values[1:]))
+
+
 def frame_from_pandas_html(fragment: str) -> pd.DataFrame | None:
     """The DataFrame a pandas HTML table shows, with its index as leading column(s) (a default 0..n-1 index is
     dropped), or None when ``fragment`` is not one plain pandas table."""
@@ -88,7 +101,12 @@ def frame_from_pandas_html(fragment: str) -> pd.DataFrame | None:
     reader.close()
     head = [[text for _, text in cells] for section, cells in reader.rows if section == "thead"]
     body = [cells for section, cells in reader.rows if section == "tbody"]
-    if not reader.plain or not head or not body:
+    shape = _SHAPE_LINE.match(" ".join(reader.outside))
+    if not reader.plain or not head or not body or (reader.outside and not shape):
+        return None
+    rows_in_full = int(shape.group(1)) if shape else len(body)
+    body = [row for row in body if any(text != _ELLIPSIS for _, text in row)]  # the row marking a cut
+    if not body or _ELLIPSIS in head[0]:  # columns cut: too wide to show as a table of the book
         return None
     n_index = sum(1 for tag, _ in body[0] if tag == "th")
     if any([tag for tag, _ in row[:n_index]] != ["th"] * n_index or len(row) != len(body[0]) for row in body):
@@ -101,13 +119,15 @@ def frame_from_pandas_html(fragment: str) -> pd.DataFrame | None:
     for position, name in enumerate(names):
         label = name or ("label" if n_index == 1 else f"label_{position}")
         data[label] = _column_values([row[position][1] for row in body])
-    if n_index == 1 and not names[0] and list(data["label"]) == list(range(len(body))):
+    if n_index == 1 and not names[0] and _default_positions(data["label"], rows_in_full):
         del data["label"]  # the default index says nothing
     if set(data) & set(columns):
         return None
     for position, column in enumerate(columns, start=n_index):
         data[column] = _column_values([row[position][1] for row in body])
-    return pd.DataFrame(data)
+    frame = pd.DataFrame(data)
+    frame.attrs["rows_in_full"] = rows_in_full
+    return frame
 
 
 def readable_html(fragment: str) -> str | None:
@@ -115,4 +135,8 @@ def readable_html(fragment: str) -> str | None:
     else None: never collapsed (a run's own outputs are short), scores with three decimals and counts among them as
     whole numbers (a task's ``to_frame()`` lists both in one column)."""
     frame = frame_from_pandas_html(fragment)
-    return None if frame is None else readable(frame, collapse_after=None, digits=3, whole_cells=True).to_html()
+    if frame is None:
+        return None
+    shown, total = len(frame), frame.attrs["rows_in_full"]
+    caption = f"First and last {shown} of {total} rows, as the notebook showed them" if shown < total else None
+    return readable(frame, caption=caption, collapse_after=None, digits=3, whole_cells=True).to_html()
