@@ -323,25 +323,41 @@ def prior_verdict(diff: float, low: float, high: float) -> str:
     return "no clear difference from the prior"
 
 
+def _best(rows: pd.DataFrame, stat: str) -> tuple[pd.Series | None, pd.DataFrame]:
+    """The row with the highest ``stat`` among those covering the most backbones (taus over different backbone sets
+    are not comparable), and the rows covering fewer backbones that score higher."""
+    if rows.empty:
+        return None, rows
+    full = rows["n_backbones"].max()
+    ranked = rows.sort_values(stat, ascending=False, na_position="last")
+    best = ranked[ranked["n_backbones"] == full].iloc[0]
+    better = ranked[(ranked["n_backbones"] < full) & (ranked[stat] > best[stat])]
+    return best, better
+
+
 def recommendations(summary: pd.DataFrame, stat: str = "kendall") -> pd.DataFrame:
-    """Per task: the predictor with the highest mean ``stat`` (one of :data:`STAT_NAMES`), the best estimator and
-    its verdict against the prior."""
+    """Per task: the predictor with the highest mean ``stat`` (one of :data:`STAT_NAMES`) among those covering the
+    most backbones, the best estimator likewise with its verdict against the prior, and (``fewer_backbones``) the
+    predictors that score higher on fewer backbones (LEEP and NCE cover only backbones with an ImageNet head)."""
     if stat not in STAT_NAMES:
         raise ValueError(f"stat={stat!r} is not one of {list(STAT_NAMES)}")
     rows = []
     for task, group in summary.groupby("task", sort=True):
-        ranked = group.sort_values(stat, ascending=False, na_position="last")
-        estimators = ranked[~ranked["predictor"].isin(PRIORS)]
-        best = ranked.iloc[0]
-        est = estimators.iloc[0] if len(estimators) else None
-        rows.append({"task": task, "best": best["predictor"], "best_label": best["label"], stat: best[stat],
-                     f"{stat}_lo": best[f"{stat}_lo"], f"{stat}_hi": best[f"{stat}_hi"],
-                     "best_estimator": est["predictor"] if est is not None else None,
-                     f"estimator_{stat}": est[stat] if est is not None else np.nan,
-                     f"estimator_{stat}_lo": est[f"{stat}_lo"] if est is not None else np.nan,
-                     f"estimator_{stat}_hi": est[f"{stat}_hi"] if est is not None else np.nan,
-                     "verdict": est["verdict"] if est is not None else "no estimator",
-                     "n_settings": int(best["n_settings"]), "n_backbones": int(best["n_backbones"])})
+        best, better = _best(group, stat)
+        est, _ = _best(group[~group["predictor"].isin(PRIORS)], stat)
+        rows.append({
+            "task": task, "best": best["predictor"], "best_label": best["label"], stat: best[stat],
+            f"{stat}_lo": best[f"{stat}_lo"], f"{stat}_hi": best[f"{stat}_hi"],
+            "n_backbones": int(best["n_backbones"]), "n_settings": int(best["n_settings"]),
+            "best_estimator": est["predictor"] if est is not None else None,
+            f"estimator_{stat}": est[stat] if est is not None else np.nan,
+            f"estimator_{stat}_lo": est[f"{stat}_lo"] if est is not None else np.nan,
+            f"estimator_{stat}_hi": est[f"{stat}_hi"] if est is not None else np.nan,
+            "estimator_n_backbones": int(est["n_backbones"]) if est is not None else 0,
+            "verdict": est["verdict"] if est is not None else "no estimator",
+            "fewer_backbones": "; ".join(f"{r['label']} {r[stat]:.2f} ({int(r['n_backbones'])} backbones)"
+                                         for _, r in better.iterrows()),
+        })
     return pd.DataFrame(rows)
 
 
@@ -419,26 +435,29 @@ def estimator_costs(timings: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------------------------------
 
 def describe_recommendations(summary: pd.DataFrame, stat: str = "kendall") -> list[str]:
-    """One sentence per task: the predictor that ranks closest, the ImageNet-top-1 prior, and the best estimator
-    with its verdict against that prior (Markdown, table values escaped)."""
+    """One sentence per task: the predictor that ranks closest, the ImageNet-top-1 prior, the best estimator with
+    its verdict against that prior, and what scores higher on fewer backbones (Markdown, table values escaped)."""
     from bobkit.analysis.prose import fmt_ci, md
 
     sentences = []
     for row in recommendations(summary, stat).to_dict("records"):
         group = summary[summary["task"] == row["task"]]
-        text = (f"**{md(row['task'])}** ({row['n_settings']} setting(s), up to {row['n_backbones']} backbones): "
+        text = (f"**{md(row['task'])}** ({row['n_settings']} setting(s), {row['n_backbones']} backbones): "
                 f"{md(row['best_label'])} ranks closest to the measured ranking, {STAT_NAMES[stat]} "
                 f"{fmt_ci(row[stat], row[f'{stat}_lo'], row[f'{stat}_hi'])}")
         prior = group[group["predictor"] == IMAGENET_TOP1]
         if len(prior) and row["best"] != IMAGENET_TOP1:
             p = prior.iloc[0]
-            text += f"; the ImageNet-top-1 prior: {fmt_ci(p[stat], p[f'{stat}_lo'], p[f'{stat}_hi'])}"
+            text += (f"; the ImageNet-top-1 prior: {fmt_ci(p[stat], p[f'{stat}_lo'], p[f'{stat}_hi'])} "
+                     f"({int(p['n_backbones'])} backbones)")
         if not isinstance(row["best_estimator"], str):
             text += "; no transferability cell covers this task's datasets."
         else:
-            text += (f". Best estimator: {md(LABELS[row['best_estimator']])} "
-                     f"({fmt_ci(row[f'estimator_{stat}'], row[f'estimator_{stat}_lo'], row[f'estimator_{stat}_hi'])}), "
-                     f"{row['verdict']}.")
+            interval = fmt_ci(row[f"estimator_{stat}"], row[f"estimator_{stat}_lo"], row[f"estimator_{stat}_hi"])
+            text += (f". Best estimator: {md(LABELS[row['best_estimator']])} ({interval}, "
+                     f"{row['estimator_n_backbones']} backbones), {row['verdict']}.")
+        if row["fewer_backbones"]:
+            text += f" Higher on fewer backbones: {md(row['fewer_backbones'])}."
         sentences.append(text)
     return sentences
 

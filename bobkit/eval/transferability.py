@@ -31,20 +31,26 @@ def _as_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def _spectrum(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """``s (k, 1)`` and ``vh (k, D)`` of the thin SVD of ``features`` (N, D), with ``k`` its numerical rank, and the
+    """``s (k, 1)`` and ``vh (k, D)`` of the thin SVD of ``features`` (N, D), with ``k`` its numerical rank; the
     projection ``X = U^T Y`` of targets follows as ``(vh @ features.T @ Y) / s`` without forming ``U`` (N x k).
 
     For tall matrices the symmetric eigendecomposition of the D x D Gram matrix gives ``s**2`` and ``vh`` at a
-    fraction of the cost of an SVD (of the Gram matrix or of the features). Returns ``(s, vh, rank)``.
+    fraction of the cost of an SVD, but its eigenvalues carry rounding noise of about ``D * eps * s_max**2``: when
+    some direction lies below that floor (dead channels: all-zero or nearly constant columns) the Gram matrix cannot
+    resolve it and the features' own SVD is taken instead. (The authors' code takes the Gram route with an absolute
+    ``s > 1e-10`` cut, which keeps noise directions of such features: its value then depends on rounding.) The rank
+    keeps ``s > max(1e-10, s_max * max(N, D) * eps)``. Returns ``(s, vh, rank)``.
     """
     n, d = features.shape
-    if n <= d:
-        _, s, vh = np.linalg.svd(features, full_matrices=False)
-    else:
+    eps = np.finfo(np.float64).eps
+    s = vh = None
+    if n > d and features.any(axis=0).all():  # an all-zero column (a dead channel) goes straight to the SVD
         s2, v = np.linalg.eigh(features.T @ features)
-        order = np.argsort(s2)[::-1]  # eigh sorts ascending; the SVD convention is descending
-        s, vh = np.sqrt(np.clip(s2[order], 0.0, None)), v[:, order].T
-    rank = int(np.sum(s > 1e-10))
+        if s2[0] > s2[-1] * d * eps * 100:  # every direction resolved, with a margin over the rounding floor
+            s, vh = np.sqrt(s2[::-1]), v[:, ::-1].T  # eigh sorts ascending; the SVD convention is descending
+    if s is None:
+        _, s, vh = np.linalg.svd(features, full_matrices=False)
+    rank = int(np.sum(s > max(1e-10, (s[0] if s.size else 0.0) * max(n, d) * eps)))
     return s[:rank].reshape(-1, 1), vh[:rank], rank
 
 
