@@ -264,11 +264,12 @@ def test_costs_read_the_sidecars_behind_the_table(table, tmp_path):
     costs = tr.estimator_costs(timings).set_index(["dataset", "estimator", "predicted"])
     probe = costs.loc[("fashion_mnist", "logme", "classification/linear_probe")]
     assert probe["estimator_seconds"] == 0.5 and probe["measured_cell_seconds"] == 40.0
+    assert probe["measured_work_seconds"] == 2.0  # training only: the 5 s of extraction are shared
     assert probe["estimator_share"] == pytest.approx(0.5 / 40) and probe["cell_share"] == pytest.approx(10 / 40)
     assert costs.loc[("fashion_mnist", "leep", "classification/linear_probe"), "estimator_seconds"] == 0.5
     assert ("mnist5k", "logme", "retrieval/frozen") not in costs.index  # retrieval ran on fashion_mnist only
     text = tr.describe_costs(costs.reset_index())
-    assert "LogME 0.5 s" in text and "classification/linear_probe cell of 40 s" in text
+    assert "LogME 0.5 s" in text and "classification/linear_probe cell of 40 s" in text and "took 2 s" in text
     with pytest.raises(InsufficientDataError, match="runs folder"):
         tr.run_timings(table, tmp_path / "nowhere")
 
