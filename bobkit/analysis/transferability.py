@@ -505,7 +505,8 @@ def describe_prior_question(summary: pd.DataFrame, n_backbones: int, ci: float =
 
 
 def agreement_plot(summary: pd.DataFrame, stat: str = "kendall", group: str = "task", title: str | None = None):
-    """Forest plot: each predictor's mean ``stat`` per ``group`` (rows) with its interval; 0 marked."""
+    """Forest plot: each predictor's mean ``stat`` per ``group`` (rows) with its interval (priors as diamonds); 0
+    marked. A point without bars has no interval (too few backbones, or no replicate varied)."""
     import matplotlib.pyplot as plt
 
     from bobkit.analysis.plots import palette_for, wrap_label
@@ -522,8 +523,8 @@ def agreement_plot(summary: pd.DataFrame, stat: str = "kendall", group: str = "t
         y = np.array([groups.index(g) for g in rows[group]]) + (k + 1) * step - 0.5
         x = rows[stat].to_numpy(float)
         err = np.vstack([x - rows[f"{stat}_lo"].to_numpy(float), rows[f"{stat}_hi"].to_numpy(float) - x])
-        ax.errorbar(x, y, xerr=np.nan_to_num(err, nan=0.0), fmt="o", color=colours[predictor], capsize=2,
-                    label=LABELS.get(predictor, predictor))
+        ax.errorbar(x, y, xerr=np.nan_to_num(err, nan=0.0), fmt="D" if predictor in PRIORS else "o",
+                    color=colours[predictor], capsize=2, label=LABELS.get(predictor, predictor))
     ax.axvline(0, color="0.5", lw=0.8, ls="--")
     ax.set_yticks(range(len(groups)), [wrap_label(str(g), 30) for g in groups])
     ax.invert_yaxis()
