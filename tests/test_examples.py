@@ -43,6 +43,7 @@ TINY = {
     "robustness": dict(image_size=32, max_train=100, max_test=60, max_attack=8, pgd_steps=1),
     "detection": dict(canvas_size=64, n_train=8, n_val=4, epochs=1, batch_size=4),
     "smoke": dict(),
+    "transferability": dict(image_size=32, max_train=60),
 }
 ON_CPU = dict(device="cpu", num_threads=1)
 
