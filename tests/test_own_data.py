@@ -445,11 +445,16 @@ def test_coco_folder_goes_through_detection(tmp_path, declare):
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory) -> Path:
-    from bobkit.data.example import write_example_folder
+    """``bob data --example-folder DIR``, as the README runs it."""
+    from bobkit.cli import main
 
     root = tmp_path_factory.mktemp("example")
-    counts = write_example_folder(root / "example-images")
-    assert counts == {"images": 240, "sketches": 72, "unreadable": 1, "checkpoint": 1}
+    assert main(["data", "--example-folder", str(root / "example-images")]) == 0
+    folder = root / "example-images"
+    assert sorted(p.name for p in (folder / "images").iterdir()) == ["brick", "cat", "coffee", "face", "grass",
+                                                                       "gravel"]
+    assert len([p for p in (folder / "images").rglob("*") if p.is_file()]) == 241  # 40 per class + broken.jpg
+    assert (folder / "my_checkpoint.safetensors").is_file()
     return root
 
 
@@ -522,3 +527,18 @@ def test_notebook_08_places_exactly_the_named_backbones_among_the_rest_of_the_ta
         exec_notebook_inprocess("08_where_does_my_backbone_rank", {
             "results_path": str(path), "figures_dir": str(figures), "n_boot": 5, "reference": "own",
             "my_backbones": ["no_such_backbone"]})
+
+
+def test_the_tag_parser_imports_without_torch_and_run_keys_still_follow_the_backbone_code():
+    import subprocess
+    import sys
+
+    from bobkit.batch import codehash
+
+    code = "import sys, bobkit.backbones.tags, bobkit.analysis.public.tags; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.stdout.strip() == "False"
+    files = codehash.task_code_files("classification")
+    assert {"bobkit.backbones.factory", "bobkit.backbones.user", "bobkit.backbones.openclip", "bobkit.data.user",
+            "bobkit.data.listing", "bobkit.data.images"} <= set(files)
