@@ -79,7 +79,7 @@ def declare(tmp_path, monkeypatch):
         clear_cache()
         return path
 
-    monkeypatch.delenv(REGISTRY_ENV, raising=False)
+    monkeypatch.setenv(REGISTRY_ENV, "")  # restored (unset) after the test, whatever the test sets
     yield _declare
     clear_cache()
 
@@ -348,7 +348,7 @@ def test_grid_sections_and_registry_files_resolve_against_the_grid_folder(tmp_pa
         "datasets:\n  inline_photos: {folder: data/photos, split: {test: 0.5}}\n"
         "grid:\n  - task: classification\n    backbone: resnet18.random_init\n"
         "    dataset: [inline_photos, shared_photos]\n")
-    monkeypatch.delenv(REGISTRY_ENV, raising=False)
+    monkeypatch.setenv(REGISTRY_ENV, "")  # the grid sets it; restored after the test
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -361,6 +361,11 @@ def test_grid_sections_and_registry_files_resolve_against_the_grid_folder(tmp_pa
     assert str(tmp_path / "shared" / "reg.yaml") in files and len(files) == 2
     # 9 + 9 + 10 readable items per class: round(0.5 * n) and the default round(0.2 * n) test items per class
     assert (dataset_info("inline_photos").num_items["test"], dataset_info("shared_photos").num_items["test"]) == (13, 6)
+    copy = elsewhere / "copy.yaml"  # a copy kept elsewhere finds the original's files through base_dir
+    copy.write_text(f"base_dir: {tmp_path}\n" + grid.read_text().replace("registry: shared/reg.yaml\n", ""))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert [c.params["dataset"] for c in load_grid(copy)] == ["inline_photos", "shared_photos"]
     bad = write_grid("datasets:\n  gone: {folder: nowhere}\ngrid:\n  - {task: smoke}\n", name="bad.yaml")
     with pytest.raises(GridError, match=r"bad.yaml: dataset 'gone' \(declared in .*\): folder .*nowhere does not"):
         load_grid(bad)
@@ -471,7 +476,7 @@ def test_the_example_grid_and_the_readme_example_expand(example, grid, monkeypat
         assert len(text.strip().splitlines()) < 15
     path = example / "grid.yaml"
     path.write_text(text)
-    monkeypatch.delenv(REGISTRY_ENV, raising=False)
+    monkeypatch.setenv(REGISTRY_ENV, "")  # the grid sets it; restored after the test
     monkeypatch.chdir(tmp_path)
     clear_cache()
     with pytest.warns(UserWarning, match=r"skipped 1 unreadable file\(s\): cat/broken\.jpg"):

@@ -19,7 +19,7 @@ A grid may also declare its own datasets and backbones, without code (see :mod:`
 
     registry: ../shared/registry.yaml   # further registry files (a path or a list)
     datasets:
-      my_photos: {folder: photos}       # relative paths resolve against this file's folder
+      my_photos: {folder: photos}       # relative paths resolve against this file's folder (or base_dir:)
     backbones:
       my_convnext: {timm: convnext_tiny.fb_in22k}
 
@@ -57,7 +57,8 @@ EXECUTION_PARAMS = frozenset(
 
 
 #: The keys a grid file may hold (``x-*`` keys, for YAML anchors, are ignored).
-TOP_LEVEL_KEYS = ("name", "description", "defaults", "resources", "grid", "registry", "datasets", "backbones")
+TOP_LEVEL_KEYS = ("name", "description", "defaults", "resources", "grid", "registry", "datasets", "backbones",
+                  "base_dir")
 
 
 class GridError(ValueError):
@@ -188,7 +189,8 @@ def load_grid(path: str | Path) -> list[Cell]:
 def expand_grid(spec: Any, source: str = "<grid>", base_dir: str | Path | None = None) -> list[Cell]:
     """Expand a parsed grid spec into cells; see the module docstring for the format.
 
-    ``base_dir`` is where the grid's relative paths resolve (default: the working directory).
+    ``base_dir`` is where the grid's relative paths resolve (default: the working directory); the grid's own
+    ``base_dir:`` key, when present, takes precedence (an absolute path, or relative to ``base_dir``).
     """
     if not isinstance(spec, dict) or not isinstance(spec.get("grid"), list) or not spec["grid"]:
         raise GridError(f"{source}: expected a mapping with a non-empty 'grid' list")
@@ -196,7 +198,11 @@ def expand_grid(spec: Any, source: str = "<grid>", base_dir: str | Path | None =
     unknown_top = {k for k in spec if not str(k).startswith("x-")} - set(TOP_LEVEL_KEYS)
     if unknown_top:
         raise GridError(f"{source}: unknown top-level key(s) {sorted(unknown_top)}")
-    activate_declarations(spec, source, Path(base_dir) if base_dir is not None else Path.cwd())
+    here = Path(base_dir) if base_dir is not None else Path.cwd()
+    if spec.get("base_dir") is not None:  # a copy of a grid kept elsewhere still finds the original's files
+        own = Path(str(spec["base_dir"])).expanduser()
+        here = own if own.is_absolute() else here / own
+    activate_declarations(spec, source, here)
     defaults = spec.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise GridError(f"{source}: 'defaults' must be a mapping, got {defaults!r}")
