@@ -155,6 +155,10 @@ def test_split_folders_csv_lists_and_their_errors(tmp_path, declare):
     assert len(csv_test) == sum(1 for i in range(len(files)) if i % 3 == 0)
     assert all(p.is_relative_to(tmp_path / "split") for p in csv_test.paths)
     assert dataset_info("csv_split").num_items["test"] == len(files) // 2
+    numbered = [f"split/train/{p.parent.name}/{p.name},{10 if p.parent.name == 'a' else 2}" for p in files]
+    (tmp_path / "numbered.csv").write_text("\n".join(numbered) + "\n")  # no header; numeric labels
+    declare({"datasets": {"numbered": {"csv": "numbered.csv"}}})
+    assert get_dataset("numbered", "train").classes == ["2", "10"]  # number order, not "10" < "2"
     (tmp_path / "bad.csv").write_text("path,label\nonly_a_path\n")
     declare({"datasets": {"bad": {"csv": "bad.csv"}}})
     with pytest.raises(DeclarationError, match=r"bad.csv line 2: \['only_a_path'\] is not path,label"):

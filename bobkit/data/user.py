@@ -311,14 +311,15 @@ def _unreadable(ds: UserDataset, paths: list[Path], key: str) -> dict[str, str]:
 
 
 def _class_list(ds: UserDataset, names: list[str]) -> tuple[str, ...]:
-    """The label order: declared, another dataset's (``classes_of``), or the sorted class names."""
+    """The label order: declared, another dataset's (``classes_of``), or the sorted class names (numbers in number
+    order)."""
     if ds.classes_of is not None:
         if ds.classes_of not in dataset_names():
             raise DeclarationError(f"dataset {ds.name!r} (declared in {ds.declared_in}): classes_of="
                                    f"{ds.classes_of!r} is not a declared image dataset ({dataset_names()})")
         order = splits_of(ds.classes_of).classes
-    else:
-        order = ds.classes or tuple(sorted(set(names)))
+    else:  # sorted names; numeric ones ("2" before "10") in number order
+        order = ds.classes or tuple(sorted(set(names), key=lambda c: (0, int(c), c) if c.isdigit() else (1, 0, c)))
     extra = sorted(set(names) - set(order))
     if extra:
         where = f"the classes of {ds.classes_of!r}" if ds.classes_of else "its declared classes"
