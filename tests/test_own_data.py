@@ -195,6 +195,11 @@ def test_ood_pairing_maps_target_classes_to_the_source_by_name(tmp_path, folder,
     assert target.classes == source.classes == ["apple", "banana", "cherry"]
     by_class = {Path(p).parent.name: int(label) for p, label in zip(target.paths, target.labels)}
     assert by_class == {"apple": 0, "cherry": 2}
+    declare({"datasets": {"a": {"folder": "photos", "classes_of": "b"}, "b": {"folder": "sketches", "classes_of": "a"}}})
+    with pytest.raises(DeclarationError, match="classes_of='b' takes its classes from another dataset itself"):
+        get_dataset("a", "train")
+    declare({"datasets": {"src": {"folder": "photos"},
+                          "tgt": {"folder": "sketches", "classes_of": "src", "split": {"test": 1.0}}}})
     (tmp_path / "sketches" / "durian").mkdir()
     Image.fromarray(_photo(20, 20, 0)).save(tmp_path / "sketches" / "durian" / "x.png")
     clear_cache()

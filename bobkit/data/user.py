@@ -317,6 +317,9 @@ def _class_list(ds: UserDataset, names: list[str]) -> tuple[str, ...]:
         if ds.classes_of not in dataset_names():
             raise DeclarationError(f"dataset {ds.name!r} (declared in {ds.declared_in}): classes_of="
                                    f"{ds.classes_of!r} is not a declared image dataset ({dataset_names()})")
+        if declared()[ds.classes_of].classes_of is not None:  # chains (and cycles) would have no first class list
+            raise DeclarationError(f"dataset {ds.name!r} (declared in {ds.declared_in}): classes_of="
+                                   f"{ds.classes_of!r} takes its classes from another dataset itself; name that one")
         order = splits_of(ds.classes_of).classes
     else:  # sorted names; numeric ones ("2" before "10") in number order
         order = ds.classes or tuple(sorted(set(names), key=lambda c: (0, int(c), c) if c.isdigit() else (1, 0, c)))
