@@ -25,10 +25,19 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    """List the manifest's datasets and reference tables and which are present here; optionally download some."""
+    """List the manifest's datasets and reference tables and which are present here; optionally download some,
+    or write the example image folder of ``params/examples/own-data.yaml``."""
     from bobkit.data.manifest import download, status
     from bobkit.data.verify import pin
 
+    if args.example_folder:
+        from bobkit.data.example import write_example_folder
+
+        counts = write_example_folder(args.example_folder)
+        print(f"wrote {args.example_folder}: {counts['images']} images in 6 class folders (images/), "
+              f"{counts['sketches']} sketches of the same classes (sketches/), 1 corrupt file (images/cat/"
+              f"broken.jpg, skipped and named when used) and a stand-in checkpoint (my_checkpoint.safetensors)")
+        return 0
     if args.pin:
         record = pin(args.pin[0], args.pin[1])
         print(f"pinned {args.pin[0]}: {record['source']} sha256 {record['sha256']} ({record['size_bytes']} bytes)")
@@ -192,6 +201,9 @@ def _print_left_out(attrs: dict) -> None:
     if left_out.get("stale"):
         print(f"left out {left_out['stale']} stale run(s) made by other code (bob status <grid> lists them; "
               "--include-stale keeps them)", file=sys.stderr)
+    if left_out.get("superseded"):
+        print(f"left out {left_out['superseded']} earlier run(s) of cells whose declared data or checkpoint changed "
+              "since (the latest run of each is kept)", file=sys.stderr)
     if left_out.get("no_notebook"):
         print(f"left out {left_out['no_notebook']} run(s) whose executed.ipynb is gone (bob run re-runs them)",
               file=sys.stderr)
@@ -221,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="hash every present file against the manifest")
     p.add_argument("--pin", nargs=2, metavar=("NAME", "FILE"),
                    help="trust FILE as manifest entry NAME's file (one without a published sha256): record its hash")
+    p.add_argument("--example-folder", metavar="DIR",
+                   help="write an example image folder of your own (classes of photos, textures and faces that "
+                        "ship with the setup), as params/examples/own-data.yaml uses")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("validate", help="expand grid files without running them")
