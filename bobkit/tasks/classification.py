@@ -40,7 +40,6 @@ from bobkit.tasks.training import (
     validation_split,
 )
 
-VERSION = "1"
 PROTOCOLS = ("linear_probe", "finetune")
 
 

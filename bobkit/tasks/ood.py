@@ -42,7 +42,6 @@ from bobkit.tasks.contract import Metric, Param, TaskSpec
 from bobkit.tasks.harness import task_entry
 from bobkit.tasks.training import finetune, fit_probe
 
-VERSION = "1"
 PROTOCOLS = ("linear_probe", "finetune")
 CORRUPTION_TARGET = "corruptions"
 #: Datasets this task builds itself (on top of :func:`bobkit.data.dataset_names`).

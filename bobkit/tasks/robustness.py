@@ -42,7 +42,6 @@ from bobkit.tasks.contract import Metric, Param, TaskSpec, descriptor
 from bobkit.tasks.harness import task_entry
 from bobkit.tasks.training import finetune, fit_probe
 
-VERSION = "1"
 PROTOCOLS = ("linear_probe", "finetune")
 #: Largest L-inf radius in pixel units (/255): the whole pixel range.
 MAX_EPSILON = 255.0
