@@ -28,3 +28,44 @@ def test_detection_trunks_take_the_non_square_inputs_of_real_datasets(backbone, 
         trunk = TimmFPN(body, scales)
     pyramid = trunk(torch.empty(1, 3, 256, 352, device="meta"))
     assert tuple(next(iter(pyramid.values())).shape[-2:]) == finest
+
+
+def _protocol2_gnd(junk: list[int]) -> bytes:
+    """A revisited ground truth pickled by Python 3 at protocol 2 (numpy arrays), as the stand-in writes it."""
+    import pickle
+
+    import numpy as np
+
+    gnd = [{"bbx": [1.0, 2.0, 30.0, 40.0], "easy": np.array([0]), "hard": np.array([1]),
+            "junk": np.array(junk, dtype=np.int64)}]
+    return pickle.dumps({"imlist": ["a", "b"], "qimlist": ["q"], "gnd": gnd, "tags": {"x"}}, protocol=2)
+
+
+def test_ground_truth_pickles_of_protocol_2_load_with_empty_arrays_and_sets():
+    """Protocol 2 spells the builtins module ``__builtin__`` and pickles an empty array's data as ``bytes()``:
+    the allow-list knew neither spelling, so a ground truth with a query without junk (or a set) was refused."""
+    from bobkit.data.revisited import restricted_unpickle
+
+    loaded = restricted_unpickle(_protocol2_gnd([]))
+    assert loaded["gnd"][0]["junk"].tolist() == [] and loaded["gnd"][0]["easy"].tolist() == [0]
+    assert loaded["tags"] == {"x"}
+    assert restricted_unpickle(_protocol2_gnd([1]))["gnd"][0]["junk"].tolist() == [1]
+
+
+def test_ground_truth_pickles_still_refuse_code_and_huge_byte_strings():
+    import pickle
+
+    from bobkit.data.revisited import PickleLimitError, PickleLimits, UnsafePickleError, restricted_unpickle
+
+    class Boom:
+        def __reduce__(self):
+            import os
+
+            return (os.system, ("true",))
+
+    with pytest.raises(UnsafePickleError, match="system"):
+        restricted_unpickle(pickle.dumps(Boom(), protocol=2))
+    # bytes(n) allocates n zero bytes: a 60-byte pickle must not make the reader allocate a terabyte.
+    bomb = b"\x80\x02c__builtin__\nbytes\nq\x00J\x00\x00\x00\x40\x85q\x01Rq\x02."
+    with pytest.raises(PickleLimitError, match="bytes"):
+        restricted_unpickle(bomb, PickleLimits(max_array_bytes=1 << 20))
