@@ -30,6 +30,7 @@ from bobkit.backbones.registry import (
     list_backbones,
     register,
     register_alias,
+    unregister,
 )
 from bobkit.backbones.weights import (
     UnsupportedBackboneError,
@@ -51,6 +52,7 @@ __all__ = [
     "WeightsVerificationError",
     "register",
     "register_alias",
+    "unregister",
     "get_backbone",
     "list_backbones",
     "backbone_names",

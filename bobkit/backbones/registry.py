@@ -16,6 +16,7 @@ __all__ = [
     "UnknownBackboneError",
     "register",
     "register_alias",
+    "unregister",
     "get_backbone",
     "list_backbones",
     "backbone_names",
@@ -187,6 +188,16 @@ def register(entry: Backbone) -> Backbone:
         raise ValueError(f"backbone {entry.name!r} is registered twice")
     _REGISTRY[entry.name] = entry
     return entry
+
+
+def unregister(name: str) -> Backbone:
+    """Remove the entry ``name`` (and aliases pointing at it) and return it: for scoped registrations, such as the
+    random-weight twins ``bob rehearse`` registers while it runs."""
+    if name not in _REGISTRY:
+        raise UnknownBackboneError(f"cannot unregister {name!r}: it is not registered")
+    for alias in [a for a, target in _ALIASES.items() if target == name]:
+        del _ALIASES[alias]
+    return _REGISTRY.pop(name)
 
 
 def register_alias(alias: str, name: str) -> None:
