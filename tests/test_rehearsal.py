@@ -69,3 +69,19 @@ def test_ground_truth_pickles_still_refuse_code_and_huge_byte_strings():
     bomb = b"\x80\x02c__builtin__\nbytes\nq\x00J\x00\x00\x00\x40\x85q\x01Rq\x02."
     with pytest.raises(PickleLimitError, match="bytes"):
         restricted_unpickle(bomb, PickleLimits(max_array_bytes=1 << 20))
+
+
+@pytest.mark.parametrize("name", ["imagenet_1k", "imagenet_1k_1pct", "imagenet_1k_10pct"])
+def test_imagenet_has_a_test_split_the_tasks_can_ask_for(name):
+    """Classification reads the splits "train" and "test", OOD and robustness default to "test": ImageNet had only
+    "train" and "val", so every ImageNet cell of bob-full failed (UnknownSplitError: no split 'test'). Its test
+    split is the 50k validation images (ILSVRC-2012's test labels were never released)."""
+    from bobkit.data import dataset_info, get_dataset
+    from bobkit.rehearsal.environment import rehearsal_environment
+
+    assert "test" in dataset_info(name).splits
+    with rehearsal_environment([name]):
+        test, val = get_dataset(name, "test"), get_dataset(name, "val")
+        assert [p.name for p in test.paths] == [p.name for p in val.paths]
+        assert all(p.name.startswith("ILSVRC2012_val_") for p in test.paths) and len(test) == 6
+        assert test.labels.tolist() == val.labels.tolist() and test.split == "test"
