@@ -2,7 +2,8 @@
 
 The cell keeps every parameter that picks code (task, protocol, datasets, image size, targets, attacks, solver,
 low-shot rule, layer decay, ...) and shrinks only what sets the amount of work: a handful of images per split,
-one epoch with one step (the batch holds every training image), one PGD step, two attacked images; detection
+one epoch with one step (the batch holds every training image), one PGD step, two attacked images, the first
+two epsilons and corruption severities; detection
 trains at a small input side (its real geometry is checked on the meta device). The task writes its output
 (format 2) as for the runner, and the output is read back and held to the runner's rule: every score finite.
 """
@@ -18,12 +19,14 @@ from bobkit.rehearsal.groups import CellGroup
 from bobkit.results.sidecars import TASK_OUTPUT, parse_task_output
 
 #: Upper bounds of the sizes a rehearsed cell keeps (stand-ins are smaller still).
-MINIATURE_SIZES = {"max_train": 6, "max_test": 4, "max_samples": 10, "max_target": 2, "max_attack": 2,
+MINIATURE_SIZES = {"max_train": 4, "max_test": 2, "max_samples": 10, "max_target": 2, "max_attack": 2,
                    "max_corrupted": 2, "n_train": 2, "n_val": 2}
 #: Loops cut to one round.
 ONE_ROUND = ("epochs", "probe_epochs", "pgd_steps")
+#: Sweeps inside a cell cut to their first two values (the first is often the special case, e.g. epsilon 0).
+FIRST_TWO = ("epsilons", "severities")
 #: Images in the one fine-tuning step (the batch holds all of them).
-FINETUNE_IMAGES = 4
+FINETUNE_IMAGES = 2
 #: Detection's training input short side in the rehearsal (the real one is checked on the meta device).
 DETECTION_SIZE = 128
 
@@ -55,6 +58,9 @@ def miniature(task: str, params: dict[str, Any], *, threads: int = 1) -> dict[st
     for name in ONE_ROUND:
         if name in p:
             p[name] = 1
+    for name in FIRST_TWO:
+        if isinstance(p.get(name), list):
+            p[name] = p[name][:2]
     if p.get("protocol") == "finetune" and task != "detection":
         p["max_train"] = min(p.get("max_train") or FINETUNE_IMAGES, FINETUNE_IMAGES)
         p["batch_size"] = FINETUNE_IMAGES  # one step: the batch holds every training image
