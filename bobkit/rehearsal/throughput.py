@@ -122,14 +122,16 @@ def _timed(fn: Any, device: torch.device, repeats: int) -> float:
 
 
 def measure_forward(backbone: str, image_size: int, device: torch.device, *, batch: int | None = None,
-                    repeats: int = 2) -> float:
-    """Forward images/s of ``backbone``'s architecture (random weights) at ``image_size`` in the device's default
-    precision and memory format, on a synthetic batch (64 on a GPU, 2 on a CPU)."""
+                    repeats: int = 2, precision: str = "auto") -> float:
+    """Forward images/s of ``backbone``'s architecture (random weights, initialised on the device) at
+    ``image_size`` in ``precision`` (auto: the device's default) and its memory format, on a synthetic batch (64
+    on a GPU, 2 on a CPU)."""
     from bobkit import backbones
     from bobkit.features.device import prepare_model, resolve_execution
 
-    model = backbones.create_model(backbone, num_classes=0, image_size=image_size, pretrained=False)
-    ex = resolve_execution(device).for_model(model)
+    with torch.device(device):
+        model = backbones.create_model(backbone, num_classes=0, image_size=image_size, pretrained=False)
+    ex = resolve_execution(device, precision).for_model(model)
     model = prepare_model(model.eval(), ex)
     n = batch or (64 if device.type == "cuda" else 2)
     fmt = torch.channels_last if ex.channels_last else torch.contiguous_format
@@ -147,7 +149,8 @@ def measure_train_ratio(backbone: str, image_size: int, device: torch.device, fo
     from bobkit import backbones
     from bobkit.features.device import prepare_model, resolve_execution
 
-    model = backbones.create_model(backbone, num_classes=10, image_size=image_size, pretrained=False)
+    with torch.device(device):
+        model = backbones.create_model(backbone, num_classes=10, image_size=image_size, pretrained=False)
     ex = resolve_execution(device).for_model(model)
     model = prepare_model(model.train(), ex)
     n = 32 if device.type == "cuda" else 2
@@ -223,7 +226,7 @@ def measured_table(pairs: Iterable[tuple[str, str, str, int]], device: torch.dev
         forward = measure_forward(first[0], first[3], device)
         probe = measure_probe(device)
         table = DeviceTable(
-            name=device_key(device), device=device_name(device), memory_gib=_memory_gib(device),
+            name=device_key(device), device=device_name(device), memory_gib=memory_gib(device),
             precision="bf16" if device.type == "cuda" else "fp32",
             measured=f"{time.strftime('%Y-%m-%d')} by bob plan on this machine",
             train_over_forward=measure_train_ratio(first[0], first[3], device, forward),
@@ -242,12 +245,12 @@ def measured_table(pairs: Iterable[tuple[str, str, str, int]], device: torch.dev
                                     "source": "measured by bob plan"}
         changed = True
     if changed or not table.family_tflops:
-        table.family_tflops = _family_rates(table)
+        table.family_tflops = family_rates(table)
         write_json(path, table.to_json())
     return table
 
 
-def _family_rates(table: DeviceTable) -> dict[str, float]:
+def family_rates(table: DeviceTable) -> dict[str, float]:
     """Median achieved TFLOP/s per family over the measured architectures (others: the overall median)."""
     import statistics
 
@@ -259,7 +262,8 @@ def _family_rates(table: DeviceTable) -> dict[str, float]:
     return {f: statistics.median(rates[f]) if f in rates else overall for f in FAMILIES}
 
 
-def _memory_gib(device: torch.device) -> float:
+def memory_gib(device: torch.device) -> float:
+    """Memory of the device in GiB (the GPU's, or this machine's RAM)."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory / 2**30
     try:
