@@ -174,3 +174,26 @@ def test_bob_plan_prints_the_table(tmp_path, monkeypatch, capsys):
     assert len(cells) == 2 and cells.set_index("cell").filter(like="finetune", axis=0)["backward"].item() == 100_000
     assert main(["plan", str(grid), "--device", "nope"]) == 2
     assert "no stored throughput table for device 'nope'" in capsys.readouterr().err
+
+
+def test_the_plan_names_repeated_fine_tuning_and_subsampled_splits():
+    """OOD's fine-tuned ImageNet classifier is the classification fine-tune of the same backbone and recipe: the
+    plan says how many GPU-hours that repeat costs. Detection's n_train default (240) silently subsamples COCO."""
+    from bobkit.batch.grid import expand_grid
+    from bobkit.rehearsal.plan import plan_grid
+    from bobkit.rehearsal.plan_report import format_plan
+
+    recipe = {"backbone": "resnet50.a1_in1k", "dataset": "imagenet_1k", "image_size": 224, "protocol": "finetune",
+              "epochs": 2, "lr": 0.001, "max_train": None, "max_test": None}
+    cells = expand_grid({"grid": [
+        {"task": "classification", **recipe},
+        {"task": "ood", **recipe, "targets": ["imagenet_a"]},
+        {"task": "detection", "backbone": "resnet50.a1_in1k", "dataset": "coco2017", "protocol": "frozen",
+         "image_size": 224, "epochs": 1},
+    ]})
+    plan = plan_grid(cells, _table(), profile=_profile)
+    (repeat, seconds), = plan.repeated_training
+    assert repeat.task == "ood" and seconds == pytest.approx(2 * 1_281_167 * 1e-3 * 3.0)  # epochs x n x fwd x 3
+    text = format_plan(plan)
+    assert "repeated fine-tuning: 1 ood cell(s)" in text
+    assert "subset: 1 detection cell(s) read 240 of coco2017's 118,287 train images (n_train=240)" in text

@@ -47,6 +47,9 @@ EXTRA_SIZES: dict[str, dict[str, int]] = {
     "cityscapes": {"train": 2975, "val": 500},
     "visda2017": {"train": 137157, "test": 15240, "validation": 55388},
 }
+#: Parameters of a fine-tuning recipe: two cells with equal backbone, training data and these train equal weights.
+TRAINING_RECIPE = ("epochs", "lr", "weight_decay", "layer_decay", "warmup_epochs", "batch_size", "seed",
+                   "image_size", "label_fraction", "shots_per_class", "train_split")
 #: The paper's probe: SGD, 90 epochs, batch 256.
 PAPER_PROBE_EPOCHS = 90
 PROBE_BATCH = 256
@@ -64,6 +67,7 @@ class Work:
     backward: float = 0.0
     seconds: float = 0.0
     share_key: tuple | None = None  # extractions bobkit serves from its cache to later cells
+    training_key: tuple | None = None  # a fine-tuning: what identifies the weights it ends with
 
 
 @dataclass
@@ -78,6 +82,7 @@ class CellCost:
     paper_probe_seconds: float = 0.0
     lbfgs_probe_seconds: float = 0.0
     sources: set[str] = field(default_factory=set)
+    subsets: list[tuple[str, str, str, int, int]] = field(default_factory=list)  # dataset, split, param, n, of
     seconds: float = 0.0  # filled by plan_grid: with feature sharing
     forward_run: float = 0.0  # filled by plan_grid: forward images bobkit runs (cache hits excluded)
 
@@ -107,6 +112,8 @@ class Plan:
     table: DeviceTable
     cells: list[CellCost]
     skipped: list[tuple[Cell, str]] = field(default_factory=list)
+    #: Fine-tunings that repeat one an earlier cell already ran (same backbone, data and recipe): cell, seconds.
+    repeated_training: list[tuple[Cell, float]] = field(default_factory=list)
 
     def total(self, attr: str) -> float:
         return sum(getattr(c, attr) for c in self.cells)
@@ -177,11 +184,22 @@ class _Context:
         self.cost.sources.add(source)
         return seconds
 
-    def extraction(self, dataset: str, split: str, limit: int | None, what: str, shared: bool = True) -> int:
-        """``n`` frozen-feature forward passes; keyed for sharing as bobkit's feature cache keys them."""
-        n = split_size(dataset, split, limit)
+    def reads(self, dataset: str, split: str, param: str | None = None) -> int:
+        """Images of ``dataset[split]`` the cell reads, at most ``p[param]``; a subset is noted for the report."""
+        full = split_size(dataset, split)
+        limit = self.p.get(param) if param else None
+        n = full if limit is None else min(full, int(limit))
+        if n < full:
+            self.cost.subsets.append((dataset, split, str(param), n, full))
+        return n
+
+    def extraction(self, dataset: str, split: str, param: str, what: str) -> int:
+        """Frozen-feature forward passes of ``dataset[split]`` (at most ``p[param]``), keyed for sharing as
+        bobkit's feature cache keys them (backbone, dataset, split, subset, size, seed)."""
+        limit = self.p.get(param)
+        n = self.reads(dataset, split, param)
         prof = self.features()
-        key = (self.backbone, dataset, split, limit, self.p["image_size"], self.p.get("seed", 0)) if shared else None
+        key = (self.backbone, dataset, split, limit, self.p["image_size"], self.p.get("seed", 0))
         seconds = n * self.forward_seconds(prof, self.p["image_size"])
         self.cost.work.append(Work(what, forward=n, seconds=seconds, share_key=key))
         self.inference_memory(prof)
@@ -207,8 +225,10 @@ class _Context:
         prof = self.features()
         fwd = self.forward_seconds(prof, self.p["image_size"])
         steps = self.p["epochs"] * n_train
+        recipe = tuple(self.p.get(k, "train" if k == "train_split" else None) for k in TRAINING_RECIPE)
         self.cost.work.append(Work("fine-tuning", forward=steps, backward=steps,
-                                   seconds=steps * fwd * self.table.train_over_forward))
+                                   seconds=steps * fwd * self.table.train_over_forward,
+                                   training_key=(self.backbone, self.p["dataset"], n_train, recipe)))
         self.cost.work.append(Work("evaluation", forward=n_eval, seconds=n_eval * fwd))
         self.training_memory(prof, int(self.p["batch_size"]))
 
@@ -240,14 +260,14 @@ class _Context:
 
 def _classification(ctx: _Context) -> None:
     p = ctx.p
-    n_train = split_size(p["dataset"], "train", p["max_train"])
-    n_test = split_size(p["dataset"], "test", p["max_test"])
+    n_train = ctx.reads(p["dataset"], "train", "max_train")
+    n_test = ctx.reads(p["dataset"], "test", "max_test")
     ctx.cost.images = n_train + n_test
     if p["protocol"] == "finetune":
         ctx.finetune(_kept(p, n_train), n_test)
         return
-    ctx.extraction(p["dataset"], "train", p["max_train"], "features (train)")
-    ctx.extraction(p["dataset"], "test", p["max_test"], "features (test)")
+    ctx.extraction(p["dataset"], "train", "max_train", "features (train)")
+    ctx.extraction(p["dataset"], "test", "max_test", "features (test)")
     ctx.probe(_kept(p, n_train), num_classes(p["dataset"]), p["probe_solver"])
 
 
@@ -263,26 +283,26 @@ def _kept(p: dict[str, Any], n_train: int) -> int:
 def _retrieval(ctx: _Context) -> None:
     p = ctx.p
     if p["protocol"] == "revisited":
-        n = split_size(p["dataset"], "database", p["max_samples"]) + split_size(p["dataset"], "query")
+        n = ctx.reads(p["dataset"], "database", "max_samples") + split_size(p["dataset"], "query")
         ctx.cost.images = n
         prof = ctx.features()
         ctx.cost.work.append(Work("features (uncached)", forward=n, seconds=n * ctx.forward_seconds(
             prof, p["image_size"])))
         ctx.inference_memory(prof)
         return
-    ctx.cost.images = ctx.extraction(p["dataset"], p["split"], p["max_samples"], f"features ({p['split']})")
+    ctx.cost.images = ctx.extraction(p["dataset"], p["split"], "max_samples", f"features ({p['split']})")
 
 
 def _ood(ctx: _Context) -> None:
     p = ctx.p
-    n_train = split_size(p["dataset"], p["train_split"], p["max_train"])
-    n_test = split_size(p["dataset"], p["test_split"], p["max_test"])
+    n_train = ctx.reads(p["dataset"], p["train_split"], "max_train")
+    n_test = ctx.reads(p["dataset"], p["test_split"], "max_test")
     images = n_train + n_test
     if p["protocol"] == "finetune":
         ctx.finetune(n_train, n_test)
     else:
-        ctx.extraction(p["dataset"], p["train_split"], p["max_train"], "features (source train)")
-        ctx.extraction(p["dataset"], p["test_split"], p["max_test"], "features (source test)")
+        ctx.extraction(p["dataset"], p["train_split"], "max_train", "features (source train)")
+        ctx.extraction(p["dataset"], p["test_split"], "max_test", "features (source test)")
         ctx.probe(n_train, num_classes(p["dataset"]), "lbfgs")
     prof = ctx.features()
     fwd = ctx.forward_seconds(prof, p["image_size"])
@@ -293,26 +313,26 @@ def _ood(ctx: _Context) -> None:
             ctx.cost.work.append(Work("corruptions", forward=n, seconds=n * fwd))
             images += p["max_corrupted"]
             continue
-        n = split_size(name, split or p["target_split"], p["max_target"])
-        images += n
         if p["protocol"] == "finetune":
+            n = ctx.reads(name, split or p["target_split"], "max_target")
             ctx.cost.work.append(Work(f"target {name}", forward=n, seconds=n * fwd))
         else:
-            ctx.extraction(name, split or p["target_split"], p["max_target"], f"features (target {name})")
+            n = ctx.extraction(name, split or p["target_split"], "max_target", f"features (target {name})")
+        images += n
     ctx.cost.images = images
 
 
 def _robustness(ctx: _Context) -> None:
     p = ctx.p
-    n_train = split_size(p["dataset"], p["train_split"], p["max_train"])
-    n_test = split_size(p["dataset"], p["test_split"], p["max_test"])
+    n_train = ctx.reads(p["dataset"], p["train_split"], "max_train")
+    n_test = ctx.reads(p["dataset"], p["test_split"], "max_test")
     ctx.cost.images = n_train + n_test
     n_fit = n_train - round(p["calibration_fraction"] * n_train)
     if p["protocol"] == "finetune":
         ctx.finetune(n_fit, n_test + n_train - n_fit)
     else:
-        ctx.extraction(p["dataset"], p["train_split"], p["max_train"], "features (train)")
-        ctx.extraction(p["dataset"], p["test_split"], p["max_test"], "features (test)")
+        ctx.extraction(p["dataset"], p["train_split"], "max_train", "features (train)")
+        ctx.extraction(p["dataset"], p["test_split"], "max_test", "features (test)")
         ctx.probe(n_fit, num_classes(p["dataset"]), "lbfgs")
     prof = ctx.features()
     fwd = ctx.forward_seconds(prof, p["image_size"]) * ctx.table.fp32_slowdown.get(ctx.family, 1.0)
@@ -335,8 +355,8 @@ def _detection(ctx: _Context) -> None:
     shape = DETECTION_SHAPES.get(p["dataset"], (short, short))
     prof = ctx.profile(ctx.backbone, short, (max_size, shape))
     fwd = ctx.forward_seconds(prof, None)  # a detector input is never a measured classification size
-    n_train = split_size(p["dataset"], "train", p.get("n_train"))
-    n_val = split_size(p.get("eval_dataset") or p["dataset"], "val", p.get("n_val"))
+    n_train = ctx.reads(p["dataset"], "train", "n_train")
+    n_val = ctx.reads(p.get("eval_dataset") or p["dataset"], "val", "n_val")
     trains_trunk = p["protocol"] != "frozen"
     steps = p["epochs"] * n_train
     per_image = fwd * (ctx.table.train_over_forward if trains_trunk else 1.0)
@@ -379,6 +399,7 @@ def plan_grid(cells: Iterable[Cell], table: DeviceTable, profile: ProfileFn | No
         profile = profile_fn
     plan = Plan(table, [])
     seen: set[tuple] = set()
+    trained: set[tuple] = set()
     for cell in cells:
         try:
             cost = cell_cost(cell, table, profile)
@@ -386,6 +407,10 @@ def plan_grid(cells: Iterable[Cell], table: DeviceTable, profile: ProfileFn | No
             plan.skipped.append((cell, f"{type(exc).__name__}: {exc}"))
             continue
         for work in cost.work:
+            if work.training_key is not None:
+                if work.training_key in trained:
+                    plan.repeated_training.append((cell, work.seconds))
+                trained.add(work.training_key)
             if work.share_key is not None and work.share_key in seen:
                 continue  # served from the feature cache
             if work.share_key is not None:

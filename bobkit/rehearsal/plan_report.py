@@ -55,6 +55,14 @@ def format_plan(plan: Plan, label: str = "") -> str:
                      f"{total['paper_hours'] / total['hours']:.2f}x as written (feature sharing); "
                      f"{total['paper_hours'] / total['lbfgs_hours']:.2f}x with the L-BFGS probe "
                      f"({total['lbfgs_hours']:,.1f} GPU-h)")
+    frozen = [c for c in plan.cells if not c.backward or c.cell.task == "robustness" and c.probe_seconds]
+    frozen_hours = sum(c.seconds for c in frozen) / 3600
+    if frozen_hours:
+        paper = sum(c.paper_seconds for c in frozen) / 3600
+        lbfgs = sum(c.seconds - c.probe_seconds + c.lbfgs_probe_seconds for c in frozen) / 3600
+        lines.append(f"frozen-feature cells alone ({len(frozen)}: probes, retrieval, OOD and robustness probes): "
+                     f"{paper:,.1f} / {frozen_hours:,.1f} GPU-h = {paper / frozen_hours:.2f}x as written; "
+                     f"{paper / lbfgs:.2f}x with the L-BFGS probe")
     sources = defaultdict(int)
     for cost in plan.cells:
         for source in cost.sources:
@@ -68,6 +76,13 @@ def format_plan(plan: Plan, label: str = "") -> str:
         lines.append(f"memory: {len(over)} cell(s) need more than the device's {plan.table.memory_gib:.0f} GiB at "
                      f"their batch size (largest {worst.peak_bytes / GIB:,.0f} GiB: {worst.cell.label}); lower "
                      "batch_size or set grad_checkpointing")
+    if plan.repeated_training:
+        hours = sum(seconds for _, seconds in plan.repeated_training) / 3600
+        tasks = ", ".join(sorted({cell.task for cell, _ in plan.repeated_training}))
+        lines.append(f"repeated fine-tuning: {len(plan.repeated_training)} {tasks} cell(s) train what an earlier cell "
+                     f"already trained (same backbone, data and recipe): {hours:,.1f} GPU-h that keeping the "
+                     "fine-tuned weights would save")
+    lines += subset_notes(plan)
     for cell, reason in plan.skipped:
         lines.append(f"not costed: {cell.label}: {reason}")
     return "\n".join(lines)
@@ -81,3 +96,13 @@ def plan_cells_frame(plan: Plan) -> pd.DataFrame:
         "gpu_hours_paper": c.paper_seconds / 3600, "peak_gib": c.peak_bytes / GIB,
         "per_image_time": ",".join(sorted(c.sources)),
     } for c in plan.cells])
+
+
+def subset_notes(plan: Plan) -> list[str]:
+    """One line per (task, dataset, split, parameter) whose cells read fewer images than the split has."""
+    counts: dict[tuple, int] = defaultdict(int)
+    for cost in plan.cells:
+        for dataset, split, param, n, full in dict.fromkeys(cost.subsets):
+            counts[(cost.cell.task, dataset, split, param, n, full)] += 1
+    return [f"subset: {cells} {task} cell(s) read {n:,} of {dataset}'s {full:,} {split} images ({param}={n})"
+            for (task, dataset, split, param, n, full), cells in counts.items()]
