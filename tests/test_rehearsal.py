@@ -392,3 +392,15 @@ def test_bob_rehearse_exits_non_zero_and_names_a_backbone_without_a_loader(tmp_p
     assert "UnsupportedBackboneError" in captured.err and "Stable Diffusion" in captured.err
     assert "classification linear_probe/lbfgs eurosat [CNN: resnet18.random_init]" in captured.out
     assert "2 cells in 2 pipeline groups" in captured.out
+
+
+def test_box_only_detection_cells_pass_the_runners_finite_scores_rule():
+    """Sim10k has boxes only; detection reported its mask AP as NaN, and the runner fails a cell with a non-finite
+    score, so every Sim10k -> Cityscapes cell failed after training ("non-finite metric(s): mask_ap, ...")."""
+    from bobkit.batch.grid import expand_grid
+    from bobkit.rehearsal import rehearse
+
+    cells = expand_grid({"grid": [{"task": "detection", **TINY, "image_size": 64, "dataset": "sim10k",
+                                   "eval_dataset": "cityscapes", "protocol": "random_init", "epochs": 3}]})
+    result = rehearse(cells, progress=False)
+    assert result.passed, [(o.label, o.error) for o in result.failed]
