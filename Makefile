@@ -4,7 +4,7 @@ BOB := $(VENV)/bin/bob
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup setup-test demo test report bench
+.PHONY: setup setup-test demo test test-slurm report bench
 
 setup:
 	bash tools/setup.sh
@@ -17,6 +17,11 @@ demo: setup
 
 test: setup-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The Slurm integration tests (tests/slurm, not part of `make test`) on a one-node cluster started for them in a
+# temporary folder: installs slurm-wlm and munge from Debian when missing (root), stops every daemon afterwards.
+test-slurm: setup-test
+	$(PY) tools/slurm/cluster.py run -- $(PY) -m pytest -q tests/slurm $(PYTEST_ARGS)
 
 # The report book (offline): site/_build/html/index.html (site/index.html opens it); exits 1 if a notebook failed.
 report: setup

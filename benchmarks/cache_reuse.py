@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     from bobkit import backbones
     from bobkit.features.device import resolve_device
     from bobkit.features.extract import extract_features
-    from bobkit.tasks.classification import fit_linear_probe
+    from bobkit.tasks.training import fit_linear_probe
     from bobkit.utils.paths import feature_cache_dir
 
     device = resolve_device(args.device)

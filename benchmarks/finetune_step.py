@@ -1,6 +1,6 @@
 """Fine-tuning throughput and peak memory: fp32 vs bf16 autocast vs bf16 + gradient checkpointing.
 
-Runs ``bobkit.tasks.classification.finetune`` (AdamW, warm-up + cosine, prefetching loader, losses kept on the
+Runs ``bobkit.tasks.training.finetune`` (AdamW, warm-up + cosine, prefetching loader, losses kept on the
 device) for ``--steps`` steps on uint8 images, after a short warm-up run, in each setting. Reports images/s of
 training and the peak GPU memory (or peak RSS on CPU): gradient checkpointing trades compute for activation
 memory, which is what lets large backbones fine-tune at the paper's batch sizes.
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from bobkit import backbones
     from bobkit.features.device import Execution, peak_memory, prepare_model, reset_peak_memory, resolve_execution
-    from bobkit.tasks.classification import finetune
+    from bobkit.tasks.training import finetune
 
     base = resolve_execution(args.device)
     cuda = base.device.type == "cuda"

@@ -54,7 +54,7 @@ def validation_budget(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, d
                       seed: int = 0) -> dict[str, Any]:
     """The L-BFGS budget with the best top-1 on a stratified 20 % validation split of the training features."""
     from bobkit.data.datasets import low_shot_indices
-    from bobkit.tasks.classification import fit_linear_probe
+    from bobkit.tasks.training import fit_linear_probe
 
     val = low_shot_indices(y, fraction=0.2, seed=seed)
     fit = np.setdiff1d(np.arange(len(y)), val)
@@ -68,7 +68,7 @@ def compare_solvers(x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray
                     solvers_kw: dict[str, dict[str, int]], args: argparse.Namespace,
                     device: torch.device) -> dict[str, Any]:
     """SGD (the paper's recipe) vs L-BFGS at each named setting (``max_iter``, ``precondition_rank``)."""
-    from bobkit.tasks.classification import fit_linear_probe, fit_sgd_probe
+    from bobkit.tasks.training import fit_linear_probe, fit_sgd_probe
 
     fns = {"sgd": lambda: fit_sgd_probe(x, y, num_classes=n_classes, l2=args.l2, epochs=args.epochs, device=device)}
     for name, kw in solvers_kw.items():
@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
 
     from bobkit.features.device import resolve_device
-    from bobkit.tasks.classification import PARAMETERS, fit_linear_probe
+    from bobkit.tasks.classification import PARAMETERS
+    from bobkit.tasks.training import fit_linear_probe
 
     device = resolve_device(args.device)
     default = int(PARAMETERS["probe_max_iter"])

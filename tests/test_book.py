@@ -345,8 +345,6 @@ def _texts(fig) -> list[str]:
     return [" ".join(t.get_text().split()) for t in fig.findobj(matplotlib.text.Text) if t.get_text()]
 
 
-@pytest.mark.xfail(strict=True, reason="bobkit/analysis/plots.py cuts backbone labels to 42 characters "
-                                       "(_short); the analysis engineer's fix is pending")
 def test_no_backbone_label_in_a_figure_is_truncated():
     import matplotlib.pyplot as plt
 

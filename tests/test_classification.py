@@ -9,15 +9,14 @@ import pytest
 import torch
 
 from bobkit.data.datasets import low_shot_indices
-from bobkit.tasks.classification import (
+from bobkit.tasks.classification import classification_metrics, run
+from bobkit.tasks.training import (
     _probe_objective,
     _standardised,
     _top_direction_preconditioner,
-    classification_metrics,
     finetune,
     fit_linear_probe,
     fit_sgd_probe,
-    run,
 )
 
 PACKAGED_VS_CONTROL = [
@@ -37,6 +36,10 @@ def test_metrics_match_hand_computation():
     # per-class F1: class0 P=1/2 R=1 -> 2/3; class1 P=1 R=1/2 -> 2/3; class2 1 -> mean 7/9
     assert m["macro_f1"] == pytest.approx(7 / 9)
     assert "top5" not in m  # only 3 classes
+    # sampling standard errors over the 4 items: binomial for top-1, the mean's for NLL, a bootstrap for F1
+    assert m["se/top1"] == pytest.approx(np.sqrt(0.75 * 0.25 / 4))
+    assert m["se/nll"] == pytest.approx(np.std(-np.log([0.7, 0.8, 0.3, 0.6])) / 2)
+    assert 0 < m["se/macro_f1"] < 0.5 and "se/top5" not in m
 
 
 def test_top5_is_reported_for_more_than_five_classes():
@@ -88,6 +91,16 @@ def test_finetune_lowers_the_loss_and_refuses_nan():
     assert np.mean(losses[-4:]) < np.mean(losses[:4])
     with pytest.raises(FloatingPointError, match="non-finite"):
         finetune(model, images, labels, config, lr=float("inf"), **kwargs)
+
+
+def test_a_finetune_lr_list_is_selected_on_held_out_training_items():
+    common = dict(backbone="resnet18.random_init", dataset="fashion_mnist", protocol="finetune", image_size=32,
+                  max_train=100, max_test=40, epochs=1, batch_size=20, num_threads=1, device="cpu")
+    swept = run(lr=[1e-6, 3e-3], **common)
+    assert swept["selected_lr"] in (1e-6, 3e-3) and swept["n_validation"] == 20
+    alone = run(lr=swept["selected_lr"], **common)  # the winner, fine-tuned on all 100 training items
+    assert swept["top1"] == alone["top1"] and swept["nll"] == alone["nll"]
+    assert "selected_lr" not in alone and alone["n_train"] == 100
 
 
 def test_unknown_parameter_is_named():

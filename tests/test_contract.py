@@ -6,6 +6,7 @@ import ast
 import inspect
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -310,3 +311,43 @@ def test_run_has_the_declared_signature_and_documents_every_parameter():
     assert {k: p.default for k, p in signature.parameters.items()} == get_spec("retrieval").defaults()
     for p in get_spec("retrieval").parameters:
         assert f"{p.name} : " in retrieval.run.__doc__ and p.doc in retrieval.run.__doc__
+
+
+def test_a_word_stands_in_for_a_number_and_bad_text_names_both():
+    l2 = Param("probe_l2", float, "auto", "penalty", low=0.0, low_open=True, words=("auto",))
+    assert check_value("t", l2, "auto") == "auto" and check_value("t", l2, "1e-2") == 0.01
+    assert l2.type_name() == "float | 'auto'"
+    with pytest.raises(ParameterError, match=r"probe_l2='aut' is not a number \(or 'auto'\)"):
+        check_value("t", l2, "aut")
+    with pytest.raises(ParameterError, match=r"probe_l2=0.0 must be above 0"):
+        check_value("t", l2, 0.0)
+
+
+def test_a_scalar_or_list_parameter_checks_every_item():
+    lr = Param("lr", float, 1e-3, "rate", low=0.0, low_open=True, or_list=True)
+    assert check_value("t", lr, 0.1) == 0.1 and check_value("t", lr, [1e-3, 3e-3]) == [1e-3, 3e-3]
+    assert check_value("t", lr, "[1e-3, 3e-3]") == [1e-3, 3e-3]
+    for bad, needle in (([1e-3, -1.0], "item -1.0 must be above 0"), ([], "needs at least one item"),
+                        ([0.1, 0.1], "repeats 0.1")):
+        with pytest.raises(ParameterError, match=re.escape(needle)):
+            check_value("t", lr, bad)
+
+
+def test_lr_lists_only_where_the_task_selects_one():
+    assert check_value("classification", get_spec("classification").param("lr"), [1e-3, 1e-2]) == [1e-3, 1e-2]
+    assert check_value("detection", get_spec("detection").param("lr"), [1e-3, 1e-2]) == [1e-3, 1e-2]
+    for task in ("ood", "robustness"):
+        with pytest.raises(ParameterError, match="lr=.*must be a number"):
+            check_value(task, get_spec(task).param("lr"), [1e-3, 1e-2])
+
+
+def test_item_counts_of_a_subset_override_the_declared_count(tmp_path):
+    def body(p, ex):
+        return {"top1": 0.5, "n_test": 80.0, "acc/pgd/1": 0.25, "se/acc/pgd/1": 0.1, "n/acc/pgd/1": 16.0}
+
+    spec = TaskSpec(TOY.name, TOY.summary, (*TOY.parameters, Param("output_dir", str, None, "out", kind="execution")),
+                    (*TOY.metrics, Metric("acc/*/*", "attacked accuracy", n_items="n_test")))
+    result = run_task(spec, {"output_dir": str(tmp_path)}, body)
+    assert result.n_items == {"top1": 80, "acc/pgd/1": 16}
+    assert "n/acc/pgd/1" not in result.scores and "n/acc/pgd/1" not in result.descriptors
+    assert result.undeclared() == []

@@ -89,6 +89,41 @@ def test_shifted_predictions_score_lower() -> None:
     assert worse["box_ap75"] < 0.5
 
 
+def _half_shifted(coco: dict) -> list[dict]:
+    """Perfect boxes for even annotations, boxes moved by 40% of their width for odd ones (scores vary)."""
+    out = []
+    for k, p in enumerate(_perfect_predictions(coco)):
+        x, y, w, h = p["bbox"]
+        moved = [x + round(0.4 * w), y, w, h] if k % 2 else [x, y, w, h]
+        out.append({k2: v for k2, v in p.items() if k2 != "segmentation"} | {"bbox": moved, "score": 1.0 - 0.01 * k})
+    return out
+
+
+def test_ap_bootstrap_reuses_cocoeval_and_reports_image_level_standard_errors() -> None:
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    coco = scenes.scenes_to_coco(_scenes(n=20))
+    gt = coco_eval.coco_from_dict(coco)
+    preds = _half_shifted(coco)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(gt, gt.loadRes(preds), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    every_image_once = np.arange(len(evaluator._paramsEval.imgIds))
+    assert coco_eval.resampled_ap(evaluator, every_image_once) == pytest.approx(tuple(evaluator.stats[:3]))
+    doubled = coco_eval.resampled_ap(evaluator, np.repeat(every_image_once, 2))  # the same items twice: same AP
+    assert doubled == pytest.approx(tuple(evaluator.stats[:3]))
+    metrics = coco_eval.evaluate(gt, preds, iou_types=("bbox",), bootstrap=100, seed=0)
+    assert 0.0 < metrics["se/box_ap"] < 0.2 and 0.0 < metrics["se/box_ap75"]
+    assert metrics == coco_eval.evaluate(gt, preds, iou_types=("bbox",), bootstrap=100, seed=0)  # seeded
+    perfect = coco_eval.evaluate(gt, _perfect_predictions(coco), bootstrap=50)
+    assert perfect["se/box_ap"] == 0.0 and perfect["se/mask_ap"] == 0.0  # AP 1 on every resample
+
+
 def test_no_predictions_score_zero_and_wrong_class_scores_zero() -> None:
     coco = scenes.scenes_to_coco(_scenes())
     gt = coco_eval.coco_from_dict(coco)
@@ -277,10 +312,10 @@ def _body_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("protocol", ["frozen", "finetune"])
 def test_frozen_keeps_backbone_and_finetune_changes_it(protocol: str, tmp_path: Path) -> None:
-    from bobkit.tasks import detection
+    from bobkit.tasks import detection, detector
 
     train = _tiny_train_set(tmp_path)
-    model = detection.build_detector(OFFLINE_BACKBONE, protocol, 3, image_size=64, seed=0)
+    model = detector.build_detector(OFFLINE_BACKBONE, protocol, 3, image_size=64, seed=0)
     before = _body_state(model)
     heads_before = {k: v.clone() for k, v in model.roi_heads.state_dict().items()}
     detection.train_detector(model, train, epochs=1, lr=1e-3, batch_size=2)
@@ -299,11 +334,11 @@ def test_frozen_keeps_backbone_and_finetune_changes_it(protocol: str, tmp_path: 
 
 
 def test_random_init_does_not_load_pretrained_weights() -> None:
-    from bobkit.tasks import detection
+    from bobkit.tasks import detector
 
-    pretrained = detection.build_detector(OFFLINE_BACKBONE, "frozen", 3, image_size=64, seed=0)
-    random_a = detection.build_detector(OFFLINE_BACKBONE, "random_init", 3, image_size=64, seed=0)
-    random_b = detection.build_detector(OFFLINE_BACKBONE, "random_init", 3, image_size=64, seed=0)
+    pretrained = detector.build_detector(OFFLINE_BACKBONE, "frozen", 3, image_size=64, seed=0)
+    random_a = detector.build_detector(OFFLINE_BACKBONE, "random_init", 3, image_size=64, seed=0)
+    random_b = detector.build_detector(OFFLINE_BACKBONE, "random_init", 3, image_size=64, seed=0)
     p, a, b = _body_state(pretrained), _body_state(random_a), _body_state(random_b)
     assert p.keys() == a.keys()
     convs = [k for k in p if k.endswith("weight") and p[k].ndim == 4]
@@ -318,7 +353,7 @@ def test_random_init_does_not_load_pretrained_weights() -> None:
 
 
 def test_plan_levels() -> None:
-    from bobkit.tasks.detection import plan_levels
+    from bobkit.tasks.detector import plan_levels
 
     assert plan_levels([2, 4, 8, 16, 32]) == ((1, 2, 3, 4), (1.0,) * 4)  # MobileNetV2, EfficientNet, ResNet
     assert plan_levels([4, 8, 16, 32]) == ((0, 1, 2, 3), (1.0,) * 4)  # ConvNeXt, Swin
@@ -329,9 +364,9 @@ def test_plan_levels() -> None:
     "name", ["vit_tiny_patch16_224.random_init", "convnext_atto.random_init", "swinv2_tiny_window8_256.random_init"]
 )
 def test_plain_and_hierarchical_backbones_give_a_five_level_pyramid(name: str) -> None:
-    from bobkit.tasks import detection
+    from bobkit.tasks import detector
 
-    model = detection.build_detector(name, "random_init", 3, image_size=64, seed=0)
+    model = detector.build_detector(name, "random_init", 3, image_size=64, seed=0)
     pyramid = model.backbone(torch.rand(1, 3, 64, 64))
     assert {k: tuple(v.shape[1:]) for k, v in pyramid.items()} == {
         "0": (64, 16, 16), "1": (64, 8, 8), "2": (64, 4, 4), "3": (64, 2, 2), "pool": (64, 1, 1)
@@ -339,7 +374,7 @@ def test_plain_and_hierarchical_backbones_give_a_five_level_pyramid(name: str) -
 
 
 def test_nan_loss_raises_naming_the_step(tmp_path: Path) -> None:
-    from bobkit.tasks import detection
+    from bobkit.tasks import detection, detector
 
     class NaNImages(torch.utils.data.Dataset):
         def __init__(self, base: torch.utils.data.Dataset) -> None:
@@ -352,7 +387,7 @@ def test_nan_loss_raises_naming_the_step(tmp_path: Path) -> None:
             image, target = self.base[i]
             return torch.full_like(image, float("nan")), target
 
-    model = detection.build_detector(OFFLINE_BACKBONE, "finetune", 3, image_size=64, seed=0)
+    model = detector.build_detector(OFFLINE_BACKBONE, "finetune", 3, image_size=64, seed=0)
     with pytest.raises(FloatingPointError, match="step 0"):
         detection.train_detector(model, NaNImages(_tiny_train_set(tmp_path)), epochs=1, lr=1e-3, batch_size=2)
 
@@ -385,6 +420,67 @@ def test_notebook_parameters_cell_matches_module_defaults() -> None:
         values[node.targets[0].id] = ast.literal_eval(node.value)
     assert values == detection.PARAMETERS
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed without outputs
+
+
+@pytest.mark.parametrize("name, protocol, stem, depth", [
+    # stem 0, 17 inverted-residual blocks (1-17); FPN and heads at 18
+    (OFFLINE_BACKBONE, "finetune", "backbone.body.conv_stem.weight", 18),
+    # patch embedding 0, 12 blocks (1-12); FPN and heads at 13
+    ("vit_tiny_patch16_224.random_init", "random_init", "backbone.body.model.patch_embed.proj.weight", 13),
+])
+def test_detector_layer_decay_scales_the_trunk_below_the_heads(name: str, protocol: str, stem: str,
+                                                               depth: int) -> None:
+    from bobkit.tasks import detector
+    from bobkit.tasks.training import make_optimizer, warmup_cosine
+
+    model = detector.build_detector(name, protocol, 3, image_size=64, seed=0)
+    optimizer = make_optimizer(model, lr=1e-3, weight_decay=1e-4, layer_decay=0.5,
+                               layer_of=detector.detector_layer_of(model, name))
+    warmup_cosine(optimizer, total_steps=4).step_update(1)
+    params = dict(model.named_parameters())
+
+    def lr_of(param_name: str) -> float:
+        (group,) = [g for g in optimizer.param_groups if any(p is params[param_name] for p in g["params"])]
+        return group["lr"]
+
+    cosine = 0.5 * (1 + np.cos(np.pi / 4))
+    assert lr_of(stem) == pytest.approx(1e-3 * cosine * 0.5**depth, rel=1e-12)
+    for head in ("backbone.fpn.inner_blocks.0.0.weight", "roi_heads.box_predictor.cls_score.weight",
+                 "rpn.head.conv.0.0.weight"):
+        assert lr_of(head) == pytest.approx(1e-3 * cosine, rel=1e-12)
+
+
+def test_train_detector_with_layer_decay_moves_the_trunk_less(tmp_path: Path) -> None:
+    from bobkit.tasks import detection, detector
+
+    train = _tiny_train_set(tmp_path)
+    moved = {}
+    for layer_decay in (None, 0.5):
+        model = detector.build_detector(OFFLINE_BACKBONE, "finetune", 3, image_size=64, seed=0)
+        layer_of = detector.detector_layer_of(model, OFFLINE_BACKBONE)
+        before = model.backbone.body.conv_stem.weight.detach().clone()
+        detection.train_detector(model, train, epochs=1, lr=1e-3, batch_size=2, layer_decay=layer_decay,
+                                 layer_of=layer_of)
+        moved[layer_decay] = float((model.backbone.body.conv_stem.weight.detach() - before).abs().mean())
+    assert moved[None] > 0 and moved[0.5] > 0
+    assert moved[0.5] < 0.01 * moved[None]  # 0.5**18 of the lr: AdamW steps scale with it
+    with pytest.raises(ValueError, match="layer_of"):
+        detection.train_detector(model, train, epochs=1, lr=1e-3, batch_size=2, layer_decay=0.5)
+
+
+def test_a_learning_rate_list_is_selected_on_held_out_training_images(cache_dir: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOB_CACHE_DIR", str(cache_dir))
+    from bobkit.tasks import detection
+
+    tiny = dict(backbone=OFFLINE_BACKBONE, protocol="frozen", epochs=1, canvas_size=64, n_train=8, n_val=6,
+                batch_size=4, num_threads=1, device="cpu")
+    swept = detection.run(lr=[1e-6, 2e-3], **tiny)
+    assert swept["selected_lr"] in (1e-6, 2e-3) and swept["n_validation"] == 2.0
+    alone = detection.run(lr=swept["selected_lr"], **tiny)  # the winner, trained on all training images
+    assert swept["box_ap"] == alone["box_ap"] and swept["mask_ap"] == alone["mask_ap"]
+    assert "selected_lr" not in alone and alone["n_test"] == 6.0
+    assert 0.0 <= swept["se/box_ap"] <= 1.0
 
 
 # ------------------------------------------------------------------------------------------------------ end to end
@@ -456,9 +552,9 @@ def test_execution_resolution_keeps_cpu_fp32_and_records_what_runs() -> None:
 
 
 def test_feature_network_autocasts_and_hands_fp32_to_the_heads() -> None:
-    from bobkit.tasks import detection
+    from bobkit.tasks import detector
 
-    model = detection.build_detector(OFFLINE_BACKBONE, "finetune", 3, image_size=64, seed=0, precision="bf16")
+    model = detector.build_detector(OFFLINE_BACKBONE, "finetune", 3, image_size=64, seed=0, precision="bf16")
     dtypes: list[torch.dtype] = []
     conv = next(m for m in model.backbone.body.modules() if isinstance(m, torch.nn.Conv2d))
     conv.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))

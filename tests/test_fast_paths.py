@@ -218,7 +218,7 @@ def test_float16_storage_round_trips_within_half_precision():
     err = np.abs(np.asarray(half.features, dtype=np.float64) - ref)
     assert (err <= 2.0**-10 * np.abs(ref) + 1e-7).all()
     # The probe reads float16 maps directly (widened on the way in).
-    from bobkit.tasks.classification import fit_linear_probe
+    from bobkit.tasks.training import fit_linear_probe
 
     probe = fit_linear_probe(half.features, half.labels, num_classes=10, max_iter=20)
     assert probe.logits(half.features).shape == (30, 10)
@@ -251,7 +251,7 @@ def test_peak_memory_reports_megabytes():
 
 
 def test_closed_form_probe_objective_matches_autograd():
-    from bobkit.tasks.classification import _probe_objective
+    from bobkit.tasks.training import _probe_objective
 
     g = torch.Generator().manual_seed(0)
     xs, y = torch.randn(50, 7, generator=g), torch.randint(0, 4, (50,), generator=g)
@@ -283,7 +283,7 @@ def test_classification_run_records_execution_and_memory_as_floats():
 
 
 def test_finetune_with_bf16_autocast_and_prefetch_lowers_the_loss():
-    from bobkit.tasks.classification import finetune
+    from bobkit.tasks.training import finetune
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

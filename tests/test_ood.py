@@ -113,6 +113,14 @@ def test_fashion_mnist_corruptions(tmp_path):
     assert m["mca_drop"] == pytest.approx(m["id_acc"] - m["mca"])
     assert m["id_acc"] > 0.5
     assert m["acc/contrast/5"] < m["id_acc"]  # the strongest contrast loss hurts a frozen ImageNet backbone
+    # sampling standard errors: binomial per accuracy, over the 100 corrupted / 300 in-distribution items
+    assert m["se/id_acc"] == pytest.approx(np.sqrt(m["id_acc"] * (1 - m["id_acc"]) / 300))
+    for key in expected:
+        assert m[f"n/{key}"] == 100 and m[f"se/{key}"] == pytest.approx(np.sqrt(m[key] * (1 - m[key]) / 100))
+    # mca: the SE of the per-image mean over the 4 conditions, at most the binomial SE of its mean accuracy
+    assert 0 < m["se/mca"] <= np.sqrt(m["mca"] * (1 - m["mca"]) / 100) + 1e-12
+    assert m["se/mca_drop"] == pytest.approx(np.hypot(m["se/id_acc"], m["se/mca"]))
+    assert "selected_probe_l2" in m and m["n_test"] == 300
 
 
 def test_mnist_to_sklearn_digits_is_a_real_shift():
@@ -120,6 +128,11 @@ def test_mnist_to_sklearn_digits_is_a_real_shift():
     assert {"id_acc", "acc/sklearn_digits", "drop_sklearn_digits"} <= set(m)
     assert m["drop_sklearn_digits"] == pytest.approx(m["id_acc"] - m["acc/sklearn_digits"])
     assert m["id_acc"] > 0.5 and m["drop_sklearn_digits"] > 0.1
+    n_target = m["n/acc/sklearn_digits"]
+    assert n_target == 100  # max_target
+    acc = m["acc/sklearn_digits"]
+    assert m["se/acc/sklearn_digits"] == pytest.approx(np.sqrt(acc * (1 - acc) / n_target))
+    assert m["se/drop_sklearn_digits"] == pytest.approx(np.hypot(m["se/id_acc"], m["se/acc/sklearn_digits"]))
 
 
 def test_execution_settings_are_recorded():

@@ -20,7 +20,7 @@ def test_detection_trunks_take_the_non_square_inputs_of_real_datasets(backbone, 
     """torchvision's detection transform keeps each image's aspect (COCO 640x480 at 1024 -> 1024x1376 after
     padding); ViT and SwinV2 trunks built for a square image_size refused that ("Input width (1376) doesn't
     match model (1024)"), so every COCO detection cell of a ViT or SwinV2 in the paper suites failed."""
-    from bobkit.tasks.detection import TimmFPN, _all_reductions, _timm_arch, create_body, plan_levels
+    from bobkit.tasks.detector import TimmFPN, _all_reductions, _timm_arch, create_body, plan_levels
 
     out_indices, scales = plan_levels(_all_reductions(_timm_arch(backbone)))
     with torch.device("meta"):  # the real architecture and geometry, without the arithmetic

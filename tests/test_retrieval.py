@@ -49,6 +49,8 @@ def test_bad_protocol_values_are_rejected():
 def test_pretrained_beats_random_init_on_fashion_mnist():
     pretrained = retrieval.run(backbone=PACKAGED, **TINY)
     control = retrieval.run(backbone=random_init_control(PACKAGED), **TINY)
+    for m in (pretrained, control):  # standard errors over the queries
+        assert m["n_queries"] == 60 and 0 < m["se/map"] < 0.1 and 0 < m["se/precision@5"] < 0.1
     assert pretrained["n_queries"] == 60 and pretrained["n_database"] == 240
     for metric in ("map", "mrr", "precision@1"):
         assert pretrained[metric] > control[metric] + 0.1, (metric, pretrained[metric], control[metric])
@@ -124,6 +126,8 @@ def test_revisited_protocol_end_to_end(tmp_path, monkeypatch):
     assert m["n_queries"] == 2 and m["n_database"] == 8
     # near-copies of the query rank first for a pretrained backbone
     assert m["mrr"] == 1.0 and m["map"] > 0.8
+    assert m["se/mrr"] == 0.0 and {"mp@1", "mp@5", "se/mp@5"} <= set(m)  # mP@k beside precision@k
+    assert m["mp@5"] >= m["precision@5"]  # q1 has 2 positives: mP@5 divides by 2, precision@5 by 5
 
 
 def test_execution_settings_are_recorded_and_bf16_stays_close_to_fp32():

@@ -135,6 +135,12 @@ def test_robustness_task_offline():
     assert m["top1"] > 0.5 and 0 <= m["ece"] <= 1 and m["nll"] > 0 and 0 <= m["brier"] <= 2
     assert m["temperature"] > 0 and m["nll_ts"] <= m["nll"] + 0.05
     assert m["n_train"] == 240 and m["n_test"] == 300
+    assert m["se/top1"] == pytest.approx(np.sqrt(m["top1"] * (1 - m["top1"]) / 300))
+    assert all(0 < m[f"se/{k}"] < 0.2 for k in ("ece", "nll", "brier", "ece_ts", "nll_ts", "brier_ts"))
+    n_attacked = m["n/acc/pgd/1"]
+    assert n_attacked == TINY["max_attack"]
+    assert m["se/acc/pgd/1"] == pytest.approx(np.sqrt(m["acc/pgd/1"] * (1 - m["acc/pgd/1"]) / n_attacked))
+    assert result.reliability.ece == m["ece"]  # the diagram is drawn from the reported ECE's bins
     fig = result.figure()
     assert len(fig.axes) == 2
     assert result.reliability.counts.sum() == 300

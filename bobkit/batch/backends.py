@@ -11,6 +11,13 @@ records and the OOM retry are the same everywhere; a backend only decides where 
   requeued job; that job re-runs the cell from its notebook (cells are the unit of work; feature caches make the
   re-run cheap) and writes the same sidecar. ``cluster="local"`` (subprocesses) or ``"debug"`` (in-process) run
   the same path without Slurm, which is how it is tested.
+
+On a real Slurm cluster (``tests/slurm``, ``make test-slurm``) the driver also records each cell's job
+(:func:`bobkit.batch.scheduler.record_submission`; a second driver leaves cells whose job is still queued alone)
+and follows its jobs with ``squeue`` (:mod:`bobkit.batch.scheduler`), so a requeued task is waited for, never
+reported failed. A task that Slurm cancels or requeues gets SIGTERM first: the cell is stopped without a failed
+record and the job asks Slurm why; cancelled -> the sidecar says ``cancelled`` (``bob run --only-failed`` re-runs
+it); requeued -> the job exits without a result and its next run does the cell.
 """
 
 from __future__ import annotations
@@ -19,13 +26,17 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
+import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence
 
+from bobkit.batch import scheduler
 from bobkit.batch.claims import Claim, try_claim
 from bobkit.batch.grid import Cell
 from bobkit.batch.resources import check_resources
@@ -53,6 +64,9 @@ JOB_MARGIN_MIN = 5
 # Slurm sends USR2 this long before the time limit: enough for submitit to checkpoint and requeue the cell.
 SIGNAL_DELAY_S = 120
 SUBMITIT_FOLDER = ".submitit"
+# A partition name (or a comma-separated list of them); anything else could end the #SBATCH line it goes into.
+# How often the driver polls Slurm, unless told (``poll_seconds``).
+POLL_ENV = "BOB_SLURM_POLL_SECONDS"
 
 
 class Backend(Protocol):
@@ -120,14 +134,21 @@ class SubmititBackend:
             else:
                 todo.append(cell)
         cluster = resolve_cluster(self.cluster)
+        if cluster == "slurm":
+            todo = skip_queued_elsewhere(todo, runs_dir, summary)
         folder = Path(self.folder).resolve() if self.folder else runs_dir / SUBMITIT_FOLDER
         runner = {"backend": "submitit", "cluster": cluster, "batch_id": uuid.uuid4().hex[:12]}
+        # Every array's parameters are checked before the first one is submitted.
+        plans = [(executor_parameters(resources, cluster), group) for resources, group in group_by_resources(todo)]
         submitted: list[tuple[Any, Cell]] = []
-        for resources, group in group_by_resources(todo):
+        for parameters, group in plans:
             executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-            executor.update_parameters(**executor_parameters(resources, cluster))
+            executor.update_parameters(**parameters)
             jobs = executor.map_array(CellJob(str(runs_dir), runner), group)
             submitted.extend(zip(jobs, group))
+            if cluster == "slurm":
+                for job, cell in zip(jobs, group):
+                    scheduler.record_submission(run_dir_of(cell, runs_dir), job.job_id, runner["batch_id"])
         self.jobs = [job for job, _ in submitted]
         summary.outcomes.extend(self._wait(submitted, runs_dir, cluster))
         summary.seconds = time.perf_counter() - start
@@ -138,9 +159,11 @@ class SubmititBackend:
 
         by_job = {id(job): cell for job, cell in submitted}
         bar = progress_bar(len(submitted), "jobs", "cell", self.progress)
-        poll = self.poll_seconds if self.poll_seconds is not None else (30.0 if cluster == "slurm" else 0.5)
+        poll = self.poll_seconds if self.poll_seconds is not None else poll_default(cluster)
         outcomes = []
         jobs = [job for job, _ in submitted]
+        if cluster == "slurm":
+            follow_on_slurm(submitted, poll)
         # The debug executor runs a job when its result is asked for; as_completed would wait forever.
         finished = jobs if cluster == "debug" else as_completed(jobs, poll_frequency=poll)
         for job in finished:
@@ -181,8 +204,41 @@ class CellJob(Checkpointable):
         runner = {**self.runner, "job_id": _job_id(), "requeues": self.requeues, "host": socket.gethostname(),
                   "pid": os.getpid()}
         env = {"BOB_NUM_THREADS": str(_job_threads(cell))}
+        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+            return self._run_on_slurm(cell, runner, env)
         return execute_cell(cell, self.runs_dir, env=env, runner=runner, adopt_token=self.adopt_token,
                             on_claim=self._hold)
+
+    def _run_on_slurm(self, cell: Cell, runner: dict[str, Any], env: dict[str, str]) -> CellOutcome:
+        """Run the cell; on SIGTERM (Slurm cancels or requeues) stop it unrecorded and ask Slurm what happened."""
+        restarts = scheduler.slurm_restart_count()
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            outcome = execute_cell(cell, self.runs_dir, env=env, runner={**runner, "slurm_restarts": restarts},
+                                   adopt_token=self.adopt_token, on_claim=self._hold, stop=stop)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if not stop.is_set() or outcome.status in ("complete", "skipped", "busy"):
+            return outcome
+        return self._after_sigterm(cell, {**runner, "slurm_restarts": restarts})
+
+    def _after_sigterm(self, cell: Cell, runner: dict[str, Any]) -> CellOutcome:
+        job_id = str(runner["job_id"])
+        cause, state = scheduler.termination_cause(job_id, runner["slurm_restarts"])
+        if cause == "requeued":
+            # No result: the driver keeps following this job id, whose next run does the cell.
+            print(f"bob: Slurm requeued job {job_id} ({state.describe()}); its next run does {cell.label}",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(0)
+        if cause == "terminated":
+            kind, message = "terminated", (f"SIGTERM while Slurm job {job_id} was still {state.state} (not a Slurm "
+                                           "cancel or requeue: scancel --signal, kill...)")
+        else:
+            kind, message = scheduler.failure_from_state(
+                scheduler.JobState(job_id, "TIMEOUT" if cause == "timeout" else "CANCELLED"))
+        return record_job_failure(cell, Path(self.runs_dir), RuntimeError(message), kind=kind, message=message,
+                                  runner=runner)
 
     def _hold(self, claim: Claim) -> None:
         self._claim = claim
@@ -275,11 +331,18 @@ def collect(job: Any, cell: Cell, runs_dir: Path) -> CellOutcome:
     try:
         return job.result()
     except Exception as exc:  # noqa: BLE001 - submitit's FailedJobError / UncompletedJobError, or unpickling
-        return record_job_failure(cell, runs_dir, exc, _job_stderr(job))
+        kind, message = slurm_verdict(job, exc)
+        return record_job_failure(cell, runs_dir, exc, _job_stderr(job), kind=kind, message=message)
 
 
-def record_job_failure(cell: Cell, runs_dir: Path, exc: BaseException, stderr: str = "") -> CellOutcome:
-    """Write a failed sidecar for a cell whose job died outside the runner (killed, out of time too often)."""
+def record_job_failure(cell: Cell, runs_dir: Path, exc: BaseException, stderr: str = "", *,
+                       kind: str = "job_failed", message: str | None = None,
+                       runner: dict[str, Any] | None = None) -> CellOutcome:
+    """Write a failed sidecar for a cell whose job died outside the runner (killed, cancelled, out of time).
+
+    ``kind`` and ``message`` name the cause when it is known (Slurm's verdict: ``cancelled``, ``timeout``...);
+    ``runner`` is the job's own description when the job records its end itself.
+    """
     from bobkit.batch.record import job_failure_record
     from bobkit.results.sidecars import write_sidecar
 
@@ -291,13 +354,13 @@ def record_job_failure(cell: Cell, runs_dir: Path, exc: BaseException, stderr: s
     if claim is None:  # requeued and running, or taken over by another batch
         return CellOutcome(cell, "busy", error=str(exc).splitlines()[0] if str(exc) else None)
     try:
-        message = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        error = {"kind": "job_failed", "message": message[:500],
-                 "output_tail": (str(exc) + "\n" + stderr)[-OUTPUT_TAIL_CHARS:]}
-        write_sidecar(run_dir, job_failure_record(cell, error, {"backend": "submitit", "host": socket.gethostname()}))
+        message = message or next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        error = {"kind": kind, "message": message[:500], "output_tail": (str(exc) + "\n" + stderr)[-OUTPUT_TAIL_CHARS:]}
+        runner = runner or {"backend": "submitit", "host": socket.gethostname()}
+        write_sidecar(run_dir, job_failure_record(cell, error, runner))
     finally:
         claim.release()
-    return CellOutcome(cell, "failed", error=message, kind="job_failed")
+    return CellOutcome(cell, "failed", error=message, kind=kind)
 
 
 def _job_stderr(job: Any) -> str:
@@ -324,3 +387,49 @@ def _job_threads(cell: Cell) -> int:
         available = os.cpu_count() or 1
     return max(1, min(available, int(cell.resources.get("cpus", available))))
 
+
+
+def poll_default(cluster: str) -> float:
+    """Seconds between job-state polls: ``$BOB_SLURM_POLL_SECONDS``, else 30 s on Slurm and 0.5 s otherwise."""
+    if os.environ.get(POLL_ENV):
+        return float(os.environ[POLL_ENV])
+    return 30.0 if cluster == "slurm" else 0.5
+
+
+def skip_queued_elsewhere(cells: list[Cell], runs_dir: Path, summary: BatchSummary) -> list[Cell]:
+    """Cells to submit: those without a live Slurm job already (queued by another driver, or requeued)."""
+    live = scheduler.live_jobs({cell.run_key: run_dir_of(cell, runs_dir) for cell in cells})
+    for cell in cells:
+        if cell.run_key in live:
+            state = live[cell.run_key]
+            summary.outcomes.append(CellOutcome(cell, "busy", error=f"Slurm job {state.job_id} {state.describe()}"))
+    return [cell for cell in cells if cell.run_key not in live]
+
+
+def follow_on_slurm(submitted: list[tuple[Any, Cell]], poll: float) -> None:
+    """Follow the jobs with ``squeue`` (accounting not needed) and say when Slurm requeues one."""
+    labels = {job.job_id: cell.label for job, cell in submitted}
+
+    def requeued(job_id: str, state: scheduler.JobState) -> None:
+        print(f"bob: Slurm requeued job {job_id} ({labels.get(job_id, '?')}): {state.describe()}; waiting for it",
+              file=sys.stderr, flush=True)
+
+    scheduler.follow([job for job, _ in submitted], delay_s=poll, on_requeue=requeued)
+
+
+def slurm_verdict(job: Any, exc: BaseException) -> tuple[str, str | None]:
+    """(error kind, message) for a job that ended without a result: Slurm's final state when it is a Slurm job."""
+    if not isinstance(getattr(job, "watcher", None), scheduler.SlurmWatcher):
+        return "job_failed", None
+    if "timed-out too many times" in str(exc):  # submitit's own limit on checkpoint-and-requeue cycles
+        return "timeout", (f"Slurm job {job.job_id} reached its time limit more times than submitit requeues "
+                           "(max_num_timeout); raise timeout_min")
+    state = scheduler.query([job.job_id]).get(job.job_id)
+    if state is None:
+        return "job_failed", None
+    if state.state == scheduler.ENDED and not job.paths.stdout.exists():
+        # Gone without a trace and never started: a pending (array) task that was cancelled.
+        return "cancelled", (f"Slurm job {job.job_id} left the queue before it started (cancelled while pending; "
+                             "no accounting to say more)")
+    kind, message = scheduler.failure_from_state(state)
+    return (kind, message) if kind != "job_failed" else (kind, None)  # exc's own message says more

@@ -55,15 +55,24 @@ def record_identity(sidecar: dict[str, Any]) -> str | None:
 
 
 def older_records(runs_dir: str | os.PathLike[str], task: str) -> dict[str, OlderRecord]:
-    """``{identity: OlderRecord}`` of the complete records of ``task`` made by other code."""
+    """``{identity: OlderRecord}`` of the complete records of ``task`` made by other code.
+
+    Where a cell has several, the newest (by its ``started`` time) stands for it: what changed since then is what
+    ``bob status`` names.
+    """
     current_files = _current_files(task)
     current = current_code_version(task)
     found: dict[str, OlderRecord] = {}
+    started: dict[str, float] = {}
     for path, sidecar in scan_sidecars(runs_dir, task).sidecars:
         complete = sidecar.get("status") == "complete" and (path.parent / NOTEBOOK).is_file()
         identity = record_identity(sidecar)
         if not complete or identity is None or sidecar.get("code_version") == current:
             continue
+        when = float(sidecar.get("started") or 0.0)
+        if identity in started and when < started[identity]:
+            continue
+        started[identity] = when
         old_files = sidecar.get("code_files") if isinstance(sidecar.get("code_files"), dict) else {}
         changed = tuple(codehash.changed_files(old_files, current_files)) if old_files else ()
         found[identity] = OlderRecord(Path(path).parent.name, sidecar.get("code_version"), changed)

@@ -1,4 +1,5 @@
-"""``bob status``: where a grid stands in a runs folder, read from sidecars and claims only.
+"""``bob status``: where a grid stands in a runs folder, read from sidecars and claims (and, for cells sent to
+Slurm, Slurm's own view beside them: :func:`slurm_lines`).
 
 A cell is ``done`` (complete sidecar and executed notebook), ``failed``, ``running`` (a live claim), ``pending``,
 or ``stale``: pending under the current code while a complete record of it made by other code exists (see
@@ -89,4 +90,18 @@ def format_status(status: GridStatus, params: str | Path, runs_dir: str | Path =
         lines.append(f"re-run the failures: {rerun_command(params, runs_dir)}")
     if counts["stale"]:
         lines.append(f"re-run the stale cells with this code: {rerun_command(params, runs_dir, only_failed=False)}")
+    lines.extend(slurm_lines(status, runs_dir))
     return "\n".join(lines)
+
+
+def slurm_lines(status: GridStatus, runs_dir: str | Path = "runs") -> list[str]:
+    """Slurm's own view (``squeue``/``sacct``) of the cells not done whose jobs went to Slurm; empty otherwise."""
+    from bobkit.batch.scheduler import slurm_view
+
+    cells = []
+    for state in ("running", "pending", "failed"):
+        for cell in status.cells[state]:
+            run_dir = run_dir_of(cell, Path(runs_dir))
+            claim = read_claim(run_dir) or {}
+            cells.append((cell.run_key, cell.label, run_dir, claim.get("slurm_job_id")))
+    return slurm_view(cells)

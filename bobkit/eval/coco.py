@@ -2,6 +2,12 @@
 
 Predictions are COCO result dicts (``image_id``, ``category_id``, ``bbox`` ``[x, y, w, h]``, ``score`` and, for
 masks, ``segmentation`` as RLE). :func:`detections_to_coco` turns torchvision detector outputs into them.
+
+Sampling uncertainty: with ``bootstrap=B``, :func:`evaluate` resamples the evaluated images with replacement ``B``
+times (seeded) and reports the standard deviation of AP, AP50 and AP75 over the resamples as ``se/<metric>``.
+COCOeval matches detections to ground truth per image, so a resample reuses those per-image matches and only
+re-accumulates the precision-recall curves (restricted to all areas and 100 detections, what the reported APs
+read): about 5 ms per resample for 10 categories.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from bobkit.eval.uncertainty import bootstrap_counts
 
 #: COCOeval ``stats`` index of each reported number (AP at IoU .50:.95, .50, .75; all areas, 100 detections).
 _STATS = {"ap": 0, "ap50": 1, "ap75": 2}
@@ -97,6 +105,8 @@ def evaluate(
     *,
     iou_types: Sequence[str] = ("bbox", "segm"),
     image_ids: Sequence[int] | None = None,
+    bootstrap: int = 0,
+    seed: int = 0,
 ) -> dict[str, float]:
     """COCO AP, AP50 and AP75 of ``predictions`` against ``coco_gt``, for boxes and/or masks.
 
@@ -110,12 +120,17 @@ def evaluate(
         Which APs to compute.
     image_ids : sequence of int, optional
         Restrict evaluation to these images (default: every ground-truth image).
+    bootstrap : int
+        Resamples of the images for the standard errors ``se/<metric>`` (0: none reported).
+    seed : int
+        Seeds the resampling.
 
     Returns
     -------
     dict of str to float
-        ``box_ap, box_ap50, box_ap75`` and/or ``mask_ap, mask_ap50, mask_ap75`` in [0, 1]. No predictions at all
-        scores 0.0; a metric that COCOeval cannot define (no ground-truth objects) is NaN.
+        ``box_ap, box_ap50, box_ap75`` and/or ``mask_ap, mask_ap50, mask_ap75`` in [0, 1] (and their ``se/...``
+        with ``bootstrap``). No predictions at all scores 0.0 (SE 0); a metric that COCOeval cannot define (no
+        ground-truth objects) is NaN.
     """
     predictions = [dict(p) for p in predictions]
     metrics: dict[str, float] = {}
@@ -125,10 +140,12 @@ def evaluate(
         prefix = _PREFIX[iou_type]
         if not coco_gt.getAnnIds():
             metrics.update({f"{prefix}_{k}": float("nan") for k in _STATS})
+            metrics.update({f"se/{prefix}_{k}": float("nan") for k in _STATS} if bootstrap else {})
             continue
         if not predictions:
             # COCO.loadRes rejects an empty list; a detector that finds nothing has AP 0.
             metrics.update({f"{prefix}_{k}": 0.0 for k in _STATS})
+            metrics.update({f"se/{prefix}_{k}": 0.0 for k in _STATS} if bootstrap else {})
             continue
         # Give loadRes one kind of geometry per evaluation: with both, it takes the box area even for masks.
         if iou_type == "bbox":
@@ -148,4 +165,47 @@ def evaluate(
         for key, idx in _STATS.items():
             value = float(evaluator.stats[idx])
             metrics[f"{prefix}_{key}"] = value if value >= 0 else float("nan")  # COCOeval uses -1 for undefined
+        if bootstrap:
+            metrics.update({f"se/{prefix}_{k}": v for k, v in bootstrap_ap_se(evaluator, bootstrap, seed).items()})
     return metrics
+
+
+def bootstrap_ap_se(evaluator: COCOeval, resamples: int, seed: int = 0) -> dict[str, float]:
+    """Standard errors of AP, AP50, AP75 over ``resamples`` seeded bootstrap draws of an evaluated COCOeval's images.
+
+    Reuses the per-image matches of ``evaluator.evaluate()`` and re-accumulates each resample (an image drawn
+    twice counts its ground truth and detections twice). Keys ``ap``, ``ap50``, ``ap75``.
+    """
+    counts = bootstrap_counts(len(evaluator._paramsEval.imgIds), resamples, seed)
+    draws = [np.repeat(np.arange(counts.shape[1]), row) for row in counts]
+    values = np.array([resampled_ap(evaluator, draw) for draw in draws])  # (resamples, 3)
+    out = {}
+    for col, key in enumerate(_STATS):
+        finite = values[:, col][np.isfinite(values[:, col])]
+        out[key] = float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
+    return out
+
+
+def resampled_ap(evaluator: COCOeval, draw: Sequence[int] | np.ndarray) -> tuple[float, float, float]:
+    """AP, AP50, AP75 (all areas, 100 detections) of an evaluated COCOeval over the image positions ``draw``
+    (positions in its evaluated image list; repeats allowed). All positions once gives COCOeval's own stats."""
+    pe = evaluator._paramsEval
+    n_images, n_areas = len(pe.imgIds), len(pe.areaRng)
+    n_cats = len(pe.catIds) if pe.useCats else 1
+    params = copy.copy(pe)
+    params.imgIds = list(range(len(draw)))
+    params.areaRng, params.areaRngLbl, params.maxDets = [pe.areaRng[0]], [pe.areaRngLbl[0]], [max(pe.maxDets)]
+    clone = copy.copy(evaluator)
+    clone.params, clone._paramsEval = params, copy.copy(params)
+    # evalImgs is laid out [category][area][image]; keep area 0 ("all") and the drawn images
+    clone.evalImgs = [evaluator.evalImgs[k * n_areas * n_images + int(i)] for k in range(n_cats) for i in draw]
+    with contextlib.redirect_stdout(io.StringIO()):
+        clone.accumulate()
+    precision = clone.eval["precision"][:, :, :, 0, 0]  # (IoU thresholds, recall thresholds, categories)
+    iou = list(np.round(pe.iouThrs, 2))
+    return tuple(_mean_defined(p) for p in (precision, precision[iou.index(0.5)], precision[iou.index(0.75)]))
+
+
+def _mean_defined(values: np.ndarray) -> float:
+    defined = values[values > -1]
+    return float(defined.mean()) if defined.size else float("nan")

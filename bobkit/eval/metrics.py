@@ -1,4 +1,4 @@
-"""Retrieval and calibration metrics.
+"""Retrieval, calibration and classification metrics.
 
 Retrieval
     Queries are ranked against a database by dot product of L2-normalised features. Every metric is computed from
@@ -14,10 +14,17 @@ Retrieval
 
     ``precision@k`` is hits in the top k divided by k; ``recall@k`` is hits in the top k divided by the number of
     positives (information-retrieval recall, the paper's definition, not the metric-learning "hit rate").
+    ``mp@k`` (revisited Oxford/Paris) is the revisitop code's "mP@k": hits in the top ``min(k, rank of the last
+    positive)`` divided by that number, so a query with fewer than k positives can still score 1.
+    Every mean over queries comes with its standard error over the queries (``se/<metric>``).
 
 Calibration
-    ECE with 15 equal-width confidence bins (torchmetrics), NLL, multiclass Brier score (scikit-learn, sum over
-    classes, range [0, 2]) and temperature scaling fitted by minimising NLL on held-out logits.
+    The textbook ECE (Guo et al. 2017): top-label confidence in float64, ``n_bins`` equal-width bins ``(lo, hi]``
+    with the first closed at 0 and the last closed at 1, so a confidence of 1.0 falls in the last bin (torchmetrics
+    casts to float32 and counts 1.0 in a hidden extra bin); the reliability diagram is drawn from the same bins.
+    NLL, multiclass Brier score (sum over classes, range [0, 2], scikit-learn's definition) and temperature scaling
+    fitted by minimising NLL on held-out logits. Standard errors: per-item means for NLL and Brier, binomial for
+    accuracy, a seeded bootstrap over items for ECE.
 
 The revisited Oxford/Paris ground truth (a pickle, verified and converted once) is read by
 :mod:`bobkit.data.revisited`.
@@ -31,6 +38,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from bobkit.eval.uncertainty import binomial_se, bootstrap_se, mean_se
 
 DEFAULT_KS = (1, 5, 10)
 AP_MODES = ("trapezoid", "step")
@@ -78,8 +87,8 @@ def ranked_metrics(
     Returns
     -------
     dict
-        Arrays of shape ``(Q,)``: ``ap``, ``rr``, ``precision@k``, ``recall@k`` and ``n_relevant``. A query without
-        positives gets NaN everywhere (it is left out of the means, as in the revisited protocol).
+        Arrays of shape ``(Q,)``: ``ap``, ``rr``, ``precision@k``, ``recall@k``, ``mp@k`` and ``n_relevant``. A
+        query without positives gets NaN everywhere (it is left out of the means, as in the revisited protocol).
     """
     if ap not in AP_MODES:
         raise ValueError(f"ap={ap!r} is not one of {AP_MODES}")
@@ -102,7 +111,10 @@ def ranked_metrics(
             p_before = np.where(r0 == 0, 1.0, j / np.maximum(r0, 1))
             p_at = hits / rank
             ap_sum = np.where(positive, (p_before + p_at) / 2.0, 0.0).sum(axis=1)
-        first = np.where(positive.any(axis=1), rank[np.arange(len(rank)), positive.argmax(axis=1)], np.inf)
+        rows = np.arange(len(rank))
+        first = np.where(positive.any(axis=1), rank[rows, positive.argmax(axis=1)], np.inf)
+        # 1-based rank of the last positive (revisitop's max(pos) + 1), for mP@k
+        last = np.where(positive.any(axis=1), rank[rows, positive.shape[1] - 1 - positive[:, ::-1].argmax(axis=1)], 1)
         out: dict[str, np.ndarray] = {
             "ap": ap_sum / n_rel,
             "rr": 1.0 / first,
@@ -112,6 +124,8 @@ def ranked_metrics(
             in_top = (positive & (rank <= k)).sum(axis=1)
             out[f"precision@{k}"] = in_top / float(k)
             out[f"recall@{k}"] = in_top / n_rel
+            k_eff = np.minimum(last, k)
+            out[f"mp@{k}"] = (positive & (rank <= k_eff[:, None])).sum(axis=1) / k_eff
     empty = n_rel == 0
     for name, values in out.items():
         if name != "n_relevant":
@@ -119,16 +133,20 @@ def ranked_metrics(
     return out
 
 
-def _summarise(per_query: list[dict[str, np.ndarray]], ks: Sequence[int]) -> dict[str, float]:
-    """Mean over queries with at least one positive; names ``map``, ``mrr``, ``precision@k``, ``recall@k``."""
+def _summarise(per_query: list[dict[str, np.ndarray]], ks: Sequence[int], *, mp: bool = False) -> dict[str, float]:
+    """Mean over queries with at least one positive, and its standard error over those queries (``se/<name>``);
+    names ``map``, ``mrr``, ``precision@k``, ``recall@k`` (and ``mp@k`` with ``mp``), plus ``n_queries``."""
     cat = {name: np.concatenate([chunk[name] for chunk in per_query]) for name in per_query[0]}
     valid = cat["n_relevant"] > 0
     if not valid.any():
         raise ValueError("no query has a positive in the database; retrieval metrics are undefined")
-    metrics = {"map": float(cat["ap"][valid].mean()), "mrr": float(cat["rr"][valid].mean())}
+    columns = {"map": "ap", "mrr": "rr"}
     for k in ks:
-        metrics[f"precision@{k}"] = float(cat[f"precision@{k}"][valid].mean())
-        metrics[f"recall@{k}"] = float(cat[f"recall@{k}"][valid].mean())
+        columns.update({f"precision@{k}": f"precision@{k}", f"recall@{k}": f"recall@{k}"})
+        if mp:
+            columns[f"mp@{k}"] = f"mp@{k}"
+    metrics = {name: float(cat[column][valid].mean()) for name, column in columns.items()}
+    metrics.update({f"se/{name}": mean_se(cat[column][valid]) for name, column in columns.items()})
     metrics["n_queries"] = float(valid.sum())
     return metrics
 
@@ -153,7 +171,8 @@ def class_retrieval_metrics(
     """Class-folder retrieval: a database item is a positive when it shares the query's label.
 
     Features are L2-normalised and ranked by dot product (cosine similarity). Returns ``map``, ``mrr``,
-    ``precision@k``, ``recall@k`` (means over queries with a positive) and ``n_queries``.
+    ``precision@k``, ``recall@k`` (means over queries with a positive), their standard errors ``se/<metric>`` over
+    the queries (the database is held fixed) and ``n_queries``.
     """
     q = l2_normalize(query_features).to(device)
     db = l2_normalize(database_features).to(device)
@@ -193,7 +212,9 @@ def revisited_retrieval_metrics(
     ap: str = "trapezoid",
     device: str | torch.device = "cpu",
 ) -> dict[str, float]:
-    """Revisited Oxford/Paris retrieval: per-query positives and junk from ``gnd`` (junk removed before counting)."""
+    """Revisited Oxford/Paris retrieval: per-query positives and junk from ``gnd`` (junk removed before counting).
+
+    Returns the class-folder metrics plus ``mp@k`` (the community's mP@k, see the module docstring)."""
     if len(gnd) != len(query_features):
         raise ValueError(f"{len(query_features)} query features but {len(gnd)} ground-truth entries")
     q = l2_normalize(query_features).to(device)
@@ -213,7 +234,7 @@ def revisited_retrieval_metrics(
         per_query.append(
             ranked_metrics(positive_mask[rank_rows, order], ignore_mask[rank_rows, order], ks=ks, ap=ap)
         )
-    return _summarise(per_query, ks)
+    return _summarise(per_query, ks, mp=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -235,19 +256,22 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
 
 def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
     """Multiclass Brier score: mean over samples of ``sum_c (p_c - 1[y = c])^2`` (0 perfect, 2 worst)."""
-    from sklearn.metrics import brier_score_loss
+    return float(_item_brier(probs, labels).mean())
 
+
+def _item_brier(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-sample ``sum_c (p_c - 1[y = c])^2`` in float64."""
     probs = np.asarray(probs, dtype=np.float64)
-    return float(brier_score_loss(np.asarray(labels), probs, labels=np.arange(probs.shape[1]), scale_by_half=False))
+    onehot = np.eye(probs.shape[1])[np.asarray(labels)]
+    return ((probs - onehot) ** 2).sum(axis=1)
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
-    """Top-label ECE with ``n_bins`` equal-width confidence bins (torchmetrics' ``multiclass_calibration_error``)."""
-    from torchmetrics.functional.classification import multiclass_calibration_error
+    """Textbook top-label ECE over ``n_bins`` equal-width bins, in float64 (:func:`reliability_bins`).
 
-    p = torch.as_tensor(np.asarray(probs), dtype=torch.float32)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    return float(multiclass_calibration_error(p, y, num_classes=p.shape[1], n_bins=n_bins, norm="l1"))
+    ``sum_b |acc_b - conf_b| * n_b / n``; a confidence of exactly 1.0 counts in the last bin.
+    """
+    return reliability_bins(probs, labels, n_bins).ece
 
 
 @dataclass
@@ -267,17 +291,22 @@ class ReliabilityBins:
         return float((gap * self.counts[filled]).sum() / self.counts.sum())
 
 
-def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> ReliabilityBins:
-    """Top-label confidence binned into ``n_bins`` equal-width bins ``(lo, hi]`` (as torchmetrics bins them)."""
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15,
+                     weights: np.ndarray | None = None) -> ReliabilityBins:
+    """Top-label confidence (float64) binned into ``n_bins`` equal-width bins ``(lo, hi]``, the first closed at 0.
+
+    ``weights`` counts each sample that many times (a bootstrap resample's multiplicities); default once each.
+    """
     probs = np.asarray(probs, dtype=np.float64)
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == np.asarray(labels)
+    w = np.ones(len(confidence)) if weights is None else np.asarray(weights, dtype=np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     idx = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
-    counts = np.bincount(idx, minlength=n_bins).astype(float)
+    counts = np.bincount(idx, weights=w, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.bincount(idx, weights=confidence, minlength=n_bins) / counts
-        mean_acc = np.bincount(idx, weights=correct.astype(float), minlength=n_bins) / counts
+        mean_conf = np.bincount(idx, weights=w * confidence, minlength=n_bins) / counts
+        mean_acc = np.bincount(idx, weights=w * correct, minlength=n_bins) / counts
     return ReliabilityBins(edges, counts, mean_conf, mean_acc)
 
 
@@ -297,13 +326,42 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, bounds: tuple[flo
 
 
 def calibration_metrics(logits: np.ndarray, labels: np.ndarray, *, temperature: float = 1.0,
-                        n_bins: int = 15) -> dict[str, float]:
-    """``ece``, ``nll``, ``brier`` (and ``acc``) of ``softmax(logits / temperature)``."""
+                        n_bins: int = 15, seed: int = 0) -> dict[str, float]:
+    """``ece``, ``nll``, ``brier`` (and ``acc``) of ``softmax(logits / temperature)``, each with its sampling
+    standard error over the items as ``se/<name>`` (binomial for ``acc``, per-item means for ``nll`` and
+    ``brier``, a bootstrap seeded by ``seed`` for ``ece``)."""
     probs = softmax(logits, temperature)
     labels = np.asarray(labels)
+    x = torch.as_tensor(np.asarray(logits), dtype=torch.float64) / temperature
+    item_nll = F.cross_entropy(x, torch.as_tensor(labels, dtype=torch.long), reduction="none").numpy()
+    item_brier = _item_brier(probs, labels)
+    acc = float((probs.argmax(1) == labels).mean())
     return {
-        "acc": float((probs.argmax(1) == labels).mean()),
+        "acc": acc,
         "ece": expected_calibration_error(probs, labels, n_bins),
-        "nll": nll(logits, labels, temperature),
-        "brier": brier_score(probs, labels),
+        "nll": float(item_nll.mean()),
+        "brier": float(item_brier.mean()),
+        "se/acc": binomial_se(acc, len(labels)),
+        "se/ece": bootstrap_se(lambda w: reliability_bins(probs, labels, n_bins, w).ece, len(labels), seed=seed),
+        "se/nll": mean_se(item_nll),
+        "se/brier": mean_se(item_brier),
     }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Classification
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def macro_f1(labels: np.ndarray, predictions: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Macro-averaged F1 over the classes present in ``labels`` or ``predictions`` (scikit-learn's
+    ``f1_score(average="macro")``); ``weights`` counts each item that many times (a bootstrap resample)."""
+    y, pred = np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
+    n_classes = int(max(y.max(initial=0), pred.max(initial=0))) + 1
+    hit = w * (y == pred)
+    true_positive = np.bincount(y, weights=hit, minlength=n_classes)
+    support = np.bincount(y, weights=w, minlength=n_classes)  # tp + fn
+    predicted = np.bincount(pred, weights=w, minlength=n_classes)  # tp + fp
+    present = (support + predicted) > 0
+    return float((2 * true_positive[present] / (support[present] + predicted[present])).mean())

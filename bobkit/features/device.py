@@ -55,6 +55,25 @@ def set_threads(num_threads: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+@contextlib.contextmanager
+def single_thread_on_cpu(device: torch.device | str):
+    """Run the block with one intra-op thread on CPU (no change on a GPU), restoring the count afterwards.
+
+    Why: torch splits CPU reductions (sums, matrix products) across threads, so their rounding, and everything an
+    iterative solver builds on them, depends on the thread count. One thread gives the same bits on every machine
+    setting; use it for small, iterative fits whose result is a reported number (the linear probe).
+    """
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def device_name(device: torch.device) -> str:
     """A human-readable device name for provenance (GPU model or CPU model)."""
     if device.type == "cuda":
@@ -307,6 +326,21 @@ def prepare_model(
     if ex.compile if compile is None else compile:
         model = torch.compile(model)  # type: ignore[assignment]
     return model
+
+
+def frozen_backbone(name: str, execution: Execution, *, image_size: int, seed: int,
+                    channels_last: bool | None = None) -> tuple[torch.nn.Module, Execution]:
+    """Build registry backbone ``name`` as a frozen feature extractor and prepare it for inference.
+
+    Returns the model (on the device, eval mode, channels_last / compiled as settled) and ``execution`` with
+    ``channels_last`` settled for it (``None``: the device's measured default for this kind of model). Gradient
+    checkpointing is left off: no backward pass runs through it.
+    """
+    from bobkit import backbones
+
+    model = backbones.create_model(name, num_classes=0, image_size=image_size, seed=seed)
+    ex = execution.for_model(model, channels_last)
+    return prepare_model(model.eval(), ex, grad_checkpointing=False), ex
 
 
 # ------------------------------------------------------------------------------------------------------------

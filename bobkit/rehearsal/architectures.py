@@ -10,7 +10,7 @@ Per architecture group (:class:`~bobkit.rehearsal.groups.ArchGroup`):
   (what the robustness attacks take);
 * ``finetune``: the classifier with the group's widest head, AdamW with the grid's layer decay, one
   forward/backward/step;
-* ``detect`` / ``detect-frozen``: the task's own Mask R-CNN (:func:`bobkit.tasks.detection.build_detector`), its
+* ``detect`` / ``detect-frozen``: the task's own Mask R-CNN (:func:`bobkit.tasks.detector.build_detector`), its
   transform resizing and padding a typical image of the dataset, the trunk + FPN forward (and backward through
   what trains).
 """
@@ -109,7 +109,7 @@ def detector_size(dataset: str, image_size: int) -> tuple[int, int]:
 
 def check_detection(backbone: str, image_size: int, dataset: str, *, train: bool) -> None:
     """The detector's transform + trunk + FPN on typical images of ``dataset`` at the real input size."""
-    from bobkit.tasks.detection import build_detector
+    from bobkit.tasks.detector import build_detector
 
     size, max_size = detector_size(dataset, image_size)
     protocol = "finetune" if train else "frozen"

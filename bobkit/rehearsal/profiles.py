@@ -136,7 +136,7 @@ def _classifier_profile(backbone: str, image_size: int) -> Profile:
 
 
 def _detection_profile(backbone: str, image_size: int, max_size: int, shape: tuple[int, int]) -> Profile:
-    from bobkit.tasks.detection import build_detector
+    from bobkit.tasks.detector import build_detector
 
     with META:
         model = build_detector(backbone, "random_init", 2, image_size=image_size, max_size=max_size)

@@ -171,7 +171,7 @@ def measure_train_ratio(backbone: str, image_size: int, device: torch.device, fo
 def measure_probe(device: torch.device) -> dict[str, float]:
     """Seconds of one SGD probe step (batch 256) and of one L-BFGS iteration on small synthetic features, and the
     fp32 matmul rate (TFLOP/s) that large probes approach."""
-    from bobkit.tasks.classification import fit_linear_probe, fit_sgd_probe
+    from bobkit.tasks.training import fit_linear_probe, fit_sgd_probe
 
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(2048, 256, generator=generator).numpy()

@@ -30,12 +30,16 @@ SCHEMA_VERSION = 2
 TASK_OUTPUT_FORMAT = 2
 #: ``se/<metric>``: the sampling standard error of ``<metric>`` over the cell's test items.
 STDERR_PREFIX = "se/"
+#: ``n/<metric>``: the number of test items behind ``<metric>`` when it is not the cell's whole test split
+#: (OOD shifts, attacked subsets); otherwise the metric's declaration names the count descriptor.
+COUNT_PREFIX = "n/"
 
 
 # Keys a task may return that describe the run rather than score the backbone.
 NON_SCORE_SUFFIXES = ("_seconds", "_mb", "_bytes")
-NON_SCORE_PREFIXES = ("exec_", "peak_")  # execution settings (precision, channels_last, ...) and memory
-NON_SCORE_KEYS = ("threads", "n_train", "n_test", "n_queries", "n_database", "feature_cache_hit",
+NON_SCORE_PREFIXES = ("exec_", "peak_",  # execution settings (precision, channels_last, ...) and memory
+                      "se/", "n/", "selected_")  # standard errors, item counts, values a selection picked
+NON_SCORE_KEYS = ("threads", "n_train", "n_test", "n_queries", "n_database", "n_validation", "feature_cache_hit",
                   "batch_size_used", "images_per_second", "temperature")
 
 

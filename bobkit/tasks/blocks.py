@@ -159,21 +159,31 @@ OUTPUT_DIR = Param("output_dir", str, None, "set by `bob run`: where the metrics
 def probe_params() -> tuple[Param, ...]:
     """The linear probe's penalty and L-BFGS budget (classification, OOD and robustness)."""
     return (
-        Param("probe_l2", float, 1e-3, "linear probe: L2 penalty 0.5 * l2 * ||W||^2", low=0.0),
+        Param("probe_l2", float, "auto", "linear probe: L2 penalty 0.5 * l2 * ||W||^2; auto: chosen on held-out "
+              "training items", low=0.0, low_open=True, words=("auto",)),
         Param("probe_max_iter", int, PROBE_MAX_ITER, "linear probe: L-BFGS iterations", low=1, high=10_000),
     )
 
 
-def finetune_params() -> tuple[Param, ...]:
-    """End-to-end fine-tuning: AdamW with warm-up + cosine, optional layer-wise lr decay."""
+def finetune_params(lr_selection: bool = False) -> tuple[Param, ...]:
+    """End-to-end fine-tuning: AdamW with warm-up + cosine, optional layer-wise lr decay; with ``lr_selection``
+    the task takes a list of learning rates and selects one on held-out training items."""
     return (
         Param("epochs", int, 1, "fine-tuning epochs (the paper: 100)", low=1, high=1000),
-        Param("lr", float, 1e-3, "fine-tuning: peak AdamW learning rate", low=0.0, low_open=True),
+        lr_param(lr_selection),
         Param("weight_decay", float, 0.05, "fine-tuning: AdamW weight decay", low=0.0),
         Param("layer_decay", float, None, "fine-tuning: layer-wise lr decay, e.g. 0.75 as in the paper; None disables",
               low=0.0, low_open=True, high=1.0),
         Param("warmup_epochs", float, 0.0, "fine-tuning: linear warm-up epochs before the cosine decay", low=0.0),
     )
+
+
+def lr_param(selection: bool, default: float = 1e-3) -> Param:
+    """The peak AdamW learning rate; with ``selection`` also a list, the one that validates best is used."""
+    if selection:
+        return Param("lr", float, default, "fine-tuning: peak AdamW learning rate; a list: the one that validates "
+                     "best on held-out training items", low=0.0, low_open=True, or_list=True)
+    return Param("lr", float, default, "fine-tuning: peak AdamW learning rate", low=0.0, low_open=True)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -189,6 +199,7 @@ COMMON_DESCRIPTORS: tuple[Metric, ...] = (
     descriptor("threads", "torch intra-op threads used"),
     descriptor("feature_cache_hit", "1.0 when every frozen feature came from the cache"),
     descriptor("n_*", "item counts (train, test, queries, database, ...)"),
+    descriptor("selected_*", "a value chosen on held-out training items (probe L2, learning rate)"),
 )
 
 

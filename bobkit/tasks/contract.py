@@ -89,6 +89,11 @@ class Param:
         elsewhere.
     min_items : int
         A list must hold at least this many items.
+    words : tuple of str
+        Strings accepted in place of a value of ``type`` (``"auto"``: the task chooses the value itself).
+    or_list : bool
+        A scalar parameter that also takes a list of its values (a selection the task makes on held-out items,
+        e.g. several learning rates); each item is checked as the scalar is.
     """
 
     name: str
@@ -108,12 +113,16 @@ class Param:
     lookup: Callable[[Any], Any] | None = None
     machine_dependent: bool = False
     min_items: int = 0
+    words: tuple[str, ...] = ()
+    or_list: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"parameter {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
         if self.type not in (bool, int, float, str, list) or (self.type is list) != (self.item is not None):
             raise ValueError(f"parameter {self.name!r}: type {self.type!r} (item {self.item!r}) is not supported")
+        if self.or_list and self.type is list:
+            raise ValueError(f"parameter {self.name!r}: or_list is for scalar parameters")
 
     @property
     def accepts_none(self) -> bool:
@@ -134,6 +143,9 @@ class Param:
     def type_name(self) -> str:
         """``int``, ``list[float]``, ``str | None``, ... as shown in docs."""
         name = f"list[{self.item.__name__}]" if self.type is list else self.type.__name__
+        if self.or_list:
+            name = f"{name} | list[{name}]"
+        name = " | ".join([name, *(repr(word) for word in self.words)])
         return f"{name} | None" if self.accepts_none else name
 
 
@@ -301,6 +313,21 @@ def check_value(task: str, param: Param, value: Any, check_machine: bool = True)
         out = [_check_scalar(param, param.item, item, fail, check_machine, item_of_list=True) for item in items]
         if len(out) < param.min_items:
             raise fail(f"needs at least {param.min_items} item(s)")
+        repeated = sorted({repr(v) for v in out if out.count(v) > 1})
+        if repeated:
+            raise fail(f"repeats {', '.join(repeated)}")
+        return out
+    if isinstance(value, str) and value.strip() in param.words:
+        return value.strip()
+    if param.words:  # the error names the words too
+        words = " or ".join(repr(word) for word in param.words)
+        scalar_fail = fail
+        fail = lambda problem: scalar_fail(f"{problem} (or {words})")  # noqa: E731
+    if param.or_list and (isinstance(value, (list, tuple)) or (isinstance(value, str) and value.lstrip()[:1] == "[")):
+        items = _as_items(value, fail)
+        out = [_check_scalar(param, param.type, item, fail, check_machine, item_of_list=True) for item in items]
+        if not out:
+            raise fail("needs at least one item")
         repeated = sorted({repr(v) for v in out if out.count(v) > 1})
         if repeated:
             raise fail(f"repeats {', '.join(repeated)}")

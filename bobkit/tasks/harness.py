@@ -14,7 +14,7 @@ import ast
 import functools
 from typing import Any, Callable, Iterable, Mapping
 
-from bobkit.results.sidecars import STDERR_PREFIX, TASK_OUTPUT_FORMAT, save_cell_metrics, split_metrics
+from bobkit.results.sidecars import COUNT_PREFIX, STDERR_PREFIX, TASK_OUTPUT_FORMAT, save_cell_metrics, split_metrics
 from bobkit.tasks.contract import PARAMETERS_HEADER, Metric, TaskSpec
 
 #: The first line of the cell papermill injects (``-p``, ``-y``, ``-f``).
@@ -44,7 +44,7 @@ class TaskResult(dict):
 
     def is_score(self, name: str) -> bool:
         """Whether output ``name`` is a score (declared, else guessed from its name as before declarations)."""
-        if name.startswith(STDERR_PREFIX):
+        if name.startswith((STDERR_PREFIX, COUNT_PREFIX)):
             return False
         declared = self.declaration(name)
         if declared is not None:
@@ -64,15 +64,19 @@ class TaskResult(dict):
     @property
     def descriptors(self) -> dict[str, float]:
         """Run descriptors: timings, sizes, execution settings, peak memory, selected values."""
-        return {k: v for k, v in self.items() if not k.startswith(STDERR_PREFIX) and not self.is_score(k)}
+        return {k: v for k, v in self.items()
+                if not k.startswith((STDERR_PREFIX, COUNT_PREFIX)) and not self.is_score(k)}
 
     @property
     def n_items(self) -> dict[str, int]:
-        """Test items behind each score whose declaration names a count descriptor the cell reported."""
+        """Test items behind each score: its own ``n/<metric>`` output, else the count descriptor its declaration
+        names (``n_test``, ``n_queries``), when the cell reported one."""
         out = {}
         for name in self.scores:
             declared = self.declaration(name)
-            count = self.get(declared.n_items) if declared is not None and declared.n_items else None
+            count = self.get(COUNT_PREFIX + name)
+            if count is None and declared is not None and declared.n_items:
+                count = self.get(declared.n_items)
             if count is not None and count == count:
                 out[name] = int(count)
         return out
@@ -100,7 +104,7 @@ class TaskResult(dict):
 
     def undeclared(self) -> list[str]:
         """Outputs the task does not declare (direction and kind then come from the name)."""
-        names = (k[len(STDERR_PREFIX):] if k.startswith(STDERR_PREFIX) else k for k in self)
+        names = (k.split("/", 1)[1] if k.startswith((STDERR_PREFIX, COUNT_PREFIX)) else k for k in self)
         return sorted({name for name in names if self.declaration(name) is None})
 
     def output(self) -> dict[str, Any]:

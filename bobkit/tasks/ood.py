@@ -2,7 +2,7 @@
 
 The classifier is a linear probe on cached frozen features (the classification task's probe, trained on the same
 cached features, so an OOD cell after a probe cell extracts only the target features) or an end-to-end fine-tune
-(:func:`bobkit.tasks.classification.finetune`). It is evaluated on
+(:func:`bobkit.tasks.training.finetune`). It is evaluated on
 
 - the source's own test split (in-distribution accuracy, ``id_acc``);
 - every dataset in ``targets`` (``acc/<target>`` and ``drop_<target>`` = ``id_acc - acc``): a real domain shift
@@ -14,7 +14,10 @@ cached features, so an OOD cell after a probe cell extracts only the target feat
   mean ``mca`` (mean corruption accuracy) and ``mca_drop`` = ``id_acc - mca``.
 
 Metric names keep their direction readable by :func:`bobkit.results.higher_is_better`: accuracies are
-higher-is-better, names starting or ending with ``drop`` lower-is-better.
+higher-is-better, names starting or ending with ``drop`` lower-is-better. Every score has its sampling standard
+error ``se/<metric>`` (binomial for an accuracy; a per-image mean for ``mca``; drops combine their two parts as
+independent samples), and ``n/<metric>`` gives the items behind a score when they are not the ``n_test``
+in-distribution test items.
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ import torch
 from bobkit import backbones
 from bobkit.data import ImageDataset, MissingDataError, dataset_info, dataset_names, get_dataset
 from bobkit.eval.corruptions import CORRUPTIONS, DEFAULT_CORRUPTIONS, SEVERITIES, corrupt
-from bobkit.features.device import Execution, prepare_model
+from bobkit.eval.uncertainty import binomial_se, difference_se, mean_se
+from bobkit.features.device import Execution, frozen_backbone, prepare_model
 from bobkit.features.extract import extract_features, run_forward
 from bobkit.tasks import blocks
-from bobkit.tasks.classification import finetune, fit_linear_probe
 from bobkit.tasks.common import as_list, inference_batch_size
 from bobkit.tasks.contract import Metric, Param, TaskSpec
 from bobkit.tasks.harness import task_entry
+from bobkit.tasks.training import finetune, fit_probe
 
 VERSION = "1"
 PROTOCOLS = ("linear_probe", "finetune")
@@ -174,12 +178,26 @@ def _class_subset(ds: ImageDataset, n_outputs: int) -> np.ndarray | None:
 
 def masked_accuracy(logits: np.ndarray, labels: np.ndarray, class_subset: np.ndarray | None = None) -> float:
     """Top-1 accuracy; with ``class_subset``, the arg-max is taken over those classes only."""
+    correct = masked_correct(logits, labels, class_subset)
+    return float(correct.mean()) if len(correct) else float("nan")
+
+
+def masked_correct(logits: np.ndarray, labels: np.ndarray, class_subset: np.ndarray | None = None) -> np.ndarray:
+    """Per-item top-1 correctness (bool); with ``class_subset``, the arg-max is over those classes only."""
     logits = np.asarray(logits)
     if class_subset is not None:
         pred = class_subset[np.argmax(logits[:, class_subset], axis=1)]
     else:
         pred = np.argmax(logits, axis=1)
-    return float((pred == np.asarray(labels)).mean()) if len(labels) else float("nan")
+    return pred == np.asarray(labels)
+
+
+def accuracy_metrics(key: str, correct: np.ndarray, id_acc: float, id_n: int) -> dict[str, float]:
+    """``acc/<key>``, ``drop_<key>`` (``id_acc - acc``), their standard errors and the items behind them."""
+    acc = float(correct.mean()) if len(correct) else float("nan")
+    se = binomial_se(acc, len(correct))
+    return {f"acc/{key}": acc, f"drop_{key}": id_acc - acc, f"se/acc/{key}": se,
+            f"se/drop_{key}": difference_se(binomial_se(id_acc, id_n), se), f"n/acc/{key}": float(len(correct))}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -200,17 +218,17 @@ def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
         predict, id_logits, id_labels = _finetuned_classifier(p, ex, config, timings)
 
     t0, extract_before = time.perf_counter(), predict.extract_seconds
-    metrics: dict[str, float] = {"id_acc": masked_accuracy(id_logits, id_labels)}
+    id_acc, id_n = masked_accuracy(id_logits, id_labels), len(id_labels)
+    metrics: dict[str, float] = {"id_acc": id_acc, "se/id_acc": binomial_se(id_acc, id_n)}
     targets = as_list(p["targets"], str)
     for target in targets:
         name, split = _target_spec(target, p["target_split"])
         if name == CORRUPTION_TARGET:
-            metrics.update(_corruption_metrics(p, predict, metrics["id_acc"]))
+            metrics.update(_corruption_metrics(p, predict, id_acc, id_n))
             continue
         logits, labels, subset = predict.dataset(name, split)
         key = name if split == p["target_split"] else f"{name}:{split}"
-        metrics[f"acc/{key}"] = masked_accuracy(logits, labels, subset)
-        metrics[f"drop_{key}"] = metrics["id_acc"] - metrics[f"acc/{key}"]
+        metrics.update(accuracy_metrics(key, masked_correct(logits, labels, subset), id_acc, id_n))
     timings["evaluate_seconds"] = time.perf_counter() - t0 - (predict.extract_seconds - extract_before)
     timings["extract_seconds"] += predict.extract_seconds
     metrics.update(timings)
@@ -312,22 +330,24 @@ def _linear_probe_classifier(p: dict[str, Any], ex: Execution, config: dict[str,
         timings["extract_seconds"] += train.seconds + test.seconds
         cache_hit = train.cache_hit and test.cache_hit
         n_classes = dataset_info(p["dataset"]).num_classes
-    else:  # a source this task builds itself (VisDA): uncached features
-        from bobkit.tasks.retrieval import dataset_features, prepare_backbone
-
+    else:  # a source this task builds itself (VisDA): uncached features, decoded batch by batch
         t0 = time.perf_counter()
-        model, ex = prepare_backbone(p, ex)
+        model, ex = frozen_backbone(p["backbone"], ex, image_size=p["image_size"], seed=p["seed"],
+                                    channels_last=p["channels_last"])
         tr = _load(p["dataset"], p["train_split"], p["max_train"], p["seed"])
         te = _load(p["dataset"], p["test_split"], p["max_test"], p["seed"])
         batch = inference_batch_size(p["batch_size"], ex)
-        train_x = dataset_features(model, tr, config, p["image_size"], batch, ex)
-        test_x = dataset_features(model, te, config, p["image_size"], batch, ex)
+        train_x = run_forward(model, tr, config, p["image_size"], batch, ex)
+        test_x = run_forward(model, te, config, p["image_size"], batch, ex)
         train_y, test_y, n_classes, cache_hit = tr.labels, te.labels, len(tr.classes), False
         timings["extract_seconds"] += time.perf_counter() - t0
     t1 = time.perf_counter()
-    probe = fit_linear_probe(np.array(train_x), train_y, num_classes=n_classes, l2=p["probe_l2"],
-                             max_iter=p["probe_max_iter"], device=ex.device)
+    fitted = fit_probe(np.array(train_x), train_y, num_classes=n_classes, l2=p["probe_l2"],
+                       max_iter=p["probe_max_iter"], seed=p["seed"], device=ex.device)
     timings["train_seconds"] += time.perf_counter() - t1
+    if fitted.selected:
+        timings["selected_probe_l2"] = fitted.l2  # a descriptor beside the timings
+    probe = fitted.probe
     predictor = _Predictor(p, ex, config, build, probe.logits, len(train_y), cache_hit, model=model)
     return predictor, probe.logits(np.array(test_x)), np.asarray(test_y)
 
@@ -353,16 +373,23 @@ def _finetuned_classifier(p: dict[str, Any], ex: Execution, config: dict[str, An
     return predictor, predictor.images(test_ds), test_ds.labels
 
 
-def _corruption_metrics(p: dict[str, Any], predict: _Predictor, id_acc: float) -> dict[str, float]:
-    """``acc/<corruption>/<severity>``, ``mca`` and ``mca_drop`` on corrupted source test images."""
+def _corruption_metrics(p: dict[str, Any], predict: _Predictor, id_acc: float, id_n: int) -> dict[str, float]:
+    """``acc/<corruption>/<severity>``, ``mca`` and ``mca_drop`` on corrupted source test images, with standard
+    errors: binomial per condition; for ``mca`` the SE of the per-image mean over conditions (the conditions share
+    their images, so their errors are not independent)."""
     ds = _load(p["dataset"], p["test_split"], p["max_corrupted"], p["seed"])
     images, labels = ds.images, ds.labels
     out: dict[str, float] = {}
+    per_condition: list[np.ndarray] = []
     for name in as_list(p["corruptions"], str):
         for severity in as_list(p["severities"], int):
-            logits = predict.images(corrupt(images, name, severity, seed=p["seed"]))
-            out[f"acc/{name}/{severity}"] = masked_accuracy(logits, labels)
-    if out:
-        out["mca"] = float(np.mean(list(out.values())))
-        out["mca_drop"] = id_acc - out["mca"]
+            correct = masked_correct(predict.images(corrupt(images, name, severity, seed=p["seed"])), labels)
+            out.update({k: v for k, v in accuracy_metrics(f"{name}/{severity}", correct, id_acc, id_n).items()
+                        if not k.startswith(("drop_", "se/drop_"))})
+            per_condition.append(correct)
+    if per_condition:
+        per_image = np.mean(per_condition, axis=0)  # each image's accuracy over the conditions
+        out.update(mca=float(per_image.mean()), mca_drop=id_acc - float(per_image.mean()),
+                   **{"se/mca": mean_se(per_image), "n/mca": float(len(per_image))})
+        out["se/mca_drop"] = difference_se(binomial_se(id_acc, id_n), out["se/mca"])
     return out

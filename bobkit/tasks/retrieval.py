@@ -15,9 +15,10 @@ Two protocols, as in the paper's retrieval code (hsouri/bob-retrieval):
     (:func:`bobkit.data.revisited.revisited_ground_truth`). Like the paper's code, query images are used whole unless
     ``crop_queries`` (the official protocol crops them to their bounding box).
 
-Metrics: ``map``, ``mrr``, ``precision@k``, ``recall@k`` (k in ``ks``), all in [0, 1]; AP is the trapezoidal AP
-of the revisited benchmark code, which the paper uses for every retrieval dataset (``ap="step"`` gives
-scikit-learn's non-interpolated AP).
+Metrics: ``map``, ``mrr``, ``precision@k``, ``recall@k`` (k in ``ks``), and for ``revisited`` also ``mp@k``
+(the revisitop code's mP@k, which the community reports for Oxford/Paris), all in [0, 1], each with its standard
+error over the queries (``se/<metric>``); AP is the trapezoidal AP of the revisited benchmark code, which the
+paper uses for every retrieval dataset (``ap="step"`` gives scikit-learn's non-interpolated AP).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from bobkit import backbones
@@ -39,7 +39,7 @@ from bobkit.eval.metrics import (
     class_retrieval_metrics,
     revisited_retrieval_metrics,
 )
-from bobkit.features.device import Execution, prepare_model
+from bobkit.features.device import Execution, frozen_backbone
 from bobkit.features.extract import extract_features, is_cached, run_forward
 from bobkit.tasks import blocks
 from bobkit.tasks.common import as_list, inference_batch_size
@@ -237,50 +237,17 @@ def _decode_query(path: Path, bbx: list[float] | None, size: int) -> np.ndarray:
         return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
-def dataset_features(model: torch.nn.Module, dataset: ImageDataset, data_config: dict[str, Any], image_size: int,
-                     batch_size: int, execution: Execution) -> np.ndarray:
-    """Pooled features of a (possibly file-backed) dataset, uncached.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Backbone already prepared for ``execution`` (:func:`bobkit.features.device.prepare_model`), in eval mode.
-    dataset : ImageDataset
-        In memory or file-backed; file-backed items are decoded batch by batch (by the execution's prefetch
-        threads when ``loader_workers > 0``), never all at once.
-    data_config, image_size, batch_size
-        Normalisation and interpolation of the backbone, input side, forward batch.
-    execution : Execution
-        Device, autocast precision, memory format and loader threads of the forward pass.
-
-    Returns
-    -------
-    ndarray
-        ``(N, D)`` float32 features.
-    """
-    return run_forward(model, dataset, data_config, image_size, batch_size, execution)
-
-
-def prepare_backbone(p: dict[str, Any], ex: Execution) -> tuple[torch.nn.Module, Execution]:
-    """Build the task's frozen feature backbone and prepare it for inference under ``ex``.
-
-    Returns the model (on the device, eval mode, channels_last / compiled as settled) and ``ex`` with
-    ``channels_last`` settled for it. Gradient checkpointing is left off: no backward pass runs through it.
-    """
-    model = backbones.create_model(p["backbone"], num_classes=0, image_size=p["image_size"], seed=p["seed"])
-    ex = ex.for_model(model, p["channels_last"])
-    return prepare_model(model.eval(), ex, grad_checkpointing=False), ex
-
-
 def _run_revisited(p: dict[str, Any], ex: Execution) -> dict[str, float]:
     t0 = time.perf_counter()
     queries, database, gnd = load_revisited(p["dataset"], crop_queries=bool(p["crop_queries"]),
                                             gnd_sha256=p["gnd_sha256"])
-    model, ex = prepare_backbone(p, ex)
+    # file-backed datasets are decoded batch by batch (by the prefetch threads when loader_workers > 0)
+    model, ex = frozen_backbone(p["backbone"], ex, image_size=p["image_size"], seed=p["seed"],
+                                channels_last=p["channels_last"])
     config = backbones.data_config(p["backbone"], image_size=p["image_size"])
     batch = inference_batch_size(p["batch_size"], ex)
-    q = dataset_features(model, queries, config, p["image_size"], batch, ex)
-    db = dataset_features(model, database, config, p["image_size"], batch, ex)
+    q = run_forward(model, queries, config, p["image_size"], batch, ex)
+    db = run_forward(model, database, config, p["image_size"], batch, ex)
     extract_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
     metrics = revisited_retrieval_metrics(q, db, gnd, protocol=p["revisited_protocol"], ks=as_list(p["ks"], int),

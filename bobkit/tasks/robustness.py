@@ -5,8 +5,9 @@ fine-tuned end to end. A held-out ``calibration_fraction`` of the training items
 temperature is fitted on it, and every metric is reported on the test split.
 
 Calibration
-    ``ece`` (15 bins), ``nll``, ``brier`` before and ``ece_ts``, ``nll_ts``, ``brier_ts`` after temperature
-    scaling, with the fitted ``temperature``; :func:`plot_reliability` draws both reliability diagrams.
+    ``ece`` (the textbook 15-bin ECE, :func:`bobkit.eval.metrics.expected_calibration_error`), ``nll``, ``brier``
+    before and ``ece_ts``, ``nll_ts``, ``brier_ts`` after temperature scaling, with the fitted ``temperature``;
+    :func:`plot_reliability` draws both reliability diagrams from the same bins.
 Adversarial robustness
     Accuracy under FGSM and PGD (L-inf, :mod:`bobkit.eval.attacks`) on ``max_attack`` test images for each epsilon in
     pixel units: ``acc/fgsm/<eps>``, ``acc/pgd/<eps>``. The attacks run on ``[0, 1]`` images at the model's input
@@ -32,13 +33,14 @@ from bobkit.data import dataset_info, get_dataset
 from bobkit.data.transforms import to_tensor_batch
 from bobkit.eval.attacks import ATTACKS, NormalizedModel, robust_accuracy
 from bobkit.eval.metrics import ReliabilityBins, calibration_metrics, fit_temperature, reliability_bins, softmax
+from bobkit.eval.uncertainty import binomial_se
 from bobkit.features.device import Execution, prepare_model
 from bobkit.features.extract import extract_features, run_forward
 from bobkit.tasks import blocks
-from bobkit.tasks.classification import finetune, fit_linear_probe
 from bobkit.tasks.common import as_list, inference_batch_size
 from bobkit.tasks.contract import Metric, Param, TaskSpec, descriptor
 from bobkit.tasks.harness import task_entry
+from bobkit.tasks.training import finetune, fit_probe
 
 VERSION = "1"
 PROTOCOLS = ("linear_probe", "finetune")
@@ -144,12 +146,7 @@ def run(p: dict[str, Any], ex: Execution) -> RobustnessResult:
     t0 = time.perf_counter()
     (calib_logits, calib_labels), (test_logits, test_labels) = calib, test
     temperature = fit_temperature(calib_logits, calib_labels)
-    before = calibration_metrics(test_logits, test_labels, n_bins=int(p["n_bins"]))
-    after = calibration_metrics(test_logits, test_labels, temperature=temperature, n_bins=int(p["n_bins"]))
-    metrics: dict[str, float] = {
-        "top1": before["acc"], "ece": before["ece"], "nll": before["nll"], "brier": before["brier"],
-        "ece_ts": after["ece"], "nll_ts": after["nll"], "brier_ts": after["brier"], "temperature": temperature,
-    }
+    metrics = _calibration_scores(test_logits, test_labels, temperature, int(p["n_bins"]), p["seed"])
     timings["calibration_seconds"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -165,6 +162,21 @@ def run(p: dict[str, Any], ex: Execution) -> RobustnessResult:
         temperature,
         p,
     )
+
+
+def _calibration_scores(logits: np.ndarray, labels: np.ndarray, temperature: float, n_bins: int,
+                        seed: int) -> dict[str, float]:
+    """``top1``, ``ece``, ``nll``, ``brier`` before and ``*_ts`` after temperature scaling, the ``temperature``,
+    and every score's standard error over the test items (``se/<metric>``)."""
+    before = calibration_metrics(logits, labels, n_bins=n_bins, seed=seed)
+    after = calibration_metrics(logits, labels, temperature=temperature, n_bins=n_bins, seed=seed)
+    names = {"top1": "acc", "ece": "ece", "nll": "nll", "brier": "brier"}
+    out = {name: before[key] for name, key in names.items()}
+    out.update({f"{name}_ts": after[name] for name in ("ece", "nll", "brier")})
+    out.update({f"se/{name}": before[f"se/{key}"] for name, key in names.items()})
+    out.update({f"se/{name}_ts": after[f"se/{name}"] for name in ("ece", "nll", "brier")})
+    out["temperature"] = temperature
+    return out
 
 
 def _linear_probe_model(p: dict[str, Any], ex: Execution, n_classes: int, timings: dict[str, float]):
@@ -189,9 +201,12 @@ def _linear_probe_model(p: dict[str, Any], ex: Execution, n_classes: int, timing
     fit_idx, held_idx = calibration_split(train.labels, float(p["calibration_fraction"]), p["seed"])
     train_x = np.array(train.features)
     t1 = time.perf_counter()
-    probe = fit_linear_probe(train_x[fit_idx], train.labels[fit_idx], num_classes=n_classes, l2=p["probe_l2"],
-                             max_iter=p["probe_max_iter"], device=ex.device)
+    fitted = fit_probe(train_x[fit_idx], train.labels[fit_idx], num_classes=n_classes, l2=p["probe_l2"],
+                       max_iter=p["probe_max_iter"], seed=p["seed"], device=ex.device)
     timings["train_seconds"] = time.perf_counter() - t1
+    if fitted.selected:
+        timings["selected_probe_l2"] = fitted.l2  # a descriptor beside the timings
+    probe = fitted.probe
     # Device and memory format as extraction set them (in place) on a cache miss, and checkpointing for the
     # attacks' backward pass; uncompiled, since the attacks differentiate through it.
     backbone = prepare_model(backbone.eval(), ex, compile=False)
@@ -243,7 +258,8 @@ def pixel_batch(images: np.ndarray, data_config: dict[str, Any], image_size: int
 
 def _attack_metrics(p: dict[str, Any], model: torch.nn.Module, config: dict[str, Any],
                     ex: Execution) -> dict[str, float]:
-    """``acc/<attack>/<eps>`` for every attack and epsilon on ``max_attack`` stratified test images.
+    """``acc/<attack>/<eps>`` for every attack and epsilon on ``max_attack`` stratified test images, with their
+    binomial standard errors (``se/acc/...``) and the number of attacked images (``n/acc/...``).
 
     The attacks run on ``ex.device`` in fp32 whatever ``ex.precision``: the gradient sign of an autocast
     forward would mostly agree, but fp32 keeps the attack strength independent of the execution settings, so
@@ -262,7 +278,9 @@ def _attack_metrics(p: dict[str, Any], model: torch.nn.Module, config: dict[str,
             attacked, x, y, epsilons, attack=attack, steps=int(p["pgd_steps"]), step_size=p["pgd_step_size"],
             random_start=bool(p["random_start"]), batch_size=int(p["batch_size"]), seed=int(p["seed"]),
         )
-        out.update({f"acc/{attack}/{eps:g}": acc for eps, acc in accs.items()})
+        for eps, acc in accs.items():
+            name = f"acc/{attack}/{eps:g}"
+            out.update({name: acc, f"se/{name}": binomial_se(acc, len(y)), f"n/{name}": float(len(y))})
     return out
 
 
