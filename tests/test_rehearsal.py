@@ -131,13 +131,13 @@ def _read_standin(name: str):
 
 EXPECTED_SIZES = {
     "imagenet_1k": {"train": 9, "val": 6, "test": 6},
-    "imagenet_1k_1pct": {"train": 3, "val": 6, "test": 6},
-    "imagenet_1k_10pct": {"train": 6, "val": 6, "test": 6},
+    "imagenet_1k_1pct": {"train": 6, "val": 6, "test": 6},
+    "imagenet_1k_10pct": {"train": 9, "val": 6, "test": 6},
     "imagenet_a": {"test": 2}, "imagenet_r": {"test": 2}, "imagenet_sketch": {"test": 2}, "imagenet_v2": {"test": 2},
     "cifar100": {"train": 9, "test": 4},
     "flowers102": {"train": 6, "val": 3, "test": 3},
     "fgvc_aircraft": {"train": 6, "val": 3, "test": 3},
-    "eurosat": {"train": 10, "test": 10},
+    "eurosat": {"train": 30, "test": 10},
     "cub200_2011": {"train": 4, "test": 10},
     "chexpert": {"train": 3},
     "visda2017": {"train": 24, "test": 12, "validation": 12},  # 10% of the synthetic images held out
@@ -319,7 +319,7 @@ def test_a_miniature_cell_keeps_every_branch_and_cuts_the_work():
                                  "max_train": None, "max_test": None, "epsilons": [0, 0.25, 0.5, 1, 2],
                                  "attacks": ["fgsm", "pgd"], "pgd_steps": 10, "max_attack": 5000, "batch_size": 64})
     assert p["image_size"] == 224 and p["attacks"] == ["fgsm", "pgd"] and p["epsilons"] == [0, 0.25]
-    assert (p["max_train"], p["max_test"], p["pgd_steps"], p["max_attack"]) == (4, 2, 1, 2)
+    assert (p["max_train"], p["max_test"], p["pgd_steps"], p["max_attack"]) == (None, 2, 1, 2)  # whole stand-in
     f = miniature("classification", {"protocol": "finetune", "epochs": 100, "layer_decay": 0.75, "max_train": None,
                                      "batch_size": 64, "warmup_epochs": 5})
     assert (f["epochs"], f["max_train"], f["batch_size"], f["layer_decay"]) == (1, 2, 2, 0.75)  # one step
@@ -327,6 +327,30 @@ def test_a_miniature_cell_keeps_every_branch_and_cuts_the_work():
                                 "n_train": 240, "n_val": 80})
     assert (d["image_size"], d["epochs"], d["batch_size"], d["n_train"], d["n_val"]) == (128, 1, 2, 2, 2)
     assert d["device"] == "cpu" and d["num_threads"] == 1
+
+
+def test_a_miniature_leaves_the_items_per_class_a_selection_needs_as_the_real_split_does():
+    """probe_l2="auto" holds out training items per class: a miniature capped at 4 items left classes with one
+    and failed every probe group; a label fraction keeps one item per class on the stand-in exactly when it keeps
+    one on the real dataset (10% of Flowers-102's 10 per class), else all of the stand-in's (10% of CIFAR-100's 500)."""
+    import numpy as np
+
+    from bobkit.data import get_dataset
+    from bobkit.data.datasets import low_shot_indices
+    from bobkit.rehearsal.cells import miniature, standin_label_fraction
+    from bobkit.rehearsal.environment import rehearsal_environment
+
+    assert standin_label_fraction("cifar100", 0.1) == 1.0 and standin_label_fraction("eurosat", 0.01) == 1.0
+    assert standin_label_fraction("flowers102", 0.1) < 0.01
+    p = miniature("classification", {"protocol": "linear_probe", "dataset": "flowers102", "max_train": 2000,
+                                     "label_fraction": 0.1})
+    assert p["max_train"] is None and p["label_fraction"] < 0.01
+    with rehearsal_environment(["eurosat", "flowers102", "imagenet_1k_1pct"]):
+        for name in ("eurosat", "flowers102", "imagenet_1k_1pct"):
+            assert np.unique(get_dataset(name, "train").labels, return_counts=True)[1].min() >= 2, name
+        labels = get_dataset("flowers102", "train").labels
+        kept = labels[low_shot_indices(labels, fraction=p["label_fraction"])]
+        assert np.unique(kept, return_counts=True)[1].tolist() == [1, 1, 1]  # as 10% of the real 10 per class
 
 
 # ------------------------------------------------------------------------------------------------------------

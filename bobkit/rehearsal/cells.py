@@ -18,8 +18,10 @@ from typing import Any
 from bobkit.rehearsal.groups import CellGroup
 from bobkit.results.sidecars import TASK_OUTPUT, parse_task_output
 
-#: Upper bounds of the sizes a rehearsed cell keeps (stand-ins are smaller still).
-MINIATURE_SIZES = {"max_train": 4, "max_test": 2, "max_samples": 10, "max_target": 2, "max_attack": 2,
+#: Upper bounds of the sizes a rehearsed cell keeps (stand-ins are smaller still). Frozen-feature cells read the
+#: stand-in's whole train split (a dozen images, at least two per class): a selection on held-out training items
+#: (``probe_l2="auto"``, ``lr`` lists) needs two per class, as the real splits have.
+MINIATURE_SIZES = {"max_test": 2, "max_samples": 10, "max_target": 2, "max_attack": 2,
                    "max_corrupted": 2, "n_train": 2, "n_val": 2}
 #: Loops cut to one round.
 ONE_ROUND = ("epochs", "probe_epochs", "pgd_steps")
@@ -52,6 +54,10 @@ def first_line(exc: BaseException) -> str:
 def miniature(task: str, params: dict[str, Any], *, threads: int = 1) -> dict[str, Any]:
     """``params`` with the amount of work cut down and every branch-picking value kept; runs on the CPU."""
     p = dict(params)
+    if "max_train" in p:
+        p["max_train"] = None  # the whole stand-in split (fine-tuning cuts it to one batch below)
+    if p.get("label_fraction") is not None and p.get("dataset"):
+        p["label_fraction"] = standin_label_fraction(str(p["dataset"]), float(p["label_fraction"]))
     for name, bound in MINIATURE_SIZES.items():
         if name in p:
             p[name] = bound if p[name] is None else min(int(p[name]), bound)
@@ -69,6 +75,19 @@ def miniature(task: str, params: dict[str, Any], *, threads: int = 1) -> dict[st
         p["batch_size"] = MINIATURE_SIZES["n_train"]
     p.update(device="cpu", num_threads=threads, loader_workers=0, compile=False)
     return p
+
+
+def standin_label_fraction(dataset: str, fraction: float) -> float:
+    """The label fraction that leaves the stand-in as many items per class as ``fraction`` leaves the real
+    dataset, as far as it matters: one (10% of Flowers-102's 10 per class: no item left to validate on) or
+    several (10% of CIFAR-100's 500; the stand-in keeps all of its own, at least two).
+    """
+    from bobkit.data import dataset_info
+
+    info = dataset_info(dataset)
+    per_class = info.num_items["train"] / info.num_classes
+    keeps = max(1, int(round(fraction * per_class)))  # as bobkit.data.datasets.low_shot_indices rounds
+    return 1.0 if keeps >= 2 else 1e-6  # 1e-6: one item per class (low_shot_indices keeps at least one)
 
 
 def run_group(group: CellGroup, twin: dict[str, str], out_dir: Path, *, threads: int = 1) -> dict[str, float]:

@@ -112,9 +112,9 @@ def write_fgvc_aircraft(root: Path, rng: np.random.Generator) -> None:
 
 def write_eurosat(root: Path, rng: np.random.Generator) -> None:
     """``eurosat/2750/<Class>/<Class>_<n>.jpg``, 64 x 64 RGB patches, all ten land-use classes (the loader
-    takes its classes from the folders)."""
+    takes its classes from the folders); four per class, so the 80/20 split trains on at least two of each."""
     for cls in EUROSAT_CLASSES:
-        for n in range(1, 3):
+        for n in range(1, 5):
             write_picture(root / "eurosat" / "2750" / cls / f"{cls}_{n}.jpg", rng, (64, 64))
 
 

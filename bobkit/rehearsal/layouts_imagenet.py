@@ -54,8 +54,9 @@ def write_imagenet(root: Path, rng: np.random.Generator) -> None:
 
 def write_imagenet_subset(root: Path, percent: int) -> None:
     """``imagenet_subsets/{1,10}percent.txt``: one ImageNet train file name per line (SimCLR's lists); the listed
-    files are those :func:`write_imagenet` wrote (one per class for 1%, two for 10%)."""
-    per_class = 1 if percent == 1 else 2
+    files are those :func:`write_imagenet` wrote: two per class for 1% (the real list has about 13, enough to
+    hold some out for a selection), all three for 10%."""
+    per_class = 2 if percent == 1 else IMAGENET_TRAIN_PER_CLASS
     names = [f"{wnid}_{1000 + k}.JPEG" for wnid in standin_wnids() for k in range(per_class)]
     path = root / "imagenet_subsets" / f"{percent}percent.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
