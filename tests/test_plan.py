@@ -33,7 +33,7 @@ def _two_cells():
     from bobkit.batch.grid import expand_grid
 
     common = {"backbone": "resnet50.a1_in1k", "dataset": "cifar100", "protocol": "linear_probe",
-              "image_size": 224, "max_train": 1000, "max_test": 500, "seed": 0}
+              "image_size": 224, "max_train": 1000, "max_test": 500, "seed": 0, "probe_l2": 1e-3}
     spec = {"grid": [
         {"task": "classification", **common, "probe_solver": "sgd", "probe_epochs": 90},
         {"task": "robustness", **common, "attacks": ["fgsm"], "epsilons": [0, 1], "max_attack": 10},
@@ -72,6 +72,31 @@ def test_plan_arithmetic_on_a_two_cell_grid():
     assert "3.90 / 2.24" not in text  # hours are printed, not seconds
     assert f"{3.90 / 2.24:.2f}x as written" in text and f"{3.90 / 2.08:.2f}x with the L-BFGS probe" in text
     assert "2 cells measured" in text
+
+
+def test_selections_multiply_the_probe_fits_and_the_training():
+    """probe_l2="auto" on 1000 items: 200 held out (enough for one split), 7 L2 values on 800 items + the refit on
+    1000: SGD 8 fits x 90 epochs x 4 steps x 1 ms = 2.88 s, L-BFGS 8 x 20 x 10 ms = 1.6 s (the paper's single SGD
+    fit: 0.36 s). On 500 items only 100 are held out: five folds of 400, 35 fits + the refit, each 90 x 2 x 1 ms.
+    Fine-tuning with two learning rates: each on 80% of the items, then the winner on all: 2 x 0.8 + 1 = 2.6 fits."""
+    from bobkit.batch.grid import expand_grid
+    from bobkit.rehearsal.plan import plan_grid, probe_fit_sizes, selection_share
+
+    assert probe_fit_sizes(1000, "auto") == [800] * 7 + [1000] and probe_fit_sizes(1000, 0.01) == [1000]
+    assert probe_fit_sizes(500, "auto") == [400] * 35 + [500]
+    assert selection_share(1e-3) == 1.0 and selection_share([1e-4, 2e-4]) == pytest.approx(2.6)
+    common = {"task": "classification", "backbone": "resnet50.a1_in1k", "dataset": "cifar100", "image_size": 224,
+              "max_test": 500, "seed": 0}
+    cells = expand_grid({"grid": [
+        {**common, "protocol": "linear_probe", "probe_solver": "sgd", "probe_epochs": 90, "max_train": 1000},
+        {**common, "protocol": "linear_probe", "probe_solver": "sgd", "probe_epochs": 90, "max_train": 500},
+        {**common, "protocol": "finetune", "epochs": 2, "lr": [[1e-3, 1e-4]], "max_train": 1000},
+    ]})
+    auto, folds, tuned = plan_grid(cells, _table(), profile=_profile).cells
+    assert auto.probe_seconds == pytest.approx(8 * 0.36) and auto.lbfgs_probe_seconds == pytest.approx(8 * 0.2)
+    assert auto.paper_probe_seconds == pytest.approx(0.36)
+    assert folds.probe_seconds == pytest.approx(36 * 0.18)
+    assert tuned.backward == round(2 * 1000 * 2.6)
 
 
 def test_a_cell_that_does_not_fit_is_named_and_cells_without_a_cost_model_are_listed():

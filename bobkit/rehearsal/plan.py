@@ -17,6 +17,10 @@ detection                ``epochs x n_train`` training images of the trunk + FPN
                          (the heads are not counted) and ``n_val`` forward passes
 =======================  ==================================================================================
 
+Selections multiply the work: a list of ``lr`` trains each rate on the 80% of the training items left after holding
+out a validation share, then the winner on all of them (:func:`selection_share`); ``probe_l2="auto"`` fits one probe
+per value of its grid on each validation fold and refits the chosen one (:func:`probe_fit_sizes`).
+
 The paper's way (:attr:`CellCost.paper_seconds`): every cell extracts its own features, and every linear probe is
 the 90-epoch SGD probe. The grid as written is also costed with the L-BFGS probe (:attr:`CellCost.lbfgs_seconds`).
 
@@ -224,8 +228,8 @@ class _Context:
     def finetune(self, n_train: int, n_eval: int) -> None:
         prof = self.features()
         fwd = self.forward_seconds(prof, self.p["image_size"])
-        steps = self.p["epochs"] * n_train
-        recipe = tuple(self.p.get(k, "train" if k == "train_split" else None) for k in TRAINING_RECIPE)
+        steps = round(self.p["epochs"] * n_train * selection_share(self.p.get("lr")))
+        recipe = tuple(_hashable(self.p.get(k, "train" if k == "train_split" else None)) for k in TRAINING_RECIPE)
         self.cost.work.append(Work("fine-tuning", forward=steps, backward=steps,
                                    seconds=steps * fwd * self.table.train_over_forward,
                                    training_key=(self.backbone, self.p["dataset"], n_train, recipe)))
@@ -235,8 +239,10 @@ class _Context:
     def probe(self, n_fit: int, n_classes: int, solver: str) -> None:
         """The grid's probe (``solver``), with the SGD-90 and L-BFGS alternatives recorded for comparison."""
         dim = self.features().feature_dim
-        sgd = self.sgd_seconds(n_fit, dim, n_classes, int(self.p.get("probe_epochs", PAPER_PROBE_EPOCHS)))
-        lbfgs = self.lbfgs_seconds(n_fit, dim, n_classes, int(self.p.get("probe_max_iter", 20)))
+        fits = probe_fit_sizes(n_fit, self.p.get("probe_l2", "auto"))
+        epochs, iterations = int(self.p.get("probe_epochs", PAPER_PROBE_EPOCHS)), int(self.p.get("probe_max_iter", 20))
+        sgd = sum(self.sgd_seconds(n, dim, n_classes, epochs) for n in fits)
+        lbfgs = sum(self.lbfgs_seconds(n, dim, n_classes, iterations) for n in fits)
         chosen = sgd if solver == "sgd" else lbfgs
         self.cost.work.append(Work(f"{solver} probe", seconds=chosen))
         self.cost.probe_seconds += chosen
@@ -269,6 +275,34 @@ def _classification(ctx: _Context) -> None:
     ctx.extraction(p["dataset"], "train", "max_train", "features (train)")
     ctx.extraction(p["dataset"], "test", "max_test", "features (test)")
     ctx.probe(_kept(p, n_train), num_classes(p["dataset"]), p["probe_solver"])
+
+
+def _hashable(value: Any) -> Any:
+    """A parameter value as a dict key part (an ``lr`` list becomes a tuple)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def selection_share(lr: Any) -> float:
+    """Training work of a cell relative to one fit: a list of ``k`` learning rates trains each on the fit share of
+    the training items (:data:`bobkit.tasks.training.VALIDATION_FRACTION` held out), then the winner on all."""
+    from bobkit.tasks.training import VALIDATION_FRACTION, learning_rates
+
+    rates = learning_rates(lr) if lr is not None else [0.0]
+    return 1.0 if len(rates) == 1 else len(rates) * (1 - VALIDATION_FRACTION) + 1
+
+
+def probe_fit_sizes(n_fit: int, l2: Any) -> list[int]:
+    """Items of every probe fit a cell makes: one fit for a fixed ``l2``; for ``"auto"``, each value of
+    :data:`~bobkit.tasks.training.PROBE_L2_GRID` on each validation fold's fit items, then the refit on all
+    (one 80/20 split when it holds out :data:`~bobkit.tasks.training.MIN_VALIDATION_ITEMS`, else five folds)."""
+    from bobkit.tasks.training import MIN_VALIDATION_ITEMS, PROBE_L2_GRID, VALIDATION_FRACTION
+
+    if l2 != "auto":
+        return [n_fit]
+    held_out = round(VALIDATION_FRACTION * n_fit)
+    folds = 1 if held_out >= MIN_VALIDATION_ITEMS else max(2, round(1 / VALIDATION_FRACTION))
+    fold_fit = n_fit - held_out if folds == 1 else n_fit - n_fit // folds
+    return [fold_fit] * (len(PROBE_L2_GRID) * folds) + [n_fit]
 
 
 def _kept(p: dict[str, Any], n_train: int) -> int:
@@ -358,7 +392,7 @@ def _detection(ctx: _Context) -> None:
     n_train = ctx.reads(p["dataset"], "train", "n_train")
     n_val = ctx.reads(p.get("eval_dataset") or p["dataset"], "val", "n_val")
     trains_trunk = p["protocol"] != "frozen"
-    steps = p["epochs"] * n_train
+    steps = round(p["epochs"] * n_train * selection_share(p.get("lr")))
     per_image = fwd * (ctx.table.train_over_forward if trains_trunk else 1.0)
     ctx.cost.work.append(Work(f"detector training ({prof.height}x{prof.width})", forward=steps,
                               backward=steps if trains_trunk else 0, seconds=steps * per_image))
