@@ -158,6 +158,50 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    """Every distinct code path of a grid in miniature, on stand-ins of its datasets: a table, exit 1 on failure."""
+    from bobkit.batch.grid import load_grid
+    from bobkit.rehearsal import format_table, rehearse
+
+    cells = load_grid(args.params)  # raises before anything runs
+
+    def announce(outcome) -> None:
+        if not outcome.passed:
+            print(f"FAILED {outcome.label}: {outcome.error}", file=sys.stderr, flush=True)
+
+    rehearsal = rehearse(cells, by=args.by, threads=args.threads, keep=Path(args.keep) if args.keep else None,
+                         progress=not args.no_progress, on_outcome=announce)
+    print(format_table(rehearsal))
+    if not rehearsal.passed:
+        print(f"bob rehearse: {len(rehearsal.failed)} group(s) failed; the cells they stand for would fail the "
+              "same way in a real run", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """The cost of a grid before it runs: passes, images, device hours and peak memory per task and in total."""
+    from bobkit.batch.grid import load_grid
+    from bobkit.rehearsal.plan import plan_grid
+    from bobkit.rehearsal.plan_report import format_plan, plan_cells_frame
+    from bobkit.rehearsal.throughput import load_table, measured_table, measurement_pairs
+
+    cells = load_grid(args.params)
+    if args.device:
+        table = load_table(args.device)
+    else:
+        table = measured_table(measurement_pairs(cells), log=lambda m: print(m, file=sys.stderr, flush=True))
+    plan = plan_grid(cells, table)
+    print(format_plan(plan, args.params))
+    if args.cells:
+        from bobkit.utils.files import atomic_path
+
+        with atomic_path(args.cells) as tmp:
+            plan_cells_frame(plan).to_csv(tmp, index=False)
+        print(f"per-cell plan: {args.cells}")
+    return 0
+
+
 def _report_parameters(assignments: list[str] | None) -> dict[str, object]:
     """``--set n_boot=200 --set tasks=[retrieval]`` -> papermill parameters (values read as YAML)."""
     import yaml
@@ -270,6 +314,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("params")
     p.add_argument("--runs-dir", default="runs")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("rehearse", help="run every code path of a grid in miniature on stand-ins of its data (CPU)")
+    p.add_argument("params")
+    p.add_argument("--by", choices=["family", "architecture"], default="family",
+                   help="pipeline groups per backbone family (default) or per architecture (every combination)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the rehearsed cells")
+    p.add_argument("--keep", default=None, metavar="DIR",
+                   help="leave the stand-ins, caches and task outputs in this new folder")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_rehearse)
+
+    p = sub.add_parser("plan", help="the cost of a grid before it runs (passes, images, GPU-hours, peak memory)")
+    p.add_argument("params")
+    p.add_argument("--device", default=None, metavar="NAME",
+                   help="a stored throughput table (e.g. h100); default: measure this machine briefly (cached)")
+    p.add_argument("--cells", default=None, metavar="CSV", help="also write the plan of every cell to this file")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("report", help="build the report book: analysis notebooks, overview, provenance")
     p.add_argument("--results", default=None,

@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "list_backbones": "registry",
     "register": "registry",
     "register_alias": "registry",
+    "unregister": "registry",
     "UnsupportedBackboneError": "weights",
     "WeightsConversionError": "weights",
     "WeightsUnavailableError": "weights",

@@ -169,7 +169,7 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 def _timm_kwargs(entry: Backbone, num_classes: int, image_size: int | None, features_only: bool,
-                 out_indices: Sequence[int] | None) -> dict[str, Any]:
+                 out_indices: Sequence[int] | None, dynamic_size: bool = False) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(entry.model_kwargs)
     if features_only:
         kwargs["features_only"] = True
@@ -180,6 +180,12 @@ def _timm_kwargs(entry: Backbone, num_classes: int, image_size: int | None, feat
     takes = entry.takes_img_size if entry.takes_img_size is not None else entry.family in _IMG_SIZE_FAMILIES
     if image_size is not None and takes:
         kwargs["img_size"] = int(image_size)  # timm resamples position embeddings on load
+    if dynamic_size and takes:
+        # Inputs of any height and width (detection keeps each image's aspect): position embeddings and attention
+        # masks are made for the input at forward time; plain ViTs pad to a whole number of patches (ViT-L/14).
+        kwargs["dynamic_img_size"] = True
+        if entry.family == "ViT":
+            kwargs["dynamic_img_pad"] = True
     return kwargs
 
 
@@ -193,6 +199,7 @@ def create_model(
     seed: int = 0,
     pretrained: bool = True,
     weights_file: str | Path | None = None,
+    dynamic_size: bool = False,
 ) -> nn.Module:
     """Build a registered backbone with its pretrained weights, in eval mode.
 
@@ -212,6 +219,9 @@ def create_model(
         False builds the architecture only (random init), e.g. to count parameters.
     weights_file
         A local checkpoint to use instead of the entry's source (original layout or timm names).
+    dynamic_size
+        ViT-style backbones accept inputs of any height and width (``image_size`` is then the size the weights
+        are resampled to); without it they require exactly ``image_size`` x ``image_size``. CNNs always do.
 
     Returns
     -------
@@ -236,7 +246,7 @@ def create_model(
 
         return openclip.build_tower(entry, num_classes=num_classes, image_size=image_size, seed=seed,
                                     pretrained=pretrained, features_only=features_only)
-    kwargs = _timm_kwargs(entry, num_classes, image_size, features_only, out_indices)
+    kwargs = _timm_kwargs(entry, num_classes, image_size, features_only, out_indices, dynamic_size)
     load = pretrained and entry.source != "random"
     timm_name: str = entry.timm_model  # type: ignore[assignment]
     overlay: dict[str, Any] | None = None

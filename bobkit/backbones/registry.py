@@ -20,6 +20,7 @@ __all__ = [
     "register",
     "register_alias",
     "is_builtin",
+    "unregister",
     "get_backbone",
     "list_backbones",
     "backbone_names",
@@ -233,6 +234,16 @@ def is_builtin(name: str) -> bool:
     """Whether ``name`` (or an alias) is declared in the catalog (user declarations may not shadow it)."""
     _ensure_catalog()
     return name in _REGISTRY or name in _ALIASES
+
+
+def unregister(name: str) -> Backbone:
+    """Remove the entry ``name`` (and aliases pointing at it) and return it: for scoped registrations, such as the
+    random-weight twins ``bob rehearse`` registers while it runs."""
+    if name not in _REGISTRY:
+        raise UnknownBackboneError(f"cannot unregister {name!r}: it is not registered")
+    for alias in [a for a, target in _ALIASES.items() if target == name]:
+        del _ALIASES[alias]
+    return _REGISTRY.pop(name)
 
 
 def register_alias(alias: str, name: str) -> None:

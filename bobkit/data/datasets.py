@@ -355,12 +355,12 @@ DATASETS: dict[str, DatasetInfo] = {
               "FGVC-Aircraft 2013b variants, official splits, banner cropped"),
         _info("eurosat", 10, {"train": 21600, "test": 5400}, (64, 64), 3, "satellite", False,
               "EuroSAT RGB, deterministic stratified 80/20 split"),
-        _info("imagenet_1k", 1000, {"train": 1281167, "val": 50000}, None, 3, "natural", False,
-              "ImageNet-1k (ILSVRC-2012)"),
-        _info("imagenet_1k_1pct", 1000, {"train": 12811, "val": 50000}, None, 3, "natural", False,
-              "ImageNet 1% (SimCLR list) train subset; val is the full ImageNet val"),
-        _info("imagenet_1k_10pct", 1000, {"train": 128116, "val": 50000}, None, 3, "natural", False,
-              "ImageNet 10% (SimCLR list) train subset; val is the full ImageNet val"),
+        _info("imagenet_1k", 1000, {"train": 1281167, "val": 50000, "test": 50000}, None, 3, "natural", False,
+              "ImageNet-1k (ILSVRC-2012); test = val, the 50k validation images (test labels were never released)"),
+        _info("imagenet_1k_1pct", 1000, {"train": 12811, "val": 50000, "test": 50000}, None, 3, "natural", False,
+              "ImageNet 1% (SimCLR list) train subset; val (= test) is the full ImageNet val"),
+        _info("imagenet_1k_10pct", 1000, {"train": 128116, "val": 50000, "test": 50000}, None, 3, "natural", False,
+              "ImageNet 10% (SimCLR list) train subset; val (= test) is the full ImageNet val"),
         _info("imagenet_a", 1000, {"test": 7500}, None, 3, "natural", False,
               "ImageNet-A natural adversarial examples (200 classes, ImageNet-1k label indices)",
               label_space="imagenet_1k"),
@@ -375,6 +375,9 @@ DATASETS: dict[str, DatasetInfo] = {
     ]
 }
 
+#: ImageNet split -> folder under imagenet/ ("test" reads the labelled validation images).
+_IMAGENET_FOLDER = {"train": "train", "val": "val", "test": "val"}
+
 _BUILDERS: dict[str, Callable[[str], Any]] = {
     "fashion_mnist": sources.load_fashion_mnist,
     "mnist5k": sources.load_mnist5k,
@@ -385,11 +388,12 @@ _BUILDERS: dict[str, Callable[[str], Any]] = {
     "flowers102": sources.load_flowers102,
     "fgvc_aircraft": sources.load_fgvc_aircraft,
     "eurosat": sources.load_eurosat,
-    "imagenet_1k": lambda split: sources.load_imagenet_folder("imagenet_1k", split),
+    # ImageNet's "test" split is its validation folder: the tasks evaluate on "test" (the paper reports val).
+    "imagenet_1k": lambda split: sources.load_imagenet_folder("imagenet_1k", _IMAGENET_FOLDER[split]),
     "imagenet_1k_1pct": lambda split: (sources.load_imagenet_subset("imagenet_1k_1pct") if split == "train"
-                                       else sources.load_imagenet_folder("imagenet_1k", split)),
+                                       else sources.load_imagenet_folder("imagenet_1k", _IMAGENET_FOLDER[split])),
     "imagenet_1k_10pct": lambda split: (sources.load_imagenet_subset("imagenet_1k_10pct") if split == "train"
-                                        else sources.load_imagenet_folder("imagenet_1k", split)),
+                                        else sources.load_imagenet_folder("imagenet_1k", _IMAGENET_FOLDER[split])),
     "imagenet_a": lambda split: sources.load_imagenet_folder("imagenet_a", split),
     "imagenet_r": lambda split: sources.load_imagenet_folder("imagenet_r", split),
     "imagenet_sketch": lambda split: sources.load_imagenet_folder("imagenet_sketch", split),
