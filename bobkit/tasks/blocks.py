@@ -205,6 +205,7 @@ COMMON_DESCRIPTORS: tuple[Metric, ...] = (
     descriptor("feature_cache_hit", "1.0 when every frozen feature came from the cache"),
     descriptor("n_*", "item counts (train, test, queries, database, ...)"),
     descriptor("selected_*", "a value chosen on held-out training items (probe L2, learning rate)"),
+    descriptor("fallback_*", "a value used where nothing could be held out to choose it (one item per class)"),
 )
 
 
