@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The GPU benchmark set in one go (about 4-5 minutes on one H100; budgeted for < 8), the table printed last.
+# The GPU benchmark set in one go (about 8-9 minutes on one H100; budgeted for < 12), the table printed last.
 #
 #   bash benchmarks/gpu_check.sh [--device cuda|cpu] [--tiny] [--out DIR]
 #
 #   --device cuda  (default) every figure on the GPU: bobkit bf16+channels_last extraction vs a raw timm bf16
 #                  loop, FLOP/s utilisation against the measured bf16 matmul peak, execution modes, the probe
 #                  solver on the GPU, cache reuse, peak memory over Fashion-MNIST 60k @ 224 px, fine-tuning
-#                  with/without gradient checkpointing.
+#                  with/without gradient checkpointing; extraction near the peak (raw timm loop beside bobkit over
+#                  batches 256-1024, torch.compile default and reduce-overhead (CUDA graphs), fused attention);
+#                  the per-architecture throughput table `bob plan` uses (every architecture of the paper suites).
 #   --device cpu   the same scripts with their CPU-sized defaults (the CPU figures).
 #   --tiny         minute-sized settings, for testing this script (tests/test_fast_paths.py runs it on CPU).
 #   --out DIR      where the JSON files and table.md go (default: benchmarks/results).
@@ -66,6 +68,10 @@ if [ "$TINY" = 1 ]; then
   step memory 300 memory.py --device "$DEVICE" --model tiny --n 512 --image-size 64
   step finetune_step 300 finetune_step.py --device "$DEVICE" --backbone $R18 --image-size 32 --batch-size 8 \
     --steps 2
+  step extraction_peak 300 extraction_peak.py --device "$DEVICE" --backbones $R18 --image-size 32 --n 32 \
+    --batch-sizes 8 16 --repeats 1
+  step plan_throughput 300 plan_throughput.py --device "$DEVICE" --backbones $R18 --image-size 32 \
+    --train-backbone $R18 --fp32-backbones CNN=$R18 --name tiny
 elif [ "$DEVICE" = "cpu" ]; then
   step feature_throughput 1800 feature_throughput.py --device cpu
   step execution_modes 1800 execution_modes.py --device cpu --gray
@@ -74,6 +80,8 @@ elif [ "$DEVICE" = "cpu" ]; then
   step cache_reuse 1800 cache_reuse.py --device cpu
   step memory 3600 memory.py --device cpu
   step finetune_step 1800 finetune_step.py --device cpu
+  step extraction_peak 1800 extraction_peak.py --device cpu --image-size 64 --n 256
+  step plan_throughput 3600 plan_throughput.py --device cpu --grids "$REPO/params/bob-small.yaml"
 else
   # bf16 + channels_last (the GPU defaults) against a raw timm loop in the same precision and memory format.
   step feature_throughput 120 feature_throughput.py --device "$DEVICE" --backbone resnet50.random_init \
@@ -88,6 +96,12 @@ else
     --image-size 64
   step finetune_step 90 finetune_step.py --device "$DEVICE" --backbone vit_base_patch16_224.random_init \
     --batch-size 64 --steps 20
+  # Extraction near the peak: bobkit beside the raw timm loop over larger batches, compiled (default and CUDA
+  # graphs), fused attention switched on where a model lacks it; % of the measured bf16 matmul peak.
+  step extraction_peak 240 extraction_peak.py --device "$DEVICE" --n 8192 --batch-sizes 256 512 1024 --repeats 2
+  # The throughput table `bob plan --device <name>` reads: every architecture of the paper suites at 224 px.
+  step plan_throughput 300 plan_throughput.py --device "$DEVICE" --grids "$REPO/params/bob-small.yaml" \
+    "$REPO/params/bob-full.yaml"
 fi
 
 echo "=== done in $(( $(date +%s) - START )) s; failed: ${FAILED[*]:-none}"

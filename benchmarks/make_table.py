@@ -185,10 +185,40 @@ def demo_walltime(d: dict[str, Any]) -> list[Row]:
              f"cells complete, {d['failed']} failed", "reported", "" if not d["failed"] else "**no**")]
 
 
+def extraction_peak(d: dict[str, Any]) -> list[Row]:
+    """Per backbone: the raw timm loop and bobkit at each batch, compiled variants, the model-alone ceiling."""
+    peak = d["peak"]
+    rows = []
+    for m in d["models"]:
+        batches = "; ".join(f"batch {b}: raw {100 * v['raw']['fraction_of_peak']:.1f}% / bobkit "
+                            f"{100 * v['bobkit']['fraction_of_peak']:.1f}%" for b, v in m["batches"].items())
+        compiled = "".join(f"; compiled ({k[len('compiled_'):]}) {100 * m[k]['fraction_of_peak']:.1f}%"
+                           for k in m if k.startswith("compiled_"))
+        attention = "" if m.get("fused_attention") is None else (
+            f"; fused attention {'on' if m['fused_attention_before'] else 'switched on'}")
+        best = m["batches"][str(m["best_batch"])]["bobkit"] if str(m["best_batch"]) in m["batches"] else {}
+        ok = _ok(best.get("fraction_of_peak"), 0.6) if m["backbone"].startswith("vit_base") else ""
+        rows.append((f"extraction near the peak: {m['backbone'].split('.')[0]} @ {d['image_size']} px, "
+                     f"{_mode(d.get('execution'))} (% of measured {peak['precision']} peak "
+                     f"{peak['tflops_per_s']:.1f} TFLOP/s)", _device(d),
+                     f"{batches}{compiled}; model alone {100 * m['model_only']['fraction_of_peak']:.1f}%{attention}",
+                     ">= 60% (ViT-B)" if ok else "reported", ok))
+    return rows
+
+
+def plan_throughput(d: dict[str, Any]) -> list[Row]:
+    archs = d.get("architectures", {})
+    listed = ", ".join(f"{k} {v['images_per_s']:.0f}" for k, v in list(archs.items())[:6])
+    more = f" and {len(archs) - 6} more" if len(archs) > 6 else ""
+    return [(f"`bob plan` throughput table ({d.get('name')}): {len(archs)} architectures (img/s)", _device(d),
+             f"{listed}{more}; train/forward {d.get('train_over_forward', 0):.2f}", "recorded", "")]
+
+
 FORMATTERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "feature_throughput": feature_throughput, "flops_utilization": flops_utilization,
     "execution_modes": execution_modes, "probe_solver": probe_solver, "cache_reuse": cache_reuse,
     "memory": memory, "finetune_step": finetune_step, "demo_walltime": demo_walltime,
+    "extraction_peak": extraction_peak, "plan_throughput": plan_throughput,
 }
 
 

@@ -25,10 +25,19 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    """List the manifest's datasets and reference tables and which are present here; optionally download some."""
+    """List the manifest's datasets and reference tables and which are present here; optionally download some,
+    or write the example image folder of ``params/examples/own-data.yaml``."""
     from bobkit.data.manifest import download, status
     from bobkit.data.verify import pin
 
+    if args.example_folder:
+        from bobkit.data.example import write_example_folder
+
+        counts = write_example_folder(args.example_folder)
+        print(f"wrote {args.example_folder}: {counts['images']} images in 6 class folders (images/), "
+              f"{counts['sketches']} sketches of the same classes (sketches/), 1 corrupt file (images/cat/"
+              f"broken.jpg, skipped and named when used) and a stand-in checkpoint (my_checkpoint.safetensors)")
+        return 0
     if args.pin:
         record = pin(args.pin[0], args.pin[1])
         print(f"pinned {args.pin[0]}: {record['source']} sha256 {record['sha256']} ({record['size_bytes']} bytes)")
@@ -149,6 +158,50 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    """Every distinct code path of a grid in miniature, on stand-ins of its datasets: a table, exit 1 on failure."""
+    from bobkit.batch.grid import load_grid
+    from bobkit.rehearsal import format_table, rehearse
+
+    cells = load_grid(args.params)  # raises before anything runs
+
+    def announce(outcome) -> None:
+        if not outcome.passed:
+            print(f"FAILED {outcome.label}: {outcome.error}", file=sys.stderr, flush=True)
+
+    rehearsal = rehearse(cells, by=args.by, threads=args.threads, keep=Path(args.keep) if args.keep else None,
+                         progress=not args.no_progress, on_outcome=announce)
+    print(format_table(rehearsal))
+    if not rehearsal.passed:
+        print(f"bob rehearse: {len(rehearsal.failed)} group(s) failed; the cells they stand for would fail the "
+              "same way in a real run", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """The cost of a grid before it runs: passes, images, device hours and peak memory per task and in total."""
+    from bobkit.batch.grid import load_grid
+    from bobkit.rehearsal.plan import plan_grid
+    from bobkit.rehearsal.plan_report import format_plan, plan_cells_frame
+    from bobkit.rehearsal.throughput import load_table, measured_table, measurement_pairs
+
+    cells = load_grid(args.params)
+    if args.device:
+        table = load_table(args.device)
+    else:
+        table = measured_table(measurement_pairs(cells), log=lambda m: print(m, file=sys.stderr, flush=True))
+    plan = plan_grid(cells, table)
+    print(format_plan(plan, args.params))
+    if args.cells:
+        from bobkit.utils.files import atomic_path
+
+        with atomic_path(args.cells) as tmp:
+            plan_cells_frame(plan).to_csv(tmp, index=False)
+        print(f"per-cell plan: {args.cells}")
+    return 0
+
+
 def _report_parameters(assignments: list[str] | None) -> dict[str, object]:
     """``--set n_boot=200 --set tasks=[retrieval]`` -> papermill parameters (values read as YAML)."""
     import yaml
@@ -192,6 +245,9 @@ def _print_left_out(attrs: dict) -> None:
     if left_out.get("stale"):
         print(f"left out {left_out['stale']} stale run(s) made by other code (bob status <grid> lists them; "
               "--include-stale keeps them)", file=sys.stderr)
+    if left_out.get("superseded"):
+        print(f"left out {left_out['superseded']} earlier run(s) of cells whose declared data or checkpoint changed "
+              "since (the latest run of each is kept)", file=sys.stderr)
     if left_out.get("no_notebook"):
         print(f"left out {left_out['no_notebook']} run(s) whose executed.ipynb is gone (bob run re-runs them)",
               file=sys.stderr)
@@ -221,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="hash every present file against the manifest")
     p.add_argument("--pin", nargs=2, metavar=("NAME", "FILE"),
                    help="trust FILE as manifest entry NAME's file (one without a published sha256): record its hash")
+    p.add_argument("--example-folder", metavar="DIR",
+                   help="write an example image folder of your own (classes of photos, textures and faces that "
+                        "ship with the setup), as params/examples/own-data.yaml uses")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("validate", help="expand grid files without running them")
@@ -255,6 +314,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("params")
     p.add_argument("--runs-dir", default="runs")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("rehearse", help="run every code path of a grid in miniature on stand-ins of its data (CPU)")
+    p.add_argument("params")
+    p.add_argument("--by", choices=["family", "architecture"], default="family",
+                   help="pipeline groups per backbone family (default) or per architecture (every combination)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the rehearsed cells")
+    p.add_argument("--keep", default=None, metavar="DIR",
+                   help="leave the stand-ins, caches and task outputs in this new folder")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_rehearse)
+
+    p = sub.add_parser("plan", help="the cost of a grid before it runs (passes, images, GPU-hours, peak memory)")
+    p.add_argument("params")
+    p.add_argument("--device", default=None, metavar="NAME",
+                   help="a stored throughput table (e.g. h100); default: measure this machine briefly (cached)")
+    p.add_argument("--cells", default=None, metavar="CSV", help="also write the plan of every cell to this file")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("report", help="build the report book: analysis notebooks, overview, provenance")
     p.add_argument("--results", default=None,

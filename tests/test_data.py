@@ -666,3 +666,9 @@ def test_bob_data_pin_command(tmp_path, monkeypatch, capsys):
     main(["data", "--pin", "rparis6k", str(f)])
     assert _sha256(f.read_bytes()) in capsys.readouterr().out
     assert bd.pins()["rparis6k"]["rparis6k/gnd_rparis6k.pkl"]["sha256"] == _sha256(f.read_bytes())
+
+
+def test_status_can_be_called_twice():
+    """The function is not shadowed by a submodule of the same name once it has run."""
+    first, second = bd.status(), bd.status()
+    assert callable(bd.status) and list(first["name"]) == list(second["name"])

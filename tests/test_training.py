@@ -12,6 +12,7 @@ import torch
 from bobkit import backbones
 from bobkit.tasks.training import (
     PROBE_L2_GRID,
+    PROBE_L2_ONE_SHOT,
     choose_probe_l2,
     finetune,
     fit_linear_probe,
@@ -116,6 +117,17 @@ def test_fixed_l2_is_the_plain_fit():
     plain = fit_linear_probe(x, y, l2=1e-3)
     assert not fixed.selected and fixed.l2 == 1e-3 and fixed.validation_nll == {}
     assert torch.equal(fixed.probe.weight, plain.weight) and torch.equal(fixed.probe.bias, plain.bias)
+
+
+def test_auto_l2_with_one_item_per_class_falls_back_to_the_one_shot_strength_and_says_so():
+    x, y = _blobs(60)
+    one_each = np.array([np.flatnonzero(y == c)[0] for c in np.unique(y)])  # Flowers-102 at 10% labels
+    fitted = fit_probe(x[one_each], y[one_each], num_classes=int(y.max()) + 1, l2="auto")
+    assert fitted.fallback and not fitted.selected and fitted.l2 == PROBE_L2_ONE_SHOT
+    assert fitted.descriptors() == {"fallback_probe_l2": PROBE_L2_ONE_SHOT}
+    plain = fit_linear_probe(x[one_each], y[one_each], num_classes=int(y.max()) + 1, l2=PROBE_L2_ONE_SHOT)
+    assert torch.equal(fitted.probe.weight, plain.weight)
+    assert fit_probe(x, y, l2="auto").descriptors().keys() == {"selected_probe_l2"}
 
 
 def test_auto_l2_is_selected_on_training_items_and_refit_on_all_of_them():

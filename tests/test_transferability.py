@@ -72,3 +72,33 @@ def test_knn_loo_accuracy_by_hand() -> None:
 def test_bad_labels_are_rejected() -> None:
     with pytest.raises(ValueError, match="non-negative integers"):
         T.logme(np.ones((3, 2)), np.array([0.5, 1.0, 0.0]))
+
+
+def _logme_by_direct_svd(features: np.ndarray, labels: np.ndarray) -> float:
+    """LogME from the features' own SVD (exact tiny singular values), every class through the same fixed point."""
+    n, d = features.shape
+    u, s, _ = np.linalg.svd(features, full_matrices=False)
+    keep = s > 1e-10
+    targets = np.eye(int(labels.max()) + 1)[labels]
+    return float(np.mean([T._class_evidence(u[:, keep].T @ targets[:, [c]], float(targets[:, c].sum()),
+                                            (s[keep] ** 2).reshape(-1, 1), n, d) for c in range(targets.shape[1])]))
+
+
+@pytest.mark.parametrize("dead", ["zero", "near_zero"])
+def test_logme_of_features_with_dead_channels_is_that_of_their_own_svd(dead: str) -> None:
+    # ReLU features of small images have dead channels (all-zero columns) and dependent ones: the Gram matrix's
+    # rounding noise then hides directions an absolute 1e-10 cut keeps (the value depended on rounding: 0.33 here
+    # against 0.62); the features' own SVD resolves them
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 400)
+    features = np.maximum(rng.normal(size=(400, 64)) + np.eye(5)[labels] @ rng.normal(size=(5, 64)), 0) * 50
+    features[:, :12] = 0.0 if dead == "zero" else 1e-3 * rng.normal(size=(400, 12)) * (rng.random((400, 12)) < 0.01)
+    features[:, 12:16] = 2 * features[:, 16:20]
+    assert T.logme(features, labels) == pytest.approx(_logme_by_direct_svd(features, labels), abs=1e-9)
+
+
+def test_logme_takes_the_gram_route_on_full_rank_features_with_the_same_value() -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 500)
+    features = rng.normal(size=(500, 40)) + np.eye(4)[labels] @ rng.normal(size=(4, 40))
+    assert T.logme(features, labels) == pytest.approx(_logme_by_direct_svd(features, labels), abs=1e-9)

@@ -323,3 +323,36 @@ def best_vs_next(frame: pd.DataFrame, value: str, by: str, summary: pd.DataFrame
         return None
     best, second = summary[by].iloc[0], summary[by].iloc[1]
     return group_difference(frame, value, by, a=second, b=best, n_boot=n_boot, ci=ci, seed=seed, cluster=cluster)
+
+
+#: The ``reference`` that places your backbones among the other backbones of your own results table.
+OWN_REFERENCE = "own"
+
+
+def select_backbones(table: pd.DataFrame, names: Sequence[str] | str | None) -> pd.DataFrame:
+    """The rows of exactly the backbones ``names`` (all rows for ``None``).
+
+    Raises :class:`InsufficientDataError` naming every requested backbone the table does not hold (and the ones it
+    holds), so a misspelt name is never silently dropped from a placement.
+    """
+    if names is None:
+        return table
+    wanted = [names] if isinstance(names, str) else list(names)
+    present = set(table["backbone"].dropna().astype(str))
+    missing = [n for n in wanted if n not in present]
+    if missing:
+        raise InsufficientDataError(f"backbone(s) {missing} are not in the table; it holds {sorted(present)}")
+    out = table[table["backbone"].isin(wanted)].reset_index(drop=True)
+    out.attrs = dict(table.attrs)
+    return out
+
+
+def placement_reference(table: pd.DataFrame, mine: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """What your backbones are placed among: with ``reference="own"`` the other backbones of your own ``table``
+    (the settings you ran them all on), else the public table or results file ``reference`` names
+    (:func:`bobkit.analysis.load.load_reference`: ``bob_retrieval``, ``timm``, a colleague's results file)."""
+    if reference == OWN_REFERENCE:  # empty when every backbone is yours: nothing to place them among
+        return table[~table["backbone"].isin(set(mine["backbone"]))].reset_index(drop=True)
+    from bobkit.analysis.load import load_reference
+
+    return load_reference(reference)

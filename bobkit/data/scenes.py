@@ -34,8 +34,10 @@ from pycocotools.coco import COCO
 
 from bobkit.data import datasets as _datasets
 from bobkit.data import sources as _sources
+from bobkit.data import user as _user
 from bobkit.data.coco_real import CITYSCAPES_INSTANCE_CLASSES as CITYSCAPES_INSTANCE_CLASSES  # re-export
 from bobkit.data.coco_real import cityscapes_to_coco, sim10k_to_coco
+from bobkit.data.images import to_rgb
 from bobkit.data.verify import file_digest
 from bobkit.utils import paths
 from bobkit.utils.files import (
@@ -442,8 +444,8 @@ def resolve_coco_split(dataset: str, split: str) -> tuple[Path, Path]:
     ----------
     dataset : str
         An offline scene dataset (composed on demand with default parameters, for inspection), a name of
-        :data:`REAL_DATASETS` found through the data manifest, or a folder holding ``instances_{split}.json`` and
-        ``{split}/`` (or ``images/``) with the images.
+        :data:`REAL_DATASETS` found through the data manifest, a declared COCO dataset (:mod:`bobkit.data.user`),
+        or a folder holding ``instances_{split}.json`` and ``{split}/`` (or ``images/``) with the images.
     split : {"train", "val"}
         Which split.
 
@@ -471,6 +473,8 @@ def resolve_coco_split(dataset: str, split: str) -> tuple[Path, Path]:
             with atomic_path(target) as tmp:
                 tmp.write_text(json.dumps(coco))
         return target, root
+    if dataset in _user.coco_dataset_names():  # declared in a grid or a $BOB_REGISTRY file
+        return _user.coco_split(dataset, split)
     if os.path.isdir(dataset):
         root = Path(dataset)
         ann = root / f"instances_{split}.json"
@@ -570,7 +574,7 @@ class CocoDataset(torch.utils.data.Dataset):
             array = self._arrays[info["file_name"]]
         else:
             with Image.open(self.image_dir / info["file_name"]) as img:
-                array = np.asarray(img.convert("RGB"))
+                array = np.asarray(to_rgb(img))  # transparency on white, 16-bit stretched (bobkit.data.images)
         if array.ndim == 2:
             array = np.repeat(array[:, :, None], 3, axis=2)
         return array

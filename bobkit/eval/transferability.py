@@ -30,28 +30,35 @@ def _as_labels(labels: np.ndarray) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _thin_svd(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``u (N, k), s (k, 1), vh (k, D)`` of ``features`` with ``k`` its numerical rank.
+def _spectrum(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """``s (k, 1)`` and ``vh (k, D)`` of the thin SVD of ``features`` (N, D), with ``k`` its numerical rank; the
+    projection ``X = U^T Y`` of targets follows as ``(vh @ features.T @ Y) / s`` without forming ``U`` (N x k).
 
-    For tall matrices the SVD of the D x D Gram matrix is much cheaper than that of the features themselves.
+    For tall matrices the symmetric eigendecomposition of the D x D Gram matrix gives ``s**2`` and ``vh`` at a
+    fraction of the cost of an SVD, but its eigenvalues carry rounding noise of about ``D * eps * s_max**2``: when
+    some direction lies below that floor (dead channels: all-zero or nearly constant columns) the Gram matrix cannot
+    resolve it and the features' own SVD is taken instead. (The authors' code takes the Gram route with an absolute
+    ``s > 1e-10`` cut, which keeps noise directions of such features: its value then depends on rounding.) The rank
+    keeps ``s > max(1e-10, s_max * max(N, D) * eps)``. Returns ``(s, vh, rank)``.
     """
     n, d = features.shape
-    if n <= d:
-        u, s, vh = np.linalg.svd(features, full_matrices=False)
-        return u, s.reshape(-1, 1), vh
-    _, s2, vh = np.linalg.svd(features.T @ features)
-    s = np.sqrt(s2)
-    rank = int(np.sum(s > 1e-10))
-    s, vh = s[:rank].reshape(-1, 1), vh[:rank]
-    u = (features @ vh.T) / s.reshape(1, -1)
-    return u, s, vh
+    eps = np.finfo(np.float64).eps
+    s = vh = None
+    if n > d and features.any(axis=0).all():  # an all-zero column (a dead channel) goes straight to the SVD
+        s2, v = np.linalg.eigh(features.T @ features)
+        if s2[0] > s2[-1] * d * eps * 100:  # every direction resolved, with a margin over the rounding floor
+            s, vh = np.sqrt(s2[::-1]), v[:, ::-1].T  # eigh sorts ascending; the SVD convention is descending
+    if s is None:
+        _, s, vh = np.linalg.svd(features, full_matrices=False)
+    rank = int(np.sum(s > max(1e-10, (s[0] if s.size else 0.0) * max(n, d) * eps)))
+    return s[:rank].reshape(-1, 1), vh[:rank], rank
 
 
-def _class_evidence(u: np.ndarray, sigma: np.ndarray, target: np.ndarray, n: int, d: int) -> float:
-    """Maximum log evidence per sample of ``target`` (N, 1) under the Bayesian linear model (fixed point)."""
-    x = u.T @ target
+def _class_evidence(x: np.ndarray, target_norm2: float, sigma: np.ndarray, n: int, d: int) -> float:
+    """Maximum log evidence per sample of one target under the Bayesian linear model (fixed point), from the
+    target's coordinates ``x = U^T y`` (k, 1) in the features' left singular basis and its squared norm."""
     x2 = x**2
-    residual_outside = float((target**2).sum() - x2.sum())  # the part of the target outside the features' span
+    residual_outside = float(target_norm2 - x2.sum())  # the part of the target outside the features' span
     alpha = beta = 1.0
     for _ in range(_FIXED_POINT_STEPS):
         t = alpha / beta
@@ -73,11 +80,13 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
     f = np.asarray(features, dtype=np.float64)
     y = _as_labels(labels)
     n, d = f.shape
-    u, s, _ = _thin_svd(f)
+    s, vh, _ = _spectrum(f)
     sigma = s**2
-    evidences = [_class_evidence(u, sigma, (y == c).astype(np.float64).reshape(-1, 1), n, d)
-                 for c in range(int(y.max()) + 1)]
-    return float(np.mean(evidences))
+    targets = np.eye(int(y.max()) + 1)[y]  # one-vs-rest indicator per class (N, C)
+    coords = (vh @ (f.T @ targets)) / s  # U^T Y, every class at once
+    norms2 = targets.sum(axis=0)  # an indicator's squared norm is its count
+    return float(np.mean([_class_evidence(coords[:, [c]], float(norms2[c]), sigma, n, d)
+                          for c in range(targets.shape[1])]))
 
 
 def _joint(source: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -114,18 +123,25 @@ def nce(source_labels: np.ndarray, labels: np.ndarray) -> float:
 
 
 def h_score(features: np.ndarray, labels: np.ndarray) -> float:
-    """H-score: ``tr(pinv(cov(f)) @ cov(g))`` where ``g`` replaces each feature by its class mean."""
+    """H-score: ``tr(pinv(cov(f)) @ cov(g))`` where ``g`` replaces each feature by its class mean.
+
+    ``cov(g) = M^T W M`` (class means ``M``, class weights ``W``), so the trace is a weighted sum of the class means'
+    quadratic forms under the pseudo-inverse: one symmetric eigendecomposition of ``cov(f)`` (the pseudo-inverse
+    of ``numpy.linalg.pinv(..., rcond=1e-10, hermitian=True)``), no D x D x D product.
+    """
     f = np.asarray(features, dtype=np.float64)
     y = _as_labels(labels)
     f = f - f.mean(axis=0)
     class_means = np.zeros((int(y.max()) + 1, f.shape[1]))
     np.add.at(class_means, y, f)
-    counts = np.bincount(y, minlength=len(class_means)).reshape(-1, 1)
-    class_means = np.divide(class_means, counts, out=np.zeros_like(class_means), where=counts > 0)
-    g = class_means[y]
-    cov_f = f.T @ f / max(len(f) - 1, 1)
-    cov_g = g.T @ g / max(len(f) - 1, 1)
-    return float(np.trace(np.linalg.pinv(cov_f, rcond=1e-10, hermitian=True) @ cov_g))
+    counts = np.bincount(y, minlength=len(class_means)).astype(np.float64)
+    class_means = np.divide(class_means, counts[:, None], out=np.zeros_like(class_means), where=counts[:, None] > 0)
+    denominator = max(len(f) - 1, 1)
+    eigenvalues, vectors = np.linalg.eigh(f.T @ f / denominator)
+    kept = np.abs(eigenvalues) > 1e-10 * np.abs(eigenvalues).max()
+    projected = class_means @ vectors[:, kept]  # class means in the eigenbasis (C, k)
+    quadratic = (projected**2 / eigenvalues[kept]).sum(axis=1)  # m_c^T pinv(cov f) m_c
+    return float((counts / denominator * quadratic).sum())
 
 
 def knn_loo_accuracy(features: np.ndarray, labels: np.ndarray, k: int = 5, chunk: int = 2048) -> float:

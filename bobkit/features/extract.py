@@ -34,8 +34,11 @@ import torch.nn.functional as F
 from bobkit import backbones
 from bobkit.data import datasets as _datasets
 from bobkit.data import get_dataset
+from bobkit.data import images as _images
+from bobkit.data import listing as _listing
 from bobkit.data import sources as _sources
 from bobkit.data import transforms as _transforms
+from bobkit.data import user as _user
 from bobkit.data.transforms import _mean_std, interpolation_mode, resolve_image_size
 from bobkit.data.verify import file_digest
 from bobkit.features import device as _device
@@ -75,7 +78,8 @@ def feature_key(
     """Hash of everything that determines the features (first 20 hex chars of sha256).
 
     ``precision`` is the resolved autocast precision; fp32 adds nothing to the payload, so fp32 keys are the same
-    as before autocast existed.
+    as before autocast existed. A user-declared dataset adds its content key (its file list with sizes and
+    modification times, or hashes: :func:`bobkit.data.user.content_key`), so an edited folder is extracted again.
     """
     config = backbones.data_config(backbone, image_size=image_size)
     payload = {
@@ -94,13 +98,18 @@ def feature_key(
     }
     if precision != "fp32":
         payload["precision"] = precision
+    content = _user.content_key(dataset)
+    if content is not None:
+        payload["dataset_content"] = content
     return sha256_bytes(json.dumps(payload, sort_keys=True))[:20]
 
 
 @cache
 def feature_code_version() -> str:
-    """Fingerprint of the code that turns images into features (part of every feature key)."""
-    return source_fingerprint(sys.modules[__name__], _device, _transforms, _datasets, _sources)
+    """Fingerprint of the code that turns images into features (part of every feature key): this module, the
+    device settings, transforms, dataset builders, image decoding and the listing of user datasets."""
+    return source_fingerprint(sys.modules[__name__], _device, _transforms, _datasets, _sources, _images, _user,
+                              _listing)
 
 
 def extract_features(

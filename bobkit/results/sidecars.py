@@ -38,7 +38,7 @@ COUNT_PREFIX = "n/"
 # Keys a task may return that describe the run rather than score the backbone.
 NON_SCORE_SUFFIXES = ("_seconds", "_mb", "_bytes")
 NON_SCORE_PREFIXES = ("exec_", "peak_",  # execution settings (precision, channels_last, ...) and memory
-                      "se/", "n/", "selected_")  # standard errors, item counts, values a selection picked
+                      "se/", "n/", "selected_", "fallback_")  # errors, counts, values chosen or fallen back to
 NON_SCORE_KEYS = ("threads", "n_train", "n_test", "n_queries", "n_database", "n_validation", "feature_cache_hit",
                   "batch_size_used", "images_per_second", "temperature")
 

@@ -99,7 +99,8 @@ def build_results(runs_dir: str | os.PathLike[str] = "runs", *, include_stale: b
     -------
     pandas.DataFrame
         Conformed to :data:`bobkit.results.schema.COLUMNS`; ``attrs["runs_dir"]`` is the absolute runs folder,
-        ``attrs["left_out"]`` counts the records left out (``stale``, ``no_notebook``, ``corrupt``) and
+        ``attrs["left_out"]`` counts the records left out (``stale``, ``no_notebook``, ``corrupt``; ``superseded``
+        when a cell's declared data changed and it ran again) and
         ``attrs["corrupt"]`` lists the unreadable sidecars.
     """
     import pandas as pd
@@ -115,7 +116,7 @@ def build_results(runs_dir: str | os.PathLike[str] = "runs", *, include_stale: b
     if not scan.sidecars and not scan.corrupt:
         raise NoRunsError(f"runs folder {str(runs_dir)!r} holds no run records (*/*/metrics.json) ({root})")
     left_out = {"stale": 0, "no_notebook": 0, "corrupt": len(scan.corrupt)}
-    rows = []
+    kept: dict[tuple[Any, ...], dict[str, Any]] = {}
     for path, sidecar in scan.sidecars:
         if sidecar.get("status") != "complete":
             continue
@@ -124,7 +125,15 @@ def build_results(runs_dir: str | os.PathLike[str] = "runs", *, include_stale: b
         elif not include_stale and not is_current(sidecar):
             left_out["stale"] += 1
         else:
-            rows.extend(sidecar_rows(sidecar))
+            # One cell made by one code under two run keys: a declared dataset or backbone changed in between
+            # (its content key is in the run key); the later record supersedes the earlier one.
+            cell = (sidecar.get("identity") or sidecar["run_key"], sidecar.get("code_version"))
+            if cell in kept:
+                left_out["superseded"] = left_out.get("superseded", 0) + 1
+                if float(sidecar.get("started") or 0) < float(kept[cell].get("started") or 0):
+                    continue
+            kept[cell] = sidecar
+    rows = [row for sidecar in kept.values() for row in sidecar_rows(sidecar)]
     table = pd.DataFrame(rows, columns=None if rows else list(REQUIRED_COLUMNS))
     meta = metadata_frame().rename(columns={"name": "backbone"})
     table = conform(table.merge(meta, on="backbone", how="left"))

@@ -18,6 +18,7 @@ TASKS: dict[str, str] = {
     "detection": "bobkit.tasks.detection",
     "robustness": "bobkit.tasks.robustness",
     "smoke": "bobkit.tasks.smoke",
+    "transferability": "bobkit.tasks.transferability",
 }
 
 __all__ = ["TASKS", "ParameterError", "TaskResult", "TaskSpec", "UnknownParameterError", "UnknownTaskError",

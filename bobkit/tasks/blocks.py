@@ -41,7 +41,8 @@ def check_backbone(name: str) -> None:
 def dataset_lookup(extra: Iterable[str] = (), *, registry: bool = True,
                    folder_file: str | None = None) -> Callable[[str], None]:
     """A lookup accepting :func:`bobkit.data.dataset_names` (when ``registry``), the ``extra`` names and, when
-    ``folder_file`` is given, an existing folder holding that file (a user's own COCO-format dataset)."""
+    ``folder_file`` is given, a declared COCO-format dataset or an existing folder holding that file (a user's own
+    COCO-format dataset)."""
     extra = tuple(extra)
 
     def check(name: str) -> None:
@@ -50,6 +51,10 @@ def dataset_lookup(extra: Iterable[str] = (), *, registry: bool = True,
             from bobkit.data import dataset_names
 
             known = sorted({*dataset_names(), *known})
+        if folder_file:
+            from bobkit.data.user import coco_dataset_names
+
+            known = sorted({*coco_dataset_names(), *known})
         if name in known or (folder_file and (Path(name) / folder_file).is_file()):
             return
         close = difflib.get_close_matches(name, known, n=3)
@@ -200,6 +205,7 @@ COMMON_DESCRIPTORS: tuple[Metric, ...] = (
     descriptor("feature_cache_hit", "1.0 when every frozen feature came from the cache"),
     descriptor("n_*", "item counts (train, test, queries, database, ...)"),
     descriptor("selected_*", "a value chosen on held-out training items (probe L2, learning rate)"),
+    descriptor("fallback_*", "a value used where nothing could be held out to choose it (one item per class)"),
 )
 
 

@@ -40,7 +40,6 @@ from bobkit.tasks.training import (
     validation_split,
 )
 
-VERSION = "1"
 PROTOCOLS = ("linear_probe", "finetune")
 
 
@@ -148,8 +147,7 @@ def _run_linear_probe(p: dict[str, Any], ex: Execution) -> dict[str, float]:
     train_seconds = time.perf_counter() - t1
     t2 = time.perf_counter()
     metrics = classification_metrics(fitted.probe.logits(test.features), test.labels, seed=p["seed"])
-    if fitted.selected:
-        metrics["selected_probe_l2"] = fitted.l2
+    metrics.update(fitted.descriptors())
     metrics.update(
         n_train=float(len(keep)), n_test=float(len(test.labels)), load_seconds=load_seconds,
         extract_seconds=train.seconds + test.seconds, train_seconds=train_seconds,

@@ -99,7 +99,8 @@ def create_body(
     out_indices : sequence of int
         Feature levels to return.
     image_size : int
-        Input side (the registry passes it to fixed-size models such as ViTs).
+        Input short side (the registry passes it to ViT-style models); the trunk accepts any height and width,
+        since torchvision's transform keeps each image's aspect (COCO at 1024: e.g. 1024 x 1376 after padding).
     seed : int
         Initialisation seed of random weights.
 
@@ -117,6 +118,7 @@ def create_body(
         image_size=image_size,
         seed=seed,
         pretrained=protocol != "random_init",
+        dynamic_size=True,
     )
 
 

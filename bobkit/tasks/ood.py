@@ -42,7 +42,6 @@ from bobkit.tasks.contract import Metric, Param, TaskSpec
 from bobkit.tasks.harness import task_entry
 from bobkit.tasks.training import finetune, fit_probe
 
-VERSION = "1"
 PROTOCOLS = ("linear_probe", "finetune")
 CORRUPTION_TARGET = "corruptions"
 #: Datasets this task builds itself (on top of :func:`bobkit.data.dataset_names`).
@@ -345,8 +344,7 @@ def _linear_probe_classifier(p: dict[str, Any], ex: Execution, config: dict[str,
     fitted = fit_probe(np.array(train_x), train_y, num_classes=n_classes, l2=p["probe_l2"],
                        max_iter=p["probe_max_iter"], seed=p["seed"], device=ex.device)
     timings["train_seconds"] += time.perf_counter() - t1
-    if fitted.selected:
-        timings["selected_probe_l2"] = fitted.l2  # a descriptor beside the timings
+    timings.update(fitted.descriptors())  # descriptors beside the timings
     probe = fitted.probe
     predictor = _Predictor(p, ex, config, build, probe.logits, len(train_y), cache_hit, model=model)
     return predictor, probe.logits(np.array(test_x)), np.asarray(test_y)

@@ -46,7 +46,6 @@ from bobkit.tasks.common import as_list, inference_batch_size
 from bobkit.tasks.contract import Metric, Param, TaskSpec
 from bobkit.tasks.harness import task_entry
 
-VERSION = "1"
 PROTOCOLS = ("class_folder", "revisited")
 #: Datasets this task builds itself (on top of :func:`bobkit.data.dataset_names`).
 DATASETS = ("roxford5k", "rparis6k")

@@ -42,7 +42,6 @@ from bobkit.tasks.contract import Metric, Param, TaskSpec, descriptor
 from bobkit.tasks.harness import task_entry
 from bobkit.tasks.training import finetune, fit_probe
 
-VERSION = "1"
 PROTOCOLS = ("linear_probe", "finetune")
 #: Largest L-inf radius in pixel units (/255): the whole pixel range.
 MAX_EPSILON = 255.0
@@ -204,8 +203,7 @@ def _linear_probe_model(p: dict[str, Any], ex: Execution, n_classes: int, timing
     fitted = fit_probe(train_x[fit_idx], train.labels[fit_idx], num_classes=n_classes, l2=p["probe_l2"],
                        max_iter=p["probe_max_iter"], seed=p["seed"], device=ex.device)
     timings["train_seconds"] = time.perf_counter() - t1
-    if fitted.selected:
-        timings["selected_probe_l2"] = fitted.l2  # a descriptor beside the timings
+    timings.update(fitted.descriptors())  # descriptors beside the timings
     probe = fitted.probe
     # Device and memory format as extraction set them (in place) on a cache miss, and checkpointing for the
     # attacks' backward pass; uncompiled, since the attacks differentiate through it.

@@ -21,7 +21,6 @@ from bobkit.tasks.harness import task_entry
 from bobkit.utils.files import write_json
 from bobkit.utils.paths import cache_dir
 
-VERSION = "1"
 MODES = ("ok", "raise", "nan", "oom", "die", "sleep")
 
 SPEC = TaskSpec(

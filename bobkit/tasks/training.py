@@ -36,6 +36,10 @@ from bobkit.tasks.blocks import PROBE_MAX_ITER
 #: L2 strengths :func:`fit_probe` chooses from when ``l2="auto"`` (log-spaced; features are standardised). Test-NLL
 #: optima measured on Fashion-MNIST: 1e-2..1e-1 with 2000 labels, 1..3 with 10 per class (benchmarks/probe_l2.py).
 PROBE_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+#: The L2 strength of ``l2="auto"`` when a class has a single training item, so nothing can be held out (Flowers-102
+#: at 10% labels): the strong end of the measured optima (1..3 with 10 labels per class, benchmarks/probe_l2.py),
+#: recorded as ``fallback_probe_l2``.
+PROBE_L2_ONE_SHOT = 1.0
 #: Share of the training items held out (per class) to choose a hyperparameter.
 VALIDATION_FRACTION = 0.2
 #: Fewer held-out items than this and :func:`validation_folds` cross-validates instead: NLL on a few dozen items is
@@ -88,6 +92,14 @@ class ProbeFit:
     selected: bool = False
     validation_top1: dict[float, float] = field(default_factory=dict)
     validation_nll: dict[float, float] = field(default_factory=dict)
+    fallback: bool = False
+
+    def descriptors(self) -> dict[str, float]:
+        """How the L2 strength was set, as run descriptors: ``selected_probe_l2`` (chosen on held-out items) or
+        ``fallback_probe_l2`` (:data:`PROBE_L2_ONE_SHOT`: a class had one item); nothing for a fixed value."""
+        if self.selected:
+            return {"selected_probe_l2": self.l2}
+        return {"fallback_probe_l2": self.l2} if self.fallback else {}
 
 
 def fit_probe(
@@ -134,6 +146,8 @@ def fit_probe(
         if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not l2 > 0 or not math.isfinite(l2):
             raise ValueError(f"probe_l2={l2!r} must be a positive number or 'auto'")
         return ProbeFit(fit(features, labels, float(l2)), float(l2))
+    if len(labels) and _smallest_class(labels) < 2:
+        return ProbeFit(fit(features, labels, PROBE_L2_ONE_SHOT), PROBE_L2_ONE_SHOT, fallback=True)
     folds = validation_folds(labels, seed=seed, name="probe_l2='auto'")
     x = np.asarray(features)
 
@@ -158,6 +172,11 @@ def fit_probe(
     return ProbeFit(fit(x, labels, best), best, selected=True,
                     validation_top1={k: v[0] for k, v in scores.items()},
                     validation_nll={k: v[1] for k, v in scores.items()})
+
+
+def _smallest_class(labels: np.ndarray) -> int:
+    """Items of the rarest class present in ``labels``."""
+    return int(np.unique(labels, return_counts=True)[1].min())
 
 
 def choose_probe_l2(scores: dict[float, tuple[float, float]], n_held_out: int) -> float:

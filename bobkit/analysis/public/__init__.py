@@ -1,5 +1,5 @@
 """Public reference tables in the results schema: timm's published ImageNet and OOD results (:mod:`.timm`), the BoB
-paper's backbone catalog and retrieval snapshot (:mod:`.bob`), and timm name parsing (:mod:`.tags`).
+paper's backbone catalog and retrieval snapshot (:mod:`.bob`), and timm name parsing (:mod:`.tags`, from :mod:`bobkit.backbones.tags`).
 
 Every file is a data-manifest entry shipped inside bobkit (``bobkit/reference/``), found with no download and no
 ``BOB_DATA_DIR``; every loader also takes an explicit ``path``.

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from bobkit.analysis.public import resolve_public
-from bobkit.analysis.public.tags import DATA_GROUPS, DATASET_IMAGES, METADATA_PRETRAIN, parse_timm_name
 from bobkit.analysis.uncertainty import binomial_stderr
+from bobkit.backbones.tags import DATA_GROUPS, DATASET_IMAGES, METADATA_PRETRAIN, parse_timm_name
 from bobkit.results.schema import METADATA_COLUMNS, conform
 
 GROUP = "timm_results"
@@ -119,7 +119,7 @@ def timm_results_table(
     its OOD variants stay paired). Values are fractions (``top1 / 100``) with ``n_items`` (the table's test images)
     and the binomial ``stderr``. Every model is an ImageNet-1k classifier fine-tuned end to end (``protocol =
     "finetune"``); each table's task comes from the manifest (``classification`` or ``ood``). Metadata comes from
-    the model name (:func:`~bobkit.analysis.public.tags.parse_timm_name`) and ``param_count``. timm's ``test_*``
+    the model name (:func:`~bobkit.backbones.tags.parse_timm_name`) and ``param_count``. timm's ``test_*``
     toy models are dropped unless ``include_test_models``. Extra columns ``pretrain_data_group``, ``tag`` and
     ``img_size`` are kept.
     """
