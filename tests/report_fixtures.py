@@ -6,14 +6,19 @@ import json
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 
 #: A display name / label / error text that runs script if the site does not escape it.
 PAYLOAD = "<img src=x onerror=alert(1)>"
 
 
 def notebook_file(path: Path, text: str = "2", stderr: str | None = None, title: str = "Classification") -> Path:
-    """An executed notebook: a title, one code cell with a result (and an optional stderr stream)."""
-    outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": text}, execution_count=1)]
+    """An executed notebook: a title, one code cell with a result and a pandas table as a task notebook ends with
+    (and an optional stderr stream)."""
+    frame = pd.DataFrame({"metric": ["top1", "n_test"], "value": [0.5, 1000.0]}).set_index("metric")
+    outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": text}, execution_count=1),
+               nbformat.v4.new_output("display_data", data={"text/html": frame._repr_html_(),
+                                                            "text/plain": frame.to_string()})]
     if stderr:
         outputs.append(nbformat.v4.new_output("stream", name="stderr", text=stderr))
     nb = nbformat.v4.new_notebook(cells=[

@@ -31,7 +31,7 @@ def test_gpu_only_skips_pass(tmp_path: Path) -> None:
 
 def test_other_skips_fail_naming_the_test(tmp_path: Path) -> None:
     extra = ('<testcase classname="tests.test_b" name="test_tables">'
-             '<skipped type="pytest.skip" message="../shared/data is not present"/></testcase>')
+             '<skipped type="pytest.skip" message="the public data folder is not present"/></testcase>')
     result = _check(tmp_path, extra, 2)
     assert result.returncode == 1
-    assert "tests.test_b::test_tables" in result.stderr and "../shared/data" in result.stderr
+    assert "tests.test_b::test_tables" in result.stderr and "public data folder" in result.stderr

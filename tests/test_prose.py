@@ -93,3 +93,35 @@ def test_top_k_finding_says_so_when_the_table_cannot_show_it(tmp_path):
     assert recorded["shown"] is False and recorded["agreement"] is None
     with pytest.raises(KeyError):
         out.finding("no_such_finding", shown=False)
+
+
+def test_family_gain_leaves_random_init_controls_out():
+    comparison = pd.DataFrame({
+        "backbone": ["cnn_a", "cnn_b", "cnn_c", "vit_rand", "vit_a", "vit_b", "swin_a"],
+        "family": ["CNN", "CNN", "CNN", "ViT", "ViT", "ViT", "hierarchical-ViT"],
+        "method_kind": ["supervised", "SSL", "supervised", "random", "supervised", "SSL", "supervised"],
+        "delta": [0.01, 0.02, 0.03, -0.50, 0.10, 0.12, 0.14]})
+    answer = findings.family_gain_finding("finetune_vs_linear_probe", comparison, a="linear_probe", b="finetune",
+                                          vit_families=["ViT", "hierarchical-ViT"], n_boot=200)
+    assert answer["shown"] and answer["value"] == pytest.approx(0.12 - 0.02)  # the untrained ViT is not counted
+    assert answer["n"] == 6 and answer["agreement"] == "agrees" and answer["ci_low"] > 0
+    only_random = comparison[comparison["family"] == "CNN"].pipe(
+        lambda f: pd.concat([f, comparison[comparison["backbone"] == "vit_rand"]]))
+    missing = findings.family_gain_finding("finetune_vs_linear_probe", only_random, a="linear_probe",
+                                           b="finetune", vit_families=["ViT"], n_boot=50)
+    assert not missing["shown"]
+    assert missing["reason"] == "it has no pretrained ViT backbone run under both linear_probe and finetune"
+
+
+def test_family_table_sets_random_init_controls_apart():
+    comparison = pd.DataFrame({"family": ["CNN", "CNN", "ViT", None], "delta": [0.1, -0.4, -0.5, 0.2],
+                               "method_kind": ["supervised", "random", "random", "SSL"]})
+    groups = findings.family_or_control(comparison)
+    assert list(groups) == ["CNN", "CNN, random init", "ViT, random init", "unknown"]
+    assert list(findings.family_or_control(comparison.drop(columns="method_kind"))) == ["CNN", "CNN", "ViT", "unknown"]
+
+
+def test_plain_text_undoes_markdown_escapes():
+    for value in ["a*b [x] `c` \\ d", "<img src=x onerror=alert(1)>", "vit_small_patch16_224.dino"]:
+        assert prose.plain_text(prose.md(value)) == value
+    assert prose.plain_text(f"**The paper:** {prose.md('x*y')}") == "The paper: x*y"

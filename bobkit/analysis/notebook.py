@@ -3,9 +3,10 @@
 Headline numbers go to ``summary.json`` in the notebook's figures folder, which the report and the tests read
 (:func:`read_summary`). Its keys: ``notebook``, ``headlines`` (Markdown sentences), ``skipped`` (section -> reason),
 ``figures``, ``tables``, ``findings`` (paper finding id -> the paper's value and this table's answer, see
-:meth:`Analysis.finding`), plus whatever a notebook records. Text that came from a table is escaped before it
-enters Markdown (:func:`bobkit.analysis.prose.md`), and :meth:`Analysis.say` / :meth:`Analysis.note` neutralise
-any HTML tag left in their text.
+:meth:`Analysis.finding`; the report's overview shows them), plus whatever a notebook records. Tables display as
+the book shows them (:func:`bobkit.analysis.tables.readable`), in JupyterLab as in the published report. Text
+that came from a table is escaped before it enters Markdown (:func:`bobkit.analysis.prose.md`), and
+:meth:`Analysis.say` / :meth:`Analysis.note` neutralise any HTML tag left in their text.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import pandas as pd
 
 from bobkit.analysis import findings as paper
 from bobkit.analysis.errors import InsufficientDataError
 from bobkit.analysis.prose import md, neutralise_html
+from bobkit.analysis.tables import ReadableTable, readable
 from bobkit.data.errors import MissingDataError
 from bobkit.utils.files import atomic_path, write_json
 
@@ -44,7 +46,18 @@ def _display(obj: Any) -> None:
         display(obj)
     elif isinstance(obj, pd.DataFrame):
         print(obj.to_string(max_rows=20))
+    elif isinstance(obj, ReadableTable):
+        print(repr(obj))
     # figures outside a notebook are only saved
+
+
+def shown_table(frame: pd.DataFrame, name: str, *, show: int, columns: Sequence[str] | None = None,
+                digits: int = 2, labels: Mapping[str, str] | None = None) -> ReadableTable:
+    """What :meth:`Analysis.table` displays: the first ``show`` rows of ``frame`` (``columns`` only) as a
+    :class:`~bobkit.analysis.tables.ReadableTable`, captioned when rows are left out."""
+    caption = f"First {show} of {len(frame):,} rows (all in {name}.csv)" if len(frame) > show else None
+    return readable(frame.head(show), columns=[c for c in columns if c in frame] if columns else None,
+                    caption=caption, digits=digits, collapse_after=None, labels=labels)
 
 
 def _markdown(text: str) -> None:
@@ -130,8 +143,11 @@ class Analysis:
         return path
 
     def table(self, frame: pd.DataFrame, name: str, *, show: int | None = 20, columns: Sequence[str] | None = None,
-              digits: int = 3) -> Path | None:
-        """Save ``frame`` as ``<figures_dir>/<name>.csv`` and display its first ``show`` rows (``columns`` only)."""
+              digits: int = 2, labels: Mapping[str, str] | None = None) -> Path | None:
+        """Save ``frame`` as ``<figures_dir>/<name>.csv`` (every row and column) and display its first ``show`` rows
+        (``columns`` only, with the interval bounds that belong to them; ``labels``: header overrides) as the book
+        shows tables (:func:`bobkit.analysis.tables.readable`: no index, integers as integers,
+        ``0.51 [0.31, 0.71]``, full names); a caption says when rows are left out of the display."""
         path = None
         if self.dir is not None:
             path = self.dir / f"{name}.csv"
@@ -140,8 +156,7 @@ class Analysis:
             self.summary["tables"].append(path.name)
             self._write()
         if self.show and show:
-            view = frame[[c for c in columns if c in frame]] if columns else frame
-            _display(view.head(show).round(digits))
+            _display(shown_table(frame, name, show=show, columns=columns, digits=digits, labels=labels))
         return path
 
     def record(self, **values: Any) -> None:
@@ -157,16 +172,18 @@ class Analysis:
 
     def finding(self, finding_id: str, *, shown: bool, value: float | None = None, ci_low: float | None = None,
                 ci_high: float | None = None, n: int | None = None, paper_value: float | None = None,
-                statement: str = "", agreement: str | None = None) -> None:
+                statement: str = "", agreement: str | None = None, reason: str = "") -> None:
         """Record how this table answers the paper's finding ``finding_id`` under ``summary["findings"]``:
-        ``shown`` (False: the table cannot show it, ``statement`` says why), this table's ``value`` with its
-        interval and ``n``, the paper's value, ``agreement`` (``agrees`` / ``disagrees`` / ``unclear``; computed
-        from the interval and the paper's value when not given) and a one-sentence ``statement`` (Markdown, table
-        values escaped). The helpers of :mod:`bobkit.analysis.findings` return these keywords."""
+        ``shown`` (False: the table cannot show it, ``reason`` says why), this table's ``value`` with its interval
+        and ``n``, the paper's value, ``agreement`` (``agrees`` / ``disagrees`` / ``unclear``; computed from the
+        interval and the paper's value when not given) and a one-sentence ``statement`` (Markdown, table values
+        escaped). The helpers of :mod:`bobkit.analysis.findings` return these keywords; the report's overview
+        displays what is recorded here and computes nothing itself."""
         paper.finding(finding_id)  # a typo in an id fails here, not in the report
         entry: dict[str, Any] = {"shown": bool(shown), "statement": neutralise_html(statement),
                                  "paper_value": paper_value, "value": value, "ci_low": ci_low, "ci_high": ci_high,
-                                 "n": n, "agreement": agreement if shown else None}
+                                 "n": n, "agreement": agreement if shown else None,
+                                 "reason": "" if shown else neutralise_html(reason)}
         if shown and agreement is None and paper_value is not None and value is not None:
             entry["agreement"] = paper.agreement(value, ci_low if ci_low is not None else float("nan"),
                                                  ci_high if ci_high is not None else float("nan"), paper_value)

@@ -2,14 +2,17 @@
 pretraining-method kind, so a CNN or a CLIP model has the same colour in every figure.
 
 Every function returns a :class:`matplotlib.figure.Figure` and never calls ``plt.show``; it raises
-:class:`bobkit.analysis.errors.InsufficientDataError` when the data cannot make the figure.
+:class:`bobkit.analysis.errors.InsufficientDataError` when the data cannot make the figure. Figures are made to be
+read at the book's column width (at most :data:`MAX_WIDTH` inches, :data:`DPI` dots per inch): backbone names in
+full (wrapped, the figure grows), a unit on every numeric axis, legends beside the axes, and points a reader must
+tell apart numbered with a key beneath the plot (:mod:`bobkit.analysis.figure_labels`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
+import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -21,7 +24,24 @@ from matplotlib.ticker import FixedLocator, FuncFormatter
 
 from bobkit.analysis.correlation import spearman
 from bobkit.analysis.errors import InsufficientDataError
+from bobkit.analysis.figure_labels import (
+    NUMBER_ALL_UP_TO,
+    add_key,
+    backbone_names,
+    figure_with_key,
+    key_height,
+    legend_outside,
+    number_points,
+    points_to_number,
+    spread,
+    with_unit,
+    wrap_label,
+)
 from bobkit.analysis.id_ood import inverse_probit, probit
+
+__all__ = ["FAMILY_COLORS", "METHOD_KIND_COLORS", "set_style", "palette_for", "save_figure", "wrap_label",
+           "leaderboard_plot", "correlation_heatmap", "task_scatter", "scale_plot", "paired_plot", "slope_chart",
+           "metric_scatter", "probit_scatter", "group_strip"]
 
 #: Fixed colours (seaborn "colorblind" palette) for the schema's categories.
 _CB = sns.color_palette("colorblind", 10)
@@ -31,7 +51,12 @@ METHOD_KIND_COLORS: dict[str, tuple] = {
     "random": _CB[7],
 }
 FIGSIZE = (6.4, 4.0)
-DPI = 100
+#: Full-column display: the book stretches a figure to the column (about 750 px), so 150 dpi keeps it sharp and a
+#: figure no wider than MAX_WIDTH keeps its text at a readable size there.
+DPI = 150
+MAX_WIDTH = 8.5
+#: Heatmaps with more rows than this show numbers on their axes and the names in a key.
+HEATMAP_NAMED_UP_TO = 16
 
 
 def set_style(context: str = "notebook", font_scale: float = 0.9) -> None:
@@ -64,27 +89,6 @@ def save_figure(fig: plt.Figure, out_dir: str | os.PathLike[str] | None, name: s
     return path
 
 
-def _labels(frame: pd.DataFrame, name_col: str = "display_name") -> pd.Series:
-    if name_col in frame:
-        return frame[name_col].fillna(frame["backbone"]).astype(str)
-    return frame["backbone"].astype(str)
-
-
-def wrap_label(text: str, width: int = 36) -> str:
-    """``text`` on lines of at most about ``width`` characters, broken after ``.``, ``_``, ``/``, spaces and before
-    ``(`` (never inside ``IN-1k``): a long backbone name wraps instead of being cut, so names that differ only at the
-    end stay distinguishable."""
-    tokens = re.findall(r"[^._/ (]*(?:[._/ ]|$)|\([^._/ (]*(?:[._/ ]|$)", str(text))
-    lines, line = [], ""
-    for token in (t for t in tokens if t):
-        if line and len(line) + len(token) > width:
-            lines.append(line.rstrip())
-            line = ""
-        line += token
-    lines.append(line.rstrip())
-    return "\n".join(lines)
-
-
 def _hue(frame: pd.DataFrame, column: str | None) -> pd.Series:
     if column is None or column not in frame:
         return pd.Series("all", index=frame.index)
@@ -95,6 +99,13 @@ def _hue(frame: pd.DataFrame, column: str | None) -> pd.Series:
 # Leaderboard and correlations
 # --------------------------------------------------------------------------------------------------------------------
 
+def _label_height(labels: Sequence[str], per_line: float = 0.2, per_label: float = 0.08) -> float:
+    """Inches a column of (wrapped) tick labels needs so that none crowds the next: the rows are evenly spaced, so
+    each gets room for the longest label."""
+    lines = max((label.count("\n") + 1 for label in labels), default=1)
+    return len(labels) * (per_line * lines + per_label)
+
+
 def leaderboard_plot(
     board: pd.DataFrame,
     *,
@@ -104,74 +115,119 @@ def leaderboard_plot(
     xlabel: str = "score (mean z-score)",
 ) -> plt.Figure:
     """Horizontal bars of ``score`` with the bootstrap interval (``score_lo``/``score_hi``) for the ``top`` backbones;
-    baselines (random-init controls, ``baseline`` column) are hatched and labelled."""
+    baselines (random-init controls, ``baseline`` column) are hatched and labelled. Names wrap and the figure grows
+    with them; the legend sits beside the axes."""
     if board.empty:
         raise InsufficientDataError("no scored backbones to plot")
     data = board.head(top).iloc[::-1].reset_index(drop=True)
     hue = _hue(data, color_by)
     colors = palette_for(hue, color_by)
     baseline = data["baseline"].fillna(False).astype(bool) if "baseline" in data else pd.Series(False, index=data.index)
-    labels = [wrap_label(s + (" (random init)" if b and "random" not in s.lower() else ""))
-              for s, b in zip(_labels(data), baseline)]
-    n_lines = sum(label.count("\n") + 1 for label in labels)
-    fig, ax = plt.subplots(figsize=(FIGSIZE[0] + 1.0, max(2.0, 0.2 * n_lines + 0.1 * len(data) + 1.0)))
+    labels = [wrap_label(s + (" (random init)" if b and "random" not in s.lower() else ""), 40)
+              for s, b in zip(backbone_names(data), baseline)]
+    fig, ax = plt.subplots(figsize=(FIGSIZE[0] + 1.0, max(2.0, _label_height(labels) + 1.1)))
     y = np.arange(len(data))
     bars = ax.barh(y, data["score"], color=[colors[h] for h in hue], alpha=0.9)
     for bar, is_baseline in zip(bars, baseline):
         if is_baseline:
             bar.set_hatch("//")
             bar.set_alpha(0.5)
+    limits = _baseline_clip_limits(data, baseline)
+    clipped = (data["score"] < limits[0]).to_numpy() if limits else np.zeros(len(data), dtype=bool)
     if "score_lo" in data:
-        ok = np.isfinite(data["score_lo"]) & np.isfinite(data["score_hi"])
+        # A clipped bar's interval would run through the score written over it; the table gives that interval.
+        ok = (np.isfinite(data["score_lo"]) & np.isfinite(data["score_hi"])).to_numpy() & ~clipped
         if ok.any():
             err = np.vstack([data["score"] - data["score_lo"], data["score_hi"] - data["score"]])[:, ok].clip(min=0)
             ax.errorbar(data["score"][ok], y[ok], xerr=err, fmt="none", ecolor="0.2", elinewidth=1, capsize=2)
     ax.set_yticks(y, labels)
-    _clip_baselines(ax, data, baseline, y)
+    ax.set_ylim(-0.6, len(data) - 0.4)
+    if limits:
+        ax.set_xlim(*limits)
+        for yi, score in zip(y[clipped], data.loc[clipped, "score"]):
+            ax.annotate(f"{score:.1f} ◀", (limits[0], yi), xytext=(3, 0), textcoords="offset points", va="center",
+                        fontsize="small", color="0.25")
     ax.axvline(0, color="0.3", lw=0.8)
-    ax.set_xlabel(xlabel)
+    ax.set_xlabel(with_unit(xlabel, "mean z-score"))
     ax.set_title(title)
     if color_by is not None and color_by in board:
         handles = [plt.Rectangle((0, 0), 1, 1, color=colors[k]) for k in colors]
-        ax.legend(handles, list(colors), title=color_by, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+        ax.legend(handles, list(colors), title=color_by.replace("_", " "), loc="upper left",
+                  bbox_to_anchor=(1.02, 1), fontsize="small", title_fontsize="medium")
     fig.tight_layout()
     return fig
 
 
-def _clip_baselines(ax: plt.Axes, data: pd.DataFrame, baseline: pd.Series, y: np.ndarray) -> None:
-    """Random-init controls scored against the pretrained backbones' spread can sit dozens of units away; keep the
-    axis on the pretrained backbones and write a clipped baseline's score at the axis edge."""
+def _baseline_clip_limits(data: pd.DataFrame, baseline: pd.Series) -> tuple[float, float] | None:
+    """Random-init controls scored against the pretrained backbones' spread can sit dozens of units away: the x
+    limits that keep the axis on the pretrained backbones, or None when every baseline fits on it anyway."""
     pretrained = data[~baseline.to_numpy()]
     if pretrained.empty or not baseline.any():
-        return
+        return None
     ends = pd.concat([pretrained["score"], pretrained.get("score_lo", pretrained["score"]),
                       pretrained.get("score_hi", pretrained["score"])]).dropna()
     lo, hi = min(float(ends.min()), 0.0), max(float(ends.max()), 0.0)
     span = hi - lo or 1.0
     left, right = lo - 0.6 * span, hi + 0.15 * span
     if data.loc[baseline.to_numpy(), "score"].min() >= left:
-        return
-    ax.set_xlim(left, right)
-    for yi, score in zip(y[baseline.to_numpy()], data.loc[baseline.to_numpy(), "score"]):
-        if score < left:
-            ax.annotate(f"{score:.1f} ◀", (left, yi), xytext=(3, 0), textcoords="offset points", va="center",
-                        fontsize="small", color="0.25")
+        return None
+    return left, right
+
+
+def _category_ticks(ax: plt.Axes, labels: Sequence[str], named: bool) -> None:
+    """Heatmap ticks: wrapped names, or numbers (every k-th when there are many) whose names are in the key."""
+    n = len(labels)
+    step = 1 if named else max(1, int(np.ceil(n / 20)))
+    positions = np.arange(0, n, step) + 0.5
+    shown = [labels[i] if named else str(i + 1) for i in range(0, n, step)]
+    ax.set_xticks(positions, shown, rotation=90 if named and n > 3 else 0, fontsize="x-small" if n > 8 else None)
+    ax.set_yticks(positions, shown, rotation=0, fontsize="x-small" if n > 8 else None)
+    if not named:
+        ax.set_xlabel("(number: see the key below)")
+        ax.set_ylabel("(number: see the key below)")
 
 
 def correlation_heatmap(matrix: pd.DataFrame, *, title: str = "Spearman correlation", annot: bool = True,
                         vmin: float = -1.0) -> plt.Figure:
-    """Heatmap of a square correlation matrix (:func:`bobkit.analysis.correlation.correlation_matrix`)."""
+    """Heatmap of a square correlation matrix (:func:`bobkit.analysis.correlation.correlation_matrix`). Up to
+    :data:`HEATMAP_NAMED_UP_TO` rows are named on the axes; more are numbered, with their names in a key below."""
     if matrix.shape[0] < 2:
         raise InsufficientDataError("need at least two columns for a correlation heatmap")
     n = matrix.shape[0]
-    fig, ax = plt.subplots(figsize=(min(max(5.0, 2.5 + 0.7 * n), 11), min(max(4.0, 2.0 + 0.6 * n), 10)))
-    labels = [wrap_label(str(c), 30) for c in matrix.columns]
-    sns.heatmap(matrix.astype(float), vmin=vmin, vmax=1, cmap="vlag", center=0, annot=annot and n <= 14,
-                fmt=".2f", square=True, cbar_kws={"shrink": 0.7, "label": "rho"}, ax=ax,
-                xticklabels=labels, yticklabels=labels)
+    names = [str(c) for c in matrix.columns]
+    named = n <= HEATMAP_NAMED_UP_TO
+    side = min(max(4.4, 1.8 + 0.42 * n), MAX_WIDTH - 2.0)  # at least as wide as the other figures, with its bar
+    fig, ax, key_ax = figure_with_key(side + 2.0, side + (1.4 if named else 0.4), [] if named else names,
+                                      columns=2, key_width=56)
+    with warnings.catch_warnings():  # seaborn's own use of a matplotlib API on its way out: not the reader's concern
+        warnings.filterwarnings("ignore", message="The set_bad function", category=PendingDeprecationWarning)
+        sns.heatmap(matrix.astype(float), vmin=vmin, vmax=1, cmap="vlag", center=0, annot=annot and n <= 12,
+                    fmt=".2f", annot_kws={"fontsize": 7 if n > 6 else 9}, square=True, ax=ax,
+                    cbar_kws={"shrink": 0.7, "label": "Spearman rho (-1 to 1)"})
+    ax.grid(False)  # the style's grid would cross the cells
+    _category_ticks(ax, [wrap_label(c, 22) for c in names], named)
     ax.set_title(title)
+    if key_ax is not None:
+        add_key(key_ax, names, title="Rows and columns", columns=2, width=56)
     fig.tight_layout()
     return fig
+
+
+def _numbered(ax: plt.Axes, data: pd.DataFrame, x: str, y: str, order_by: pd.Series, highlight: int) -> list[str]:
+    """Number the points a reader must tell apart (all of them up to NUMBER_ALL_UP_TO, else the ``highlight`` with
+    the largest ``order_by``); returns their names, in number order, for the key."""
+    chosen = points_to_number(data, order_by, highlight)
+    number_points(ax, chosen[x].to_numpy(), chosen[y].to_numpy())
+    return backbone_names(chosen).tolist()
+
+
+def _key_names(data: pd.DataFrame, order_by: pd.Series, highlight: int) -> list[str]:
+    """The names :func:`_numbered` will number, known before the figure is made (it sizes the figure)."""
+    return backbone_names(points_to_number(data, order_by, highlight)).tolist()
+
+
+def _key_title(n_named: int, n_points: int) -> str:
+    return "Key" if n_named == n_points else f"Key (the {n_named} highest of {n_points})"
 
 
 def task_scatter(
@@ -186,42 +242,41 @@ def task_scatter(
     title: str | None = None,
 ) -> plt.Figure:
     """Paper Figure 1 style: one task's score against another's, marker size = parameters, colour = method kind,
-    marker = family; the ``annotate`` best backbones (by x + y) are labelled."""
+    marker = family. Every backbone is numbered (up to NUMBER_ALL_UP_TO; beyond, the ``annotate`` best by x + y)
+    and named in the key beneath the plot."""
     data = frame.dropna(subset=[x, y]).copy()
     if len(data) < 2:
         raise InsufficientDataError(f"fewer than two backbones have both {x!r} and {y!r}")
     # legend titles come from the column names (matplotlib hides labels that start with "_")
-    hue_col, style_col, size_col = hue or "all", (style or None), "params (M)"
+    hue_col, style_col, size_col = (hue or "all").replace("_", " "), (style or None), "params (M)"
     data[hue_col] = _hue(data, hue)
     if style_col:
         data[style_col] = _hue(data, style)
     sizes = pd.to_numeric(data[size], errors="coerce") if size in data else pd.Series(np.nan, index=data.index)
     data[size_col] = sizes.fillna(sizes.median() if sizes.notna().any() else 1.0).clip(lower=0.1)
-    fig, ax = plt.subplots(figsize=(FIGSIZE[0] + 1.6, FIGSIZE[1] + 0.4))
+    order_by = data[x] + data[y]
+    names = _key_names(data, order_by, annotate)
+    fig, ax, key_ax = figure_with_key(FIGSIZE[0] + 1.6, FIGSIZE[1] + 0.4, names)
     sns.scatterplot(data=data, x=x, y=y, hue=hue_col, style=style_col, size=size_col, sizes=(20, 300),
                     palette=palette_for(data[hue_col], hue), alpha=0.8, ax=ax, legend="brief")
-    best = data.assign(_sum=data[x] + data[y]).nlargest(annotate, "_sum")
-    for i, (_, row) in enumerate(best.iterrows()):
-        ax.annotate(wrap_label(str(row.get("display_name", row.get("backbone"))), 34), (row[x], row[y]),
-                    fontsize=7, xytext=(-8, -12 - 11 * i), textcoords="offset points", ha="right",
-                    arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
+    _numbered(ax, data, x, y, order_by, annotate)
     res = spearman(data[x], data[y], n_boot=0)
     ax.set_title(title or f"Spearman rho = {res['rho']:.2f} over {res['n']} backbones")
-    ax.set_xlabel(wrap_label(f"{x} (score)", 60))
-    ax.set_ylabel(wrap_label(f"{y} (score)", 60))
-    _outside_legend(ax)
+    ax.set_xlabel(with_unit(f"{x} score", "mean z-score"))
+    ax.set_ylabel(with_unit(f"{y} score", "mean z-score", width=40))
+    legend_outside(ax)
+    add_key(key_ax, names, title=_key_title(len(names), len(data)))
     fig.tight_layout()
     return fig
-
-
-def _outside_legend(ax: plt.Axes) -> None:
-    if ax.get_legend() is not None:
-        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), fontsize="x-small", title_fontsize="small")
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Scale, SSL vs supervised, protocols
 # --------------------------------------------------------------------------------------------------------------------
+
+_SIZE_LABELS = {"params_millions": ("parameters", "millions, log scale"),
+                "pretrain_images": ("pretraining images", "count, log scale")}
+
 
 def scale_plot(
     frame: pd.DataFrame,
@@ -233,10 +288,12 @@ def scale_plot(
     correlations: pd.DataFrame | None = None,
     xlabel: str | None = None,
     title: str | None = None,
+    highlight: int = 5,
 ) -> plt.Figure:
     """Score against a size (log x axis) per family, with a least-squares line of ``y`` on ``log10(x)`` per family
     (statsmodels-free: :func:`numpy.polyfit`, the same fit seaborn's ``regplot(logx=True)`` draws). ``correlations``
-    (:func:`bobkit.analysis.correlation.correlate_by_group`) adds each family's rho to its legend label."""
+    (:func:`bobkit.analysis.correlation.correlate_by_group`) adds each family's rho to its legend label. Backbones
+    are numbered and named in a key (all up to NUMBER_ALL_UP_TO, else the ``highlight`` best)."""
     data = frame.copy()
     data[x] = pd.to_numeric(data[x], errors="coerce")
     data = data[(data[x] > 0) & data[y].notna()]
@@ -248,7 +305,8 @@ def scale_plot(
     rhos = {}
     if correlations is not None and not correlations.empty:
         rhos = dict(zip(correlations["group"], correlations["rho"]))
-    fig, ax = plt.subplots(figsize=FIGSIZE)
+    names = _key_names(data, data[y], highlight) if "backbone" in data or "display_name" in data else []
+    fig, ax, key_ax = figure_with_key(FIGSIZE[0] + 1.4, FIGSIZE[1], names)
     for g in order:
         part = data[data["_hue"] == g]
         label = f"{g} (n={len(part)}" + (f", rho={rhos[g]:.2f})" if g in rhos and np.isfinite(rhos[g]) else ")")
@@ -259,33 +317,40 @@ def scale_plot(
             grid = np.linspace(lx.min(), lx.max(), 50)
             ax.plot(10 ** grid, intercept + slope * grid, color=colors[g], lw=2)
     ax.set_xscale("log")
-    ax.set_xlabel(xlabel or x)
-    ax.set_ylabel(f"{y} score")
-    ax.set_title(title or f"{y} score vs {xlabel or x}")
-    ax.legend(fontsize="small", loc="best")
+    if names:
+        _numbered(ax, data, x, y, data[y], highlight)
+    name, unit = _SIZE_LABELS.get(x, (x, "log scale"))
+    ax.set_xlabel(with_unit(xlabel or name, unit))
+    ax.set_ylabel(with_unit(f"{y} score", "mean z-score"))
+    ax.set_title(title or f"{y} score vs {xlabel or name}")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1), title=hue.replace("_", " "),
+              title_fontsize="medium")
+    if key_ax is not None:
+        add_key(key_ax, names, title=_key_title(len(names), len(data)))
     fig.tight_layout()
     return fig
 
 
 def paired_plot(pairs: pd.DataFrame, *, a_label: str = "supervised", b_label: str = "SSL",
                 title: str | None = None) -> plt.Figure:
-    """Dumbbell chart of :func:`bobkit.analysis.comparisons.matched_pairs`: for each pair, the ``a`` (supervised) and ``b`` (SSL)
-    scores joined by a line, green when ``b`` wins."""
+    """Dumbbell chart of :func:`bobkit.analysis.comparisons.matched_pairs`: for each pair, the ``a`` (supervised)
+    and ``b`` (SSL) scores joined by a line, green when ``b`` wins; each row named by its ``b`` backbone in full."""
     if pairs.empty:
         raise InsufficientDataError("no matched pairs to plot")
     data = pairs.sort_values("diff").reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(FIGSIZE[0], max(2.0, 0.35 * len(data) + 1.0)))
+    labels = [wrap_label(str(r.b_display), 40) for r in data.itertuples()]
+    fig, ax = plt.subplots(figsize=(FIGSIZE[0] + 1.0, max(2.0, _label_height(labels) + 1.2)))
     y = np.arange(len(data))
     for i, row in data.iterrows():
         ax.plot([row["a_score"], row["b_score"]], [i, i], color=_CB[2] if row["diff"] > 0 else _CB[3], lw=2,
                 alpha=0.8)
     ax.scatter(data["a_score"], y, color=METHOD_KIND_COLORS["supervised"], label=a_label, zorder=3)
     ax.scatter(data["b_score"], y, color=METHOD_KIND_COLORS["SSL"], marker="D", label=b_label, zorder=3)
-    labels = [wrap_label(str(r.b_display), 40) for r in data.itertuples()]
     ax.set_yticks(y, labels)
-    ax.set_xlabel("score")
+    ax.set_ylim(-0.6, len(data) - 0.4)
+    ax.set_xlabel(with_unit("score", "mean z-score"))
     ax.set_title(title or f"{b_label} (diamond) vs matched {a_label} (circle)")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     return fig
 
@@ -298,30 +363,62 @@ def slope_chart(
     hue: str = "family",
     facet: str | None = "dataset",
     max_facets: int = 6,
+    per_row: int = 3,
     title: str | None = None,
 ) -> plt.Figure:
-    """Slope chart of :func:`bobkit.analysis.comparisons.protocol_comparison`: one line per backbone from its ``a`` value to its ``b``
-    value, one panel per dataset (first ``max_facets``)."""
+    """Slope chart of :func:`bobkit.analysis.comparisons.protocol_comparison`: one line per backbone from its ``a``
+    value to its ``b`` value, one panel per dataset (first ``max_facets``, ``per_row`` to a row). Lines are numbered
+    at their right end with the backbones named in a key (up to NUMBER_ALL_UP_TO backbones)."""
     if comparison.empty:
         raise InsufficientDataError("nothing to compare between protocols")
     panels = list(dict.fromkeys(comparison[facet])) if facet and facet in comparison else [None]
     panels = panels[:max_facets]
     colors = palette_for(_hue(comparison, hue), hue)
-    fig, axes = plt.subplots(1, len(panels), figsize=(min(3.2 * len(panels) + 1, 16), 4.0), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
+    backbones = list(dict.fromkeys(comparison["backbone"]))
+    numbered = len(backbones) <= NUMBER_ALL_UP_TO
+    first = comparison.drop_duplicates("backbone").set_index("backbone").loc[backbones].reset_index()
+    names = backbone_names(first).tolist() if numbered else []
+    cols, rows = min(len(panels), per_row), int(np.ceil(len(panels) / per_row))
+    extra = key_height(names)
+    # never narrower than the other figures: the book stretches every figure to the column
+    fig = plt.figure(figsize=(min(max(2.6 * cols + 1.9, FIGSIZE[0]), MAX_WIDTH), 3.4 * rows + extra))
+    grid = fig.add_gridspec(rows + (1 if extra else 0), cols, height_ratios=[3.4] * rows + ([extra] if extra else []))
+    axes = [fig.add_subplot(grid[i // cols, i % cols]) for i in range(len(panels))]
+    key_ax = fig.add_subplot(grid[rows, :]) if extra else None
+    for panel_ax, panel in zip(axes, panels):
         part = comparison if panel is None else comparison[comparison[facet] == panel]
         for _, row in part.iterrows():
-            ax.plot([0, 1], [row[a], row[b]], marker="o", color=colors[_hue(part.loc[[_]], hue).iloc[0]], alpha=0.7)
-        ax.set_xticks([0, 1], [a, b])
-        ax.set_xlim(-0.2, 1.2)
+            panel_ax.plot([0, 1], [row[a], row[b]], marker="o", color=colors[_hue(part.loc[[_]], hue).iloc[0]],
+                          alpha=0.7)
+        if numbered:
+            _number_line_ends(panel_ax, part[b].to_numpy(dtype=float),
+                              [backbones.index(name) + 1 for name in part["backbone"]])
+        panel_ax.set_xticks([0, 1], [wrap_label(a.replace("_", " "), 9), wrap_label(b.replace("_", " "), 9)],
+                            fontsize="x-small")
+        panel_ax.set_xlim(-0.25, 1.4)
         metric = part["metric"].iloc[0] if "metric" in part else "value"
-        ax.set_title(f"{panel} ({metric})" if panel is not None else metric, fontsize="small")
+        panel_ax.set_title(wrap_label(f"{panel} ({metric})" if panel is not None else str(metric), 24),
+                           fontsize="small")
+        panel_ax.set_ylabel(with_unit(str(metric), width=28), fontsize="small")
     handles = [plt.Line2D([], [], color=c, marker="o") for c in colors.values()]
-    axes[0][-1].legend(handles, list(colors), title=hue, fontsize="x-small", loc="upper left",
-                       bbox_to_anchor=(1.02, 1))
-    fig.suptitle(title or f"{a} vs {b}")
+    axes[cols - 1].legend(handles, list(colors), title=hue.replace("_", " "), fontsize="small", loc="upper left",
+                          bbox_to_anchor=(1.05, 1), title_fontsize="medium")
+    fig.suptitle(title or f"{a} vs {b}".replace("_", " "))
+    if key_ax is not None:
+        add_key(key_ax, names)
     fig.tight_layout()
     return fig
+
+
+def _number_line_ends(ax: plt.Axes, ends: np.ndarray, numbers: Sequence[int]) -> None:
+    """Numbers at the right ends (x = 1) of a slope chart's lines, spread apart where lines end close together,
+    with a thin leader to the end they name."""
+    low, high = ax.get_ylim()
+    positions = spread(ends, gap=0.055 * (high - low))
+    for end, position, number in zip(ends, positions, numbers):
+        moved = abs(position - end) > 0.01 * (high - low)
+        ax.annotate(str(number), (1, end), xytext=(1.1, position), textcoords="data", va="center", fontsize=7,
+                    fontweight="bold", arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if moved else None)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -339,15 +436,18 @@ def metric_scatter(
     ylabel: str | None = None,
     title: str | None = None,
     trend: bool = True,
+    highlight: int = 5,
 ) -> plt.Figure:
     """Robustness or calibration against accuracy: scatter coloured by ``hue`` with an overall OLS line
-    (seaborn ``regplot``, no bootstrap band) and Spearman's rho in the title."""
+    (seaborn ``regplot``, no bootstrap band) and Spearman's rho in the title; backbones numbered and named in a key
+    (all up to NUMBER_ALL_UP_TO, else the ``highlight`` highest)."""
     data = frame.dropna(subset=[x, y]).copy()
     if len(data) < 2:
         raise InsufficientDataError(f"fewer than two backbones have both {x!r} and {y!r}")
-    hue_col = hue or "all"
+    hue_col = (hue or "all").replace("_", " ")
     data[hue_col] = _hue(data, hue)
-    fig, ax = plt.subplots(figsize=(FIGSIZE[0] + 1.0, FIGSIZE[1]))
+    names = _key_names(data, data[y], highlight) if "backbone" in data or "display_name" in data else []
+    fig, ax, key_ax = figure_with_key(FIGSIZE[0] + 1.4, FIGSIZE[1], names)
     kwargs = {}
     if size and size in data and pd.to_numeric(data[size], errors="coerce").notna().any():
         data["params (M)"] = pd.to_numeric(data[size], errors="coerce").fillna(1.0)
@@ -356,11 +456,15 @@ def metric_scatter(
                     **kwargs)
     if trend and len(data) >= 3 and data[x].nunique() > 1:
         sns.regplot(data=data, x=x, y=y, scatter=False, ci=None, color="0.3", line_kws={"lw": 1.2}, ax=ax)
+    if names:
+        _numbered(ax, data, x, y, data[y], highlight)
     res = spearman(data[x], data[y], n_boot=0)
-    ax.set_xlabel(xlabel or x)
-    ax.set_ylabel(ylabel or y)
+    ax.set_xlabel(with_unit(xlabel or x))
+    ax.set_ylabel(with_unit(ylabel or y, width=40))
     ax.set_title(title or f"Spearman rho = {res['rho']:.2f} over {res['n']} backbones")
-    _outside_legend(ax)
+    legend_outside(ax)
+    if key_ax is not None:
+        add_key(key_ax, names, title=_key_title(len(names), len(data)))
     fig.tight_layout()
     return fig
 
@@ -386,14 +490,16 @@ def probit_scatter(
     title: str | None = None,
 ) -> plt.Figure:
     """ID vs OOD accuracy on probit axes (ticks in %), coloured by ``hue``, with the fitted linear trend
-    (:func:`bobkit.analysis.id_ood.fit_probit_trend`) and the y = x line."""
+    (:func:`bobkit.analysis.id_ood.fit_probit_trend`) and the y = x line. Up to NUMBER_ALL_UP_TO models (a
+    results table's backbones) are numbered and named in a key; a public table's cloud of models is not."""
     data = frame.dropna(subset=[id_col, ood_col]).copy()
     if len(data) < 2:
         raise InsufficientDataError(f"fewer than two models with {id_col!r} and {ood_col!r}")
     data["_x"] = probit(data[id_col])
     data["_y"] = probit(data[ood_col])
     data["_hue"] = _hue(data, hue)
-    fig, ax = plt.subplots(figsize=(FIGSIZE[0] + 1.2, FIGSIZE[1] + 0.6))
+    names = _key_names(data, data["_y"], 0) if "backbone" in data or "display_name" in data else []
+    fig, ax, key_ax = figure_with_key(FIGSIZE[0] + 1.4, FIGSIZE[1] + 0.6, names)
     counts = data["_hue"].value_counts()
     order = list(counts.index)
     sns.scatterplot(data=data, x="_x", y="_y", hue="_hue", hue_order=order, palette=palette_for(order, hue),
@@ -409,10 +515,15 @@ def probit_scatter(
     ax.set_ylim(data["_y"].min() - 0.1, data["_y"].max() + 0.1)
     _probit_axis(ax, "x", data[id_col].min(), data[id_col].max())
     _probit_axis(ax, "y", data[ood_col].min(), data[ood_col].max())
+    if names:
+        _numbered(ax, data, "_x", "_y", data["_y"], 0)
     ax.set_xlabel(id_label + ", probit scale")
-    ax.set_ylabel(f"{ood_label or ood_col} top-1 (%), probit scale")
+    ax.set_ylabel(wrap_label(f"{ood_label or ood_col} top-1 (%), probit scale", 40))
     ax.set_title(title or f"{ood_label or ood_col} vs ImageNet (n = {len(data)})")
-    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1), title=hue)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1), title=hue.replace("_", " "),
+              title_fontsize="medium")
+    if key_ax is not None:
+        add_key(key_ax, names)
     fig.tight_layout()
     return fig
 
@@ -436,18 +547,21 @@ def group_strip(
     if data.empty:
         raise InsufficientDataError(f"no {value!r} values to plot")
     order = list(order) if order is not None else list(data.groupby("_by")[value].median().sort_values().index[::-1])
-    fig, ax = plt.subplots(figsize=(FIGSIZE[0] + 0.8, max(2.4, 0.45 * len(order) + 1.2)))
+    labels = [wrap_label(g, 30) for g in order]
+    fig, ax = plt.subplots(figsize=(FIGSIZE[0] + 1.2, max(2.4, _label_height(labels, per_label=0.2) + 1.2)))
     sns.boxplot(data=data, x=value, y="_by", order=order, color="0.9", fliersize=0, ax=ax)
     if hue and hue in data:
         data["_hue"] = _hue(data, hue)
         sns.stripplot(data=data, x=value, y="_by", order=order, hue="_hue", palette=palette_for(data["_hue"], hue),
                       size=3, alpha=0.6, ax=ax)
-        ax.legend(fontsize="x-small", title=hue, loc="upper left", bbox_to_anchor=(1.01, 1))
+        ax.legend(fontsize="small", title=hue.replace("_", " "), loc="upper left", bbox_to_anchor=(1.02, 1),
+                  title_fontsize="medium")
     else:
         sns.stripplot(data=data, x=value, y="_by", order=order, color=_CB[0], size=3, alpha=0.6, ax=ax)
+    ax.set_yticks(range(len(order)), labels)
     ax.axvline(0, color="0.3", lw=0.8)
-    ax.set_ylabel(by)
-    ax.set_xlabel(xlabel or value)
+    ax.set_ylabel(by.replace("_", " "))
+    ax.set_xlabel(with_unit(xlabel or value))
     ax.set_title(title or f"{value} by {by}")
     fig.tight_layout()
     return fig

@@ -220,3 +220,20 @@ def describe_matches(matches: pd.DataFrame) -> str:
         parts.append(f"{len(unmatched)} have no counterpart in the reference"
                      + (": different parameter values in " + "; ".join(conflicts[:4]) if conflicts else ""))
     return "; ".join(parts) + "."
+
+
+def plain_text(markdown: str) -> str:
+    """Markdown written here (values through :func:`md`, ``**`` emphasis, backtick code) as plain text: escapes
+    undone, emphasis and code markers dropped, ``&lt;`` back to ``<``. For places that escape text themselves (the
+    report's HTML tables), so a sentence recorded for a notebook reads the same there."""
+    out, i = [], 0
+    while i < len(markdown):
+        char = markdown[i]
+        if char == "\\" and i + 1 < len(markdown):
+            out.append(markdown[i + 1])
+            i += 2
+            continue
+        if char not in "*`":
+            out.append(char)
+        i += 1
+    return "".join(out).replace("&lt;", "<")

@@ -70,7 +70,9 @@ REAL_DATASETS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class SceneConfig:
-    """How scenes are composed (the defaults are the measured offline configuration of DESIGN.md section 8).
+    """How scenes are composed. The defaults are the offline configuration measured on a 2-core CPU: 1-4 items of
+    28-56 px on 128x128 canvases, masks from item pixels above 0.2, box overlap capped at 15%; with them a Mask R-CNN
+    over a small pretrained backbone reaches a box AP far above its random-init control in three epochs.
 
     Attributes
     ----------

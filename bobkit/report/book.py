@@ -8,7 +8,7 @@ The output folder is a Jupyter Book project (``jupyter-book build <out>`` rebuil
     notebooks/NN_*.ipynb     executed analysis notebooks, sanitised (chapters)
     runs/<task>/<key>.ipynb  executed run notebooks, sanitised (pages under provenance)
     figures/NN_*/            each notebook's PNGs, CSVs and summary.json (copied into the site)
-    _static/                 the report's CSS and print script
+    _static/                 the report's CSS (bob.css, and bob-tables.css: the analysis' table style) and print script
     _work/                   raw papermill outputs (not published)
     _build/html/             the site: publish this folder
 
@@ -28,12 +28,14 @@ from typing import Any, Mapping, Sequence
 import nbformat
 import yaml
 
+from bobkit.analysis.tables import TABLE_CSS
 from bobkit.report.sanitize import SanitizeReport, check_site, sanitize_notebook
 from bobkit.utils.files import atomic_path
 
 STATIC_DIR = Path(__file__).with_name("static")
 HTML_DIR = Path("_build") / "html"
 WORK_DIR = "_work"
+TABLE_CSS_FILE = "bob-tables.css"
 # The Jupyter Book command line, run in a child process (Sphinx keeps global state between builds).
 _JUPYTER_BOOK = "import sys; from jupyter_book.cli.main import main; sys.exit(main())"
 
@@ -68,11 +70,20 @@ def _error_cell(message: str | None) -> nbformat.NotebookNode:
         f"<p><code>{text}</code></p></div>")
 
 
+def _code_tag(cell: nbformat.NotebookNode, tags: list[str]) -> str:
+    """How a code cell shows in the book: behind a "show code" toggle when it shows something or holds the
+    parameters; left out when it shows nothing (a row of empty toggles tells a reader nothing; the executed
+    notebook, one click away, keeps every cell)."""
+    if cell.get("outputs") or {"parameters", "injected-parameters"} & set(tags):
+        return "hide-input"
+    return "remove-cell"
+
+
 def prepare_notebook(source: Path, target: Path, *, title_cell: str | None = None, error: str | None = None
                      ) -> tuple[nbformat.NotebookNode, SanitizeReport]:
-    """Copy an executed notebook into the book: outputs sanitised, code collapsed behind a toggle, papermill's
-    error banner replaced by one naming the error (escaped), an optional title cell (Markdown, already escaped)
-    first. Never reads through a symbolic link."""
+    """Copy an executed notebook into the book: outputs sanitised, code collapsed behind a toggle (code that shows
+    nothing left out, :func:`_code_tag`), papermill's error banner replaced by one naming the error (escaped), an
+    optional title cell (Markdown, already escaped) first. Never reads through a symbolic link."""
     if source.is_symlink():
         raise ValueError(f"refusing to publish {source}: it is a symbolic link")
     nb = nbformat.read(str(source), as_version=4)
@@ -83,8 +94,8 @@ def prepare_notebook(source: Path, target: Path, *, title_cell: str | None = Non
         if "papermill-error-cell-tag" in tags:
             cells.append(_error_cell(error))
             continue
-        if cell.cell_type == "code" and "hide-input" not in tags:
-            cell.metadata["tags"] = [*tags, "hide-input"]
+        if cell.cell_type == "code":
+            cell.metadata["tags"] = [*tags, _code_tag(cell, tags)]
         cells.append(cell)
     if title_cell:
         cells.insert(0, nbformat.v4.new_markdown_cell(title_cell))
@@ -115,7 +126,7 @@ def book_config(title: str) -> dict[str, Any]:
                  "comments": {"hypothesis": False, "utterances": False}},
         "launch_buttons": {"binderhub_url": "", "jupyterhub_url": "", "colab_url": "", "thebe": False},
         "repository": {"url": "", "path_to_book": "", "branch": ""},
-        "sphinx": {"config": {"html_static_path": ["_static"], "html_css_files": ["bob.css"],
+        "sphinx": {"config": {"html_static_path": ["_static"], "html_css_files": ["bob.css", TABLE_CSS_FILE],
                               "html_js_files": ["bob.js"], "html_show_sourcelink": False,
                               "html_last_updated_fmt": None, "nb_output_stderr": "remove",
                               "suppress_warnings": ["mystnb.unknown_mime_type"]}},
@@ -152,12 +163,14 @@ def write_text(path: Path, text: str) -> None:
 
 
 def copy_static(book: Path) -> None:
-    """The report's CSS and JavaScript into ``book/_static``."""
+    """The report's CSS and JavaScript into ``book/_static``, with the tables' style (the one notebooks in
+    JupyterLab get inline, :data:`bobkit.analysis.tables.TABLE_CSS`)."""
     target = book / "_static"
     target.mkdir(parents=True, exist_ok=True)
     for item in STATIC_DIR.iterdir():
         if item.is_file() and not item.is_symlink():
             shutil.copy2(item, target / item.name)
+    write_text(target / TABLE_CSS_FILE, TABLE_CSS)
 
 
 # --------------------------------------------------------------------------------------------------------------------

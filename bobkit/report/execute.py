@@ -1,6 +1,6 @@
 """Running the analysis notebooks for a report: papermill, one kernel per notebook, errors kept readable.
 
-Each kernel starts with :func:`bobkit.report.tables.use_readable_tables` switched on, so every DataFrame a notebook
+Each kernel starts with :func:`bobkit.analysis.tables.use_readable_tables` switched on, so every DataFrame a notebook
 displays is rendered by the report's one table helper. A failing notebook does not stop the others: its executed
 copy (with the error in the failing cell) is kept and :class:`NotebookRun` carries the error message.
 """
@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 KERNEL = "python3"
 # Runs in each kernel before the notebook's first cell.
-KERNEL_SETUP = "__import__('bobkit.report.tables', fromlist=['_']).use_readable_tables()"
+KERNEL_SETUP = "__import__('bobkit.analysis.tables', fromlist=['_']).use_readable_tables()"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 

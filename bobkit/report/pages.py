@@ -1,7 +1,7 @@
 """The report's own pages, written as MyST Markdown for the book: the overview and the provenance chapter.
 
 Prose is fixed text; every value that came from a table, a sidecar or a notebook (backbone names, labels, error
-messages, paths) goes into HTML built by :mod:`bobkit.report.tables` or :func:`html_text` (escaped, then cleaned by
+messages, paths) goes into HTML built by :mod:`bobkit.analysis.tables` or :func:`html_text` (escaped, then cleaned by
 :func:`bobkit.report.sanitize.clean_html`) or into Markdown through :func:`markdown_text` (every punctuation mark
 backslash-escaped), so none of it can become markup.
 """
@@ -17,12 +17,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from bobkit.report.claims import ClaimResult
+from bobkit.analysis import findings as paper
+from bobkit.analysis.tables import readable
+from bobkit.report.answers import Answer
 from bobkit.report.execute import NotebookRun
 from bobkit.report.inputs import TableSource
 from bobkit.report.runs import RunRecord
 from bobkit.report.sanitize import clean_html
-from bobkit.report.tables import readable
 
 LEADERBOARD_TOP = 10
 LEADERBOARD_COLUMNS = ["rank", "display_name", "score", "family", "method_kind", "pretrain_data", "params_millions"]
@@ -74,8 +75,7 @@ class ReportPages:
 
     source: TableSource
     chapters: list[Chapter]
-    claims: list[ClaimResult]
-    claims_document: Mapping[str, Any]
+    answers: list[Answer]
     runs: list[RunRecord]
     failed: list[RunRecord]
     environment: Mapping[str, Any]
@@ -128,33 +128,51 @@ def _leaderboard(pages: ReportPages, chapters: Mapping[str, Chapter]) -> list[st
     return parts
 
 
-def _claims_table(claims: Sequence[ClaimResult]) -> str:
-    frame = pd.DataFrame([{"the paper says": c.claim, "paper": c.stated, "this table": c.answer, "n": c.n,
-                           "verdict": c.marked_verdict + (f": {c.reason}" if c.reason else "")} for c in claims])
-    return readable(frame, collapse_after=None).to_html()
+def _answer_block(answer: Answer) -> str:
+    """One finding: the paper's claim in a sentence, then its value beside this table's (interval, n, agreement)."""
+    frame = pd.DataFrame([{"the paper's value": answer.stated, "this table": answer.answer or "–", "n": answer.n,
+                           "agreement": answer.marked_verdict}])
+    claim = f"<p class='bob-claim'><b>The paper:</b> {html_text(answer.claim)}</p>"
+    # a number with its interval stays on one line; an answer in words wraps
+    unbroken = ["this table"] if len(answer.answer) <= 24 else []
+    table = readable(frame, caption=f"Measured here: {answer.measure}", collapse_after=None,
+                     unbroken=unbroken).to_html()
+    return html_block(claim + table)
+
+
+def _paper_source() -> list[str]:
+    """The citation, the caveat and where in the paper each finding is stated."""
+    document = paper.load_findings()
+    source = document["source"]
+    where = pd.DataFrame([{"finding": " ".join(str(item["claim"]).split()), "where in the paper": item["where"],
+                           "location checked": bool(item.get("where_verified", False))}
+                          for item in document["findings"].values()])
+    return ["", "## Source of the paper's values", "", markdown_text(source["citation"]),
+            f"<{source['url']}>" if str(source.get("url", "")).startswith("https://") else "", "",
+            markdown_text(document.get("note", "")), "",
+            html_block(readable(where, caption="Where each finding is stated", collapse_after=0).to_html()), ""]
 
 
 def overview_markdown(pages: ReportPages) -> str:
-    """The overview page: what is analysed, failures, the leaderboard, then one section per question."""
+    """The overview page: what is analysed, failures, the leaderboard, then one section per question of the paper
+    with each finding's stated value beside the answer its notebook recorded."""
     chapters = {c.name: c for c in pages.chapters}
     parts = ["# Overview", "", _what_is_analysed(pages), _failures(pages.chapters)]
     parts += _leaderboard(pages, chapters)
     parts += ["", "## The paper's questions", "",
-              "Each claim of the paper beside this table's answer: the value with its 95% interval and n, and "
-              "whether they agree. ✓ agrees, ✗ disagrees, ? inconclusive (the interval includes the paper's side "
-              "and the other), – not measurable with this table (the reason is given)."]
-    for question in pages.claims_document.get("questions", []):
-        rows = [c for c in pages.claims if c.question == question.get("id")]
+              "Each finding of the paper beside this table's answer, as its chapter computed it: the value with its "
+              "95% interval and n, and whether they agree. ✓ agrees, ✗ disagrees, ? unclear (the interval "
+              "includes the paper's side and the other), – not measurable with this table (the reason is given)."]
+    for question in paper.questions():
+        rows = [a for a in pages.answers if a.question == question["id"]]
         if not rows:
             continue
-        parts += ["", f"### {markdown_text(question.get('title', question.get('id')))}", "",
-                  html_block(_claims_table(rows))]
-        chapter = chapters.get(str(question.get("chapter")))
-        if chapter is not None:
-            parts.append(f"Details: {chapter.link}.")
-    source = " ".join(str(pages.claims_document.get("source", "")).split())
-    note = " ".join(str(pages.claims_document.get("note", "")).split())
-    parts += ["", "## Source of the paper's values", "", markdown_text(source), "", markdown_text(note), ""]
+        parts += ["", f"### {markdown_text(question['title'])}", ""]
+        parts += [_answer_block(row) for row in rows]
+        links = [chapters[name].link for name in dict.fromkeys(row.chapter for row in rows) if name in chapters]
+        if links:
+            parts.append("Details: " + ", ".join(links) + ".")
+    parts += _paper_source()
     return "\n".join(parts)
 
 
@@ -162,20 +180,40 @@ def overview_markdown(pages: ReportPages) -> str:
 # Provenance
 # --------------------------------------------------------------------------------------------------------------------
 
-def _runs_frame(records: Iterable[RunRecord], *, with_error: bool = False) -> pd.DataFrame:
-    """One row per run; the run key links to the run's page (or notebook), ``note`` says why there is none."""
-    rows = []
+def _what_ran(record: RunRecord, *, with_task: bool = True) -> str:
+    """``classification · resnet18.tv_in1k · fashion_mnist · linear_probe · seed 0`` (one cell that wraps)."""
+    parts = [record.task] if with_task else []
+    parts += [record.backbone, record.dataset, record.protocol]
+    seed = [f"seed {record.seed}"] if record.seed != "" else []
+    return " · ".join(str(p) for p in [*parts, *seed] if p)
+
+
+def _runs_frame(records: Iterable[RunRecord], *, with_task: bool = True) -> pd.DataFrame:
+    """One row per run: the run key (linked to the run's page or notebook), what ran in one wrapping cell, the
+    status (with the reason a run has no page) and the code version; the device is on the run's page and counted
+    under Devices. Few columns, so the table fits the page's column."""
+    rows = [{"run key": r.run_key, "href": r.href, "what ran": _what_ran(r, with_task=with_task),
+             "status": r.status + ("" if r.href or not r.note else f" ({r.note})"),
+             "code version": r.code_version[:12]} for r in records]
+    return pd.DataFrame(rows, columns=["run key", "href", "what ran", "status", "code version"])
+
+
+def _failed_runs_html(records: Sequence[RunRecord], collapse_after: int = 10) -> str:
+    """Each failed run on its own lines: the run key (linked to its notebook), what it ran, and its error in full
+    (an error is a sentence with paths in it: a table column would squeeze it or push the table off the page)."""
+    items = []
     for r in records:
-        row = {"run key": r.run_key, "href": r.href, "task": r.task, "backbone": r.backbone, "dataset": r.dataset,
-               "protocol": r.protocol, "seed": r.seed, "status": r.status, "device": r.device,
-               "code version": r.code_version[:12], "note": "" if r.href else r.note}
-        if with_error:
-            row["error"] = r.error
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    if len(frame) and not frame["note"].astype(bool).any():
-        frame = frame.drop(columns="note")
-    return frame
+        key = html_text(r.run_key)
+        link = f"<a href='{html_text(r.href)}'>{key}</a>" if r.href else key
+        what = " · ".join(html_text(v) for v in (r.task, r.backbone, r.dataset, r.protocol) if v)
+        seed = f" · seed {html_text(r.seed)}" if r.seed != "" else ""
+        error = html_text(r.error).replace("\n", "<br>")  # the page's HTML block is one line
+        items.append(f"<li><p><b>{link}</b>: {what}{seed}</p><pre class='bob-error'>{error}</pre></li>")
+    listing = f"<ul class='bob-failed'>{''.join(items)}</ul>"
+    if len(records) > collapse_after:
+        return (f"<details class='bob-collapsible'><summary>{len(records):,} failed runs (show)</summary>"
+                f"{listing}</details>")
+    return listing
 
 
 def _facts_table(facts: Mapping[str, Any], label: str) -> str:
@@ -211,8 +249,7 @@ def provenance_markdown(pages: ReportPages) -> str:
     if pages.failed:
         parts.append("Cells of the same runs folder that failed; the table, built from complete runs, leaves them "
                      "out.")
-        parts.append(html_block(readable(_runs_frame(pages.failed, with_error=True), links={"run key": "href"},
-                                         caption=f"{len(pages.failed):,} failed runs", collapse_after=40).to_html()))
+        parts.append(html_block(_failed_runs_html(pages.failed)))
     else:
         parts.append("No failed run is recorded in the runs folder.")
     parts += ["", "## Analysis notebooks", ""]
@@ -242,7 +279,7 @@ def provenance_markdown(pages: ReportPages) -> str:
 
 def task_runs_markdown(task: str, records: Sequence[RunRecord]) -> str:
     """A page per task under provenance: its runs (the book lists their pages beneath it)."""
-    frame = _runs_frame(records).drop(columns=["task"])
+    frame = _runs_frame(records, with_task=False)
     # links from runs/<task>/index.html: the run pages sit beside it
     frame["href"] = [href.split("/", 2)[-1] if href else "" for href in frame["href"]]
     return "\n".join([f"# {title_text(task)} runs", "",

@@ -2,11 +2,12 @@
 
 Two layers. Before the book is built, :func:`sanitize_notebook` rewrites every notebook that goes into it: HTML
 outputs are cleaned with nh3 (an allowlist: tables, text markup, images; no scripts, event handlers, styles or
-``javascript:`` links), Markdown outputs (``Analysis.say`` sentences with backbone names in them) are rendered with
-raw HTML disabled, so ``<img src=x onerror=...>`` in a name shows as text, and script, widget and stderr outputs
-are dropped (stderr holds progress bars and Python warnings, which readers should not see; the sanitiser counts what
-it removed). After the build, :func:`check_site` scans every page for active content the first layer should have
-stopped and names each finding.
+``javascript:`` links) after a plain pandas table among them is re-rendered as the report's other tables are
+(:mod:`bobkit.report.frames`: no index column, integers as integers), Markdown outputs (``Analysis.say`` sentences
+with backbone names in them) are rendered with raw HTML disabled, so ``<img src=x onerror=...>`` in a name shows as
+text, and script, widget and stderr outputs are dropped (stderr holds progress bars and Python warnings, which
+readers should not see; the sanitiser counts what it removed). After the build, :func:`check_site` scans every page
+for active content the first layer should have stopped and names each finding.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from typing import Any
 import nbformat
 import nh3
 
+from bobkit.report.frames import readable_html
+
 # An allowlist, not a blocklist: whatever is not named here is removed (the text inside is kept).
 ALLOWED_TAGS = frozenset({
     "a", "abbr", "b", "blockquote", "br", "caption", "code", "col", "colgroup", "dd", "del", "details", "div", "dl",
     "dt", "em", "figcaption", "figure", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "ins", "kbd", "li",
     "ol", "p", "pre", "s", "samp", "small", "span", "strong", "sub", "summary", "sup", "table", "tbody", "td",
-    "tfoot", "th", "thead", "tr", "u", "ul", "var",
+    "tfoot", "th", "thead", "tr", "u", "ul", "var", "wbr",
 })
 ALLOWED_ATTRIBUTES = {
     "*": {"class", "title"},
@@ -94,7 +97,8 @@ def _sanitize_bundle(data: dict[str, Any], report: SanitizeReport) -> dict[str, 
         bundle.setdefault("text/html", rendered)
         report.markdown_rendered += 1
     if "text/html" in bundle:
-        bundle["text/html"] = clean_html(_as_text(bundle["text/html"]))
+        fragment = _as_text(bundle["text/html"])
+        bundle["text/html"] = clean_html(readable_html(fragment) or fragment)
         report.html_cleaned += 1
     return bundle
 

@@ -2,9 +2,9 @@
 as a book (Jupyter Book: sidebar of chapters, per-page contents, search, previous/next links, print style).
 
 :func:`build_report` checks every input before anything runs (notebook names, the table, the output folder), runs
-the notebooks with papermill, writes the overview (leaderboard, the paper's claims beside this table's answers)
-and the provenance chapter (exactly the table's run keys, from the runs folder the table records), and builds the
-site offline into ``<out>/_build/html``. A failing notebook does not stop the build: its chapter shows the error,
+the notebooks with papermill, writes the overview (leaderboard, the paper's findings beside the answers the
+notebooks recorded) and the provenance chapter (exactly the table's run keys, from the runs folder the table
+records), and builds the site offline into ``<out>/_build/html``. A failing notebook does not stop the build: its chapter shows the error,
 the overview lists it, and :attr:`ReportOutcome.failures` lets the caller refuse to publish.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from bobkit.report import book, claims, pages
+from bobkit.report import answers, book, pages
 from bobkit.report.execute import NotebookJob, NotebookRun, run_notebooks
 from bobkit.report.inputs import (
     TableSource,
@@ -167,11 +167,10 @@ def build_report(
     failed = failed_runs(source.runs_dir, exclude=set(source.runs["run_key"].astype(str)))
     run_pages = publish_runs([*records, *failed], out, render_runs=render_runs)
 
-    document = claims.load_claims()
     failures = {run.name: run.error or "" for run in executed if not run.ok}
     content = pages.ReportPages(
-        source=source, chapters=chapters, claims=claims.evaluate(document, out / "figures", failures),
-        claims_document=document, runs=records, failed=failed, environment=report_environment(),
+        source=source, chapters=chapters, answers=answers.collect(out / "figures", failures),
+        runs=records, failed=failed, environment=report_environment(),
         run_facts=run_facts(records, source.runs_dir), figures_root=out / "figures")
     book.write_text(out / "index.md", pages.overview_markdown(content))
     book.write_text(out / "provenance.md", pages.provenance_markdown(content))

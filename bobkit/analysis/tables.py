@@ -1,22 +1,27 @@
-"""Tables made to be read: the one styling helper for every table the report shows.
+"""Tables made to be read: the one styling helper for every table the analysis notebooks and the report show.
 
 :func:`readable` turns a DataFrame into an HTML table without an index column, with integers as integers, large
 sizes as ``1.28 M``, estimate/interval column triples merged into ``0.51 [0.31, 0.71]``, full backbone names that
 wrap, numeric columns right-aligned (CSS class ``num``) and long tables collapsed behind a ``<details>`` element.
 Every value is HTML-escaped: a ``display_name`` of ``<img src=x onerror=alert(1)>`` shows as that text.
 
-In a notebook, ``readable(frame)`` displays as the styled table; :func:`use_readable_tables` makes every DataFrame
-a notebook displays render this way (``bob report`` turns it on in the kernels that run the analysis notebooks).
-The look (wrapping, alignment, stripes) comes from the classes below and the book's ``bob.css``.
+It lives with the analysis so that a notebook opened in JupyterLab and the published book show the same table:
+:meth:`bobkit.analysis.notebook.Analysis.table` displays through it, :func:`use_readable_tables` makes every
+DataFrame a kernel displays render this way (``bob report`` turns it on in the kernels it starts), and the report's
+own pages (:mod:`bobkit.report.pages`) build their tables with it. The look (wrapping, alignment, stripes) is
+:data:`TABLE_CSS`: shipped with the table in a notebook, written into the book's static files for the site (where
+notebook outputs lose their ``<style>``, see :mod:`bobkit.report.sanitize`).
 """
 
 from __future__ import annotations
 
 import html
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 #: Readable headers for the results-table and leaderboard columns the analysis shows most.
@@ -43,8 +48,40 @@ INTEGER_COLUMNS = frozenset({"rank", "n", "n_settings", "n_tasks", "n_items", "n
 _UNPREFIXED_BASES = ("rho", "mean", "coef", "estimate", "value", "diff", "delta", "score", "median")
 _BOUND_SUFFIXES = (("_lo", "_hi"), ("_low", "_high"), ("_ci_low", "_ci_high"))
 _UNPREFIXED_BOUNDS = (("ci_low", "ci_high"), ("lo", "hi"), ("low", "high"))
+# Where a long name may break: after these characters (<wbr> marks the spot; the text itself is unchanged).
+_BREAK_AFTER = re.compile(r"([_./-])(?=\w)")
+_LONG_WORD = re.compile(r"\S{21,}")
 #: Values at or above this size are written with a unit (``1.28 M``, ``2.3 B``).
 LARGE = 1e6
+#: The tables' look, for JupyterLab (inline, before the table) and the book (``_static/bob-tables.css``).
+TABLE_CSS = """\
+.bob-table-wrap { overflow-x: auto; margin: 0.4rem 0 1rem; }
+table.bob-table { border-collapse: collapse; font-size: 0.82rem; line-height: 1.35; width: auto;
+                  margin-left: 0; margin-right: auto; }
+table.bob-table caption { caption-side: top; text-align: left; font-weight: 600; padding: 0 0 0.3rem; }
+table.bob-table th, table.bob-table td {
+  padding: 0.25rem 0.3rem; vertical-align: top; text-align: left;
+  border: none; border-bottom: 1px solid var(--pst-color-border, #d9d9d9);
+}
+table.bob-table thead th { border-bottom: 2px solid var(--pst-color-text-muted, #888); font-weight: 600; }
+table.bob-table tbody tr:nth-child(even) { background: var(--pst-color-surface, #f5f6f7); }
+/* numbers: right-aligned, digits in columns, never broken */
+table.bob-table .num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.bob-table thead th.num { white-space: normal; }
+/* names: shown in full, wrapping between words and after _ . / - inside an id (<wbr>), mid-word only when a part
+   is longer than the column */
+table.bob-table .name { white-space: normal; overflow-wrap: break-word; min-width: 7rem; max-width: 24rem; }
+table.bob-table .text { white-space: normal; overflow-wrap: break-word; min-width: 4rem; max-width: 34rem; }
+table.bob-table td.keep { white-space: nowrap; }
+details.bob-collapsible { margin: 0.4rem 0 1rem; }
+details.bob-collapsible > summary { cursor: pointer; font-weight: 600; }
+@media print {
+  .bob-table-wrap { overflow: visible; }
+  table.bob-table { font-size: 9pt; }
+  table.bob-table tbody tr:nth-child(even) { background: none; }
+  table.bob-table tr { break-inside: avoid; }
+}
+"""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -114,6 +151,8 @@ class Column:
     digits: int = 2
     p_value: bool = False
     name: bool = False
+    unbroken: bool = False
+    whole_cells: bool = False  # a whole number shows without decimals even among fractions
 
     def cell(self, row: Mapping[str, Any]) -> str:
         """The cell text (not yet escaped) for one row."""
@@ -124,7 +163,8 @@ class Column:
             if isinstance(value, bool):
                 return "yes" if value else "no"
             return str(value)
-        number_format = {"integral": self.integral, "digits": self.digits, "p_value": self.p_value}
+        whole = self.whole_cells and not is_missing(value) and float(value).is_integer()
+        number_format = {"integral": self.integral or whole, "digits": self.digits, "p_value": self.p_value}
         if self.low is not None and self.high is not None:
             return format_interval(value, row.get(self.low), row.get(self.high), **number_format)
         return format_number(value, **number_format)
@@ -157,6 +197,17 @@ def _interval_bounds(frame: pd.DataFrame) -> dict[str, tuple[str, str]]:
     return {b: lh for b, lh in bounds.items() if _is_number_column(frame[b])}
 
 
+def _digits_for(frame: pd.DataFrame, columns: Sequence[str | None], digits: int, most: int = 4) -> int:
+    """Decimals that show a column's values: ``digits``, or more (up to ``most``) when its typical value (the
+    median size, interval bounds included) is small, so an effective robustness of 0.0077 reads 0.0077, not 0.01,
+    and its interval is not [-0.00, 0.00]."""
+    values = pd.concat([pd.to_numeric(frame[c], errors="coerce") for c in columns if c is not None and c in frame])
+    sizes = values[np.isfinite(values) & (values != 0)].abs()
+    if sizes.empty:
+        return digits
+    return int(min(most, max(digits, 1 - np.floor(np.log10(sizes.median())))))
+
+
 def plan_columns(frame: pd.DataFrame, labels: Mapping[str, str] | None = None, digits: int = 2) -> list[Column]:
     """The columns :func:`readable` shows for ``frame``: bounds merged into their estimate, headers made readable."""
     overrides = dict(labels or {})
@@ -179,7 +230,8 @@ def plan_columns(frame: pd.DataFrame, labels: Mapping[str, str] | None = None, d
             label=label, source=column, low=low, high=high, numeric=numeric,
             integral=numeric and (str(column) in INTEGER_COLUMNS or (
                 _all_integral(series) and (low is None or _all_integral(frame[[low, high]].stack())))),
-            digits=COLUMN_DIGITS.get(str(column), digits), p_value=str(column) in P_VALUE_COLUMNS,
+            digits=COLUMN_DIGITS.get(str(column), _digits_for(frame, [column, low, high], digits)),
+            p_value=str(column) in P_VALUE_COLUMNS,
             name=str(column) in NAME_COLUMNS or labels.get(column) in NAME_COLUMNS))
     return plan
 
@@ -219,6 +271,11 @@ class ReadableTable:
         Decimals for non-integer numbers.
     links:
         ``{column: href_column}``: cells of ``column`` link to the URL in ``href_column`` (not shown itself).
+    unbroken:
+        Columns whose cells never wrap (a text column holding ``0.51 [0.31, 0.71]``).
+    whole_cells:
+        A whole number shows without decimals in any numeric column, also among fractions (a run's outputs: a
+        count such as ``n_test`` in the same column as the scores).
     """
 
     frame: pd.DataFrame
@@ -228,6 +285,8 @@ class ReadableTable:
     collapse_after: int | None = 20
     digits: int = 2
     links: Mapping[str, str] | None = None
+    unbroken: Sequence[str] = ()
+    whole_cells: bool = False
     _plan: list[Column] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -244,6 +303,9 @@ class ReadableTable:
             frame = frame[keep + extra]
         self.frame = frame
         self._plan = plan_columns(frame, self.labels, self.digits)
+        for column in self._plan:
+            column.unbroken = column.source in self.unbroken
+            column.whole_cells = self.whole_cells and column.numeric and column.low is None
 
     def to_html(self) -> str:
         """The table as an HTML fragment (classes only, no inline styles or scripts)."""
@@ -265,6 +327,10 @@ class ReadableTable:
 
     def _cell_html(self, column: Column, record: Mapping[str, Any], position: int) -> str:
         text = html.escape(column.cell(record))
+        if column.name:  # an id like vit_small_patch16_224.dino may break after _ . / - and nowhere else
+            text = _BREAK_AFTER.sub(r"\1<wbr>", text)
+        elif not column.numeric:  # so may a long path or module name in a message, never a short word
+            text = _LONG_WORD.sub(lambda word: _BREAK_AFTER.sub(r"\1<wbr>", word.group(0)), text)
         hrefs = self._hrefs.get(column.source)
         href = hrefs.iloc[position] if hrefs is not None else None
         if text and isinstance(href, str) and href:
@@ -272,19 +338,21 @@ class ReadableTable:
         return text
 
     def _repr_html_(self) -> str:
-        return self.to_html()
+        # the style travels with the table in JupyterLab; the book drops it and links TABLE_CSS instead
+        return f"<style>{TABLE_CSS}</style>{self.to_html()}"
 
     def __repr__(self) -> str:
         return self.frame.to_string(index=False, max_rows=30)
 
     @staticmethod
     def _classes(column: Column) -> str:
-        return " ".join(c for c in ("num" if column.numeric else "", "name" if column.name else "") if c) or "text"
+        kinds = ("num" if column.numeric else "", "name" if column.name else "", "keep" if column.unbroken else "")
+        return " ".join(c for c in kinds if c) or "text"
 
 
 def readable(frame: pd.DataFrame, **options: Any) -> ReadableTable:
     """``frame`` as a :class:`ReadableTable` (options: ``columns``, ``labels``, ``caption``, ``collapse_after``,
-    ``digits``)."""
+    ``digits``, ``links``, ``unbroken``, ``whole_cells``)."""
     return ReadableTable(frame, **options)
 
 
@@ -300,5 +368,5 @@ def use_readable_tables(shell: Any = None) -> bool:
     if shell is None:
         return False
     formatter = shell.display_formatter.formatters["text/html"]
-    formatter.for_type(pd.DataFrame, lambda frame: readable(frame).to_html())
+    formatter.for_type(pd.DataFrame, lambda frame: readable(frame)._repr_html_())
     return True
