@@ -17,7 +17,7 @@ A grid file::
 A grid may also declare its own datasets and backbones, without code (see :mod:`bobkit.data.user` and
 :mod:`bobkit.backbones.user`)::
 
-    registry: ../shared/registry.yaml   # further registry files (a path or a list)
+    registry: team/registry.yaml        # further registry files (a path or a list)
     datasets:
       my_photos: {folder: photos}       # relative paths resolve against this file's folder (or base_dir:)
     backbones:
