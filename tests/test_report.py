@@ -591,3 +591,12 @@ def test_published_notebooks_keep_code_behind_toggles_and_leave_out_code_that_sh
     published, _ = book.prepare_notebook(source, tmp_path / "book" / "01_test.ipynb")
     tags = [cell.metadata.get("tags", []) for cell in published.cells if cell.cell_type == "code"]
     assert tags == [["parameters", "hide-input"], ["remove-cell"], ["hide-input"]]
+
+
+def test_a_filtered_frame_shows_no_index_and_a_named_index_never_collides_with_its_column():
+    frame = pd.DataFrame({"label": ["a", "b", "c"], "score": [0.1, 0.2, 0.3]})
+    filtered = tables.readable(frame[frame["score"] > 0.1]).to_html()  # positions 1, 2 left: not data
+    assert filtered.count("<td") == 4 and ">b</td><td class='num'>0.20</td>" in filtered  # two columns, no index
+    by_label = frame.set_index("label", drop=False)
+    by_label.index.name = None
+    assert tables.readable(by_label).to_html().count(">b</td>") == 1  # not 'cannot insert label', not twice

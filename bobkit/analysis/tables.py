@@ -241,11 +241,15 @@ def plan_columns(frame: pd.DataFrame, labels: Mapping[str, str] | None = None, d
 # --------------------------------------------------------------------------------------------------------------------
 
 def _without_index(frame: pd.DataFrame) -> pd.DataFrame:
-    """A default RangeIndex is dropped; any other index is data and becomes ordinary leading column(s)."""
-    if isinstance(frame.index, pd.RangeIndex) and frame.index.name is None:
+    """An unnamed integer index (a RangeIndex, or the positions left after filtering rows) is dropped; any other
+    index is data and becomes ordinary leading column(s), unless a column of that name already holds it."""
+    unnamed = frame.index.nlevels == 1 and frame.index.name is None
+    if unnamed and (isinstance(frame.index, pd.RangeIndex) or pd.api.types.is_integer_dtype(frame.index)):
         return frame.reset_index(drop=True)
     names = [n if n is not None else ("label" if frame.index.nlevels == 1 else f"label_{i}")
              for i, n in enumerate(frame.index.names)]
+    if any(name in frame.columns for name in names):
+        return frame.reset_index(drop=True)
     out = frame.copy()
     out.index = out.index.set_names(names)
     return out.reset_index()
