@@ -309,30 +309,38 @@ def check_value(task: str, param: Param, value: Any, check_machine: bool = True)
             return None
         raise fail(f"must be {_article(param)}, not None")
     if param.type is list:
-        items = _as_items(value, fail)
-        out = [_check_scalar(param, param.item, item, fail, check_machine, item_of_list=True) for item in items]
-        if len(out) < param.min_items:
-            raise fail(f"needs at least {param.min_items} item(s)")
-        repeated = sorted({repr(v) for v in out if out.count(v) > 1})
-        if repeated:
-            raise fail(f"repeats {', '.join(repeated)}")
-        return out
+        return _check_items(param, param.item, value, fail, check_machine, param.min_items,
+                            f"needs at least {param.min_items} item(s)")
     if isinstance(value, str) and value.strip() in param.words:
         return value.strip()
     if param.words:  # the error names the words too
-        words = " or ".join(repr(word) for word in param.words)
-        scalar_fail = fail
-        fail = lambda problem: scalar_fail(f"{problem} (or {words})")  # noqa: E731
+        fail = _naming_words(fail, param.words)
     if param.or_list and (isinstance(value, (list, tuple)) or (isinstance(value, str) and value.lstrip()[:1] == "[")):
-        items = _as_items(value, fail)
-        out = [_check_scalar(param, param.type, item, fail, check_machine, item_of_list=True) for item in items]
-        if not out:
-            raise fail("needs at least one item")
-        repeated = sorted({repr(v) for v in out if out.count(v) > 1})
-        if repeated:
-            raise fail(f"repeats {', '.join(repeated)}")
-        return out
+        return _check_items(param, param.type, value, fail, check_machine, 1, "needs at least one item")
     return _check_scalar(param, param.type, value, fail, check_machine)
+
+
+def _check_items(param: Param, kind: type, value: Any, fail: Callable[[str], ParameterError], check_machine: bool,
+                 min_items: int, too_few: str) -> list[Any]:
+    """The items of a list value, each checked as ``kind``; at least ``min_items`` of them (else ``too_few``), no
+    repeats."""
+    out = [_check_scalar(param, kind, item, fail, check_machine, item_of_list=True) for item in _as_items(value, fail)]
+    if len(out) < min_items:
+        raise fail(too_few)
+    repeated = sorted({repr(v) for v in out if out.count(v) > 1})
+    if repeated:
+        raise fail(f"repeats {', '.join(repeated)}")
+    return out
+
+
+def _naming_words(fail: Callable[[str], ParameterError], words: tuple[str, ...]) -> Callable[[str], ParameterError]:
+    """``fail`` with the accepted words added to every problem it reports."""
+    named = " or ".join(repr(word) for word in words)
+
+    def fail_naming_words(problem: str) -> ParameterError:
+        return fail(f"{problem} (or {named})")
+
+    return fail_naming_words
 
 
 def _check_scalar(param: Param, kind: type, value: Any, fail: Callable[[str], ParameterError], check_machine: bool,
