@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +22,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` without installing bobkit
     sys.path.insert(0, str(REPO))
+
+
+def prepare_run(threads: int, *, cudnn_benchmark: bool = False) -> None:
+    """A private bobkit cache for the run unless ``$BOB_CACHE_DIR`` names one, torch's intra-op threads, and cuDNN's
+    algorithm autotuning when a script times convolutions on a GPU."""
+    os.environ["BOB_CACHE_DIR"] = os.environ.get("BOB_CACHE_DIR") or tempfile.mkdtemp(prefix="bob-bench-")
+    torch.set_num_threads(threads)
+    if cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
 
 
 def cpu_model() -> str:

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import tempfile
 
 import numpy as np
 import torch
-from benchlib import interleaved, machine_info, write_result
+from benchlib import interleaved, machine_info, prepare_run, write_result
 
 GPU_BACKBONES = ["resnet50.random_init", "vit_base_patch16_224.random_init"]
 CPU_BACKBONES = ["mobilenetv2_100.random_init", "resnet18.random_init", "vit_tiny_patch16_224.random_init"]
@@ -49,9 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--gray", action="store_true", help="28x28 gray sources (Fashion-MNIST-like), resized")
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
-    os.environ["BOB_CACHE_DIR"] = os.environ.get("BOB_CACHE_DIR") or tempfile.mkdtemp(prefix="bob-bench-")
-    torch.set_num_threads(args.threads)
-    torch.backends.cudnn.benchmark = True
+    prepare_run(args.threads, cudnn_benchmark=True)
 
     from bobkit import backbones
     from bobkit.features.device import Execution, execution_defaults, prepare_model, resolve_device, resolve_execution

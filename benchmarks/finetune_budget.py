@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 
 import torch
-from benchlib import machine_info, write_result
+from benchlib import machine_info, prepare_run, write_result
 
 PACKAGED = ("mobilenetv2_100.packaged_tv_in1k", "tf_efficientnet_lite0.packaged_in1k",
             "tf_efficientnet_lite2.packaged_in1k")
@@ -55,8 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out-dir", default=None)
     parser.add_argument("--name", default="finetune_budget")
     args = parser.parse_args(argv)
-    os.environ["BOB_CACHE_DIR"] = os.environ.get("BOB_CACHE_DIR") or tempfile.mkdtemp(prefix="bob-bench-")
-    torch.set_num_threads(args.threads)
+    prepare_run(args.threads)
     load_before = os.getloadavg()
     common = dict(dataset="fashion_mnist", image_size=args.image_size, max_train=args.max_train,
                   max_test=args.max_test, batch_size=args.batch_size, seed=0, device="cpu",

@@ -13,13 +13,11 @@ Writes ``benchmarks/results/finetune_step[-cuda].json``.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 
 import numpy as np
 import torch
-from benchlib import machine_info, sync, write_result
+from benchlib import machine_info, prepare_run, sync, write_result
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -32,9 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
-    os.environ["BOB_CACHE_DIR"] = os.environ.get("BOB_CACHE_DIR") or tempfile.mkdtemp(prefix="bob-bench-")
-    torch.set_num_threads(args.threads)
-    torch.backends.cudnn.benchmark = True
+    prepare_run(args.threads, cudnn_benchmark=True)
 
     from bobkit import backbones
     from bobkit.features.device import Execution, peak_memory, prepare_model, reset_peak_memory, resolve_execution

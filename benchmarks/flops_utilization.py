@@ -14,13 +14,11 @@ Writes ``benchmarks/results/flops_utilization[-cuda].json``.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 
 import numpy as np
 import torch
-from benchlib import machine_info, matmul_peak_flops, sync, write_result
+from benchlib import machine_info, matmul_peak_flops, prepare_run, sync, write_result
 
 GPU_BACKBONES = ["resnet50.random_init", "convnext_tiny.random_init", "vit_small_patch16_224.random_init",
                  "vit_base_patch16_224.random_init"]
@@ -66,9 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
-    os.environ["BOB_CACHE_DIR"] = os.environ.get("BOB_CACHE_DIR") or tempfile.mkdtemp(prefix="bob-bench-")
-    torch.set_num_threads(args.threads)
-    torch.backends.cudnn.benchmark = True
+    prepare_run(args.threads, cudnn_benchmark=True)
 
     from bobkit import backbones
     from bobkit.features.device import prepare_model, resolve_execution

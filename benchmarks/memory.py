@@ -13,12 +13,10 @@ Writes ``benchmarks/results/memory[-cuda].json``.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 
 import torch
-from benchlib import machine_info, write_result
+from benchlib import machine_info, prepare_run, write_result
 
 
 def tiny_model() -> torch.nn.Module:
@@ -41,8 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
-    os.environ["BOB_CACHE_DIR"] = os.environ.get("BOB_CACHE_DIR") or tempfile.mkdtemp(prefix="bob-bench-")
-    torch.set_num_threads(args.threads)
+    prepare_run(args.threads)
 
     from bobkit import backbones
     from bobkit.data import get_dataset

@@ -14,12 +14,10 @@ Writes ``benchmarks/results/plan_throughput[-cuda].json``: a ``bob plan`` table;
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 
 import torch
-from benchlib import machine_info, write_result
+from benchlib import machine_info, prepare_run, write_result
 
 FP32_PROBES = {"CNN": "resnet50.random_init", "ViT": "vit_base_patch16_224.random_init"}
 
@@ -38,9 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
-    os.environ["BOB_CACHE_DIR"] = os.environ.get("BOB_CACHE_DIR") or tempfile.mkdtemp(prefix="bob-bench-")
-    torch.set_num_threads(args.threads)
-    torch.backends.cudnn.benchmark = True
+    prepare_run(args.threads, cudnn_benchmark=True)
 
     from bobkit.backbones import get_backbone
     from bobkit.batch.grid import load_grid

@@ -13,13 +13,11 @@ Writes ``benchmarks/results/probe_l2.json``.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 
 import numpy as np
 import torch
-from benchlib import machine_info, write_result
+from benchlib import machine_info, prepare_run, write_result
 
 BACKBONES = ("mobilenetv2_100.packaged_tv_in1k", "resnet18.random_init")
 REGIMES = {"all": {}, "10_per_class": {"per_class": 10}, "fraction_0.1": {"fraction": 0.1}}
@@ -35,8 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
-    os.environ["BOB_CACHE_DIR"] = os.environ.get("BOB_CACHE_DIR") or tempfile.mkdtemp(prefix="bob-bench-")
-    torch.set_num_threads(args.threads)
+    prepare_run(args.threads)
 
     from bobkit.data.datasets import low_shot_indices
     from bobkit.features.extract import extract_features

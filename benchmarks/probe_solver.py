@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
-import tempfile
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from benchlib import interleaved, machine_info, write_result
+from benchlib import interleaved, machine_info, prepare_run, write_result
 
 BUDGETS = (5, 10, 15, 20, 25, 30, 40, 50, 70, 100)
 BACKBONES = ("mobilenetv2_100.packaged_tv_in1k", "tf_efficientnet_lite0.packaged_in1k",
@@ -158,8 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
-    os.environ["BOB_CACHE_DIR"] = os.environ.get("BOB_CACHE_DIR") or tempfile.mkdtemp(prefix="bob-bench-")
-    torch.set_num_threads(args.threads)
+    prepare_run(args.threads)
 
     from bobkit.features.device import resolve_device
     from bobkit.tasks.classification import PARAMETERS
