@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bobkit.batch import claims
-from bobkit.batch.backends import executor_parameters
+from bobkit.batch.backends import executor_parameters, sbatch_script
 from bobkit.batch.claims import CLAIM, read_claim, try_claim
 from bobkit.batch.grid import GridError, code_version, expand_grid, load_grid, make_cell
 from bobkit.batch.record import cell_record, device_label
@@ -129,6 +129,7 @@ def test_a_deleted_executed_notebook_no_longer_counts_as_done(write_grid, tmp_pa
     [
         ({"partition": "gpu\ntouch /tmp/x\n#"}, "partition="),
         ({"partition": "a b"}, "partition="),
+        ({"partition": "gpu\n"}, "partition="),  # a trailing newline ends the #SBATCH line too
         ({"partition": 5}, "partition=5"),
         ({"timeout_min": float("nan")}, "timeout_min=nan must be finite"),
         ({"timeout_min": float("inf")}, "timeout_min=inf must be finite"),
@@ -170,13 +171,8 @@ def test_unknown_defaults_keys_are_rejected_with_a_close_match():
 
 
 def sbatch_lines(resources: dict, folder: Path) -> set[str]:
-    """The ``#SBATCH`` lines submitit's Slurm executor writes for one array with these resources."""
-    import submitit
-
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    executor.update_parameters(**executor_parameters(resources, "slurm"))
-    script = executor._executor._make_submission_file_text("python -m job", "uid")
-    return {line for line in script.splitlines() if line.startswith("#SBATCH")}
+    """The ``#SBATCH`` lines of the script for one array with these resources (no Slurm needed)."""
+    return {line for line in sbatch_script(resources, folder).splitlines() if line.startswith("#SBATCH")}
 
 
 def test_the_slurm_script_holds_exactly_the_declared_resources(tmp_path: Path):

@@ -326,6 +326,27 @@ def executor_parameters(resources: dict[str, Any], cluster: str) -> dict[str, An
     return params
 
 
+def sbatch_script(resources: dict[str, Any], folder: str | os.PathLike[str], command: str = "python -m job") -> str:
+    """The Slurm batch script submitit writes for one array with ``resources``, made without a Slurm install.
+
+    submitit's executor refuses to exist where ``srun`` is missing; this applies the same conversions
+    (:func:`executor_parameters`, submitit's generic-to-Slurm names and memory format, ``slurm_`` prefixes) and
+    its own script template, so the script can be read (and tested) on any machine.
+    """
+    from submitit.slurm import slurm
+
+    names = slurm.SlurmExecutor._equivalence_dict() or {}
+    specific: dict[str, Any] = {}
+    for key, value in executor_parameters(resources, "slurm").items():
+        if key.startswith("slurm_"):
+            specific[key.removeprefix("slurm_")] = value
+        else:
+            specific[names.get(key, key)] = value
+    if "mem" in specific:
+        specific["mem"] = slurm._convert_mem(specific["mem"])
+    return slurm._make_sbatch_string(command=command, folder=Path(folder), **specific)
+
+
 def collect(job: Any, cell: Cell, runs_dir: Path) -> CellOutcome:
     """The outcome a job returned; a job that died without one gets a failed sidecar (unless the cell is done)."""
     try:

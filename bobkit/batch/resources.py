@@ -26,7 +26,7 @@ class NumberRule:
     integer: bool
 
 
-NAME_PATTERN = re.compile(r"^[\w,.-]+$", re.ASCII)
+NAME_PATTERN = re.compile(r"[\w,.-]+", re.ASCII)  # fullmatch: "$" would let a trailing newline through
 NAME_MAX_CHARS = 128
 NUMBER_RULES: dict[str, NumberRule] = {
     "timeout_min": NumberRule(low=1 / 60, high=7 * 24 * 60, integer=False),  # 1 s .. 7 days
@@ -71,7 +71,7 @@ def _name_problem(value: Any) -> str | None:
         return "must be a name (a string)"
     if len(value) > NAME_MAX_CHARS:
         return f"is longer than {NAME_MAX_CHARS} characters"
-    if not NAME_PATTERN.match(value):
+    if not NAME_PATTERN.fullmatch(value):
         return "may hold only letters, digits, '_', ',', '.' and '-'"
     return None
 

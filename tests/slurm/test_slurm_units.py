@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 from slurm_helpers import squeue_state, wait_for
@@ -58,3 +59,17 @@ def test_termination_cause_reads_slurms_verdict_on_a_real_job():
     assert termination_cause(job, 1, wait_s=1)[0] == "cancelled"
     assert failure_from_state(query([job])[job])[0] == "cancelled"
     assert query(["987654"])["987654"].state == "ENDED"  # an id squeue never knew (or forgot): not waited for
+
+
+def test_sbatch_script_made_without_slurm_equals_submitits_own(tmp_path: Path):
+    """Where ``srun`` exists, submitit's executor writes exactly the script ``sbatch_script`` writes anywhere."""
+    import submitit
+
+    from bobkit.batch.backends import executor_parameters, sbatch_script
+
+    resources = {"partition": "debug", "cpus": 2, "mem_gb": 1.5, "gpus": 1, "timeout_min": 3,
+                 "slurm_array_parallelism": 2}
+    executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
+    executor.update_parameters(**executor_parameters(resources, "slurm"))
+    assert sbatch_script(resources, tmp_path, "python -m job") == \
+        executor._executor._make_submission_file_text("python -m job", "uid")
