@@ -417,15 +417,23 @@ def test_the_rehearsal_reports_planted_faults_with_the_cell_and_the_reason(monke
 
 
 def test_bob_rehearse_exits_non_zero_and_names_a_backbone_without_a_loader(tmp_path, capsys):
+    from bobkit.backbones import Backbone, register, unregister
     from bobkit.cli import main
 
+    register(Backbone(name="future_net.x", display_name="Future net", architecture="FN", family="other",
+                      method="m", method_kind="supervised", pretrain_data="d", pretrain_images=None,
+                      params_millions=None, timm_model=None, source="unsupported", feature="f",
+                      requires="a loader for Future net checkpoints"))
     grid = tmp_path / "grid.yaml"
     grid.write_text("grid:\n  - task: classification\n    dataset: eurosat\n    image_size: 32\n"
-                    "    backbone: [resnet18.random_init, sd_v1_4_encoder.random_init]\n")
-    assert main(["rehearse", str(grid), "--no-progress"]) == 1
+                    "    backbone: [resnet18.random_init, future_net.x]\n")
+    try:
+        assert main(["rehearse", str(grid), "--no-progress"]) == 1
+    finally:
+        unregister("future_net.x")
     captured = capsys.readouterr()
-    assert "FAILED classification linear_probe/lbfgs eurosat [other: sd_v1_4_encoder.random_init]" in captured.err
-    assert "UnsupportedBackboneError" in captured.err and "Stable Diffusion" in captured.err
+    assert "FAILED classification linear_probe/lbfgs eurosat [other: future_net.x]" in captured.err
+    assert "future_net.x is registered but has no loader" in captured.err and "Future net" in captured.err
     assert "classification linear_probe/lbfgs eurosat [CNN: resnet18.random_init]" in captured.out
     assert "2 cells in 2 pipeline groups" in captured.out
 
