@@ -5,7 +5,10 @@ Two kinds of source:
 * in-memory arrays (:class:`ArraySource`) for the small offline datasets (Fashion-MNIST, MNIST-5k, sklearn digits,
   LFW subset, scikit-image textures) and CIFAR-100;
 * file lists (:class:`FileSource`) for the folder datasets of the paper (ImageNet and its variants, Flowers-102,
-  FGVC-Aircraft, EuroSAT, CUB-200-2011), decoded lazily by :class:`bobkit.data.datasets.ImageDataset`.
+  FGVC-Aircraft, EuroSAT, CUB-200-2011, CheXpert, iNaturalist 2021 val, ObjectNet, INSTRE-S1), decoded lazily by
+  :class:`bobkit.data.datasets.ImageDataset`; CheXpert's labels are label-set codes (:func:`label_set_codes`);
+* query / database file lists with each query's positives (:class:`RetrievalSource`) for the retrieval
+  benchmarks with their own ground truth (Google Landmarks v2, Copydays).
 
 Every reader returns the *full* split; subsetting happens in :mod:`bobkit.data.datasets`. Nothing here unpickles
 downloaded files: CIFAR-100 is read from its binary release, MATLAB files with ``scipy.io.loadmat``.
