@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import time
 from pathlib import Path
 
@@ -259,10 +260,16 @@ def test_url_backbone_offline_names_url(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 
 def test_unsupported_backbone_says_what_it_needs() -> None:
-    with pytest.raises(B.UnsupportedBackboneError, match="not supported yet.*Stable Diffusion"):
-        B.create_model("sd_v1_4_encoder.laion")
-    with pytest.raises(B.WeightsUnavailableError, match="TorchScript"):
-        B.create_model("sscd_resnet50.imagenet_mixup")
+    entry = B.Backbone(name="future_net.x", display_name="Future net", architecture="FN", family="other",
+                       method="m", method_kind="supervised", pretrain_data="d", pretrain_images=None,
+                       params_millions=None, timm_model=None, source="unsupported", feature="f",
+                       requires="a loader for future checkpoints", url="https://example.org/future.pt")
+    B.register(entry)
+    try:
+        with pytest.raises(B.UnsupportedBackboneError, match="not supported yet.*future checkpoints"):
+            B.create_model("future_net.x")
+    finally:
+        B.unregister("future_net.x")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -360,3 +367,254 @@ def test_vit_random_init_at_64px() -> None:
     cfg = B.data_config(name, image_size=64)
     assert cfg["input_size"] == (3, 64, 64)
     assert np.allclose(cfg["mean"], B.data_config(name)["mean"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The paper's depth, generative and copy-detection backbones: random twins, key maps on synthetic checkpoints
+# ----------------------------------------------------------------------------------------------------------------
+
+#: Feature size each new entry declares (its pooled feature / descriptor).
+PAPER_EXTRA = {"swinv2_tiny_window16_256.midas_v3_1": 768, "swinv2_base_window12to24_192to384.midas_v3_1": 1024,
+               "sscd_resnet50.imagenet_mixup": 512, "sscd_resnext101_32x4d.disc_large": 1024,
+               "sd_v1_4_encoder.laion": 1280}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("sd_") else n
+                                  for n in PAPER_EXTRA])
+def test_paper_backbones_build_as_random_twins_with_their_feature_size(name: str) -> None:
+    """The rehearsal's twin (same architecture and preprocessing, no weights) builds, and its forward at the
+    entry's own input size gives the declared feature size (on the meta device: shapes, no arithmetic)."""
+    from bobkit.rehearsal.twins import random_twins
+
+    with random_twins([name]) as twin:
+        assert B.data_config(twin[name]) == B.data_config(name)
+        cfg = B.data_config(name)
+        with torch.device("meta"):
+            model = B.create_model(twin[name])
+            out = model(torch.empty(2, *cfg["input_size"]))
+            logits = B.create_model(twin[name], num_classes=5)(torch.empty(2, *cfg["input_size"]))
+    assert tuple(out.shape) == (2, PAPER_EXTRA[name]) == (2, model.num_features)
+    assert tuple(logits.shape) == (2, 5)
+    assert B.get_backbone(name).weights_entry == "weights_" + name.replace(".", "_")
+
+
+def _save(state: dict[str, torch.Tensor], path: Path) -> Path:
+    torch.save({"state_dict": state}, path)
+    return path
+
+
+@pytest.mark.slow
+def test_midas_dpt_checkpoint_loads_its_encoder_strictly(tmp_path: Path) -> None:
+    """A DPT checkpoint in MiDaS v3.1's layout: the timm 0.6 SwinV2 encoder under ``pretrained.model.`` (downsampling
+    at the end of a stage, ``head.`` classifier, relative-position buffers), the decoder under ``scratch.``."""
+    import timm
+
+    name = "swinv2_tiny_window16_256.midas_v3_1"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        source = timm.create_model("swinv2_tiny_window16_256", num_classes=1000)
+    state = {}
+    for key, value in source.state_dict().items():
+        old = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", key)
+        state["pretrained.model." + old.replace("head.fc.", "head.")] = value.half()
+    state["pretrained.model.layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(256, 256, dtype=torch.long)
+    state["pretrained.act_postprocess1.0.weight"] = torch.zeros(96, 96, 1, 1)
+    state["scratch.refinenet1.out_conv.weight"] = torch.zeros(256, 256, 1, 1)
+    model = B.create_model(name, weights_file=_save(state, tmp_path / "dpt_swin2_tiny_256.pt"))
+    # the first stage's downsampling of the MiDaS layout is timm's second stage's
+    torch.testing.assert_close(model.layers[1].downsample.reduction.weight,
+                               source.layers[1].downsample.reduction.weight.half().float())
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 256, 256))
+    assert out.shape == (1, 768) and torch.isfinite(out).all()
+
+
+def _classy_layout(trunk: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision ResNet-50 keys -> SSCD's Classy Vision ResNe(X)t keys (``backbone.``), as in its .classy.pt."""
+    conv = {"conv1": "0", "bn1": "1", "conv2": "3", "bn2": "4", "conv3": "6"}
+    out = {}
+    for key, value in trunk.items():
+        if key.startswith("fc."):
+            continue
+        if match := re.match(r"(conv1|bn1)\.(.+)", key):
+            out[f"backbone.initial_block._module.{conv[match[1]]}.{match[2]}"] = value
+            continue
+        stage, index, part, rest = re.match(r"layer(\d)\.(\d+)\.(\w+)\.(.+)", key).groups()
+        base = f"backbone.blocks.{int(stage) - 1}.{index}._module."
+        if part == "downsample":
+            out[base + f"downsample.{rest}"] = value
+        elif part == "bn3":
+            out[base + f"bn.{rest}"] = value
+        else:
+            out[base + f"convolutional_block.{conv[part]}.{rest}"] = value
+    return out
+
+
+@pytest.mark.slow
+def test_sscd_classy_weights_give_the_sscd_descriptor(tmp_path: Path) -> None:
+    """A .classy.pt in Classy Vision's layout loads strictly, and the descriptor is SSCD's: GeM(p=3) of the ResNet
+    trunk, projected and L2-normalised (checked against torchvision's ResNet-50 with the same weights)."""
+    import torchvision
+
+    torch.manual_seed(5)
+    reference = torchvision.models.resnet50().eval()
+    for module in reference.modules():  # non-trivial BatchNorm statistics, so a swapped key shows
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    projection = torch.nn.Linear(2048, 512)
+    state = _classy_layout(reference.state_dict())
+    state.update({"embeddings.1.weight": projection.weight.detach(), "embeddings.1.bias": projection.bias.detach()})
+    model = B.create_model("sscd_resnet50.imagenet_mixup", weights_file=_save(state, tmp_path / "sscd.classy.pt"))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        trunk = torch.nn.Sequential(*list(reference.children())[:-2])(x)
+        expected = torch.nn.functional.normalize(projection(trunk.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3)))
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+    assert torch.linalg.norm(expected, dim=1).allclose(torch.ones(2))
+    bad = {**state, "backbone.blocks.0.0._module.extra.weight": torch.zeros(1)}
+    with pytest.raises(W.WeightsConversionError, match="unexpected"):
+        B.create_model("sscd_resnet50.imagenet_mixup", weights_file=_save(bad, tmp_path / "bad.classy.pt"))
+
+
+# Stable Diffusion: a small model of the same structure, its checkpoint in the LDM layout of sd-v1-4.ckpt.
+SD_TINY = dict(vae_channels=(32, 64), vae_layers=1, latent_channels=4, unet_channels=(32, 64), unet_layers=1,
+               attention_heads=2, cross_attention_dim=64, cross_attention_levels=(True, False), context_tokens=77,
+               norm_groups=8)
+_LDM_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+               "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_LDM_VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _ldm_name(key: str, layers: int) -> str:
+    """Our Stable Diffusion encoder's key -> its name in the LDM single-file checkpoint (ldm/openaimodel.py names:
+    ``input_blocks.N`` counts ``layers`` blocks and a downsampler per level)."""
+    if key.startswith("vae_encoder."):
+        rest = key[len("vae_encoder."):]
+        if m := re.match(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", rest):
+            return f"first_stage_model.encoder.down.{m[1]}.block.{m[2]}.{m[3].replace('conv_shortcut', 'nin_shortcut')}"
+        if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.(.+)", rest):
+            return f"first_stage_model.encoder.down.{m[1]}.downsample.{m[2]}"
+        if m := re.match(r"mid_block\.resnets\.(\d)\.(.+)", rest):
+            return f"first_stage_model.encoder.mid.block_{int(m[1]) + 1}.{m[2]}"
+        if m := re.match(r"mid_block\.attentions\.0\.(.+)\.(weight|bias)", rest):
+            return f"first_stage_model.encoder.mid.attn_1.{_LDM_VAE_ATTENTION[m[1]]}.{m[2]}"
+        return "first_stage_model.encoder." + rest.replace("conv_norm_out", "norm_out")
+    if key.startswith("quant_conv."):
+        return "first_stage_model." + key
+    unet = "model.diffusion_model."
+    if m := re.match(r"time_embedding\.linear_(\d)\.(.+)", key):
+        return unet + f"time_embed.{0 if m[1] == '1' else 2}.{m[2]}"
+    if key.startswith("conv_in."):
+        return unet + "input_blocks.0.0." + key[len("conv_in."):]
+    if m := re.match(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(.+)", key):
+        return unet + f"input_blocks.{1 + int(m[1]) * (layers + 1) + int(m[2])}.0.{_LDM_RESNET[m[3]]}.{m[4]}"
+    if m := re.match(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", key):
+        return unet + f"input_blocks.{1 + int(m[1]) * (layers + 1) + int(m[2])}.1.{m[3]}"
+    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
+        return unet + f"input_blocks.{(int(m[1]) + 1) * (layers + 1)}.0.op.{m[2]}"
+    if m := re.match(r"mid_block\.resnets\.(\d)\.(\w+)\.(.+)", key):
+        return unet + f"middle_block.{0 if m[1] == '0' else 2}.{_LDM_RESNET[m[2]]}.{m[3]}"
+    if m := re.match(r"mid_block\.attentions\.0\.(.+)", key):
+        return unet + f"middle_block.1.{m[1]}"
+    raise KeyError(key)
+
+
+def _open_clip_text(width: int = 64, layers: int = 2):
+    """A small OpenAI-style CLIP text transformer (open_clip's own implementation, QuickGELU) and its weights in the
+    Hugging Face ``CLIPTextModel`` names SD's checkpoint stores under ``cond_stage_model.transformer.text_model.``."""
+    from open_clip.transformer import QuickGELU, TextTransformer
+
+    text = TextTransformer(width=width, heads=1, layers=layers, act_layer=QuickGELU, output_tokens=True).eval()
+    for param in text.parameters():
+        torch.nn.init.normal_(param, std=0.2)
+    hf = {"embeddings.token_embedding.weight": text.token_embedding.weight,
+          "embeddings.position_embedding.weight": text.positional_embedding,
+          "final_layer_norm.weight": text.ln_final.weight, "final_layer_norm.bias": text.ln_final.bias}
+    for i, block in enumerate(text.transformer.resblocks):
+        p = f"encoder.layers.{i}."
+        for name, w, b in zip("qkv", block.attn.in_proj_weight.chunk(3), block.attn.in_proj_bias.chunk(3)):
+            hf[f"{p}self_attn.{name}_proj.weight"], hf[f"{p}self_attn.{name}_proj.bias"] = w, b
+        hf.update({f"{p}self_attn.out_proj.weight": block.attn.out_proj.weight,
+                   f"{p}self_attn.out_proj.bias": block.attn.out_proj.bias,
+                   f"{p}layer_norm1.weight": block.ln_1.weight, f"{p}layer_norm1.bias": block.ln_1.bias,
+                   f"{p}layer_norm2.weight": block.ln_2.weight, f"{p}layer_norm2.bias": block.ln_2.bias,
+                   f"{p}mlp.fc1.weight": block.mlp.c_fc.weight, f"{p}mlp.fc1.bias": block.mlp.c_fc.bias,
+                   f"{p}mlp.fc2.weight": block.mlp.c_proj.weight, f"{p}mlp.fc2.bias": block.mlp.c_proj.bias})
+    return text, {k: v.detach().clone() for k, v in hf.items()}
+
+
+def test_clip_text_context_matches_open_clip() -> None:
+    """The prompt's context is CLIP's last hidden state: our functional transformer agrees with open_clip's."""
+    from bobkit.backbones.diffusion import PROMPT_TOKENS, clip_text_hidden_states
+
+    torch.manual_seed(0)
+    text, hf = _open_clip_text()
+    tokens = torch.tensor([PROMPT_TOKENS])
+    with torch.no_grad():
+        _, expected = text(tokens)
+        torch.testing.assert_close(clip_text_hidden_states(hf, tokens), expected, rtol=1e-4, atol=1e-4)
+    from open_clip.tokenizer import SimpleTokenizer
+
+    assert PROMPT_TOKENS[:4] == (49406, *SimpleTokenizer().encode("image classification"), 49407)
+    assert len(PROMPT_TOKENS) == 77 and set(PROMPT_TOKENS[3:]) == {49407}  # padded with the end token
+
+
+@pytest.mark.slow
+def test_stable_diffusion_ldm_checkpoint_loads_strictly(tmp_path: Path) -> None:
+    """A checkpoint in sd-v1-4.ckpt's LDM layout (VAE, UNet, CLIP text encoder, and the parts the encoder drops:
+    decoder, output blocks, EMA, schedule buffers) converts strictly; the names are also those diffusers' own LDM
+    converter reads, and the converted model computes what the source model computes with the prompt's context."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    from bobkit.backbones.diffusion import PROMPT_TOKENS, StableDiffusionEncoder, clip_text_hidden_states
+
+    torch.manual_seed(1)
+    source = StableDiffusionEncoder(**SD_TINY).eval()
+    for param in source.parameters():  # diffusers zero-initialises some output convolutions
+        torch.nn.init.normal_(param, std=0.05)
+    torch.nn.init.ones_(source.norm.weight)  # the paper's GroupNorm is fresh in every converted model
+    torch.nn.init.zeros_(source.norm.bias)
+    text, hf = _open_clip_text()
+    ldm = {}
+    for key, value in source.state_dict().items():
+        if key in ("context", "norm.weight", "norm.bias"):
+            continue  # not in an SD checkpoint: computed / fresh
+        name = _ldm_name(key, SD_TINY["unet_layers"])
+        ldm[name] = value[:, :, None, None] if ".mid.attn_1." in name and value.ndim == 2 else value
+    # diffusers reads these names as the LDM layout too, to the same tensors
+    unet = convert_ldm_unet_checkpoint(ldm, dict(layers_per_block=1, block_out_channels=(32, 64)))
+    vae = convert_ldm_vae_checkpoint(ldm, dict(layers_per_block=1, block_out_channels=(32, 64),
+                                               down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=()))
+    ours = source.state_dict()
+    assert set(unet) == {k for k in ours if not k.startswith(("vae_encoder.", "quant_conv.", "context", "norm."))}
+    assert all(torch.equal(unet[k], ours[k]) for k in unet)
+    assert {k for k in vae if k.startswith("encoder.")} == {"encoder." + k[12:] for k in ours
+                                                             if k.startswith("vae_encoder.")}
+    assert all(torch.equal(vae["encoder." + k[12:]], ours[k]) for k in ours if k.startswith("vae_encoder."))
+    ldm.update({f"cond_stage_model.transformer.text_model.{k}": v for k, v in hf.items()})
+    ldm.update({"cond_stage_model.transformer.text_model.embeddings.position_ids": torch.arange(77)[None],
+                "first_stage_model.decoder.conv_in.weight": torch.zeros(1),
+                "first_stage_model.post_quant_conv.weight": torch.zeros(1),
+                "model.diffusion_model.output_blocks.0.0.in_layers.0.weight": torch.zeros(1),
+                "model.diffusion_model.out.2.weight": torch.zeros(1), "betas": torch.zeros(1000),
+                "model_ema.decay": torch.tensor(0.9999)})
+    path = _save(ldm, tmp_path / "sd-v1-4.ckpt")
+
+    def factory() -> torch.nn.Module:
+        with torch.device("meta"):
+            return StableDiffusionEncoder(**SD_TINY)
+
+    converted = W.convert_checkpoint("sd_tiny.test", path, "ldm_stable_diffusion", factory, head_prefixes=("head.",))
+    from safetensors.torch import load_file
+
+    model = StableDiffusionEncoder(**SD_TINY).eval()
+    assert not model.load_state_dict(load_file(str(converted)), strict=True).missing_keys
+    with torch.no_grad():
+        _, context = text(torch.tensor([PROMPT_TOKENS]))
+        torch.testing.assert_close(model.context, context, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model.context, clip_text_hidden_states(hf, torch.tensor([PROMPT_TOKENS])))
+        source.context.copy_(context)
+        x = torch.rand(2, 3, 64, 64) * 2 - 1
+        torch.testing.assert_close(model(x), source(x), rtol=1e-4, atol=1e-4)
+    assert torch.equal(model.norm.weight, torch.ones(64)) and torch.equal(model.norm.bias, torch.zeros(64))

@@ -173,3 +173,53 @@ def test_preconditioner_is_a_seeded_symmetric_map():
     assert torch.allclose((apply(a) * b).sum(), (a * apply(b)).sum(), atol=1e-4)  # <aP, b> = <a, bP>
     assert torch.equal(_top_direction_preconditioner(xs, 0, 1e-3)(a), a)
     assert torch.equal(_top_direction_preconditioner(xs, 64, 1e-3)(a), a)  # rank not below D: identity
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Multi-label datasets (CheXpert): one binary probe per label, AUROC per label and their mean
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_multilabel_probe_separates_what_the_features_separate():
+    """Features that carry each label (plus noise) give every label's probe an AUROC of 1 on held-out items."""
+    from types import SimpleNamespace
+
+    from bobkit.data import DATASETS
+    from bobkit.data.sources import label_set_codes
+    from bobkit.tasks import classification
+
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 2, size=(120, 5))
+    features = np.concatenate([targets * 4.0, rng.normal(size=(120, 3))], axis=1) + rng.normal(scale=0.3,
+                                                                                              size=(120, 8))
+    codes = label_set_codes(targets)
+    p = dict(dataset="chexpert", probe_l2=1e-3, probe_solver="lbfgs", probe_max_iter=50, probe_epochs=1,
+             probe_lr=0.1, seed=0)
+    scorer = classification._fit_multilabel_probe(p, SimpleNamespace(device="cpu"), features[:80], codes[:80])
+    m = scorer(features[80:], codes[80:])
+    names = DATASETS["chexpert"].multilabel
+    assert m["mean_auroc"] == pytest.approx(1.0) and m["n_labels_scored"] == 5
+    assert [m[f"auroc/{'_'.join(n.lower().split())}"] for n in names] == pytest.approx([1.0] * 5)
+    # shuffled features carry nothing: the mean AUROC falls to chance
+    chance = scorer(rng.permutation(features[80:]), codes[80:])["mean_auroc"]
+    assert 0.2 < chance < 0.8
+
+
+def test_multilabel_cell_reports_mean_auroc_and_refuses_finetuning(tmp_path):
+    import json
+
+    from bobkit.rehearsal.environment import rehearsal_environment
+    from bobkit.tasks.contract import ParameterError
+
+    with rehearsal_environment(["chexpert"]):
+        run(backbone="resnet18.random_init", dataset="chexpert", image_size=32, max_train=None, max_test=None,
+            probe_l2=1.0, output_dir=str(tmp_path))
+        with pytest.raises(ParameterError, match="multi-label fine-tuning comes with the recipe integration"):
+            run(backbone="resnet18.random_init", dataset="chexpert", protocol="finetune", image_size=32)
+    output = json.loads((tmp_path / "task_metrics.json").read_text())
+    metrics = output["metrics"]
+    assert output["primary"] == ["mean_auroc"] and "top1" not in metrics
+    per_label = [v for k, v in metrics.items() if k.startswith("auroc/")]
+    assert len(per_label) == 5 and metrics["mean_auroc"] == pytest.approx(np.mean(per_label))
+    assert set(output["stderr"]) == set(metrics)  # every AUROC with its bootstrap standard error
+    assert output["descriptors"]["n_test"] == 2 and output["descriptors"]["n_labels_scored"] == 5

@@ -79,7 +79,7 @@ def test_shipped_manifest_loads_and_every_entry_is_documented():
                 assert f.url and f.url.startswith(("http://", "https://")), (e.name, f.filename)
     expected = {"fashion_mnist", "mnist5k", "sklearn_digits", "lfw_subset", "imagenet_1k", "imagenet_1k_1pct",
                 "imagenet_1k_10pct", "cifar100", "flowers102", "fgvc_aircraft", "eurosat", "chexpert",
-                "cub200_2011", "inaturalist_subset", "objectnet", "instre", "gldv2", "roxford5k", "rparis6k",
+                "cub200_2011", "inat2021_val", "objectnet", "instre", "gldv2", "roxford5k", "rparis6k",
                 "copydays", "imagenet_a", "imagenet_r", "imagenet_sketch", "imagenet_v2", "visda2017",
                 "coco2017", "sim10k", "cityscapes", *REFERENCE_TABLES}
     assert expected <= set(m.names())

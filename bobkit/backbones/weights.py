@@ -54,7 +54,7 @@ __all__ = [
 MIN_SAFE_TORCH = (2, 6)
 
 # Extensions tried for ``$BOB_WEIGHTS_DIR/<backbone name>.<ext>``.
-LOCAL_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt", ".bin")
+LOCAL_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt", ".bin", ".ckpt")
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -329,6 +329,34 @@ def torchvision_mobilenet_v2_to_timm(sd: StateDict, model: nn.Module) -> StateDi
     return ordered_to_model(sd, model)
 
 
+def midas_dpt_trunk_to_timm(sd: StateDict, model: nn.Module) -> StateDict:
+    """A MiDaS v3.1 DPT checkpoint -> its encoder alone, in timm names.
+
+    MiDaS builds its SwinV2 encoder with timm 0.6 and keeps it at ``pretrained.model.``; the DPT decoder
+    (``scratch.*``) and the readout layers (``pretrained.act_postprocess*``) are dropped. timm's SwinV2 checkpoint
+    filter then moves the 0.6-era downsampling layers (end of a stage) to the start of the next one and drops the
+    non-persistent relative-position buffers.
+    """
+    prefix = "pretrained.model."
+    trunk = _strip({k: v for k, v in sd.items() if k.startswith(prefix)}, prefix)
+    return timm_checkpoint_filter(trunk, model) if trunk else sd  # no trunk: let the key check name the keys
+
+
+def sscd_classy_to_timm(sd: StateDict, model: nn.Module) -> StateDict:
+    """SSCD ``.classy.pt`` weights -> :class:`bobkit.backbones.sscd.SSCDDescriptor` (see its ``classy_to_timm``)."""
+    from bobkit.backbones import sscd  # imports timm: only when a conversion runs
+
+    return sscd.classy_to_timm(sd, model)
+
+
+def ldm_stable_diffusion_to_encoder(sd: StateDict, model: nn.Module) -> StateDict:
+    """The single-file SD v1 checkpoint -> :class:`bobkit.backbones.diffusion.StableDiffusionEncoder` (see its
+    ``ldm_to_encoder``)."""
+    from bobkit.backbones import diffusion
+
+    return diffusion.ldm_to_encoder(sd, model)
+
+
 #: Key maps by name, referenced from backbone entries (``Backbone.key_map``).
 KEY_MAPS: dict[str, KeyMap] = {
     "lukemelas_efficientnet": lukemelas_efficientnet_to_timm,
@@ -337,6 +365,9 @@ KEY_MAPS: dict[str, KeyMap] = {
     "torchvision_resnet": torchvision_resnet_to_timm,
     "strip_wrappers": strip_wrappers,
     "timm_filter": timm_checkpoint_filter,
+    "midas_dpt_trunk": midas_dpt_trunk_to_timm,
+    "sscd_classy": sscd_classy_to_timm,
+    "ldm_stable_diffusion": ldm_stable_diffusion_to_encoder,
 }
 
 def check_keys(mapped: StateDict, model: nn.Module, *, head_prefixes: tuple[str, ...] = (), source: str) -> None:
@@ -367,7 +398,8 @@ def check_keys(mapped: StateDict, model: nn.Module, *, head_prefixes: tuple[str,
 
 @cache
 def converter_version() -> str:
-    """Fingerprint of the conversion code (this module and timm, whose checkpoint filters some key maps use).
+    """Fingerprint of the conversion code (this module, the architecture modules holding key maps, and timm, whose
+    checkpoint filters some key maps use).
 
     Part of every converted file's name: a change to a key map gets new files instead of reusing stale ones.
     """
@@ -375,7 +407,9 @@ def converter_version() -> str:
 
     import timm
 
-    return source_fingerprint(sys.modules[__name__], extra=f"timm {timm.__version__}")
+    from bobkit.backbones import diffusion, sscd
+
+    return source_fingerprint(sys.modules[__name__], sscd, diffusion, extra=f"timm {timm.__version__}")
 
 
 def _record_path(dest: Path) -> Path:

@@ -26,6 +26,7 @@ __all__ = [
     "datasets_frame",
     "get_dataset",
     "low_shot",
+    "multilabel_targets",
     "stratified_indices",
     "clear_cache",
     "decode_image",
@@ -310,6 +311,10 @@ class DatasetInfo:
     label_space : str
         ``"own"`` or ``"imagenet_1k"`` (labels are ImageNet-1k indices, for OOD evaluation of IN-1k heads).
     description : str
+    multilabel : tuple of str
+        For a multi-label dataset (CheXpert), its binary labels in bit order: an item's integer label is then the
+        code of its label set (bit ``k`` set when label ``k`` is positive, :func:`multilabel_targets` decodes it)
+        and ``num_classes`` counts the ``2**K`` codes. Empty for single-label datasets.
     """
 
     name: str
@@ -324,13 +329,14 @@ class DatasetInfo:
     hflip: bool = True
     label_space: str = "own"
     description: str = ""
+    multilabel: tuple[str, ...] = ()
 
 
 def _info(name: str, num_classes: int, num_items: dict, image_size: tuple[int, int] | None, channels: int,
           domain: str, offline: bool, description: str, manifest: str | None = None, hflip: bool = True,
-          label_space: str = "own") -> DatasetInfo:
+          label_space: str = "own", multilabel: tuple[str, ...] = ()) -> DatasetInfo:
     return DatasetInfo(name, num_classes, tuple(num_items), image_size, channels, domain, offline,
-                       manifest or name, dict(num_items), hflip, label_space, description)
+                       manifest or name, dict(num_items), hflip, label_space, description, tuple(multilabel))
 
 
 #: All datasets get_dataset can build. Offline ones work on a fresh install; the rest need the files.
@@ -372,6 +378,17 @@ DATASETS: dict[str, DatasetInfo] = {
               "ImageNetV2 matched-frequency", label_space="imagenet_1k"),
         _info("cub200_2011", 200, {"train": 5994, "test": 5794}, None, 3, "natural", False,
               "Caltech-UCSD Birds-200-2011, official split (retrieval: all images)"),
+        # test = valid.csv, as in the paper's code; frontal views only (train.csv has 223,414 rows, valid.csv 234)
+        _info("chexpert", 2 ** len(sources.CHEXPERT_LABELS), {"train": 191027, "test": 202}, None, 1, "medical",
+              False, "CheXpert-v1.0-small, frontal views, 5 competition labels (multi-label; U-Ones for Edema and "
+              "Atelectasis, U-Zeros for the rest); test = the expert-labelled validation set",
+              multilabel=tuple(name for name, _ in sources.CHEXPERT_LABELS)),
+        _info("inat2021_val", 10000, {"test": 100000}, None, 3, "natural", False,
+              "iNaturalist 2021 validation images (10 per species); retrieval caps 5 per class"),
+        _info("objectnet", 313, {"test": 50000}, None, 3, "natural", False,
+              "ObjectNet 1.0, 313 classes (113 mapped to ImageNet-1k classes in meta['imagenet_1k_indices'])"),
+        _info("instre", 100, {"test": 11011}, None, 3, "natural", False,
+              "INSTRE-S1, instance-level retrieval, 100 objects"),
     ]
 }
 
@@ -399,6 +416,10 @@ _BUILDERS: dict[str, Callable[[str], Any]] = {
     "imagenet_sketch": lambda split: sources.load_imagenet_folder("imagenet_sketch", split),
     "imagenet_v2": lambda split: sources.load_imagenet_v2(),
     "cub200_2011": sources.load_cub200,
+    "chexpert": sources.load_chexpert,
+    "inat2021_val": lambda split: sources.load_inat2021_val(),
+    "objectnet": lambda split: sources.load_objectnet(),
+    "instre": lambda split: sources.load_instre_s1(),
 }
 
 
@@ -411,6 +432,17 @@ def _user_names() -> list[str]:
         raise _user.DeclarationError(f"dataset {clash[0]!r} (declared in {decl.declared_in}) is a built-in dataset; "
                                      f"give yours another name")
     return names
+
+
+def multilabel_targets(labels: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """The ``(N, K)`` 0/1 targets of a multi-label dataset from its label-set codes (``names``: its labels, in bit
+    order, :attr:`DatasetInfo.multilabel`)."""
+    codes = np.asarray(labels, dtype=np.int64)
+    if len(names) == 0:
+        raise ValueError("multilabel_targets needs the dataset's label names (it is not a multi-label dataset)")
+    if codes.size and (codes.min() < 0 or codes.max() >= 2 ** len(names)):
+        raise ValueError(f"label-set codes must lie in [0, {2 ** len(names)}), got {codes.min()}..{codes.max()}")
+    return (codes[:, None] >> np.arange(len(names), dtype=np.int64)) & 1
 
 
 def dataset_names(*, offline: bool | None = None) -> list[str]:

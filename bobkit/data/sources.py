@@ -5,7 +5,10 @@ Two kinds of source:
 * in-memory arrays (:class:`ArraySource`) for the small offline datasets (Fashion-MNIST, MNIST-5k, sklearn digits,
   LFW subset, scikit-image textures) and CIFAR-100;
 * file lists (:class:`FileSource`) for the folder datasets of the paper (ImageNet and its variants, Flowers-102,
-  FGVC-Aircraft, EuroSAT, CUB-200-2011), decoded lazily by :class:`bobkit.data.datasets.ImageDataset`.
+  FGVC-Aircraft, EuroSAT, CUB-200-2011, CheXpert, iNaturalist 2021 val, ObjectNet, INSTRE-S1), decoded lazily by
+  :class:`bobkit.data.datasets.ImageDataset`; CheXpert's labels are label-set codes (:func:`label_set_codes`);
+* query / database file lists with each query's positives (:class:`RetrievalSource`) for the retrieval
+  benchmarks with their own ground truth (Google Landmarks v2, Copydays).
 
 Every reader returns the *full* split; subsetting happens in :mod:`bobkit.data.datasets`. Nothing here unpickles
 downloaded files: CIFAR-100 is read from its binary release, MATLAB files with ``scipy.io.loadmat``.
@@ -418,3 +421,267 @@ def load_cub200(split: str) -> FileSource:
     ids = [i for i in sorted(images) if is_train[i] == want]
     return FileSource([root / "images" / images[i] for i in ids],
                       np.asarray([int(labels[i]) - 1 for i in ids], np.int64), classes)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CheXpert (multi-label): the label set of an image is one integer, bit k = label k
+# --------------------------------------------------------------------------------------------------------------
+
+#: The five CheXpert competition labels in the order of the paper's code (the Medical-MAE ``CheXpert`` dataset's
+#: ``train_cols``), each with the value an uncertain (-1) mention takes: U-Ones for Edema and Atelectasis, U-Zeros
+#: for the other three (that dataset's imputation, following Irvin et al. 2019). A blank (not mentioned) is 0.
+CHEXPERT_LABELS: tuple[tuple[str, int], ...] = (
+    ("Cardiomegaly", 0), ("Edema", 1), ("Consolidation", 0), ("Atelectasis", 1), ("Pleural Effusion", 0),
+)
+#: CheXpert split -> its CSV (``test`` is the 234-image expert-labelled validation set, which the paper's code
+#: evaluates on: the competition's test set was never released).
+CHEXPERT_CSV = {"train": "train.csv", "test": "valid.csv"}
+
+
+def label_set_names(names: tuple[str, ...] | list[str]) -> list[str]:
+    """Class names of the ``2**K`` label-set codes of a multi-label dataset: code ``c`` names the labels whose bit
+    is set, joined by ``+`` (``"none"`` for code 0)."""
+    return ["+".join(n for k, n in enumerate(names) if code >> k & 1) or "none" for code in range(2 ** len(names))]
+
+
+def label_set_codes(targets: np.ndarray) -> np.ndarray:
+    """Binary targets ``(N, K)`` -> one int64 code per item, bit ``k`` set when label ``k`` is positive."""
+    targets = np.asarray(targets)
+    if targets.ndim != 2 or not np.isin(targets, (0, 1)).all():
+        raise ValueError(f"multi-label targets must be a 0/1 matrix (items, labels), got shape {targets.shape}")
+    return (targets.astype(np.int64) << np.arange(targets.shape[1], dtype=np.int64)).sum(axis=1)
+
+
+def chexpert_targets(table) -> np.ndarray:
+    """``(N, 5)`` 0/1 targets of a CheXpert CSV (a pandas DataFrame) under :data:`CHEXPERT_LABELS`' policy.
+
+    Raises
+    ------
+    ValueError
+        A label column is missing, or holds a value other than 1, 0, -1 or blank (naming it).
+    """
+    out = np.zeros((len(table), len(CHEXPERT_LABELS)), dtype=np.int64)
+    for k, (name, uncertain) in enumerate(CHEXPERT_LABELS):
+        if name not in table.columns:
+            raise ValueError(f"CheXpert CSV has no column {name!r} (columns: {list(table.columns)})")
+        values = table[name].to_numpy(dtype=np.float64)
+        bad = ~(np.isnan(values) | np.isin(values, (1.0, 0.0, -1.0)))
+        if bad.any():
+            raise ValueError(f"CheXpert column {name!r} holds {float(values[bad][0])!r}; expected 1, 0, -1 or blank")
+        out[:, k] = np.where(values == 1.0, 1, np.where(values == -1.0, uncertain, 0))
+    return out
+
+
+@lru_cache(maxsize=2)
+def load_chexpert(split: str) -> FileSource:
+    """CheXpert-v1.0-small ``train`` (train.csv) or ``test`` (valid.csv), frontal views only (as the paper's code).
+
+    Labels are label-set codes (:func:`label_set_codes`) of the five competition labels; ``meta['multilabel']``
+    names them in bit order, ``meta['uncertain_policy']`` says what a -1 became.
+    """
+    import pandas as pd
+
+    root = resolve_dir("chexpert")
+    table = pd.read_csv(root / CHEXPERT_CSV[split])
+    if "Path" not in table.columns or "Frontal/Lateral" not in table.columns:
+        raise ValueError(f"{root / CHEXPERT_CSV[split]}: not a CheXpert CSV (no Path / Frontal/Lateral column)")
+    table = table[table["Frontal/Lateral"] == "Frontal"].reset_index(drop=True)
+    # Paths in the CSV start with the release folder (CheXpert-v1.0-small/train/patient...): relative to its parent.
+    paths = [root.parent / p for p in table["Path"]]
+    names = tuple(name for name, _ in CHEXPERT_LABELS)
+    codes = label_set_codes(chexpert_targets(table))
+    _freeze(codes)
+    policy = {name: "U-Ones" if value else "U-Zeros" for name, value in CHEXPERT_LABELS}
+    return FileSource(paths, codes, label_set_names(names), meta={"multilabel": names, "uncertain_policy": policy})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Retrieval datasets of class folders (queries and database drawn per class by the retrieval task)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _class_folder_source(name: str, subfolder: str = "") -> FileSource:
+    """Every image of ``<root>/<subfolder>/<class>/``, classes in sorted folder order and files sorted within a
+    class (the order the paper's retrieval code takes its per-class queries from)."""
+    root = resolve_dir(name) / subfolder if subfolder else resolve_dir(name)
+    if not root.is_dir():
+        raise MissingDataError(f"{name}: folder {root} not found")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    paths, labels = _scan_class_folders(root, classes)
+    return FileSource(paths, labels, classes)
+
+
+@lru_cache(maxsize=1)
+def load_inat2021_val() -> FileSource:
+    """iNaturalist 2021 validation images: ``val/<NNNNN_Kingdom_..._species>/*.jpg``, 10,000 classes."""
+    return _class_folder_source("inat2021_val")
+
+
+@lru_cache(maxsize=1)
+def load_instre_s1() -> FileSource:
+    """INSTRE-S1: ``INSTRE-S1/<object>/*.jpg``, 100 object instances."""
+    return _class_folder_source("instre")
+
+
+#: Files of ObjectNet's ``mappings/`` folder that relate its classes to ImageNet-1k.
+OBJECTNET_MAPPINGS = ("folder_to_objectnet_label.json", "objectnet_to_imagenet_1k.json",
+                      "pytorch_to_imagenet_2012_id.json", "imagenet_to_label_2012_v2")
+
+
+def objectnet_imagenet_indices(mappings: Path, folders: list[str]) -> list[list[int]]:
+    """ImageNet-1k class indices (the sorted-wnid order of :func:`imagenet_wnids`) of each ObjectNet class folder.
+
+    Follows the files of ObjectNet's ``mappings/`` folder: folder -> ObjectNet label -> ImageNet label names joined
+    by ``"; "`` -> line of ``imagenet_to_label_2012_v2`` (0-based ImageNet 2012 id) -> PyTorch index through
+    ``pytorch_to_imagenet_2012_id.json``. Classes without an ImageNet counterpart (200 of 313) get ``[]``.
+
+    Raises
+    ------
+    MissingDataError
+        A mapping file is missing. ``ValueError`` when a file names a label or id the others do not know.
+    """
+    import json
+
+    missing = [f for f in OBJECTNET_MAPPINGS if not (mappings / f).is_file()]
+    if missing:
+        raise MissingDataError(f"ObjectNet mappings {missing} not found in {mappings}")
+    folder_label = json.loads((mappings / "folder_to_objectnet_label.json").read_text(encoding="utf-8"))
+    to_imagenet = json.loads((mappings / "objectnet_to_imagenet_1k.json").read_text(encoding="utf-8"))
+    pytorch_to_2012 = json.loads((mappings / "pytorch_to_imagenet_2012_id.json").read_text(encoding="utf-8"))
+    lines = (mappings / "imagenet_to_label_2012_v2").read_text(encoding="utf-8").splitlines()
+    id_to_pytorch = {int(v): int(k) for k, v in pytorch_to_2012.items()}
+    label_to_pytorch = {line.strip(): id_to_pytorch[i] for i, line in enumerate(lines) if i in id_to_pytorch}
+    out = []
+    for folder in folders:
+        label = folder_label.get(folder)
+        names = to_imagenet.get(label, "") if label is not None else ""
+        indices = []
+        for imagenet_name in filter(None, (n.strip() for n in names.split(";"))):
+            if imagenet_name not in label_to_pytorch:
+                raise ValueError(f"ObjectNet maps {label!r} to ImageNet label {imagenet_name!r}, which "
+                                 f"imagenet_to_label_2012_v2 does not list")
+            indices.append(label_to_pytorch[imagenet_name])
+        out.append(sorted(indices))
+    return out
+
+
+@lru_cache(maxsize=1)
+def load_objectnet() -> FileSource:
+    """ObjectNet 1.0: ``images/<class folder>/*.png`` (313 classes, labels in sorted folder order), with
+    ``meta['imagenet_1k_indices'][c]`` the ImageNet-1k classes of class ``c`` (from ``mappings/``) and
+    ``meta['objectnet_labels']`` the readable names."""
+    import json
+
+    src = _class_folder_source("objectnet", "images")
+    mappings = resolve_dir("objectnet") / "mappings"
+    src.meta["imagenet_1k_indices"] = objectnet_imagenet_indices(mappings, src.classes)
+    folder_label = json.loads((mappings / "folder_to_objectnet_label.json").read_text(encoding="utf-8"))
+    src.meta["objectnet_labels"] = [folder_label.get(c, c) for c in src.classes]
+    return src
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Retrieval datasets with listed ground truth: queries, a database and each query's positives
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RetrievalSource:
+    """Query and database images and, per query, the database positions of its positives."""
+
+    queries: FileSource
+    database: FileSource
+    positives: list[np.ndarray]
+
+
+def _gldv2_path(folder: Path, image_id: str) -> Path:
+    """GLDv2's sharded layout: ``<folder>/<id[0]>/<id[1]>/<id[2]>/<id>.jpg``."""
+    return folder / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
+
+
+def parse_gldv2_solution(path: Path) -> dict[str, list[str]]:
+    """``retrieval_solution_v2.1.csv`` (``id,images,Usage``) -> test id -> index ids of its landmark, for the test
+    images that have one (``images`` is ``None`` for the rest, which the benchmark ignores)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"id", "images"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: expected the columns id,images,Usage, got {reader.fieldnames}")
+        out = {}
+        for row in reader:
+            images = (row["images"] or "").split()
+            if images and images != ["None"]:
+                out[row["id"]] = images
+    if not out:
+        raise ValueError(f"{path}: no test image has ground truth")
+    return out
+
+
+@lru_cache(maxsize=1)
+def load_gldv2_retrieval() -> RetrievalSource:
+    """Google Landmarks v2 retrieval: the test images with ground truth in the v2.1 solution are the queries
+    (1,129), every image under ``index/`` the database (761,757), positives the listed index images.
+
+    Raises
+    ------
+    MissingDataError
+        A query image, or an index image the solution lists, is missing (an incomplete download).
+    """
+    root = resolve_dir("gldv2")
+    solution = parse_gldv2_solution(resolve("gldv2", "gldv2/retrieval_solution_v2.1.csv"))
+    index_ids = sorted(p.stem for p in (root / "index").rglob("*.jpg"))
+    position = {image_id: i for i, image_id in enumerate(index_ids)}
+    query_ids = sorted(solution)
+    query_paths = [_gldv2_path(root / "test", q) for q in query_ids]
+    absent = [p for p in query_paths if not p.is_file()]
+    unknown = sorted({i for q in query_ids for i in solution[q] if i not in position})
+    if absent or unknown:
+        raise MissingDataError(f"gldv2 is incomplete: {len(absent)} of {len(query_paths)} query images missing "
+                               f"(e.g. {absent[:1]}), {len(unknown)} listed index images missing (e.g. {unknown[:1]})")
+    positives = [np.asarray(sorted(position[i] for i in solution[q]), np.int64) for q in query_ids]
+    queries = FileSource(query_paths, np.zeros(len(query_ids), np.int64), ["query"], meta={"ids": query_ids})
+    database = FileSource([_gldv2_path(root / "index", i) for i in index_ids], np.zeros(len(index_ids), np.int64),
+                          ["database"], meta={"ids": index_ids})
+    return RetrievalSource(queries, database, positives)
+
+
+#: Copydays' attacked blocks (folders under ``copydays/``): the 229 strong attacks, 9 JPEG qualities and 9 crops
+#: of the 157 originals, as SSCD's and DINO's Copydays code lists them.
+COPYDAYS_BLOCKS: dict[str, tuple[str, ...]] = {
+    "strong": ("strong",),
+    "jpegqual": tuple(f"jpegqual/{q}" for q in (3, 5, 8, 10, 15, 20, 30, 50, 75)),
+    "crops": tuple(f"crops/{c}" for c in (10, 15, 20, 30, 40, 50, 60, 70, 80)),
+}
+
+
+@lru_cache(maxsize=4)
+def load_copydays(attacks: str = "all") -> RetrievalSource:
+    """INRIA Copydays: the attacked copies are the queries, the 157 originals the database; a copy's positive is
+    the original whose file name shares its first four characters (the image's block id, as in SSCD's evaluation).
+
+    ``attacks`` is ``all`` or one of :data:`COPYDAYS_BLOCKS` (``strong`` is the subset most papers report).
+    """
+    if attacks != "all" and attacks not in COPYDAYS_BLOCKS:
+        raise ValueError(f"copydays attacks={attacks!r} is not 'all' or one of {sorted(COPYDAYS_BLOCKS)}")
+    root = resolve_dir("copydays")
+    originals = sorted((root / "original").glob("*.jpg"))
+    if not originals:
+        raise MissingDataError(f"copydays: no originals in {root / 'original'}")
+    block_of = {p.name[:4]: i for i, p in enumerate(originals)}
+    blocks = [b for key, names in COPYDAYS_BLOCKS.items() if attacks in ("all", key) for b in names]
+    query_paths: list[Path] = []
+    for block in blocks:
+        files = sorted((root / block).glob("*.jpg"))
+        if not files:
+            raise MissingDataError(f"copydays: no images in {root / block} (expected layout copydays/{{original, "
+                                   f"strong, jpegqual/<q>, crops/<c>}}/*.jpg)")
+        query_paths += files
+    orphans = [p for p in query_paths if p.name[:4] not in block_of]
+    if orphans:
+        raise ValueError(f"copydays: {len(orphans)} attacked images have no original, e.g. {orphans[0]}")
+    positives = [np.asarray([block_of[p.name[:4]]], np.int64) for p in query_paths]
+    blocks_meta = [str(p.parent.relative_to(root)) for p in query_paths]
+    queries = FileSource(query_paths, np.zeros(len(query_paths), np.int64), ["query"], meta={"blocks": blocks_meta})
+    database = FileSource(originals, np.zeros(len(originals), np.int64), ["database"])
+    return RetrievalSource(queries, database, positives)

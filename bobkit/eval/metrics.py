@@ -202,6 +202,39 @@ def revisited_positives(gnd: dict[str, Any], protocol: str = "medium") -> tuple[
     return hard, np.concatenate([junk, easy])
 
 
+def _ground_truth_metrics(
+    query_features: np.ndarray,
+    database_features: np.ndarray,
+    judged: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    ks: Sequence[int],
+    ap: str,
+    device: str | torch.device,
+    mp: bool,
+) -> dict[str, float]:
+    """Retrieval metrics from ``(positive, ignored)`` database positions per query (see :func:`ranked_metrics`)."""
+    if len(judged) != len(query_features):
+        raise ValueError(f"{len(query_features)} query features but {len(judged)} ground-truth entries")
+    q = l2_normalize(query_features).to(device)
+    db = l2_normalize(database_features).to(device)
+    n_db = len(db)
+    per_query = []
+    for sl in _chunks(len(q), n_db):
+        order = rank_database(q[sl], db).cpu().numpy()
+        rows = range(sl.start, sl.stop)
+        positive_mask = np.zeros((len(rows), n_db), dtype=bool)
+        ignore_mask = np.zeros((len(rows), n_db), dtype=bool)
+        for i, qi in enumerate(rows):
+            pos, ign = judged[qi]
+            positive_mask[i, pos] = True
+            ignore_mask[i, ign] = True
+        rank_rows = np.arange(len(rows))[:, None]
+        per_query.append(
+            ranked_metrics(positive_mask[rank_rows, order], ignore_mask[rank_rows, order], ks=ks, ap=ap)
+        )
+    return _summarise(per_query, ks, mp=mp)
+
+
 def revisited_retrieval_metrics(
     query_features: np.ndarray,
     database_features: np.ndarray,
@@ -217,24 +250,24 @@ def revisited_retrieval_metrics(
     Returns the class-folder metrics plus ``mp@k`` (the community's mP@k, see the module docstring)."""
     if len(gnd) != len(query_features):
         raise ValueError(f"{len(query_features)} query features but {len(gnd)} ground-truth entries")
-    q = l2_normalize(query_features).to(device)
-    db = l2_normalize(database_features).to(device)
-    n_db = len(db)
-    per_query = []
-    for sl in _chunks(len(q), n_db):
-        order = rank_database(q[sl], db).cpu().numpy()
-        rows = range(sl.start, sl.stop)
-        positive_mask = np.zeros((len(rows), n_db), dtype=bool)
-        ignore_mask = np.zeros((len(rows), n_db), dtype=bool)
-        for i, qi in enumerate(rows):
-            pos, ign = revisited_positives(gnd[qi], protocol)
-            positive_mask[i, pos] = True
-            ignore_mask[i, ign] = True
-        rank_rows = np.arange(len(rows))[:, None]
-        per_query.append(
-            ranked_metrics(positive_mask[rank_rows, order], ignore_mask[rank_rows, order], ks=ks, ap=ap)
-        )
-    return _summarise(per_query, ks, mp=True)
+    judged = [revisited_positives(g, protocol) for g in gnd]
+    return _ground_truth_metrics(query_features, database_features, judged, ks=ks, ap=ap, device=device, mp=True)
+
+
+def listed_retrieval_metrics(
+    query_features: np.ndarray,
+    database_features: np.ndarray,
+    positives: Sequence[np.ndarray],
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    ap: str = "trapezoid",
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """Retrieval against listed ground truth (Google Landmarks v2, Copydays): ``positives[q]`` holds the database
+    positions of query ``q``'s positives; nothing is ignored. Returns the class-folder metrics."""
+    empty = np.zeros(0, dtype=np.int64)
+    judged = [(np.asarray(p, dtype=np.int64), empty) for p in positives]
+    return _ground_truth_metrics(query_features, database_features, judged, ks=ks, ap=ap, device=device, mp=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -365,3 +398,67 @@ def macro_f1(labels: np.ndarray, predictions: np.ndarray, weights: np.ndarray | 
     predicted = np.bincount(pred, weights=w, minlength=n_classes)  # tp + fp
     present = (support + predicted) > 0
     return float((2 * true_positive[present] / (support[present] + predicted[present])).mean())
+
+
+def roc_auc(targets: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Area under the ROC curve of binary ``targets`` (0/1) ranked by ``scores`` (higher = more positive).
+
+    The Mann-Whitney statistic: the fraction of (positive, negative) pairs the scores order correctly, a tie
+    counting one half (scikit-learn's ``roc_auc_score``). ``weights`` counts each item that many times (a bootstrap
+    resample's multiplicities). NaN when the (weighted) items hold no positive or no negative.
+    """
+    y = np.asarray(targets)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape or y.ndim != 1:
+        raise ValueError(f"targets {y.shape} and scores {s.shape} must be 1-D and of the same length")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("roc_auc targets must be 0 or 1")
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
+    values, group = np.unique(s, return_inverse=True)  # ascending score groups; ties share a group
+    pos = np.bincount(group, weights=w * (y == 1), minlength=len(values))
+    neg = np.bincount(group, weights=w * (y == 0), minlength=len(values))
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    negatives_below = np.cumsum(neg) - neg
+    return float((pos * (negatives_below + 0.5 * neg)).sum() / (n_pos * n_neg))
+
+
+def multilabel_auroc_metrics(targets: np.ndarray, scores: np.ndarray, names: Sequence[str], *,
+                             seed: int = 0) -> dict[str, float]:
+    """Per-label AUROC (``auroc/<name>``) and their mean (``mean_auroc``, the paper's CheXpert metric), each with a
+    seeded bootstrap standard error over the test items (``se/<metric>``; the mean's SE keeps the labels'
+    correlation, since every resample scores all labels on the same items).
+
+    A label whose test items are all positive or all negative has no AUROC: it is left out (its metric is not
+    reported) and the mean is over the others; ``n_labels_scored`` says how many counted.
+
+    Raises
+    ------
+    ValueError
+        No label can be scored, or the shapes disagree.
+    """
+    y = np.asarray(targets)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape or y.ndim != 2 or y.shape[1] != len(names):
+        raise ValueError(f"targets {y.shape} and scores {s.shape} must be (items, {len(names)} labels)")
+    scored = [k for k in range(len(names)) if 0 < y[:, k].sum() < len(y)]
+    if not scored:
+        raise ValueError("no label has both positive and negative test items: AUROC is undefined for every label")
+    keys = [f"auroc/{_metric_word(names[k])}" for k in scored]
+
+    def statistic(weights: np.ndarray | None) -> dict[str, float]:
+        values = {key: roc_auc(y[:, k], s[:, k], weights) for key, k in zip(keys, scored)}
+        finite = [v for v in values.values() if np.isfinite(v)]
+        return {**values, "mean_auroc": float(np.mean(finite)) if finite else float("nan")}
+
+    metrics = statistic(None)
+    errors = bootstrap_se(statistic, len(y), seed=seed)
+    metrics.update({f"se/{key}": value for key, value in errors.items()})  # type: ignore[union-attr]
+    metrics["n_labels_scored"] = float(len(scored))
+    return metrics
+
+
+def _metric_word(name: str) -> str:
+    """A label name as a metric-name part: ``Pleural Effusion`` -> ``pleural_effusion``."""
+    return "_".join(name.lower().replace("/", " ").split())

@@ -144,20 +144,41 @@ def write_cub200(root: Path, rng: np.random.Generator) -> None:
     _write_lines(base / "bounding_boxes.txt", boxes)
 
 
+#: CheXpert stand-in rows: (split, patient, view, values of the five competition labels in the loader's order
+#: Cardiomegaly, Edema, Consolidation, Atelectasis, Pleural Effusion). The frontal train rows hold every kind of
+#: value (1, 0, uncertain -1, blank); every label is positive and negative in both splits, and the two frontal
+#: validation images have complementary label sets (any two test items score every label's AUROC).
+CHEXPERT_ROWS = (
+    ("train", 1, "frontal", ("1.0", "-1.0", "", "0.0", "-1.0")),
+    ("train", 1, "lateral", ("1.0", "1.0", "1.0", "1.0", "1.0")),
+    ("train", 2, "frontal", ("-1.0", "0.0", "1.0", "-1.0", "1.0")),
+    ("train", 3, "frontal", ("0.0", "", "-1.0", "1.0", "0.0")),
+    ("train", 4, "frontal", ("1.0", "1.0", "1.0", "", "1.0")),
+    ("valid", 64541, "frontal", ("1.0", "0.0", "1.0", "0.0", "1.0")),
+    ("valid", 64542, "frontal", ("0.0", "1.0", "0.0", "1.0", "0.0")),
+    ("valid", 64542, "lateral", ("0.0", "1.0", "0.0", "1.0", "0.0")),
+)
+CHEXPERT_COMPETITION = ("Cardiomegaly", "Edema", "Consolidation", "Atelectasis", "Pleural Effusion")
+
+
 def write_chexpert(root: Path, rng: np.random.Generator) -> None:
-    """``chexpert/CheXpert-v1.0-small/{train.csv, valid.csv, {train,valid}/patientNNNNN/studyN/viewN_*.jpg}``:
-    grayscale radiographs; observations 1.0 (positive), 0.0, -1.0 (uncertain) or blank (not mentioned)."""
+    """``chexpert/CheXpert-v1.0-small/{train.csv, valid.csv, {train,valid}/patientNNNNN/study1/viewN_<view>.jpg}``:
+    grayscale radiographs, frontal and lateral views; observations 1.0 (positive), 0.0, -1.0 (uncertain) or blank
+    (not mentioned), the other nine observations filled with a pattern of the same values."""
     base = root / "chexpert" / "CheXpert-v1.0-small"
     header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_OBSERVATIONS]
     values = ("1.0", "0.0", "-1.0", "")
-    for split, patients in (("train", (1, 2, 3)), ("valid", (64541,))):
-        rows = [",".join(header)]
-        for patient in patients:
-            rel = f"CheXpert-v1.0-small/{split}/patient{patient:05d}/study1/view1_frontal.jpg"
-            write_picture(root / "chexpert" / rel, rng, (96, 80), mode="L")
-            labels = [values[(patient + k) % 4] for k in range(len(CHEXPERT_OBSERVATIONS))]
-            rows.append(",".join([rel, "Female", str(40 + patient % 50), "Frontal", "AP", *labels]))
-        _write_lines(base / f"{split}.csv", rows)
+    rows: dict[str, list[str]] = {"train": [",".join(header)], "valid": [",".join(header)]}
+    for n, (split, patient, view, labels) in enumerate(CHEXPERT_ROWS):
+        number = 1 if view == "frontal" else 2
+        rel = f"CheXpert-v1.0-small/{split}/patient{patient:05d}/study1/view{number}_{view}.jpg"
+        write_picture(root / "chexpert" / rel, rng, (96, 80) if view == "frontal" else (80, 96), mode="L")
+        given = dict(zip(CHEXPERT_COMPETITION, labels))
+        observations = [given.get(name, values[(n + k) % 4]) for k, name in enumerate(CHEXPERT_OBSERVATIONS)]
+        rows[split].append(",".join([rel, "Female", str(40 + patient % 50), view.title(),
+                                     "AP" if view == "frontal" else "", *observations]))
+    for split, lines in rows.items():
+        _write_lines(base / f"{split}.csv", lines)
 
 
 def write_visda2017(root: Path, rng: np.random.Generator) -> None:

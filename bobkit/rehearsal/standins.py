@@ -22,6 +22,7 @@ import numpy as np
 
 from bobkit.rehearsal import layouts_classification as cls
 from bobkit.rehearsal import layouts_imagenet as inet
+from bobkit.rehearsal import layouts_retrieval as ret
 from bobkit.rehearsal import layouts_scenes as scn
 
 Writer = Callable[[Path, np.random.Generator], None]
@@ -65,6 +66,11 @@ STANDINS: dict[str, StandIn] = {s.name: s for s in [
     StandIn("cub200_2011", cls.write_cub200),
     StandIn("chexpert", cls.write_chexpert),
     StandIn("visda2017", cls.write_visda2017),
+    StandIn("inat2021_val", ret.write_inat2021_val),
+    StandIn("objectnet", ret.write_objectnet),
+    StandIn("instre", ret.write_instre),
+    StandIn("gldv2", ret.write_gldv2),
+    StandIn("copydays", ret.write_copydays),
     StandIn("roxford5k", partial(scn.write_revisited, name="roxford5k")),
     StandIn("rparis6k", partial(scn.write_revisited, name="rparis6k")),
     StandIn("coco2017", scn.write_coco2017),

@@ -14,6 +14,17 @@ Two protocols, as in the paper's retrieval code (hsouri/bob-retrieval):
     from the manifest's folder, the ground-truth pickle is verified and converted to JSON once
     (:func:`bobkit.data.revisited.revisited_ground_truth`). Like the paper's code, query images are used whole unless
     ``crop_queries`` (the official protocol crops them to their bounding box).
+``gldv2``
+    Google Landmarks v2 retrieval (Weyand et al. 2020): the 1,129 test images that have a landmark in
+    ``retrieval_solution_v2.1.csv`` are the queries, the 761,757 index images the database, the listed index
+    images the positives (the paper's code, too, keeps only the test images with ground truth).
+``copydays``
+    INRIA Copydays: the attacked copies (``copydays_attacks``: all 3,055, or the 229 ``strong`` ones most papers
+    report, the JPEG or the crop blocks) are the queries, the 157 originals the database; a copy's one positive is
+    its original (:func:`bobkit.data.sources.load_copydays`).
+
+For ``class_folder`` the paper caps each class before drawing queries (``max_per_class``: 50 for INSTRE-S1 and
+ObjectNet, 5 for iNaturalist) and uses every image of the split (``max_samples: null``).
 
 Metrics: ``map``, ``mrr``, ``precision@k``, ``recall@k`` (k in ``ks``), and for ``revisited`` also ``mp@k``
 (the revisitop code's mP@k, which the community reports for Oxford/Paris), all in [0, 1], each with its standard
@@ -31,12 +42,13 @@ import numpy as np
 from PIL import Image
 
 from bobkit import backbones
-from bobkit.data import ImageDataset, MissingDataError
+from bobkit.data import ImageDataset, MissingDataError, sources
 from bobkit.data.revisited import revisited_ground_truth
 from bobkit.eval.metrics import (
     AP_MODES,
     REVISITED_PROTOCOLS,
     class_retrieval_metrics,
+    listed_retrieval_metrics,
     revisited_retrieval_metrics,
 )
 from bobkit.features.device import Execution, frozen_backbone
@@ -46,18 +58,30 @@ from bobkit.tasks.common import as_list, inference_batch_size
 from bobkit.tasks.contract import Metric, Param, TaskSpec
 from bobkit.tasks.harness import task_entry
 
-PROTOCOLS = ("class_folder", "revisited")
+PROTOCOLS = ("class_folder", "revisited", "gldv2", "copydays")
+#: The datasets of each protocol with its own ground truth (the others use class folders of a registry dataset).
+PROTOCOL_DATASETS: dict[str, tuple[str, ...]] = {
+    "revisited": ("roxford5k", "rparis6k"), "gldv2": ("gldv2",), "copydays": ("copydays",),
+}
 #: Datasets this task builds itself (on top of :func:`bobkit.data.dataset_names`).
-DATASETS = ("roxford5k", "rparis6k")
+DATASETS = tuple(name for names in PROTOCOL_DATASETS.values() for name in names)
+COPYDAYS_ATTACKS = ("all", *sources.COPYDAYS_BLOCKS)
+
+
+def _protocol_of(dataset: str) -> str:
+    """The protocol a dataset's ground truth calls for (``class_folder`` for registry datasets)."""
+    return next((protocol for protocol, names in PROTOCOL_DATASETS.items() if dataset in names), "class_folder")
 
 
 def _check(p: dict[str, Any]) -> None:
     """Rules between parameters: the protocol fits the dataset."""
-    if p["protocol"] == "revisited" and p["dataset"] not in DATASETS:
-        raise SPEC.error("dataset", p["dataset"], f"has no revisited ground truth: protocol 'revisited' needs one "
-                                                  f"of {DATASETS}")
-    if p["protocol"] == "class_folder" and p["dataset"] in DATASETS:
-        raise SPEC.error("dataset", p["dataset"], "has no class folders; use protocol='revisited'")
+    needed = _protocol_of(p["dataset"])
+    if p["protocol"] != needed:
+        if needed == "class_folder":
+            raise SPEC.error("dataset", p["dataset"], f"has no {p['protocol']} ground truth: protocol "
+                                                      f"{p['protocol']!r} needs one of "
+                                                      f"{PROTOCOL_DATASETS[p['protocol']]}")
+        raise SPEC.error("dataset", p["dataset"], f"has no class folders; use protocol={needed!r}")
 
 
 SPEC = TaskSpec(
@@ -65,9 +89,10 @@ SPEC = TaskSpec(
     summary="Image retrieval with frozen features: rank a database by cosine similarity, no training.",
     parameters=(
         blocks.backbone_param(),
-        blocks.dataset_param("fashion_mnist", "a dataset of the registry, or roxford5k | rparis6k (revisited)",
-                             blocks.dataset_lookup(DATASETS)),
-        blocks.protocol_param("class_folder", PROTOCOLS, "class_folder (positives share the class) or revisited"),
+        blocks.dataset_param("fashion_mnist", "a dataset of the registry, or roxford5k | rparis6k (revisited), gldv2, "
+                                              "copydays", blocks.dataset_lookup(DATASETS)),
+        blocks.protocol_param("class_folder", PROTOCOLS, "class_folder (positives share the class), or the "
+                                                         "dataset's own ground truth: revisited, gldv2, copydays"),
         blocks.image_size_param(),
         blocks.split_param("split", "test", "the split whose items become queries + database (the probe's test "
                                             "split: cache shared)"),
@@ -81,6 +106,8 @@ SPEC = TaskSpec(
               choices=REVISITED_PROTOCOLS),
         Param("crop_queries", bool, False, "revisited: crop queries to their box (official protocol; the paper's "
                                            "code did not)"),
+        Param("copydays_attacks", str, "all", "copydays: which attacked copies are the queries (strong: the "
+                                              "subset most papers report)", choices=COPYDAYS_ATTACKS),
         Param("gnd_sha256", str, None, "revisited: expected sha256 of gnd_<dataset>.pkl (default: the manifest's)",
               pattern=r"[0-9a-fA-F]{64}"),
         Param("ap", str, "trapezoid", "average precision: trapezoid (revisited benchmark code, the paper) or step "
@@ -132,8 +159,13 @@ def class_folder_split(
 
 @task_entry(SPEC)
 def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
-    """Run one retrieval cell (class folders or revisited Oxford / Paris); returns metric name -> value."""
-    return _run_class_folder(p, ex) if p["protocol"] == "class_folder" else _run_revisited(p, ex)
+    """Run one retrieval cell (class folders, revisited Oxford / Paris, GLDv2 or Copydays); returns metric name ->
+    value."""
+    if p["protocol"] == "class_folder":
+        return _run_class_folder(p, ex)
+    if p["protocol"] == "revisited":
+        return _run_revisited(p, ex)
+    return _run_listed(p, ex)
 
 
 def _run_class_folder(p: dict[str, Any], ex: Execution) -> dict[str, float]:
@@ -199,8 +231,8 @@ def load_revisited(
     """
     from bobkit.data import resolve_dir
 
-    if name not in DATASETS:
-        raise ValueError(f"revisited dataset {name!r} is not one of {DATASETS}")
+    if name not in PROTOCOL_DATASETS["revisited"]:
+        raise ValueError(f"revisited dataset {name!r} is not one of {PROTOCOL_DATASETS['revisited']}")
     folder = Path(root) if root is not None else resolve_dir(name)
     pickle_path = folder / f"gnd_{name}.pkl"
     if not pickle_path.is_file():
@@ -251,6 +283,46 @@ def _run_revisited(p: dict[str, Any], ex: Execution) -> dict[str, float]:
     t1 = time.perf_counter()
     metrics = revisited_retrieval_metrics(q, db, gnd, protocol=p["revisited_protocol"], ks=as_list(p["ks"], int),
                                           ap=p["ap"], device=ex.device)
+    metrics.update(n_database=float(len(db)), extract_seconds=extract_seconds,
+                   retrieval_seconds=time.perf_counter() - t1, feature_cache_hit=0.0)
+    metrics.update(ex.as_metrics())
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Listed ground truth: Google Landmarks v2, Copydays
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_listed(name: str, *, storage_size: int = 256,
+                copydays_attacks: str = "all") -> tuple[ImageDataset, ImageDataset, list[np.ndarray]]:
+    """Queries, database and each query's positive database positions of ``gldv2`` or ``copydays``."""
+    if name == "gldv2":
+        src = sources.load_gldv2_retrieval()
+    elif name == "copydays":
+        src = sources.load_copydays(copydays_attacks)
+    else:
+        raise ValueError(f"dataset {name!r} has no listed ground truth (gldv2, copydays)")
+
+    def as_dataset(part: sources.FileSource, split: str) -> ImageDataset:
+        return ImageDataset(None, part.labels, part.classes, name, split, paths=part.paths,
+                            storage_size=storage_size, meta={**part.meta, "file_backed": True})
+
+    return as_dataset(src.queries, "query"), as_dataset(src.database, "database"), list(src.positives)
+
+
+def _run_listed(p: dict[str, Any], ex: Execution) -> dict[str, float]:
+    t0 = time.perf_counter()
+    queries, database, positives = load_listed(p["dataset"], copydays_attacks=p["copydays_attacks"])
+    model, ex = frozen_backbone(p["backbone"], ex, image_size=p["image_size"], seed=p["seed"],
+                                channels_last=p["channels_last"])
+    config = backbones.data_config(p["backbone"], image_size=p["image_size"])
+    batch = inference_batch_size(p["batch_size"], ex)
+    q = run_forward(model, queries, config, p["image_size"], batch, ex)
+    db = run_forward(model, database, config, p["image_size"], batch, ex)
+    extract_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    metrics = listed_retrieval_metrics(q, db, positives, ks=as_list(p["ks"], int), ap=p["ap"], device=ex.device)
     metrics.update(n_database=float(len(db)), extract_seconds=extract_seconds,
                    retrieval_seconds=time.perf_counter() - t1, feature_cache_hit=0.0)
     metrics.update(ex.as_metrics())
