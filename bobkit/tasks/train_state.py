@@ -12,7 +12,8 @@ keeps nothing and changes nothing). The folder holds:
 * ``attempts.jsonl``: one JSON line per event (``start``, ``save``, ``end`` with why it ended, ``set_aside``), so
   the steps each attempt ran can be checked (:func:`read_attempts`);
 * ``pids/``: the training processes running now, so a scheduler's checkpoint can ask them to save
-  (:func:`stop_training`).
+  (:func:`stop_training`); ``stop-request.json``: a stop asked by a process that is still running (a Slurm job
+  about to requeue), which a training that starts after the signals went out obeys too.
 
 The position in the data is the step index: the data order is a pure function of (items, global batch, steps,
 seed), so a resumed run continues the same order from its step. A stop request (SIGTERM or SIGUSR2, handlers
@@ -61,6 +62,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 STOP_SIGNAL = signal.SIGUSR2
 ATTEMPTS_FILE = "attempts.jsonl"
 PIDS_FOLDER = "pids"
+#: Left by :func:`stop_training` (``leave_request=True``) while its requester lives: a training that starts or
+#: steps after the request stops at once, even if it registered after the signals went out.
+STOP_REQUEST_FILE = "stop-request.json"
 STATE_FORMAT = 1
 _STATE_NAME = re.compile(r"step-(\d{9})")
 
@@ -256,6 +260,8 @@ class TrainState:
     def _choose_state(self) -> str | None:
         """Rank 0: the newest state whose file matches its record and loads; damaged ones are moved aside."""
         assert self.folder is not None
+        for partial in self.folder.glob(".step-*.tmp"):  # a save killed before its rename: never a state
+            partial.unlink(missing_ok=True)
         for name in self._recorded_states():
             record_path = self.folder / f"{name}.json"
             try:
@@ -307,6 +313,8 @@ class TrainState:
         self.step = step
         if self.folder is None:
             return False
+        if self._stop is None and stop_request_pending(self.folder):
+            self._stop = "a stop request in the state folder"
         wanted = 2 if self._stop is not None else int(time.monotonic() - self._last_save >= self.every_seconds)
         agreed = self.world.max(wanted)
         self._agreed_stop = agreed == 2
@@ -414,13 +422,21 @@ def read_attempts(folder: str | os.PathLike[str]) -> list[Attempt]:
     return list(attempts.values())
 
 
-def stop_training(folder: str | os.PathLike[str], wait_s: float, poll_s: float = 0.2) -> tuple[int, int]:
+def stop_training(folder: str | os.PathLike[str], wait_s: float, poll_s: float = 0.2,
+                  leave_request: bool = False) -> tuple[int, int]:
     """Ask the training processes registered in ``folder`` on this host to save and stop; wait for them.
 
     Sends :data:`STOP_SIGNAL` to each (a pid is signalled only while it is still the process that registered),
-    then waits up to ``wait_s`` seconds for all of them to end. Returns (processes signalled, still running).
+    then waits up to ``wait_s`` seconds for all of them to end. With ``leave_request``, a stop request stays in
+    the folder for as long as this process runs, so a training that registers after the signals went out stops
+    at its first step too (a Slurm job's checkpoint: the job ends right after). Returns (processes signalled,
+    still running).
     """
-    running = [pid for pid in registered_pids(folder)]
+    folder = Path(folder)
+    if leave_request and folder.is_dir():
+        write_json(folder / STOP_REQUEST_FILE, {"pid": os.getpid(), "start": process_start_time(os.getpid()),
+                                                "host": socket.gethostname(), "time": time.time()})
+    running = registered_pids(folder)
     signalled = []
     for pid in running:
         try:
@@ -434,6 +450,21 @@ def stop_training(folder: str | os.PathLike[str], wait_s: float, poll_s: float =
         time.sleep(poll_s)
         alive = [pid for pid in alive if same_process_running(pid, None)]
     return len(signalled), len(alive)
+
+
+def stop_request_pending(folder: str | os.PathLike[str]) -> bool:
+    """A stop request whose requester still runs on this host (a stale one is removed)."""
+    path = Path(folder) / STOP_REQUEST_FILE
+    if not path.exists():
+        return False
+    try:
+        info = json.loads(path.read_text())
+        live = info["host"] == socket.gethostname() and same_process_running(int(info["pid"]), info.get("start"))
+    except (OSError, ValueError, KeyError, TypeError):
+        live = False
+    if not live:
+        path.unlink(missing_ok=True)
+    return live
 
 
 def registered_pids(folder: str | os.PathLike[str]) -> list[int]:
