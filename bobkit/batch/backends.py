@@ -79,7 +79,7 @@ except ImportError:  # pragma: no cover
 # The job's time limit (timeout_min + job_margin_min), the USR2 delay and submitit's requeue limit are resources
 # (bobkit.batch.resources: defaults 5 min, 120 s, 3). Of the USR2 delay, the checkpoint leaves this much for
 # submitit's own requeue and the job's exit; the rest is the training's time to finish its step and save.
-CHECKPOINT_MARGIN_S = 15
+CHECKPOINT_MARGIN_S = 5
 SUBMITIT_FOLDER = ".submitit"
 # A partition name (or a comma-separated list of them); anything else could end the #SBATCH line it goes into.
 # How often the driver polls Slurm, unless told (``poll_seconds``).

@@ -396,9 +396,10 @@ class TrainState:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def read_attempts(folder: str | os.PathLike[str]) -> list[Attempt]:
-    """The attempts recorded in ``folder/attempts.jsonl``, oldest first (a torn or foreign line is skipped)."""
-    path = Path(folder) / ATTEMPTS_FILE
+def read_attempts(where: str | os.PathLike[str]) -> list[Attempt]:
+    """The attempts recorded in ``where/attempts.jsonl`` (or in the log file ``where``, e.g. the copy a complete
+    cell keeps), oldest first; a torn or foreign line is skipped."""
+    path = Path(where) if Path(where).is_file() else Path(where) / ATTEMPTS_FILE
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError:
