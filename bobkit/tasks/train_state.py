@@ -246,22 +246,26 @@ class TrainState:
         self._last_save = time.monotonic()
         if self.folder is None:
             return 0
-        chosen = self._choose_state() if self.world.rank == 0 else None
+        chosen, payload = self._choose_state() if self.world.rank == 0 else (None, None)
         chosen = self.world.broadcast(chosen)
         step = 0
         if chosen is not None:
-            payload = _load(self.folder / f"{chosen}.pt")
+            payload = payload if payload is not None else _load(self.folder / f"{chosen}.pt")
             self._apply(payload)
             step = int(payload["step"])
         self.start_step = self.step = self.saved_step = step
         self._log("start", step=step)
         return step
 
-    def _choose_state(self) -> str | None:
-        """Rank 0: the newest state whose file matches its record and loads; damaged ones are moved aside."""
+    def _choose_state(self) -> tuple[str | None, dict[str, Any] | None]:
+        """Rank 0: the newest state whose file matches its record and loads (name, content); damaged ones are moved
+        aside."""
         assert self.folder is not None
         for partial in self.folder.glob(".step-*.tmp"):  # a save killed before its rename: never a state
             partial.unlink(missing_ok=True)
+        for orphan in sorted(self.folder.glob("step-*.pt")):  # written, never recorded (killed in between)
+            if not (self.folder / f"{orphan.stem}.json").exists():
+                self._set_aside(orphan.stem, "no record (killed between writing the state and its record)")
         for name in self._recorded_states():
             record_path = self.folder / f"{name}.json"
             try:
@@ -271,15 +275,11 @@ class TrainState:
                 problems = [f"unreadable record: {exc}"]
             if not problems:
                 try:
-                    _load(self.folder / f"{name}.pt")
-                    return name
+                    return name, _load(self.folder / f"{name}.pt")
                 except Exception as exc:  # noqa: BLE001 - any unreadable pickle is a damaged state
                     problems = [f"torch.load failed: {type(exc).__name__}: {exc}"[:300]]
             self._set_aside(name, "; ".join(problems))
-        for orphan in sorted(self.folder.glob("step-*.pt")):  # written, never recorded (killed in between)
-            if not (self.folder / f"{orphan.stem}.json").exists():
-                self._set_aside(orphan.stem, "no record (killed between writing the state and its record)")
-        return None
+        return None, None
 
     def _recorded_states(self) -> list[str]:
         assert self.folder is not None
