@@ -376,15 +376,18 @@ def train(target: str, params: dict[str, Any], processes: int = 1, *,
     """Run a training job: in this process when ``processes == 1`` (on ``device``), else through :func:`launch`.
 
     Returns rank 0's :class:`JobResult` (weights as tensors, record) either way, so the caller evaluates the same
-    way after both. The job function is the same code in both cases.
+    way after both; the job function is the same code in both cases. Without ``work_dir`` the launcher's files
+    go to a temporary folder that is removed once the weights are read.
     """
     if processes == 1:
-        result_dir = Path(work_dir or tempfile.mkdtemp(prefix="bob-train-")) / "result"
-        job = Job(target, dict(params), str(result_dir), str(state_dir) if state_dir is not None else None, threads)
+        job = Job(target, dict(params), "", str(state_dir) if state_dir is not None else None, threads)
         return run_job(job, World(device=device))
-    launched = launch(target, params, processes, work_dir=work_dir, state_dir=state_dir, threads=threads)
-    weights = launched.load_weights() if launched.weights_path is not None else None
-    return JobResult(weights, launched.record)
+    with contextlib.ExitStack() as stack:
+        folder = work_dir if work_dir is not None else stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="bob-launch-"))
+        launched = launch(target, params, processes, work_dir=folder, state_dir=state_dir, threads=threads)
+        weights = launched.load_weights() if launched.weights_path is not None else None
+        return JobResult(weights, launched.record)
 
 
 @contextlib.contextmanager
