@@ -156,7 +156,7 @@ def test_a_training_cell_with_a_1_minute_limit_finishes_over_several_requeues_wi
     assert timings["train_steps_redone"] == 0 and timings["train_attempts"] == len(attempts)
     logs = "".join(p.read_text() for p in (runs / ".submitit").glob("*_log.*"))
     assert "this job is timed-out" in logs and "asked 1 training process(es) to save" in logs
-    print(f"1-minute limit: {sidecar['runner']['requeues']} requeues, {len(attempts)} runs that trained, steps "
+    print(f"1-minute limit: {sidecar['runner']['requeues']} requeues, {len(attempts)} training runs, steps "
           f"per run {done}, {time.time() - started:.0f} s in all")
     assert len(build_results(runs)) == 1
 
