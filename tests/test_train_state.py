@@ -176,6 +176,7 @@ LOOP = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_stop_training_asks_a_running_loop_in_another_process_to_save_and_waits_for_it(tmp_path: Path):
     proc = subprocess.Popen([sys.executable, "-c", LOOP, str(tmp_path)], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
