@@ -89,6 +89,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for outcome in summary.outcomes:
         if outcome.status == "failed":
             print(f"  FAILED {outcome.cell.run_key} {outcome.cell.label}: {outcome.error}")
+        elif outcome.status == "interrupted":
+            print(f"  STOPPED {outcome.cell.run_key} {outcome.cell.label}: {outcome.error} (pending: run the same "
+                  "command to resume)")
     if args.build:
         _build_and_print(args.runs_dir, args.results, force=args.force)
     if summary.count("failed") and not args.allow_failures:

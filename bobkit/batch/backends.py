@@ -5,12 +5,18 @@ records and the OOM retry are the same everywhere; a backend only decides where 
 
 * :class:`LocalBackend`: ``workers`` concurrent papermill processes on this machine (:func:`bobkit.batch.runner.run_cells`).
 * :class:`SubmititBackend`: one Slurm job-array task per cell, cells grouped into arrays by their resources
-  (``timeout_min``, ``gpus``, ``cpus``, ``mem_gb``, ``partition``, ``slurm_array_parallelism`` from the params
-  file). Each task is a :class:`CellJob`, a ``submitit.helpers.Checkpointable``: on preemption or at the time
-  limit submitit calls its ``checkpoint``, which requeues the same cell and hands the cell's claim over to the
-  requeued job; that job re-runs the cell from its notebook (cells are the unit of work; feature caches make the
-  re-run cheap) and writes the same sidecar. ``cluster="local"`` (subprocesses) or ``"debug"`` (in-process) run
-  the same path without Slurm, which is how it is tested.
+  (``timeout_min``, ``gpus``, ``cpus``, ``mem_gb``, ``partition``, ``slurm_array_parallelism``, ``processes``,
+  ``max_requeues``, ``job_margin_min``, ``signal_delay_s`` from the params file). Each task is a :class:`CellJob`,
+  a ``submitit.helpers.Checkpointable``: on preemption or at the time limit (Slurm's USR2, ``signal_delay_s``
+  before the job's limit of ``timeout_min + job_margin_min``) submitit calls its ``checkpoint``, which first asks
+  a running training to save its state and waits for it (up to the signal delay minus
+  :data:`CHECKPOINT_MARGIN_S`), then requeues the same cell (at most ``max_requeues`` times) and hands the cell's
+  claim over to the requeued job; that job re-runs the cell from its notebook and writes the same sidecar. A
+  training cell resumes from its saved state (nothing of a saved optimizer step is redone; the kernel start and
+  the model build are); other cells are redone (feature caches make that cheap). A data-parallel cell is one
+  task on one node with ``--gpus-per-node=processes`` (and at least one CPU per process): its kernel starts
+  torch's elastic launcher inside the allocation (:mod:`bobkit.tasks.distributed`). ``cluster="local"``
+  (subprocesses) or ``"debug"`` (in-process) run the same path without Slurm, which is how it is tested.
 
 On a real Slurm cluster (``tests/slurm``, ``make test-slurm``) the driver also records each cell's job
 (:func:`bobkit.batch.scheduler.record_submission`; a second driver leaves cells whose job is still queued alone)
@@ -39,19 +45,30 @@ from typing import Any, Iterable, Protocol, Sequence
 from bobkit.batch import scheduler
 from bobkit.batch.claims import Claim, try_claim
 from bobkit.batch.grid import Cell
-from bobkit.batch.resources import check_resources
+from bobkit.batch.resources import (
+    ResourceError,
+    check_resources,
+    job_margin_min_of,
+    max_requeues_of,
+    processes_of,
+    signal_delay_s_of,
+)
 from bobkit.batch.runner import (
     OUTPUT_TAIL_CHARS,
     BatchSummary,
     CellOutcome,
     absolute_runs_dir,
+    cell_env,
     cell_state,
     execute_cell,
+    is_resumable,
     run_cells,
     run_dir_of,
     select_cells,
     stale_after,
+    train_state_dir,
 )
+from bobkit.tasks.train_state import stop_training
 from bobkit.utils.progress import progress_bar
 
 try:  # submitit is optional (bobkit[cluster]); without it only the local backend works
@@ -59,10 +76,10 @@ try:  # submitit is optional (bobkit[cluster]); without it only the local backen
 except ImportError:  # pragma: no cover
     Checkpointable = object  # type: ignore[assignment,misc]
 
-# Slurm time limit of a cell's job = the cell's timeout plus this much for kernel start, papermill and staging.
-JOB_MARGIN_MIN = 5
-# Slurm sends USR2 this long before the time limit: enough for submitit to checkpoint and requeue the cell.
-SIGNAL_DELAY_S = 120
+# The job's time limit (timeout_min + job_margin_min), the USR2 delay and submitit's requeue limit are resources
+# (bobkit.batch.resources: defaults 5 min, 120 s, 3). Of the USR2 delay, the checkpoint leaves this much for
+# submitit's own requeue and the job's exit; the rest is the training's time to finish its step and save.
+CHECKPOINT_MARGIN_S = 5
 SUBMITIT_FOLDER = ".submitit"
 # A partition name (or a comma-separated list of them); anything else could end the #SBATCH line it goes into.
 # How often the driver polls Slurm, unless told (``poll_seconds``).
@@ -139,10 +156,12 @@ class SubmititBackend:
         folder = Path(self.folder).resolve() if self.folder else runs_dir / SUBMITIT_FOLDER
         runner = {"backend": "submitit", "cluster": cluster, "batch_id": uuid.uuid4().hex[:12]}
         # Every array's parameters are checked before the first one is submitted.
-        plans = [(executor_parameters(resources, cluster), group) for resources, group in group_by_resources(todo)]
+        plans = [(executor_parameters(resources, cluster), resources, group)
+                 for resources, group in group_by_resources(todo)]
         submitted: list[tuple[Any, Cell]] = []
-        for parameters, group in plans:
-            executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+        for parameters, resources, group in plans:
+            executor = submitit.AutoExecutor(folder=folder, cluster=cluster,
+                                             slurm_max_num_timeout=max_requeues_of(resources))
             executor.update_parameters(**parameters)
             jobs = executor.map_array(CellJob(str(runs_dir), runner), group)
             submitted.extend(zip(jobs, group))
@@ -203,7 +222,7 @@ class CellJob(Checkpointable):
     def __call__(self, cell: Cell) -> CellOutcome:
         runner = {**self.runner, "job_id": _job_id(), "requeues": self.requeues, "host": socket.gethostname(),
                   "pid": os.getpid()}
-        env = {"BOB_NUM_THREADS": str(_job_threads(cell))}
+        env = {"BOB_NUM_THREADS": str(_job_threads(cell)), **cell_env(cell)}
         if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
             return self._run_on_slurm(cell, runner, env)
         return execute_cell(cell, self.runs_dir, env=env, runner=runner, adopt_token=self.adopt_token,
@@ -214,9 +233,12 @@ class CellJob(Checkpointable):
         restarts = scheduler.slurm_restart_count()
         stop = threading.Event()
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        # A training cell's notebook may run until the job's limit: Slurm's USR2 (its state saved, the job
+        # requeued) must come before the notebook's own timeout.
+        timeout_s = job_time_limit_min(cell.resources) * 60 if is_resumable(cell) else None
         try:
             outcome = execute_cell(cell, self.runs_dir, env=env, runner={**runner, "slurm_restarts": restarts},
-                                   adopt_token=self.adopt_token, on_claim=self._hold, stop=stop)
+                                   adopt_token=self.adopt_token, on_claim=self._hold, stop=stop, timeout_s=timeout_s)
         finally:
             signal.signal(signal.SIGTERM, previous)
         if not stop.is_set() or outcome.status in ("complete", "skipped", "busy"):
@@ -244,8 +266,22 @@ class CellJob(Checkpointable):
         self._claim = claim
 
     def checkpoint(self, cell: Cell) -> Any:
-        """Requeue the same cell; the requeued job adopts this job's claim (kept on disk, not released)."""
+        """Let a running training save, then requeue the same cell; the requeued job adopts this job's claim (kept on
+        disk, not released).
+
+        Called by submitit's USR2 handler (time limit, preemption). The training processes registered in the
+        cell's state folder are asked to save and stop (they may have had Slurm's USR2 already), and waited for up
+        to the signal delay minus :data:`CHECKPOINT_MARGIN_S`; a stop request stays in the folder until this job
+        ends, so a training that starts meanwhile stops at its first step.
+        """
         from submitit.core.utils import DelayedSubmission
+
+        if is_resumable(cell):
+            state_dir = train_state_dir(run_dir_of(cell, Path(self.runs_dir)))
+            wait_s = max(1, signal_delay_s_of(cell.resources) - CHECKPOINT_MARGIN_S)
+            asked, running = stop_training(state_dir, wait_s=wait_s, leave_request=True)
+            print(f"bob: checkpoint of {cell.label}: asked {asked} training process(es) to save; "
+                  f"{running} still running after up to {wait_s} s", file=sys.stderr, flush=True)
 
         token = self._claim.hand_over() if self._claim is not None else self.adopt_token
         return DelayedSubmission(CellJob(self.runs_dir, self.runner, token, self.requeues + 1), cell)
@@ -308,13 +344,18 @@ def executor_parameters(resources: dict[str, Any], cluster: str) -> dict[str, An
     check_resources(resources, "resources")
     params: dict[str, Any] = {
         "name": "bob",
-        "timeout_min": int(math.ceil(float(resources.get("timeout_min", 60)) + JOB_MARGIN_MIN)),
+        "timeout_min": job_time_limit_min(resources),
         "nodes": 1,
+        # One task per node: the cell's kernel starts its data-parallel processes itself (torch's launcher), with
+        # at least one CPU each.
         "tasks_per_node": 1,
-        "cpus_per_task": int(resources.get("cpus", 2)),
+        "cpus_per_task": max(int(resources.get("cpus", 2)), processes_of(resources)),
         "mem_gb": float(resources.get("mem_gb", 16)),
-        "slurm_signal_delay_s": SIGNAL_DELAY_S,
+        "slurm_signal_delay_s": signal_delay_s_of(resources),
     }
+    if params["slurm_signal_delay_s"] >= params["timeout_min"] * 60:
+        raise ResourceError(f"resources signal_delay_s={params['slurm_signal_delay_s']} is not shorter than the "
+                            f"job's time limit of {params['timeout_min']} min (timeout_min + job_margin_min)")
     if resources.get("gpus"):
         params["gpus_per_node"] = int(resources["gpus"])
     if resources.get("partition"):
@@ -324,6 +365,11 @@ def executor_parameters(resources: dict[str, Any], cluster: str) -> dict[str, An
     if cluster != "slurm":
         params.pop("mem_gb")  # the local executors ignore it; keep their parameters honest
     return params
+
+
+def job_time_limit_min(resources: dict[str, Any]) -> int:
+    """The Slurm job's time limit in whole minutes: ``timeout_min + job_margin_min``, rounded up."""
+    return int(math.ceil(float(resources.get("timeout_min", 60)) + job_margin_min_of(resources)))
 
 
 def sbatch_script(resources: dict[str, Any], folder: str | os.PathLike[str], command: str = "python -m job") -> str:
@@ -443,8 +489,8 @@ def slurm_verdict(job: Any, exc: BaseException) -> tuple[str, str | None]:
     if not isinstance(getattr(job, "watcher", None), scheduler.SlurmWatcher):
         return "job_failed", None
     if "timed-out too many times" in str(exc):  # submitit's own limit on checkpoint-and-requeue cycles
-        return "timeout", (f"Slurm job {job.job_id} reached its time limit more times than submitit requeues "
-                           "(max_num_timeout); raise timeout_min")
+        return "timeout", (f"Slurm job {job.job_id} reached its time limit more times than it may be requeued "
+                           "(resource max_requeues); raise timeout_min or max_requeues")
     state = scheduler.query([job.job_id]).get(job.job_id)
     if state is None:
         return "job_failed", None

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bobkit.utils.processes import pid_alive, process_start_time
+
 CLAIM = ".claim"
 HEARTBEAT_SECONDS = 30.0
 # After an error (ESTALE on NFS, a full disk) the heartbeat tries again this much sooner than its period.
@@ -269,32 +271,10 @@ def _break_stale(path: Path, judged: dict[str, Any]) -> bool:
         aside.unlink(missing_ok=True)
 
 
-def process_start_time(pid: int) -> str | None:
-    """Start time of ``pid`` in clock ticks since boot (Linux ``/proc``), telling a reused pid from the original."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()  # the command name may contain spaces and parentheses
-    return fields[19] if len(fields) > 19 else None  # field 22 of the file, 20th after "pid (comm)"
-
-
 def _same_process_alive(info: dict[str, Any]) -> bool:
     """The claim's pid is alive and (where recorded) is still the process that wrote the claim."""
     pid = int(info.get("pid", -1))
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return False
     recorded = info.get("pid_start")
     return recorded is None or process_start_time(pid) in (None, recorded)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -52,8 +52,10 @@ from bobkit.tasks.contract import Param
 # Parameters that change where/how fast a cell runs, not its result: left out of the run key so a batch resumes
 # on another machine.
 EXECUTION_PARAMS = frozenset(
-    {"device", "num_threads", "channels_last", "compile", "grad_checkpointing", "loader_workers"}
+    {"device", "num_threads", "channels_last", "compile", "grad_checkpointing", "loader_workers", "state_every_min"}
 )
+#: Parameters the runner sets per run (never part of a cell): the task's output folder and its training state.
+RUNNER_PARAMS = ("output_dir", "state_dir")
 
 
 #: The keys a grid file may hold (``x-*`` keys, for YAML anchors, are ignored).
@@ -161,12 +163,13 @@ def make_cell(task: str, overrides: dict[str, Any], resources: dict[str, Any] | 
     this machine unless the cell asks its scheduler for GPUs (``resources: {gpus: N}``).
     """
     resources = {**DEFAULT_RESOURCES, **(resources or {})}
-    overrides = {k: v for k, v in overrides.items() if k != "output_dir"}  # the runner sets it per run
+    overrides = {k: v for k, v in overrides.items() if k not in RUNNER_PARAMS}  # the runner sets them per run
     try:
         params = get_spec(task).validate(overrides, check_machine=not resources.get("gpus"))
     except ParameterError as exc:
         raise GridError(f"{source}: {exc}" if source else str(exc)) from exc
-    params.pop("output_dir", None)
+    for name in RUNNER_PARAMS:
+        params.pop(name, None)
     return Cell(task, params, run_key(task, params), resources, source)
 
 

@@ -16,6 +16,11 @@ The spec is a JSON object: ``input``, ``output``, ``parameters`` (dict), ``cwd``
 ``kernel`` (optional). Errors propagate with papermill's usual traceback (the runner classifies that text), and
 the exit code is non-zero. This module imports nothing from bobkit, so it stays cheap.
 
+A scheduler's stop signals (Slurm sends SIGTERM and, before a time limit, SIGUSR2 to every process of the job)
+are meant for the training in the kernel, which saves its state and stops (:mod:`bobkit.tasks.train_state`); this
+process outlives them (a Python handler that does nothing, so the kernel it starts keeps the default
+dispositions), and ends when the notebook does. The runner stops it with SIGKILL.
+
 When ``$BOB_PARENT_PID`` is set (the runner sets it), the process asks Linux to SIGKILL it when its parent dies
 (``PR_SET_PDEATHSIG``), so a batch killed with SIGKILL leaves no papermill behind (and the kernel, which polls
 its own parent, follows within a second or two). Doing this here rather than in a ``preexec_fn`` keeps the
@@ -55,6 +60,12 @@ def die_with_parent() -> None:
         return
     if os.getppid() != int(parent):  # the parent died before the request took effect
         os._exit(1)
+
+
+def outlive_stop_signals() -> None:
+    """SIGTERM and SIGUSR2 do not end this process (the training in its kernel answers them; see the docstring)."""
+    for signum in (signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(signum, lambda *_: None)
 
 
 def skip_optional_imports() -> None:
@@ -108,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: ``argv[0]`` is the spec file."""
     argv = sys.argv[1:] if argv is None else argv
     die_with_parent()
+    outlive_stop_signals()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     spec_path = Path(argv[0])
     execute(json.loads(spec_path.read_text()), folder=spec_path.parent)

@@ -7,6 +7,15 @@ so; a killed cell's work folder is removed by the next claimant. A failure (an e
 timeout, out-of-memory, a NaN) is recorded in the sidecar with the error and the tail of the output, and the
 batch goes on. Out-of-memory retries once with half the batch size.
 
+Training cells (tasks that declare ``state_dir``) keep their training state in ``<run dir>/train-state``
+(:mod:`bobkit.tasks.train_state`): the runner passes that folder, leaves it alone between attempts (a rerun of the
+same run key resumes from it), and removes it once a complete sidecar is written, keeping its attempt log as
+``train-attempts.jsonl``. A cell whose training stopped on a signal with its state saved (``TrainingPreempted``)
+is interrupted, not failed: nothing is recorded and the cell stays pending. A batch that is stopped (Ctrl-C, the
+job's SIGTERM) first asks a running training to save (up to :data:`STOP_GRACE_SECONDS`), then kills the cell.
+Cells get ``$BOB_PROCESSES`` (their ``processes`` resource) and, on a machine with GPUs, a cell that asks for
+``gpus: N`` gets N GPUs of its own (``CUDA_VISIBLE_DEVICES``) for as long as it runs.
+
 Papermill runs in a child process per cell (in a session of its own, killed with the batch through
 ``PR_SET_PDEATHSIG``); the local backend's worker threads only wait on those children.
 """
@@ -34,6 +43,7 @@ from bobkit.batch.claims import Claim, is_stale, read_claim, try_claim
 from bobkit.batch.grid import Cell, run_key
 from bobkit.batch.oom import oom_kill_count
 from bobkit.batch.record import cell_record
+from bobkit.batch.resources import processes_of
 from bobkit.results.sidecars import (
     NOTEBOOK,
     SIDECAR,
@@ -45,7 +55,9 @@ from bobkit.results.sidecars import (
     sidecar_problem,
     write_sidecar,
 )
-from bobkit.tasks import notebook_path
+from bobkit.tasks import get_spec, notebook_path
+from bobkit.tasks.distributed import PROCESSES_ENV
+from bobkit.tasks.train_state import ATTEMPTS_FILE, stop_training
 from bobkit.utils.files import write_json
 from bobkit.utils.paths import repo_root
 from bobkit.utils.progress import progress_bar
@@ -60,6 +72,11 @@ OOM_PATTERNS = (
     r"not enough memory", r"CUBLAS_STATUS_ALLOC_FAILED", r"CUDA error: out of memory",
 )
 WORK_PREFIX = ".work-"
+#: The training state folder of a cell's run folder, and where its attempt log goes once the cell is complete.
+TRAIN_STATE = "train-state"
+TRAIN_ATTEMPTS = "train-attempts.jsonl"
+#: A stopped batch gives a running training this long to save its state before the cell is killed.
+STOP_GRACE_SECONDS = 30.0
 CODE_CHANGED = ("the code behind this cell changed after its run key was computed; nothing recorded: "
                 "run the grid again to run it under its new key")
 
@@ -157,16 +174,24 @@ def run_cells(
         slots.put(slot)
     stop = threading.Event()
     runner = {"backend": "local", "batch_id": uuid.uuid4().hex[:12], "host": socket.gethostname(), "pid": os.getpid()}
+    gpus = GpuPool(visible_gpus())
+    gpus.check(cells)  # a cell asking for more GPUs than this machine has fails the batch before anything runs
     bar = progress_bar(len(cells), "cells", "cell", progress)
 
     def job(cell: Cell) -> CellOutcome:
         if stop.is_set():
             return CellOutcome(cell, "interrupted")
         slot = slots.get()
+        held = gpus.acquire(int(cell.resources.get("gpus") or 0), stop)
         try:
-            return execute_cell(cell, runs_dir, kernel=kernel, env=worker_env(slot, n_workers), stop=stop,
-                                runner={**runner, "worker": slot})
+            if stop.is_set():
+                return CellOutcome(cell, "interrupted")
+            env = {**worker_env(slot, n_workers), **cell_env(cell)}
+            if held:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(held)
+            return execute_cell(cell, runs_dir, kernel=kernel, env=env, stop=stop, runner={**runner, "worker": slot})
         finally:
+            gpus.release(held)
             slots.put(slot)
 
     pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="bob-worker")
@@ -202,6 +227,7 @@ def execute_cell(
     runner: dict[str, Any] | None = None,
     adopt_token: str | None = None,
     on_claim: Callable[[Claim], None] | None = None,
+    timeout_s: int | None = None,
 ) -> CellOutcome:
     """Run one cell unless it is complete or claimed by a live process; record the outcome in its sidecar.
 
@@ -220,6 +246,9 @@ def execute_cell(
     adopt_token, on_claim
         For requeued Slurm jobs: take over the claim an earlier job of this cell handed over, and learn the
         claim once held (see :mod:`bobkit.batch.backends`).
+    timeout_s
+        The notebook's execution timeout (default: the cell's ``timeout_min``; a Slurm job of a training cell
+        passes its job's time limit, so that the scheduler's signal, which lets the training save, comes first).
     """
     run_dir = run_dir_of(cell, absolute_runs_dir(runs_dir))
     if is_complete(run_dir):
@@ -237,27 +266,28 @@ def execute_cell(
             return CellOutcome(cell, "skipped")
         if on_claim is not None:
             on_claim(claim)
-        return _execute_claimed(cell, run_dir, claim, kernel, env or {}, stop, runner or {})
+        return _execute_claimed(cell, run_dir, claim, kernel, env or {}, stop, runner or {}, timeout_s)
     finally:
         claim.release()
 
 
 def _execute_claimed(
     cell: Cell, run_dir: Path, claim: Claim, kernel: str | None, env: dict[str, str],
-    stop: threading.Event | None, runner: dict[str, Any],
+    stop: threading.Event | None, runner: dict[str, Any], timeout_s: int | None = None,
 ) -> CellOutcome:
     started = time.time()
     previous = read_sidecar(run_dir)  # a failed record being retried (complete ones were skipped)
     keep_aside_if_corrupt(run_dir)
     remove_leftovers(run_dir)
     params = dict(cell.params)
-    result = _attempt(cell, params, run_dir, kernel, env, stop)
+    result = _attempt(cell, params, run_dir, kernel, env, stop, timeout_s)
     attempts = [result.summary()]
     can_halve = isinstance(params.get("batch_size"), int) and params["batch_size"] > 1
     if result.kind == "oom" and can_halve and not (stop is not None and stop.is_set()):
         result.discard()
         params["batch_size"] = params["batch_size"] // 2
-        result = _attempt(cell, params, run_dir, kernel, env, stop)
+        remove_train_state(run_dir)  # saved at the other batch size: its data position means something else
+        result = _attempt(cell, params, run_dir, kernel, env, stop, timeout_s)
         attempts.append({**result.summary(), "retry": "out-of-memory: batch_size halved",
                          "batch_size": params["batch_size"]})
     ours = claim.still_ours()
@@ -265,8 +295,8 @@ def _execute_claimed(
         # Stopped batch: leave the cell pending. Lost claim (broken as stale, e.g. a paused job): the new
         # holder owns the sidecar now.
         result.discard()
-        return CellOutcome(cell, "interrupted" if ours else "busy", time.time() - started,
-                           "interrupted" if ours else "claim lost")
+        why = (result.message if result.kind == "interrupted" else "interrupted") if ours else "claim lost"
+        return CellOutcome(cell, "interrupted" if ours else "busy", time.time() - started, why)
     complete = result.kind == "complete"
     output = result.task_output if complete else None
     descriptors = output.descriptors if output else {}
@@ -279,6 +309,8 @@ def _execute_claimed(
         os.replace(result.notebook, run_dir / NOTEBOOK)
     write_sidecar(run_dir, sidecar)  # last, atomically: from here on the cell counts as recorded
     result.discard()
+    if complete:
+        remove_train_state(run_dir)  # a failed cell keeps it: --only-failed resumes
     error = None if complete else sidecar["error"]["message"]
     return CellOutcome(cell, sidecar["status"], sidecar["wall_seconds"], error, None if complete else result.kind)
 
@@ -293,12 +325,41 @@ def keep_aside_if_corrupt(run_dir: Path) -> Path | None:
 
 
 def remove_leftovers(run_dir: Path) -> None:
-    """Remove what killed attempts left behind (work folders, broken claims, temp files); call under the claim."""
+    """Remove what killed attempts left behind (work folders, broken claims, temp files); call under the claim.
+
+    The training state (``train-state/``) is not a leftover: the next attempt resumes from it.
+    """
     for path in run_dir.iterdir():
         if path.name.startswith(WORK_PREFIX) and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         elif path.name.startswith(".claim.stale-") or (path.name.startswith(".") and path.name.endswith(".tmp")):
             path.unlink(missing_ok=True)
+
+
+def is_resumable(cell: Cell) -> bool:
+    """The cell's task declares ``state_dir``: its training state survives in the run folder."""
+    return any(p.name == "state_dir" for p in get_spec(cell.task).parameters)
+
+
+def train_state_dir(run_dir: Path) -> Path:
+    """``<run dir>/train-state``: where a training cell keeps the state a rerun resumes from."""
+    return run_dir / TRAIN_STATE
+
+
+def remove_train_state(run_dir: Path) -> None:
+    """Remove a cell's training state (its attempt log is kept as ``train-attempts.jsonl``); call under the claim."""
+    state = train_state_dir(run_dir)
+    if not state.is_dir():
+        return
+    log = state / ATTEMPTS_FILE
+    if log.exists():
+        os.replace(log, run_dir / TRAIN_ATTEMPTS)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def cell_env(cell: Cell) -> dict[str, str]:
+    """Environment a cell's kernel gets from its resources: ``$BOB_PROCESSES``, its training processes."""
+    return {PROCESSES_ENV: str(processes_of(cell.resources))}
 
 
 def _history(previous: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -348,17 +409,19 @@ def cell_timeout_seconds(cell: Cell) -> int:
 
 def _attempt(
     cell: Cell, params: dict[str, Any], run_dir: Path, kernel: str | None, env: dict[str, str],
-    stop: threading.Event | None,
+    stop: threading.Event | None, timeout_s: int | None = None,
 ) -> _Attempt:
     """One papermill execution in a private work folder (a leftover orphan can never write into a new attempt)."""
     work = run_dir / f"{WORK_PREFIX}{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     notebook = work / "executed.ipynb"
-    timeout_s = cell_timeout_seconds(cell)
+    timeout_s = timeout_s or cell_timeout_seconds(cell)
+    state_dir = train_state_dir(run_dir) if is_resumable(cell) else None
+    runner_params = {"output_dir": str(work), **({"state_dir": str(state_dir)} if state_dir else {})}
     spec = {
         "input": str(repo_root() / notebook_path(cell.task)),
         "output": str(notebook),
-        "parameters": {**params, "output_dir": str(work)},
+        "parameters": {**params, **runner_params},
         "cwd": str(repo_root()),
         "execution_timeout": timeout_s,
         "kernel": kernel,
@@ -373,7 +436,7 @@ def _attempt(
         # Own session: a Ctrl-C meant for the batch does not reach the cell; the batch decides what to record.
         proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=child_env,
                                 start_new_session=True)
-        ended_by = _wait(proc, start + timeout_s + KILL_GRACE_SECONDS, stop)
+        ended_by = _wait(proc, start + timeout_s + KILL_GRACE_SECONDS, stop, state_dir)
     seconds = time.perf_counter() - start
     output = log.read_text(errors="replace")
     attempt = _Attempt("complete", work, notebook, seconds, proc.returncode, output)
@@ -398,10 +461,13 @@ def _attempt(
     return attempt
 
 
-def _wait(proc: subprocess.Popen[bytes], deadline: float, stop: threading.Event | None) -> str:
+def _wait(proc: subprocess.Popen[bytes], deadline: float, stop: threading.Event | None,
+          state_dir: Path | None = None) -> str:
     """Wait for ``proc``: ``exit``, or kill it and say why (``deadline`` | ``stop``); kill it on any exception.
 
-    The exception case matters for Slurm jobs: submitit's preemption handler raises ``SystemExit`` here.
+    On ``stop``, a training registered in ``state_dir`` is first asked to save and given
+    :data:`STOP_GRACE_SECONDS` to end. The exception case matters for Slurm jobs: submitit's preemption handler
+    raises ``SystemExit`` here.
     """
     try:
         while True:
@@ -412,6 +478,12 @@ def _wait(proc: subprocess.Popen[bytes], deadline: float, stop: threading.Event 
                 pass
             if stop is not None and stop.is_set():
                 reason = "stop"
+                if state_dir is not None and stop_training(state_dir, wait_s=STOP_GRACE_SECONDS)[0]:
+                    try:
+                        proc.wait(timeout=STOP_GRACE_SECONDS)  # the notebook ends on the training's error
+                        return reason
+                    except subprocess.TimeoutExpired:
+                        pass
             elif time.perf_counter() > deadline:
                 reason = "deadline"
             else:
@@ -435,6 +507,9 @@ def classify_failure(
     """
     error_line = _papermill_error(output)
     dead = "DeadKernelError" in output or re.search(r"[Kk]ernel died", output) is not None
+    preempted = _last_match(output, r"\bTrainingPreempted: ")
+    if preempted and not killed_for_time:  # stopped on a signal with its state saved: not a failure
+        return "interrupted", preempted
     if oom_killed and not killed_for_time and (dead or returncode < 0):
         return "oom", "the kernel was killed by the Linux OOM killer (the cgroup's oom_kill count rose)"
     if killed_for_time or "CellTimeoutError" in output or "Cell execution timed out" in output:
@@ -488,19 +563,71 @@ def stale_after(cell: Cell) -> float:
     return float(cell.resources.get("timeout_min", 60)) * 60 + 600
 
 
-def worker_env(slot: int, workers: int) -> dict[str, str]:
-    """Environment of worker ``slot``: one GPU each (round robin) where there are GPUs, a share of CPU threads."""
-    env = {"BOB_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
+def visible_gpus() -> list[str]:
+    """The GPUs this batch may hand out: ``$CUDA_VISIBLE_DEVICES`` when set, else every GPU of the machine."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    gpus = [g for g in visible.split(",") if g.strip()] if visible is not None else [
-        str(i) for i in range(len(provenance.gpu_names()))]
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip()]
+    return [str(i) for i in range(len(provenance.gpu_names()))]
+
+
+def worker_env(slot: int, workers: int) -> dict[str, str]:
+    """Environment of worker ``slot``: one GPU each (round robin) where there are GPUs, a share of CPU threads.
+
+    A cell that asks for GPUs (``gpus: N``) gets its own N instead (:class:`GpuPool`); the thread share is the
+    whole cell's, which its training processes divide among themselves.
+    """
+    env = {"BOB_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
+    gpus = visible_gpus()
     if workers > 1 and gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
     return env
 
 
+class GpuPool:
+    """The machine's GPUs handed to cells that ask for ``gpus: N``: each gets N of its own while it runs.
+
+    On a machine without GPUs the pool is empty and such a cell runs on the CPU (its ``processes`` as CPU
+    processes, gloo); cells with ``gpus: 0`` keep the round-robin share of :func:`worker_env`.
+    """
+
+    def __init__(self, gpus: list[str]) -> None:
+        self.gpus = list(gpus)
+        self._free = list(gpus)
+        self._changed = threading.Condition()
+
+    def check(self, cells: Iterable[Cell]) -> None:
+        """Raise ``ValueError`` naming the first cell that asks for more GPUs than the pool holds (when it has any)."""
+        for cell in cells:
+            wanted = int(cell.resources.get("gpus") or 0)
+            if self.gpus and wanted > len(self.gpus):
+                raise ValueError(f"{cell.label}: resources gpus={wanted}, but this machine has {len(self.gpus)} "
+                                 f"GPU(s) ({','.join(self.gpus)}); run it with --backend slurm, or lower gpus")
+
+    def acquire(self, count: int, stop: threading.Event | None = None) -> list[str]:
+        """Take ``count`` free GPUs, waiting for them (none when ``count`` is 0 or the pool is empty)."""
+        if count <= 0 or not self.gpus:
+            return []
+        with self._changed:
+            while len(self._free) < count:
+                if stop is not None and stop.is_set():
+                    return []
+                self._changed.wait(timeout=0.5)
+            taken, self._free = self._free[:count], self._free[count:]
+            return taken
+
+    def release(self, gpus: list[str]) -> None:
+        """Give GPUs back."""
+        if not gpus:
+            return
+        with self._changed:
+            self._free.extend(gpus)
+            self._changed.notify_all()
+
+
 
 __all__ = [
-    "BatchSummary", "CellOutcome", "SIDECAR", "absolute_runs_dir", "cell_state", "classify_failure", "execute_cell",
-    "run_cells", "run_dir_of", "select_cells", "worker_env",
+    "BatchSummary", "CellOutcome", "GpuPool", "SIDECAR", "TRAIN_STATE", "absolute_runs_dir", "cell_env", "cell_state",
+    "classify_failure", "execute_cell", "is_resumable", "remove_train_state", "run_cells", "run_dir_of",
+    "select_cells", "train_state_dir", "worker_env",
 ]

@@ -159,6 +159,14 @@ EXECUTION: tuple[Param, ...] = (
 #: Set by the runner: where the task writes its output (``task_metrics.json``) for the sidecar.
 OUTPUT_DIR = Param("output_dir", str, None, "set by `bob run`: where the metrics are handed to the runner",
                    kind="execution")
+#: Set by the runner for a task that declares it: the cell's training state folder (``<run dir>/train-state``), which
+#: a rerun of the same run key resumes from (:mod:`bobkit.tasks.train_state`); the runner removes it once the cell is
+#: recorded complete. ``None`` (a lone notebook): nothing is kept.
+STATE_DIR = Param("state_dir", str, None, "set by `bob run`: the training state folder a rerun resumes from (None: "
+                  "none kept)", kind="execution")
+#: How often a training loop saves its state (it also saves at every stop signal: SIGTERM, SIGUSR2).
+STATE_EVERY = Param("state_every_min", float, 5.0, "minutes between saves of the training state (0: every step); "
+                    "it is also saved when the scheduler signals a stop", kind="execution", low=0.0, high=1440.0)
 
 
 def probe_params() -> tuple[Param, ...]:

@@ -3,25 +3,27 @@
 It exists to test and benchmark the batch layer (per-cell papermill overhead, failure recording, OOM retry,
 kill-and-resume) without paying for a forward pass. Its metric is a function of its parameters, not a result
 about any backbone, and the analysis notebooks ignore the ``smoke`` task.
+
+Mode ``train`` is the stand-in for a fine-tune: a tiny regression MLP trained for ``steps`` optimizer steps through
+the same machinery a real training uses (:mod:`bobkit.tasks.train_state` for state that survives, and
+:mod:`bobkit.tasks.distributed` for ``$BOB_PROCESSES`` data-parallel processes), so the runner's resume and the
+Slurm time-limit tests exercise that code without a backbone.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
-from bobkit.tasks.blocks import OUTPUT_DIR, seed_param
+from bobkit.tasks.blocks import OUTPUT_DIR, STATE_DIR, STATE_EVERY, seed_param
 from bobkit.tasks.contract import Metric, Param, TaskSpec, descriptor
 from bobkit.tasks.harness import task_entry
-from bobkit.utils.files import write_json
-from bobkit.utils.paths import cache_dir
 
-MODES = ("ok", "raise", "nan", "oom", "die", "sleep")
+MODES = ("ok", "raise", "nan", "oom", "die", "sleep", "train")
+#: The toy training's data: items and input features of a synthetic regression.
+TOY_ITEMS, TOY_FEATURES = 256, 8
 
 SPEC = TaskSpec(
     name="smoke",
@@ -30,17 +32,23 @@ SPEC = TaskSpec(
         Param("value", float, 1.0, "the score is value + seed"),
         Param("mode", str, "ok", "what the cell does", choices=MODES),
         Param("sleep_seconds", float, 0.0, "seconds to sleep first", low=0.0, high=86_400.0),
-        Param("resumable", bool, False, "keep the sleep's progress in the cache: a re-run (requeue) resumes it"),
-        Param("batch_size", int, 8, "what the runner halves after an out-of-memory error", kind="execution", low=1,
-              high=4096),
+        Param("steps", int, 20, "mode 'train': optimizer steps of the toy training", low=1, high=1_000_000),
+        Param("step_seconds", float, 0.0, "mode 'train': seconds each step also sleeps (a stand-in for compute)",
+              low=0.0, high=3600.0),
+        Param("batch_size", int, 8, "what the runner halves after an out-of-memory error; mode 'train': the global "
+              "batch", kind="execution", low=1, high=TOY_ITEMS),
         Param("oom_above_batch", int, None, "mode 'oom': fail only above this batch size (None: always)", low=0),
         seed_param(),
         OUTPUT_DIR,
+        STATE_DIR,
+        STATE_EVERY,
     ),
     metrics=(
         Metric("score", "value + seed", primary=True),
         descriptor("batch_size_used", "the batch size the cell ran with"),
-        descriptor("*_seconds", "wall-clock seconds (slept_seconds, resumed_seconds: a resumable sleep's parts)"),
+        descriptor("*_seconds", "wall-clock seconds"),
+        descriptor("train_*", "mode 'train': final loss, steps run here, where this run resumed, attempts, "
+                   "processes"),
     ),
 )
 #: The declared defaults (what the notebook's parameters cell holds).
@@ -50,16 +58,10 @@ validate_params = SPEC.validate
 
 @task_entry(SPEC)
 def run(p: dict[str, Any], execution: None = None) -> dict[str, float]:
-    """Return ``{"score": value + seed}`` after the requested behaviour (sleep, raise, NaN, OOM, kernel death).
-
-    With ``resumable``, the sleep keeps its progress in the cache and a re-run of the same cell resumes it
-    (``resumed_seconds``, ``slept_seconds``): how the Slurm tests see that requeued work is not done twice.
-    """
+    """Return ``{"score": value + seed}`` after the requested behaviour (sleep, raise, NaN, OOM, kernel death, or
+    a toy training that resumes from ``state_dir``)."""
     start = time.perf_counter()
-    slept = resumed = 0.0
-    if p["sleep_seconds"] and p["resumable"]:
-        slept, resumed = _resumable_sleep(p)
-    elif p["sleep_seconds"]:
+    if p["sleep_seconds"]:
         time.sleep(p["sleep_seconds"])
     if p["mode"] == "raise":
         raise RuntimeError(f"smoke task asked to fail (value={p['value']})")
@@ -68,34 +70,100 @@ def run(p: dict[str, Any], execution: None = None) -> dict[str, float]:
     if p["mode"] == "oom" and (p["oom_above_batch"] is None or p["batch_size"] > p["oom_above_batch"]):
         raise MemoryError(f"simulated out of memory at batch_size={p['batch_size']}")
     score = float("nan") if p["mode"] == "nan" else p["value"] + p["seed"]
-    metrics = {"score": score, "batch_size_used": float(p["batch_size"]), "task_seconds": time.perf_counter() - start}
-    if p["resumable"]:
-        metrics.update(slept_seconds=slept, resumed_seconds=resumed)
+    metrics = {"score": score, "batch_size_used": float(p["batch_size"])}
+    if p["mode"] == "train":
+        metrics.update(_train(p))
+    metrics["task_seconds"] = time.perf_counter() - start
     return metrics
 
 
-def _resumable_sleep(p: dict[str, Any], step: float = 0.5) -> tuple[float, float]:
-    """Sleep ``sleep_seconds`` in steps, keeping progress in the cache so a re-run (a requeued job) resumes it.
+def _train(p: dict[str, Any]) -> dict[str, float]:
+    """The toy training in ``$BOB_PROCESSES`` processes; then its loss over every item, in this process."""
+    import torch
 
-    The stand-in for a real task's resumable work (its feature cache). Returns (slept now, resumed from before).
-    """
-    progress = progress_path(p)
-    try:
-        resumed = float(json.loads(progress.read_text())["slept"])
-    except (OSError, ValueError, KeyError):
-        resumed = 0.0
-    done = resumed
-    while done < float(p["sleep_seconds"]):
-        nap = min(step, float(p["sleep_seconds"]) - done)
-        time.sleep(nap)
-        done += nap
-        write_json(progress, {"slept": done})
-    progress.unlink(missing_ok=True)  # finished: a later run of the same cell starts afresh
-    return done - resumed, resumed
+    from bobkit.tasks.distributed import micro_batch_size, processes_requested, train
+
+    processes = processes_requested()
+    micro_batch_size(p["batch_size"], processes)  # a global batch that does not split fails before any work
+    threads = max(1, int(os.environ.get("BOB_NUM_THREADS") or os.cpu_count() or 1) // processes)
+    job = {name: p[name] for name in ("seed", "steps", "step_seconds", "batch_size", "state_every_min")}
+    result = train("bobkit.tasks.smoke:train_toy", job, processes, state_dir=p["state_dir"], threads=threads)
+    model = toy_model(p["seed"])
+    model.load_state_dict(result.weights)
+    x, y = toy_data(p["seed"])
+    with torch.no_grad():
+        eval_loss = float(torch.nn.functional.mse_loss(model(x), y))
+    record = result.record
+    return {"train_final_loss": record["losses"][-1], "train_eval_loss": eval_loss,
+            "train_steps_run": float(p["steps"] - record["train_resumed_step"]),
+            "train_resumed_step": record["train_resumed_step"], "train_attempts": record["train_attempts"],
+            "train_steps_redone": record["train_steps_redone"], "train_processes": float(processes)}
 
 
-def progress_path(params: dict[str, Any]) -> Path:
-    """Where a resumable sleep keeps its progress: the cache, keyed by the cell's parameters."""
-    cell = {k: v for k, v in {**PARAMETERS, **params}.items() if k != "output_dir"}  # output_dir: per attempt
-    key = hashlib.sha256(json.dumps(cell, sort_keys=True, default=str).encode()).hexdigest()
-    return cache_dir() / "smoke" / f"{key[:16]}.json"
+# ----------------------------------------------------------------------------------------------------------------
+# The toy training (one job function: the same code in one process or in each data-parallel rank)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def toy_model(seed: int):
+    """A small MLP without BatchNorm (so N ranks at batch k compute what one rank at N*k does)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(TOY_FEATURES, 16), nn.Tanh(), nn.Linear(16, 1))
+
+
+def toy_data(seed: int):
+    """A synthetic regression (inputs, targets) drawn from ``seed``."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(TOY_ITEMS, TOY_FEATURES, generator=generator)
+    w = torch.randn(TOY_FEATURES, 1, generator=generator)
+    return x, torch.tanh(x @ w) + 0.1 * torch.randn(TOY_ITEMS, 1, generator=generator)
+
+
+def toy_batch(step: int, batch: int, seed: int):
+    """The item indices of global batch ``step``: a pure function of (items, batch, step, seed), epoch by epoch."""
+    import numpy as np
+
+    per_epoch = TOY_ITEMS // batch
+    epoch, position = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(TOY_ITEMS)
+    return order[position * batch:(position + 1) * batch]
+
+
+def train_toy(job: Any, world: Any) -> Any:
+    """The toy training job (:func:`bobkit.tasks.distributed.train` runs it): SGD with momentum and a cosine
+    schedule; each rank takes its share of every global batch; the state survives in ``job.state_dir``."""
+    import torch
+
+    from bobkit.tasks.distributed import JobResult, rank_share, wrap_ddp
+    from bobkit.tasks.train_state import TrainState
+
+    p = job.params
+    steps, batch = int(p["steps"]), int(p["batch_size"])
+    x, y = toy_data(p["seed"])
+    model = toy_model(p["seed"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    every = 60.0 * float(p["state_every_min"])
+    with TrainState(job.state_dir, every_seconds=every, world=world) as state:
+        start = state.restore(model, optimizer, scheduler)
+        trained = wrap_ddp(model, world)
+        losses = list(state.extra.get("losses", []))
+        for step in range(start, steps):
+            mine = torch.as_tensor(rank_share(toy_batch(step, batch, p["seed"]), world))
+            loss = torch.nn.functional.mse_loss(trained(x[mine]), y[mine])
+            optimizer.zero_grad()
+            loss.backward()  # DDP averages the ranks' gradients: the gradient of the global batch's mean loss
+            optimizer.step()
+            scheduler.step()
+            losses.append(world.mean(float(loss.detach())))
+            if p["step_seconds"]:
+                time.sleep(float(p["step_seconds"]))
+            state.after_step(step + 1, extra={"losses": losses})
+        state.finish(steps, extra={"losses": losses})
+        summary = state.summary()
+    return JobResult(weights=dict(model.state_dict()), record={"losses": losses, "steps": steps, **summary})

@@ -1,9 +1,7 @@
-"""Pieces the Slurm tests rely on: Slurm durations, job descriptions, a job's verdict after SIGTERM, the resumable
-smoke sleep."""
+"""Pieces the Slurm tests rely on: Slurm durations, job descriptions, a job's verdict after SIGTERM, the script."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
@@ -11,8 +9,6 @@ import pytest
 from slurm_helpers import squeue_state, wait_for
 
 from bobkit.batch.scheduler import JobState, failure_from_state, query, slurm_seconds, termination_cause
-from bobkit.tasks import smoke
-from bobkit.utils.paths import cache_dir
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -28,22 +24,6 @@ def test_job_descriptions_say_requeued_and_reason():
     assert JobState("5_1", "RUNNING", "None").describe() == "RUNNING"
     assert JobState("5_0", "CANCELLED", "None").describe() == "CANCELLED"
     assert JobState("5_0", "PENDING").live and not JobState("5_0", "CANCELLED").live
-
-
-def test_resumable_smoke_sleep_continues_from_saved_progress_and_starts_afresh_when_done():
-    params = {**smoke.PARAMETERS, "mode": "sleep", "sleep_seconds": 1.0, "resumable": True, "value": 11.0}
-    first = smoke.run(**params)
-    assert (first["slept_seconds"], first["resumed_seconds"], first["score"]) == (1.0, 0.0, 11.0)
-    assert not list((cache_dir() / "smoke").glob("*.json"))  # finished: no progress left behind
-    # An interrupted run leaves its progress: the next run does only the rest.
-    interrupted = {**params, "sleep_seconds": 1.5}
-    key_file = smoke.progress_path(interrupted)
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(json.dumps({"slept": 1.0}))
-    resumed = smoke.run(**interrupted)
-    assert (resumed["resumed_seconds"], resumed["slept_seconds"]) == (1.0, 0.5)
-    assert not key_file.exists()
-
 
 
 def test_termination_cause_reads_slurms_verdict_on_a_real_job():
