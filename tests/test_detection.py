@@ -574,8 +574,8 @@ def test_paper_lr_steps_fall_at_epochs_27_and_33_of_36() -> None:
     model = torch.nn.Linear(2, 2)
     for lr_steps in (None, [27, 33]):
         optimizer = make_optimizer(model, lr=1.0, weight_decay=0.0)
-        scheduler = detection.make_scheduler(optimizer, schedule="step", total_steps=36 * 3, steps_per_epoch=3,
-                                             epochs=36, lr_steps=lr_steps, warmup_iters=5)
+        scheduler = detection.make_scheduler(optimizer, schedule="step", epochs=36, steps_per_epoch=3,
+                                             lr_steps=lr_steps, warmup_iters=5)
         lr_at = {}
         for step in range(36 * 3):
             lr_at[step] = optimizer.param_groups[0]["lr"]
@@ -704,14 +704,13 @@ SMALL = dict(epochs=4, lr=2e-3, canvas_size=64, n_train=96, n_val=32, batch_size
 @pytest.mark.slow
 def test_pretrained_beats_random_init_on_offline_scenes(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BOB_CACHE_DIR", str(cache_dir))
-    from bobkit.results.sidecars import split_metrics
     from bobkit.tasks import detection
 
     pretrained = detection.run(backbone=OFFLINE_BACKBONE, protocol="frozen", **SMALL)
     random = detection.run(backbone=OFFLINE_BACKBONE, protocol="random_init", **SMALL)
     for metrics in (pretrained, random):
         assert {"box_ap", "mask_ap", "train_seconds", "eval_seconds"} <= set(metrics)
-        scores, _ = split_metrics(metrics)  # AP scores; timings and peak memory are run descriptors
+        scores = metrics.scores  # AP scores; timings, peak memory and detector_* widths are run descriptors
         assert scores and all(0.0 <= v <= 1.0 for v in scores.values())
     assert pretrained["box_ap"] > random["box_ap"] + 0.05
     assert pretrained["mask_ap"] > random["mask_ap"] + 0.05

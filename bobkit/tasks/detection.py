@@ -406,19 +406,18 @@ def make_scheduler(
     optimizer: torch.optim.Optimizer,
     *,
     schedule: str,
-    total_steps: int,
-    steps_per_epoch: int,
     epochs: int,
+    steps_per_epoch: int,
     lr_steps: Sequence[float] | None = None,
     warmup_iters: int | None = None,
 ):
-    """The per-step scheduler of ``schedule`` (``step`` or ``cosine``) for a run of ``total_steps``.
+    """The per-step scheduler of ``schedule`` (``step`` or ``cosine``) for ``epochs`` of ``steps_per_epoch``.
 
     ``lr_steps`` are epochs (None: :data:`PAPER_LR_STEP_FRACTIONS` of ``epochs``), turned into optimizer steps
     (``round(epoch * steps_per_epoch)``); ``warmup_iters`` is None for :data:`DEFAULT_WARMUP_FRACTION` of the steps
-    (at least one), and at most ``total_steps - 1`` (a run shorter than its warm-up still ends at the full lr).
+    (at least one), and at most the run's steps less one (a run shorter than its warm-up still ends at the full lr).
     """
-    total = max(1, int(total_steps))
+    total = max(1, int(epochs) * int(steps_per_epoch))
     warmup = max(1, round(DEFAULT_WARMUP_FRACTION * total)) if warmup_iters is None else int(warmup_iters)
     warmup = max(0, min(warmup, total - 1))
     if schedule == "cosine":
@@ -455,9 +454,8 @@ def start_training(
     *,
     lr: float,
     weight_decay: float,
-    total_steps: int,
-    steps_per_epoch: int,
     epochs: int,
+    steps_per_epoch: int,
     schedule: str = "cosine",
     lr_steps: Sequence[float] | None = None,
     warmup_iters: int | None = None,
@@ -473,8 +471,8 @@ def start_training(
     device = torch.device(device)
     model.to(device).train()
     optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay, layer_of=layer_of)
-    scheduler = make_scheduler(optimizer, schedule=schedule, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                               epochs=epochs, lr_steps=lr_steps, warmup_iters=warmup_iters)
+    scheduler = make_scheduler(optimizer, schedule=schedule, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                               lr_steps=lr_steps, warmup_iters=warmup_iters)
     # fp16 activations in the trunk can underflow their gradients: scale the loss (a no-op otherwise).
     scaler = torch.amp.GradScaler(device.type, enabled=feature_precision(model) == "fp16")
     return DetectorTraining(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -570,10 +568,9 @@ def train_detector(
         dataset = AugmentedDetection(dataset, transform, seed)
     generator = torch.Generator().manual_seed(seed)
     loader = _loader(dataset, batch_size, ex, shuffle=True, generator=generator)
-    state = start_training(model, lr=lr, weight_decay=weight_decay, total_steps=epochs * len(loader),
-                           steps_per_epoch=len(loader), epochs=epochs, schedule=schedule, lr_steps=lr_steps,
-                           warmup_iters=warmup_iters, layer_decay=layer_decay, layer_of=layer_of, device=ex.device,
-                           max_grad_norm=max_grad_norm)
+    state = start_training(model, lr=lr, weight_decay=weight_decay, epochs=epochs, steps_per_epoch=len(loader),
+                           schedule=schedule, lr_steps=lr_steps, warmup_iters=warmup_iters, layer_decay=layer_decay,
+                           layer_of=layer_of, device=ex.device, max_grad_norm=max_grad_norm)
     epoch_losses: list[float] = []
     for epoch in range(epochs):
         if isinstance(dataset, AugmentedDetection):
