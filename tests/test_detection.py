@@ -596,6 +596,7 @@ def test_schedule_and_augmentation_options_only_where_they_act() -> None:
     with pytest.raises(ParameterError, match="train_scales"):
         detection.validate_params({"train_scales": [64, 96]})
     assert detection.validate_params({"schedule": "step", "epochs": 3, "lr_steps": [1, 2.5]})["lr_steps"] == [1, 2.5]
+    assert detection.validate_params({"schedule": "step", "lr_steps": []})["lr_steps"] == []  # constant after warm-up
 
 
 class _Rectangles(torch.utils.data.Dataset):

@@ -120,7 +120,7 @@ def _check(p: dict[str, Any]) -> None:
         if p["schedule"] != "step":
             raise ParameterError(f"detection parameter lr_steps={steps!r} needs schedule='step' "
                                  f"(schedule={p['schedule']!r} ignores it)")
-        if list(steps) != sorted(steps) or steps[-1] >= p["epochs"]:
+        if steps and (list(steps) != sorted(steps) or steps[-1] >= p["epochs"]):  # []: no decay
             raise ParameterError(f"detection parameter lr_steps={steps!r} must increase and stay below "
                                  f"epochs={p['epochs']!r}")
     if p["train_scales"] is not None and p["augment"] not in ("multiscale", "paper"):
