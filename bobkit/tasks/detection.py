@@ -16,35 +16,48 @@ different dataset than the one trained on (Sim10k -> Cityscapes cars, categories
 come from pycocotools (:mod:`bobkit.eval.coco`), each with a bootstrap standard error over the evaluated images
 (``se/<metric>``, :data:`AP_BOOTSTRAP` resamples).
 
-Training is the shared fine-tuning recipe (:mod:`bobkit.tasks.training`): AdamW, 10% linear warm-up then cosine
-per step (timm's scheduler), and with ``layer_decay`` the trunk's layers at ``lr * layer_decay ** depth`` below
-the FPN and heads. A list of learning rates is a selection: each is trained on 80% of the training images and
-scored (box AP) on the other 20%, the winner is trained again on all of them, and the cell reports its AP on the
-evaluation split with ``selected_lr``.
+Training is AdamW (betas 0.9, 0.999; no weight decay on biases and norms, :func:`bobkit.tasks.training.make_optimizer`)
+with one of two per-step schedules (timm's schedulers, so layer decay's ``lr_scale`` applies): ``step``, the
+paper's (linear warm-up from 0.001 x lr over ``warmup_iters``, then lr x0.1 at each of ``lr_steps``: epochs 27 and
+33 of 36), and ``cosine``, the demo's (linear warm-up from 0 over 10% of the steps, then cosine to 0). With
+``layer_decay`` the trunk's layers train at ``lr * layer_decay ** depth`` below the FPN and heads. ``augment``
+adds the paper's training augmentation (:func:`train_transform`, torchvision transforms v2 on images, boxes and
+masks): DETR-style multi-scale resize and crop for CNNs and Swin, ViTDet's large-scale jitter for plain ViTs
+(``paper`` picks by family); evaluation is at the fixed size. ``heads`` picks the head widths
+(:data:`bobkit.tasks.detector.HEAD_CONFIGS`): ``full`` on real datasets, ``narrow_cpu`` on the offline scenes.
+A list of learning rates is a selection: each is trained on 80% of the training images and scored (box AP) on
+the other 20%, the winner is trained again on all of them, and the cell reports its AP on the evaluation split
+with ``selected_lr``.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torchvision import tv_tensors
 from torchvision.models.detection import FasterRCNN
+from torchvision.transforms import v2
 
 from bobkit.data import scenes
 from bobkit.eval import coco as coco_eval
 from bobkit.features.device import Execution, as_execution, resolve_execution
 from bobkit.tasks import blocks
-from bobkit.tasks.contract import MEMORY_NOTE, Metric, Param, TaskSpec
+from bobkit.tasks.contract import MEMORY_NOTE, Metric, Param, ParameterError, TaskSpec, descriptor
 from bobkit.tasks.detector import (
     COCO_ANCHORS,
+    HEADS,
     PROTOCOLS,
     SCENE_ANCHORS,
     build_detector,
     detector_layer_of,
     feature_precision,
+    head_widths,
+    is_plain_vit,
     prepare_detector,
 )
 from bobkit.tasks.harness import task_entry
@@ -60,8 +73,31 @@ from bobkit.tasks.training import (
 AP_BOOTSTRAP = 200
 #: Datasets this task accepts (besides a folder holding ``instances_{train,val}.json``).
 DATASETS = (*scenes.SCENE_DATASETS, *scenes.REAL_DATASETS)
-#: Detector input short side bound (the paper: 1024 on COCO; the long side is up to 1333/800 of it).
+#: Detector input short side bound (the paper: 800, or 1024 for plain ViTs; the long side is up to 1333/800 of it).
 MAX_DETECTION_SIZE = 2048
+
+# The paper's schedule (hsouri/bob-detection configs: ``lr_config = dict(warmup_iters=1000, step=[27, 33])``,
+# ``max_epochs=36`` over mmdetection 2.x's schedule_1x, whose linear warm-up starts at ``warmup_ratio=0.001``).
+SCHEDULES = ("step", "cosine")
+#: Where the step schedule divides the lr by 10 when ``lr_steps`` is None: the paper's epochs 27 and 33 of 36.
+PAPER_LR_STEP_FRACTIONS = (27 / 36, 33 / 36)
+STEP_DECAY = 0.1
+WARMUP_RATIO = 0.001
+#: Warm-up of either schedule when ``warmup_iters`` is None: this fraction of the optimizer steps.
+DEFAULT_WARMUP_FRACTION = 0.1
+
+# The paper's training augmentation (hsouri/bob-detection configs). CNNs and Swin, "from DETR / Sparse R-CNN":
+# flip, then either a resize of the short side to one of 480..800 (step 32, long side at most 1333) or a resize to
+# 400/500/600, a random 384-600 px crop and the first resize again. Plain ViTs (ViTDet's lsj_coco_instance_r1024):
+# resize to 0.1-2.0 x 1024 (long side), a crop of at most 1024 x 1024 with boxes recomputed from the masks, flip.
+AUGMENTS = ("none", "multiscale", "lsj", "paper")
+REFERENCE_SHORT_SIDE = 800  # multi-scale sizes below are for an 800 px short side; scaled with image_size
+REFERENCE_MAX_SIZE = 1333
+DETR_SCALES = tuple(range(480, 801, 32))
+DETR_CROP_RESIZE = (400, 500, 600)
+DETR_CROP_RANGE = (384, 600)
+LSJ_SCALE_RANGE = (0.1, 2.0)
+LSJ_SIZE = 1024  # the default image_size under large-scale jitter
 
 
 def detection_execution(p: dict[str, Any]) -> Execution:
@@ -77,6 +113,21 @@ def detection_execution(p: dict[str, Any]) -> Execution:
     )
 
 
+def _check(p: dict[str, Any]) -> None:
+    """Rules between parameters: schedule and augmentation options only where they take effect."""
+    steps = p["lr_steps"]
+    if steps is not None:
+        if p["schedule"] != "step":
+            raise ParameterError(f"detection parameter lr_steps={steps!r} needs schedule='step' "
+                                 f"(schedule={p['schedule']!r} ignores it)")
+        if steps and (list(steps) != sorted(steps) or steps[-1] >= p["epochs"]):  # []: no decay
+            raise ParameterError(f"detection parameter lr_steps={steps!r} must increase and stay below "
+                                 f"epochs={p['epochs']!r}")
+    if p["train_scales"] is not None and p["augment"] not in ("multiscale", "paper"):
+        raise ParameterError(f"detection parameter train_scales={p['train_scales']!r} needs augment='multiscale' or "
+                             f"'paper' (augment={p['augment']!r} ignores it)")
+
+
 SPEC = TaskSpec(
     name="detection",
     summary="Detection and instance segmentation: a registry backbone + FPN inside torchvision's Mask R-CNN.",
@@ -90,10 +141,19 @@ SPEC = TaskSpec(
                                    "'sim10k'", blocks.dataset_lookup(DATASETS, registry=False,
                                                                      folder_file="instances_val.json"),
                              name="eval_dataset"),
+        Param("heads", str, None, "head widths: full = the paper's (256-channel FPN, torchvision's default heads), "
+                                  "narrow_cpu = offline scenes on a CPU; None: narrow_cpu on the scenes, full on real "
+                                  "datasets", choices=HEADS),
         Param("epochs", int, 3, "the paper: 36 (Cascade Mask R-CNN, lr swept over 8e-5 .. 3e-4)", low=1, high=1000),
-        Param("lr", float, 2e-3, "AdamW, 10% linear warm-up then cosine; a list: the one with the best box AP on "
-                                 "held-out training images", low=0.0, low_open=True, or_list=True),
-        Param("weight_decay", float, 1e-4, "AdamW weight decay", low=0.0),
+        Param("lr", float, 2e-3, "AdamW peak lr; a list: the one with the best box AP on held-out training images",
+              low=0.0, low_open=True, or_list=True),
+        Param("schedule", str, "cosine", "per-step lr schedule: step = the paper's (warm-up, then x0.1 at lr_steps), "
+                                         "cosine = warm-up, then cosine to 0", choices=SCHEDULES),
+        Param("lr_steps", list, None, "step schedule: epochs after which lr x0.1 (None: at 27/36 and 33/36 of "
+                                      "epochs, the paper's 27 and 33 of 36)", item=float, low=0.0, low_open=True),
+        Param("warmup_iters", int, None, "linear warm-up optimizer steps (the paper: 1000; None: 10% of the steps)",
+              low=0),
+        Param("weight_decay", float, 1e-4, "AdamW weight decay (the paper: 0.05)", low=0.0),
         Param("layer_decay", float, None, "layer-wise lr decay of the trunk, e.g. 0.75; None disables (frozen: "
                                           "the trunk does not train)", low=0.0, low_open=True, high=1.0),
         blocks.batch_size_param(4, doc="images per training step", high=256),
@@ -101,8 +161,15 @@ SPEC = TaskSpec(
               high_note=MEMORY_NOTE),
         blocks.size_param("n_train", 240, "scenes to compose / images to subsample (None: all)"),
         blocks.size_param("n_val", 80, "validation scenes / images (None: all)"),
-        blocks.image_size_param(None, high=MAX_DETECTION_SIZE, doc="detector input short side (None: canvas_size "
-                                                                   "for scenes, 800 for real datasets)"),
+        blocks.image_size_param(None, high=MAX_DETECTION_SIZE, doc="evaluation short side (lsj: long side) (None: "
+                                                                   "canvas_size for scenes, 800 for real datasets, "
+                                                                   "1024 with lsj)"),
+        Param("augment", str, "none", "training augmentation: multiscale = DETR-style resize and crop, lsj = "
+                                      "large-scale jitter, paper = lsj for plain ViTs, multiscale otherwise",
+              choices=AUGMENTS),
+        Param("train_scales", list, None, "multiscale: training short sides (None: 480..800 step 32, scaled by "
+                                          "image_size / 800)", item=int, low=8, high=MAX_DETECTION_SIZE,
+              high_note=MEMORY_NOTE),
         blocks.seed_param(),
         *blocks.device_params(1, "CPU threads (None: $BOB_NUM_THREADS or torch's default; 1 measured fastest on "
                                  "2 shared cores)"),
@@ -118,8 +185,11 @@ SPEC = TaskSpec(
         Metric("mask_ap50", "COCO mask AP at IoU 0.5", n_items="n_test"),
         Metric("mask_ap75", "COCO mask AP at IoU 0.75", n_items="n_test"),
         *blocks.COMMON_DESCRIPTORS,
+        descriptor("detector_*", "what the detector was built and trained with: head widths, evaluation sizes, "
+                                 "augmentation (1.0: on)"),
     ),
     resolve_execution=detection_execution,
+    check=_check,
 )
 # Why one thread: a detection step is many small ops; measured on 2 shared cores, a second thread gave 0.25 s/step
 # against 0.21-0.33 s with one, and 2 s (8x slower) whenever another process held the other core.
@@ -128,7 +198,7 @@ PARAMETERS: dict[str, Any] = SPEC.defaults()
 validate_params = SPEC.validate
 
 
-# --------------------------------------------------------------------------------------------- train / evaluate
+# ------------------------------------------------------------------------------------------------------- loading
 
 
 def _collate(batch: list[Any]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -155,6 +225,286 @@ def _loader(
     )
 
 
+# ------------------------------------------------------------------------------------------------- augmentation
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight ``xyxy`` boxes of instance masks ``(N, H, W)`` in pixel-edge coordinates (a mask covering columns 3..5
+    spans x 3 to 6, as COCO boxes do); an empty mask gets a zero-size box (removed by sanitising)."""
+    n = masks.shape[0]
+    boxes = torch.zeros((n, 4), dtype=torch.float32)
+    rows, cols = masks.any(dim=2), masks.any(dim=1)
+    for k in range(n):
+        ys, xs = torch.nonzero(rows[k]).flatten(), torch.nonzero(cols[k]).flatten()
+        if len(ys):
+            boxes[k] = torch.tensor([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1], dtype=torch.float32)
+    return boxes
+
+
+class RandomSizeCrop(v2.Transform):
+    """A crop of random height and width in ``[low, high]`` px (at most the image's) at a random place:
+    mmdetection's ``RandomCrop(crop_type="absolute_range")``. Boxes are clipped to the crop, or, with
+    ``recompute_boxes`` and instance masks present, replaced by the tight boxes of the cropped masks
+    (mmdetection's ``recompute_bbox``, as ViTDet's pipeline sets it)."""
+
+    def __init__(self, low: int, high: int, *, recompute_boxes: bool = False) -> None:
+        super().__init__()
+        self.low, self.high, self.recompute_boxes = int(low), int(high), recompute_boxes
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        crop_h = int(torch.randint(min(height, self.low), min(height, self.high) + 1, ()))
+        crop_w = int(torch.randint(min(width, self.low), min(width, self.high) + 1, ()))
+        top = int(torch.randint(0, height - crop_h + 1, ()))
+        left = int(torch.randint(0, width - crop_w + 1, ()))
+        params: dict[str, Any] = dict(top=top, left=left, height=crop_h, width=crop_w)
+        masks = [x for x in flat_inputs if isinstance(x, tv_tensors.Mask) and x.ndim == 3]
+        if self.recompute_boxes and masks:
+            params["boxes"] = mask_boxes(masks[0][:, top:top + crop_h, left:left + crop_w])
+        return params
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.BoundingBoxes) and "boxes" in params:
+            return tv_tensors.wrap(params["boxes"].to(inpt.dtype), like=inpt,
+                                   canvas_size=(params["height"], params["width"]))
+        return self._call_kernel(v2.functional.crop, inpt, top=params["top"], left=params["left"],
+                                 height=params["height"], width=params["width"])
+
+
+def resolve_augment(augment: str, backbone: str) -> str:
+    """``paper`` -> the paper's choice for the backbone's family (``lsj`` for plain ViTs, ``multiscale`` for CNNs and
+    Swin); other values unchanged."""
+    if augment != "paper":
+        return augment
+    return "lsj" if is_plain_vit(backbone) else "multiscale"
+
+
+def train_transform(
+    augment: str,
+    image_size: int,
+    *,
+    max_size: int | None = None,
+    train_scales: Sequence[int] | None = None,
+) -> v2.Transform | None:
+    """The training augmentation of ``augment`` (resolved: ``none``, ``multiscale`` or ``lsj``), on an
+    ``(image, target)`` pair of tv_tensors (:class:`AugmentedDetection` wraps a dataset in it).
+
+    Parameters
+    ----------
+    augment : {"none", "multiscale", "lsj"}
+        ``multiscale``: DETR-style (horizontal flip; then, with equal chance, a resize of the short side to one of
+        ``train_scales``, or a resize to one of :data:`DETR_CROP_RESIZE`, a :data:`DETR_CROP_RANGE` crop and the
+        first resize). ``lsj``: large-scale jitter (long side to :data:`LSJ_SCALE_RANGE` x ``image_size``, a crop
+        of at most ``image_size`` square with boxes recomputed from masks, horizontal flip).
+    image_size : int
+        Evaluation short side (multiscale) or square side (lsj); the reference sizes are for 800 px and scale by
+        ``image_size / 800`` (multiscale).
+    max_size : int, optional
+        Long-side cap of the multi-scale resizes (default ``image_size * 1333 / 800``).
+    train_scales : sequence of int, optional
+        Multiscale short sides (default :data:`DETR_SCALES` scaled by ``image_size / 800``).
+
+    Returns
+    -------
+    torchvision.transforms.v2.Transform or None
+        None for ``none``: the detector resizes to the fixed size itself.
+    """
+    if augment == "none":
+        return None
+    sanitize = v2.SanitizeBoundingBoxes()  # drops boxes (with their labels and masks) cut below 1 px
+    if augment == "lsj":
+        return v2.Compose([
+            v2.ScaleJitter((image_size, image_size), scale_range=LSJ_SCALE_RANGE),
+            RandomSizeCrop(image_size, image_size, recompute_boxes=True),
+            v2.RandomHorizontalFlip(0.5),
+            sanitize,
+        ])
+    if augment != "multiscale":
+        raise ValueError(f"augment must be none, multiscale or lsj (resolved), got {augment!r}")
+    ratio = image_size / REFERENCE_SHORT_SIDE
+    scales = list(train_scales) if train_scales else sorted({round(s * ratio) for s in DETR_SCALES})
+    cap = max_size or round(image_size * REFERENCE_MAX_SIZE / REFERENCE_SHORT_SIDE)
+    return v2.Compose([
+        v2.RandomHorizontalFlip(0.5),
+        v2.RandomChoice([
+            v2.RandomShortestSize(scales, max_size=cap),
+            v2.Compose([
+                v2.RandomShortestSize([round(s * ratio) for s in DETR_CROP_RESIZE], max_size=cap),
+                RandomSizeCrop(*(round(s * ratio) for s in DETR_CROP_RANGE)),
+                v2.RandomShortestSize(scales, max_size=cap),
+            ]),
+        ]),
+        sanitize,
+    ])
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of one training item: a pure function of (seed, epoch, item index), so the
+    augmentation does not depend on the loader's worker processes or the order items are fetched in."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class AugmentedDetection(torch.utils.data.Dataset):
+    """A detection dataset with a training transform applied to each ``(image, target)``, seeded per item
+    (:func:`item_seed`; the training loop sets :attr:`epoch` before each epoch's loader starts its workers).
+
+    Targets become tv_tensors for the transform (``boxes`` :class:`~torchvision.tv_tensors.BoundingBoxes` in
+    ``xyxy``, ``masks`` :class:`~torchvision.tv_tensors.Mask`) and plain tensors again afterwards.
+    """
+
+    def __init__(self, base: torch.utils.data.Dataset, transform: Callable[..., Any], seed: int = 0) -> None:
+        self.base, self.transform, self.seed = base, transform, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image, target = self.base[index]
+        height, width = image.shape[-2:]
+        wrapped = dict(target, boxes=tv_tensors.BoundingBoxes(target["boxes"], format="XYXY",
+                                                               canvas_size=(height, width)))
+        if "masks" in target:
+            wrapped["masks"] = tv_tensors.Mask(target["masks"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed(self.seed, self.epoch, index))
+            image, wrapped = self.transform(tv_tensors.Image(image), wrapped)
+        return image.as_subclass(torch.Tensor), {k: v.as_subclass(torch.Tensor) for k, v in wrapped.items()}
+
+
+# ------------------------------------------------------------------------------------------------------ schedule
+
+
+def step_schedule(
+    optimizer: torch.optim.Optimizer,
+    *,
+    milestones: Sequence[int],
+    warmup_steps: int = 0,
+    warmup_ratio: float = WARMUP_RATIO,
+    decay: float = STEP_DECAY,
+):
+    """timm's per-step multi-step schedule, as mmdetection steps it: optimizer step ``s`` runs at
+    ``lr * lr_scale * decay ** (number of milestones <= s)``, and during warm-up (``s < warmup_steps``) at
+    ``lr * lr_scale * (warmup_ratio + (1 - warmup_ratio) * s / warmup_steps)``.
+
+    Call ``scheduler.step_update(s + 1)`` after optimizer step ``s``; the learning rates of step 0 are set here.
+    ``lr_scale`` (layer decay, :func:`bobkit.tasks.training.make_optimizer`) multiplies in as in
+    :func:`bobkit.tasks.training.warmup_cosine`.
+    """
+    from timm.scheduler import MultiStepLRScheduler
+
+    lr = optimizer.defaults["lr"]
+    # timm applies milestone m from step m - 1 (its convention); + 1 makes it from step m, as mmdetection's epochs.
+    scheduler = MultiStepLRScheduler(optimizer, decay_t=[int(m) + 1 for m in sorted(milestones)], decay_rate=decay,
+                                     warmup_t=int(warmup_steps), warmup_lr_init=warmup_ratio * lr,
+                                     warmup_prefix=False, t_in_epochs=False)
+    scheduler.step_update(0)
+    return scheduler
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    schedule: str,
+    epochs: int,
+    steps_per_epoch: int,
+    lr_steps: Sequence[float] | None = None,
+    warmup_iters: int | None = None,
+):
+    """The per-step scheduler of ``schedule`` (``step`` or ``cosine``) for ``epochs`` of ``steps_per_epoch``.
+
+    ``lr_steps`` are epochs (None: :data:`PAPER_LR_STEP_FRACTIONS` of ``epochs``), turned into optimizer steps
+    (``round(epoch * steps_per_epoch)``); ``warmup_iters`` is None for :data:`DEFAULT_WARMUP_FRACTION` of the steps
+    (at least one), and at most the run's steps less one (a run shorter than its warm-up still ends at the full lr).
+    """
+    total = max(1, int(epochs) * int(steps_per_epoch))
+    warmup = max(1, round(DEFAULT_WARMUP_FRACTION * total)) if warmup_iters is None else int(warmup_iters)
+    warmup = max(0, min(warmup, total - 1))
+    if schedule == "cosine":
+        return warmup_cosine(optimizer, total_steps=total, warmup_steps=warmup)
+    if schedule != "step":
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    epochs_at = list(lr_steps) if lr_steps is not None else [f * epochs for f in PAPER_LR_STEP_FRACTIONS]
+    return step_schedule(optimizer, milestones=[round(e * steps_per_epoch) for e in epochs_at],
+                         warmup_steps=warmup)
+
+
+# --------------------------------------------------------------------------------------------- train / evaluate
+
+
+@dataclass
+class DetectorTraining:
+    """Everything a detection training loop carries from one optimizer step to the next.
+
+    ``step`` counts the optimizer steps taken; :func:`training_step` takes the next one.
+    """
+
+    model: FasterRCNN
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    params: list[torch.nn.Parameter]
+    device: torch.device
+    max_grad_norm: float = 10.0
+    step: int = 0
+
+
+def start_training(
+    model: FasterRCNN,
+    *,
+    lr: float,
+    weight_decay: float,
+    epochs: int,
+    steps_per_epoch: int,
+    schedule: str = "cosine",
+    lr_steps: Sequence[float] | None = None,
+    warmup_iters: int | None = None,
+    layer_decay: float | None = None,
+    layer_of: Callable[[str], float] | None = None,
+    device: torch.device | str = "cpu",
+    max_grad_norm: float = 10.0,
+) -> DetectorTraining:
+    """A fresh :class:`DetectorTraining` at step 0: AdamW (:func:`bobkit.tasks.training.make_optimizer`: betas
+    0.9, 0.999, no weight decay on biases and norms, layer decay's ``lr_scale``) and :func:`make_scheduler`."""
+    if layer_decay is not None and layer_of is None:
+        raise ValueError(f"layer_decay={layer_decay!r} needs layer_of (see detector_layer_of)")
+    device = torch.device(device)
+    model.to(device).train()
+    optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay, layer_of=layer_of)
+    scheduler = make_scheduler(optimizer, schedule=schedule, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                               lr_steps=lr_steps, warmup_iters=warmup_iters)
+    # fp16 activations in the trunk can underflow their gradients: scale the loss (a no-op otherwise).
+    scaler = torch.amp.GradScaler(device.type, enabled=feature_precision(model) == "fp16")
+    return DetectorTraining(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                            params=[p for p in model.parameters() if p.requires_grad], device=device,
+                            max_grad_norm=max_grad_norm)
+
+
+def training_step(state: DetectorTraining, images: list[torch.Tensor],
+                  targets: list[dict[str, torch.Tensor]]) -> float:
+    """One optimizer step on one batch (loss, backward, gradient-norm clip, AdamW step, schedule); returns the loss.
+
+    Raises ``FloatingPointError`` when the loss is NaN or infinite, naming the step and the per-head losses.
+    """
+    device = state.device
+    images = [img.to(device, non_blocking=True) for img in images]
+    targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+    losses = state.model(images, targets)
+    loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        raise FloatingPointError(f"non-finite detection loss {loss.item()} at step {state.step}: {parts}")
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    state.scaler.unscale_(state.optimizer)  # clip the true gradients
+    torch.nn.utils.clip_grad_norm_(state.params, state.max_grad_norm)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.step += 1
+    state.scheduler.step_update(state.step)
+    return loss.item()
+
+
 def train_detector(
     model: FasterRCNN,
     dataset: torch.utils.data.Dataset,
@@ -163,13 +513,17 @@ def train_detector(
     lr: float,
     batch_size: int,
     weight_decay: float = 1e-4,
+    schedule: str = "cosine",
+    lr_steps: Sequence[float] | None = None,
+    warmup_iters: int | None = None,
     layer_decay: float | None = None,
     layer_of: Callable[[str], float] | None = None,
+    transform: Callable[..., Any] | None = None,
     seed: int = 0,
     execution: Execution | torch.device | str = "cpu",
     max_grad_norm: float = 10.0,
 ) -> list[float]:
-    """Train with AdamW, linear warm-up (10% of steps) and cosine decay, stepped per optimizer step.
+    """Train with AdamW and a per-step schedule (:func:`start_training`), one :func:`training_step` per batch.
 
     Parameters
     ----------
@@ -179,12 +533,17 @@ def train_detector(
         Yields ``(image, target)`` in torchvision's detection format.
     epochs, lr, batch_size, weight_decay : number
         Optimisation settings (:func:`bobkit.tasks.training.make_optimizer`: no weight decay on biases and norms).
+    schedule, lr_steps, warmup_iters
+        The lr schedule (:func:`make_scheduler`): ``cosine`` (the default) or the paper's ``step``.
     layer_decay : float, optional
         Layer-wise lr decay: parameter ``name`` trains at ``lr * layer_decay ** (top - layer_of(name))``.
     layer_of : callable, optional
         Parameter name -> layer ordinal (:func:`detector_layer_of`); needed with ``layer_decay``.
+    transform : callable, optional
+        Training augmentation (:func:`train_transform`), applied per item with a seed from ``(seed, epoch, item)``
+        (:class:`AugmentedDetection`); build the model with ``resize_in_training=False`` when it resizes.
     seed : int
-        Seeds the shuffling.
+        Seeds the shuffling and the augmentation.
     execution : Execution, torch.device or str
         Where to train, with ``loader_workers`` decoding processes and pinned batches on a GPU (a bare device:
         neither). The autocast precision is the feature network's own (:func:`build_detector`); fp16 adds a
@@ -200,44 +559,23 @@ def train_detector(
     Raises
     ------
     FloatingPointError
-        When a loss is NaN or infinite, naming the epoch and step and the per-head losses.
+        When a loss is NaN or infinite, naming the step and the per-head losses.
     """
     ex = as_execution(execution)
-    device = ex.device
-    model.to(device).train()
     if layer_decay is not None and layer_of is None:
         raise ValueError(f"layer_decay={layer_decay!r} needs layer_of (see detector_layer_of)")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay, layer_of=layer_of)
+    if transform is not None:
+        dataset = AugmentedDetection(dataset, transform, seed)
     generator = torch.Generator().manual_seed(seed)
     loader = _loader(dataset, batch_size, ex, shuffle=True, generator=generator)
-    total = max(1, epochs * len(loader))
-    scheduler = warmup_cosine(optimizer, total_steps=total, warmup_steps=max(1, round(0.1 * total)))
-    # fp16 activations in the trunk can underflow their gradients: scale the loss (a no-op otherwise).
-    scaler = torch.amp.GradScaler(device.type, enabled=feature_precision(model) == "fp16")
+    state = start_training(model, lr=lr, weight_decay=weight_decay, epochs=epochs, steps_per_epoch=len(loader),
+                           schedule=schedule, lr_steps=lr_steps, warmup_iters=warmup_iters, layer_decay=layer_decay,
+                           layer_of=layer_of, device=ex.device, max_grad_norm=max_grad_norm)
     epoch_losses: list[float] = []
-    step = 0
     for epoch in range(epochs):
-        running = []
-        for images, targets in loader:
-            images = [img.to(device, non_blocking=True) for img in images]
-            targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-            losses = model(images, targets)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                raise FloatingPointError(
-                    f"non-finite detection loss {loss.item()} at step {step} (epoch {epoch}): {parts}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip the true gradients
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            scheduler.step_update(step)
-            running.append(loss.item())
+        if isinstance(dataset, AugmentedDetection):
+            dataset.epoch = epoch  # before the loader's workers copy the dataset
+        running = [training_step(state, images, targets) for images, targets in loader]
         epoch_losses.append(float(np.mean(running)) if running else float("nan"))
     return epoch_losses
 
@@ -330,6 +668,46 @@ def load_datasets(
     return train, val
 
 
+@dataclass(frozen=True)
+class DetectorSetup:
+    """What a cell's detector is built and trained with, resolved from its parameters (:func:`detector_setup`)."""
+
+    heads: str
+    image_size: int
+    max_size: int
+    anchors: tuple[float, ...]
+    augment: str  # resolved: none | multiscale | lsj
+
+    def as_metrics(self) -> dict[str, float]:
+        """Run descriptors (``detector_*``; the head widths come from the built model, :func:`head_widths`)."""
+        return {"detector_image_size": float(self.image_size), "detector_max_size": float(self.max_size),
+                "detector_narrow_heads": float(self.heads == "narrow_cpu"),
+                "detector_multiscale": float(self.augment == "multiscale"),
+                "detector_lsj": float(self.augment == "lsj")}
+
+
+def detector_setup(p: dict[str, Any]) -> DetectorSetup:
+    """Heads, evaluation sizes, anchors and augmentation of a cell with (validated) parameters ``p``.
+
+    * ``heads`` None: ``narrow_cpu`` on the offline scenes, ``full`` on real datasets. Narrow heads on a real
+      dataset run only when asked for by name (a CPU rehearsal; never the paper's detector).
+    * ``augment`` ``paper``: ``lsj`` for plain ViTs, ``multiscale`` otherwise (:func:`resolve_augment`).
+    * ``image_size`` None: ``canvas_size`` on the scenes; else 1024 with ``lsj`` (ViTDet), 800 otherwise.
+    * Long-side cap: the square canvas on the scenes; ``image_size`` with ``lsj`` (the image fits a square, as
+      ViTDet tests at 1024 x 1024); else ``image_size * 1333 / 800`` (mmdetection's 1333 x 800).
+    * Anchors: the scenes' scale with the canvas; real datasets use mmdetection's 32-512 px.
+    """
+    offline = p["dataset"] in scenes.SCENE_DATASETS
+    heads = p["heads"] or ("narrow_cpu" if offline else "full")
+    augment = resolve_augment(p["augment"], p["backbone"])
+    if offline:
+        size = int(p["image_size"] or p["canvas_size"])
+        return DetectorSetup(heads, size, size, tuple(a * size / 128 for a in SCENE_ANCHORS), augment)
+    size = int(p["image_size"] or (LSJ_SIZE if augment == "lsj" else REFERENCE_SHORT_SIDE))
+    max_size = size if augment == "lsj" else round(size * REFERENCE_MAX_SIZE / REFERENCE_SHORT_SIDE)
+    return DetectorSetup(heads, size, max_size, tuple(float(a) for a in COCO_ANCHORS), augment)
+
+
 @task_entry(SPEC)
 def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
     """Train Mask R-CNN on ``dataset`` with ``backbone`` under ``protocol``; return COCO box and mask AP.
@@ -337,8 +715,9 @@ def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
     Protocols: see the module docstring. ``dataset`` is ``"fmnist_scenes"`` (offline, composed on first use and
     cached), a manifest COCO-format dataset (:data:`bobkit.data.scenes.REAL_DATASETS`) or a folder with
     ``instances_{train,val}.json``; ``eval_dataset`` evaluates on another dataset's validation split (domain
-    shift). AdamW with 10% linear warm-up then cosine decay, the trunk's layers at ``lr * layer_decay ** depth``
-    with ``layer_decay``; a list of ``lr`` is a selection on a held-out 20% of the training images. The trunk and
+    shift). Heads, sizes and augmentation as :func:`detector_setup` resolves them; AdamW with the ``schedule``
+    (:func:`make_scheduler`), the trunk's layers at ``lr * layer_decay ** depth`` with ``layer_decay``; a list of
+    ``lr`` is a selection on a held-out 20% of the training images. The trunk and
     FPN autocast to ``precision``; the RPN and RoI heads always run in fp32 (see
     :class:`~bobkit.tasks.detector.TimmFPN`); ``channels_last=None`` (auto) is off here (not measured for
     detection); gradient checkpointing stays off for ``frozen`` (no backward through the trunk). With
@@ -346,8 +725,9 @@ def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
 
     Returns ``box_ap, box_ap50, box_ap75, mask_ap, mask_ap50, mask_ap75`` (0-1, pycocotools; no mask AP for
     box-only datasets) with their bootstrap standard errors ``se/<metric>``, ``n_train``, ``n_test`` (validation
-    images), ``selected_lr`` when ``lr`` is a list, ``train_seconds``, ``eval_seconds`` and the execution settings
-    (``exec_*``). Raises ``FloatingPointError`` on a non-finite training loss (named by step).
+    images), ``selected_lr`` when ``lr`` is a list, what the detector was built with (``detector_*``: head widths,
+    evaluation sizes, augmentation), ``train_seconds``, ``eval_seconds`` and the execution settings (``exec_*``).
+    Raises ``FloatingPointError`` on a non-finite training loss (named by step).
     """
     backbone, protocol, seed, batch_size = p["backbone"], p["protocol"], p["seed"], p["batch_size"]
     layer_decay, rates = p["layer_decay"], learning_rates(p["lr"])
@@ -355,24 +735,22 @@ def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
         p["dataset"], eval_dataset=p["eval_dataset"], n_train=p["n_train"], n_val=p["n_val"],
         canvas_size=p["canvas_size"], seed=seed,
     )
-    offline = p["dataset"] in scenes.SCENE_DATASETS
-    size = int(p["image_size"] or (p["canvas_size"] if offline else 800))
-    if offline:
-        anchors = tuple(a * size / 128 for a in SCENE_ANCHORS)
-        max_size = size
-    else:
-        anchors = tuple(a * size / 800 for a in COCO_ANCHORS)
-        max_size = round(size * 1333 / 800)
+    setup = detector_setup(p)
+    transform = train_transform(setup.augment, setup.image_size, max_size=setup.max_size,
+                                train_scales=p["train_scales"])
 
     def trained(images: scenes.CocoDataset, rate: float) -> FasterRCNN:
         """A fresh detector (same seed) trained on ``images`` at ``rate``."""
-        model = build_detector(backbone, protocol, len(train.category_names), image_size=size, anchor_sizes=anchors,
-                               max_size=max_size, seed=seed, masks=train.has_masks, precision=ex.precision)
+        model = build_detector(backbone, protocol, len(train.category_names), heads=setup.heads,
+                               image_size=setup.image_size, anchor_sizes=setup.anchors, max_size=setup.max_size,
+                               seed=seed, masks=train.has_masks, precision=ex.precision,
+                               resize_in_training=transform is None)
         layer_of = detector_layer_of(model, backbone) if layer_decay is not None else None
         prepare_detector(model, ex)
         train_detector(model, images, epochs=p["epochs"], lr=rate, batch_size=batch_size,
-                       weight_decay=p["weight_decay"], layer_decay=layer_decay, layer_of=layer_of, seed=seed,
-                       execution=ex)
+                       weight_decay=p["weight_decay"], schedule=p["schedule"], lr_steps=p["lr_steps"],
+                       warmup_iters=p["warmup_iters"], layer_decay=layer_decay, layer_of=layer_of,
+                       transform=transform, seed=seed, execution=ex)
         return model
 
     start = time.perf_counter()
@@ -409,4 +787,5 @@ def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
         from bobkit.utils.files import write_json
 
         write_json(Path(p["output_dir"]) / "detections_val.json", predictions)
-    return {**metrics, "train_seconds": train_seconds, "eval_seconds": eval_seconds, **ex.as_metrics()}
+    return {**metrics, **head_widths(model), **setup.as_metrics(), "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds, **ex.as_metrics()}

@@ -2,13 +2,16 @@
 
 The trunk is the registry's timm ``features_only`` model (:func:`create_body`); :class:`TimmFPN` turns its outputs
 into a feature pyramid (plain ViTs get a parameter-free simple pyramid, :func:`plan_levels`); the heads are
-torchvision's, narrowed for CPU training on small images (:func:`build_detector`). :func:`prepare_detector`
-applies the run's execution settings, :func:`detector_layer_of` gives layer-wise lr decay its depths.
+torchvision's (:func:`build_detector`), at one of two widths (:data:`HEAD_CONFIGS`): ``full``, the widths of the
+paper's detectors (256-channel FPN, torchvision's default RPN, box and mask heads), for real datasets; and
+``narrow_cpu``, narrowed for CPU training on the offline scenes. :func:`prepare_detector` applies the run's
+execution settings, :func:`detector_layer_of` gives layer-wise lr decay its depths.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -27,14 +30,41 @@ from bobkit.tasks.training import trunk_layer_of
 PROTOCOLS = ("finetune", "frozen", "random_init")
 
 #: Anchor sizes (one per pyramid level, 4 FPN levels + max-pool) for 28-56 px items on a 128 px canvas; scaled with
-#: the input size. Real datasets use torchvision's COCO anchors at an 800 px short side.
+#: the input size. Real datasets use the paper's (mmdetection's) anchors: 8 x the level's stride, 32-512 px, at any
+#: input size (multi-scale training varies it).
 SCENE_ANCHORS = (12, 24, 40, 64, 96)
 COCO_ANCHORS = (32, 64, 128, 256, 512)
-FPN_CHANNELS = 64
-#: Head widths. With torchvision's defaults (1024-wide box MLP, four 256-channel mask convs) the mask convolutions
-#: were most of a profiled CPU step on the scenes; these narrower heads cut that step's CPU time by about 45%.
-BOX_HEAD_WIDTH = 256
-MASK_HEAD_WIDTH = 64
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Widths and sampling of the FPN, RPN and RoI heads (see :data:`HEAD_CONFIGS`)."""
+
+    fpn_channels: int
+    box_head_width: int  # TwoMLPHead's representation size
+    mask_head_width: int  # channels of each of the four mask convolutions
+    roi_sampling_ratio: int  # RoIAlign samples per bin and axis
+    box_batch_size_per_image: int  # RoIs sampled per image for the box loss
+    rpn_pre_nms_top_n_train: int
+    rpn_post_nms_top_n_train: int
+    rpn_pre_nms_top_n_test: int
+    rpn_post_nms_top_n_test: int
+
+
+#: ``full``: torchvision's Mask R-CNN defaults, the widths of the paper's detectors (256-channel FPN, 1024-wide box
+#: MLP, four 256-channel mask convolutions, 512 sampled RoIs, 2000/1000 proposals). ``narrow_cpu``: for CPU training
+#: on the offline scenes only; with the full widths the mask convolutions were most of a profiled CPU step on the
+#: scenes, and these heads (plus one RoIAlign sample per bin and 64 RoIs per image: RoIAlign's backward dominates a
+#: CPU step, DESIGN 8) cut that step's CPU time by about 45%.
+HEAD_CONFIGS: dict[str, HeadConfig] = {
+    "full": HeadConfig(fpn_channels=256, box_head_width=1024, mask_head_width=256, roi_sampling_ratio=2,
+                       box_batch_size_per_image=512, rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=2000,
+                       rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000),
+    "narrow_cpu": HeadConfig(fpn_channels=64, box_head_width=256, mask_head_width=64, roi_sampling_ratio=1,
+                             box_batch_size_per_image=64, rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
+                             rpn_pre_nms_top_n_test=500, rpn_post_nms_top_n_test=300),
+}
+HEADS = tuple(HEAD_CONFIGS)
 
 
 # ------------------------------------------------------------------------------------------------------- trunk
@@ -150,7 +180,7 @@ class TimmFPN(nn.Module):
         body: nn.Module,
         scales: Sequence[float],
         *,
-        out_channels: int = FPN_CHANNELS,
+        out_channels: int = 256,
         frozen: bool = False,
         freeze_bn: bool = True,
         precision: str = "fp32",
@@ -205,19 +235,27 @@ class TimmFPN(nn.Module):
         return self.fpn(pyramid)
 
 
+def is_plain_vit(backbone: str) -> bool:
+    """Whether the registry backbone is a plain (single-stride) ViT: the paper trains those ViTDet-style (simple
+    pyramid, large-scale jitter at 1024 px) and hierarchical nets (CNNs, Swin) with DETR-style multi-scale crops."""
+    return len(set(_all_reductions(_timm_arch(backbone)))) == 1
+
+
 def build_detector(
     backbone: str,
     protocol: str,
     num_classes: int,
     *,
     image_size: int,
+    heads: str = "full",
     anchor_sizes: Sequence[float] = SCENE_ANCHORS,
     max_size: int | None = None,
     seed: int = 0,
     masks: bool = True,
     precision: str = "fp32",
+    resize_in_training: bool = True,
 ) -> FasterRCNN:
-    """Mask R-CNN over a registry backbone, sized for CPU training on small images.
+    """Mask R-CNN over a registry backbone.
 
     Parameters
     ----------
@@ -229,6 +267,9 @@ def build_detector(
         Object classes, without background.
     image_size : int
         Short side the detector resizes inputs to.
+    heads : {"full", "narrow_cpu"}
+        Head widths (:data:`HEAD_CONFIGS`): ``full`` as the paper's detectors; ``narrow_cpu``, for the offline
+        scenes on a CPU, only when named.
     anchor_sizes : sequence of float
         One anchor size per pyramid level (5 levels), three aspect ratios each.
     max_size : int, optional
@@ -239,6 +280,10 @@ def build_detector(
         False builds the same detector without a mask head (Faster R-CNN) for box-only datasets.
     precision : {"fp32", "bf16", "fp16"}
         Autocast precision of the feature network (body + FPN); the heads stay fp32 (see :class:`TimmFPN`).
+    resize_in_training : bool
+        False when the training data pipeline has resized the images already (multi-scale or large-scale jitter,
+        :func:`bobkit.tasks.detection.train_transform`): the detector then only normalises and pads training
+        images; evaluation images are always resized to ``image_size`` / ``max_size``.
 
     Returns
     -------
@@ -246,44 +291,61 @@ def build_detector(
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if heads not in HEAD_CONFIGS:
+        raise ValueError(f"heads must be one of {', '.join(HEADS)}, got {heads!r}")
     from bobkit import backbones
 
+    cfg = HEAD_CONFIGS[heads]
     out_indices, scales = plan_levels(_all_reductions(_timm_arch(backbone)))
     body = create_body(backbone, protocol, out_indices=out_indices, image_size=image_size, seed=seed)
     config = backbones.data_config(backbone, image_size=image_size)
     torch.manual_seed(seed)  # the heads: same initialisation for every protocol at a given seed
-    feature_net = TimmFPN(body, scales, frozen=protocol == "frozen", freeze_bn=protocol != "random_init",
-                          precision=precision)
+    feature_net = TimmFPN(body, scales, out_channels=cfg.fpn_channels, frozen=protocol == "frozen",
+                          freeze_bn=protocol != "random_init", precision=precision)
     levels = [str(k) for k in range(len(out_indices))]
     anchors = AnchorGenerator(
         sizes=tuple((float(s),) for s in anchor_sizes), aspect_ratios=((0.5, 1.0, 2.0),) * len(anchor_sizes)
     )
     common: dict[str, Any] = dict(
         num_classes=None,  # given by the predictors
-        box_head=TwoMLPHead(FPN_CHANNELS * 7 * 7, BOX_HEAD_WIDTH),
-        box_predictor=FastRCNNPredictor(BOX_HEAD_WIDTH, num_classes + 1),
+        box_head=TwoMLPHead(cfg.fpn_channels * 7 * 7, cfg.box_head_width),
+        box_predictor=FastRCNNPredictor(cfg.box_head_width, num_classes + 1),
         min_size=image_size,
         max_size=max_size or image_size,
         image_mean=list(config["mean"]),
         image_std=list(config["std"]),
         rpn_anchor_generator=anchors,
-        # RoIAlign's backward dominates a CPU step: one sample per bin and 64 RoIs per image halve it (DESIGN 8).
-        box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=1),
-        box_batch_size_per_image=64,
-        rpn_pre_nms_top_n_train=1000,
-        rpn_post_nms_top_n_train=500,
-        rpn_pre_nms_top_n_test=500,
-        rpn_post_nms_top_n_test=300,
+        box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=cfg.roi_sampling_ratio),
+        box_batch_size_per_image=cfg.box_batch_size_per_image,
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        # torchvision's own switch for data pipelines that resize (its detection references use it for LSJ and
+        # multi-scale training); evaluation still resizes.
+        _skip_resize=not resize_in_training,
     )
     if not masks:
         return FasterRCNN(feature_net, **common)
     return MaskRCNN(
         feature_net,
-        mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=1),
-        mask_head=MaskRCNNHeads(FPN_CHANNELS, (MASK_HEAD_WIDTH,) * 4, 1),
-        mask_predictor=MaskRCNNPredictor(MASK_HEAD_WIDTH, MASK_HEAD_WIDTH, num_classes + 1),
+        mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=cfg.roi_sampling_ratio),
+        mask_head=MaskRCNNHeads(cfg.fpn_channels, (cfg.mask_head_width,) * 4, 1),
+        mask_predictor=MaskRCNNPredictor(cfg.mask_head_width, cfg.mask_head_width, num_classes + 1),
         **common,
     )
+
+
+def head_widths(model: FasterRCNN) -> dict[str, float]:
+    """The widths the detector was built with, read from its modules (run descriptors ``detector_*``)."""
+    widths = {
+        "detector_fpn_channels": float(model.backbone.out_channels),
+        "detector_box_head_width": float(model.roi_heads.box_head.fc7.out_features),
+    }
+    mask_head = model.roi_heads.mask_head
+    if mask_head is not None:
+        widths["detector_mask_head_width"] = float(mask_head[0][0].out_channels)
+    return widths
 
 
 def feature_precision(model: FasterRCNN) -> str:
