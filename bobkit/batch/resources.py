@@ -34,6 +34,10 @@ NUMBER_RULES: dict[str, NumberRule] = {
     "cpus": NumberRule(low=1, high=1024, integer=True),
     "mem_gb": NumberRule(low=0.001, high=16384, integer=False),
     "slurm_array_parallelism": NumberRule(low=1, high=100_000, integer=True),
+    "processes": NumberRule(low=1, high=64, integer=True),
+    "max_requeues": NumberRule(low=0, high=1000, integer=True),
+    "job_margin_min": NumberRule(low=0, high=60, integer=False),
+    "signal_delay_s": NumberRule(low=10, high=3600, integer=True),
 }
 NAME_KEYS = frozenset({"partition"})
 # Keys that may be left empty (``partition:`` in YAML is null): the cluster's default applies.

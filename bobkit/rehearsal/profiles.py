@@ -3,16 +3,23 @@
 :func:`profile` builds the architecture with shapes only and runs one forward and backward pass on a meta batch:
 ``torch.utils.flop_counter.FlopCounterMode`` counts the forward FLOPs (2 per multiply-add), a saved-tensors hook
 sums the activations kept for the backward pass, forward hooks find the largest activation; the parameter count
-and feature width come from the model. Detection profiles are the trunk + FPN of the task's own detector at the
-padded input its transform makes of a typical image. Profiles are kept in ``cache_dir()/plan/profiles.json``
-(keyed by architecture, geometry and library versions): counting ViT-L at 1024 px takes seconds, once.
+and feature width come from the model. A second pass with the model's own gradient checkpointing on (timm's
+``set_grad_checkpointing``, as the tasks turn it on) counts what checkpointing keeps: each checkpointed segment's
+inputs, the activations outside the segments, and the largest segment's activations (recomputed during its
+backward pass). A third pass with frozen weights and an input that requires its gradient counts what an attack
+keeps (no weight gradients: a layer whose weight is frozen keeps less). Detection profiles are the trunk + FPN of the task's own detector at the padded input its
+transform makes of a typical image. Profiles are kept in ``cache_dir()/plan/profiles.json`` (keyed by
+architecture, geometry, library versions and the code that counts them): counting ViT-L at 1024 px takes
+seconds, once.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -44,6 +51,13 @@ class Profile:
         MiB of the largest single activation, per image, in fp32 (what an inference pass holds at its peak, twice).
     height, width
         The input the profile was counted at.
+    checkpointed_mb
+        MiB per image, in fp32, that training holds for the backward pass with gradient checkpointing on: the
+        segments' inputs and the activations outside them, plus the largest segment's own (its recomputation).
+        Equal to ``saved_mb`` for a model whose checkpointing checkpoints nothing.
+    input_grad_mb
+        MiB per image, in fp32, kept for the gradient with respect to the input with the weights frozen (what an
+        attack holds). Equal to ``saved_mb`` for detection trunks (not attacked).
     """
 
     gflops: float
@@ -53,12 +67,24 @@ class Profile:
     peak_activation_mb: float
     height: int
     width: int
+    checkpointed_mb: float
+    input_grad_mb: float
 
 
+@functools.cache
 def _versions() -> str:
+    """Library versions and the counting code (this module and the detector it builds), which decide a profile."""
+    import hashlib
+
     import timm
 
-    return f"torch {torch.__version__.split('+')[0]}, timm {timm.__version__}"
+    from bobkit.tasks import detector
+
+    code = hashlib.sha256()
+    for source in (__file__, detector.__file__):
+        with open(source, "rb") as handle:
+            code.update(handle.read())
+    return f"torch {torch.__version__.split('+')[0]}, timm {timm.__version__}, code {code.hexdigest()[:12]}"
 
 
 class _FusedAttention(torch.autograd.Function):
@@ -87,26 +113,79 @@ def _fused_attention(counted: list[float]) -> Any:
     return attention
 
 
-def _count(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, float, float, torch.Tensor]:
-    """Forward FLOPs, saved bytes and largest activation bytes of ``model(x)`` (train mode), and its output."""
+class _SavedBytes:
+    """Bytes the autograd graph keeps for the backward pass, as a saved-tensors hook sees them.
+
+    A tensor saved by several operations is held once; a view holds its base's memory. Inside a checkpointed
+    segment (:meth:`checkpoint`, standing in for ``torch.utils.checkpoint.checkpoint``) the saves are the
+    segment's own: checkpointing frees them after its forward pass and keeps the segment's inputs instead.
+    """
+
+    def __init__(self, weights: set[int] | None = None) -> None:
+        self.levels: list[dict[int, torch.Tensor]] = [{}]  # the graph outside any segment, then nested segments
+        self.segments: list[float] = []  # bytes saved inside each checkpointed segment (its recomputation)
+        self.weights = weights or set()  # ids of parameters and buffers: counted with the parameters
+
+    def _base(self, t: torch.Tensor) -> torch.Tensor | None:
+        base = t._base if t._base is not None else t
+        if id(base) in self.weights or (base.is_leaf and base.requires_grad):
+            return None  # a weight (or the input batch itself)
+        return base
+
+    def _keep(self, t: Any) -> None:
+        base = self._base(t) if isinstance(t, torch.Tensor) else None
+        if base is not None:
+            self.levels[-1].setdefault(id(base), base)
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        self._keep(t)
+        return t
+
+    @property
+    def outside(self) -> float:
+        """Bytes kept outside every checkpointed segment (segment inputs included)."""
+        return float(sum(t.numel() * t.element_size() for t in self.levels[0].values()))
+
+    def checkpoint(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``function(*args)`` as a checkpointed segment; ``torch.utils.checkpoint``'s options are ignored."""
+        options = {"use_reentrant", "preserve_rng_state", "context_fn", "determinism_check", "debug"}
+        self.levels.append({})
+        try:
+            out = function(*args, **{k: v for k, v in kwargs.items() if k not in options})
+        finally:
+            inner = self.levels.pop()
+        self.segments.append(float(sum(t.numel() * t.element_size() for t in inner.values())))
+        for arg in args:
+            self._keep(arg)
+        return out
+
+
+def _checkpoint_aliases() -> list[tuple[Any, str]]:
+    """(module, attribute) of every loaded module that holds torch's ``checkpoint`` function (timm calls it as
+    ``torch.utils.checkpoint.checkpoint``; open_clip imported the name)."""
+    import sys
+
+    import torch.utils.checkpoint as torch_checkpoint
+
+    original = torch_checkpoint.checkpoint
+    return [(module, "checkpoint") for module in list(sys.modules.values())
+            if module is not None and getattr(module, "checkpoint", None) is original]
+
+
+def _count(model: torch.nn.Module, x: torch.Tensor, saved: _SavedBytes | None = None,
+           flops: bool = True) -> tuple[float, float, float, torch.Tensor]:
+    """Forward FLOPs, saved bytes and largest activation bytes of ``model(x)`` (train mode), and its output.
+
+    ``flops=False`` counts no FLOPs (0): the FLOP counter's dispatch is most of a count's time.
+    """
+    from contextlib import nullcontext
     from unittest import mock
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    saved = [0]
+    saved = saved or _SavedBytes()
     largest = [0]
     attention_flops = [0.0]
-
-    kept: dict[int, torch.Tensor] = {}  # a tensor saved by several operations is held once
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        base = t._base if t._base is not None else t  # a view holds its base's memory, once
-        if base.is_leaf and base.requires_grad:
-            return t  # a weight, counted with the parameters
-        if id(base) not in kept:
-            kept[id(base)] = base
-            saved[0] += base.numel() * base.element_size()
-        return t
 
     def hook(_module: Any, _inputs: Any, output: Any) -> None:
         for t in output if isinstance(output, (list, tuple)) else [output]:
@@ -116,40 +195,78 @@ def _count(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, float, float
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     fused = mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", _fused_attention(attention_flops))
     try:
-        with fused, FlopCounterMode(display=False) as counter, torch.autograd.graph.saved_tensors_hooks(
-                pack, lambda t: t):
+        counter = FlopCounterMode(display=False) if flops else None
+        with fused, counter or nullcontext(), torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
             out = model(x)
-        flops = counter.get_total_flops() + attention_flops[0]
+        total = counter.get_total_flops() + attention_flops[0] if counter is not None else 0.0
     finally:
         for handle in handles:
             handle.remove()
-    return flops, saved[0], largest[0], out
+    return total, saved.outside, largest[0], out
+
+
+def _checkpointed_bytes(model: torch.nn.Module, x: torch.Tensor, enable: Callable[[torch.nn.Module], None]) -> float:
+    """Bytes training holds for the backward pass of ``model(x)`` with gradient checkpointing turned on by
+    ``enable(model)``: everything kept outside the checkpointed segments plus the largest segment's own saves."""
+    from contextlib import ExitStack
+    from unittest import mock
+
+    saved = _SavedBytes()
+    enable(model)
+    with ExitStack() as stack:
+        for module, name in _checkpoint_aliases():
+            stack.enter_context(mock.patch.object(module, name, saved.checkpoint))
+        _count(model, x, saved, flops=False)
+    return saved.outside + max(saved.segments, default=0.0)
+
+
+def _enable_checkpointing(model: torch.nn.Module, enable: bool = True) -> None:
+    if hasattr(model, "set_grad_checkpointing"):
+        model.set_grad_checkpointing(enable)
+
+
+def _input_gradient_bytes(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Bytes kept for the gradient of ``model(x)`` with respect to ``x`` with every weight frozen."""
+    model.requires_grad_(False)
+    weights = {id(t) for t in [*model.parameters(), *model.buffers()]}
+    _, saved, _, _ = _count(model, x.detach().requires_grad_(True), _SavedBytes(weights), flops=False)
+    return saved
 
 
 def _classifier_profile(backbone: str, image_size: int) -> Profile:
     with META:
         model = backbones.create_model(backbone, num_classes=0, image_size=image_size, pretrained=False)
     x = torch.empty(PROFILE_BATCH, 3, image_size, image_size, device=META)
-    flops, saved, largest, out = (v / PROFILE_BATCH if i < 3 else v for i, v in enumerate(_count(model.train(), x)))
+    flops, saved, largest, out = _count(model.train(), x)
+    checkpointed = _checkpointed_bytes(model, x, _enable_checkpointing)
+    _enable_checkpointing(model, False)
     params = sum(p.numel() for p in model.parameters())
-    return Profile(flops / 1e9, params, int(out.shape[-1]), saved / 2**20, largest / 2**20, image_size, image_size)
+    attacked = _input_gradient_bytes(model, x)
+    per_image_mb = [v / PROFILE_BATCH / 2**20 for v in (saved, largest, checkpointed, attacked)]
+    return Profile(flops / PROFILE_BATCH / 1e9, params, int(out.shape[-1]), per_image_mb[0], per_image_mb[1],
+                   image_size, image_size, per_image_mb[2], per_image_mb[3])
 
 
 def _detection_profile(backbone: str, image_size: int, max_size: int, shape: tuple[int, int]) -> Profile:
-    from bobkit.tasks.detector import build_detector
+    from bobkit.tasks.detector import build_detector, set_body_grad_checkpointing
 
     with META:
         model = build_detector(backbone, "random_init", 2, image_size=image_size, max_size=max_size)
     images, _ = model.transform([torch.empty(3, shape[1], shape[0], device=META)])
     trunk = model.backbone.train()
     flops, saved, largest, _ = _count(trunk, images.tensors)
+    try:
+        checkpointed = _checkpointed_bytes(trunk, images.tensors, lambda _: set_body_grad_checkpointing(trunk.body))
+    except ValueError:  # a trunk without checkpointing: the task refuses grad_checkpointing, nothing is saved
+        checkpointed = saved
     params = sum(p.numel() for p in trunk.parameters())
     height, width = images.tensors.shape[-2:]
-    return Profile(flops / 1e9, params, 0, saved / 2**20, largest / 2**20, int(height), int(width))
+    return Profile(flops / 1e9, params, 0, saved / 2**20, largest / 2**20, int(height), int(width),
+                   checkpointed / 2**20, saved / 2**20)
 
 
 def profile_key(backbone: str, image_size: int, detection: tuple[int, tuple[int, int]] | None = None) -> str:
-    """Cache key: architecture, geometry, (detection: long-side cap and image shape), library versions."""
+    """Cache key: architecture, geometry, (detection: long-side cap and image shape), library and code versions."""
     from bobkit.rehearsal.groups import architecture
 
     where = f"@{image_size}"
@@ -159,8 +276,11 @@ def profile_key(backbone: str, image_size: int, detection: tuple[int, tuple[int,
     return f"{architecture(backbone)}{where} ({_versions()})"
 
 
-def _stored() -> dict[str, Any]:
-    path = paths.cache_dir() / "plan" / PROFILES_FILE
+#: Profiles read or counted in this process, by (cache folder, key): a plan asks for the same few thousand times.
+_MEMO: dict[tuple[str, str], Profile] = {}
+
+
+def _stored(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -170,18 +290,27 @@ def _stored() -> dict[str, Any]:
 
 def profile(backbone: str, image_size: int, detection: tuple[int, tuple[int, int]] | None = None) -> Profile:
     """The per-image profile of ``backbone``'s architecture at ``image_size`` (classifier features), or of its
-    detection trunk + FPN when ``detection=(max_size, (width, height) of a typical image)``; cached on disk."""
+    detection trunk + FPN when ``detection=(max_size, (width, height) of a typical image)``; cached on disk
+    (entries of other library or code versions are dropped when the file is written)."""
     key = profile_key(backbone, image_size, detection)
-    stored = _stored()
+    path = paths.cache_dir() / "plan" / PROFILES_FILE
+    memo_key = (str(path), key)
+    if memo_key in _MEMO:
+        return _MEMO[memo_key]
+    stored = _stored(path)
     if key in stored:
-        return Profile(**stored[key])
+        _MEMO[memo_key] = Profile(**stored[key])
+        return _MEMO[memo_key]
     if detection is None:
         result = _classifier_profile(backbone, image_size)
     else:
         result = _detection_profile(backbone, image_size, *detection)
+    current = f"({_versions()})"
+    stored = {k: v for k, v in stored.items() if k.endswith(current)}
     stored[key] = asdict(result)
     try:
-        write_json(paths.cache_dir() / "plan" / PROFILES_FILE, stored)
+        write_json(path, stored)
     except OSError:
         pass  # a read-only cache only costs counting again next time
+    _MEMO[memo_key] = result
     return result
