@@ -6,9 +6,10 @@ A cell's work (:class:`bobkit.rehearsal.plan.CellCost`) is placed on its resourc
 
 =====================  ==========================================================================================
 training               fine-tuning and detector training run on every process of the cell (DDP): device seconds
-                       / (processes x :data:`DATA_PARALLEL_EFFICIENCY`); with gradient checkpointing one more
-                       forward pass per training image; state saved every :data:`STATE_SAVE_INTERVAL_S` and on the
-                       time-limit signal, so training resumes across requeues
+                       / (processes x :data:`DATA_PARALLEL_EFFICIENCY`); with gradient checkpointing x the device
+                       table's measured ``checkpoint_slowdown`` (else one more forward pass per image); state saved
+                       every :data:`STATE_SAVE_INTERVAL_S` and on the time-limit signal, so training resumes
+                       across requeues
 everything else        extraction, evaluation, probes and attacks run in one process and cannot resume part-way:
                        each piece must fit in one attempt
 input pipeline         a piece takes at least its decoded images / (input cores x images/s per core,
@@ -24,9 +25,12 @@ requeues (a cell there runs to its end or its ``timeout_min``).
 
 Memory per GPU at the micro-batch (global ``batch_size`` / (processes x ``accum_steps``)): weights, gradients and
 AdamW state (16 bytes a trained parameter, plus :data:`DDP_BUCKET_BYTES_PER_PARAM` on several processes) and the
-activations kept for the backward pass per image (the profile's, or its gradient-checkpointed count). A cell over
-the device's memory gets the remedies that keep its recipe: gradient accumulation at the same global batch,
-gradient checkpointing, more processes.
+activations kept for the backward pass per image (the profile's, or its gradient-checkpointed count). A cell fits
+when that peak is within :data:`ALLOCATOR_SHARE` of the device's memory; one that does not gets the remedies that
+keep its recipe: gradient accumulation at the same global batch, gradient checkpointing, more processes.
+
+GPU-hours held are wall time x GPUs (idle GPUs of single-process work in a multi-GPU cell, input waits, start-ups
+and the scaling loss included), next to the plan's device hours of computation.
 """
 
 from __future__ import annotations
@@ -348,7 +352,7 @@ def cost_piece_seconds(cost: CellCost, what: str, placement: Placement, table: D
 
 def memory_remedies(cost: CellCost, found: Feasibility, table: DeviceTable) -> list[str]:
     """Placements that bring a cell over memory within the device (same global batch, same recipe), cheapest
-    first: gradient accumulation, then gradient checkpointing (one more forward pass per image), then more GPUs."""
+    first: gradient accumulation, then gradient checkpointing (:func:`checkpoint_slowdown`), then more GPUs."""
     memory, here = cost.training_memory, found.placement
     limit = usable_bytes(table.memory_gib)
     if memory is None or cost.peak_bytes > limit:

@@ -3,11 +3,12 @@
 :func:`profile` builds the architecture with shapes only and runs one forward and backward pass on a meta batch:
 ``torch.utils.flop_counter.FlopCounterMode`` counts the forward FLOPs (2 per multiply-add), a saved-tensors hook
 sums the activations kept for the backward pass, forward hooks find the largest activation; the parameter count
-and feature width come from the model. A second pass with the model's own gradient checkpointing on (timm's
-``set_grad_checkpointing``, as the tasks turn it on) counts what checkpointing keeps: each checkpointed segment's
-inputs, the activations outside the segments, and the largest segment's activations (recomputed during its
-backward pass). A third pass with frozen weights and an input that requires its gradient counts what an attack
-keeps (no weight gradients: a layer whose weight is frozen keeps less). Detection profiles are the trunk + FPN of the task's own detector at the padded input its
+and feature width come from the model. The pass runs with the model's own gradient checkpointing on (timm's
+``set_grad_checkpointing``, as the tasks turn it on) and its checkpointed segments counted apart, so it also
+gives what checkpointing keeps: each segment's inputs, the activations outside the segments, and the largest
+segment's activations (recomputed during its backward pass). A second pass with frozen weights and an input that
+requires its gradient counts what an attack keeps (no weight gradients: a layer whose weight is frozen keeps
+less). Detection profiles are the trunk + FPN of the task's own detector at the padded input its
 transform makes of a typical image. Profiles are kept in ``cache_dir()/plan/profiles.json`` (keyed by
 architecture, geometry, library versions and the code that counts them): counting ViT-L at 1024 px takes
 seconds, once.
@@ -19,7 +20,7 @@ import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -113,38 +114,51 @@ def _fused_attention(counted: list[float]) -> Any:
     return attention
 
 
-class _SavedBytes:
-    """Bytes the autograd graph keeps for the backward pass, as a saved-tensors hook sees them.
+def _nbytes(tensors: dict[int, torch.Tensor]) -> float:
+    return float(sum(t.numel() * t.element_size() for t in tensors.values()))
 
-    A tensor saved by several operations is held once; a view holds its base's memory. Inside a checkpointed
-    segment (:meth:`checkpoint`, standing in for ``torch.utils.checkpoint.checkpoint``) the saves are the
-    segment's own: checkpointing frees them after its forward pass and keeps the segment's inputs instead.
+
+class _SavedBytes:
+    """Bytes the autograd graph keeps for the backward pass, as a saved-tensors hook sees them, without and with
+    gradient checkpointing, from one forward pass run with the model's checkpointing on.
+
+    A tensor saved by several operations is held once; a view holds its base's memory. Without checkpointing
+    everything saved is kept (:attr:`all_saved`). With it, the saves inside a checkpointed segment
+    (:meth:`checkpoint`, standing in for ``torch.utils.checkpoint.checkpoint``) are freed after the segment's
+    forward pass and its inputs kept instead; the backward pass recomputes one segment at a time
+    (:attr:`checkpointed`).
     """
 
     def __init__(self, weights: set[int] | None = None) -> None:
+        self.everything: dict[int, torch.Tensor] = {}
         self.levels: list[dict[int, torch.Tensor]] = [{}]  # the graph outside any segment, then nested segments
         self.segments: list[float] = []  # bytes saved inside each checkpointed segment (its recomputation)
         self.weights = weights or set()  # ids of parameters and buffers: counted with the parameters
 
-    def _base(self, t: torch.Tensor) -> torch.Tensor | None:
+    def _base(self, t: Any) -> torch.Tensor | None:
+        if not isinstance(t, torch.Tensor):
+            return None
         base = t._base if t._base is not None else t
         if id(base) in self.weights or (base.is_leaf and base.requires_grad):
             return None  # a weight (or the input batch itself)
         return base
 
-    def _keep(self, t: Any) -> None:
-        base = self._base(t) if isinstance(t, torch.Tensor) else None
-        if base is not None:
-            self.levels[-1].setdefault(id(base), base)
-
     def pack(self, t: torch.Tensor) -> torch.Tensor:
-        self._keep(t)
+        base = self._base(t)
+        if base is not None:
+            self.everything.setdefault(id(base), base)
+            self.levels[-1].setdefault(id(base), base)
         return t
 
     @property
-    def outside(self) -> float:
-        """Bytes kept outside every checkpointed segment (segment inputs included)."""
-        return float(sum(t.numel() * t.element_size() for t in self.levels[0].values()))
+    def all_saved(self) -> float:
+        """Bytes kept without checkpointing."""
+        return _nbytes(self.everything)
+
+    @property
+    def checkpointed(self) -> float:
+        """Bytes kept with checkpointing: outside the segments (their inputs included), plus the largest segment."""
+        return _nbytes(self.levels[0]) + max(self.segments, default=0.0)
 
     def checkpoint(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         """Run ``function(*args)`` as a checkpointed segment; ``torch.utils.checkpoint``'s options are ignored."""
@@ -154,9 +168,11 @@ class _SavedBytes:
             out = function(*args, **{k: v for k, v in kwargs.items() if k not in options})
         finally:
             inner = self.levels.pop()
-        self.segments.append(float(sum(t.numel() * t.element_size() for t in inner.values())))
+        self.segments.append(_nbytes(inner))
         for arg in args:
-            self._keep(arg)
+            base = self._base(arg)
+            if base is not None:
+                self.levels[-1].setdefault(id(base), base)
         return out
 
 
@@ -172,18 +188,16 @@ def _checkpoint_aliases() -> list[tuple[Any, str]]:
             if module is not None and getattr(module, "checkpoint", None) is original]
 
 
-def _count(model: torch.nn.Module, x: torch.Tensor, saved: _SavedBytes | None = None,
-           flops: bool = True) -> tuple[float, float, float, torch.Tensor]:
-    """Forward FLOPs, saved bytes and largest activation bytes of ``model(x)`` (train mode), and its output.
-
-    ``flops=False`` counts no FLOPs (0): the FLOP counter's dispatch is most of a count's time.
-    """
-    from contextlib import nullcontext
+def _count(model: torch.nn.Module, x: torch.Tensor, saved: _SavedBytes,
+           flops: bool = True) -> tuple[float, float, torch.Tensor]:
+    """Forward FLOPs and largest activation bytes of ``model(x)`` (train mode) and its output; ``saved`` counts
+    what the pass keeps. Checkpointed segments run through ``saved.checkpoint``. ``flops=False`` counts no FLOPs
+    (0): the FLOP counter's dispatch is much of a count's time."""
+    from contextlib import ExitStack
     from unittest import mock
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    saved = saved or _SavedBytes()
     largest = [0]
     attention_flops = [0.0]
 
@@ -193,31 +207,20 @@ def _count(model: torch.nn.Module, x: torch.Tensor, saved: _SavedBytes | None = 
                 largest[0] = max(largest[0], t.numel() * t.element_size())
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
-    fused = mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", _fused_attention(attention_flops))
     try:
-        counter = FlopCounterMode(display=False) if flops else None
-        with fused, counter or nullcontext(), torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
+        with ExitStack() as stack:
+            stack.enter_context(mock.patch.object(torch.nn.functional, "scaled_dot_product_attention",
+                                                  _fused_attention(attention_flops)))
+            for module, name in _checkpoint_aliases():
+                stack.enter_context(mock.patch.object(module, name, saved.checkpoint))
+            counter = stack.enter_context(FlopCounterMode(display=False)) if flops else None
+            stack.enter_context(torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t))
             out = model(x)
         total = counter.get_total_flops() + attention_flops[0] if counter is not None else 0.0
     finally:
         for handle in handles:
             handle.remove()
-    return total, saved.outside, largest[0], out
-
-
-def _checkpointed_bytes(model: torch.nn.Module, x: torch.Tensor, enable: Callable[[torch.nn.Module], None]) -> float:
-    """Bytes training holds for the backward pass of ``model(x)`` with gradient checkpointing turned on by
-    ``enable(model)``: everything kept outside the checkpointed segments plus the largest segment's own saves."""
-    from contextlib import ExitStack
-    from unittest import mock
-
-    saved = _SavedBytes()
-    enable(model)
-    with ExitStack() as stack:
-        for module, name in _checkpoint_aliases():
-            stack.enter_context(mock.patch.object(module, name, saved.checkpoint))
-        _count(model, x, saved, flops=False)
-    return saved.outside + max(saved.segments, default=0.0)
+    return total, largest[0], out
 
 
 def _enable_checkpointing(model: torch.nn.Module, enable: bool = True) -> None:
@@ -228,21 +231,22 @@ def _enable_checkpointing(model: torch.nn.Module, enable: bool = True) -> None:
 def _input_gradient_bytes(model: torch.nn.Module, x: torch.Tensor) -> float:
     """Bytes kept for the gradient of ``model(x)`` with respect to ``x`` with every weight frozen."""
     model.requires_grad_(False)
-    weights = {id(t) for t in [*model.parameters(), *model.buffers()]}
-    _, saved, _, _ = _count(model, x.detach().requires_grad_(True), _SavedBytes(weights), flops=False)
-    return saved
+    saved = _SavedBytes({id(t) for t in [*model.parameters(), *model.buffers()]})
+    _count(model, x.detach().requires_grad_(True), saved, flops=False)
+    return saved.all_saved
 
 
 def _classifier_profile(backbone: str, image_size: int) -> Profile:
     with META:
         model = backbones.create_model(backbone, num_classes=0, image_size=image_size, pretrained=False)
     x = torch.empty(PROFILE_BATCH, 3, image_size, image_size, device=META)
-    flops, saved, largest, out = _count(model.train(), x)
-    checkpointed = _checkpointed_bytes(model, x, _enable_checkpointing)
+    saved = _SavedBytes()
+    _enable_checkpointing(model)
+    flops, largest, out = _count(model.train(), x, saved)
     _enable_checkpointing(model, False)
     params = sum(p.numel() for p in model.parameters())
     attacked = _input_gradient_bytes(model, x)
-    per_image_mb = [v / PROFILE_BATCH / 2**20 for v in (saved, largest, checkpointed, attacked)]
+    per_image_mb = [v / PROFILE_BATCH / 2**20 for v in (saved.all_saved, largest, saved.checkpointed, attacked)]
     return Profile(flops / PROFILE_BATCH / 1e9, params, int(out.shape[-1]), per_image_mb[0], per_image_mb[1],
                    image_size, image_size, per_image_mb[2], per_image_mb[3])
 
@@ -254,15 +258,16 @@ def _detection_profile(backbone: str, image_size: int, max_size: int, shape: tup
         model = build_detector(backbone, "random_init", 2, image_size=image_size, max_size=max_size)
     images, _ = model.transform([torch.empty(3, shape[1], shape[0], device=META)])
     trunk = model.backbone.train()
-    flops, saved, largest, _ = _count(trunk, images.tensors)
     try:
-        checkpointed = _checkpointed_bytes(trunk, images.tensors, lambda _: set_body_grad_checkpointing(trunk.body))
+        set_body_grad_checkpointing(trunk.body)
     except ValueError:  # a trunk without checkpointing: the task refuses grad_checkpointing, nothing is saved
-        checkpointed = saved
+        pass
+    saved = _SavedBytes()
+    flops, largest, _ = _count(trunk, images.tensors, saved)
     params = sum(p.numel() for p in trunk.parameters())
     height, width = images.tensors.shape[-2:]
-    return Profile(flops / 1e9, params, 0, saved / 2**20, largest / 2**20, int(height), int(width),
-                   checkpointed / 2**20, saved / 2**20)
+    mb = [v / 2**20 for v in (saved.all_saved, largest, saved.checkpointed)]
+    return Profile(flops / 1e9, params, 0, mb[0], mb[1], int(height), int(width), mb[2], mb[0])
 
 
 def profile_key(backbone: str, image_size: int, detection: tuple[int, tuple[int, int]] | None = None) -> str:
