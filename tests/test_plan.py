@@ -98,6 +98,11 @@ def test_selections_multiply_the_probe_fits_and_the_training():
     assert auto.paper_probe_seconds == pytest.approx(0.36)
     assert folds.probe_seconds == pytest.approx(36 * 0.18)
     assert tuned.backward == round(2 * 1000 * 2.6)
+    # why probe cells can cost more than the paper's way: the selection repeats the 90-epoch SGD fit
+    from bobkit.rehearsal.plan_report import selection_notes
+
+    (note,) = selection_notes(plan_grid(cells, _table(), profile=_profile))
+    assert note.startswith("probe selection: 2 SGD probe cell(s) fit 44 probes") and "a fixed probe_l2" in note
 
 
 def test_a_cell_that_does_not_fit_is_named_and_cells_without_a_cost_model_are_listed():

@@ -106,6 +106,7 @@ class CellCost:
     probe_seconds: float = 0.0  # the grid's probe, inside work
     paper_probe_seconds: float = 0.0
     lbfgs_probe_seconds: float = 0.0
+    probe_fits: int = 0  # probes the grid's probe fits (an L2 selection fits several; the paper's way one)
     sources: set[str] = field(default_factory=set)
     subsets: list[tuple[str, str, str, int, int]] = field(default_factory=list)  # dataset, split, param, n, of
     seconds: float = 0.0  # filled by plan_grid: with feature sharing
@@ -293,6 +294,7 @@ class _Context:
         chosen = sgd if solver == "sgd" else lbfgs
         self.cost.work.append(Work(f"{solver} probe", seconds=chosen))
         self.cost.probe_seconds += chosen
+        self.cost.probe_fits += len(fits)
         self.cost.paper_probe_seconds += self.sgd_seconds(n_fit, dim, n_classes, PAPER_PROBE_EPOCHS)
         self.cost.lbfgs_probe_seconds += lbfgs
 
