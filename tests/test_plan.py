@@ -271,9 +271,10 @@ def test_attempts_lay_resumable_and_non_resumable_work_end_to_end():
 
 def test_a_cell_longer_than_its_limit_fails_the_plan_with_its_remedy(tmp_path, monkeypatch, capsys):
     """Worked by hand (1 ms forward, training 3x): 100 epochs x 50,000 images x 3 ms = 15,000 s of fine-tuning
-    + 15,000 / 600 periodic saves of 25M x 12 B at 0.5 GB/s (0.6 s each) = 15,015 s, then 10,000 x 1 ms of
-    evaluation. An attempt under 60 min works 3,600 - 300 start-up - 120 signal delay - 0.6 save = 3,179.4 s:
-    5 attempts, 4 requeues > max_requeues 3. On 8 GPUs: 15,000 / (8 x 0.9) + its saves = 2,085.4 s, one attempt."""
+    + 15,000 / 300 periodic saves of 25M x 12 B at 0.5 GB/s (0.6 s each) = 15,030 s, then 10,000 x 1 ms of
+    evaluation. An attempt under the job's limit of 60 + 5 min works 3,900 - 120 signal delay - 60 (Slurm may
+    signal early) - 300 start-up - 0.6 save = 3,419.4 s: 5 attempts, 4 requeues > max_requeues 3. On 8 GPUs:
+    15,000 / (8 x 0.9) + its saves = 2,087.5 s, one attempt."""
     from bobkit.cli import main
     from bobkit.rehearsal import feasibility as F
     from bobkit.rehearsal.plan import plan_grid
@@ -282,8 +283,8 @@ def test_a_cell_longer_than_its_limit_fails_the_plan_with_its_remedy(tmp_path, m
     plan = plan_grid(_long_cells(), _table(), profile=_profile)
     (cost,) = plan.cannot_finish
     found = cost.feasibility
-    assert found.useful_seconds == pytest.approx(3179.4) and (found.attempts, found.requeues) == (5, 4)
-    assert found.wall_seconds == pytest.approx(15_015 + 10 + 5 * F.ATTEMPT_STARTUP_S + 4 * 0.6)
+    assert found.useful_seconds == pytest.approx(3419.4) and (found.attempts, found.requeues) == (5, 4)
+    assert found.wall_seconds == pytest.approx(15_030 + 10 + 5 * F.ATTEMPT_STARTUP_S + 4 * 0.6)
     assert found.time_remedies == ["gpus: 8 -> 0.7 h on 8 GPUs, 0 requeue(s) under 1 h with saved state",
                                    "max_requeues: 4 (4.6 h on 1 process(es) under 1 h with saved state)"]
     text = format_plan(plan)
@@ -306,7 +307,7 @@ def test_a_cell_longer_than_its_limit_fails_the_plan_with_its_remedy(tmp_path, m
     row = pd.read_csv(tmp_path / "cells.csv").iloc[0]  # the last run: gpus 8
     assert (row["processes"], row["gpus"], row["micro_batch"], row["requeues"], bool(row["finishes"])) == (
         8, 8, 8, 0, True)
-    assert row["wall_hours"] == pytest.approx((2085.4167 + 10 + 300) / 3600, rel=1e-4)
+    assert row["wall_hours"] == pytest.approx((2087.5 + 10 + 300) / 3600, rel=1e-4)
     assert row["gpu_hours_held"] == pytest.approx(8 * row["wall_hours"])
 
 
@@ -317,7 +318,7 @@ def test_processes_divide_the_training_time_as_the_stated_scaling():
     from bobkit.rehearsal.plan import plan_grid
 
     cost = plan_grid(_long_cells(), _table(), profile=_profile).cells[0]
-    save_share = 1 + 0.6 / 600  # periodic saves
+    save_share = 1 + 0.6 / 300  # a 0.6 s save every 5 minutes
     one = evaluate(cost, Placement(processes=1, gpus=1, cpus=64, timeout_min=600), _table())
     four = evaluate(cost, Placement(processes=4, gpus=4, cpus=64, timeout_min=600), _table())
     assert one.wall_seconds == pytest.approx(15_000 * save_share + 10 + ATTEMPT_STARTUP_S)
@@ -378,3 +379,20 @@ def test_the_shipped_suites_pass_their_own_plan():
         assert [c.cell.label for c in plan.cannot_finish] == [] and [c.cell.label for c in plan.over_memory] == []
         # the fine-tunes run on several GPUs, so ImageNet's largest need requeues, and saved state carries them
         assert max(c.feasibility.placement.processes for c in plan.cells) > 1
+
+
+def test_a_cell_without_training_must_finish_in_one_run():
+    """Nothing to resume: a probe cell's notebook runs once within timeout_min (the runner's execution timeout).
+    1,400 s of features and 0.36 s of probe fit 30 min less the 300 s start-up; not 25 min."""
+    from bobkit.rehearsal.feasibility import Placement, evaluate
+    from bobkit.rehearsal.plan import plan_grid
+
+    probe = plan_grid(_two_cells()[:1], _table(), profile=_profile).cells[0]
+    probe.work[0].seconds = probe.work[1].seconds = 700.0  # train and test features
+    assert evaluate(probe, Placement(timeout_min=30, cpus=64), _table()).attempts == 1
+    short = evaluate(probe, Placement(timeout_min=25, cpus=64), _table())
+    assert short.attempts is None and not short.finishes
+    from bobkit.rehearsal.feasibility import time_remedies
+
+    assert time_remedies(probe, short, _table()) == [
+        "timeout_min: 29 (it has no training state to resume and takes longer than one attempt under 25 min)"]

@@ -1,27 +1,30 @@
 """Whether a planned cell can finish on the resources it declares, and what would make it: ``bob plan``'s verdict.
 
 A cell's work (:class:`bobkit.rehearsal.plan.CellCost`) is placed on its resources (:class:`Placement`: the
-``processes`` / ``gpus``, ``cpus``, ``timeout_min``, ``max_requeues`` and ``signal_delay_s`` resources and the
-``accum_steps`` / ``grad_checkpointing`` execution parameters) and priced per piece of work:
+``processes`` / ``gpus``, ``cpus``, ``timeout_min``, ``max_requeues``, ``job_margin_min`` and ``signal_delay_s``
+resources, with :mod:`bobkit.batch.resources`' defaults, and the ``accum_steps`` / ``grad_checkpointing`` /
+``state_every_min`` execution parameters) and priced per piece of work:
 
 =====================  ==========================================================================================
 training               fine-tuning and detector training run on every process of the cell (DDP): device seconds
                        / (processes x :data:`DATA_PARALLEL_EFFICIENCY`); with gradient checkpointing x the device
                        table's measured ``checkpoint_slowdown`` (else one more forward pass per image); state saved
-                       every :data:`STATE_SAVE_INTERVAL_S` and on the time-limit signal, so training resumes
-                       across requeues
+                       every ``state_every_min`` and on the time-limit signal, so training resumes across requeues
 everything else        extraction, evaluation, probes and attacks run in one process and cannot resume part-way:
                        each piece must fit in one attempt
 input pipeline         a piece takes at least its decoded images / (input cores x images/s per core,
                        :data:`INPUT_IMAGES_PER_CORE`); input cores = ``cpus`` less one per process
 =====================  ==========================================================================================
 
-Under a time limit of ``timeout_min`` each attempt (the first run and every requeue) trains for ``timeout_min`` less
-:data:`ATTEMPT_STARTUP_S`, the ``signal_delay_s`` before the limit and the time to save the state; the attempts a
-cell needs are counted by laying its pieces end to end (a non-resumable piece that does not fit what is left of an
-attempt starts the next one, and the time it ran is lost). A cell finishes when its requeues (attempts - 1) are at
-most ``max_requeues`` (submitit's ``max_num_timeout``). The model is the Slurm backend's; the local backend has no
-requeues (a cell there runs to its end or its ``timeout_min``).
+A cell that trains runs under its Slurm job's limit of ``timeout_min + job_margin_min``: Slurm signals
+``signal_delay_s`` (and up to :data:`SIGNAL_EARLY_S` more) before it, the training saves its state and the job is
+requeued. Each attempt (the first run and every requeue) so works for that limit less the signal's lead,
+:data:`ATTEMPT_STARTUP_S` and the time to save the state; the attempts a cell needs are counted by laying its pieces
+end to end (a non-resumable piece that does not fit what is left of an attempt starts the next one, and the time
+it ran is lost). It finishes when its requeues (attempts - 1) are at most ``max_requeues`` (submitit's
+``max_num_timeout``). A cell without training has no state to resume: its notebook must finish within
+``timeout_min`` (the runner's execution timeout) in one attempt. The local backend has no requeues (a cell there
+runs to its end or its ``timeout_min``).
 
 Memory per GPU at the micro-batch (global ``batch_size`` / (processes x ``accum_steps``)): weights, gradients and
 AdamW state (16 bytes a trained parameter, plus :data:`DDP_BUCKET_BYTES_PER_PARAM` on several processes) and the
@@ -39,6 +42,16 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from bobkit.batch.resources import (
+    DEFAULT_JOB_MARGIN_MIN,
+    DEFAULT_MAX_REQUEUES,
+    DEFAULT_SIGNAL_DELAY_S,
+    job_margin_min_of,
+    max_requeues_of,
+    processes_of,
+    signal_delay_s_of,
+)
 
 if TYPE_CHECKING:
     from bobkit.batch.grid import Cell
@@ -58,14 +71,14 @@ NODE_CPUS = 112
 ATTEMPT_STARTUP_S = 300.0
 #: Training state written per second: a shared file system and the state's sha256. Assumed.
 STATE_WRITE_BYTES_PER_S = 0.5e9
-#: Training state is saved this often besides on the time-limit signal ("every few minutes"). Assumed.
-STATE_SAVE_INTERVAL_S = 600.0
+#: Training state is saved this often besides on the time-limit signal, unless a cell sets ``state_every_min``
+#: (the training's default: 5 minutes).
+STATE_SAVE_INTERVAL_S = 300.0
+#: Slurm may send the time-limit signal up to a minute before ``signal_delay_s`` (its signal timer's granularity).
+SIGNAL_EARLY_S = 60.0
 #: Bytes of training state per trained parameter: fp32 weights and AdamW's two moments (scheduler, scaler, RNG
 #: and the position in the data order are small).
 STATE_BYTES_PER_PARAM = 12
-#: Defaults of the time-limit resources where a cell does not set them: submitit's ``max_num_timeout`` and the
-#: Slurm signal delay the Slurm backend asks for.
-TIME_LIMIT_DEFAULTS: dict[str, float] = {"max_requeues": 3, "signal_delay_s": 120}
 #: Images per second one CPU core decodes and prepares for the GPU at 224 px: ``augmented`` = the recipe's
 #: training transform (JPEG decode, random-resized crop, flip, RandAugment, random erasing), ``plain`` = decode
 #: and resize. Placeholders (typical PIL figures), to be replaced by benchmarks/training_input.py's measurement.
@@ -126,21 +139,31 @@ class Placement:
     grad_checkpointing: bool = False
     cpus: int = 2
     timeout_min: float = 60.0
-    max_requeues: int = 3
-    signal_delay_s: float = 120.0
+    max_requeues: int = DEFAULT_MAX_REQUEUES
+    job_margin_min: float = DEFAULT_JOB_MARGIN_MIN
+    signal_delay_s: float = DEFAULT_SIGNAL_DELAY_S
+    state_every_s: float = STATE_SAVE_INTERVAL_S
 
     @classmethod
     def of(cls, cell: Cell) -> Placement:
-        """The placement a cell declares (resources, then the defaults the backends apply)."""
+        """The placement a cell declares (resources, with the defaults the backends apply)."""
         res, p = cell.resources, cell.params
-        gpus = int(res.get("gpus") or 0)
+        every = p.get("state_every_min")
         return cls(
-            processes=int(res.get("processes") or (gpus if gpus > 0 else 1)), gpus=gpus,
+            processes=processes_of(res), gpus=int(res.get("gpus") or 0),
             accum_steps=int(p.get("accum_steps") or 1), grad_checkpointing=bool(p.get("grad_checkpointing")),
             cpus=int(res.get("cpus", 2)), timeout_min=float(res.get("timeout_min", 60)),
-            max_requeues=int(res.get("max_requeues", TIME_LIMIT_DEFAULTS["max_requeues"])),
-            signal_delay_s=float(res.get("signal_delay_s", TIME_LIMIT_DEFAULTS["signal_delay_s"])),
+            max_requeues=max_requeues_of(res), job_margin_min=job_margin_min_of(res),
+            signal_delay_s=float(signal_delay_s_of(res)),
+            state_every_s=STATE_SAVE_INTERVAL_S if every is None else float(every) * 60,
         )
+
+    def attempt_seconds(self, trains: bool) -> float:
+        """Seconds from an attempt's start to its end: for training, the Slurm job's limit less the time-limit
+        signal's lead (the training saves at the signal); else the runner's execution timeout."""
+        if not trains:
+            return self.timeout_min * 60
+        return (self.timeout_min + self.job_margin_min) * 60 - self.signal_delay_s - SIGNAL_EARLY_S
 
     @property
     def devices(self) -> int:
@@ -253,6 +276,7 @@ def evaluate(cost: CellCost, placement: Placement, table: DeviceTable) -> Feasib
             if checkpointing:
                 result.peak_checkpointed_bytes = peak
     save = state_save_seconds(cost)
+    every = max(placement.state_every_s, 1.0)
     pieces: list[tuple[float, bool, str]] = []
     cores = 0.0
     for work in cost.work:
@@ -262,13 +286,18 @@ def evaluate(cost: CellCost, placement: Placement, table: DeviceTable) -> Feasib
         result.busy_seconds += work.seconds * (checkpoint_slowdown(table) if slower else 1.0)
         seconds, piece_cores = _piece_seconds(work, placement, table)
         if work.training:
-            seconds += seconds / STATE_SAVE_INTERVAL_S * save  # the periodic saves
+            seconds += seconds / every * save  # the periodic saves
         pieces.append((seconds, work.training, work.what))
         cores = max(cores, piece_cores)
     result.cores_needed = cores + CORES_PER_PROCESS * placement.processes
     result.input_bound = result.cores_needed > placement.cpus
-    result.useful_seconds = placement.timeout_min * 60 - ATTEMPT_STARTUP_S - placement.signal_delay_s - save
-    result.attempts, lost, result.too_long = attempts_needed(pieces, result.useful_seconds)
+    trains = any(resumable for _, resumable, _ in pieces)
+    result.useful_seconds = placement.attempt_seconds(trains) - ATTEMPT_STARTUP_S - save
+    if trains:
+        result.attempts, lost, result.too_long = attempts_needed(pieces, result.useful_seconds)
+    else:  # nothing to resume: one run of the notebook
+        lost, total = 0.0, sum(seconds for seconds, _, _ in pieces)
+        result.attempts, result.too_long = (1, "") if total <= result.useful_seconds else (None, "work")
     n = result.attempts or 1
     result.wall_seconds = sum(seconds for seconds, _, _ in pieces) + lost + n * ATTEMPT_STARTUP_S + (n - 1) * save
     return result
@@ -309,6 +338,11 @@ def _hours(seconds: float) -> str:
     return f"{hours:,.1f} h" if hours < 10 else f"{hours:,.0f} h"
 
 
+def time_limit_text(minutes: float) -> str:
+    """``timeout_min`` in words: ``25 min``, ``12 h``."""
+    return f"{minutes:g} min" if minutes < 60 else f"{minutes / 60:.3g} h"
+
+
 def _gib(nbytes: float) -> str:
     return f"{nbytes / GIB:,.0f} GiB" if nbytes >= 100 * GIB else f"{nbytes / GIB:,.1f} GiB"
 
@@ -316,12 +350,14 @@ def _gib(nbytes: float) -> str:
 def time_remedies(cost: CellCost, found: Feasibility, table: DeviceTable) -> list[str]:
     """What would let a cell that cannot finish under its time limit finish (best first)."""
     here = found.placement
-    limit = f"{here.timeout_min / 60:g} h"
+    limit = time_limit_text(here.timeout_min)
     if found.attempts is None:
-        needed = math.ceil((cost_piece_seconds(cost, found.too_long, here, table) + ATTEMPT_STARTUP_S
-                            + here.signal_delay_s + state_save_seconds(cost)) / 60)
-        return [f"timeout_min: {needed} (its {found.too_long} cannot resume and takes longer than one attempt "
-                f"of {limit})"]
+        trains = any(w.training for w in cost.work)
+        seconds = piece_seconds(cost, here, table, found.too_long if trains else None)
+        window = here.attempt_seconds(trains) - here.timeout_min * 60  # what the limit adds to timeout_min
+        needed = math.ceil((seconds + ATTEMPT_STARTUP_S + state_save_seconds(cost) - window) / 60)
+        what = (f"its {found.too_long} cannot resume" if trains else "it has no training state to resume")
+        return [f"timeout_min: {needed} ({what} and takes longer than one attempt under {limit})"]
     remedies = []
     trains = any(w.training for w in cost.work)
     if trains and here.processes < NODE_GPUS:
@@ -345,9 +381,10 @@ def widened(cost: CellCost, placement: Placement, table: DeviceTable) -> Feasibi
     return evaluate(cost, dataclasses.replace(wide, cpus=max(placement.cpus, min(needed, NODE_CPUS))), table)
 
 
-def cost_piece_seconds(cost: CellCost, what: str, placement: Placement, table: DeviceTable) -> float:
-    """Wall seconds of the piece of work called ``what`` on ``placement``."""
-    return sum(_piece_seconds(w, placement, table)[0] for w in cost.work if w.what == what and not w.cached)
+def piece_seconds(cost: CellCost, placement: Placement, table: DeviceTable, what: str | None = None) -> float:
+    """Wall seconds of the cell's pieces of work called ``what`` (``None``: all) on ``placement``."""
+    return sum(_piece_seconds(w, placement, table)[0] for w in cost.work
+               if not w.cached and what in (None, w.what))
 
 
 def memory_remedies(cost: CellCost, found: Feasibility, table: DeviceTable) -> list[str]:

@@ -163,7 +163,7 @@ def verdict(plan: Plan) -> list[str]:
                 why = f"its {found.too_long} cannot resume and is longer than one attempt"
             else:
                 why = (f"{found.wall_seconds / 3600:,.1f} h on {place.processes} process(es), {found.requeues} "
-                       f"requeue(s) under {place.timeout_min / 60:g} h, max_requeues {place.max_requeues}")
+                       f"requeue(s) under {F.time_limit_text(place.timeout_min)}, max_requeues {place.max_requeues}")
             lines.append(f"  {cost.cell.label}: {why}; remedy: {'; or '.join(found.time_remedies)}")
     over = plan.over_memory
     if over:
