@@ -143,7 +143,7 @@ def resource_notes(plan: Plan) -> list[str]:
                  f"{F.ATTEMPT_STARTUP_S:.0f} s start-up per attempt; state saved every "
                  f"{F.STATE_SAVE_INTERVAL_S:.0f} s at {F.STATE_WRITE_BYTES_PER_S / 1e9:g} GB/s; input "
                  f"{F.INPUT_IMAGES_PER_CORE['augmented']:.0f} (augmented) / {F.INPUT_IMAGES_PER_CORE['plain']:.0f} "
-                 "(plain) images/s per core (placeholders)")
+                 "(plain) images/s per core")
     return lines
 
 
