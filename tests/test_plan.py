@@ -229,6 +229,7 @@ def test_the_plan_names_repeated_fine_tuning_and_subsampled_splits():
     assert repeat.task == "ood" and seconds == pytest.approx(2 * 1_281_167 * 1e-3 * 3.0)  # epochs x n x fwd x 3
     text = format_plan(plan)
     assert "repeated fine-tuning: 1 ood cell(s)" in text
+    assert "frozen-feature cells" not in text  # a frozen-trunk detector trains its heads: not a frozen-feature cell
     assert "subset: 1 detection cell(s) read 240 of coco2017's 118,287 train images (n_train=240)" in text
 
 

@@ -72,7 +72,8 @@ def format_plan(plan: Plan, label: str = "") -> str:
                      f"{total['paper_hours'] / total['hours']:.2f}x as written (feature sharing); "
                      f"{total['paper_hours'] / total['lbfgs_hours']:.2f}x with the L-BFGS probe "
                      f"({total['lbfgs_hours']:,.1f} GPU-h)")
-    frozen = [c for c in plan.cells if not c.backward or c.cell.task == "robustness" and c.probe_seconds]
+    frozen = [c for c in plan.cells if not any(w.training for w in c.work)  # a frozen-trunk detector still trains
+              and (not c.backward or c.cell.task == "robustness" and c.probe_seconds)]
     frozen_hours = sum(c.seconds for c in frozen) / 3600
     if frozen_hours:
         paper = sum(c.paper_seconds for c in frozen) / 3600
