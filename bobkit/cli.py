@@ -183,7 +183,8 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    """The cost of a grid before it runs: passes, images, device hours and peak memory per task and in total."""
+    """The cost of a grid before it runs: passes, images, device hours and peak memory per task and in total;
+    exit 1 when a cell cannot finish under its time limit or fit its GPU's memory (each is listed with remedies)."""
     from bobkit.batch.grid import load_grid
     from bobkit.rehearsal.plan import plan_grid
     from bobkit.rehearsal.plan_report import format_plan, plan_cells_frame
@@ -202,6 +203,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         with atomic_path(args.cells) as tmp:
             plan_cells_frame(plan).to_csv(tmp, index=False)
         print(f"per-cell plan: {args.cells}")
+    if not plan.feasible:
+        print(f"bob plan: {len(plan.cannot_finish)} cell(s) cannot finish and {len(plan.over_memory)} do not fit "
+              "on their resources (listed above, each with its remedy)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -328,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_rehearse)
 
-    p = sub.add_parser("plan", help="the cost of a grid before it runs (passes, images, GPU-hours, peak memory)")
+    p = sub.add_parser("plan", help="the cost of a grid before it runs (passes, images, GPU-hours, peak memory); "
+                       "exit 1 when a cell cannot finish under its time limit or fit its GPU")
     p.add_argument("params")
     p.add_argument("--device", default=None, metavar="NAME",
                    help="a stored throughput table (e.g. h100); default: measure this machine briefly (cached)")

@@ -1,4 +1,5 @@
-"""`bob plan`: the cost model's arithmetic on a two-cell grid, device tables, meta-device profiles, the command."""
+"""`bob plan`: the cost model's arithmetic on a two-cell grid, device tables, meta-device profiles, the command;
+feasibility on a cell's resources (requeues under its time limit, memory per GPU, remedies); the shipped suites."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _table(**overrides) -> DeviceTable:
 
 def _profile(backbone: str, image_size: int, detection=None) -> Profile:
     return Profile(gflops=8.0, params=25_000_000, feature_dim=2048, saved_mb=80.0, peak_activation_mb=3.0,
-                   height=image_size, width=image_size)
+                   height=image_size, width=image_size, checkpointed_mb=20.0, input_grad_mb=50.0)
 
 
 def _two_cells():
@@ -64,10 +65,10 @@ def test_plan_arithmetic_on_a_two_cell_grid():
     assert total["hours"] * 3600 == pytest.approx(2.24)
     assert total["paper_hours"] * 3600 == pytest.approx(3.90)
     assert total["forward"] == 1550 and total["forward_paper"] == 3050 and total["images"] == 3000
-    # Peak memory: inference = weights (4 B) + 2 x largest activation x batch 256; attacks keep fp32 activations
-    # for the input gradient of a batch of 64.
+    # Peak memory: inference = weights (4 B) + 2 x largest activation x batch 256; attacks keep the fp32
+    # activations of the input gradient (frozen weights) of a batch of 64.
     assert probe.peak_bytes == pytest.approx(25e6 * 4 + 2 * 3 * MIB * 256)
-    assert robust.peak_bytes == pytest.approx(25e6 * 4 + 80 * MIB * 64)
+    assert robust.peak_bytes == pytest.approx(25e6 * 4 + 50 * MIB * 64)
     text = format_plan(plan)
     assert "3.90 / 2.24" not in text  # hours are printed, not seconds
     assert f"{3.90 / 2.24:.2f}x as written" in text and f"{3.90 / 2.08:.2f}x with the L-BFGS probe" in text
@@ -97,6 +98,11 @@ def test_selections_multiply_the_probe_fits_and_the_training():
     assert auto.paper_probe_seconds == pytest.approx(0.36)
     assert folds.probe_seconds == pytest.approx(36 * 0.18)
     assert tuned.backward == round(2 * 1000 * 2.6)
+    # why probe cells can cost more than the paper's way: the selection repeats the 90-epoch SGD fit
+    from bobkit.rehearsal.plan_report import selection_notes
+
+    (note,) = selection_notes(plan_grid(cells, _table(), profile=_profile))
+    assert note.startswith("probe selection: 2 SGD probe cell(s) fit 44 probes") and "a fixed probe_l2" in note
 
 
 def test_a_cell_that_does_not_fit_is_named_and_cells_without_a_cost_model_are_listed():
@@ -105,9 +111,11 @@ def test_a_cell_that_does_not_fit_is_named_and_cells_without_a_cost_model_are_li
     from bobkit.rehearsal.plan_report import format_plan
 
     cells = _two_cells()
-    plan = plan_grid(cells, _table(memory_gib=2.0), profile=_profile)
+    plan = plan_grid(cells, _table(memory_gib=3.0), profile=_profile)  # tensors get 89%: 2.67 GiB
     text = format_plan(plan)
-    assert "memory: 1 cell(s) need more than the device's 2 GiB" in text and "robustness" in text.split("memory:")[1]
+    assert [c.cell.task for c in plan.over_memory] == ["robustness"] and not plan.feasible
+    over = text.split("over memory: 1 cell(s) need more than the 2.7 GiB")[1]
+    assert "robustness" in over and "lower batch_size" in over
     # The runner's self-test has no cost model: listed with the reason, not costed with a guess.
     folder_cells = expand_grid({"grid": [{"task": "smoke"}]})
     plan = plan_grid(folder_cells, _table(), profile=_profile)
@@ -221,4 +229,171 @@ def test_the_plan_names_repeated_fine_tuning_and_subsampled_splits():
     assert repeat.task == "ood" and seconds == pytest.approx(2 * 1_281_167 * 1e-3 * 3.0)  # epochs x n x fwd x 3
     text = format_plan(plan)
     assert "repeated fine-tuning: 1 ood cell(s)" in text
+    assert "frozen-feature cells" not in text  # a frozen-trunk detector trains its heads: not a frozen-feature cell
     assert "subset: 1 detection cell(s) read 240 of coco2017's 118,287 train images (n_train=240)" in text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# On the cell's resources: time limits, requeues, memory per GPU, remedies
+# ----------------------------------------------------------------------------------------------------------------
+
+LONG_GRID = """\
+resources: {timeout_min: 60, cpus: 64%s}
+grid:
+  - task: classification
+    backbone: resnet50.a1_in1k
+    dataset: cifar100
+    protocol: finetune
+    image_size: 224
+    epochs: 100
+    max_train: null
+    max_test: null
+"""
+
+
+def _long_cells(resources: str = ""):
+    import yaml
+
+    from bobkit.batch.grid import expand_grid
+
+    return expand_grid(yaml.safe_load(LONG_GRID % resources))
+
+
+def test_attempts_lay_resumable_and_non_resumable_work_end_to_end():
+    from bobkit.rehearsal.feasibility import attempts_needed
+
+    # training resumes across attempts; the evaluation after it cannot and starts the next attempt
+    assert attempts_needed([(100, True, "train"), (30, False, "eval")], 50) == (3, 0.0, "")
+    # a piece that cannot resume and does not fit what is left runs until the limit: that time is lost
+    assert attempts_needed([(40, False, "a"), (20, False, "b")], 50) == (2, 10.0, "")
+    assert attempts_needed([(60, False, "extraction")], 50) == (None, 0.0, "extraction")
+    assert attempts_needed([], 0)[0] is None
+
+
+def test_a_cell_longer_than_its_limit_fails_the_plan_with_its_remedy(tmp_path, monkeypatch, capsys):
+    """Worked by hand (1 ms forward, training 3x): 100 epochs x 50,000 images x 3 ms = 15,000 s of fine-tuning
+    + 15,000 / 300 periodic saves of 25M x 12 B at 0.5 GB/s (0.6 s each) = 15,030 s, then 10,000 x 1 ms of
+    evaluation. An attempt under the job's limit of 60 + 5 min works 3,900 - 120 signal delay - 60 (Slurm may
+    signal early) - 300 start-up - 0.6 save = 3,419.4 s: 5 attempts, 4 requeues > max_requeues 3. On 8 GPUs:
+    15,000 / (8 x 0.9) + its saves = 2,087.5 s, one attempt."""
+    from bobkit.cli import main
+    from bobkit.rehearsal import feasibility as F
+    from bobkit.rehearsal.plan import plan_grid
+    from bobkit.rehearsal.plan_report import format_plan
+
+    plan = plan_grid(_long_cells(), _table(), profile=_profile)
+    (cost,) = plan.cannot_finish
+    found = cost.feasibility
+    assert found.useful_seconds == pytest.approx(3419.4) and (found.attempts, found.requeues) == (5, 4)
+    assert found.wall_seconds == pytest.approx(15_030 + 10 + 5 * F.ATTEMPT_STARTUP_S + 4 * 0.6)
+    assert found.time_remedies == ["gpus: 8 -> 0.7 h on 8 GPUs, 0 requeue(s) under 1 h with saved state",
+                                   "max_requeues: 4 (4.6 h on 1 process(es) under 1 h with saved state)"]
+    text = format_plan(plan)
+    assert "cannot finish: 1 cell(s)" in text and "classification resnet50.a1_in1k cifar100 finetune" in text
+    assert "feasibility: 1 cell(s) cannot finish, 0 over memory" in text
+
+    # bob plan exits 1 naming the cell and its remedy; with either remedy applied it passes
+    monkeypatch.setattr("bobkit.rehearsal.throughput.load_table", lambda name: _table())
+    monkeypatch.setattr("bobkit.rehearsal.profiles.profile", _profile)
+    grid = tmp_path / "long.yaml"
+    for extra, code in (("", 1), (", max_requeues: 4", 0), (", gpus: 8", 0)):
+        grid.write_text(LONG_GRID % extra)
+        assert main(["plan", str(grid), "--device", "test", "--cells", str(tmp_path / "cells.csv")]) == code
+        captured = capsys.readouterr()
+        assert ("set max_requeues" not in captured.out) and ("max_requeues: 4 (4.6 h" in captured.out) == (code == 1)
+    fixed = plan_grid(_long_cells(", max_requeues: 4"), _table(), profile=_profile)
+    assert fixed.feasible and fixed.cells[0].feasibility.requeues == 4
+    import pandas as pd
+
+    row = pd.read_csv(tmp_path / "cells.csv").iloc[0]  # the last run: gpus 8
+    assert (row["processes"], row["gpus"], row["micro_batch"], row["requeues"], bool(row["finishes"])) == (
+        8, 8, 8, 0, True)
+    assert row["wall_hours"] == pytest.approx((2087.5 + 10 + 300) / 3600, rel=1e-4)
+    assert row["gpu_hours_held"] == pytest.approx(8 * row["wall_hours"])
+
+
+def test_processes_divide_the_training_time_as_the_stated_scaling():
+    """On 4 processes the fine-tuning takes 15,000 / (4 x DATA_PARALLEL_EFFICIENCY) s; the evaluation runs in one
+    process and is not divided; the cell holds 4 GPUs for its whole wall time."""
+    from bobkit.rehearsal.feasibility import ATTEMPT_STARTUP_S, DATA_PARALLEL_EFFICIENCY, Placement, evaluate
+    from bobkit.rehearsal.plan import plan_grid
+
+    cost = plan_grid(_long_cells(), _table(), profile=_profile).cells[0]
+    save_share = 1 + 0.6 / 300  # a 0.6 s save every 5 minutes
+    one = evaluate(cost, Placement(processes=1, gpus=1, cpus=64, timeout_min=600), _table())
+    four = evaluate(cost, Placement(processes=4, gpus=4, cpus=64, timeout_min=600), _table())
+    assert one.wall_seconds == pytest.approx(15_000 * save_share + 10 + ATTEMPT_STARTUP_S)
+    training = 15_000 / (4 * DATA_PARALLEL_EFFICIENCY)
+    assert four.wall_seconds == pytest.approx(training * save_share + 10 + ATTEMPT_STARTUP_S)
+    assert four.gpu_seconds == pytest.approx(4 * four.wall_seconds) and one.attempts == four.attempts == 1
+    # input: 5M images in 4,166.7 s at 400 images/s a core = 3 cores, + one per process
+    assert four.cores_needed == pytest.approx(5e6 / training / 400 + 4) and not four.input_bound
+    starved = evaluate(cost, Placement(processes=4, gpus=4, cpus=5, timeout_min=600), _table())
+    assert starved.input_bound and starved.wall_seconds > four.wall_seconds + 5e6 / 400 - training - 1
+
+
+def test_memory_falls_with_accumulation_and_checkpointing_as_computed_from_the_profile():
+    """The stub profile keeps 80 MiB an image for the backward pass (20 MiB with gradient checkpointing) and has
+    25M parameters (16 B each when trained, 4 more per DDP bucket); fp32, so activations count in full."""
+    from bobkit.batch.grid import expand_grid
+    from bobkit.rehearsal.feasibility import Placement, evaluate
+    from bobkit.rehearsal.plan import plan_grid
+
+    cell = {"task": "classification", "backbone": "resnet50.a1_in1k", "dataset": "cifar100", "protocol": "finetune",
+            "image_size": 224, "epochs": 1, "max_train": 1000, "max_test": 100, "batch_size": 256}
+    table = _table(memory_gib=16.0)  # tensors get 89%: 14.24 GiB
+    cells = [*expand_grid({"grid": [cell]}), *expand_grid({"grid": [{**cell, "grad_checkpointing": True}]})]
+    plan = plan_grid(cells, table, profile=_profile)  # one run key: checkpointing is how it runs, not what
+    plain, checkpointed = plan.cells
+    weights = 25e6 * 16
+    assert plain.feasibility.micro_batch == 256
+    assert plain.feasibility.peak_bytes == pytest.approx(weights + 256 * 80 * MIB)
+    assert plain.feasibility.peak_checkpointed_bytes == pytest.approx(weights + 256 * 20 * MIB)
+    assert checkpointed.feasibility.peak_bytes == pytest.approx(weights + 256 * 20 * MIB)
+    # gradient checkpointing costs one more forward pass per training image (the table measured no slowdown)
+    assert checkpointed.feasibility.busy_seconds - plain.feasibility.busy_seconds == pytest.approx(1000 * 1e-3)
+    # accumulation keeps the global batch: 256 = 1 process x 2 steps x 128; 4 processes x 2 steps x 32
+    two = evaluate(plain, Placement(accum_steps=2), table)
+    spread = evaluate(plain, Placement(processes=4, gpus=4, accum_steps=2), table)
+    assert (two.micro_batch, spread.micro_batch) == (128, 32)
+    assert two.peak_bytes == pytest.approx(weights + 128 * 80 * MIB)
+    assert spread.peak_bytes == pytest.approx(25e6 * 20 + 32 * 80 * MIB)
+    assert evaluate(plain, Placement(processes=3, gpus=3), table).indivisible.startswith("batch_size 256 does not")
+    # over memory: the remedies keep the recipe, cheapest first
+    assert plan.over_memory == [plain]
+    assert plain.feasibility.memory_remedies == ["accum_steps: 2 fits 10.4 GiB",
+                                                 "grad_checkpointing: true fits 5.4 GiB", "gpus: 8 fits 3.0 GiB"]
+
+
+@pytest.mark.slow
+def test_the_shipped_suites_pass_their_own_plan():
+    """bob-full and bob-small declare the resources that let every cell finish under its time limit and fit an
+    H100 (counting every architecture's profile on the meta device takes a few minutes in a fresh cache)."""
+    from bobkit.batch.grid import load_grid
+    from bobkit.rehearsal.plan import plan_grid
+    from bobkit.rehearsal.throughput import load_table
+    from bobkit.utils.paths import repo_root
+
+    for suite in ("bob-full", "bob-small"):
+        plan = plan_grid(load_grid(repo_root() / "params" / f"{suite}.yaml"), load_table("h100"))
+        assert not plan.skipped and plan.cells
+        assert [c.cell.label for c in plan.cannot_finish] == [] and [c.cell.label for c in plan.over_memory] == []
+        # the fine-tunes run on several GPUs, so ImageNet's largest need requeues, and saved state carries them
+        assert max(c.feasibility.placement.processes for c in plan.cells) > 1
+
+
+def test_a_cell_without_training_must_finish_in_one_run():
+    """Nothing to resume: a probe cell's notebook runs once within timeout_min (the runner's execution timeout).
+    1,400 s of features and 0.36 s of probe fit 30 min less the 300 s start-up; not 25 min."""
+    from bobkit.rehearsal.feasibility import Placement, evaluate
+    from bobkit.rehearsal.plan import plan_grid
+
+    probe = plan_grid(_two_cells()[:1], _table(), profile=_profile).cells[0]
+    probe.work[0].seconds = probe.work[1].seconds = 700.0  # train and test features
+    assert evaluate(probe, Placement(timeout_min=30, cpus=64), _table()).attempts == 1
+    short = evaluate(probe, Placement(timeout_min=25, cpus=64), _table())
+    assert short.attempts is None and not short.finishes
+    from bobkit.rehearsal.feasibility import time_remedies
+
+    assert time_remedies(probe, short, _table()) == [
+        "timeout_min: 29 (it has no training state to resume and takes longer than one attempt under 25 min)"]

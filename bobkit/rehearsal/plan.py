@@ -26,7 +26,18 @@ the 90-epoch SGD probe. The grid as written is also costed with the L-BFGS probe
 
 Peak memory per cell (an estimate from the meta-device counts): weights (4 bytes a parameter; 16 when trained
 with AdamW: weights, gradients, two moments) plus the batch's activations (saved for the backward pass when
-training; twice the largest activation when only inferring), halved for bf16 autocast.
+training; twice the largest activation when only inferring), halved for bf16 autocast. Training memory is kept
+as a function of the micro-batch (:class:`~bobkit.rehearsal.feasibility.TrainingMemory`).
+
+Each cell is then placed on the resources it declares (:mod:`bobkit.rehearsal.feasibility`): wall time on its
+GPUs, requeues under its time limit with saved training state, memory per GPU at its micro-batch with and without
+gradient checkpointing, CPU cores its input needs; :attr:`Plan.failures` are the cells that cannot finish or fit,
+each with its remedies.
+
+Training is identified by :attr:`Work.training_key` (backbone, data and recipe) and features by
+:attr:`Work.share_key`: features are charged once per key (the feature cache); training is charged to every cell
+that trains, and :attr:`Plan.trained_by` names the first cell of each training identity, so that a cost charged
+once per training identity is one rule away.
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from bobkit.rehearsal.feasibility import Feasibility, TrainingMemory, assess
 from bobkit.rehearsal.groups import DETECTION_DEFAULT_SIZE, architecture
 from bobkit.rehearsal.profiles import Profile
 from bobkit.rehearsal.throughput import DeviceTable
@@ -64,7 +76,11 @@ GIB = 2**30
 
 @dataclass
 class Work:
-    """One piece of a cell's work: forward and backward images and device seconds."""
+    """One piece of a cell's work: forward and backward images, device seconds, images through the input pipeline.
+
+    ``training`` work runs on every process of a data-parallel cell and resumes from saved training state; the
+    rest runs in one process and cannot resume part-way.
+    """
 
     what: str
     forward: float = 0.0
@@ -72,6 +88,10 @@ class Work:
     seconds: float = 0.0
     share_key: tuple | None = None  # extractions bobkit serves from its cache to later cells
     training_key: tuple | None = None  # a fine-tuning: what identifies the weights it ends with
+    training: bool = False
+    decoded: float = 0.0  # images decoded and prepared on the CPU
+    augmented: bool = False  # through the recipe's training augmentation
+    cached: bool = False  # set by plan_grid: served from the feature cache (an earlier cell extracted it)
 
 
 @dataclass
@@ -81,14 +101,17 @@ class CellCost:
     cell: Cell
     work: list[Work] = field(default_factory=list)
     images: int = 0
-    peak_bytes: float = 0.0
+    peak_bytes: float = 0.0  # besides training: inference and attack batches
+    training_memory: TrainingMemory | None = None
     probe_seconds: float = 0.0  # the grid's probe, inside work
     paper_probe_seconds: float = 0.0
     lbfgs_probe_seconds: float = 0.0
+    probe_fits: int = 0  # probes the grid's probe fits (an L2 selection fits several; the paper's way one)
     sources: set[str] = field(default_factory=set)
     subsets: list[tuple[str, str, str, int, int]] = field(default_factory=list)  # dataset, split, param, n, of
     seconds: float = 0.0  # filled by plan_grid: with feature sharing
     forward_run: float = 0.0  # filled by plan_grid: forward images bobkit runs (cache hits excluded)
+    feasibility: Feasibility | None = None  # filled by plan_grid: the cell on its declared resources
 
     @property
     def forward(self) -> float:
@@ -118,6 +141,8 @@ class Plan:
     skipped: list[tuple[Cell, str]] = field(default_factory=list)
     #: Fine-tunings that repeat one an earlier cell already ran (same backbone, data and recipe): cell, seconds.
     repeated_training: list[tuple[Cell, float]] = field(default_factory=list)
+    #: The first cell (grid order) that trains each training identity (:attr:`Work.training_key`).
+    trained_by: dict[tuple, Cell] = field(default_factory=dict)
 
     def total(self, attr: str) -> float:
         return sum(getattr(c, attr) for c in self.cells)
@@ -126,6 +151,21 @@ class Plan:
     def lbfgs_seconds(self) -> float:
         """The grid as written, with the L-BFGS probe instead of the SGD one where it asks for SGD."""
         return sum(c.seconds - c.probe_seconds + c.lbfgs_probe_seconds for c in self.cells)
+
+    @property
+    def cannot_finish(self) -> list[CellCost]:
+        """Cells that cannot finish on their resources under their time limit and ``max_requeues``."""
+        return [c for c in self.cells if c.feasibility is not None and not c.feasibility.finishes]
+
+    @property
+    def over_memory(self) -> list[CellCost]:
+        """Cells whose peak memory per GPU at their micro-batch is more than the device has."""
+        return [c for c in self.cells if c.feasibility is not None and not c.feasibility.fits(self.table.memory_gib)]
+
+    @property
+    def feasible(self) -> bool:
+        """Every costed cell finishes and fits."""
+        return not self.cannot_finish and not self.over_memory
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -205,7 +245,7 @@ class _Context:
         prof = self.features()
         key = (self.backbone, dataset, split, limit, self.p["image_size"], self.p.get("seed", 0))
         seconds = n * self.forward_seconds(prof, self.p["image_size"])
-        self.cost.work.append(Work(what, forward=n, seconds=seconds, share_key=key))
+        self.cost.work.append(Work(what, forward=n, seconds=seconds, share_key=key, decoded=n))
         self.inference_memory(prof)
         return n
 
@@ -214,9 +254,16 @@ class _Context:
         act = 2 * prof.peak_activation_mb * 2**20 * batch * self._act_scale
         self.peak(prof.params * 4 + act)
 
-    def training_memory(self, prof: Profile, batch: int, trained_params: bool = True, fp32: bool = False) -> None:
-        scale = 1.0 if fp32 else self._act_scale
-        self.peak(prof.params * (16 if trained_params else 4) + prof.saved_mb * 2**20 * batch * scale)
+    def training_memory(self, prof: Profile, batch: int, trained_params: bool = True) -> None:
+        """Training's memory per GPU as a function of its micro-batch (``batch`` is the global batch)."""
+        scale = self.table.activation_scale or self._act_scale
+        self.cost.training_memory = TrainingMemory(
+            params=prof.params, trained=trained_params, image_bytes=prof.saved_mb * 2**20 * scale,
+            checkpointed_image_bytes=prof.checkpointed_mb * 2**20 * scale, global_batch=batch)
+
+    def attack_memory(self, prof: Profile, batch: int) -> None:
+        """Attacks keep a batch's fp32 activations for the input gradient (one process, frozen weights)."""
+        self.peak(prof.params * 4 + prof.input_grad_mb * 2**20 * batch)
 
     @property
     def _act_scale(self) -> float:
@@ -232,8 +279,9 @@ class _Context:
         recipe = tuple(_hashable(self.p.get(k, "train" if k == "train_split" else None)) for k in TRAINING_RECIPE)
         self.cost.work.append(Work("fine-tuning", forward=steps, backward=steps,
                                    seconds=steps * fwd * self.table.train_over_forward,
-                                   training_key=(self.backbone, self.p["dataset"], n_train, recipe)))
-        self.cost.work.append(Work("evaluation", forward=n_eval, seconds=n_eval * fwd))
+                                   training_key=(self.backbone, self.p["dataset"], n_train, recipe), training=True,
+                                   decoded=steps, augmented=bool(self.p.get("augment"))))
+        self.cost.work.append(Work("evaluation", forward=n_eval, seconds=n_eval * fwd, decoded=n_eval))
         self.training_memory(prof, int(self.p["batch_size"]))
 
     def probe(self, n_fit: int, n_classes: int, solver: str) -> None:
@@ -246,6 +294,7 @@ class _Context:
         chosen = sgd if solver == "sgd" else lbfgs
         self.cost.work.append(Work(f"{solver} probe", seconds=chosen))
         self.cost.probe_seconds += chosen
+        self.cost.probe_fits += len(fits)
         self.cost.paper_probe_seconds += self.sgd_seconds(n_fit, dim, n_classes, PAPER_PROBE_EPOCHS)
         self.cost.lbfgs_probe_seconds += lbfgs
 
@@ -321,7 +370,7 @@ def _retrieval(ctx: _Context) -> None:
         ctx.cost.images = n
         prof = ctx.features()
         ctx.cost.work.append(Work("features (uncached)", forward=n, seconds=n * ctx.forward_seconds(
-            prof, p["image_size"])))
+            prof, p["image_size"]), decoded=n))
         ctx.inference_memory(prof)
         return
     ctx.cost.images = ctx.extraction(p["dataset"], p["split"], "max_samples", f"features ({p['split']})")
@@ -344,12 +393,12 @@ def _ood(ctx: _Context) -> None:
         name, _, split = str(target).partition(":")
         if name == "corruptions":
             n = p["max_corrupted"] * len(p["corruptions"]) * len(p["severities"])
-            ctx.cost.work.append(Work("corruptions", forward=n, seconds=n * fwd))
+            ctx.cost.work.append(Work("corruptions", forward=n, seconds=n * fwd, decoded=n))
             images += p["max_corrupted"]
             continue
         if p["protocol"] == "finetune":
             n = ctx.reads(name, split or p["target_split"], "max_target")
-            ctx.cost.work.append(Work(f"target {name}", forward=n, seconds=n * fwd))
+            ctx.cost.work.append(Work(f"target {name}", forward=n, seconds=n * fwd, decoded=n))
         else:
             n = ctx.extraction(name, split or p["target_split"], "max_target", f"features (target {name})")
         images += n
@@ -376,8 +425,8 @@ def _robustness(ctx: _Context) -> None:
     backward = sum(n * passes[a] for a in p["attacks"])
     forward = backward + sum(n * (1 + eps) for _ in p["attacks"])  # clean pass + a check per epsilon
     ctx.cost.work.append(Work("attacks (fp32)", forward=forward, backward=backward,
-                              seconds=(forward + 2 * backward) * fwd))
-    ctx.training_memory(prof, int(p["batch_size"]), trained_params=False, fp32=True)
+                              seconds=(forward + 2 * backward) * fwd, decoded=n))
+    ctx.attack_memory(prof, int(p["batch_size"]))
 
 
 def _detection(ctx: _Context) -> None:
@@ -395,8 +444,9 @@ def _detection(ctx: _Context) -> None:
     steps = round(p["epochs"] * n_train * selection_share(p.get("lr")))
     per_image = fwd * (ctx.table.train_over_forward if trains_trunk else 1.0)
     ctx.cost.work.append(Work(f"detector training ({prof.height}x{prof.width})", forward=steps,
-                              backward=steps if trains_trunk else 0, seconds=steps * per_image))
-    ctx.cost.work.append(Work("detector evaluation", forward=n_val, seconds=n_val * fwd))
+                              backward=steps if trains_trunk else 0, seconds=steps * per_image, training=True,
+                              decoded=steps))
+    ctx.cost.work.append(Work("detector evaluation", forward=n_val, seconds=n_val * fwd, decoded=n_val))
     ctx.cost.images = n_train + n_val
     ctx.training_memory(prof, int(p["batch_size"]), trained_params=trains_trunk)
 
@@ -422,7 +472,8 @@ def cell_cost(cell: Cell, table: DeviceTable, profile: ProfileFn) -> CellCost:
 
 
 def plan_grid(cells: Iterable[Cell], table: DeviceTable, profile: ProfileFn | None = None) -> Plan:
-    """Cost every cell; shared extractions are charged once, to the first cell that needs them (grid order).
+    """Cost every cell; shared extractions are charged once, to the first cell that needs them (grid order); place
+    each cell on its declared resources (:attr:`CellCost.feasibility`).
 
     Cells that cannot be costed (a backbone without a loader, a dataset of unknown size) are listed in
     :attr:`Plan.skipped` with the reason.
@@ -433,7 +484,6 @@ def plan_grid(cells: Iterable[Cell], table: DeviceTable, profile: ProfileFn | No
         profile = profile_fn
     plan = Plan(table, [])
     seen: set[tuple] = set()
-    trained: set[tuple] = set()
     for cell in cells:
         try:
             cost = cell_cost(cell, table, profile)
@@ -442,14 +492,16 @@ def plan_grid(cells: Iterable[Cell], table: DeviceTable, profile: ProfileFn | No
             continue
         for work in cost.work:
             if work.training_key is not None:
-                if work.training_key in trained:
+                if work.training_key in plan.trained_by:
                     plan.repeated_training.append((cell, work.seconds))
-                trained.add(work.training_key)
+                plan.trained_by.setdefault(work.training_key, cell)
             if work.share_key is not None and work.share_key in seen:
-                continue  # served from the feature cache
+                work.cached = True  # served from the feature cache
+                continue
             if work.share_key is not None:
                 seen.add(work.share_key)
             cost.seconds += work.seconds
             cost.forward_run += work.forward
+        cost.feasibility = assess(cost, table)
         plan.cells.append(cost)
     return plan

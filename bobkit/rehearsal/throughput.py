@@ -4,7 +4,9 @@ A table (``bobkit/rehearsal/throughput/<name>.json``, or ``cache_dir()/plan/devi
 holds forward images/s per ``architecture@image_size`` with the FLOPs per image they were measured at, the
 device's training-over-forward time ratio, the slowdown of fp32 passes (attacks) against the default precision,
 the linear probe's step times, and per backbone family the achieved forward TFLOP/s used for architectures and
-input sizes it did not measure (time = FLOPs / that rate). ``benchmarks/gpu_check.sh`` records a table for the
+input sizes it did not measure (time = FLOPs / that rate). Optional training figures, where the table's GPU
+measured them: the slowdown of gradient checkpointing and the activation memory of the table's precision against
+fp32. ``benchmarks/gpu_check.sh`` records a table for the
 GPU it runs on (``benchmarks/plan_throughput.py``).
 """
 
@@ -41,12 +43,15 @@ class DeviceTable:
     fp32_tflops: float
     architectures: dict[str, dict[str, Any]] = field(default_factory=dict)
     family_tflops: dict[str, float] = field(default_factory=dict)
+    checkpoint_slowdown: float | None = None  # training time with / without gradient checkpointing
+    activation_scale: float | None = None  # training activations at ``precision`` / in fp32
     notes: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> DeviceTable:
         known = {f for f in cls.__dataclass_fields__ if f != "notes"}
-        missing = sorted(known - set(payload) - {"architectures", "family_tflops"})
+        optional = {"architectures", "family_tflops", "checkpoint_slowdown", "activation_scale"}
+        missing = sorted(known - set(payload) - optional)
         if missing:
             raise ValueError(f"throughput table {payload.get('name')!r} lacks {', '.join(missing)}")
         notes = {k: str(v) for k, v in payload.items() if k.endswith("_source")}
