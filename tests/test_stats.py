@@ -275,6 +275,51 @@ def test_protocol_comparison_and_rank_agreement():
         cmp.protocol_comparison(table[table["protocol"] == "finetune"])
 
 
+def _protocol_table_with_controls() -> pd.DataFrame:
+    """Three pretrained backbones that gain +0.01 from fine-tuning and three random-init controls that gain +0.3."""
+    rows = []
+    for i, (b, kind) in enumerate([("p1", "supervised"), ("p2", "SSL"), ("p3", "supervised"),
+                                   ("r1", "random"), ("r2", "random"), ("r3", "random")]):
+        base = 0.7 + 0.05 * i if kind != "random" else 0.1 + 0.02 * i
+        gain = 0.01 if kind != "random" else 0.3
+        for proto, val in (("linear_probe", base), ("finetune", base + gain + (0.1 * i if kind == "random" else 0))):
+            rows.append({"backbone": b, "task": "classification", "dataset": "fm", "protocol": proto,
+                         "metric": "top1", "value": val, "higher_is_better": True, "method_kind": kind,
+                         "family": "CNN", "stderr": 0.02})
+    return conform(pd.DataFrame(rows))
+
+
+def test_protocol_gain_and_rank_agreement_leave_the_controls_out():
+    comp = cmp.protocol_comparison(_protocol_table_with_controls())
+    assert len(comp) == 6  # the comparison itself shows every backbone (controls labelled by method_kind)
+    gain = cmp.protocol_gain(comp, n_boot=200)
+    assert gain["n"] == 3 and gain["mean"] == pytest.approx(0.01)  # was 6 pairs, mean +0.175
+    assert gain["n_controls_left_out"] == 3
+    agree = cmp.rank_agreement(comp, n_boot=0)
+    assert agree["n"].iloc[0] == 3 and agree["mean_delta"].iloc[0] == pytest.approx(0.01)
+    assert agree["rho"].iloc[0] == pytest.approx(1.0)  # the pretrained keep their order; with controls rho differs
+    text = prose.describe_protocols(comp, agree, "linear_probe", "finetune", gain)
+    assert "over 3 pretrained backbone x dataset pairs" in text and "3 random-init control pairs left out of the pooled numbers" in text
+    pooled_rho = corr.pretrained_spearman(comp, "linear_probe", "finetune", n_boot=0)
+    assert pooled_rho["n"] == 3 and pooled_rho["n_controls_left_out"] == 3
+    with_controls = cmp.protocol_gain(comp, n_boot=0, pool_exclude=())
+    assert with_controls["n"] == 6 and with_controls["n_controls_left_out"] == 0
+
+
+def test_group_difference_carries_each_rows_within_cell_standard_error():
+    frame = pd.DataFrame({"backbone": list("abcdef"), "g": ["x"] * 3 + ["y"] * 3,
+                          "delta": [0.0, 0.0, 0.0, 0.1, 0.1, 0.1]})
+    plain = cmp.group_difference(frame, "delta", "g", a="x", b="y", n_boot=400)
+    assert math.isnan(plain["ci_low"])  # nothing varies: no interval, not a zero-width one
+    noisy = cmp.group_difference(frame.assign(delta_se=0.05), "delta", "g", a="x", b="y", n_boot=400)
+    # each group's mean of three rows resampled with replacement from three N(., 0.05) draws has variance
+    # 0.05^2 / 3 (the draws) + 0.05^2 (2 / 3) / 3 (the resampling); the difference of two such means:
+    assert noisy["diff"] == pytest.approx(0.1)
+    sd = 0.05 * math.sqrt(2 * (1 + 2 / 3) / 3)
+    assert noisy["ci_high"] - noisy["ci_low"] == pytest.approx(2 * 1.96 * sd, rel=0.15)
+    assert noisy["stderr_column"] == "delta_se"
+
+
 def test_probit_trend_and_effective_robustness():
     id_acc = np.linspace(0.5, 0.9, 30)
     ood = sps.norm.cdf(0.2 + 1.5 * id_ood.probit(id_acc))

@@ -177,18 +177,33 @@ def describe_regression(reg: Any) -> str:
 
 def describe_protocols(comparison: pd.DataFrame, agreement: pd.DataFrame, a: str, b: str,
                        gain: Mapping[str, float] | None = None) -> str:
-    """Mean change from ``a`` to ``b`` (with its interval when ``gain`` from
-    :func:`~bobkit.analysis.comparisons.protocol_gain` is given) and the rank agreement between them."""
+    """Mean change from ``a`` to ``b`` over the pretrained backbones (with its interval when ``gain`` from
+    :func:`~bobkit.analysis.comparisons.protocol_gain` is given) and the rank agreement between them; says how
+    many random-init control pairs were left out of both."""
+    from bobkit.analysis.scores import pretrained_only
+
     metric = comparison["metric"].iloc[0] if "metric" in comparison and len(comparison) else "value"
-    mean = f"{comparison['delta'].mean():+.3f}"
+    pooled, n_controls = pretrained_only(comparison)
+    mean = f"{pooled['delta'].mean():+.3f}"
     if gain is not None and np.isfinite(gain.get("ci_low", math.nan)):
         mean += f" [{gain['ci_low']:+.3f}, {gain['ci_high']:+.3f}]"
-    text = (f"{md(b)} minus {md(a)} ({md(metric)}): mean {mean} over {len(comparison)} backbone x "
-            f"dataset pairs, positive for {(comparison['delta'] > 0).mean() * 100:.0f}%.")
+    kind = "pretrained backbone" if n_controls else "backbone"
+    text = (f"{md(b)} minus {md(a)} ({md(metric)}): mean {mean} over {len(pooled)} {kind} x dataset pairs, "
+            f"positive for {(pooled['delta'] > 0).mean() * 100:.0f}%.")
     rho = agreement["rho"].dropna() if "rho" in agreement else pd.Series(dtype=float)
     if len(rho):
         text += f" Rank agreement between the protocols (Spearman, per dataset): median {rho.median():.2f}."
+    if n_controls:
+        text += f" {controls_left_out(n_controls, 'control pairs')}"
     return text
+
+
+def controls_left_out(n: int, what: str = "controls") -> str:
+    """The sentence a pooled finding adds when it left ``n`` random-init controls out (empty for none)."""
+    if not n:
+        return ""
+    return (f"{n} random-init {what} left out of the pooled numbers, as they are of the z-score pools (they stay in "
+            "the tables and charts as baselines).")
 
 
 def describe_id_ood(dataset: str, corr: Mapping[str, float], trend: Mapping[str, float],

@@ -52,6 +52,14 @@ def baseline_mask(results: pd.DataFrame, pool_exclude: Sequence[str] = BASELINE_
     return results["method_kind"].isin(list(pool_exclude))
 
 
+def pretrained_only(frame: pd.DataFrame, pool_exclude: Sequence[str] = BASELINE_KINDS) -> tuple[pd.DataFrame, int]:
+    """The rows of ``frame`` outside the random-init controls (``method_kind`` in ``pool_exclude``) and how many rows
+    were left out: every pooled finding (a mean gain, a rank agreement, a correlation over backbones) uses the
+    pretrained backbones only, as the z-score pools do; the controls stay in tables and charts as baselines."""
+    controls = baseline_mask(frame, pool_exclude)
+    return frame[~controls], int(controls.sum())
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The backbone x setting x seed cube
 # --------------------------------------------------------------------------------------------------------------------
