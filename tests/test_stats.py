@@ -71,6 +71,30 @@ def test_task_then_overall_aggregation(hand_table):
     assert scores.loc["a", "n_settings"] == 3 and scores.loc["a", "n_tasks"] == 2
 
 
+def test_overall_ranks_only_on_the_tasks_every_backbone_has():
+    """The demo's case: lite2 has no detection cell and ranked first on the tasks it had."""
+    table = _table([
+        ("a", "cls", "d1", "top1", 0.1, True), ("b", "cls", "d1", "top1", 0.2, True),
+        ("c", "cls", "d1", "top1", 0.3, True),
+        ("a", "det", "d2", "box_ap", 0.5, True), ("b", "det", "d2", "box_ap", 0.1, True),  # c has no detection
+    ])
+    scores = sc.scores(table).set_index("backbone")
+    assert scores["overall"].to_dict() == pytest.approx(scores["cls"].to_dict())  # detection is in no overall
+    assert scores.attrs["overall_tasks"] == ["cls"] and scores.attrs["tasks_not_in_overall"] == {"det": ["c"]}
+    assert scores.loc["a", "det"] == pytest.approx(1.0)  # its task column still shows it
+    board = sc.leaderboard(table, n_boot=50)
+    assert board.set_index("backbone")["score"].to_dict() == pytest.approx(scores["cls"].to_dict())
+    assert board.attrs["overall_tasks"] == ["cls"] and board.attrs["tasks_not_in_overall"] == {"det": ["c"]}
+    assert "detection" not in prose.describe_leaderboard(board)
+    assert "det is left out of the overall score (c lacks it)" in prose.describe_leaderboard(board)
+    # asked for, each backbone is averaged over the tasks it has, and the leaderboard says which those are
+    every = sc.leaderboard(table, n_boot=50, shared_tasks_only=False).set_index("backbone")
+    assert every.loc["a", "score"] == pytest.approx((scores.loc["a", "cls"] + 1.0) / 2)
+    assert every.loc["c", "tasks_scored"] == "cls" and every.loc["a", "tasks_scored"] == "cls, det"
+    assert "each overall score averages the tasks its backbone has" in prose.describe_leaderboard(
+        sc.leaderboard(table, n_boot=50, shared_tasks_only=False))
+
+
 def test_negation_of_lower_is_better(hand_table):
     nll = hand_table[hand_table["metric"] == "nll"]
     z_neg = sc.zscores(nll).set_index("backbone")["z"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -104,7 +104,30 @@ def describe_leaderboard(board: pd.DataFrame, top: int = 3, name_col: str = "dis
     if board["score_lo"].isna().all():
         text += (" No interval: nothing in this table varies between bootstrap replicates (one setting per task,"
                  " one seed, no recorded standard error over test items).")
+    return text + describe_task_coverage(board)
+
+
+def describe_task_coverage(board: pd.DataFrame) -> str:
+    """Which tasks an overall leaderboard's scores cover, when not every backbone has every task (empty
+    otherwise): the tasks left out of the overall score and who lacks them, or that each score averages the tasks
+    its backbone has."""
+    left_out = board.attrs.get("tasks_not_in_overall") or {}
+    text = ""
+    if left_out:
+        overall = ", ".join(md(t) for t in board.attrs.get("overall_tasks", []))
+        text += f" The overall score averages the tasks every backbone has ({overall});"
+        text += ";".join(f" {md(t)} is left out of the overall score ({_names(lacking)} "
+                         f"{'lack' if len(lacking) > 1 else 'lacks'} it)" for t, lacking in left_out.items())
+        text += ", and shown in its own column."
+    if board.attrs.get("uneven_overall"):
+        text += (" Not every backbone has every task: each overall score averages the tasks its backbone has "
+                 "(column tasks_scored), so scores over different tasks are not like for like.")
     return text
+
+
+def _names(names: Sequence[str], most: int = 4) -> str:
+    shown = ", ".join(md(n) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def describe_pairs(pairs: pd.DataFrame, what: str, threshold: float = 0.8) -> str:

@@ -24,8 +24,8 @@ Calibration
     casts to float32 and counts 1.0 in a hidden extra bin); the reliability diagram is drawn from the same bins.
     NLL, multiclass Brier score (sum over classes, range [0, 2], scikit-learn's definition) and temperature scaling
     fitted by minimising NLL on held-out logits, within :data:`TEMPERATURE_BOUNDS` and only where the held-out split
-    supports it (:func:`calibrate_temperature` falls back to T = 1 and says why). Standard errors: per-item means for NLL and Brier, binomial for
-    accuracy, a seeded bootstrap over items for ECE.
+    supports it (:func:`calibrate_temperature` falls back to T = 1 and says why). Standard errors: per-item means
+    for NLL and Brier, binomial for accuracy, a seeded bootstrap over items for ECE.
 
 The revisited Oxford/Paris ground truth (a pickle, verified and converted once) is read by
 :mod:`bobkit.data.revisited`.
