@@ -76,6 +76,14 @@ def test_finding_answers_and_agreement():
     assert answer["shown"] and answer["agreement"] == "agrees" and answer["paper_value"] == pytest.approx(0.23)
     answer = findings.difference_finding("scale_params", {**diff, "ci_low": -0.3, "ci_high": -0.1, "diff": -0.2})
     assert answer["agreement"] == "disagrees"
+    # the overview's case: an interval holding the paper's side and zero is unclear, as its legend says, not "x"
+    straddles = findings.difference_finding("scale_params", {**diff, "diff": 0.08, "ci_low": -0.02, "ci_high": 0.17})
+    assert straddles["agreement"] == "unclear"
+    # on the paper's side but short of its value: agrees on the direction, and the statement says the value is out
+    short = findings.difference_finding("scale_params", {**diff, "diff": 0.08, "ci_low": 0.02, "ci_high": 0.17})
+    assert short["agreement"] == "agrees" and "outside this interval" in short["statement"]
+    assert findings.agreement(0.08, -0.02, 0.17, 0.23) == "unclear"
+    assert findings.agreement(0.0, -0.1, 0.1, 0.0) == "agrees"  # a paper value of zero: inside the interval
     missing = findings.difference_finding("scale_params", None, "it has 0 pretrained ViT backbone(s)")
     assert not missing["shown"] and missing["statement"].startswith("This table cannot show the paper's finding")
     assert findings.threshold_finding("task_correlation", 0.9, 0.85, 0.95, 12, "rho")["agreement"] == "agrees"
