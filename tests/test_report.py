@@ -436,6 +436,32 @@ def _write_summary(figures: Path, notebook: str, findings: dict, **extra) -> Non
     out.record(**extra)
 
 
+def test_the_overview_leaderboard_states_its_caveats(tmp_path):
+    """Two pretrained backbones and a missing task: the overview says which tasks the overall covers, warns that
+    the z-scores degenerate, and shows the gap to the best backbone beside the score."""
+    from types import SimpleNamespace
+
+    from bobkit.analysis import prose, scores
+    from bobkit.results.schema import conform
+
+    rows = [(b, task, m, v, k) for b, task, m, v, k in [
+        ("p1", "cls", "top1", 0.80, "supervised"), ("p2", "cls", "top1", 0.81, "supervised"),
+        ("p3", "cls", "top1", 0.5, "supervised"), ("ctl", "cls", "top1", 0.10, "random"),
+        ("p1", "det", "box_ap", 0.3, "supervised"), ("p3", "det", "box_ap", 0.2, "supervised"),
+        ("ctl", "det", "box_ap", 0.1, "random")]]
+    table = conform(pd.DataFrame([{"backbone": b, "task": t, "dataset": "d", "protocol": "p", "metric": m,
+                                   "value": v, "method_kind": k} for b, t, m, v, k in rows]))
+    board = scores.leaderboard(table, n_boot=20)
+    figures = tmp_path / "figures"
+    (figures / "01_leaderboard").mkdir(parents=True)
+    board.to_csv(figures / "01_leaderboard" / "leaderboard.csv", index=False)
+    _write_summary(figures, "01_leaderboard", {}, **{k: board.attrs[k] for k in prose.LEADERBOARD_NOTES})
+    text = "\n".join(pages._leaderboard(SimpleNamespace(figures_root=figures), {}))
+    assert "det is left out of the overall score \\(p2 lacks it\\)" in text
+    assert "only 2 pretrained backbones" in text
+    assert "gap to best" in text and "over the tasks every backbone has" in text
+
+
 def test_overview_rows_show_what_the_notebooks_recorded(tmp_path):
     from bobkit.analysis import findings
 

@@ -95,6 +95,30 @@ def test_overall_ranks_only_on_the_tasks_every_backbone_has():
         sc.leaderboard(table, n_boot=50, shared_tasks_only=False))
 
 
+def test_small_pools_warn_and_carry_a_gap_to_the_best_backbone():
+    """Two pretrained backbones: every z-score is exactly +-1 and a control below a tight pool gets a huge one."""
+    rows = [("p1", "cls", "d1", "top1", 0.80, True), ("p2", "cls", "d1", "top1", 0.81, True),
+            ("ctl", "cls", "d1", "top1", 0.10, True),
+            ("p1", "cls", "d2", "ece", 0.05, False), ("p2", "cls", "d2", "ece", 0.03, False),
+            ("ctl", "cls", "d2", "ece", 0.30, False)]
+    table = _table(rows).assign(method_kind=lambda f: np.where(f["backbone"] == "ctl", "random", "supervised"))
+    z = sc.zscores(table)
+    assert set(np.round(z.loc[~z["baseline"], "z"].abs(), 12)) == {1.0}
+    board = sc.leaderboard(table, n_boot=50).set_index("backbone")
+    assert board.attrs["min_pool"] == 2 and board.attrs["small_pool"]
+    # gap to the best pretrained backbone per setting, in the metric's units, signed so that 0 is the best:
+    # p1: (0.80 - 0.81 + (-(0.05) + 0.03)) / 2; p2: (0 + 0) / 2; the control: (0.10 - 0.81 + (-0.30 + 0.03)) / 2
+    assert board.loc["p1", "gap_to_best"] == pytest.approx((-0.01 - 0.02) / 2)
+    assert board.loc["p2", "gap_to_best"] == pytest.approx(0.0)
+    assert board.loc["ctl", "gap_to_best"] == pytest.approx((-0.71 - 0.27) / 2)
+    assert board.loc["ctl", "score"] < -30  # the degenerate z-score the warning is about
+    text = prose.describe_leaderboard(board.reset_index())
+    assert "only 2 pretrained backbones" in text and "gap_to_best" in text
+    big = sc.leaderboard(_noisy_table(3), n_boot=20)
+    assert big.attrs["min_pool"] == 8 and not big.attrs["small_pool"]
+    assert "pretrained backbones" not in prose.describe_leaderboard(big)
+
+
 def test_negation_of_lower_is_better(hand_table):
     nll = hand_table[hand_table["metric"] == "nll"]
     z_neg = sc.zscores(nll).set_index("backbone")["z"]

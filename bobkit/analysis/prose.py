@@ -104,22 +104,46 @@ def describe_leaderboard(board: pd.DataFrame, top: int = 3, name_col: str = "dis
     if board["score_lo"].isna().all():
         text += (" No interval: nothing in this table varies between bootstrap replicates (one setting per task,"
                  " one seed, no recorded standard error over test items).")
-    return text + describe_task_coverage(board)
+    return text + describe_task_coverage(board.attrs) + describe_small_pool(board.attrs)
 
 
-def describe_task_coverage(board: pd.DataFrame) -> str:
+#: The leaderboard ``attrs`` a notebook records for the pages that show its leaderboard (the report's overview).
+LEADERBOARD_NOTES = ("overall_tasks", "tasks_not_in_overall", "uneven_overall", "min_pool", "small_pool")
+
+
+def leaderboard_notes(attrs: Mapping[str, Any]) -> str:
+    """The caveats of a leaderboard in sentences: which tasks its overall covers and whether its z-score pools are
+    too small (empty when neither applies)."""
+    return (describe_task_coverage(attrs) + describe_small_pool(attrs)).strip()
+
+
+def describe_small_pool(attrs: Mapping[str, Any]) -> str:
+    """A warning when some setting's z-score pool holds fewer than :data:`~bobkit.analysis.scores.SMALL_POOL`
+    pretrained backbones (empty otherwise); ``attrs``: a leaderboard's ``attrs`` or what a notebook recorded of
+    them."""
+    if not attrs.get("small_pool"):
+        return ""
+    n = attrs["min_pool"]
+    return (f" Caution: some settings have only {n} pretrained backbones to z-score over; with so few the z-scores "
+            "degenerate (with two, every pretrained backbone is at exactly +1 or -1, and a control below a tight pool "
+            "gets a very large negative score). Read gap_to_best beside them: the distance to the best pretrained "
+            "backbone of each setting in the metric's own units (0 = the best), which does not depend on the pool's "
+            "spread.")
+
+
+def describe_task_coverage(attrs: Mapping[str, Any]) -> str:
     """Which tasks an overall leaderboard's scores cover, when not every backbone has every task (empty
     otherwise): the tasks left out of the overall score and who lacks them, or that each score averages the tasks
-    its backbone has."""
-    left_out = board.attrs.get("tasks_not_in_overall") or {}
+    its backbone has. ``attrs``: a leaderboard's ``attrs`` or what a notebook recorded of them."""
+    left_out = attrs.get("tasks_not_in_overall") or {}
     text = ""
     if left_out:
-        overall = ", ".join(md(t) for t in board.attrs.get("overall_tasks", []))
+        overall = ", ".join(md(t) for t in attrs.get("overall_tasks", []))
         text += f" The overall score averages the tasks every backbone has ({overall});"
         text += ";".join(f" {md(t)} is left out of the overall score ({_names(lacking)} "
                          f"{'lack' if len(lacking) > 1 else 'lacks'} it)" for t, lacking in left_out.items())
         text += ", and shown in its own column."
-    if board.attrs.get("uneven_overall"):
+    if attrs.get("uneven_overall"):
         text += (" Not every backbone has every task: each overall score averages the tasks its backbone has "
                  "(column tasks_scored), so scores over different tasks are not like for like.")
     return text

@@ -9,6 +9,11 @@ Conventions:
   where the pool ties scores 0; settings with fewer than ``min_backbones`` pool backbones are dropped). Random-init
   controls (``method_kind`` in ``pool_exclude``) are kept out of the pool by default: they are scored against the
   pretrained backbones' mean and spread and stay on the leaderboards as labelled baselines;
+* z-scores over a small pool degenerate (with two pretrained backbones every one is exactly +-1; a control below a
+  tight pool lands at a very large negative z): beside the z-score every leaderboard carries ``gap_to_best``, the
+  signed distance to the best pretrained backbone of each setting in the metric's own units (0 for the best,
+  negative behind it), aggregated exactly as the z-scores are, which stays meaningful for any pool size;
+  ``attrs["min_pool"]`` is the smallest pool and ``attrs["small_pool"]`` says it is below :data:`SMALL_POOL`;
 * a task score averages the z-scores of its settings (``setting_agg``; a backbone missing a setting is averaged
   over the settings it has), the overall score averages the task scores (``task_agg``) over the tasks **every**
   compared backbone has (``shared_tasks_only``): a backbone without a detection cell is not ranked above the others
@@ -41,6 +46,9 @@ _AGG: dict[str, Callable[..., np.ndarray]] = {"mean": np.nanmean, "median": np.n
 #: Method kinds kept out of the z-score pools (and the scale correlations) unless asked for.
 BASELINE_KINDS: tuple[str, ...] = ("random",)
 RESAMPLE_UNITS: tuple[str, ...] = ("settings", "seeds", "items")
+#: Fewest pretrained backbones in a setting's pool for its z-scores to say more than the order (with 2, every
+#: backbone is at exactly -1 or +1; with 3, the z-scores of the middle one are pinned by the other two).
+SMALL_POOL = 4
 
 
 def backbone_metadata(results: pd.DataFrame) -> pd.DataFrame:
@@ -146,6 +154,23 @@ def zscore_matrix(means: np.ndarray, pool: np.ndarray | None = None, ddof: int =
         sd = np.nanstd(means[pool], axis=0, ddof=ddof, keepdims=True)
     z = np.where(sd > 0, (means - mu) / np.where(sd > 0, sd, 1.0), 0.0)
     return np.where(np.isfinite(means), z, np.nan)
+
+
+def gap_to_best_matrix(means: np.ndarray, pool: np.ndarray | None = None) -> np.ndarray:
+    """Signed distance of each backbone x setting value to the best ``pool`` backbone of the setting (values
+    already signed so that higher is better): 0 for the best, negative behind it, in the metric's units; NaN where
+    the value or every pool value is missing. Meaningful for any pool size, unlike a z-score."""
+    pool = np.ones(means.shape[0], dtype=bool) if pool is None else np.asarray(pool, dtype=bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        best = np.nanmax(np.where(np.isfinite(means[pool]), means[pool], -np.inf), axis=0, keepdims=True)
+    best = np.where(np.isfinite(best), best, np.nan)
+    return means - best
+
+
+def pool_sizes(means: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Pretrained (pool) backbones with a value in each setting."""
+    return np.isfinite(means[np.asarray(pool, dtype=bool)]).sum(axis=0)
 
 
 def _long(cube: SettingCube, means: np.ndarray, z: np.ndarray | None) -> pd.DataFrame:
@@ -284,6 +309,19 @@ class ScoreBootstrap:
     overall_tasks: list[str] | None = None  # the tasks the overall score averages (None: all)
     tasks_not_in_overall: dict[str, list[str]] | None = None  # task -> backbones lacking it
     uneven_overall: bool = False  # some backbone's overall averages fewer tasks than another's
+    point_gap_overall: np.ndarray | None = None  # (B,) gap to the best pretrained backbone (see gap_to_best_matrix)
+    point_gap_tasks: np.ndarray | None = None  # (B, T)
+    gap_overall: np.ndarray | None = None  # (n_boot, B)
+    gap_tasks_boot: np.ndarray | None = None  # (n_boot, B, T)
+    pool_sizes: np.ndarray | None = None  # (S,) pretrained backbones per setting
+
+    def gap_point(self, level: str = "overall") -> np.ndarray:
+        """Point gaps to the best pretrained backbone at ``level``."""
+        return self.point_gap_overall if level == "overall" else self.point_gap_tasks[:, self._task(level)]
+
+    def gap_replicates(self, level: str = "overall") -> np.ndarray:
+        """Replicates (``n_boot`` x backbones) of the gap to the best pretrained backbone at ``level``."""
+        return self.gap_overall if level == "overall" else self.gap_tasks_boot[:, :, self._task(level)]
 
     def point(self, level: str = "overall") -> np.ndarray:
         """Point scores at ``level`` (``"overall"`` or a task)."""
@@ -364,25 +402,32 @@ def bootstrap_scores(
     n_b, n_s, n_k = cube.values.shape
     n_t = len(cube.tasks)
     all_cols = np.arange(n_s)
-    point_tasks, _ = _aggregate(zscore_matrix(cube.seed_means(), cube.pool, ddof), all_cols, cube.task_of_setting, n_t,
+    means = cube.seed_means()
+    point_tasks, _ = _aggregate(zscore_matrix(means, cube.pool, ddof), all_cols, cube.task_of_setting, n_t,
                                 setting_agg, task_agg)
     shared = shared_task_mask(point_tasks) if shared_tasks_only else np.ones(n_t, dtype=bool)
-    point_tasks, point_overall = _aggregate(zscore_matrix(cube.seed_means(), cube.pool, ddof), all_cols,
+    point_tasks, point_overall = _aggregate(zscore_matrix(means, cube.pool, ddof), all_cols,
                                             cube.task_of_setting, n_t, setting_agg, task_agg, shared)
+    point_gap_tasks, point_gap = _aggregate(gap_to_best_matrix(means, cube.pool), all_cols, cube.task_of_setting,
+                                            n_t, setting_agg, task_agg, shared)
     boot_overall, boot_tasks = np.empty((n_boot, n_b)), np.empty((n_boot, n_b, n_t))
+    gap_overall, gap_tasks = np.empty((n_boot, n_b)), np.empty((n_boot, n_b, n_t))
     by_task = [np.flatnonzero(cube.task_of_setting == t) for t in range(n_t)]
     for i in range(n_boot):
-        means = _draw_means(cube, rng, "seeds" in resample, "items" in resample)
-        z = zscore_matrix(means, cube.pool, ddof)
+        draw = _draw_means(cube, rng, "seeds" in resample, "items" in resample)
+        z = zscore_matrix(draw, cube.pool, ddof)
         cols = all_cols
         if "settings" in resample:
             cols = np.concatenate([rng.choice(c, size=c.size, replace=True) for c in by_task if c.size])
         boot_tasks[i], boot_overall[i] = _aggregate(z, cols, cube.task_of_setting, n_t, setting_agg, task_agg, shared)
+        gap_tasks[i], gap_overall[i] = _aggregate(gap_to_best_matrix(draw, cube.pool), cols, cube.task_of_setting,
+                                                  n_t, setting_agg, task_agg, shared)
     wide = pd.DataFrame(point_tasks, index=cube.backbones, columns=cube.tasks)
     return ScoreBootstrap(cube.backbones, cube.tasks, point_overall, point_tasks, boot_overall, boot_tasks,
                           cube.pool, [int(c.size) for c in by_task], int(n_k), list(resample),
                           bool(np.isfinite(cube.stderr).any()), [t for t, k in zip(cube.tasks, shared) if k],
-                          tasks_not_in_overall(wide, shared), bool(~np.isfinite(point_tasks[:, shared]).all()))
+                          tasks_not_in_overall(wide, shared), bool(~np.isfinite(point_tasks[:, shared]).all()),
+                          point_gap, point_gap_tasks, gap_overall, gap_tasks, pool_sizes(means, cube.pool))
 
 
 def _ranks(score_matrix: np.ndarray) -> np.ndarray:
@@ -429,6 +474,9 @@ def leaderboard_from(boot: ScoreBootstrap, results: pd.DataFrame, *, level: str 
     table = pd.DataFrame({"backbone": backbones, "score": point, "score_lo": lo, "score_hi": hi,
                           "rank": _ranks(point).astype(int), "rank_lo": rlo, "rank_hi": rhi,
                           "baseline": ~boot.pool[keep]})
+    if boot.point_gap_overall is not None:
+        gap_lo, gap_hi = percentile_interval(boot.gap_replicates(level)[:, keep], ci)
+        table["gap_to_best"], table["gap_lo"], table["gap_hi"] = boot.gap_point(level)[keep], gap_lo, gap_hi
     per_task = pd.DataFrame(boot.point_tasks[keep], columns=[str(t) for t in boot.tasks])
     table = pd.concat([table, per_task], axis=1)
     setting_counts = (results.assign(setting_key=setting_ids(results, setting_keys)).dropna(subset=["value"])
@@ -438,7 +486,8 @@ def leaderboard_from(boot: ScoreBootstrap, results: pd.DataFrame, *, level: str 
     table["tasks_scored"] = tasks_scored(per_task).to_numpy()
     table = table.join(backbone_metadata(results), on="backbone")
     table = table.sort_values(["rank", "backbone"]).reset_index(drop=True)
-    front = ["rank", "backbone", "display_name", "score", "score_lo", "score_hi", "rank_lo", "rank_hi", "baseline"]
+    front = ["rank", "backbone", "display_name", "score", "score_lo", "score_hi", "rank_lo", "rank_hi", "gap_to_best",
+             "gap_lo", "gap_hi", "baseline"]
     table = table[[c for c in front if c in table] + [c for c in table if c not in front]]
     pretrained = [b for b, p in zip(boot.backbones, boot.pool) if p]
     table.attrs.update(level=level, n_boot=len(boot.overall), ci=ci, resample=boot.resample, tasks=boot.tasks,
@@ -446,7 +495,9 @@ def leaderboard_from(boot: ScoreBootstrap, results: pd.DataFrame, *, level: str 
                        within_cell=boot.within_cell, top_gap=rank_gap(boot, top_k, level, ci, pretrained),
                        overall_tasks=boot.overall_tasks if level == "overall" else [level],
                        tasks_not_in_overall=(boot.tasks_not_in_overall or {}) if level == "overall" else {},
-                       uneven_overall=boot.uneven_overall and level == "overall")
+                       uneven_overall=boot.uneven_overall and level == "overall",
+                       min_pool=int(boot.pool_sizes.min()) if boot.pool_sizes is not None else None,
+                       small_pool=bool(boot.pool_sizes is not None and boot.pool_sizes.min() < SMALL_POOL))
     return table
 
 

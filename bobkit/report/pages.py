@@ -18,6 +18,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from bobkit.analysis import findings as paper
+from bobkit.analysis.notebook import read_summary
+from bobkit.analysis.prose import leaderboard_notes, plain_text
 from bobkit.analysis.tables import readable
 from bobkit.report.answers import Answer
 from bobkit.report.execute import NotebookRun
@@ -26,7 +28,8 @@ from bobkit.report.runs import RunRecord
 from bobkit.report.sanitize import clean_html
 
 LEADERBOARD_TOP = 10
-LEADERBOARD_COLUMNS = ["rank", "display_name", "score", "family", "method_kind", "pretrain_data", "params_millions"]
+LEADERBOARD_COLUMNS = ["rank", "display_name", "score", "gap_to_best", "family", "method_kind", "pretrain_data",
+                       "params_millions"]
 _MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 
 
@@ -117,8 +120,13 @@ def _leaderboard(pages: ReportPages, chapters: Mapping[str, Chapter]) -> list[st
         return parts
     board = pd.read_csv(csv)
     columns = [c for c in LEADERBOARD_COLUMNS if c in board]
-    parts.append("Overall score: per-setting z-scores averaged within each task, then over tasks; brackets are "
-                 "95% bootstrap intervals over settings and seeds.")
+    parts.append("Overall score: per-setting z-scores averaged within each task, then over the tasks every backbone "
+                 "has; brackets are 95% bootstrap intervals over settings, seeds and test items. Gap to best: the "
+                 "distance to the best pretrained backbone of each setting in the metric's own units (0 = the best), "
+                 "averaged the same way.")
+    notes = leaderboard_notes(read_summary(csv.parent))
+    if notes:
+        parts.append(markdown_text(plain_text(notes)))
     parts.append(html_block(readable(board.head(LEADERBOARD_TOP), columns=columns, collapse_after=None).to_html()))
     if len(board) > LEADERBOARD_TOP:
         parts.append(html_block(readable(board, columns=columns, caption=f"All {len(board)} backbones",
