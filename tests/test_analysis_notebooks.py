@@ -94,7 +94,10 @@ def test_public_tables_notebook_on_a_fresh_clone(tmp_path):
     for ds in OOD_SETS:
         trend = summary[f"trend_{ds}"]
         assert trend["n"] > 900 and trend["slope_low"] <= trend["slope"] <= trend["slope_high"]
-        assert f"probit_{ds}.png" in summary["figures"]
+        # Taori et al.'s axes, and R and A against ImageNet on their own 200 classes
+        assert trend["scale"] == "logit"
+        assert trend["id_reference"] == (f"{ds}_clean" if ds in ("imagenet_r", "imagenet_a") else "imagenet")
+        assert f"trend_{ds}.png" in summary["figures"]
         assert f"effective_robustness_{ds}_by_pretrain_data_group.csv" in summary["tables"]
     assert set(summary["id_ood_correlations_second"]) == set(OOD_SETS)
     assert "id_ood_clean_subsets.csv" in summary["tables"]

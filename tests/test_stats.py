@@ -368,12 +368,31 @@ def test_group_difference_carries_each_rows_within_cell_standard_error():
     assert noisy["stderr_column"] == "delta_se"
 
 
+def test_effective_robustness_on_logit_axes_by_default_probit_on_request_and_zero_accuracy_dropped():
+    """Taori et al.'s testbed fits logit axes; a model at 0% accuracy is left out of the fit, not clipped into it."""
+    id_acc = np.linspace(0.5, 0.9, 30)
+    logit = np.log(id_acc / (1 - id_acc))
+    ood = 1 / (1 + np.exp(-(-1.0 + 1.2 * logit)))
+    frame = pd.DataFrame({"id_acc": [*id_acc, 0.6], "ood": [*ood, 0.0]})  # the last model: 0% under the shift
+    er, trend = id_ood.effective_robustness(frame, "ood")
+    assert trend["scale"] == "logit" and id_ood.DEFAULT_SCALE == "logit"
+    assert trend["slope"] == pytest.approx(1.2, abs=1e-9) and trend["intercept"] == pytest.approx(-1.0, abs=1e-9)
+    assert trend["n"] == 30 and trend["n_dropped"] == 1 and trend["r2"] == pytest.approx(1.0)  # was n 31, r2 < 1
+    assert np.allclose(er[:30], 0, atol=1e-9) and er.iloc[-1] < 0  # its effective robustness is still reported
+    probit = id_ood.fit_trend(frame["id_acc"], frame["ood"], scale="probit")
+    assert probit["scale"] == "probit" and probit["r2"] < 1.0  # a logit-linear trend is not probit-linear
+    text = prose.describe_id_ood("imagenet_a", id_ood.correlations(frame["id_acc"], frame["ood"]), trend)
+    assert "logit" in text and "1 model at 0% or 100% accuracy left out of the fit" in text
+    with pytest.raises(ValueError, match="scale='linear'"):
+        id_ood.fit_trend(id_acc, ood, scale="linear")
+
+
 def test_probit_trend_and_effective_robustness():
     id_acc = np.linspace(0.5, 0.9, 30)
     ood = sps.norm.cdf(0.2 + 1.5 * id_ood.probit(id_acc))
     frame = pd.DataFrame({"id_acc": id_acc, "ood": ood, "group": ["base"] * 30})
     frame.loc[len(frame)] = {"id_acc": 0.7, "ood": 0.9, "group": "robust"}
-    er, trend = id_ood.effective_robustness(frame, "ood", baseline="group == 'base'")
+    er, trend = id_ood.effective_robustness(frame, "ood", baseline="group == 'base'", scale="probit")
     assert trend["slope"] == pytest.approx(1.5, abs=1e-6) and trend["intercept"] == pytest.approx(0.2, abs=1e-6)
     assert np.allclose(er[:30], 0, atol=1e-6)
     assert er.iloc[-1] == pytest.approx(0.9 - sps.norm.cdf(0.2 + 1.5 * id_ood.probit(0.7)))

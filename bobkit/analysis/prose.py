@@ -253,13 +253,20 @@ def controls_left_out(n: int, what: str = "controls") -> str:
             "the tables and charts as baselines).")
 
 
-def describe_id_ood(dataset: str, corr: Mapping[str, float], trend: Mapping[str, float],
+def describe_id_ood(dataset: str, corr: Mapping[str, float], trend: Mapping[str, Any],
                     id_name: str = "ImageNet") -> str:
-    """ID-vs-OOD correlation and probit trend in a sentence."""
-    return (f"{md(dataset)}: over {corr['n']} models, OOD accuracy tracks {md(id_name)} accuracy with Pearson r = "
+    """ID-vs-OOD correlation and the fitted trend in a sentence, naming its axes (logit or probit), the ID reference
+    and the models at 0% or 100% accuracy left out of the fit."""
+    scale = trend.get("scale", "probit")
+    text = (f"{md(dataset)}: over {corr['n']} models, OOD accuracy tracks {md(id_name)} accuracy with Pearson r = "
             f"{corr['pearson']:.3f} (probit scale {corr['pearson_probit']:.3f}, Spearman {corr['spearman']:.3f}); "
-            f"the probit trend fitted on {trend.get('baseline_n', trend['n'])} baseline models has slope "
+            f"the {scale} trend fitted on {trend.get('baseline_n', trend['n'])} baseline models has slope "
             f"{trend['slope']:.2f} [{trend['slope_low']:.2f}, {trend['slope_high']:.2f}] (R² {trend['r2']:.2f}).")
+    dropped = int(trend.get("n_dropped", 0) or 0)
+    if dropped:
+        text += (f" {dropped} model{'s' if dropped > 1 else ''} at 0% or 100% accuracy left out of the fit (no place on "
+                 f"{scale} axes).")
+    return text
 
 
 def describe_matches(matches: pd.DataFrame) -> str:
