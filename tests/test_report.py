@@ -488,6 +488,10 @@ def test_overview_rows_show_what_the_notebooks_recorded(tmp_path):
     assert rows["ood_tracks_id"].reason == "the notebook 06_robustness_calibration failed (ValueError: boom)"
     assert rows["calibration_tracks_accuracy"].reason == rows["ood_tracks_id"].reason
     assert rows["top_overall"].reason == "the notebook 01_leaderboard was not run for this report"
+    # what the project assumes (the calibration metric) is shown beside the claim, never as the paper's
+    calibration = pages._answer_block(rows["calibration_tracks_accuracy"])
+    assert "Assumed here, not stated by the paper:" in calibration and "ECE" in calibration
+    assert "Assumed here" not in pages._answer_block(rows["task_correlation"])
 
 
 def test_an_answer_in_words_reads_as_plain_text(tmp_path):

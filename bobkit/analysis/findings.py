@@ -70,7 +70,13 @@ def claim_text(finding_id: str) -> str:
     source = load_findings()["source"]
     where = item.get("where", "")
     checked = "" if item.get("where_verified", False) else ", location not checked against the PDF"
-    return f"**The paper** ({source['short']}; {where}{checked}): {' '.join(str(item['claim']).split())}"
+    text = f"**The paper** ({source['short']}; {' '.join(str(where).split())}{checked}): " \
+           f"{' '.join(str(item['claim']).split())}"
+    if item.get("quote"):
+        text += f" In its words: \"{' '.join(str(item['quote']).split())}\"."
+    if item.get("assumed"):
+        text += f" *Assumed here, not stated by the paper:* {' '.join(str(item['assumed']).split())}"
+    return text
 
 
 def agreement(value: float, low: float, high: float, paper: float, reference: float = 0.0) -> str:

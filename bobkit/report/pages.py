@@ -141,6 +141,8 @@ def _answer_block(answer: Answer) -> str:
     frame = pd.DataFrame([{"the paper's value": answer.stated, "this table": answer.answer or "–", "n": answer.n,
                            "agreement": answer.marked_verdict}])
     claim = f"<p class='bob-claim'><b>The paper:</b> {html_text(answer.claim)}</p>"
+    if answer.assumed:
+        claim += f"<p class='bob-claim'><i>Assumed here, not stated by the paper:</i> {html_text(answer.assumed)}</p>"
     # a number with its interval stays on one line; an answer in words wraps
     unbroken = ["this table"] if len(answer.answer) <= 24 else []
     table = readable(frame, caption=f"Measured here: {answer.measure}", collapse_after=None,
