@@ -185,6 +185,32 @@ def test_a_symlinked_executed_notebook_is_not_published(tmp_path):
     assert "SECRET" not in (out / published[0]).read_text()
 
 
+def test_run_titles_name_what_distinguishes_their_setting(tmp_path):
+    """A low-shot and a full-data run of one backbone (and a fine-tune) used to share a title on their pages, in the
+    runs index, the sidebar and search."""
+    import json
+
+    runs_dir = tmp_path / "runs"
+    full = {"shots_per_class": None, "label_fraction": None, "image_size": 64}
+    rows = [("full", "linear_probe", full), ("shot2", "linear_probe", {**full, "shots_per_class": 2}),
+            ("tenth", "linear_probe", {**full, "label_fraction": 0.1}), ("tuned", "finetune", full)]
+    for key, _, _ in rows:
+        fake_run(runs_dir, "classification", key)
+    table = pd.DataFrame([{"run_key": key, "task": "classification", "backbone": "resnet18.tv_in1k",
+                           "display_name": "ResNet-18", "dataset": "fashion_mnist", "protocol": protocol, "seed": 0,
+                           "setting_params": json.dumps(params)} for key, protocol, params in rows])
+    records = {r.run_key: r for r in runs.runs_behind(table, runs_dir)}
+    titles = {key: site._run_title(record) for key, record in records.items()}
+    assert len(set(titles.values())) == 4, titles
+    assert titles["full"] == "classification: ResNet-18 · fashion_mnist · linear_probe · full data, seed 0"
+    assert titles["shot2"] == "classification: ResNet-18 · fashion_mnist · linear_probe · 2-shot, seed 0"
+    assert "10% of the labels" in titles["tenth"] and titles["tuned"].endswith("finetune, seed 0")
+    index = pages._runs_frame(records.values())
+    assert len(set(index["what ran"])) == 4 and any("2-shot" in text for text in index["what ran"])
+    toc = site.publish_runs(list(records.values()), tmp_path / "site", render_runs=10)
+    assert sorted(title for _, title in toc["classification"]) == sorted(titles.values())  # sidebar and search
+
+
 def test_failed_runs_of_the_folder_are_listed_with_their_error(tmp_path):
     runs_dir = tmp_path / "runs"
     fake_run(runs_dir, "classification", "ok1")

@@ -91,6 +91,31 @@ def setting_ids(results: pd.DataFrame, setting_keys: Sequence[str] = DEFAULT_SET
     return ids.map(labels)
 
 
+#: Parameters that make a run low-shot; absent or None means the full training data.
+LOW_SHOT_KEYS: tuple[str, ...] = ("shots_per_class", "label_fraction")
+
+
+def differing_keys(params: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The parameter names whose values are not the same in every one of ``params``."""
+    params = list(params)
+    keys = set().union(*params) if params else set()
+    return {k for k in keys if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in params}) > 1}
+
+
+def readable_params(params: Mapping[str, Any], keys: Iterable[str]) -> str:
+    """``keys`` of ``params`` as a reader names them: the low-shot parameters as one phrase (``2-shot``, ``10% of
+    the labels``, ``full data``), the others as ``name=value``."""
+    keys = set(keys)
+    parts = []
+    if keys & set(LOW_SHOT_KEYS):
+        shots, fraction = params.get("shots_per_class"), params.get("label_fraction")
+        parts.append(f"{shots}-shot" if shots else f"{100 * float(fraction):g}% of the labels" if fraction
+                     else "full data")
+        keys -= set(LOW_SHOT_KEYS)
+    parts += [f"{k}={params.get(k)}" for k in sorted(keys)]
+    return ", ".join(parts)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Primary metrics
 # --------------------------------------------------------------------------------------------------------------------

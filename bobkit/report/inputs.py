@@ -69,7 +69,8 @@ def is_path_part(text: object) -> bool:
 # The results table and its runs
 # --------------------------------------------------------------------------------------------------------------------
 
-RUN_COLUMNS = ("run_key", "task", "backbone", "display_name", "dataset", "protocol", "seed", "device")
+RUN_COLUMNS = ("run_key", "task", "backbone", "display_name", "dataset", "protocol", "seed", "device",
+               "setting_params")
 
 
 @dataclass

@@ -193,7 +193,7 @@ def overview_markdown(pages: ReportPages) -> str:
 def _what_ran(record: RunRecord, *, with_task: bool = True) -> str:
     """``classification · resnet18.tv_in1k · fashion_mnist · linear_probe · seed 0`` (one cell that wraps)."""
     parts = [record.task] if with_task else []
-    parts += [record.backbone, record.dataset, record.protocol]
+    parts += [record.what_ran]
     seed = [f"seed {record.seed}"] if record.seed != "" else []
     return " · ".join(str(p) for p in [*parts, *seed] if p)
 
@@ -215,7 +215,7 @@ def _failed_runs_html(records: Sequence[RunRecord], collapse_after: int = 10) ->
     for r in records:
         key = html_text(r.run_key)
         link = f"<a href='{html_text(r.href)}'>{key}</a>" if r.href else key
-        what = " · ".join(html_text(v) for v in (r.task, r.backbone, r.dataset, r.protocol) if v)
+        what = " · ".join(html_text(v) for v in (r.task, r.backbone, r.dataset, r.protocol, r.setting_detail) if v)
         seed = f" · seed {html_text(r.seed)}" if r.seed != "" else ""
         error = html_text(r.error).replace("\n", "<br>")  # the page's HTML block is one line
         items.append(f"<li><p><b>{link}</b>: {what}{seed}</p><pre class='bob-error'>{error}</pre></li>")

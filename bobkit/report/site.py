@@ -55,8 +55,7 @@ class ReportOutcome:
 
 def _run_title(record: RunRecord) -> str:
     seed = f", seed {record.seed}" if record.seed != "" else ""
-    return pages.title_text(f"{record.task}: {record.backbone or record.run_key} · {record.dataset} · "
-                            f"{record.protocol}{seed}")
+    return pages.title_text(f"{record.task}: {record.what_ran}{seed}")
 
 
 def _run_title_cell(record: RunRecord) -> str:
