@@ -323,6 +323,75 @@ def test_titles_never_carry_markup_even_escaped():
     assert sanitize.scan_search_index(index.replace("<img src=x>", "fine")) == []
 
 
+@pytest.mark.notebook
+def test_executed_notebooks_and_the_build_output_carry_no_spurious_warnings(tmp_path):
+    """Every executed notebook showed tqdm's "IProgress not found" (timm's imports load tqdm.auto), and every
+    report kernel printed ipykernel's unencrypted-TCP warning into the build's output."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "tiny.ipynb"
+    cells = [nbformat.v4.new_code_cell("figures_dir = None", metadata={"tags": ["parameters"]}),
+             nbformat.v4.new_code_cell("import bobkit\nimport timm"), nbformat.v4.new_code_cell("print(1 + 1)")]
+    kernel = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+              "language_info": {"name": "python"}}
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata=kernel), source)
+    script = (
+        "import sys; from pathlib import Path; from bobkit.report.execute import NotebookJob, run_notebooks\n"
+        "out = Path(sys.argv[1])\n"
+        "jobs = [NotebookJob(f'n{i}', out / 'tiny.ipynb', out / f'n{i}.ipynb', out / f'f{i}', {}) for i in range(2)]\n"
+        "print([r.error for r in run_notebooks(jobs, workers=2, cwd=out)])\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.stdout.strip() == "[None, None]", done.stderr[-2000:]
+    for i in range(2):
+        outputs = json.dumps([cell.get("outputs", []) for cell in nbformat.read(str(tmp_path / f"n{i}.ipynb"), 4).cells])
+        assert "2" in outputs and "TqdmWarning" not in outputs and "IProgress" not in outputs, outputs
+    assert "TCP without encryption" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
+
+
+def test_report_pages_and_notebook_parameters_show_no_absolute_machine_path(tmp_path, monkeypatch):
+    """The overview, the provenance chapter and the notebooks' injected parameters printed the table's absolute path
+    (/home/<user>/...)."""
+    from types import SimpleNamespace
+
+    work = tmp_path / "work"
+    runs_dir = work / "runs"
+    fake_run(runs_dir, "classification", "k1")
+    path = work / "results" / "results.parquet"
+    path.parent.mkdir(parents=True)
+    _table([("classification", "k1")], None).to_parquet(path)
+    monkeypatch.chdir(work)
+    source = inputs.read_table_source(path, runs_dir_fallback=runs_dir)
+    assert pages.shown_path(path) == "results/results.parquet" and pages.shown_path(runs_dir) == "runs"
+    assert not Path(pages.shown_path(tmp_path / "elsewhere" / "t.csv")).is_absolute()
+    content = SimpleNamespace(source=source, generated="now", run_facts={}, environment={}, runs=[], failed=[],
+                              chapters=[])
+    text = pages._what_is_analysed(content) + pages.provenance_markdown(content) + source.runs_dir_note
+    assert str(tmp_path) not in text and "results/results.parquet" in text
+    jobs = site.notebook_jobs(["01_leaderboard"], Path("notebooks/analysis"), work / "site", source.results_path,
+                              {"n_boot": 10}, None)
+    params = jobs[0].relative_parameters(work / "site")
+    assert params["results_path"] == "../results/results.parquet" and params["figures_dir"] == "figures/01_leaderboard"
+    assert params["n_boot"] == 10
+
+
+def test_jupyterlab_checkpoints_are_ignored_at_any_depth():
+    """JupyterLab writes .ipynb_checkpoints/ beside every notebook it opens: never part of the checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    paths = ["notebooks/analysis/.ipynb_checkpoints/01_leaderboard-checkpoint.ipynb",
+             "notebooks/tasks/.ipynb_checkpoints/classification-checkpoint.ipynb",
+             ".ipynb_checkpoints/x-checkpoint.ipynb", "params/examples/a/b/.ipynb_checkpoints/c-checkpoint.ipynb"]
+    done = subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index", *paths], capture_output=True,
+                          text=True, timeout=30)
+    assert done.stdout.split() == paths
+    kept = subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index",
+                           "notebooks/analysis/01_leaderboard.ipynb"], capture_output=True, text=True, timeout=30)
+    assert kept.returncode == 1  # the notebooks themselves are not ignored
+
+
 def test_error_message_is_one_readable_line():
     class PapermillLike(Exception):
         ename, evalue, exec_count = "ValueError", "\x1b[31mbad value 'x'\x1b[0m", 7

@@ -23,7 +23,7 @@ from bobkit.analysis.prose import leaderboard_notes, plain_text
 from bobkit.analysis.tables import readable
 from bobkit.report.answers import Answer
 from bobkit.report.execute import NotebookRun
-from bobkit.report.inputs import TableSource
+from bobkit.report.inputs import TableSource, shown_path
 from bobkit.report.runs import RunRecord
 from bobkit.report.sanitize import clean_html
 
@@ -96,7 +96,7 @@ def _what_is_analysed(pages: ReportPages) -> str:
     if source.results_path is None:
         what = "the public reference tables shipped with bobkit (timm's ImageNet results, the BoB retrieval snapshot)"
     else:
-        what = (f"the results table <code>{html_text(source.results_path)}</code> ({source.n_rows:,} rows, "
+        what = (f"the results table <code>{html_text(shown_path(source.results_path))}</code> ({source.n_rows:,} rows, "
                 f"{len(source.runs):,} runs)")
     return html_block(f"<p class='bob-lead'>Battle of the Backbones analyses of {what}. Generated "
                       f"{html_text(pages.generated)}.</p>")
@@ -236,10 +236,11 @@ def provenance_markdown(pages: ReportPages) -> str:
     source = pages.source
     parts = ["# Runs and provenance", "", "## The table", ""]
     table_facts = pd.DataFrame([
-        {"what": "results table", "value": str(source.results_path or "public reference tables")},
+        {"what": "results table",
+         "value": shown_path(source.results_path) if source.results_path else "public reference tables"},
         {"what": "rows", "value": f"{source.n_rows:,}"},
         {"what": "run keys in the table", "value": f"{len(source.runs):,}"},
-        {"what": "runs folder", "value": str(source.runs_dir or "none")},
+        {"what": "runs folder", "value": shown_path(source.runs_dir) if source.runs_dir else "none"},
         {"what": "runs folder from", "value": source.runs_dir_note},
         {"what": "report generated", "value": pages.generated},
     ])
