@@ -18,7 +18,7 @@ from scipy import stats as sps
 from bobkit.analysis.correlation import spearman
 from bobkit.analysis.errors import InsufficientDataError
 from bobkit.analysis.scores import BASELINE_KINDS, backbone_metadata, baseline_mask, leaderboard, pretrained_only
-from bobkit.analysis.settings import match_settings, one_setting_per_base, setting_ids
+from bobkit.analysis.settings import match_settings, one_execution_per_cell, one_setting_per_base, setting_ids
 from bobkit.analysis.uncertainty import (
     bootstrap_mean,
     cluster_members,
@@ -221,9 +221,12 @@ def protocol_comparison(
     ``metric``: keep one metric (``"auto"``: ``top1`` when both protocols have it, else their most common metric;
     ``None``: all metrics).
 
-    Columns: ``backbone``, the ``keys``, ``a`` value, ``b`` value, ``delta`` (b - a), ``delta_se`` (from the two
-    cells' within-cell standard errors; NaN unknown), ``higher_is_better``, metadata. Only backbone x key
-    combinations evaluated under both protocols are kept. ``attrs["left_out"]``: settings not used.
+    Columns: ``backbone``, the ``keys``, ``a`` value, ``b`` value, ``delta`` (b - a), ``delta_se`` (the two
+    cells' standard errors of their seed means: the seeds' spread, or the within-cell standard errors where that is
+    larger or there is one seed, :func:`seed_mean_variance`; NaN unknown), ``higher_is_better``, metadata. Only
+    backbone x key combinations evaluated under both protocols are kept; a backbone's runs on another device type or
+    precision are not its seeds. ``attrs["left_out"]``: settings not used; ``attrs["execution_left_out"]``: runs
+    not averaged with a cell's seeds.
     """
     frame = results[results["protocol"].isin([a, b])].dropna(subset=["value"])
     if frame.empty or frame["protocol"].nunique() < 2:
@@ -237,12 +240,12 @@ def protocol_comparison(
         metric = "top1" if "top1" in shared else str(counts.index[0])
     if metric is not None:
         frame = frame[frame["metric"] == metric]
+    frame, execution_left_out = one_execution_per_cell(frame)
     frame, left_out = one_setting_per_base(frame)
     frame = frame.assign(_var=within_cell_stderr(frame) ** 2)
     index = ["backbone", *keys]
     wide = frame.pivot_table(index=index, columns="protocol", values="value", aggfunc="mean")
-    # the variance of a seed mean: mean of the seeds' variances over the number of seeds
-    var = frame.groupby([*index, "protocol"])["_var"].agg(lambda v: v.mean() / len(v)).unstack("protocol")
+    var = frame.groupby([*index, "protocol"])[["value", "_var"]].apply(seed_mean_variance).unstack("protocol")
     wide = wide.dropna(subset=[a, b])
     if wide.empty:
         raise InsufficientDataError(f"no backbone was evaluated under both {a!r} and {b!r} on the same setting")
@@ -259,7 +262,20 @@ def protocol_comparison(
     wide.columns.name = None
     out = wide.join(backbone_metadata(results), on="backbone")
     out.attrs["left_out"] = left_out
+    out.attrs["execution_left_out"] = execution_left_out
     return out
+
+
+def seed_mean_variance(cell: pd.DataFrame) -> float:
+    """The sampling variance of a cell's mean over its seeds (``value`` and ``_var``, each seed's within-cell
+    variance): the seeds are replicates, so with two or more their spread ``s^2 / n`` counts, never less than the
+    test items' part ``mean(var) / n`` (which a spread of few seeds can underestimate); one seed: its ``var``."""
+    n = len(cell)
+    within = float(cell["_var"].mean()) / n if cell["_var"].notna().any() else np.nan
+    if n < 2:
+        return within
+    between = float(cell["value"].var(ddof=1)) / n
+    return between if not np.isfinite(within) else max(between, within)
 
 
 def protocol_gain(comparison: pd.DataFrame, *, n_boot: int = 1000, ci: float = 0.95, seed: int = 0,

@@ -15,7 +15,13 @@ from scipy import stats as sps
 
 from bobkit.analysis.errors import InsufficientDataError
 from bobkit.analysis.scores import backbone_metadata
-from bobkit.analysis.settings import CLEAN_ACCURACY, PRIMARY_METRICS, first_matching, one_setting_per_base
+from bobkit.analysis.settings import (
+    CLEAN_ACCURACY,
+    PRIMARY_METRICS,
+    first_matching,
+    one_execution_per_cell,
+    one_setting_per_base,
+)
 
 
 def _filter(results: pd.DataFrame, filters: Mapping[str, Any]) -> pd.DataFrame:
@@ -31,7 +37,8 @@ def _filter(results: pd.DataFrame, filters: Mapping[str, Any]) -> pd.DataFrame:
 def select_values(results: pd.DataFrame, **filters: Any) -> pd.Series:
     """Mean ``value`` per backbone over the rows matching ``filters`` (column -> value or list of values), one
     setting per task/dataset/protocol/metric (:func:`~bobkit.analysis.settings.one_setting_per_base`)."""
-    rows, _ = one_setting_per_base(_filter(results, filters))
+    rows, _ = one_execution_per_cell(_filter(results, filters))
+    rows, _ = one_setting_per_base(rows)
     return rows.groupby("backbone")["value"].mean()
 
 
@@ -55,6 +62,8 @@ def metric_pairs(
 
 
 def _per_backbone(rows: pd.DataFrame, name: str) -> tuple[pd.Series, list[str]]:
+    """Per backbone, the mean over the seeds of one setting and one execution (device type and precision)."""
+    rows, _ = one_execution_per_cell(rows)
     kept, left_out = one_setting_per_base(rows)
     return kept.groupby("backbone")["value"].mean().rename(name), left_out
 

@@ -104,17 +104,29 @@ def describe_leaderboard(board: pd.DataFrame, top: int = 3, name_col: str = "dis
     if board["score_lo"].isna().all():
         text += (" No interval: nothing in this table varies between bootstrap replicates (one setting per task,"
                  " one seed, no recorded standard error over test items).")
-    return text + describe_task_coverage(board.attrs) + describe_small_pool(board.attrs)
+    return text + describe_task_coverage(board.attrs) + describe_small_pool(board.attrs) + describe_executions(board.attrs)
+
+
+def describe_executions(attrs: Mapping[str, Any], most: int = 3) -> str:
+    """The runs left out of a backbone's seeds because they ran on another device type or precision (empty when
+    none): never averaged with them as if they were replicates."""
+    notes = list(attrs.get("execution_left_out") or [])
+    if not notes:
+        return ""
+    more = f"; and {len(notes) - most} more" if len(notes) > most else ""
+    return (" Runs on another device type or precision are not seeds of the same measurement: "
+            + "; ".join(md(n) for n in notes[:most]) + more + ".")
 
 
 #: The leaderboard ``attrs`` a notebook records for the pages that show its leaderboard (the report's overview).
-LEADERBOARD_NOTES = ("overall_tasks", "tasks_not_in_overall", "uneven_overall", "min_pool", "small_pool")
+LEADERBOARD_NOTES = ("overall_tasks", "tasks_not_in_overall", "uneven_overall", "min_pool", "small_pool",
+                     "execution_left_out")
 
 
 def leaderboard_notes(attrs: Mapping[str, Any]) -> str:
     """The caveats of a leaderboard in sentences: which tasks its overall covers and whether its z-score pools are
     too small (empty when neither applies)."""
-    return (describe_task_coverage(attrs) + describe_small_pool(attrs)).strip()
+    return (describe_task_coverage(attrs) + describe_small_pool(attrs) + describe_executions(attrs)).strip()
 
 
 def describe_small_pool(attrs: Mapping[str, Any]) -> str:

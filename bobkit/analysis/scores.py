@@ -3,7 +3,9 @@
 Conventions:
 
 * a **setting** is one ``setting_id`` (:mod:`bobkit.analysis.settings`): rows are pooled only when it agrees;
-* values of one backbone in one setting are averaged over seeds;
+* values of one backbone in one setting are averaged over seeds, the seeds of one execution only: runs on another
+  device type or precision are not replicates (:func:`~bobkit.analysis.settings.one_execution_per_cell`; what is
+  left out is named in ``attrs["execution_left_out"]``);
 * lower-is-better metrics are negated (``negate_lower``) so that higher is always better;
 * each setting is z-scored over the backbones of its **pool** (``ddof`` 0 as :func:`scipy.stats.zscore`; a setting
   where the pool ties scores 0; settings with fewer than ``min_backbones`` pool backbones are dropped). Random-init
@@ -38,7 +40,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from bobkit.analysis.errors import InsufficientDataError
-from bobkit.analysis.settings import DEFAULT_SETTING_KEYS, setting_ids
+from bobkit.analysis.settings import DEFAULT_SETTING_KEYS, one_execution_per_cell, setting_ids
 from bobkit.analysis.uncertainty import percentile_interval, within_cell_stderr
 from bobkit.results.schema import METADATA_COLUMNS
 
@@ -89,6 +91,7 @@ class SettingCube:
     pool: np.ndarray  # (B,) in the z-score pool
     setting_info: pd.DataFrame  # per setting label: task, dataset, protocol, metric, higher_is_better
     negate_lower: bool = True
+    execution_left_out: list[str] | None = None  # runs not averaged with a cell's seeds (another execution)
 
     @property
     def n_seeds(self) -> np.ndarray:
@@ -112,6 +115,7 @@ def setting_cube(
     in the pool (every backbone is in the pool when none would be)."""
     if results.empty:
         raise InsufficientDataError("the results table is empty")
+    results, execution_left_out = one_execution_per_cell(results)
     frame = results.assign(setting_key=setting_ids(results, setting_keys), se=within_cell_stderr(results))
     frame = frame.dropna(subset=["value"])
     if frame.empty:
@@ -141,7 +145,7 @@ def setting_cube(
     stderr[b_idx, s_idx, k_idx] = frame["se"].to_numpy(dtype=float)
     pool = frame.groupby("backbone")["in_pool"].all().reindex(backbones).to_numpy(dtype=bool)
     return SettingCube(backbones, settings, tasks, pd.Index(tasks).get_indexer(info["task"].astype(str)),
-                       values, stderr, pool, info, negate_lower)
+                       values, stderr, pool, info, negate_lower, execution_left_out)
 
 
 def zscore_matrix(means: np.ndarray, pool: np.ndarray | None = None, ddof: int = 0) -> np.ndarray:
@@ -314,6 +318,7 @@ class ScoreBootstrap:
     gap_overall: np.ndarray | None = None  # (n_boot, B)
     gap_tasks_boot: np.ndarray | None = None  # (n_boot, B, T)
     pool_sizes: np.ndarray | None = None  # (S,) pretrained backbones per setting
+    execution_left_out: list[str] | None = None  # runs not averaged with a cell's seeds (another execution)
 
     def gap_point(self, level: str = "overall") -> np.ndarray:
         """Point gaps to the best pretrained backbone at ``level``."""
@@ -427,7 +432,8 @@ def bootstrap_scores(
                           cube.pool, [int(c.size) for c in by_task], int(n_k), list(resample),
                           bool(np.isfinite(cube.stderr).any()), [t for t, k in zip(cube.tasks, shared) if k],
                           tasks_not_in_overall(wide, shared), bool(~np.isfinite(point_tasks[:, shared]).all()),
-                          point_gap, point_gap_tasks, gap_overall, gap_tasks, pool_sizes(means, cube.pool))
+                          point_gap, point_gap_tasks, gap_overall, gap_tasks, pool_sizes(means, cube.pool),
+                          cube.execution_left_out or [])
 
 
 def _ranks(score_matrix: np.ndarray) -> np.ndarray:
@@ -497,7 +503,8 @@ def leaderboard_from(boot: ScoreBootstrap, results: pd.DataFrame, *, level: str 
                        tasks_not_in_overall=(boot.tasks_not_in_overall or {}) if level == "overall" else {},
                        uneven_overall=boot.uneven_overall and level == "overall",
                        min_pool=int(boot.pool_sizes.min()) if boot.pool_sizes is not None else None,
-                       small_pool=bool(boot.pool_sizes is not None and boot.pool_sizes.min() < SMALL_POOL))
+                       small_pool=bool(boot.pool_sizes is not None and boot.pool_sizes.min() < SMALL_POOL),
+                       execution_left_out=list(boot.execution_left_out or []))
     return table
 
 

@@ -38,7 +38,13 @@ from scipy import stats as sps
 from bobkit.analysis.errors import InsufficientDataError
 from bobkit.analysis.priors import IMAGENET_TOP1, REFERENCE_OVERALL
 from bobkit.analysis.rank_agreement import STATS, rank_stats_batch
-from bobkit.analysis.settings import PRIMARY_METRICS, one_setting_per_base, primary_metrics, setting_ids
+from bobkit.analysis.settings import (
+    PRIMARY_METRICS,
+    one_execution_per_cell,
+    one_setting_per_base,
+    primary_metrics,
+    setting_ids,
+)
 from bobkit.analysis.uncertainty import percentile_interval, within_cell_stderr
 
 TASK = "transferability"
@@ -89,7 +95,7 @@ def measured_values(table: pd.DataFrame, *, tasks: Sequence[str] | None = None,
         rows = rows[rows["protocol"].isin(_as_list(protocols))]
     if primary_only:
         rows = primary_metrics(rows, MEASURED_METRICS)
-    rows = rows.dropna(subset=["value"])
+    rows, _ = one_execution_per_cell(rows.dropna(subset=["value"]))  # seeds of one execution are the replicates
     if rows.empty:
         raise InsufficientDataError("the table has no measured results to predict (only transferability cells?)")
     sign = np.where(rows["higher_is_better"].astype(bool), 1.0, -1.0)
