@@ -216,7 +216,7 @@ def _report_parameters(assignments: list[str] | None) -> dict[str, object]:
 
 
 def _build_and_print(runs_dir: str, results: str, *, force: bool = False, include_stale: bool = False) -> None:
-    from bobkit.analysis.settings import PRIMARY_METRICS, primary_metrics
+    from bobkit.analysis.settings import PRIMARY_METRICS, one_execution_per_cell, primary_metrics
     from bobkit.results.schema import write_results
     from bobkit.results.table import build_results, check_replacement, leaderboard
 
@@ -233,6 +233,7 @@ def _build_and_print(runs_dir: str, results: str, *, force: bool = False, includ
     primary = primary_metrics(table, {**PRIMARY_METRICS, "ood": (r"acc/[^/]+|mca",)})
     controls = set(table.loc[table["method_kind"] == "random", "backbone"])
     for task, rows in primary.groupby("task"):
+        rows, _ = one_execution_per_cell(rows)  # a run on another device or precision is not one more seed
         board = leaderboard(rows, metric=None)
         if not board.empty:
             metrics = ", ".join(sorted(rows["metric"].unique()))
