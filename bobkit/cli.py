@@ -224,7 +224,7 @@ def _report_parameters(assignments: list[str] | None) -> dict[str, object]:
 
 
 def _build_and_print(runs_dir: str, results: str, *, force: bool = False, include_stale: bool = False) -> None:
-    from bobkit.analysis.settings import PRIMARY_METRICS, primary_metrics
+    from bobkit.analysis.settings import PRIMARY_METRICS, one_execution_per_cell, primary_metrics
     from bobkit.results.schema import write_results
     from bobkit.results.table import build_results, check_replacement, leaderboard
 
@@ -239,12 +239,17 @@ def _build_and_print(runs_dir: str, results: str, *, force: bool = False, includ
         return
     # OOD: accuracy per shifted dataset and the mean corruption accuracy, side by side.
     primary = primary_metrics(table, {**PRIMARY_METRICS, "ood": (r"acc/[^/]+|mca",)})
+    controls = set(table.loc[table["method_kind"] == "random", "backbone"])
     for task, rows in primary.groupby("task"):
+        rows, _ = one_execution_per_cell(rows)  # a run on another device or precision is not one more seed
         board = leaderboard(rows, metric=None)
         if not board.empty:
             metrics = ", ".join(sorted(rows["metric"].unique()))
             print(f"\nleaderboard: {task} ({metrics}; mean over seeds, higher is better)")
-            _print_table(board.round(3).reset_index())
+            board = board.round(3).reset_index()
+            # a random-init control is a baseline, not a contender, even where it scores above a pretrained one
+            board.insert(1, "kind", ["random-init control" if b in controls else "" for b in board["backbone"]])
+            _print_table(board)
 
 
 def _print_left_out(attrs: dict) -> None:

@@ -114,6 +114,30 @@ def make_results(*, seeds: tuple[int, ...] = (0, 1), noise: float = 0.15, seed: 
     return conform(table)
 
 
+def with_transferability(table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """``table`` plus transferability cells on each classification dataset with a known structure: LogME is the
+    linear probe's own top-1 (a perfect predictor of that setting), kNN accuracy its reverse, H-score noise, LEEP
+    the top-1 plus noise for backbones with an ImageNet head (supervised) and absent for the others."""
+    rng = np.random.default_rng(seed)
+    probe = table[(table["task"] == "classification") & (table["protocol"] == "linear_probe")
+                  & (table["metric"] == "top1")]
+    probe = probe.groupby(["backbone", "dataset"], as_index=False).first().assign(  # the value: mean over seeds
+        value=probe.groupby(["backbone", "dataset"])["value"].mean().to_numpy())
+    rows = []
+    for r in probe.itertuples(index=False):
+        values = {"logme": 5 * r.value, "knn_acc": 1 - r.value, "h_score": float(rng.normal())}
+        if r.method_kind == "supervised":
+            values["leep"] = r.value + 0.05 * float(rng.normal())
+        for metric, value in values.items():
+            rows.append({"run_key": f"transfer-{r.backbone}-{r.dataset}", "task": "transferability",
+                         "backbone": r.backbone, "dataset": r.dataset, "protocol": "frozen", "seed": 0,
+                         "metric": metric, "value": value, "higher_is_better": True,
+                         **{c: getattr(r, c) for c in ("display_name", "architecture", "family", "method",
+                                                       "method_kind", "pretrain_data", "pretrain_images",
+                                                       "params_millions")}})
+    return conform(pd.concat([table, pd.DataFrame(rows)], ignore_index=True))
+
+
 def make_minimal_results() -> pd.DataFrame:
     """Like the offline demo: three CNNs, one task (classification), one protocol, one seed, no robustness rows."""
     table = make_results(seeds=(0,), backbones=3)

@@ -94,7 +94,10 @@ def test_public_tables_notebook_on_a_fresh_clone(tmp_path):
     for ds in OOD_SETS:
         trend = summary[f"trend_{ds}"]
         assert trend["n"] > 900 and trend["slope_low"] <= trend["slope"] <= trend["slope_high"]
-        assert f"probit_{ds}.png" in summary["figures"]
+        # Taori et al.'s axes, and R and A against ImageNet on their own 200 classes
+        assert trend["scale"] == "logit"
+        assert trend["id_reference"] == (f"{ds}_clean" if ds in ("imagenet_r", "imagenet_a") else "imagenet")
+        assert f"trend_{ds}.png" in summary["figures"]
         assert f"effective_robustness_{ds}_by_pretrain_data_group.csv" in summary["tables"]
     assert set(summary["id_ood_correlations_second"]) == set(OOD_SETS)
     assert "id_ood_clean_subsets.csv" in summary["tables"]
@@ -280,10 +283,17 @@ def test_synthetic_findings_beside_the_papers(synthetic_runs):
     assert gain["shown"] and gain["value"] == pytest.approx(expected, abs=1e-9)
     assert gain["ci_low"] <= gain["value"] <= gain["ci_high"] and gain["paper_value"] == 0.0
     assert gain["agreement"] == ("agrees" if gain["ci_low"] > 0 else "disagrees" if gain["ci_high"] < 0 else "unclear")
+    # the headline gain and the rank agreement pool the pretrained backbones only, and say how many were left out
+    summary = _summary(protocols)
+    assert summary["mean_delta"] == pytest.approx(pairs["delta"].mean(), abs=1e-12)
+    assert summary["mean_delta_n"] == len(pairs) and summary["controls_left_out"] == len(controls)
+    assert all(row["n"] == pairs["backbone"].nunique() for row in summary["rank_agreement"])
+    assert any("random-init control pairs left out" in h for h in summary["headlines"])
     robustness = _summary(synthetic_runs["06_robustness_calibration"]["figures_dir"])
     calibration = robustness["findings"]["calibration_tracks_accuracy"]
     rho = robustness["calibration_spearman"]
     assert calibration["shown"] and calibration["value"] == rho["rho"] and calibration["n"] == rho["n"]
+    assert rho["n"] == 12 and rho["n_controls_left_out"] == 2  # 14 backbones, two random-init controls
     assert calibration["agreement"] == ("agrees" if rho["ci_high"] < 0 else "disagrees" if rho["ci_low"] > 0
                                         else "unclear")
 

@@ -25,7 +25,7 @@ matplotlib.use("Agg")
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-from fixtures_analysis import make_results  # noqa: E402
+from fixtures_analysis import make_results, with_transferability  # noqa: E402
 from report_fixtures import PAYLOAD, fake_run, notebook_file  # noqa: E402
 
 from bobkit.analysis import findings  # noqa: E402
@@ -33,7 +33,7 @@ from bobkit.report import sanitize, site  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.notebook]
 
-BOOK_NOTEBOOKS = ["01_leaderboard", "03_scale", "06_robustness_calibration"]
+BOOK_NOTEBOOKS = ["01_leaderboard", "03_scale", "06_robustness_calibration", "09_transferability"]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars",
@@ -154,7 +154,7 @@ PAGE_FACTS = r"""
 def _make_inputs(root: Path) -> tuple[Path, Path, Path]:
     """A results table recording its runs folder, that folder (three runs, one symlinked notebook, one failed run
     outside the table) and a decoy runs folder the report must not read."""
-    table = make_results(seeds=(0,), backbones=6)
+    table = with_transferability(make_results(seeds=(0,), backbones=6))  # chapter 09's tables are on a page too
     names = table["backbone"].unique()
     table.loc[table["backbone"] == names[0], "display_name"] = PAYLOAD
     table.loc[table["backbone"] == "convnext_base.in22k", "display_name"] = NAMED

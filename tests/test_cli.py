@@ -49,3 +49,27 @@ def test_strict_is_still_accepted_and_failures_fail_by_default(write_grid, tmp_p
     assert proc.returncode == 0 and proc.stdout.count("smoke value=") == 2
     help_text = bob("run", "--help").stdout
     assert "--allow-failures" in help_text and "--strict" not in help_text
+
+
+def test_the_build_leaderboard_marks_random_init_controls(tmp_path: Path, capsys):
+    """A control can score above a pretrained backbone on a task (robustness in the demo): the printout says which
+    rows are controls, so it does not read as a contender."""
+    from bobkit import cli
+    from bobkit.batch.grid import code_version
+    from bobkit.results.sidecars import write_sidecar
+
+    runs = tmp_path / "runs"
+    for key, backbone, top1 in (("k1", "mobilenetv2_100.packaged_tv_in1k", 0.5), ("k2", "resnet18.random_init", 0.6)):
+        run_dir = runs / "classification" / key
+        write_sidecar(run_dir, {
+            "run_key": key, "task": "classification", "status": "complete",
+            "code_version": code_version("classification"),
+            "params": {"backbone": backbone, "dataset": "fashion_mnist", "protocol": "linear_probe", "seed": 0},
+            "metrics": {"top1": top1}})
+        (run_dir / "executed.ipynb").write_text("{}")
+    assert cli.main(["build", "--runs-dir", str(runs), "--results", str(tmp_path / "results.parquet")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    control = next(line for line in lines if line.strip().startswith("resnet18.random_init"))
+    pretrained = next(line for line in lines if line.strip().startswith("mobilenetv2_100"))
+    assert "random-init control" in control and "random-init control" not in pretrained
+    assert lines.index(control) < lines.index(pretrained)  # still ranked by its value, now labelled

@@ -336,3 +336,47 @@ def test_bootstrap_counts_are_resamples_of_n():
 
 def test_difference_se_adds_variances():
     assert difference_se(0.03, 0.04) == pytest.approx(0.05)
+
+
+def _separable_held_out(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Confident logits whose held-out items are all classified correctly: NLL falls as T -> 0 (no interior
+    optimum), the small-held-out case that fitted T = 0.01 on a run page."""
+    logits = np.random.default_rng(seed).normal(scale=1.0, size=(n, 5))
+    return logits, logits.argmax(1)
+
+
+def test_fitted_temperature_stays_within_its_stated_bounds():
+    logits, labels = _separable_held_out(30)
+    lo, hi = M.TEMPERATURE_BOUNDS
+    assert (lo, hi) == (0.05, 20.0)
+    assert M.fit_temperature(logits, labels) == pytest.approx(lo, rel=1e-3)  # was 0.01, the old bound
+    assert M.fit_temperature(-logits, labels) == pytest.approx(hi, rel=1e-3)  # every item wrong: flat as T grows
+
+
+def test_temperature_falls_back_to_one_on_a_small_or_separable_held_out_split():
+    small = M.calibrate_temperature(*_separable_held_out(30))
+    assert small.temperature == 1.0 and small.fallback == M.TemperatureFallback.TOO_FEW_ITEMS
+    assert small.n_items == 30 and small.n_items < M.MIN_CALIBRATION_ITEMS
+    separable = M.calibrate_temperature(*_separable_held_out(400))
+    assert separable.temperature == 1.0 and separable.fallback == M.TemperatureFallback.AT_BOUND
+    assert separable.fitted == pytest.approx(M.TEMPERATURE_BOUNDS[0], rel=1e-3)
+    logits, labels = _synthetic_predictor(2000, temperature=0.25, seed=3)
+    good = M.calibrate_temperature(logits, labels)
+    assert good.fallback == M.TemperatureFallback.NONE and good.temperature == pytest.approx(4.0, rel=0.15)
+    assert good.temperature == good.fitted
+
+
+def test_temperature_falls_back_when_the_cross_fitted_held_out_nll_gets_worse():
+    # already calibrated at T = 1 and few items: a fitted T only chases noise, and each half's T does worse on the
+    # other half than T = 1 does
+    for seed in range(40):
+        logits, labels = _synthetic_predictor(120, temperature=1.0, seed=seed)
+        fit = M.calibrate_temperature(logits, labels)
+        if fit.fallback == M.TemperatureFallback.NLL_WORSE:
+            assert fit.temperature == 1.0 and np.isfinite(fit.fitted)
+            break
+    else:
+        pytest.fail("no seed made the cross-fitted NLL worse than T = 1")
+    for fit in (M.calibrate_temperature(*_synthetic_predictor(120, temperature=1.0, seed=s)) for s in range(40)):
+        if fit.fallback == M.TemperatureFallback.NONE:  # an accepted temperature never raises held-out NLL
+            assert fit.cross_fitted_nll <= fit.nll_at_one

@@ -88,16 +88,21 @@ def test_paired_and_slope_charts(table, scores):
         plots.paired_plot(pairs.iloc[:0])
 
 
-def test_robustness_and_probit_plots(table):
+def test_robustness_and_trend_plots(table):
     rob = id_ood.metric_pairs(table, {"task": "classification", "metric": "top1"},
                              {"task": "robustness", "metric": "top1"}, x_name="acc", y_name="rob")
     fig = plots.metric_scatter(rob, "acc", "rob")
     assert "Spearman" in fig.axes[0].get_title()
     frame = rob.rename(columns={"acc": "id_acc"})
     er, trend = id_ood.effective_robustness(frame, "rob")
-    fig = plots.probit_scatter(frame, "rob", trend=trend, hue="family")
+    fig = plots.trend_scatter(frame, "rob", trend=trend, hue="family")
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
-    assert all(t.isdigit() for t in ticks if t)  # percentages on a probit axis
+    assert all(t.isdigit() for t in ticks if t)  # percentages on a logit axis
+    assert "logit scale" in fig.axes[0].get_xlabel() and trend["scale"] == "logit"
+    zero = pd.concat([frame, frame.head(1).assign(rob=0.0, backbone="zero")], ignore_index=True)
+    fig = plots.trend_scatter(zero, "rob", trend=id_ood.fit_trend(zero["id_acc"], zero["rob"], scale="probit"),
+                              hue="family")
+    assert "probit scale" in fig.axes[0].get_xlabel() and "1 at 0% or 100% not shown" in fig.axes[0].get_title()
     fig = plots.group_strip(frame.assign(er=er), "er", "family", hue="method_kind")
     assert fig.axes
 
@@ -205,7 +210,7 @@ def _every_figure(table, scores) -> dict:
         "slope": plots.slope_chart(cmp.protocol_comparison(table)),
         "metric scatter": plots.metric_scatter(rob, "acc", "rob", xlabel="classification top1",
                                                ylabel="robustness top1"),
-        "probit": plots.probit_scatter(frame, "rob", trend=trend, hue="family"),
+        "probit": plots.trend_scatter(frame, "rob", trend=trend, hue="family"),
         "strip": plots.group_strip(frame.assign(er=er), "er", "family", hue="method_kind",
                                    xlabel="effective robustness on rob"),
     }

@@ -70,12 +70,36 @@ def test_findings_file_has_the_papers_values_and_source():
         findings.finding("scale_parms")
 
 
+def test_findings_quote_only_the_paper_and_mark_what_is_assumed():
+    ssl = findings.finding("ssl_vs_supervised")
+    # the paper's exception is part of the finding
+    assert "detection and segmentation" in ssl["claim"] and "decisive edge" in ssl["claim"]
+    # the quoted words are the abstract's, word for word
+    assert ssl["quote"] == ("in apples-to-apples comparisons on the same architectures and similarly sized pretraining "
+                            "datasets, we find that SSL backbones are highly competitive")
+    calibration = findings.finding("calibration_tracks_accuracy")
+    assert "ECE" not in calibration["stated"] and "expected calibration error" not in calibration["claim"]
+    assert "ECE" in calibration["assumed"] and "not stated" in calibration["assumed"]
+    text = findings.claim_text("calibration_tracks_accuracy")
+    assert "Assumed here, not stated by the paper:" in text and "ECE" in text
+    for finding_id, item in findings.load_findings()["findings"].items():  # nothing assumed poses as stated
+        assert "assumed" not in str(item["stated"]).lower(), finding_id
+
+
 def test_finding_answers_and_agreement():
     diff = {"diff": 0.2, "ci_low": 0.05, "ci_high": 0.35, "rho_a": 0.6, "rho_b": 0.4, "n_a": 20, "n_b": 30}
     answer = findings.difference_finding("scale_params", diff)
     assert answer["shown"] and answer["agreement"] == "agrees" and answer["paper_value"] == pytest.approx(0.23)
     answer = findings.difference_finding("scale_params", {**diff, "ci_low": -0.3, "ci_high": -0.1, "diff": -0.2})
     assert answer["agreement"] == "disagrees"
+    # the overview's case: an interval holding the paper's side and zero is unclear, as its legend says, not "x"
+    straddles = findings.difference_finding("scale_params", {**diff, "diff": 0.08, "ci_low": -0.02, "ci_high": 0.17})
+    assert straddles["agreement"] == "unclear"
+    # on the paper's side but short of its value: agrees on the direction, and the statement says the value is out
+    short = findings.difference_finding("scale_params", {**diff, "diff": 0.08, "ci_low": 0.02, "ci_high": 0.17})
+    assert short["agreement"] == "agrees" and "outside this interval" in short["statement"]
+    assert findings.agreement(0.08, -0.02, 0.17, 0.23) == "unclear"
+    assert findings.agreement(0.0, -0.1, 0.1, 0.0) == "agrees"  # a paper value of zero: inside the interval
     missing = findings.difference_finding("scale_params", None, "it has 0 pretrained ViT backbone(s)")
     assert not missing["shown"] and missing["statement"].startswith("This table cannot show the paper's finding")
     assert findings.threshold_finding("task_correlation", 0.9, 0.85, 0.95, 12, "rho")["agreement"] == "agrees"

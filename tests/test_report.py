@@ -185,6 +185,32 @@ def test_a_symlinked_executed_notebook_is_not_published(tmp_path):
     assert "SECRET" not in (out / published[0]).read_text()
 
 
+def test_run_titles_name_what_distinguishes_their_setting(tmp_path):
+    """A low-shot and a full-data run of one backbone (and a fine-tune) used to share a title on their pages, in the
+    runs index, the sidebar and search."""
+    import json
+
+    runs_dir = tmp_path / "runs"
+    full = {"shots_per_class": None, "label_fraction": None, "image_size": 64}
+    rows = [("full", "linear_probe", full), ("shot2", "linear_probe", {**full, "shots_per_class": 2}),
+            ("tenth", "linear_probe", {**full, "label_fraction": 0.1}), ("tuned", "finetune", full)]
+    for key, _, _ in rows:
+        fake_run(runs_dir, "classification", key)
+    table = pd.DataFrame([{"run_key": key, "task": "classification", "backbone": "resnet18.tv_in1k",
+                           "display_name": "ResNet-18", "dataset": "fashion_mnist", "protocol": protocol, "seed": 0,
+                           "setting_params": json.dumps(params)} for key, protocol, params in rows])
+    records = {r.run_key: r for r in runs.runs_behind(table, runs_dir)}
+    titles = {key: site._run_title(record) for key, record in records.items()}
+    assert len(set(titles.values())) == 4, titles
+    assert titles["full"] == "classification: ResNet-18 · fashion_mnist · linear_probe · full data, seed 0"
+    assert titles["shot2"] == "classification: ResNet-18 · fashion_mnist · linear_probe · 2-shot, seed 0"
+    assert "10% of the labels" in titles["tenth"] and titles["tuned"].endswith("finetune, seed 0")
+    index = pages._runs_frame(records.values())
+    assert len(set(index["what ran"])) == 4 and any("2-shot" in text for text in index["what ran"])
+    toc = site.publish_runs(list(records.values()), tmp_path / "site", render_runs=10)
+    assert sorted(title for _, title in toc["classification"]) == sorted(titles.values())  # sidebar and search
+
+
 def test_failed_runs_of_the_folder_are_listed_with_their_error(tmp_path):
     runs_dir = tmp_path / "runs"
     fake_run(runs_dir, "classification", "ok1")
@@ -295,6 +321,75 @@ def test_titles_never_carry_markup_even_escaped():
     index = 'Search.setIndex({"titles": ["ok"], "alltitles": {"run: <img src=x>": [[2, "x"]]}, "terms": {}})'
     assert sanitize.scan_search_index(index) == ["search title 'run: <img src=x>'"]
     assert sanitize.scan_search_index(index.replace("<img src=x>", "fine")) == []
+
+
+@pytest.mark.notebook
+def test_executed_notebooks_and_the_build_output_carry_no_spurious_warnings(tmp_path):
+    """Every executed notebook showed tqdm's "IProgress not found" (timm's imports load tqdm.auto), and every
+    report kernel printed ipykernel's unencrypted-TCP warning into the build's output."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "tiny.ipynb"
+    cells = [nbformat.v4.new_code_cell("figures_dir = None", metadata={"tags": ["parameters"]}),
+             nbformat.v4.new_code_cell("import bobkit\nimport timm"), nbformat.v4.new_code_cell("print(1 + 1)")]
+    kernel = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+              "language_info": {"name": "python"}}
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata=kernel), source)
+    script = (
+        "import sys; from pathlib import Path; from bobkit.report.execute import NotebookJob, run_notebooks\n"
+        "out = Path(sys.argv[1])\n"
+        "jobs = [NotebookJob(f'n{i}', out / 'tiny.ipynb', out / f'n{i}.ipynb', out / f'f{i}', {}) for i in range(2)]\n"
+        "print([r.error for r in run_notebooks(jobs, workers=2, cwd=out)])\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.stdout.strip() == "[None, None]", done.stderr[-2000:]
+    for i in range(2):
+        outputs = json.dumps([cell.get("outputs", []) for cell in nbformat.read(str(tmp_path / f"n{i}.ipynb"), 4).cells])
+        assert "2" in outputs and "TqdmWarning" not in outputs and "IProgress" not in outputs, outputs
+    assert "TCP without encryption" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
+
+
+def test_report_pages_and_notebook_parameters_show_no_absolute_machine_path(tmp_path, monkeypatch):
+    """The overview, the provenance chapter and the notebooks' injected parameters printed the table's absolute path
+    (/home/<user>/...)."""
+    from types import SimpleNamespace
+
+    work = tmp_path / "work"
+    runs_dir = work / "runs"
+    fake_run(runs_dir, "classification", "k1")
+    path = work / "results" / "results.parquet"
+    path.parent.mkdir(parents=True)
+    _table([("classification", "k1")], None).to_parquet(path)
+    monkeypatch.chdir(work)
+    source = inputs.read_table_source(path, runs_dir_fallback=runs_dir)
+    assert pages.shown_path(path) == "results/results.parquet" and pages.shown_path(runs_dir) == "runs"
+    assert not Path(pages.shown_path(tmp_path / "elsewhere" / "t.csv")).is_absolute()
+    content = SimpleNamespace(source=source, generated="now", run_facts={}, environment={}, runs=[], failed=[],
+                              chapters=[])
+    text = pages._what_is_analysed(content) + pages.provenance_markdown(content) + source.runs_dir_note
+    assert str(tmp_path) not in text and "results/results.parquet" in text
+    jobs = site.notebook_jobs(["01_leaderboard"], Path("notebooks/analysis"), work / "site", source.results_path,
+                              {"n_boot": 10}, None)
+    params = jobs[0].relative_parameters(work / "site")
+    assert params["results_path"] == "../results/results.parquet" and params["figures_dir"] == "figures/01_leaderboard"
+    assert params["n_boot"] == 10
+
+
+def test_jupyterlab_checkpoints_are_ignored_at_any_depth():
+    """JupyterLab writes .ipynb_checkpoints/ beside every notebook it opens: never part of the checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    paths = ["notebooks/analysis/.ipynb_checkpoints/01_leaderboard-checkpoint.ipynb",
+             "notebooks/tasks/.ipynb_checkpoints/classification-checkpoint.ipynb",
+             ".ipynb_checkpoints/x-checkpoint.ipynb", "params/examples/a/b/.ipynb_checkpoints/c-checkpoint.ipynb"]
+    done = subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index", *paths], capture_output=True,
+                          text=True, timeout=30)
+    assert done.stdout.split() == paths
+    kept = subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index",
+                           "notebooks/analysis/01_leaderboard.ipynb"], capture_output=True, text=True, timeout=30)
+    assert kept.returncode == 1  # the notebooks themselves are not ignored
 
 
 def test_error_message_is_one_readable_line():
@@ -436,6 +531,32 @@ def _write_summary(figures: Path, notebook: str, findings: dict, **extra) -> Non
     out.record(**extra)
 
 
+def test_the_overview_leaderboard_states_its_caveats(tmp_path):
+    """Two pretrained backbones and a missing task: the overview says which tasks the overall covers, warns that
+    the z-scores degenerate, and shows the gap to the best backbone beside the score."""
+    from types import SimpleNamespace
+
+    from bobkit.analysis import prose, scores
+    from bobkit.results.schema import conform
+
+    rows = [(b, task, m, v, k) for b, task, m, v, k in [
+        ("p1", "cls", "top1", 0.80, "supervised"), ("p2", "cls", "top1", 0.81, "supervised"),
+        ("p3", "cls", "top1", 0.5, "supervised"), ("ctl", "cls", "top1", 0.10, "random"),
+        ("p1", "det", "box_ap", 0.3, "supervised"), ("p3", "det", "box_ap", 0.2, "supervised"),
+        ("ctl", "det", "box_ap", 0.1, "random")]]
+    table = conform(pd.DataFrame([{"backbone": b, "task": t, "dataset": "d", "protocol": "p", "metric": m,
+                                   "value": v, "method_kind": k} for b, t, m, v, k in rows]))
+    board = scores.leaderboard(table, n_boot=20)
+    figures = tmp_path / "figures"
+    (figures / "01_leaderboard").mkdir(parents=True)
+    board.to_csv(figures / "01_leaderboard" / "leaderboard.csv", index=False)
+    _write_summary(figures, "01_leaderboard", {}, **{k: board.attrs[k] for k in prose.LEADERBOARD_NOTES})
+    text = "\n".join(pages._leaderboard(SimpleNamespace(figures_root=figures), {}))
+    assert "det is left out of the overall score \\(p2 lacks it\\)" in text
+    assert "only 2 pretrained backbones" in text
+    assert "gap to best" in text and "over the tasks every backbone has" in text
+
+
 def test_overview_rows_show_what_the_notebooks_recorded(tmp_path):
     from bobkit.analysis import findings
 
@@ -462,6 +583,10 @@ def test_overview_rows_show_what_the_notebooks_recorded(tmp_path):
     assert rows["ood_tracks_id"].reason == "the notebook 06_robustness_calibration failed (ValueError: boom)"
     assert rows["calibration_tracks_accuracy"].reason == rows["ood_tracks_id"].reason
     assert rows["top_overall"].reason == "the notebook 01_leaderboard was not run for this report"
+    # what the project assumes (the calibration metric) is shown beside the claim, never as the paper's
+    calibration = pages._answer_block(rows["calibration_tracks_accuracy"])
+    assert "Assumed here, not stated by the paper:" in calibration and "ECE" in calibration
+    assert "Assumed here" not in pages._answer_block(rows["task_correlation"])
 
 
 def test_an_answer_in_words_reads_as_plain_text(tmp_path):

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bobkit.batch.grid import code_version
@@ -180,3 +181,18 @@ def test_task_output_format_2_and_the_flat_format_are_read():
     assert flat.non_finite() == ["nll"]
     with pytest.raises(ValueError, match="list"):
         parse_task_output([1, 2])
+
+
+def test_build_records_the_precision_a_run_used(tmp_path):
+    """Device type and precision move numbers: the table carries both, so the analysis never averages a bf16 GPU run
+    with fp32 CPU seeds of the same cell (bobkit.analysis.settings.one_execution_per_cell)."""
+    runs = tmp_path / "runs"
+    _record(runs, _sidecar("k1", "resnet18.random_init", 0.8, device="cuda:NVIDIA H100",
+                           timings={"exec_autocast_bits": 16.0, "exec_bf16": 1.0, "train_seconds": 3.0}))
+    _record(runs, _sidecar("k2", "mobilenetv2_100.packaged_tv_in1k", 0.7, device="cpu",
+                           timings={"exec_autocast_bits": 32.0, "exec_bf16": 0.0}))
+    _record(runs, _sidecar("k3", "tf_efficientnet_lite0.packaged_in1k", 0.6, timings={}))
+    table = build_results(runs).drop_duplicates("run_key").set_index("run_key")
+    assert table.loc["k1", "precision"] == "bf16" and table.loc["k1", "device"] == "cuda:NVIDIA H100"
+    assert table.loc["k2", "precision"] == "fp32"
+    assert pd.isna(table.loc["k3", "precision"])  # an older record that does not say

@@ -108,6 +108,23 @@ def test_calibration_split_is_stratified_and_disjoint():
     assert np.bincount(labels[fit], minlength=3).min() >= 1
 
 
+def test_a_small_separable_held_out_split_keeps_t_one_and_says_why():
+    """The run page's case: T fitted to 0.01 on a small held-out split the probe got all right, ECE 0.235 -> 0.083
+    while test NLL went 1.14 -> 85.3. Now T = 1 is kept and recorded, so the scaled metrics equal the raw ones."""
+    from bobkit.eval.metrics import TemperatureFallback
+    from bobkit.tasks.robustness import calibrated_scores
+
+    rng = np.random.default_rng(0)
+    held_logits = rng.normal(size=(30, 5))
+    test_logits = rng.normal(size=(200, 5))
+    test_labels = np.where(rng.random(200) < 0.7, test_logits.argmax(1), rng.integers(0, 5, 200))
+    with pytest.warns(UserWarning, match="kept T = 1: 30 held-out items"):
+        m = calibrated_scores((held_logits, held_logits.argmax(1)), (test_logits, test_labels), n_bins=15, seed=0)
+    assert m["temperature"] == 1.0 and m["fallback_temperature"] == float(TemperatureFallback.TOO_FEW_ITEMS)
+    assert m["n_calibration"] == 30.0
+    assert m["nll_ts"] == m["nll"] and m["ece_ts"] == m["ece"]
+
+
 def test_unknown_parameter_and_bad_values_are_named():
     from bobkit.tasks import robustness
 
@@ -134,6 +151,7 @@ def test_robustness_task_offline():
     assert m["acc/pgd/4"] <= m["acc/fgsm/4"] + 1e-9 or m["acc/pgd/4"] < m["acc/pgd/0"]
     assert m["top1"] > 0.5 and 0 <= m["ece"] <= 1 and m["nll"] > 0 and 0 <= m["brier"] <= 2
     assert m["temperature"] > 0 and m["nll_ts"] <= m["nll"] + 0.05
+    assert m["n_calibration"] == 60 and m["fallback_temperature"] == 1.0  # 60 held-out items: too few to fit T
     assert m["n_train"] == 240 and m["n_test"] == 300
     assert m["se/top1"] == pytest.approx(np.sqrt(m["top1"] * (1 - m["top1"]) / 300))
     assert all(0 < m[f"se/{k}"] < 0.2 for k in ("ece", "nll", "brier", "ece_ts", "nll_ts", "brier_ts"))

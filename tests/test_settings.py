@@ -114,3 +114,59 @@ def test_per_backbone_pairs_use_one_setting_per_measurement():
     # the setting with most backbones (eps list [1]) is used, the other is named, not averaged in
     assert dict(zip(pairs["backbone"], pairs["robustness"])) == pytest.approx({"a": 0.9, "b": 0.8, "c": 0.7})
     assert len(pairs.attrs["left_out"]) == 1 and "epsilons=[2]" in pairs.attrs["left_out"][0]
+
+
+def _executed(rows: list[dict], device: str | None, precision: str | None) -> list[dict]:
+    return [{**r, "device": device, "precision": precision} for r in rows]
+
+
+def _mixed_execution_table() -> pd.DataFrame:
+    """Backbone a: seeds 0 and 1 on the CPU in fp32, and seed 0 again on a GPU in bf16 (a number far from the
+    others, as a different execution can give); b and c on the CPU. The GPU row is not a third seed of a."""
+    params = {"image_size": 64}
+    rows = (_executed(_rows({"a": 0.50, "b": 0.60, "c": 0.70}, params, seed=0), "cpu", "fp32")
+            + _executed(_rows({"a": 0.52, "b": 0.62, "c": 0.72}, params, seed=1), "cpu", "fp32")
+            + _executed(_rows({"a": 0.90}, params, seed=0), "cuda:NVIDIA H100", "bf16")
+            + _executed(_rows({"c": 0.71}, params, seed=2), None, None))  # unknown execution: conflicts with none
+    return conform(pd.DataFrame(rows))
+
+
+def test_runs_on_another_device_or_precision_are_never_pooled_as_seeds():
+    table = _mixed_execution_table()
+    assert settings.execution_kind(table).tolist()[:1] == ["cpu/fp32"]
+    kept, notes = settings.one_execution_per_cell(table)
+    assert len(kept) == len(table) - 1 and not ((kept["backbone"] == "a") & (kept["device"] != "cpu")).any()
+    assert len(notes) == 1 and "a in " in notes[0] and "cuda/bf16 not averaged with those run on cpu/fp32" in notes[0]
+    values = sc.setting_values(table).set_index("backbone")
+    assert values.loc["a", "value"] == pytest.approx(0.51) and values.loc["a", "n_seeds"] == 2  # was 0.64 over 3
+    assert values.loc["c", "n_seeds"] == 3  # the row of unknown execution joins its backbone's CPU seeds
+    board = sc.leaderboard(table, n_boot=50)
+    assert board.attrs["execution_left_out"] == notes
+    assert "not averaged with those run on cpu/fp32" in prose.describe_leaderboard(board)
+    # a backbone measured only on the GPU is compared with the others, not left out: only replicates must agree
+    gpu_only = conform(pd.DataFrame(_executed(_rows({"d": 0.8}, {"image_size": 64}), "cuda:x", "bf16")))
+    assert "d" in set(sc.setting_values(pd.concat([table, gpu_only]))["backbone"])
+
+
+def test_the_seed_spread_enters_the_protocol_gain_interval():
+    """Two seeds that disagree are replicates: their spread is part of a gain's standard error, beside the test
+    items' sampling error (none recorded here)."""
+    params = {"image_size": 64}
+    rows = []
+    for seed, tuned in ((0, 0.70), (1, 0.80)):
+        rows += _rows({"a": 0.6, "b": 0.5, "c": 0.4}, params, seed=seed)
+        rows += _rows({"a": tuned, "b": tuned - 0.1, "c": tuned - 0.2}, params, seed=seed, protocol="finetune")
+    comparison = cmp.protocol_comparison(conform(pd.DataFrame(rows)))
+    # seeds 0.70 and 0.80: sample variance 0.005, over 2 seeds 0.0025 -> standard error 0.05 (was 0: unknown)
+    assert comparison["delta_se"].to_numpy() == pytest.approx([0.05, 0.05, 0.05])
+    gain = cmp.protocol_gain(comparison, n_boot=400)
+    assert gain["ci_high"] - gain["ci_low"] > 0.05
+
+
+def test_per_backbone_pairs_and_transferability_targets_keep_one_execution():
+    from bobkit.analysis import transferability as tr
+
+    table = _mixed_execution_table()
+    assert id_ood.select_values(table, metric="top1")["a"] == pytest.approx(0.51)
+    measured = tr.measured_values(table).set_index("backbone")
+    assert measured.loc["a", "value"] == pytest.approx(0.51)

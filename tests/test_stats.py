@@ -71,6 +71,54 @@ def test_task_then_overall_aggregation(hand_table):
     assert scores.loc["a", "n_settings"] == 3 and scores.loc["a", "n_tasks"] == 2
 
 
+def test_overall_ranks_only_on_the_tasks_every_backbone_has():
+    """The demo's case: lite2 has no detection cell and ranked first on the tasks it had."""
+    table = _table([
+        ("a", "cls", "d1", "top1", 0.1, True), ("b", "cls", "d1", "top1", 0.2, True),
+        ("c", "cls", "d1", "top1", 0.3, True),
+        ("a", "det", "d2", "box_ap", 0.5, True), ("b", "det", "d2", "box_ap", 0.1, True),  # c has no detection
+    ])
+    scores = sc.scores(table).set_index("backbone")
+    assert scores["overall"].to_dict() == pytest.approx(scores["cls"].to_dict())  # detection is in no overall
+    assert scores.attrs["overall_tasks"] == ["cls"] and scores.attrs["tasks_not_in_overall"] == {"det": ["c"]}
+    assert scores.loc["a", "det"] == pytest.approx(1.0)  # its task column still shows it
+    board = sc.leaderboard(table, n_boot=50)
+    assert board.set_index("backbone")["score"].to_dict() == pytest.approx(scores["cls"].to_dict())
+    assert board.attrs["overall_tasks"] == ["cls"] and board.attrs["tasks_not_in_overall"] == {"det": ["c"]}
+    assert "detection" not in prose.describe_leaderboard(board)
+    assert "det is left out of the overall score (c lacks it)" in prose.describe_leaderboard(board)
+    # asked for, each backbone is averaged over the tasks it has, and the leaderboard says which those are
+    every = sc.leaderboard(table, n_boot=50, shared_tasks_only=False).set_index("backbone")
+    assert every.loc["a", "score"] == pytest.approx((scores.loc["a", "cls"] + 1.0) / 2)
+    assert every.loc["c", "tasks_scored"] == "cls" and every.loc["a", "tasks_scored"] == "cls, det"
+    assert "each overall score averages the tasks its backbone has" in prose.describe_leaderboard(
+        sc.leaderboard(table, n_boot=50, shared_tasks_only=False))
+
+
+def test_small_pools_warn_and_carry_a_gap_to_the_best_backbone():
+    """Two pretrained backbones: every z-score is exactly +-1 and a control below a tight pool gets a huge one."""
+    rows = [("p1", "cls", "d1", "top1", 0.80, True), ("p2", "cls", "d1", "top1", 0.81, True),
+            ("ctl", "cls", "d1", "top1", 0.10, True),
+            ("p1", "cls", "d2", "ece", 0.05, False), ("p2", "cls", "d2", "ece", 0.03, False),
+            ("ctl", "cls", "d2", "ece", 0.30, False)]
+    table = _table(rows).assign(method_kind=lambda f: np.where(f["backbone"] == "ctl", "random", "supervised"))
+    z = sc.zscores(table)
+    assert set(np.round(z.loc[~z["baseline"], "z"].abs(), 12)) == {1.0}
+    board = sc.leaderboard(table, n_boot=50).set_index("backbone")
+    assert board.attrs["min_pool"] == 2 and board.attrs["small_pool"]
+    # gap to the best pretrained backbone per setting, in the metric's units, signed so that 0 is the best:
+    # p1: (0.80 - 0.81 + (-(0.05) + 0.03)) / 2; p2: (0 + 0) / 2; the control: (0.10 - 0.81 + (-0.30 + 0.03)) / 2
+    assert board.loc["p1", "gap_to_best"] == pytest.approx((-0.01 - 0.02) / 2)
+    assert board.loc["p2", "gap_to_best"] == pytest.approx(0.0)
+    assert board.loc["ctl", "gap_to_best"] == pytest.approx((-0.71 - 0.27) / 2)
+    assert board.loc["ctl", "score"] < -30  # the degenerate z-score the warning is about
+    text = prose.describe_leaderboard(board.reset_index())
+    assert "only 2 pretrained backbones" in text and "gap_to_best" in text
+    big = sc.leaderboard(_noisy_table(3), n_boot=20)
+    assert big.attrs["min_pool"] == 8 and not big.attrs["small_pool"]
+    assert "pretrained backbones" not in prose.describe_leaderboard(big)
+
+
 def test_negation_of_lower_is_better(hand_table):
     nll = hand_table[hand_table["metric"] == "nll"]
     z_neg = sc.zscores(nll).set_index("backbone")["z"]
@@ -275,12 +323,76 @@ def test_protocol_comparison_and_rank_agreement():
         cmp.protocol_comparison(table[table["protocol"] == "finetune"])
 
 
+def _protocol_table_with_controls() -> pd.DataFrame:
+    """Three pretrained backbones that gain +0.01 from fine-tuning and three random-init controls that gain +0.3."""
+    rows = []
+    for i, (b, kind) in enumerate([("p1", "supervised"), ("p2", "SSL"), ("p3", "supervised"),
+                                   ("r1", "random"), ("r2", "random"), ("r3", "random")]):
+        base = 0.7 + 0.05 * i if kind != "random" else 0.1 + 0.02 * i
+        gain = 0.01 if kind != "random" else 0.3
+        for proto, val in (("linear_probe", base), ("finetune", base + gain + (0.1 * i if kind == "random" else 0))):
+            rows.append({"backbone": b, "task": "classification", "dataset": "fm", "protocol": proto,
+                         "metric": "top1", "value": val, "higher_is_better": True, "method_kind": kind,
+                         "family": "CNN", "stderr": 0.02})
+    return conform(pd.DataFrame(rows))
+
+
+def test_protocol_gain_and_rank_agreement_leave_the_controls_out():
+    comp = cmp.protocol_comparison(_protocol_table_with_controls())
+    assert len(comp) == 6  # the comparison itself shows every backbone (controls labelled by method_kind)
+    gain = cmp.protocol_gain(comp, n_boot=200)
+    assert gain["n"] == 3 and gain["mean"] == pytest.approx(0.01)  # was 6 pairs, mean +0.175
+    assert gain["n_controls_left_out"] == 3
+    agree = cmp.rank_agreement(comp, n_boot=0)
+    assert agree["n"].iloc[0] == 3 and agree["mean_delta"].iloc[0] == pytest.approx(0.01)
+    assert agree["rho"].iloc[0] == pytest.approx(1.0)  # the pretrained keep their order; with controls rho differs
+    text = prose.describe_protocols(comp, agree, "linear_probe", "finetune", gain)
+    assert "over 3 pretrained backbone x dataset pairs" in text and "3 random-init control pairs left out of the pooled numbers" in text
+    pooled_rho = corr.pretrained_spearman(comp, "linear_probe", "finetune", n_boot=0)
+    assert pooled_rho["n"] == 3 and pooled_rho["n_controls_left_out"] == 3
+    with_controls = cmp.protocol_gain(comp, n_boot=0, pool_exclude=())
+    assert with_controls["n"] == 6 and with_controls["n_controls_left_out"] == 0
+
+
+def test_group_difference_carries_each_rows_within_cell_standard_error():
+    frame = pd.DataFrame({"backbone": list("abcdef"), "g": ["x"] * 3 + ["y"] * 3,
+                          "delta": [0.0, 0.0, 0.0, 0.1, 0.1, 0.1]})
+    plain = cmp.group_difference(frame, "delta", "g", a="x", b="y", n_boot=400)
+    assert math.isnan(plain["ci_low"])  # nothing varies: no interval, not a zero-width one
+    noisy = cmp.group_difference(frame.assign(delta_se=0.05), "delta", "g", a="x", b="y", n_boot=400)
+    # each group's mean of three rows resampled with replacement from three N(., 0.05) draws has variance
+    # 0.05^2 / 3 (the draws) + 0.05^2 (2 / 3) / 3 (the resampling); the difference of two such means:
+    assert noisy["diff"] == pytest.approx(0.1)
+    sd = 0.05 * math.sqrt(2 * (1 + 2 / 3) / 3)
+    assert noisy["ci_high"] - noisy["ci_low"] == pytest.approx(2 * 1.96 * sd, rel=0.15)
+    assert noisy["stderr_column"] == "delta_se"
+
+
+def test_effective_robustness_on_logit_axes_by_default_probit_on_request_and_zero_accuracy_dropped():
+    """Taori et al.'s testbed fits logit axes; a model at 0% accuracy is left out of the fit, not clipped into it."""
+    id_acc = np.linspace(0.5, 0.9, 30)
+    logit = np.log(id_acc / (1 - id_acc))
+    ood = 1 / (1 + np.exp(-(-1.0 + 1.2 * logit)))
+    frame = pd.DataFrame({"id_acc": [*id_acc, 0.6], "ood": [*ood, 0.0]})  # the last model: 0% under the shift
+    er, trend = id_ood.effective_robustness(frame, "ood")
+    assert trend["scale"] == "logit" and id_ood.DEFAULT_SCALE == "logit"
+    assert trend["slope"] == pytest.approx(1.2, abs=1e-9) and trend["intercept"] == pytest.approx(-1.0, abs=1e-9)
+    assert trend["n"] == 30 and trend["n_dropped"] == 1 and trend["r2"] == pytest.approx(1.0)  # was n 31, r2 < 1
+    assert np.allclose(er[:30], 0, atol=1e-9) and er.iloc[-1] < 0  # its effective robustness is still reported
+    probit = id_ood.fit_trend(frame["id_acc"], frame["ood"], scale="probit")
+    assert probit["scale"] == "probit" and probit["r2"] < 1.0  # a logit-linear trend is not probit-linear
+    text = prose.describe_id_ood("imagenet_a", id_ood.correlations(frame["id_acc"], frame["ood"]), trend)
+    assert "logit" in text and "1 model at 0% or 100% accuracy left out of the fit" in text
+    with pytest.raises(ValueError, match="scale='linear'"):
+        id_ood.fit_trend(id_acc, ood, scale="linear")
+
+
 def test_probit_trend_and_effective_robustness():
     id_acc = np.linspace(0.5, 0.9, 30)
     ood = sps.norm.cdf(0.2 + 1.5 * id_ood.probit(id_acc))
     frame = pd.DataFrame({"id_acc": id_acc, "ood": ood, "group": ["base"] * 30})
     frame.loc[len(frame)] = {"id_acc": 0.7, "ood": 0.9, "group": "robust"}
-    er, trend = id_ood.effective_robustness(frame, "ood", baseline="group == 'base'")
+    er, trend = id_ood.effective_robustness(frame, "ood", baseline="group == 'base'", scale="probit")
     assert trend["slope"] == pytest.approx(1.5, abs=1e-6) and trend["intercept"] == pytest.approx(0.2, abs=1e-6)
     assert np.allclose(er[:30], 0, atol=1e-6)
     assert er.iloc[-1] == pytest.approx(0.9 - sps.norm.cdf(0.2 + 1.5 * id_ood.probit(0.7)))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures_analysis import exec_notebook_inprocess, make_results
+from fixtures_analysis import exec_notebook_inprocess, make_results, with_transferability
 from scipy import stats as sps
 
 from bobkit.analysis import priors, scores, settings
@@ -20,7 +20,7 @@ from bobkit.analysis import rank_agreement as ra
 from bobkit.analysis import transferability as tr
 from bobkit.analysis.errors import InsufficientDataError
 from bobkit.analysis.load import load_reference
-from bobkit.results.schema import conform, write_results
+from bobkit.results.schema import write_results
 from bobkit.results.sidecars import write_sidecar
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,30 +131,6 @@ def test_reference_prior_is_the_overall_score_in_the_reference():
 # ------------------------------------------------------------------------------------------------------------
 
 
-def with_transferability(table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """``table`` plus transferability cells on each classification dataset with a known structure: LogME is the
-    linear probe's own top-1 (a perfect predictor of that setting), kNN accuracy its reverse, H-score noise, LEEP
-    the top-1 plus noise for backbones with an ImageNet head (supervised) and absent for the others."""
-    rng = np.random.default_rng(seed)
-    probe = table[(table["task"] == "classification") & (table["protocol"] == "linear_probe")
-                  & (table["metric"] == "top1")]
-    probe = probe.groupby(["backbone", "dataset"], as_index=False).first().assign(  # the value: mean over seeds
-        value=probe.groupby(["backbone", "dataset"])["value"].mean().to_numpy())
-    rows = []
-    for r in probe.itertuples(index=False):
-        values = {"logme": 5 * r.value, "knn_acc": 1 - r.value, "h_score": float(rng.normal())}
-        if r.method_kind == "supervised":
-            values["leep"] = r.value + 0.05 * float(rng.normal())
-        for metric, value in values.items():
-            rows.append({"run_key": f"transfer-{r.backbone}-{r.dataset}", "task": "transferability",
-                         "backbone": r.backbone, "dataset": r.dataset, "protocol": "frozen", "seed": 0,
-                         "metric": metric, "value": value, "higher_is_better": True,
-                         **{c: getattr(r, c) for c in ("display_name", "architecture", "family", "method",
-                                                       "method_kind", "pretrain_data", "pretrain_images",
-                                                       "params_millions")}})
-    return conform(pd.concat([table, pd.DataFrame(rows)], ignore_index=True))
-
-
 @pytest.fixture(scope="module")
 def table() -> pd.DataFrame:
     return with_transferability(make_results(seeds=(0, 1)))
@@ -227,6 +203,58 @@ def test_task_summary_and_the_verdict_against_the_prior(table):
     assert advice.set_index("task").loc["classification", "best_estimator"] == "logme"
     sentence = tr.describe_prior_question(summary.reset_index(), agreement.n_backbones)
     assert "ImageNet-top-1 prior" in sentence
+
+
+def test_a_saturated_predictor_is_flagged_and_left_out(table):
+    """H-score at its ceiling (2.00 for every backbone) cannot rank them: it is named, not shown as a predictor."""
+    saturated = table.copy()
+    h_rows = (saturated["task"] == "transferability") & (saturated["metric"] == "h_score")
+    saturated.loc[h_rows & (saturated["dataset"] == "mnist5k"), "value"] = 2.0
+    saturated.loc[h_rows & (saturated["dataset"] == "mnist5k") & (saturated["backbone"] == "resnet18.tv_in1k"),
+                  "value"] = 2.0 + 1e-9  # numerically equal, not exactly
+    predictors = tr.predictor_values(tr.estimator_values(saturated), priors.imagenet_prior([]))
+    kept, flagged = tr.drop_saturated(predictors)
+    assert flagged["key"].tolist() == ["h_score@mnist5k"] and flagged["value"].iloc[0] == pytest.approx(2.0)
+    assert "h_score@mnist5k" not in set(kept["key"]) and "h_score@fashion_mnist" in set(kept["key"])
+    assert "H-score on mnist5k gives every backbone 2.00" in tr.describe_saturated(flagged)
+    agreement = tr.compare_rankings(tr.measured_values(saturated), kept, n_boot=20)
+    assert not ((agreement.rows["predictor"] == "h_score") & (agreement.rows["dataset"] == "mnist5k")).any()
+
+
+def test_a_predictor_has_one_colour_in_every_figure(table):
+    """The per-setting and the per-task figure showed the same predictor in different colours."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    measured = tr.measured_values(table)
+    predictors = tr.predictor_values(tr.estimator_values(table), priors.imagenet_prior(table["backbone"].unique()))
+    agreement = tr.compare_rankings(measured, predictors, n_boot=20)
+
+    def colours(fig) -> dict[str, tuple]:
+        handles, labels = fig.axes[0].get_legend_handles_labels()
+        return {label: matplotlib.colors.to_rgb(h.lines[0].get_color()) for h, label in zip(handles, labels)}
+
+    by_setting = colours(tr.agreement_plot(agreement.rows[agreement.rows["predictor"] != "logme"],
+                                           group="setting_label"))
+    by_task = colours(tr.agreement_plot(tr.task_summary(agreement), group="task"))
+    shared = set(by_setting) & set(by_task)
+    assert len(shared) >= 3 and all(by_setting[k] == by_task[k] for k in shared)
+
+
+def test_the_tables_name_backbones_and_predictors_as_the_overview_does(table):
+    predictors = tr.predictor_values(tr.estimator_values(table), priors.imagenet_prior(table["backbone"].unique()))
+    names = {"resnet18.tv_in1k": "ResNet-18 (supervised)"}
+    wide = tr.predictor_table(predictors, names)
+    assert list(wide.columns[:2]) == ["backbone", "dataset"] and "LogME" in wide.columns
+    assert "ResNet-18 (supervised)" in set(wide["backbone"]) and "resnet18.tv_in1k" not in set(wide["backbone"])
+    assert len(wide.columns) <= 7  # one column per estimator, not per estimator x dataset: it fits the page
+    assert not any("@" in c for c in wide.columns)
+
+
+def test_the_chance_sentence_counts_this_tables_backbones():
+    assert tr.describe_chance(6) == ("With 6 backbones a predictor ordering them at random ranks them perfectly "
+                                     "once in 720 tries.")
+    assert "once in 24 tries" in tr.describe_chance(4)
 
 
 @pytest.mark.parametrize(("diff", "low", "high", "verdict"), [
@@ -302,6 +330,13 @@ def test_notebook_on_a_synthetic_table_with_transferability_cells(table, tmp_pat
     assert any("ImageNet-top-1 prior" in h for h in summary["headlines"])
     assert any("LogME 0.5 s" in h for h in summary["headlines"])
     assert {r["predicted"] for r in summary["costs"]} >= {"classification/linear_probe", "retrieval/frozen"}
+    assert summary["saturated_predictors"] == []
+    # the introduction no longer states a fixed number of backbones; the chance sentence counts this table's
+    import nbformat
+
+    source = nbformat.read(str(REPO / "notebooks" / "analysis" / "09_transferability.ipynb"), as_version=4)
+    assert not any("six backbones" in cell.source for cell in source.cells)
+    assert any("tr.describe_chance(agreement.n_backbones)" in cell.source for cell in source.cells)
 
 
 @pytest.mark.notebook

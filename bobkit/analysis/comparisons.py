@@ -17,8 +17,8 @@ from scipy import stats as sps
 
 from bobkit.analysis.correlation import spearman
 from bobkit.analysis.errors import InsufficientDataError
-from bobkit.analysis.scores import backbone_metadata, leaderboard
-from bobkit.analysis.settings import match_settings, one_setting_per_base, setting_ids
+from bobkit.analysis.scores import BASELINE_KINDS, backbone_metadata, baseline_mask, leaderboard, pretrained_only
+from bobkit.analysis.settings import match_settings, one_execution_per_cell, one_setting_per_base, setting_ids
 from bobkit.analysis.uncertainty import (
     bootstrap_mean,
     cluster_members,
@@ -118,12 +118,20 @@ def group_difference(
     seed: int = 0,
     cluster: str | None = None,
     replicates: pd.DataFrame | None = None,
+    stderr: str | None = "auto",
 ) -> dict[str, Any]:
     """Mean ``value`` of group ``b`` minus that of group ``a`` (rows with ``by == a`` / ``b``), with a bootstrap
     interval that resamples each group's rows (or ``cluster``\\ s) and, with ``replicates`` (backbone columns), uses
-    replicate values. Returns ``a``, ``b``, ``n_a``, ``n_b``, ``mean_a``, ``mean_b``, ``diff``, ``ci_low``,
-    ``ci_high``, ``p_b_greater``."""
+    replicate values.
+
+    ``stderr`` names a column of each row's within-cell standard error (``"auto"``: ``<value>_se`` when the frame
+    has it, e.g. ``delta_se`` of :func:`protocol_comparison`); each replicate then draws every row's value from
+    N(value, stderr), as :func:`protocol_gain` does, so the interval carries the test items' sampling error too.
+    Returns ``a``, ``b``, ``n_a``, ``n_b``, ``mean_a``, ``mean_b``, ``diff``, ``ci_low``, ``ci_high``,
+    ``p_b_greater`` and ``stderr_column`` (the column used, ``None``)."""
     data = frame.dropna(subset=[value])
+    if stderr == "auto":
+        stderr = f"{value}_se" if f"{value}_se" in data else None
     groups = {g: data[data[by] == g] for g in (a, b)}
     for g, part in groups.items():
         if part.empty:
@@ -133,16 +141,28 @@ def group_difference(
     for sign, g in ((-1.0, a), (1.0, b)):
         part = groups[g]
         members = cluster_members(None if cluster is None else part[cluster], len(part))
-        values = part[value].to_numpy(dtype=float)
         reps = None if replicates is None else replicates.reindex(columns=part["backbone"].tolist()).to_numpy()
+        if reps is None:
+            reps = _drawn_values(part, value, stderr, max(n_boot, 1), rng)
         for i in range(n_boot):
             rows = resample_rows(members, rng)
-            boot[i] += sign * np.nanmean((reps[i] if reps is not None else values)[rows])
+            boot[i] += sign * np.nanmean(reps[i][rows])
     lo, hi = percentile_interval(boot, ci) if n_boot > 0 else (np.nan, np.nan)
     mean_a, mean_b = float(groups[a][value].mean()), float(groups[b][value].mean())
     return {"a": a, "b": b, "n_a": len(groups[a]), "n_b": len(groups[b]), "mean_a": mean_a, "mean_b": mean_b,
             "diff": mean_b - mean_a, "ci_low": float(lo), "ci_high": float(hi),
-            "p_b_greater": float(np.mean(boot > 0)) if n_boot > 0 else math.nan}
+            "p_b_greater": float(np.mean(boot > 0)) if n_boot > 0 else math.nan, "stderr_column": stderr}
+
+
+def _drawn_values(part: pd.DataFrame, value: str, stderr: str | None, n_boot: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """``n_boot`` x rows: each row's ``value`` drawn from N(value, its ``stderr``) (no noise where unknown or when
+    ``stderr`` is None)."""
+    values = part[value].to_numpy(dtype=float)
+    if stderr is None:
+        return np.broadcast_to(values, (n_boot, values.size))
+    se = np.nan_to_num(pd.to_numeric(part[stderr], errors="coerce").to_numpy(dtype=float))
+    return values[None, :] + rng.standard_normal((n_boot, values.size)) * se[None, :]
 
 
 def group_summary(
@@ -155,11 +175,17 @@ def group_summary(
     ci: float = 0.95,
     seed: int = 0,
     cluster: str | None = None,
+    stderr: str | None = "auto",
 ) -> pd.DataFrame:
     """Per-group ``n``, ``n_clusters``, ``mean`` (with a bootstrap interval over rows, or over ``cluster``\\ s of
-    rows), ``median`` of ``value``; largest mean first."""
+    rows, each row drawn from N(value, ``stderr``) as in :func:`group_difference`), ``median`` of ``value``; largest
+    mean first."""
     rows = []
-    for g, part in frame.dropna(subset=[value]).groupby(by, sort=True):
+    data = frame.dropna(subset=[value])
+    if stderr == "auto":
+        stderr = f"{value}_se" if f"{value}_se" in data else None
+    rng = np.random.default_rng(seed + 1)
+    for g, part in data.groupby(by, sort=True):
         v = part[value].to_numpy(dtype=float)
         if v.size < min_n:
             continue
@@ -168,7 +194,9 @@ def group_summary(
         row = {by: g, "n": int(v.size), "n_clusters": n_clusters, "mean": float(v.mean()),
                "median": float(np.median(v)), "ci_low": math.nan, "ci_high": math.nan}
         if n_clusters >= 3 and n_boot > 0:
-            row["ci_low"], row["ci_high"] = bootstrap_mean(v, n_boot=n_boot, ci=ci, seed=seed, clusters=clusters)
+            reps = None if stderr is None else _drawn_values(part, value, stderr, n_boot, rng)
+            row["ci_low"], row["ci_high"] = bootstrap_mean(v, n_boot=n_boot, ci=ci, seed=seed, clusters=clusters,
+                                                           replicates=reps)
         rows.append(row)
     out = pd.DataFrame(rows, columns=[by, "n", "n_clusters", "mean", "ci_low", "ci_high", "median"])
     return out.sort_values("mean", ascending=False).reset_index(drop=True)
@@ -193,9 +221,12 @@ def protocol_comparison(
     ``metric``: keep one metric (``"auto"``: ``top1`` when both protocols have it, else their most common metric;
     ``None``: all metrics).
 
-    Columns: ``backbone``, the ``keys``, ``a`` value, ``b`` value, ``delta`` (b - a), ``delta_se`` (from the two
-    cells' within-cell standard errors; NaN unknown), ``higher_is_better``, metadata. Only backbone x key
-    combinations evaluated under both protocols are kept. ``attrs["left_out"]``: settings not used.
+    Columns: ``backbone``, the ``keys``, ``a`` value, ``b`` value, ``delta`` (b - a), ``delta_se`` (the two
+    cells' standard errors of their seed means: the seeds' spread, or the within-cell standard errors where that is
+    larger or there is one seed, :func:`seed_mean_variance`; NaN unknown), ``higher_is_better``, metadata. Only
+    backbone x key combinations evaluated under both protocols are kept; a backbone's runs on another device type or
+    precision are not its seeds. ``attrs["left_out"]``: settings not used; ``attrs["execution_left_out"]``: runs
+    not averaged with a cell's seeds.
     """
     frame = results[results["protocol"].isin([a, b])].dropna(subset=["value"])
     if frame.empty or frame["protocol"].nunique() < 2:
@@ -209,12 +240,12 @@ def protocol_comparison(
         metric = "top1" if "top1" in shared else str(counts.index[0])
     if metric is not None:
         frame = frame[frame["metric"] == metric]
+    frame, execution_left_out = one_execution_per_cell(frame)
     frame, left_out = one_setting_per_base(frame)
     frame = frame.assign(_var=within_cell_stderr(frame) ** 2)
     index = ["backbone", *keys]
     wide = frame.pivot_table(index=index, columns="protocol", values="value", aggfunc="mean")
-    # the variance of a seed mean: mean of the seeds' variances over the number of seeds
-    var = frame.groupby([*index, "protocol"])["_var"].agg(lambda v: v.mean() / len(v)).unstack("protocol")
+    var = frame.groupby([*index, "protocol"])[["value", "_var"]].apply(seed_mean_variance).unstack("protocol")
     wide = wide.dropna(subset=[a, b])
     if wide.empty:
         raise InsufficientDataError(f"no backbone was evaluated under both {a!r} and {b!r} on the same setting")
@@ -231,20 +262,37 @@ def protocol_comparison(
     wide.columns.name = None
     out = wide.join(backbone_metadata(results), on="backbone")
     out.attrs["left_out"] = left_out
+    out.attrs["execution_left_out"] = execution_left_out
     return out
 
 
-def protocol_gain(comparison: pd.DataFrame, *, n_boot: int = 1000, ci: float = 0.95, seed: int = 0
-                  ) -> dict[str, float]:
-    """Mean ``delta`` of a :func:`protocol_comparison` with an interval that resamples backbone x dataset pairs and
-    draws each pair's delta from N(delta, delta_se) (within-cell uncertainty; none where unknown)."""
-    delta = comparison["delta"].to_numpy(dtype=float)
-    se = np.nan_to_num(comparison.get("delta_se", pd.Series(np.nan, index=comparison.index)).to_numpy(float))
+def seed_mean_variance(cell: pd.DataFrame) -> float:
+    """The sampling variance of a cell's mean over its seeds (``value`` and ``_var``, each seed's within-cell
+    variance): the seeds are replicates, so with two or more their spread ``s^2 / n`` counts, never less than the
+    test items' part ``mean(var) / n`` (which a spread of few seeds can underestimate); one seed: its ``var``."""
+    n = len(cell)
+    within = float(cell["_var"].mean()) / n if cell["_var"].notna().any() else np.nan
+    if n < 2:
+        return within
+    between = float(cell["value"].var(ddof=1)) / n
+    return between if not np.isfinite(within) else max(between, within)
+
+
+def protocol_gain(comparison: pd.DataFrame, *, n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+                  pool_exclude: Sequence[str] = BASELINE_KINDS) -> dict[str, float]:
+    """Mean ``delta`` of a :func:`protocol_comparison` over the pretrained backbones' pairs (random-init controls,
+    ``method_kind`` in ``pool_exclude``, left out and counted in ``n_controls_left_out``), with an interval that
+    resamples backbone x dataset pairs and draws each pair's delta from N(delta, delta_se) (within-cell
+    uncertainty; none where unknown)."""
+    pooled, n_controls = pretrained_only(comparison, pool_exclude)
+    delta = pooled["delta"].to_numpy(dtype=float)
+    se = np.nan_to_num(pooled.get("delta_se", pd.Series(np.nan, index=pooled.index)).to_numpy(float))
     rng = np.random.default_rng(seed + 1)
     replicates = delta[None, :] + rng.standard_normal((max(n_boot, 1), delta.size)) * se[None, :]
     lo, hi = bootstrap_mean(delta, n_boot=n_boot, ci=ci, seed=seed, replicates=replicates)
     return {"n": int(delta.size), "mean": float(np.mean(delta)) if delta.size else math.nan, "ci_low": lo,
-            "ci_high": hi, "share_positive": float(np.mean(delta > 0)) if delta.size else math.nan}
+            "ci_high": hi, "share_positive": float(np.mean(delta > 0)) if delta.size else math.nan,
+            "n_controls_left_out": n_controls}
 
 
 def rank_agreement(
@@ -255,14 +303,20 @@ def rank_agreement(
     keys: Sequence[str] = ("task", "dataset", "metric"),
     n_boot: int = 1000,
     seed: int = 0,
+    pool_exclude: Sequence[str] = BASELINE_KINDS,
 ) -> pd.DataFrame:
-    """Spearman between the two protocols' values over backbones, per ``keys`` combination (from
-    :func:`protocol_comparison`)."""
+    """Spearman between the two protocols' values over the pretrained backbones, per ``keys`` combination (from
+    :func:`protocol_comparison`; random-init controls, ``method_kind`` in ``pool_exclude``, left out: a control far
+    below every pretrained backbone under both protocols would make any two rankings agree).
+    ``n_controls_left_out`` counts them."""
     rows = []
+    controls = baseline_mask(comparison, pool_exclude)
     for key, group in comparison.groupby(list(keys), sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip(keys, key)), **spearman(group[a], group[b], n_boot=n_boot, seed=seed),
-                     "mean_delta": float(group["delta"].mean())})
+        pooled = group[~controls.loc[group.index]]
+        rows.append({**dict(zip(keys, key)), **spearman(pooled[a], pooled[b], n_boot=n_boot, seed=seed),
+                     "mean_delta": float(pooled["delta"].mean()) if len(pooled) else math.nan,
+                     "n_controls_left_out": int(controls.loc[group.index].sum())})
     return pd.DataFrame(rows)
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from bobkit.analysis.errors import InsufficientDataError
-from bobkit.analysis.scores import BASELINE_KINDS, backbone_metadata, task_scores, zscores
+from bobkit.analysis.scores import BASELINE_KINDS, backbone_metadata, pretrained_only, task_scores, zscores
 from bobkit.analysis.uncertainty import cluster_members, percentile_interval, resample_rows
 
 
@@ -87,6 +87,14 @@ def spearman(
         lo, hi = percentile_interval(rhos, ci)
         out["ci_low"], out["ci_high"] = float(lo), float(hi)
     return out
+
+
+def pretrained_spearman(frame: pd.DataFrame, x: str, y: str, *, n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+                        pool_exclude: Sequence[str] = BASELINE_KINDS) -> dict[str, float]:
+    """:func:`spearman` of columns ``x`` and ``y`` over the pretrained backbones' rows of ``frame`` (random-init
+    controls left out, :func:`~bobkit.analysis.scores.pretrained_only`), with ``n_controls_left_out``."""
+    pooled, n_controls = pretrained_only(frame, pool_exclude)
+    return {**spearman(pooled[x], pooled[y], n_boot=n_boot, ci=ci, seed=seed), "n_controls_left_out": n_controls}
 
 
 def _scale_frame(frame: pd.DataFrame, x: str, y: str, columns: Sequence[str | None],

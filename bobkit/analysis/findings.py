@@ -70,15 +70,27 @@ def claim_text(finding_id: str) -> str:
     source = load_findings()["source"]
     where = item.get("where", "")
     checked = "" if item.get("where_verified", False) else ", location not checked against the PDF"
-    return f"**The paper** ({source['short']}; {where}{checked}): {' '.join(str(item['claim']).split())}"
+    text = f"**The paper** ({source['short']}; {' '.join(str(where).split())}{checked}): " \
+           f"{' '.join(str(item['claim']).split())}"
+    if item.get("quote"):
+        text += f" In its words: \"{' '.join(str(item['quote']).split())}\"."
+    if item.get("assumed"):
+        text += f" *Assumed here, not stated by the paper:* {' '.join(str(item['assumed']).split())}"
+    return text
 
 
-def agreement(value: float, low: float, high: float, paper: float) -> str:
-    """``"agrees"`` when the paper's value lies in the interval, ``"disagrees"`` when outside it, ``"unclear"``
-    without an interval."""
+def agreement(value: float, low: float, high: float, paper: float, reference: float = 0.0) -> str:
+    """Which side of ``reference`` (0: no difference) the interval is on, against the paper's side, as the overview's
+    legend reads it: ``"agrees"`` when the whole interval is on the paper's side, ``"disagrees"`` when it is all on
+    the other, ``"unclear"`` when it holds both (or there is no interval). A paper value equal to ``reference``
+    ("no difference") agrees when the interval holds it and disagrees otherwise."""
     if not (np.isfinite(low) and np.isfinite(high)):
         return "unclear"
-    return "agrees" if low <= paper <= high else "disagrees"
+    if paper == reference:
+        return "agrees" if low <= paper <= high else "disagrees"
+    if paper < reference:
+        low, high = 2 * reference - high, 2 * reference - low  # mirrored: the paper's side is above reference
+    return threshold_agreement(low, high, reference)
 
 
 def threshold_agreement(low: float, high: float, threshold: float) -> str:
@@ -181,9 +193,12 @@ def difference_finding(finding_id: str, diff: dict[str, Any] | None, reason: str
     statement = (f"ViT minus CNN Spearman rho here: {fmt_ci(diff['diff'], diff['ci_low'], diff['ci_high'])} "
                  f"(ViT {diff['rho_a']:.2f}, n = {diff['n_a']}; CNN {diff['rho_b']:.2f}, n = {diff['n_b']}); the "
                  f"paper: {values['ViT']:.2f} - {values['CNN']:.2f} = {paper_diff:.2f}.")
+    verdict = agreement(diff["diff"], diff["ci_low"], diff["ci_high"], paper_diff)
+    if verdict == "agrees" and not diff["ci_low"] <= paper_diff <= diff["ci_high"]:
+        statement += f" Same direction as the paper; its {paper_diff:.2f} lies outside this interval."
     return {"shown": True, "statement": statement, "value": diff["diff"], "ci_low": diff["ci_low"],
             "ci_high": diff["ci_high"], "n": diff["n_a"] + diff["n_b"], "paper_value": paper_diff,
-            "agreement": agreement(diff["diff"], diff["ci_low"], diff["ci_high"], paper_diff)}
+            "agreement": verdict}
 
 
 def threshold_finding(finding_id: str, value: float, low: float, high: float, n: int, what: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""In-distribution vs out-of-distribution accuracy: probit-scale trends, effective robustness, and the
+"""In-distribution vs out-of-distribution accuracy: logit- or probit-scale trends, effective robustness, and the
 per-backbone pairs (clean accuracy against accuracy under shift or attack, or against calibration error).
 
 Per-backbone means never average two settings: when the same task, dataset, protocol and metric was measured under
@@ -15,7 +15,13 @@ from scipy import stats as sps
 
 from bobkit.analysis.errors import InsufficientDataError
 from bobkit.analysis.scores import backbone_metadata
-from bobkit.analysis.settings import CLEAN_ACCURACY, PRIMARY_METRICS, first_matching, one_setting_per_base
+from bobkit.analysis.settings import (
+    CLEAN_ACCURACY,
+    PRIMARY_METRICS,
+    first_matching,
+    one_execution_per_cell,
+    one_setting_per_base,
+)
 
 
 def _filter(results: pd.DataFrame, filters: Mapping[str, Any]) -> pd.DataFrame:
@@ -31,7 +37,8 @@ def _filter(results: pd.DataFrame, filters: Mapping[str, Any]) -> pd.DataFrame:
 def select_values(results: pd.DataFrame, **filters: Any) -> pd.Series:
     """Mean ``value`` per backbone over the rows matching ``filters`` (column -> value or list of values), one
     setting per task/dataset/protocol/metric (:func:`~bobkit.analysis.settings.one_setting_per_base`)."""
-    rows, _ = one_setting_per_base(_filter(results, filters))
+    rows, _ = one_execution_per_cell(_filter(results, filters))
+    rows, _ = one_setting_per_base(rows)
     return rows.groupby("backbone")["value"].mean()
 
 
@@ -55,6 +62,8 @@ def metric_pairs(
 
 
 def _per_backbone(rows: pd.DataFrame, name: str) -> tuple[pd.Series, list[str]]:
+    """Per backbone, the mean over the seeds of one setting and one execution (device type and precision)."""
+    rows, _ = one_execution_per_cell(rows)
     kept, left_out = one_setting_per_base(rows)
     return kept.groupby("backbone")["value"].mean().rename(name), left_out
 
@@ -142,31 +151,78 @@ def calibration_pairs(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Probit-scale ID vs OOD trend and effective robustness
+# ID vs OOD trend on logit or probit axes, and effective robustness
 # --------------------------------------------------------------------------------------------------------------------
 
+#: Axes an ID-vs-OOD trend can be fitted on. Taori et al. (2020) fit it on **logit** axes: their testbed's plotting
+#: code (modestyachts/imagenet-testbed, ``plotting/plotter.py``, ``transform='logit'`` by default, ``probit`` as an
+#: option) fits ``logit(OOD) = a + b logit(ID)``; Miller et al. (2021, "accuracy on the line") use probit axes. The two
+#: differ by a few points of effective robustness far from 50% accuracy, so every trend says which it used.
+TREND_SCALES: tuple[str, ...] = ("logit", "probit")
+#: The default: Taori et al.'s.
+DEFAULT_SCALE = "logit"
+
+
 def probit(p: Iterable[float] | float, eps: float = 1e-4) -> np.ndarray:
-    """Inverse normal CDF of accuracies in [0, 1], clipped to ``[eps, 1 - eps]``."""
+    """Inverse normal CDF of accuracies in [0, 1], clipped to ``[eps, 1 - eps]`` (for drawing axes; the trend fit
+    leaves accuracies of exactly 0 or 1 out instead, :func:`fit_trend`)."""
     return sps.norm.ppf(np.clip(np.asarray(p, dtype=float), eps, 1 - eps))
 
 
 def inverse_probit(z: Iterable[float] | float) -> np.ndarray:
     """Normal CDF: accuracy of a probit-scale value."""
     return sps.norm.cdf(np.asarray(z, dtype=float))
-def fit_probit_trend(id_acc: Iterable[float], ood_acc: Iterable[float]) -> dict[str, float]:
-    """Linear fit ``probit(ood) = intercept + slope * probit(id)`` by statsmodels OLS (Taori et al.'s trend line).
 
-    Returns ``slope``, ``intercept``, ``r2``, ``n``, and the slope's 95% interval ``slope_low``/``slope_high``."""
+
+def to_scale(p: Iterable[float] | float, scale: str = DEFAULT_SCALE) -> np.ndarray:
+    """Accuracies on ``scale`` (``logit`` or ``probit``) without clipping: 0 and 1 map to -inf and +inf."""
+    x = np.asarray(p, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if scale == "logit":
+            return np.log(x) - np.log1p(-x)
+        if scale == "probit":
+            return sps.norm.ppf(x)
+    raise ValueError(f"scale={scale!r}: use one of {list(TREND_SCALES)}")
+
+
+def from_scale(z: Iterable[float] | float, scale: str = DEFAULT_SCALE) -> np.ndarray:
+    """Accuracy of a value on ``scale`` (the inverse of :func:`to_scale`)."""
+    z = np.asarray(z, dtype=float)
+    if scale == "logit":
+        return 1.0 / (1.0 + np.exp(-z))
+    if scale == "probit":
+        return sps.norm.cdf(z)
+    raise ValueError(f"scale={scale!r}: use one of {list(TREND_SCALES)}")
+
+
+def fit_trend(id_acc: Iterable[float], ood_acc: Iterable[float], *, scale: str = DEFAULT_SCALE) -> dict[str, Any]:
+    """Linear fit ``T(ood) = intercept + slope * T(id)`` by statsmodels OLS, ``T`` the ``scale`` transform.
+
+    A model with an accuracy of exactly 0 or 1 has no place on these axes: it is left out of the fit (clipping it to
+    1e-4 would put it far from every other model and pull the line), and counted in ``n_dropped``. Returns
+    ``scale``, ``slope``, ``intercept``, ``r2``, ``n`` (models fitted), ``n_dropped`` and the slope's 95% interval
+    ``slope_low``/``slope_high``.
+    """
     import statsmodels.api as sm
 
-    x, y = probit(list(id_acc)), probit(list(ood_acc))
-    ok = np.isfinite(x) & np.isfinite(y)
+    if scale not in TREND_SCALES:
+        raise ValueError(f"scale={scale!r}: use one of {list(TREND_SCALES)}")
+    x, y = to_scale(list(id_acc), scale), to_scale(list(ood_acc), scale)
+    present = ~(np.isnan(x) | np.isnan(y))
+    ok = present & np.isfinite(x) & np.isfinite(y)
     if ok.sum() < 3:
-        raise InsufficientDataError("need at least 3 models to fit an ID-vs-OOD trend")
+        raise InsufficientDataError("need at least 3 models with accuracies strictly between 0 and 1 to fit an "
+                                    "ID-vs-OOD trend")
     fit = sm.OLS(y[ok], sm.add_constant(x[ok])).fit()
     conf = fit.conf_int()
-    return {"intercept": float(fit.params[0]), "slope": float(fit.params[1]), "r2": float(fit.rsquared),
-            "n": int(ok.sum()), "slope_low": float(conf[1][0]), "slope_high": float(conf[1][1])}
+    return {"scale": scale, "intercept": float(fit.params[0]), "slope": float(fit.params[1]),
+            "r2": float(fit.rsquared), "n": int(ok.sum()), "n_dropped": int((present & ~ok).sum()),
+            "slope_low": float(conf[1][0]), "slope_high": float(conf[1][1])}
+
+
+def fit_probit_trend(id_acc: Iterable[float], ood_acc: Iterable[float]) -> dict[str, Any]:
+    """:func:`fit_trend` on probit axes."""
+    return fit_trend(id_acc, ood_acc, scale="probit")
 
 
 def effective_robustness(
@@ -175,11 +231,14 @@ def effective_robustness(
     *,
     id_col: str = "id_acc",
     baseline: pd.Series | str | None = None,
-) -> tuple[pd.Series, dict[str, float]]:
-    """Effective robustness of each row: OOD accuracy minus the accuracy the probit trend predicts from its ID accuracy.
+    scale: str = DEFAULT_SCALE,
+) -> tuple[pd.Series, dict[str, Any]]:
+    """Effective robustness of each row: OOD accuracy minus the accuracy the ``scale`` trend (:func:`fit_trend`,
+    logit by default as Taori et al.) predicts from its ID accuracy; NaN where the ID accuracy is 0 or 1.
 
     The trend is fitted on the ``baseline`` rows (a boolean mask or a :meth:`pandas.DataFrame.query` string; ``None`` =
-    all rows). Returns ``(series, trend)`` with ``trend`` from :func:`fit_probit_trend`.
+    all rows). Returns ``(series, trend)``; ``trend["baseline_n"]`` counts the baseline rows (before the models at
+    0 or 1 accuracy are dropped, ``trend["n_dropped"]``).
     """
     if baseline is None:
         mask = pd.Series(True, index=frame.index)
@@ -189,8 +248,9 @@ def effective_robustness(
     else:
         mask = pd.Series(baseline, index=frame.index).astype(bool)
     base = frame[mask]
-    trend = fit_probit_trend(base[id_col], base[ood_col])
-    predicted = sps.norm.cdf(trend["intercept"] + trend["slope"] * probit(frame[id_col]))
+    trend = fit_trend(base[id_col], base[ood_col], scale=scale)
+    x = to_scale(frame[id_col], scale)
+    predicted = np.where(np.isfinite(x), from_scale(trend["intercept"] + trend["slope"] * x, scale), np.nan)
     trend["baseline_n"] = int(mask.sum())
     return pd.Series(frame[ood_col].to_numpy(dtype=float) - predicted, index=frame.index, name="eff_robustness"), trend
 

@@ -14,7 +14,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -37,11 +37,11 @@ from bobkit.analysis.figure_labels import (
     with_unit,
     wrap_label,
 )
-from bobkit.analysis.id_ood import inverse_probit, probit
+from bobkit.analysis.id_ood import DEFAULT_SCALE, from_scale, to_scale
 
 __all__ = ["FAMILY_COLORS", "METHOD_KIND_COLORS", "set_style", "palette_for", "save_figure", "wrap_label",
            "leaderboard_plot", "correlation_heatmap", "task_scatter", "scale_plot", "paired_plot", "slope_chart",
-           "metric_scatter", "probit_scatter", "group_strip"]
+           "metric_scatter", "trend_scatter", "group_strip"]
 
 #: Fixed colours (seaborn "colorblind" palette) for the schema's categories.
 _CB = sns.color_palette("colorblind", 10)
@@ -469,34 +469,41 @@ def metric_scatter(
     return fig
 
 
-def _probit_axis(ax: plt.Axes, which: str, lo: float, hi: float) -> None:
+def _scaled_axis(ax: plt.Axes, which: str, lo: float, hi: float, scale: str) -> None:
     ticks = np.array([0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99])
     ticks = ticks[(ticks >= lo - 1e-9) & (ticks <= hi + 1e-9)]
-    pos = probit(ticks)
+    pos = to_scale(ticks, scale)
     axis = ax.xaxis if which == "x" else ax.yaxis
     axis.set_major_locator(FixedLocator(pos))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * float(inverse_probit(v)):.0f}"))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * float(from_scale(v, scale)):.0f}"))
 
 
-def probit_scatter(
+def trend_scatter(
     frame: pd.DataFrame,
     ood_col: str,
     *,
     id_col: str = "id_acc",
     hue: str = "pretrain_data_group",
-    trend: Mapping[str, float] | None = None,
+    trend: Mapping[str, Any] | None = None,
+    scale: str | None = None,
     ood_label: str | None = None,
     id_label: str = "ImageNet top-1 (%)",
     title: str | None = None,
 ) -> plt.Figure:
-    """ID vs OOD accuracy on probit axes (ticks in %), coloured by ``hue``, with the fitted linear trend
-    (:func:`bobkit.analysis.id_ood.fit_probit_trend`) and the y = x line. Up to NUMBER_ALL_UP_TO models (a
-    results table's backbones) are numbered and named in a key; a public table's cloud of models is not."""
+    """ID vs OOD accuracy on logit or probit axes (``scale``; default the ``trend``'s, else logit; ticks in %),
+    coloured by ``hue``, with the fitted linear trend (:func:`bobkit.analysis.id_ood.fit_trend`) and the y = x line.
+    Models at 0% or 100% accuracy have no place on these axes and are left out (counted in the title). Up to
+    NUMBER_ALL_UP_TO models (a results table's backbones) are numbered and named in a key; a public table's cloud
+    of models is not."""
+    scale = scale or (trend or {}).get("scale") or DEFAULT_SCALE
     data = frame.dropna(subset=[id_col, ood_col]).copy()
+    data["_x"] = to_scale(data[id_col], scale)
+    data["_y"] = to_scale(data[ood_col], scale)
+    on_axes = np.isfinite(data["_x"]) & np.isfinite(data["_y"])
+    n_off = int((~on_axes).sum())
+    data = data[on_axes]
     if len(data) < 2:
-        raise InsufficientDataError(f"fewer than two models with {id_col!r} and {ood_col!r}")
-    data["_x"] = probit(data[id_col])
-    data["_y"] = probit(data[ood_col])
+        raise InsufficientDataError(f"fewer than two models with {id_col!r} and {ood_col!r} strictly between 0 and 1")
     data["_hue"] = _hue(data, hue)
     names = _key_names(data, data["_y"], 0) if "backbone" in data or "display_name" in data else []
     fig, ax, key_ax = figure_with_key(FIGSIZE[0] + 1.4, FIGSIZE[1] + 0.6, names)
@@ -513,13 +520,14 @@ def probit_scatter(
     ax.plot([lo, hi], [lo, hi], ls="--", color="0.5", lw=1, label="y = x")
     ax.set_xlim(data["_x"].min() - 0.1, data["_x"].max() + 0.1)
     ax.set_ylim(data["_y"].min() - 0.1, data["_y"].max() + 0.1)
-    _probit_axis(ax, "x", data[id_col].min(), data[id_col].max())
-    _probit_axis(ax, "y", data[ood_col].min(), data[ood_col].max())
+    _scaled_axis(ax, "x", data[id_col].min(), data[id_col].max(), scale)
+    _scaled_axis(ax, "y", data[ood_col].min(), data[ood_col].max(), scale)
     if names:
         _numbered(ax, data, "_x", "_y", data["_y"], 0)
-    ax.set_xlabel(id_label + ", probit scale")
-    ax.set_ylabel(wrap_label(f"{ood_label or ood_col} top-1 (%), probit scale", 40))
-    ax.set_title(title or f"{ood_label or ood_col} vs ImageNet (n = {len(data)})")
+    ax.set_xlabel(f"{id_label}, {scale} scale")
+    ax.set_ylabel(wrap_label(f"{ood_label or ood_col} top-1 (%), {scale} scale", 40))
+    off = f"; {n_off} at 0% or 100% not shown" if n_off else ""
+    ax.set_title(title or f"{ood_label or ood_col} vs {id_label.split(' top-1')[0]} (n = {len(data)}{off})")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1), title=hue.replace("_", " "),
               title_fontsize="medium")
     if key_ax is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -104,7 +104,66 @@ def describe_leaderboard(board: pd.DataFrame, top: int = 3, name_col: str = "dis
     if board["score_lo"].isna().all():
         text += (" No interval: nothing in this table varies between bootstrap replicates (one setting per task,"
                  " one seed, no recorded standard error over test items).")
+    return text + describe_task_coverage(board.attrs) + describe_small_pool(board.attrs) + describe_executions(board.attrs)
+
+
+def describe_executions(attrs: Mapping[str, Any], most: int = 3) -> str:
+    """The runs left out of a backbone's seeds because they ran on another device type or precision (empty when
+    none): never averaged with them as if they were replicates."""
+    notes = list(attrs.get("execution_left_out") or [])
+    if not notes:
+        return ""
+    more = f"; and {len(notes) - most} more" if len(notes) > most else ""
+    return (" Runs on another device type or precision are not seeds of the same measurement: "
+            + "; ".join(md(n) for n in notes[:most]) + more + ".")
+
+
+#: The leaderboard ``attrs`` a notebook records for the pages that show its leaderboard (the report's overview).
+LEADERBOARD_NOTES = ("overall_tasks", "tasks_not_in_overall", "uneven_overall", "min_pool", "small_pool",
+                     "execution_left_out")
+
+
+def leaderboard_notes(attrs: Mapping[str, Any]) -> str:
+    """The caveats of a leaderboard in sentences: which tasks its overall covers and whether its z-score pools are
+    too small (empty when neither applies)."""
+    return (describe_task_coverage(attrs) + describe_small_pool(attrs) + describe_executions(attrs)).strip()
+
+
+def describe_small_pool(attrs: Mapping[str, Any]) -> str:
+    """A warning when some setting's z-score pool holds fewer than :data:`~bobkit.analysis.scores.SMALL_POOL`
+    pretrained backbones (empty otherwise); ``attrs``: a leaderboard's ``attrs`` or what a notebook recorded of
+    them."""
+    if not attrs.get("small_pool"):
+        return ""
+    n = attrs["min_pool"]
+    return (f" Caution: some settings have only {n} pretrained backbones to z-score over; with so few the z-scores "
+            "degenerate (with two, every pretrained backbone is at exactly +1 or -1, and a control below a tight pool "
+            "gets a very large negative score). Read gap_to_best beside them: the distance to the best pretrained "
+            "backbone of each setting in the metric's own units (0 = the best), which does not depend on the pool's "
+            "spread.")
+
+
+def describe_task_coverage(attrs: Mapping[str, Any]) -> str:
+    """Which tasks an overall leaderboard's scores cover, when not every backbone has every task (empty
+    otherwise): the tasks left out of the overall score and who lacks them, or that each score averages the tasks
+    its backbone has. ``attrs``: a leaderboard's ``attrs`` or what a notebook recorded of them."""
+    left_out = attrs.get("tasks_not_in_overall") or {}
+    text = ""
+    if left_out:
+        overall = ", ".join(md(t) for t in attrs.get("overall_tasks", []))
+        text += f" The overall score averages the tasks every backbone has ({overall});"
+        text += ";".join(f" {md(t)} is left out of the overall score ({_names(lacking)} "
+                         f"{'lack' if len(lacking) > 1 else 'lacks'} it)" for t, lacking in left_out.items())
+        text += ", and shown in its own column."
+    if attrs.get("uneven_overall"):
+        text += (" Not every backbone has every task: each overall score averages the tasks its backbone has "
+                 "(column tasks_scored), so scores over different tasks are not like for like.")
     return text
+
+
+def _names(names: Sequence[str], most: int = 4) -> str:
+    shown = ", ".join(md(n) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def describe_pairs(pairs: pd.DataFrame, what: str, threshold: float = 0.8) -> str:
@@ -177,27 +236,49 @@ def describe_regression(reg: Any) -> str:
 
 def describe_protocols(comparison: pd.DataFrame, agreement: pd.DataFrame, a: str, b: str,
                        gain: Mapping[str, float] | None = None) -> str:
-    """Mean change from ``a`` to ``b`` (with its interval when ``gain`` from
-    :func:`~bobkit.analysis.comparisons.protocol_gain` is given) and the rank agreement between them."""
+    """Mean change from ``a`` to ``b`` over the pretrained backbones (with its interval when ``gain`` from
+    :func:`~bobkit.analysis.comparisons.protocol_gain` is given) and the rank agreement between them; says how
+    many random-init control pairs were left out of both."""
+    from bobkit.analysis.scores import pretrained_only
+
     metric = comparison["metric"].iloc[0] if "metric" in comparison and len(comparison) else "value"
-    mean = f"{comparison['delta'].mean():+.3f}"
+    pooled, n_controls = pretrained_only(comparison)
+    mean = f"{pooled['delta'].mean():+.3f}"
     if gain is not None and np.isfinite(gain.get("ci_low", math.nan)):
         mean += f" [{gain['ci_low']:+.3f}, {gain['ci_high']:+.3f}]"
-    text = (f"{md(b)} minus {md(a)} ({md(metric)}): mean {mean} over {len(comparison)} backbone x "
-            f"dataset pairs, positive for {(comparison['delta'] > 0).mean() * 100:.0f}%.")
+    kind = "pretrained backbone" if n_controls else "backbone"
+    text = (f"{md(b)} minus {md(a)} ({md(metric)}): mean {mean} over {len(pooled)} {kind} x dataset pairs, "
+            f"positive for {(pooled['delta'] > 0).mean() * 100:.0f}%.")
     rho = agreement["rho"].dropna() if "rho" in agreement else pd.Series(dtype=float)
     if len(rho):
         text += f" Rank agreement between the protocols (Spearman, per dataset): median {rho.median():.2f}."
+    if n_controls:
+        text += f" {controls_left_out(n_controls, 'control pairs')}"
     return text
 
 
-def describe_id_ood(dataset: str, corr: Mapping[str, float], trend: Mapping[str, float],
+def controls_left_out(n: int, what: str = "controls") -> str:
+    """The sentence a pooled finding adds when it left ``n`` random-init controls out (empty for none)."""
+    if not n:
+        return ""
+    return (f"{n} random-init {what} left out of the pooled numbers, as they are of the z-score pools (they stay in "
+            "the tables and charts as baselines).")
+
+
+def describe_id_ood(dataset: str, corr: Mapping[str, float], trend: Mapping[str, Any],
                     id_name: str = "ImageNet") -> str:
-    """ID-vs-OOD correlation and probit trend in a sentence."""
-    return (f"{md(dataset)}: over {corr['n']} models, OOD accuracy tracks {md(id_name)} accuracy with Pearson r = "
+    """ID-vs-OOD correlation and the fitted trend in a sentence, naming its axes (logit or probit), the ID reference
+    and the models at 0% or 100% accuracy left out of the fit."""
+    scale = trend.get("scale", "probit")
+    text = (f"{md(dataset)}: over {corr['n']} models, OOD accuracy tracks {md(id_name)} accuracy with Pearson r = "
             f"{corr['pearson']:.3f} (probit scale {corr['pearson_probit']:.3f}, Spearman {corr['spearman']:.3f}); "
-            f"the probit trend fitted on {trend.get('baseline_n', trend['n'])} baseline models has slope "
+            f"the {scale} trend fitted on {trend.get('baseline_n', trend['n'])} baseline models has slope "
             f"{trend['slope']:.2f} [{trend['slope_low']:.2f}, {trend['slope_high']:.2f}] (R² {trend['r2']:.2f}).")
+    dropped = int(trend.get("n_dropped", 0) or 0)
+    if dropped:
+        text += (f" {dropped} model{'s' if dropped > 1 else ''} at 0% or 100% accuracy left out of the fit (no place on "
+                 f"{scale} axes).")
+    return text
 
 
 def describe_matches(matches: pd.DataFrame) -> str:

@@ -3,14 +3,25 @@
 Conventions:
 
 * a **setting** is one ``setting_id`` (:mod:`bobkit.analysis.settings`): rows are pooled only when it agrees;
-* values of one backbone in one setting are averaged over seeds;
+* values of one backbone in one setting are averaged over seeds, the seeds of one execution only: runs on another
+  device type or precision are not replicates (:func:`~bobkit.analysis.settings.one_execution_per_cell`; what is
+  left out is named in ``attrs["execution_left_out"]``);
 * lower-is-better metrics are negated (``negate_lower``) so that higher is always better;
 * each setting is z-scored over the backbones of its **pool** (``ddof`` 0 as :func:`scipy.stats.zscore`; a setting
   where the pool ties scores 0; settings with fewer than ``min_backbones`` pool backbones are dropped). Random-init
   controls (``method_kind`` in ``pool_exclude``) are kept out of the pool by default: they are scored against the
   pretrained backbones' mean and spread and stay on the leaderboards as labelled baselines;
-* a task score averages the z-scores of its settings (``setting_agg``), the overall score averages the task scores
-  (``task_agg``); a backbone missing a setting or a task is averaged over what it has.
+* z-scores over a small pool degenerate (with two pretrained backbones every one is exactly +-1; a control below a
+  tight pool lands at a very large negative z): beside the z-score every leaderboard carries ``gap_to_best``, the
+  signed distance to the best pretrained backbone of each setting in the metric's own units (0 for the best,
+  negative behind it), aggregated exactly as the z-scores are, which stays meaningful for any pool size;
+  ``attrs["min_pool"]`` is the smallest pool and ``attrs["small_pool"]`` says it is below :data:`SMALL_POOL`;
+* a task score averages the z-scores of its settings (``setting_agg``; a backbone missing a setting is averaged
+  over the settings it has), the overall score averages the task scores (``task_agg``) over the tasks **every**
+  compared backbone has (``shared_tasks_only``): a backbone without a detection cell is not ranked above the others
+  on fewer tasks; the tasks left out of the overall keep their own columns and are named
+  (``attrs["tasks_not_in_overall"]``: task -> the backbones lacking it). With ``shared_tasks_only=False`` each
+  backbone is averaged over the tasks it has and ``tasks_scored`` says which.
 
 :func:`zscore_matrix` is the one z-score implementation; everything else calls it. Uncertainty comes from
 :func:`bootstrap_scores`: each replicate resamples seeds within each backbone x setting, draws each seed's value from
@@ -29,7 +40,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from bobkit.analysis.errors import InsufficientDataError
-from bobkit.analysis.settings import DEFAULT_SETTING_KEYS, setting_ids
+from bobkit.analysis.settings import DEFAULT_SETTING_KEYS, one_execution_per_cell, setting_ids
 from bobkit.analysis.uncertainty import percentile_interval, within_cell_stderr
 from bobkit.results.schema import METADATA_COLUMNS
 
@@ -37,6 +48,9 @@ _AGG: dict[str, Callable[..., np.ndarray]] = {"mean": np.nanmean, "median": np.n
 #: Method kinds kept out of the z-score pools (and the scale correlations) unless asked for.
 BASELINE_KINDS: tuple[str, ...] = ("random",)
 RESAMPLE_UNITS: tuple[str, ...] = ("settings", "seeds", "items")
+#: Fewest pretrained backbones in a setting's pool for its z-scores to say more than the order (with 2, every
+#: backbone is at exactly -1 or +1; with 3, the z-scores of the middle one are pinned by the other two).
+SMALL_POOL = 4
 
 
 def backbone_metadata(results: pd.DataFrame) -> pd.DataFrame:
@@ -50,6 +64,14 @@ def baseline_mask(results: pd.DataFrame, pool_exclude: Sequence[str] = BASELINE_
     if "method_kind" not in results or not pool_exclude:
         return pd.Series(False, index=results.index)
     return results["method_kind"].isin(list(pool_exclude))
+
+
+def pretrained_only(frame: pd.DataFrame, pool_exclude: Sequence[str] = BASELINE_KINDS) -> tuple[pd.DataFrame, int]:
+    """The rows of ``frame`` outside the random-init controls (``method_kind`` in ``pool_exclude``) and how many rows
+    were left out: every pooled finding (a mean gain, a rank agreement, a correlation over backbones) uses the
+    pretrained backbones only, as the z-score pools do; the controls stay in tables and charts as baselines."""
+    controls = baseline_mask(frame, pool_exclude)
+    return frame[~controls], int(controls.sum())
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -69,6 +91,7 @@ class SettingCube:
     pool: np.ndarray  # (B,) in the z-score pool
     setting_info: pd.DataFrame  # per setting label: task, dataset, protocol, metric, higher_is_better
     negate_lower: bool = True
+    execution_left_out: list[str] | None = None  # runs not averaged with a cell's seeds (another execution)
 
     @property
     def n_seeds(self) -> np.ndarray:
@@ -92,6 +115,7 @@ def setting_cube(
     in the pool (every backbone is in the pool when none would be)."""
     if results.empty:
         raise InsufficientDataError("the results table is empty")
+    results, execution_left_out = one_execution_per_cell(results)
     frame = results.assign(setting_key=setting_ids(results, setting_keys), se=within_cell_stderr(results))
     frame = frame.dropna(subset=["value"])
     if frame.empty:
@@ -121,7 +145,7 @@ def setting_cube(
     stderr[b_idx, s_idx, k_idx] = frame["se"].to_numpy(dtype=float)
     pool = frame.groupby("backbone")["in_pool"].all().reindex(backbones).to_numpy(dtype=bool)
     return SettingCube(backbones, settings, tasks, pd.Index(tasks).get_indexer(info["task"].astype(str)),
-                       values, stderr, pool, info, negate_lower)
+                       values, stderr, pool, info, negate_lower, execution_left_out)
 
 
 def zscore_matrix(means: np.ndarray, pool: np.ndarray | None = None, ddof: int = 0) -> np.ndarray:
@@ -134,6 +158,23 @@ def zscore_matrix(means: np.ndarray, pool: np.ndarray | None = None, ddof: int =
         sd = np.nanstd(means[pool], axis=0, ddof=ddof, keepdims=True)
     z = np.where(sd > 0, (means - mu) / np.where(sd > 0, sd, 1.0), 0.0)
     return np.where(np.isfinite(means), z, np.nan)
+
+
+def gap_to_best_matrix(means: np.ndarray, pool: np.ndarray | None = None) -> np.ndarray:
+    """Signed distance of each backbone x setting value to the best ``pool`` backbone of the setting (values
+    already signed so that higher is better): 0 for the best, negative behind it, in the metric's units; NaN where
+    the value or every pool value is missing. Meaningful for any pool size, unlike a z-score."""
+    pool = np.ones(means.shape[0], dtype=bool) if pool is None else np.asarray(pool, dtype=bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        best = np.nanmax(np.where(np.isfinite(means[pool]), means[pool], -np.inf), axis=0, keepdims=True)
+    best = np.where(np.isfinite(best), best, np.nan)
+    return means - best
+
+
+def pool_sizes(means: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Pretrained (pool) backbones with a value in each setting."""
+    return np.isfinite(means[np.asarray(pool, dtype=bool)]).sum(axis=0)
 
 
 def _long(cube: SettingCube, means: np.ndarray, z: np.ndarray | None) -> pd.DataFrame:
@@ -186,12 +227,33 @@ def task_scores(z: pd.DataFrame, *, setting_agg: str = "mean") -> pd.DataFrame:
     return z.pivot_table(index="backbone", columns="task", values="z", aggfunc=_AGG[setting_agg])
 
 
-def overall_scores(task_wide: pd.DataFrame, *, task_agg: str = "mean") -> pd.Series:
-    """Overall score per backbone: ``task_agg`` over its task scores."""
+def shared_task_mask(task_matrix: np.ndarray) -> np.ndarray:
+    """Tasks (columns of a backbone x task score matrix) that every backbone has a score on; every task when no
+    task is shared by all (then no common ground exists and each backbone is averaged over what it has)."""
+    shared = np.isfinite(np.asarray(task_matrix, dtype=float)).all(axis=0)
+    return shared if shared.any() else np.ones_like(shared)
+
+
+def tasks_not_in_overall(task_wide: pd.DataFrame, shared: np.ndarray) -> dict[str, list[str]]:
+    """Task -> the backbones lacking it, for each task left out of the overall score."""
+    return {str(t): sorted(map(str, task_wide.index[task_wide[t].isna()]))
+            for t, keep in zip(task_wide.columns, shared) if not keep}
+
+
+def tasks_scored(task_wide: pd.DataFrame) -> pd.Series:
+    """Per backbone, the tasks it has a score on (``"classification, retrieval"``)."""
+    return task_wide.notna().apply(lambda row: ", ".join(str(t) for t, has in row.items() if has), axis=1)
+
+
+def overall_scores(task_wide: pd.DataFrame, *, task_agg: str = "mean", shared_tasks_only: bool = True) -> pd.Series:
+    """Overall score per backbone: ``task_agg`` over the task scores every backbone has
+    (:func:`shared_task_mask`; ``shared_tasks_only=False``: over the tasks each backbone has)."""
+    matrix = task_wide.to_numpy(dtype=float)
+    if shared_tasks_only:
+        matrix = matrix[:, shared_task_mask(matrix)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return pd.Series(_AGG[task_agg](task_wide.to_numpy(dtype=float), axis=1), index=task_wide.index,
-                         name="overall")
+        return pd.Series(_AGG[task_agg](matrix, axis=1), index=task_wide.index, name="overall")
 
 
 def scores(
@@ -204,22 +266,28 @@ def scores(
     setting_agg: str = "mean",
     task_agg: str = "mean",
     pool_exclude: Sequence[str] = BASELINE_KINDS,
+    shared_tasks_only: bool = True,
 ) -> pd.DataFrame:
-    """One row per backbone: a column per task score, ``overall``, ``n_settings``, ``n_tasks``, ``baseline`` and the
-    metadata, sorted by ``overall`` (best first)."""
+    """One row per backbone: a column per task score, ``overall`` (over the tasks every backbone has unless
+    ``shared_tasks_only`` is False), ``n_settings``, ``n_tasks``, ``tasks_scored``, ``baseline`` and the metadata,
+    sorted by ``overall`` (best first). ``attrs``: ``tasks``, ``overall_tasks``, ``tasks_not_in_overall``."""
     z = zscores(results, setting_keys=setting_keys, negate_lower=negate_lower, ddof=ddof,
                 min_backbones=min_backbones, pool_exclude=pool_exclude)
     wide = task_scores(z, setting_agg=setting_agg)
+    shared = shared_task_mask(wide.to_numpy(dtype=float)) if shared_tasks_only else np.ones(wide.shape[1], bool)
     out = wide.copy()
     out.columns = [str(c) for c in out.columns]
-    out["overall"] = overall_scores(wide, task_agg=task_agg)
+    out["overall"] = overall_scores(wide, task_agg=task_agg, shared_tasks_only=shared_tasks_only)
     out["n_settings"] = z.groupby("backbone")["setting_id"].nunique()
     out["n_tasks"] = wide.notna().sum(axis=1)
+    out["tasks_scored"] = tasks_scored(wide)
     out["baseline"] = z.groupby("backbone")["baseline"].first()
     out = out.join(backbone_metadata(results))
     out = out.sort_values("overall", ascending=False)
     out.index.name = "backbone"
     out.attrs["tasks"] = [str(c) for c in wide.columns]
+    out.attrs["overall_tasks"] = [str(c) for c, keep in zip(wide.columns, shared) if keep]
+    out.attrs["tasks_not_in_overall"] = tasks_not_in_overall(wide, shared)
     return out.reset_index()
 
 
@@ -242,6 +310,23 @@ class ScoreBootstrap:
     max_seeds: int
     resample: list[str]
     within_cell: bool  # some cell had a known standard error
+    overall_tasks: list[str] | None = None  # the tasks the overall score averages (None: all)
+    tasks_not_in_overall: dict[str, list[str]] | None = None  # task -> backbones lacking it
+    uneven_overall: bool = False  # some backbone's overall averages fewer tasks than another's
+    point_gap_overall: np.ndarray | None = None  # (B,) gap to the best pretrained backbone (see gap_to_best_matrix)
+    point_gap_tasks: np.ndarray | None = None  # (B, T)
+    gap_overall: np.ndarray | None = None  # (n_boot, B)
+    gap_tasks_boot: np.ndarray | None = None  # (n_boot, B, T)
+    pool_sizes: np.ndarray | None = None  # (S,) pretrained backbones per setting
+    execution_left_out: list[str] | None = None  # runs not averaged with a cell's seeds (another execution)
+
+    def gap_point(self, level: str = "overall") -> np.ndarray:
+        """Point gaps to the best pretrained backbone at ``level``."""
+        return self.point_gap_overall if level == "overall" else self.point_gap_tasks[:, self._task(level)]
+
+    def gap_replicates(self, level: str = "overall") -> np.ndarray:
+        """Replicates (``n_boot`` x backbones) of the gap to the best pretrained backbone at ``level``."""
+        return self.gap_overall if level == "overall" else self.gap_tasks_boot[:, :, self._task(level)]
 
     def point(self, level: str = "overall") -> np.ndarray:
         """Point scores at ``level`` (``"overall"`` or a task)."""
@@ -259,7 +344,8 @@ class ScoreBootstrap:
 
 
 def _aggregate(z: np.ndarray, setting_cols: np.ndarray, task_of_setting: np.ndarray, n_tasks: int,
-               setting_agg: str, task_agg: str) -> tuple[np.ndarray, np.ndarray]:
+               setting_agg: str, task_agg: str, overall_tasks: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     task = np.full((z.shape[0], n_tasks), np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -267,7 +353,7 @@ def _aggregate(z: np.ndarray, setting_cols: np.ndarray, task_of_setting: np.ndar
             cols = setting_cols[task_of_setting[setting_cols] == t]
             if cols.size:
                 task[:, t] = _AGG[setting_agg](z[:, cols], axis=1)
-        overall = _AGG[task_agg](task, axis=1)
+        overall = _AGG[task_agg](task if overall_tasks is None else task[:, overall_tasks], axis=1)
     return task, overall
 
 
@@ -301,8 +387,10 @@ def bootstrap_scores(
     setting_agg: str = "mean",
     task_agg: str = "mean",
     pool_exclude: Sequence[str] = BASELINE_KINDS,
+    shared_tasks_only: bool = True,
 ) -> ScoreBootstrap:
-    """Bootstrap replicates of the task and overall scores.
+    """Bootstrap replicates of the task and overall scores (the overall over the tasks every backbone has, unless
+    ``shared_tasks_only`` is False: see :func:`scores`).
 
     Each replicate does, for each unit named in ``resample``: ``seeds`` resamples the seeds of every backbone x
     setting (with replacement, keeping their number); ``items`` draws each seed's value from N(value, within-cell
@@ -319,20 +407,33 @@ def bootstrap_scores(
     n_b, n_s, n_k = cube.values.shape
     n_t = len(cube.tasks)
     all_cols = np.arange(n_s)
-    point_tasks, point_overall = _aggregate(zscore_matrix(cube.seed_means(), cube.pool, ddof), all_cols,
-                                            cube.task_of_setting, n_t, setting_agg, task_agg)
+    means = cube.seed_means()
+    point_tasks, _ = _aggregate(zscore_matrix(means, cube.pool, ddof), all_cols, cube.task_of_setting, n_t,
+                                setting_agg, task_agg)
+    shared = shared_task_mask(point_tasks) if shared_tasks_only else np.ones(n_t, dtype=bool)
+    point_tasks, point_overall = _aggregate(zscore_matrix(means, cube.pool, ddof), all_cols,
+                                            cube.task_of_setting, n_t, setting_agg, task_agg, shared)
+    point_gap_tasks, point_gap = _aggregate(gap_to_best_matrix(means, cube.pool), all_cols, cube.task_of_setting,
+                                            n_t, setting_agg, task_agg, shared)
     boot_overall, boot_tasks = np.empty((n_boot, n_b)), np.empty((n_boot, n_b, n_t))
+    gap_overall, gap_tasks = np.empty((n_boot, n_b)), np.empty((n_boot, n_b, n_t))
     by_task = [np.flatnonzero(cube.task_of_setting == t) for t in range(n_t)]
     for i in range(n_boot):
-        means = _draw_means(cube, rng, "seeds" in resample, "items" in resample)
-        z = zscore_matrix(means, cube.pool, ddof)
+        draw = _draw_means(cube, rng, "seeds" in resample, "items" in resample)
+        z = zscore_matrix(draw, cube.pool, ddof)
         cols = all_cols
         if "settings" in resample:
             cols = np.concatenate([rng.choice(c, size=c.size, replace=True) for c in by_task if c.size])
-        boot_tasks[i], boot_overall[i] = _aggregate(z, cols, cube.task_of_setting, n_t, setting_agg, task_agg)
+        boot_tasks[i], boot_overall[i] = _aggregate(z, cols, cube.task_of_setting, n_t, setting_agg, task_agg, shared)
+        gap_tasks[i], gap_overall[i] = _aggregate(gap_to_best_matrix(draw, cube.pool), cols, cube.task_of_setting,
+                                                  n_t, setting_agg, task_agg, shared)
+    wide = pd.DataFrame(point_tasks, index=cube.backbones, columns=cube.tasks)
     return ScoreBootstrap(cube.backbones, cube.tasks, point_overall, point_tasks, boot_overall, boot_tasks,
                           cube.pool, [int(c.size) for c in by_task], int(n_k), list(resample),
-                          bool(np.isfinite(cube.stderr).any()))
+                          bool(np.isfinite(cube.stderr).any()), [t for t, k in zip(cube.tasks, shared) if k],
+                          tasks_not_in_overall(wide, shared), bool(~np.isfinite(point_tasks[:, shared]).all()),
+                          point_gap, point_gap_tasks, gap_overall, gap_tasks, pool_sizes(means, cube.pool),
+                          cube.execution_left_out or [])
 
 
 def _ranks(score_matrix: np.ndarray) -> np.ndarray:
@@ -379,20 +480,31 @@ def leaderboard_from(boot: ScoreBootstrap, results: pd.DataFrame, *, level: str 
     table = pd.DataFrame({"backbone": backbones, "score": point, "score_lo": lo, "score_hi": hi,
                           "rank": _ranks(point).astype(int), "rank_lo": rlo, "rank_hi": rhi,
                           "baseline": ~boot.pool[keep]})
+    if boot.point_gap_overall is not None:
+        gap_lo, gap_hi = percentile_interval(boot.gap_replicates(level)[:, keep], ci)
+        table["gap_to_best"], table["gap_lo"], table["gap_hi"] = boot.gap_point(level)[keep], gap_lo, gap_hi
     per_task = pd.DataFrame(boot.point_tasks[keep], columns=[str(t) for t in boot.tasks])
     table = pd.concat([table, per_task], axis=1)
     setting_counts = (results.assign(setting_key=setting_ids(results, setting_keys)).dropna(subset=["value"])
                       .groupby("backbone")["setting_key"].nunique())
     table["n_settings"] = table["backbone"].map(setting_counts).astype("Int64")
     table["n_tasks"] = per_task.notna().sum(axis=1).to_numpy()
+    table["tasks_scored"] = tasks_scored(per_task).to_numpy()
     table = table.join(backbone_metadata(results), on="backbone")
     table = table.sort_values(["rank", "backbone"]).reset_index(drop=True)
-    front = ["rank", "backbone", "display_name", "score", "score_lo", "score_hi", "rank_lo", "rank_hi", "baseline"]
+    front = ["rank", "backbone", "display_name", "score", "score_lo", "score_hi", "rank_lo", "rank_hi", "gap_to_best",
+             "gap_lo", "gap_hi", "baseline"]
     table = table[[c for c in front if c in table] + [c for c in table if c not in front]]
     pretrained = [b for b, p in zip(boot.backbones, boot.pool) if p]
     table.attrs.update(level=level, n_boot=len(boot.overall), ci=ci, resample=boot.resample, tasks=boot.tasks,
                        n_settings_per_task=boot.n_settings_per_task, max_seeds=boot.max_seeds,
-                       within_cell=boot.within_cell, top_gap=rank_gap(boot, top_k, level, ci, pretrained))
+                       within_cell=boot.within_cell, top_gap=rank_gap(boot, top_k, level, ci, pretrained),
+                       overall_tasks=boot.overall_tasks if level == "overall" else [level],
+                       tasks_not_in_overall=(boot.tasks_not_in_overall or {}) if level == "overall" else {},
+                       uneven_overall=boot.uneven_overall and level == "overall",
+                       min_pool=int(boot.pool_sizes.min()) if boot.pool_sizes is not None else None,
+                       small_pool=bool(boot.pool_sizes is not None and boot.pool_sizes.min() < SMALL_POOL),
+                       execution_left_out=list(boot.execution_left_out or []))
     return table
 
 
@@ -412,6 +524,7 @@ def leaderboard(
     task_agg: str = "mean",
     pool_exclude: Sequence[str] = BASELINE_KINDS,
     top_k: int = 3,
+    shared_tasks_only: bool = True,
 ) -> pd.DataFrame:
     """Backbones ranked by score with percentile bootstrap intervals on score and rank.
 
@@ -420,10 +533,13 @@ def leaderboard(
     control outside the z-score pool), one column per task score, ``n_settings``, ``n_tasks`` and the metadata;
     best first. An interval is NaN when the bootstrap has nothing to vary (one setting, one seed, no known
     within-cell standard error): no interval rather than a zero-width one. ``attrs["top_gap"]``: the ``top_k``-th
-    pretrained backbone against the next one (:func:`rank_gap`).
+    pretrained backbone against the next one (:func:`rank_gap`). The overall score averages the tasks every
+    backbone has (``shared_tasks_only``, see :func:`scores`): ``attrs["overall_tasks"]`` names them,
+    ``attrs["tasks_not_in_overall"]`` the others with the backbones lacking each, ``tasks_scored`` each backbone's
+    tasks and ``attrs["uneven_overall"]`` whether some overall averages fewer tasks than another.
     """
     boot = bootstrap_scores(results, n_boot=max(n_boot, 1), seed=seed, resample=resample if n_boot > 0 else (),
                             setting_keys=setting_keys, negate_lower=negate_lower, ddof=ddof,
                             min_backbones=min_backbones, setting_agg=setting_agg, task_agg=task_agg,
-                            pool_exclude=pool_exclude)
+                            pool_exclude=pool_exclude, shared_tasks_only=shared_tasks_only)
     return leaderboard_from(boot, results, level=level, ci=ci, setting_keys=setting_keys, top_k=top_k)

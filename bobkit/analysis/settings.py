@@ -4,7 +4,9 @@ A **setting** is what was measured: task x dataset x protocol x metric x every p
 measurement (image size, train/test sizes, low-shot fraction, epochs, targets, epsilons, ...; never the seed or the
 execution settings). The results schema carries it as ``setting_id`` (a hash) and ``setting_params`` (JSON).
 The analysis pools rows only when their ``setting_id`` agrees: seeds of one setting are averaged, two settings are
-never averaged as if they were seeds. :func:`setting_ids` gives each setting a readable label (``setting | metric``,
+never averaged as if they were seeds, and neither are two runs of one backbone and setting made on different device
+types or precisions (``device`` and ``precision`` columns; :func:`one_execution_per_cell`): only the seeds of one
+execution are its replicates. :func:`setting_ids` gives each setting a readable label (``setting | metric``,
 plus the parameters that tell two settings with the same label apart), one label per ``setting_id``.
 """
 
@@ -14,6 +16,7 @@ import json
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from bobkit.analysis.errors import InsufficientDataError
@@ -89,6 +92,31 @@ def setting_ids(results: pd.DataFrame, setting_keys: Sequence[str] = DEFAULT_SET
             detail = _params_text(p, differing) or f"id {setting_id[:6]}"
             labels[setting_id] = f"{text} [{detail}]"
     return ids.map(labels)
+
+
+#: Parameters that make a run low-shot; absent or None means the full training data.
+LOW_SHOT_KEYS: tuple[str, ...] = ("shots_per_class", "label_fraction")
+
+
+def differing_keys(params: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The parameter names whose values are not the same in every one of ``params``."""
+    params = list(params)
+    keys = set().union(*params) if params else set()
+    return {k for k in keys if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in params}) > 1}
+
+
+def readable_params(params: Mapping[str, Any], keys: Iterable[str]) -> str:
+    """``keys`` of ``params`` as a reader names them: the low-shot parameters as one phrase (``2-shot``, ``10% of
+    the labels``, ``full data``), the others as ``name=value``."""
+    keys = set(keys)
+    parts = []
+    if keys & set(LOW_SHOT_KEYS):
+        shots, fraction = params.get("shots_per_class"), params.get("label_fraction")
+        parts.append(f"{shots}-shot" if shots else f"{100 * float(fraction):g}% of the labels" if fraction
+                     else "full data")
+        keys -= set(LOW_SHOT_KEYS)
+    parts += [f"{k}={params.get(k)}" for k in sorted(keys)]
+    return ", ".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -209,6 +237,66 @@ def match_settings(mine: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
     columns = [*BASE_KEYS, "mine_label", "mine_setting_id", "reference_label", "reference_setting_id", "match",
                "dropped", "conflict"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _device_type(rows: pd.DataFrame) -> pd.Series:
+    """``cpu``, ``cuda``, ... of each row's ``device`` (``cuda:NVIDIA H100`` -> ``cuda``); ``""`` when unknown."""
+    if "device" not in rows:
+        return pd.Series("", index=rows.index)
+    device = rows["device"].where(rows["device"].notna(), "").astype(str)
+    return device.str.split(":").str[0].str.strip().str.lower().replace({"nan": "", "none": ""})
+
+
+def _precision(rows: pd.DataFrame) -> pd.Series:
+    if "precision" not in rows:
+        return pd.Series("", index=rows.index)
+    precision = rows["precision"].where(rows["precision"].notna(), "").astype(str)
+    return precision.str.strip().str.lower().replace({"nan": "", "none": ""})
+
+
+def execution_kind(rows: pd.DataFrame) -> pd.Series:
+    """Each row's execution as far as it moves numbers: ``device type/precision`` (``cuda/bf16``, ``cpu/fp32``; an
+    unknown part is empty: ``cpu/``)."""
+    return _device_type(rows) + "/" + _precision(rows)
+
+
+def one_execution_per_cell(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The rows of each backbone x setting (``setting_id``) that ran on one execution kind, so that only seeds of
+    one execution are averaged as replicates.
+
+    Two rows conflict when their device types, or their precisions, are both known and differ (``cpu`` vs ``cuda``,
+    ``fp32`` vs ``bf16``); an unknown part (a public table, an older build) conflicts with nothing. Where a backbone's
+    rows of a setting conflict, the kind most common in that setting over all backbones is kept (ties: the one with
+    most rows of this backbone, then the first by name) and the others are left out; returns the rows kept and one
+    sentence per backbone x setting left out.
+    """
+    if rows.empty or ("device" not in rows and "precision" not in rows):
+        return rows, []
+    device, precision = _device_type(rows), _precision(rows)
+    cells = rows.assign(_dev=device, _prec=precision)
+    known = cells.assign(_dev=cells["_dev"].replace("", np.nan), _prec=cells["_prec"].replace("", np.nan))
+    spread = known.groupby(["backbone", "setting_id"])[["_dev", "_prec"]].nunique()
+    mixed = spread[(spread["_dev"] > 1) | (spread["_prec"] > 1)].index
+    if not len(mixed):
+        return rows, []
+    setting_counts = cells.groupby("setting_id")[["_dev", "_prec"]].value_counts()
+    drop = pd.Series(False, index=rows.index)
+    notes = []
+    for backbone, sid in mixed:
+        cell = cells[(cells["backbone"] == backbone) & (cells["setting_id"] == sid)]
+        candidates = cell[(cell["_dev"] != "") & (cell["_prec"] != "")].groupby(["_dev", "_prec"]).size()
+        if candidates.empty:
+            candidates = cell.groupby(["_dev", "_prec"]).size()
+        ranked = sorted(candidates.index, key=lambda k: (-int(setting_counts.get((sid, *k), 0)),
+                                                          -int(candidates[k]), k))
+        dev, prec = ranked[0]
+        clash = ((cell["_dev"] != "") & (cell["_dev"] != dev)) | ((cell["_prec"] != "") & (cell["_prec"] != prec))
+        drop.loc[cell.index[clash.to_numpy()]] = True
+        other = sorted(set(cell.loc[clash, "_dev"] + "/" + cell.loc[clash, "_prec"]))
+        label = f"{cell['setting'].iloc[0]} | {cell['metric'].iloc[0]}" if "setting" in cell else str(sid)
+        notes.append(f"{backbone} in {label}: {int(clash.sum())} row(s) run on {', '.join(other)} not averaged "
+                     f"with those run on {dev}/{prec}")
+    return rows[~drop], notes
 
 
 def one_setting_per_base(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:

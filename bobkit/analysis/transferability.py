@@ -24,11 +24,12 @@ the difference says whether the estimator beats the prior. Costs come from the s
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,13 @@ from scipy import stats as sps
 from bobkit.analysis.errors import InsufficientDataError
 from bobkit.analysis.priors import IMAGENET_TOP1, REFERENCE_OVERALL
 from bobkit.analysis.rank_agreement import STATS, rank_stats_batch
-from bobkit.analysis.settings import PRIMARY_METRICS, one_setting_per_base, primary_metrics, setting_ids
+from bobkit.analysis.settings import (
+    PRIMARY_METRICS,
+    one_execution_per_cell,
+    one_setting_per_base,
+    primary_metrics,
+    setting_ids,
+)
 from bobkit.analysis.uncertainty import percentile_interval, within_cell_stderr
 
 TASK = "transferability"
@@ -53,6 +60,13 @@ SETTING_KEYS = ("setting_label", "task", "dataset", "protocol", "metric")
 #: The statistics a task's predictors can be ranked by (higher: closer to the measured ranking), in words.
 STAT_NAMES: dict[str, str] = {"kendall": "Kendall's tau", "weighted_kendall": "weighted Kendall's tau",
                               "spearman": "Spearman's rho", "top1_hit": "top-1 hit rate"}
+#: Short headers for the tables notebook 09 shows (so they fit the page's column).
+TABLE_LABELS: dict[str, str] = {
+    "setting_label": "measured setting", "label": "predictor", "n_backbones": "n", "kendall": "Kendall's tau",
+    "kendall_p": "p (random order)", "top1_hit": "top-1 hit", "weighted_kendall": "weighted tau",
+    "spearman": "Spearman's rho", "diff_kendall": "tau minus prior's", "prior_n": "n with prior",
+    "estimator_seconds": "estimator s", "measured_cell_seconds": "measured cell s", "estimator_share": "estimator share",
+    "cell_share": "transfer cell share", "predicted": "measured cells"}
 BEATS = "beats the prior"
 #: The per-setting columns ``summary.json`` keeps.
 AGREEMENT_COLUMNS = (*SETTING_KEYS, "predictor", "n_backbones", "kendall", "kendall_lo", "kendall_hi", "kendall_p",
@@ -81,7 +95,7 @@ def measured_values(table: pd.DataFrame, *, tasks: Sequence[str] | None = None,
         rows = rows[rows["protocol"].isin(_as_list(protocols))]
     if primary_only:
         rows = primary_metrics(rows, MEASURED_METRICS)
-    rows = rows.dropna(subset=["value"])
+    rows, _ = one_execution_per_cell(rows.dropna(subset=["value"]))  # seeds of one execution are the replicates
     if rows.empty:
         raise InsufficientDataError("the table has no measured results to predict (only transferability cells?)")
     sign = np.where(rows["higher_is_better"].astype(bool), 1.0, -1.0)
@@ -128,11 +142,68 @@ def predictor_values(estimates: pd.DataFrame, priors: pd.DataFrame) -> pd.DataFr
     return out
 
 
-def predictor_table(predictors: pd.DataFrame) -> pd.DataFrame:
-    """Wide view: one row per backbone, one column per predictor (``key``)."""
-    wide = predictors.pivot_table(index="backbone", columns="key", values="value", aggfunc="first")
+def predictor_table(predictors: pd.DataFrame, names: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The estimators' values as a page shows them: one row per backbone (its display name from ``names``, as the
+    overview names it) and dataset, one column per estimator (``LogME``, ``H-score``, ...). The priors, one value
+    per backbone whatever the dataset, have their own table."""
+    estimates = predictors[predictors["dataset"].notna() & predictors["predictor"].isin(ESTIMATORS)]
+    columns = [LABELS[e] for e in ESTIMATORS if e in set(estimates["predictor"])]
+    if estimates.empty:
+        return pd.DataFrame(columns=["backbone", "dataset", *columns])
+    wide = estimates.pivot_table(index=["backbone", "dataset"], columns="predictor", values="value",
+                                 aggfunc="first").rename(columns=LABELS)
     wide.columns.name = None
-    return wide.reset_index()
+    wide = wide.reset_index()
+    wide["backbone"] = wide["backbone"].map(lambda b: (names or {}).get(b, b))
+    return wide[["backbone", "dataset", *columns]]
+
+
+def prior_table(prior_rows: pd.DataFrame, names: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The priors as a page shows them: the backbone's display name, the prior's label, its value and source."""
+    out = prior_rows.assign(backbone=prior_rows["backbone"].map(lambda b: (names or {}).get(b, b)),
+                            predictor=prior_rows["predictor"].map(lambda p: LABELS.get(p, p)))
+    return out.rename(columns={"predictor": "prior"})[["backbone", "prior", "value", "source"]]
+
+
+#: Relative spread under which a predictor gives every backbone the same value (it cannot rank them).
+SATURATION_TOLERANCE = 1e-6
+
+
+def drop_saturated(predictors: pd.DataFrame, rtol: float = SATURATION_TOLERANCE) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(kept, saturated)``: a predictor (``key``) whose values on its dataset are all equal within ``rtol`` of
+    their size ranks nothing (H-score at its ceiling gives every backbone the same value): it is left out of the
+    comparison and listed in ``saturated`` (``key``, ``predictor``, ``dataset``, ``value``, ``n_backbones``)."""
+    columns = ["key", "predictor", "dataset", "value", "n_backbones"]
+    if predictors.empty:
+        return predictors, pd.DataFrame(columns=columns)
+    groups = predictors.groupby("key", sort=True)["value"]
+    spread = groups.max() - groups.min()
+    scale = groups.apply(lambda v: float(np.abs(v).max()) or 1.0)
+    flat = spread.index[(spread <= rtol * scale) & (groups.size() >= 2)]
+    saturated = (predictors[predictors["key"].isin(flat)].groupby("key", sort=True)
+                 .agg(predictor=("predictor", "first"), dataset=("dataset", "first"), value=("value", "mean"),
+                      n_backbones=("backbone", "nunique")).reset_index())[columns]
+    return predictors[~predictors["key"].isin(flat)].reset_index(drop=True), saturated
+
+
+def describe_saturated(saturated: pd.DataFrame) -> str:
+    """The saturated predictors in a sentence (empty when none)."""
+    from bobkit.analysis.prose import md
+
+    if saturated.empty:
+        return ""
+    parts = [f"{md(LABELS.get(r.predictor, r.predictor))}"
+             + (f" on {md(r.dataset)}" if isinstance(r.dataset, str) else "")
+             + f" gives every backbone {r.value:.2f} ({r.n_backbones} backbones)" for r in saturated.itertuples()]
+    return ("Saturated, so left out as predictors: " + "; ".join(parts) + ". A score that is the same for every "
+            "backbone cannot rank them (H-score reaches its ceiling when the features separate the training classes "
+            "perfectly).")
+
+
+def describe_chance(n_backbones: int) -> str:
+    """How often a random order ranks ``n_backbones`` backbones perfectly, in a sentence."""
+    return (f"With {n_backbones} backbones a predictor ordering them at random ranks them perfectly once in "
+            f"{math.factorial(n_backbones):,} tries.")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -260,7 +331,8 @@ def kendall_p_value(measured: np.ndarray, predicted: np.ndarray) -> float:
 def _pair_row(setting: pd.Series, key: pd.Series, pair, point: tuple[np.ndarray, np.ndarray], reps: np.ndarray,
               diffs: np.ndarray, ci: float) -> dict:
     value, diff = point
-    row = {**setting.to_dict(), "predictor": key["predictor"], "n_backbones": int(pair[2].sum())}
+    row = {**setting.to_dict(), "predictor": key["predictor"], "label": LABELS.get(key["predictor"], key["predictor"]),
+           "n_backbones": int(pair[2].sum())}
     lo, hi = percentile_interval(reps, ci)
     for j, name in enumerate(STATS):
         row.update({name: value[j], f"{name}_lo": lo[j], f"{name}_hi": hi[j]})
@@ -504,18 +576,26 @@ def describe_prior_question(summary: pd.DataFrame, n_backbones: int, ci: float =
     return text
 
 
+def predictor_colours(extra: Sequence[str] = ()) -> dict[str, tuple]:
+    """One colour per predictor, the same in every figure: the estimators and priors in a fixed order, then any
+    other predictor named in ``extra``."""
+    from bobkit.analysis.plots import palette_for
+
+    return palette_for([*ESTIMATORS, *PRIORS, *extra])
+
+
 def agreement_plot(summary: pd.DataFrame, stat: str = "kendall", group: str = "task", title: str | None = None):
     """Forest plot: each predictor's mean ``stat`` per ``group`` (rows) with its interval (priors as diamonds); 0
     marked. A point without bars has no interval (too few backbones, or no replicate varied)."""
     import matplotlib.pyplot as plt
 
-    from bobkit.analysis.plots import palette_for, wrap_label
+    from bobkit.analysis.plots import wrap_label
 
     if summary.empty:
         raise InsufficientDataError("no rank agreement to plot")
     groups = list(dict.fromkeys(summary[group]))
     predictors = list(dict.fromkeys(summary["predictor"]))
-    colours = palette_for(predictors)
+    colours = predictor_colours(predictors)
     step = 1.0 / (len(predictors) + 1)
     fig, ax = plt.subplots(figsize=(6.8, max(2.5, 0.9 + 0.5 * len(groups) * max(1, len(predictors)) ** 0.5)))
     for k, predictor in enumerate(predictors):

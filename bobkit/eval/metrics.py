@@ -23,8 +23,9 @@ Calibration
     with the first closed at 0 and the last closed at 1, so a confidence of 1.0 falls in the last bin (torchmetrics
     casts to float32 and counts 1.0 in a hidden extra bin); the reliability diagram is drawn from the same bins.
     NLL, multiclass Brier score (sum over classes, range [0, 2], scikit-learn's definition) and temperature scaling
-    fitted by minimising NLL on held-out logits. Standard errors: per-item means for NLL and Brier, binomial for
-    accuracy, a seeded bootstrap over items for ECE.
+    fitted by minimising NLL on held-out logits, within :data:`TEMPERATURE_BOUNDS` and only where the held-out split
+    supports it (:func:`calibrate_temperature` falls back to T = 1 and says why). Standard errors: per-item means
+    for NLL and Brier, binomial for accuracy, a seeded bootstrap over items for ECE.
 
 The revisited Oxford/Paris ground truth (a pickle, verified and converted once) is read by
 :mod:`bobkit.data.revisited`.
@@ -32,6 +33,7 @@ The revisited Oxford/Paris ground truth (a pickle, verified and converted once) 
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -343,8 +345,51 @@ def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15,
     return ReliabilityBins(edges, counts, mean_conf, mean_acc)
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, bounds: tuple[float, float] = (0.01, 100.0)) -> float:
-    """Temperature ``T`` minimising held-out NLL of ``softmax(logits / T)``.
+#: Range of a fitted temperature. Outside it temperature scaling no longer rescales confidence, it replaces it: at
+#: T = 0.05 a logit gap of 0.5 becomes a probability ratio of e^10, so every confidence is 1.0, and at T = 20 every
+#: prediction is near uniform. A fit that reaches a bound has no interior optimum (a held-out split the model gets
+#: all right or all wrong) and is not used (:func:`calibrate_temperature`).
+TEMPERATURE_BOUNDS: tuple[float, float] = (0.05, 20.0)
+#: Fewest held-out items a temperature is fitted on; with fewer, T = 1 is kept (one free parameter estimated from a
+#: few dozen items mostly fits their noise).
+MIN_CALIBRATION_ITEMS = 100
+
+
+class TemperatureFallback(enum.IntEnum):
+    """Why temperature scaling kept T = 1 (recorded by the robustness task as ``fallback_temperature``)."""
+
+    NONE = 0  #: the fitted temperature is used
+    TOO_FEW_ITEMS = 1  #: fewer than :data:`MIN_CALIBRATION_ITEMS` held-out items
+    AT_BOUND = 2  #: the NLL fit ran into a bound of :data:`TEMPERATURE_BOUNDS` (no interior optimum)
+    NLL_WORSE = 3  #: fitted on one half of the held-out items, the temperature raised NLL on the other half
+
+
+@dataclass(frozen=True)
+class TemperatureFit:
+    """The temperature to use and how it was decided (:func:`calibrate_temperature`)."""
+
+    temperature: float  #: the temperature to apply (1.0 after a fallback)
+    fitted: float  #: what the NLL fit on all held-out items found (NaN when not fitted)
+    fallback: TemperatureFallback
+    n_items: int  #: held-out items
+    nll_at_one: float = float("nan")  #: held-out NLL at T = 1 (both halves)
+    cross_fitted_nll: float = float("nan")  #: held-out NLL of each half at the temperature fitted on the other
+
+    @property
+    def reason(self) -> str:
+        """The fallback in words (empty when the fitted temperature is used)."""
+        return {
+            TemperatureFallback.NONE: "",
+            TemperatureFallback.TOO_FEW_ITEMS: f"{self.n_items} held-out items, fewer than {MIN_CALIBRATION_ITEMS}",
+            TemperatureFallback.AT_BOUND: f"the fit reached the bound T = {self.fitted:.3g} of {TEMPERATURE_BOUNDS}",
+            TemperatureFallback.NLL_WORSE: (f"cross-fitted held-out NLL {self.cross_fitted_nll:.4g} is worse than "
+                                            f"{self.nll_at_one:.4g} at T = 1"),
+        }[self.fallback]
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, *,
+                    bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+    """Temperature ``T`` minimising held-out NLL of ``softmax(logits / T)``, within ``bounds``.
 
     NLL is convex in the inverse temperature, so a bounded Brent search over ``1/T`` finds the global minimum.
     """
@@ -356,6 +401,33 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, bounds: tuple[flo
     result = minimize_scalar(lambda s: float(F.cross_entropy(x * s, y)), bounds=(lo, hi), method="bounded",
                              options={"xatol": 1e-6})
     return float(1.0 / result.x)
+
+
+def calibrate_temperature(logits: np.ndarray, labels: np.ndarray, *,
+                          bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+                          min_items: int = MIN_CALIBRATION_ITEMS) -> TemperatureFit:
+    """The temperature to report a calibrated model with: :func:`fit_temperature` on the held-out items, or T = 1.
+
+    T = 1 is kept (and :class:`TemperatureFallback` says why) when there are fewer than ``min_items`` held-out
+    items, when the fit reaches a bound, or when it does not generalise within the held-out split: the items are
+    split in two halves (even and odd positions), a temperature fitted on each half is scored on the other, and if
+    that cross-fitted NLL exceeds the NLL at T = 1 the fitted temperature would make a model less calibrated.
+    """
+    x = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels)
+    n = int(len(y))
+    if n < min_items:
+        return TemperatureFit(1.0, float("nan"), TemperatureFallback.TOO_FEW_ITEMS, n)
+    fitted = fit_temperature(x, y, bounds=bounds)
+    if not bounds[0] * (1 + 1e-3) < fitted < bounds[1] * (1 - 1e-3):
+        return TemperatureFit(1.0, fitted, TemperatureFallback.AT_BOUND, n)
+    halves = (np.arange(0, n, 2), np.arange(1, n, 2))
+    at_one = sum(nll(x[h], y[h]) * len(h) for h in halves) / n
+    crossed = sum(nll(x[h], y[h], fit_temperature(x[o], y[o], bounds=bounds)) * len(h)
+                  for h, o in (halves, halves[::-1])) / n
+    if crossed > at_one:
+        return TemperatureFit(1.0, fitted, TemperatureFallback.NLL_WORSE, n, at_one, crossed)
+    return TemperatureFit(fitted, fitted, TemperatureFallback.NONE, n, at_one, crossed)
 
 
 def calibration_metrics(logits: np.ndarray, labels: np.ndarray, *, temperature: float = 1.0,

@@ -38,6 +38,7 @@ class Answer:
     n: str
     verdict: str
     reason: str = ""
+    assumed: str = ""  # what the project reads into the finding that the paper does not state
 
     @property
     def marked_verdict(self) -> str:
@@ -71,7 +72,8 @@ def answer_row(question: str, finding_id: str, recorded: Mapping[str, Any] | Non
     item = paper.finding(finding_id)
     row = Answer(question=question, finding=finding_id, chapter=str(item["notebook"]),
                  claim=" ".join(str(item["claim"]).split()), stated=" ".join(str(item["stated"]).split()),
-                 measure=" ".join(str(item["measure"]).split()), answer="", n="", verdict=NOT_MEASURABLE)
+                 measure=" ".join(str(item["measure"]).split()), answer="", n="", verdict=NOT_MEASURABLE,
+                 assumed=" ".join(str(item.get("assumed") or "").split()))
     if not recorded:
         row.reason = why_none
         return row

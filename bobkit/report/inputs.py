@@ -9,6 +9,7 @@ removes entries inside it without following symbolic links: nothing outside it i
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -69,7 +70,8 @@ def is_path_part(text: object) -> bool:
 # The results table and its runs
 # --------------------------------------------------------------------------------------------------------------------
 
-RUN_COLUMNS = ("run_key", "task", "backbone", "display_name", "dataset", "protocol", "seed", "device")
+RUN_COLUMNS = ("run_key", "task", "backbone", "display_name", "dataset", "protocol", "seed", "device",
+               "setting_params")
 
 
 @dataclass
@@ -84,6 +86,20 @@ class TableSource:
     runs_dir: Path | None = None
     runs_dir_note: str = ""
     n_rows: int = 0
+
+
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as the report's pages show it, never as the machine's absolute path: relative to the folder
+    ``bob report`` runs in when inside it, else under ``~`` when inside the home folder, else relative to the
+    working folder (``../data/results.parquet``)."""
+    target = Path(path).expanduser().resolve()
+    here = Path.cwd().resolve()
+    if target == here or here in target.parents:
+        return target.relative_to(here).as_posix() or "."
+    home = Path.home().resolve()
+    if home in target.parents:
+        return "~/" + target.relative_to(home).as_posix()
+    return Path(os.path.relpath(target, here)).as_posix()
 
 
 def read_table_source(results_path: Path | str | None, runs_dir_fallback: Path | str | None) -> TableSource:
@@ -103,7 +119,7 @@ def read_table_source(results_path: Path | str | None, runs_dir_fallback: Path |
     elif runs_dir_fallback is not None:
         runs_dir = Path(runs_dir_fallback).resolve()
         note = ("the table does not record its runs folder (built before bob build recorded it, or a CSV): "
-                f"using --runs-dir {runs_dir}")
+                f"using --runs-dir {shown_path(runs_dir)}")
     else:
         runs_dir, note = None, "the table does not record its runs folder and no --runs-dir was given"
     runs = table[[c for c in RUN_COLUMNS if c in table]].drop_duplicates("run_key").reset_index(drop=True)

@@ -18,15 +18,18 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from bobkit.analysis import findings as paper
+from bobkit.analysis.notebook import read_summary
+from bobkit.analysis.prose import leaderboard_notes, plain_text
 from bobkit.analysis.tables import readable
 from bobkit.report.answers import Answer
 from bobkit.report.execute import NotebookRun
-from bobkit.report.inputs import TableSource
+from bobkit.report.inputs import TableSource, shown_path
 from bobkit.report.runs import RunRecord
 from bobkit.report.sanitize import clean_html
 
 LEADERBOARD_TOP = 10
-LEADERBOARD_COLUMNS = ["rank", "display_name", "score", "family", "method_kind", "pretrain_data", "params_millions"]
+LEADERBOARD_COLUMNS = ["rank", "display_name", "score", "gap_to_best", "family", "method_kind", "pretrain_data",
+                       "params_millions"]
 _MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 
 
@@ -93,7 +96,7 @@ def _what_is_analysed(pages: ReportPages) -> str:
     if source.results_path is None:
         what = "the public reference tables shipped with bobkit (timm's ImageNet results, the BoB retrieval snapshot)"
     else:
-        what = (f"the results table <code>{html_text(source.results_path)}</code> ({source.n_rows:,} rows, "
+        what = (f"the results table <code>{html_text(shown_path(source.results_path))}</code> ({source.n_rows:,} rows, "
                 f"{len(source.runs):,} runs)")
     return html_block(f"<p class='bob-lead'>Battle of the Backbones analyses of {what}. Generated "
                       f"{html_text(pages.generated)}.</p>")
@@ -117,8 +120,13 @@ def _leaderboard(pages: ReportPages, chapters: Mapping[str, Chapter]) -> list[st
         return parts
     board = pd.read_csv(csv)
     columns = [c for c in LEADERBOARD_COLUMNS if c in board]
-    parts.append("Overall score: per-setting z-scores averaged within each task, then over tasks; brackets are "
-                 "95% bootstrap intervals over settings and seeds.")
+    parts.append("Overall score: per-setting z-scores averaged within each task, then over the tasks every backbone "
+                 "has; brackets are 95% bootstrap intervals over settings, seeds and test items. Gap to best: the "
+                 "distance to the best pretrained backbone of each setting in the metric's own units (0 = the best), "
+                 "averaged the same way.")
+    notes = leaderboard_notes(read_summary(csv.parent))
+    if notes:
+        parts.append(markdown_text(plain_text(notes)))
     parts.append(html_block(readable(board.head(LEADERBOARD_TOP), columns=columns, collapse_after=None).to_html()))
     if len(board) > LEADERBOARD_TOP:
         parts.append(html_block(readable(board, columns=columns, caption=f"All {len(board)} backbones",
@@ -133,6 +141,8 @@ def _answer_block(answer: Answer) -> str:
     frame = pd.DataFrame([{"the paper's value": answer.stated, "this table": answer.answer or "–", "n": answer.n,
                            "agreement": answer.marked_verdict}])
     claim = f"<p class='bob-claim'><b>The paper:</b> {html_text(answer.claim)}</p>"
+    if answer.assumed:
+        claim += f"<p class='bob-claim'><i>Assumed here, not stated by the paper:</i> {html_text(answer.assumed)}</p>"
     # a number with its interval stays on one line; an answer in words wraps
     unbroken = ["this table"] if len(answer.answer) <= 24 else []
     table = readable(frame, caption=f"Measured here: {answer.measure}", collapse_after=None,
@@ -183,7 +193,7 @@ def overview_markdown(pages: ReportPages) -> str:
 def _what_ran(record: RunRecord, *, with_task: bool = True) -> str:
     """``classification · resnet18.tv_in1k · fashion_mnist · linear_probe · seed 0`` (one cell that wraps)."""
     parts = [record.task] if with_task else []
-    parts += [record.backbone, record.dataset, record.protocol]
+    parts += [record.what_ran]
     seed = [f"seed {record.seed}"] if record.seed != "" else []
     return " · ".join(str(p) for p in [*parts, *seed] if p)
 
@@ -205,7 +215,7 @@ def _failed_runs_html(records: Sequence[RunRecord], collapse_after: int = 10) ->
     for r in records:
         key = html_text(r.run_key)
         link = f"<a href='{html_text(r.href)}'>{key}</a>" if r.href else key
-        what = " · ".join(html_text(v) for v in (r.task, r.backbone, r.dataset, r.protocol) if v)
+        what = " · ".join(html_text(v) for v in (r.task, r.backbone, r.dataset, r.protocol, r.setting_detail) if v)
         seed = f" · seed {html_text(r.seed)}" if r.seed != "" else ""
         error = html_text(r.error).replace("\n", "<br>")  # the page's HTML block is one line
         items.append(f"<li><p><b>{link}</b>: {what}{seed}</p><pre class='bob-error'>{error}</pre></li>")
@@ -226,10 +236,11 @@ def provenance_markdown(pages: ReportPages) -> str:
     source = pages.source
     parts = ["# Runs and provenance", "", "## The table", ""]
     table_facts = pd.DataFrame([
-        {"what": "results table", "value": str(source.results_path or "public reference tables")},
+        {"what": "results table",
+         "value": shown_path(source.results_path) if source.results_path else "public reference tables"},
         {"what": "rows", "value": f"{source.n_rows:,}"},
         {"what": "run keys in the table", "value": f"{len(source.runs):,}"},
-        {"what": "runs folder", "value": str(source.runs_dir or "none")},
+        {"what": "runs folder", "value": shown_path(source.runs_dir) if source.runs_dir else "none"},
         {"what": "runs folder from", "value": source.runs_dir_note},
         {"what": "report generated", "value": pages.generated},
     ])

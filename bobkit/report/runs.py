@@ -13,12 +13,13 @@ import platform
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from bobkit.analysis.settings import differing_keys, params_of, readable_params
 from bobkit.report.inputs import is_path_part
 from bobkit.results.sidecars import SIDECAR, read_sidecar
 
@@ -47,6 +48,14 @@ class RunRecord:
     notebook: Path | None = None
     note: str = ""  # why there is no notebook to publish
     href: str = ""  # link from the book's root to the run's page or notebook
+    setting_params: dict[str, Any] = field(default_factory=dict)
+    setting_detail: str = ""  # what tells its setting from other runs of the same backbone, dataset and protocol
+
+    @property
+    def what_ran(self) -> str:
+        """``resnet18.tv_in1k · fashion_mnist · linear_probe · 2-shot`` (the detail only where it is needed)."""
+        parts = [self.backbone or self.run_key, self.dataset, self.protocol, self.setting_detail]
+        return " · ".join(str(p) for p in parts if p)
 
 
 def _text(value: Any) -> str:
@@ -76,7 +85,8 @@ def _record(task: str, run_key: str, runs_dir: Path | None, row: Mapping[str, An
     record = RunRecord(task=task, run_key=run_key, status="not found",
                        backbone=_text(row.get("display_name") or row.get("backbone")),
                        dataset=_text(row.get("dataset")), protocol=_text(row.get("protocol")),
-                       seed=_text(row.get("seed")), device=_text(row.get("device")))
+                       seed=_text(row.get("seed")), device=_text(row.get("device")),
+                       setting_params=params_of(row.get("setting_params")))
     if not (is_path_part(task) and is_path_part(run_key)):
         record.status, record.note = "not a run folder name", "the table's run key cannot name a run folder"
         return record
@@ -112,7 +122,21 @@ def runs_behind(table_runs: pd.DataFrame, runs_dir: Path | None) -> list[RunReco
     runs_dir = runs_dir.resolve() if runs_dir is not None else None
     records = [_record(_text(row.get("task")), _text(row.get("run_key")), runs_dir, row)
                for row in table_runs.to_dict("records")]
-    return sorted(records, key=lambda r: (r.task, r.backbone, r.dataset, r.protocol, r.seed, r.run_key))
+    name_settings(records)
+    return sorted(records, key=lambda r: (r.task, r.backbone, r.dataset, r.protocol, r.setting_detail, r.seed,
+                                          r.run_key))
+
+
+def name_settings(records: Iterable[RunRecord]) -> None:
+    """Set each record's ``setting_detail``: the setting parameters that differ between runs of the same task,
+    backbone, dataset and protocol (``2-shot`` beside ``full data``), so no two settings share a title."""
+    groups: dict[tuple[str, ...], list[RunRecord]] = {}
+    for record in records:
+        groups.setdefault((record.task, record.backbone, record.dataset, record.protocol), []).append(record)
+    for group in groups.values():
+        keys = differing_keys(r.setting_params for r in group)
+        for record in group:
+            record.setting_detail = readable_params(record.setting_params, keys) if keys else ""
 
 
 def failed_runs(runs_dir: Path | None, exclude: Iterable[str] = ()) -> list[RunRecord]:
@@ -130,8 +154,11 @@ def failed_runs(runs_dir: Path | None, exclude: Iterable[str] = ()) -> list[RunR
             continue
         params = sidecar.get("params") or {}
         row = {k: params.get(k) for k in ("backbone", "dataset", "protocol", "seed")}
+        setting = sidecar.get("setting_params")
+        row["setting_params"] = setting if isinstance(setting, dict) else None
         record = _record(run_dir.parent.name, run_dir.name, runs_dir, row)
         records.append(record)
+    name_settings(records)
     return records
 
 

@@ -55,8 +55,7 @@ class ReportOutcome:
 
 def _run_title(record: RunRecord) -> str:
     seed = f", seed {record.seed}" if record.seed != "" else ""
-    return pages.title_text(f"{record.task}: {record.backbone or record.run_key} · {record.dataset} · "
-                            f"{record.protocol}{seed}")
+    return pages.title_text(f"{record.task}: {record.what_ran}{seed}")
 
 
 def _run_title_cell(record: RunRecord) -> str:
@@ -103,6 +102,19 @@ def _chapters(runs: Sequence[NotebookRun], out: Path) -> list[pages.Chapter]:
         title = pages.title_text(book.short_title(book.notebook_title(nb, run.name)))
         chapters.append(pages.Chapter(run.name, title, run, doc, stderr_removed=cleaned.stderr_removed))
     return chapters
+
+
+def notebook_jobs(names: Sequence[str], source_dir: Path, out: Path, results_path: Path | None,
+                  parameters: Mapping[str, Any] | None, notebook_parameters: Mapping[str, Mapping[str, Any]] | None
+                  ) -> list[NotebookJob]:
+    """One job per analysis notebook: its executed copy in the report's work folder, its figures folder and its
+    parameters (the table, the shared ``parameters``, its own ``notebook_parameters``). The kernels run in ``out``
+    and get the paths relative to it (:meth:`~bobkit.report.execute.NotebookJob.relative_parameters`)."""
+    results_param = str(results_path) if results_path else None
+    return [NotebookJob(name, source_dir / f"{name}.ipynb", out / book.WORK_DIR / f"{name}.ipynb",
+                        out / "figures" / name,
+                        {"results_path": results_param, **(parameters or {}),
+                         **((notebook_parameters or {}).get(name, {}))}) for name in names]
 
 
 def build_report(
@@ -152,12 +164,8 @@ def build_report(
     out = check_out_dir(out_dir, protected=[source.results_path, source.runs_dir, source_dir])
     clear_out_dir(out)  # everything above is checked: from here on the folder is the report's
 
-    results_param = str(source.results_path) if source.results_path else None
-    notebook_jobs = [NotebookJob(name, source_dir / f"{name}.ipynb", out / book.WORK_DIR / f"{name}.ipynb",
-                                 out / "figures" / name,
-                                 {"results_path": results_param, **(parameters or {}),
-                                  **((notebook_parameters or {}).get(name, {}))}) for name in names]
-    executed = run_notebooks(notebook_jobs, workers=jobs, timeout=timeout, cwd=out)
+    jobs_to_run = notebook_jobs(names, source_dir, out, source.results_path, parameters, notebook_parameters)
+    executed = run_notebooks(jobs_to_run, workers=jobs, timeout=timeout, cwd=out)
     for run in executed:
         if not run.ok:
             log.warning("analysis notebook %s failed: %s", run.name, run.error)

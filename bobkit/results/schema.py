@@ -11,8 +11,10 @@ their ``setting_id`` agrees. ``setting_params`` holds those parameters as JSON s
 Sampling uncertainty: ``stderr`` is the standard error of ``value`` over the cell's test items (binomial for an
 accuracy, a bootstrap over items for ranking metrics; NaN when unknown) and ``n_items`` the number of test items.
 
-How it ran, where that can move a number: ``device`` (e.g. ``cpu``, ``cuda:NVIDIA H100``) and ``batch_size_used``
-(after an out-of-memory retry halved it).
+How it ran, where that can move a number: ``device`` (e.g. ``cpu``, ``cuda:NVIDIA H100``), ``precision`` (``fp32``,
+``bf16``, ``fp16``: the autocast the task ran under) and ``batch_size_used`` (after an out-of-memory retry halved it).
+The analysis never averages two runs of one backbone and setting that ran on different device types or precisions
+as if they were seeds (:func:`bobkit.analysis.settings.one_execution_per_cell`).
 
 A table's provenance travels in ``DataFrame.attrs`` (kept in the parquet file's metadata): ``runs_dir`` (where the
 sidecars behind it are) and ``source``.
@@ -48,6 +50,7 @@ COLUMNS: dict[str, str] = {
     "n_items": "float64",
     "higher_is_better": "bool",
     "device": "str",
+    "precision": "str",
     "batch_size_used": "float64",
     "display_name": "str",
     "architecture": "str",

@@ -42,6 +42,15 @@ def setting_name(task: str, dataset: str, protocol: str, params: dict[str, Any])
     return "/".join(str(p) for p in parts)
 
 
+def precision_of(descriptors: dict[str, Any]) -> str | None:
+    """``fp32``, ``bf16`` or ``fp16``: the autocast a task ran under, from its ``exec_*`` descriptors (None when the
+    record does not say)."""
+    bits, bf16 = descriptors.get("exec_autocast_bits"), descriptors.get("exec_bf16")
+    if not isinstance(bits, (int, float)):
+        return None
+    return "fp32" if bits >= 32 else "bf16" if bf16 else "fp16"
+
+
 def sidecar_rows(sidecar: dict[str, Any]) -> list[dict[str, Any]]:
     """The tidy rows (one per score) of one complete sidecar, with the setting, uncertainty and how it ran."""
     from bobkit.results.schema import setting_id
@@ -64,6 +73,7 @@ def sidecar_rows(sidecar: dict[str, Any]) -> list[dict[str, Any]]:
         "setting": setting_name(sidecar["task"], dataset, protocol, params),
         "setting_params": json.dumps(setting_params, sort_keys=True, default=str),
         "device": sidecar.get("device"),
+        "precision": precision_of(sidecar.get("timings") or {}),
         "batch_size_used": sidecar.get("batch_size_used"),
     }
     stderr, n_items = sidecar.get("stderr") or {}, sidecar.get("n_items") or {}

@@ -6,7 +6,11 @@ temperature is fitted on it, and every metric is reported on the test split.
 
 Calibration
     ``ece`` (the textbook 15-bin ECE, :func:`bobkit.eval.metrics.expected_calibration_error`), ``nll``, ``brier``
-    before and ``ece_ts``, ``nll_ts``, ``brier_ts`` after temperature scaling, with the fitted ``temperature``;
+    before and ``ece_ts``, ``nll_ts``, ``brier_ts`` after temperature scaling, with the ``temperature`` used. The
+    temperature is fitted within :data:`~bobkit.eval.metrics.TEMPERATURE_BOUNDS` and kept at 1 when the held-out
+    split cannot support it (fewer than :data:`~bobkit.eval.metrics.MIN_CALIBRATION_ITEMS` items, a fit at a bound,
+    or a cross-fitted held-out NLL worse than at T = 1): ``fallback_temperature`` records why (0: fitted,
+    :class:`~bobkit.eval.metrics.TemperatureFallback`), ``n_calibration`` the held-out items.
     :func:`plot_reliability` draws both reliability diagrams from the same bins.
 Adversarial robustness
     Accuracy under FGSM and PGD (L-inf, :mod:`bobkit.eval.attacks`) on ``max_attack`` test images for each epsilon in
@@ -32,7 +36,13 @@ from bobkit import backbones
 from bobkit.data import dataset_info, get_dataset
 from bobkit.data.transforms import to_tensor_batch
 from bobkit.eval.attacks import ATTACKS, NormalizedModel, robust_accuracy
-from bobkit.eval.metrics import ReliabilityBins, calibration_metrics, fit_temperature, reliability_bins, softmax
+from bobkit.eval.metrics import (
+    ReliabilityBins,
+    calibrate_temperature,
+    calibration_metrics,
+    reliability_bins,
+    softmax,
+)
 from bobkit.eval.uncertainty import binomial_se
 from bobkit.features.device import Execution, prepare_model
 from bobkit.features.extract import extract_features, run_forward
@@ -86,7 +96,10 @@ SPEC = TaskSpec(
         Metric("nll", "negative log-likelihood (nats)", higher_is_better=False, n_items="n_test"),
         Metric("brier", "Brier score", higher_is_better=False, n_items="n_test"),
         Metric("*_ts", "the same after temperature scaling", higher_is_better=False, n_items="n_test"),
-        descriptor("temperature", "the fitted temperature"),
+        descriptor("temperature", "the temperature used (1.0 after a fallback)"),
+        descriptor("fallback_temperature", "why T = 1 was kept: 0 fitted, 1 too few held-out items, 2 fit at a "
+                   "bound, 3 cross-fitted held-out NLL worse (bobkit.eval.metrics.TemperatureFallback)"),
+        descriptor("n_calibration", "held-out training items the temperature is fitted on"),
         Metric("acc/pgd/*", "accuracy under PGD at an epsilon", primary=True),
         Metric("acc/*/*", "accuracy under an attack at an epsilon"),
         *blocks.COMMON_DESCRIPTORS,
@@ -143,9 +156,9 @@ def run(p: dict[str, Any], ex: Execution) -> RobustnessResult:
         model, ex, calib, test, cache_hit, n_fit = _finetuned_model(p, ex, config, n_classes, timings)
 
     t0 = time.perf_counter()
-    (calib_logits, calib_labels), (test_logits, test_labels) = calib, test
-    temperature = fit_temperature(calib_logits, calib_labels)
-    metrics = _calibration_scores(test_logits, test_labels, temperature, int(p["n_bins"]), p["seed"])
+    test_logits, test_labels = test
+    metrics = calibrated_scores(calib, test, int(p["n_bins"]), p["seed"])
+    temperature = metrics["temperature"]
     timings["calibration_seconds"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -161,6 +174,21 @@ def run(p: dict[str, Any], ex: Execution) -> RobustnessResult:
         temperature,
         p,
     )
+
+
+def calibrated_scores(held_out: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], n_bins: int,
+                      seed: int) -> dict[str, float]:
+    """Calibration scores of the test logits before and after temperature scaling with the temperature
+    :func:`~bobkit.eval.metrics.calibrate_temperature` chose on the ``held_out`` logits, plus ``fallback_temperature``
+    (why T = 1 was kept, 0 when it was not) and ``n_calibration``."""
+    fit = calibrate_temperature(*held_out)
+    if fit.fallback:
+        import warnings
+
+        warnings.warn(f"temperature scaling kept T = 1: {fit.reason}", stacklevel=2)
+    metrics = _calibration_scores(*test, fit.temperature, n_bins, seed)
+    metrics.update(fallback_temperature=float(fit.fallback), n_calibration=float(fit.n_items))
+    return metrics
 
 
 def _calibration_scores(logits: np.ndarray, labels: np.ndarray, temperature: float, n_bins: int,

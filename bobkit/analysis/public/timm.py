@@ -195,3 +195,43 @@ def timm_wide(
     out = wide.join(meta).reset_index()
     out.attrs.update(id_dataset=id_dataset, ood_datasets=list(ood_datasets))
     return out
+
+
+def id_reference(ood_dataset: str, default: str = "imagenet") -> str:
+    """The in-distribution table an ``ood_dataset`` trend is fitted against: ImageNet restricted to the OOD set's
+    200 classes where the manifest has that clean subset (ImageNet-R and -A, as Taori et al. compare them on the
+    same classes), else ``default`` (the 1000-class ImageNet)."""
+    tables = timm_tables()
+    clean = tables.loc[tables["clean_subset_of"] == ood_dataset, "dataset"]
+    return str(clean.iloc[0]) if len(clean) else default
+
+
+def effective_robustness(
+    ood_dataset: str,
+    *,
+    id_dataset: str = "imagenet",
+    baseline: str | None = None,
+    scale: str = "logit",
+) -> tuple[pd.Series, dict, pd.DataFrame]:
+    """Effective robustness of every timm model on ``ood_dataset`` (:func:`bobkit.analysis.id_ood.effective_robustness`)
+    against :func:`id_reference`'s accuracy.
+
+    Returns ``(effective robustness by backbone, trend, frame)``; ``trend`` names its ``id_reference`` and
+    ``frame`` holds the models fitted and shown (:func:`timm_wide` of that pair).
+    """
+    from bobkit.analysis.id_ood import effective_robustness as fit
+
+    reference = id_reference(ood_dataset, id_dataset)
+    frame = timm_wide([ood_dataset], id_dataset=reference)
+    er, trend = fit(frame, ood_dataset, baseline=baseline, scale=scale)
+    trend["id_reference"] = reference
+    return er.set_axis(frame["backbone"].to_numpy()), trend, frame
+
+
+def id_label(dataset: str) -> str:
+    """How a page names an in-distribution table: ``ImageNet``, or ``ImageNet on imagenet_r's 200 classes``."""
+    tables = timm_tables().set_index("dataset")
+    subset_of = tables["clean_subset_of"].get(dataset) if dataset in tables.index else None
+    if isinstance(subset_of, str) and subset_of:
+        return f"ImageNet on {subset_of}'s 200 classes"
+    return {"imagenet": "ImageNet", "imagenet_real": "ImageNet-ReaL"}.get(dataset, dataset)
