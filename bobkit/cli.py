@@ -105,14 +105,15 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _warn_corrupt(cells: list[Cell], runs_dir: str) -> None:
-    """Say which of the grid's sidecars cannot be read: those cells run again (the bad file is kept aside)."""
+    """Say which of the grid's sidecars cannot stand as their cell's record (unreadable, not fitting the sidecar
+    schema, made by other code than their run key names): those cells run again, the file is kept aside."""
     from bobkit.batch.runner import run_dir_of
-    from bobkit.results.sidecars import sidecar_problem
+    from bobkit.batch.sidecars import set_aside_reason
 
     for cell in cells:
-        problem = sidecar_problem(run_dir_of(cell, runs_dir))
+        problem = set_aside_reason(run_dir_of(cell, runs_dir))
         if problem:
-            print(f"warning: unreadable sidecar of {cell.run_key} {cell.label} ({problem}): the cell runs again, "
+            print(f"warning: unusable sidecar of {cell.run_key} {cell.label} ({problem}): the cell runs again, "
                   "the file is kept as metrics.json.corrupt-*", file=sys.stderr)
 
 
@@ -251,10 +252,12 @@ def _print_left_out(attrs: dict) -> None:
     if left_out.get("no_notebook"):
         print(f"left out {left_out['no_notebook']} run(s) whose executed.ipynb is gone (bob run re-runs them)",
               file=sys.stderr)
+    reasons = attrs.get("corrupt_reasons", {})
     for path in attrs.get("corrupt", []):
-        print(f"warning: skipped unreadable sidecar {path}", file=sys.stderr)
+        why = f": {reasons[path]}" if path in reasons else ""
+        print(f"warning: skipped unusable sidecar {path}{why}", file=sys.stderr)
     if left_out.get("corrupt"):
-        print(f"skipped {left_out['corrupt']} unreadable sidecar(s)", file=sys.stderr)
+        print(f"skipped {left_out['corrupt']} unusable sidecar(s) (bob run runs their cells again)", file=sys.stderr)
 
 
 def _print_table(table: pd.DataFrame) -> None:

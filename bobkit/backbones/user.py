@@ -140,8 +140,9 @@ def _check_fields(decl: Declaration) -> None:
     if unknown:
         hints = [f"{k!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(k, list(_FIELDS), 1))
                              else "") for k in unknown]
-        raise _error(decl, f"unknown field(s) {', '.join(hints)}; a backbone declares "
-                     + "; ".join(f"{k}: {v}" for k, v in _FIELDS.items() if v))
+        known = ", ".join(k for k, v in _FIELDS.items() if v)
+        raise _error(decl, f"unknown field(s) {', '.join(hints)}; a backbone declares {known} "
+                     "(README: Battle backbones on your own data)")
 
 
 def _timm_parts(decl: Declaration, name: str) -> tuple[str, str | None]:

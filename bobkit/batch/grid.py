@@ -170,6 +170,33 @@ def make_cell(task: str, overrides: dict[str, Any], resources: dict[str, Any] | 
     return Cell(task, params, run_key(task, params), resources, source)
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping (``{seed: 0, seed: 1}``): YAML would silently keep the last."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (a ``<<:`` merge may still be overridden)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = (key_node.tag, key_node.value) if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKeyError(f"line {line}: key {key_node.value!r} is given twice in one mapping (first on "
+                                        f"line {seen[key]}); YAML would keep only the last value: remove one, or make "
+                                        "the values a list to sweep them")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse a grid's YAML safely, refusing a key given twice in one mapping (:class:`DuplicateKeyError`)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_grid(path: str | Path) -> list[Cell]:
     """Read a grid file and expand it into validated cells (duplicates removed, order kept).
 
@@ -180,7 +207,9 @@ def load_grid(path: str | Path) -> list[Cell]:
     if not path.exists():
         raise GridError(f"params file {str(path)!r} does not exist")
     try:
-        spec = yaml.safe_load(path.read_text())
+        spec = read_yaml(path.read_text())
+    except DuplicateKeyError as exc:
+        raise GridError(f"{path}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise GridError(f"{path}: not valid YAML: {exc}") from exc
     return expand_grid(spec, source=str(path), base_dir=path.resolve().parent)
@@ -239,7 +268,7 @@ def activate_declarations(spec: dict[str, Any], source: str, base_dir: Path) -> 
                         f"{base_dir})")
     inline = {s: spec[s] for s in ("datasets", "backbones") if spec.get(s) is not None}
     if inline:
-        files.insert(0, export_registry(inline, base_dir))
+        files.insert(0, export_registry(inline, base_dir, declared_in=source))
     if not files:
         return []
     from bobkit.backbones.weights import WeightsUnavailableError

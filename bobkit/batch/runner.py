@@ -34,18 +34,9 @@ from bobkit.batch.claims import Claim, is_stale, read_claim, try_claim
 from bobkit.batch.grid import Cell, run_key
 from bobkit.batch.oom import oom_kill_count
 from bobkit.batch.record import cell_record
-from bobkit.results.sidecars import (
-    NOTEBOOK,
-    SIDECAR,
-    TASK_OUTPUT,
-    TaskOutput,
-    is_complete,
-    parse_task_output,
-    read_sidecar,
-    sidecar_problem,
-    write_sidecar,
-)
+from bobkit.batch.sidecars import NOTEBOOK, SIDECAR, is_complete, read_sidecar, set_aside_reason, write_sidecar
 from bobkit.tasks import notebook_path
+from bobkit.tasks.output import TASK_OUTPUT, TaskOutput, parse_task_output
 from bobkit.utils.files import write_json
 from bobkit.utils.paths import repo_root
 from bobkit.utils.progress import progress_bar
@@ -284,8 +275,9 @@ def _execute_claimed(
 
 
 def keep_aside_if_corrupt(run_dir: Path) -> Path | None:
-    """Rename an unreadable sidecar to ``metrics.json.corrupt-<time>`` (kept, not overwritten); call under the claim."""
-    if sidecar_problem(run_dir) is None:
+    """Rename an unusable sidecar (:func:`~bobkit.batch.sidecars.set_aside_reason`) to ``metrics.json.corrupt-<time>``
+    (kept, not overwritten); call under the claim."""
+    if set_aside_reason(run_dir) is None:
         return None
     aside = run_dir / f"{SIDECAR}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     os.replace(run_dir / SIDECAR, aside)

@@ -42,7 +42,7 @@ SECTIONS = ("datasets", "backbones")
 #: A declared name becomes part of cache paths and file names: letters, digits, ``_``, ``-`` and ``.``, no ``..``.
 NAME_PATTERN = r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_.-]*"
 #: Further keys a registry file may hold (anything else in a grid is the grid's business).
-_REGISTRY_KEYS = ("name", "description", "base_dir", *SECTIONS)
+_REGISTRY_KEYS = ("name", "description", "base_dir", "declared_in", *SECTIONS)
 
 
 class DeclarationError(ValueError):
@@ -133,7 +133,8 @@ def read_registry(path: str | os.PathLike[str], *, strict: bool = True) -> dict[
         raise DeclarationError(f"registry file {path}: unknown top-level key(s) {unknown}; a registry file holds "
                                f"{', '.join(_REGISTRY_KEYS)}")
     base = Path(spec["base_dir"]) if spec.get("base_dir") else path.parent
-    return {section: parse_section(spec.get(section), section, base, str(path)) for section in SECTIONS}
+    source = str(spec.get("declared_in") or path)  # a grid's exported sections name the grid, not the cache file
+    return {section: parse_section(spec.get(section), section, base, source) for section in SECTIONS}
 
 
 def parse_section(raw: Any, section: str, base_dir: Path, source: str) -> dict[str, Declaration]:
@@ -194,13 +195,16 @@ def declarations(section: str) -> dict[str, Declaration]:
     return _CACHE[key][section]
 
 
-def export_registry(sections: Mapping[str, Any], base_dir: str | os.PathLike[str]) -> Path:
+def export_registry(sections: Mapping[str, Any], base_dir: str | os.PathLike[str],
+                    declared_in: str | None = None) -> Path:
     """Write inline declarations (a grid's sections) as a registry file other processes can read; return it.
 
     The file is content-addressed (``<cache>/registries/<sha16>.yaml``, written atomically) and records
-    ``base_dir``, so relative paths keep resolving against the grid's folder.
+    ``base_dir``, so relative paths keep resolving against the grid's folder, and ``declared_in`` (the grid file),
+    which messages about its declarations name instead of the cache file.
     """
     payload = {"base_dir": str(Path(base_dir).expanduser().resolve()),
+               **({"declared_in": str(declared_in)} if declared_in else {}),
                **{s: sections[s] for s in SECTIONS if sections.get(s) is not None}}
     text = yaml.safe_dump(payload, sort_keys=True)
     target = cache_dir() / "registries" / f"{sha256_bytes(text)[:16]}.yaml"

@@ -115,8 +115,8 @@ def _check_fields(decl: Declaration) -> None:
     if unknown:
         hints = [f"{k!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(k, list(_FIELDS), 1))
                              else "") for k in unknown]
-        raise decl.error(f"unknown field(s) {', '.join(hints)}; a dataset declares "
-                         + "; ".join(f"{k}: {v}" for k, v in _FIELDS.items()))
+        raise decl.error(f"unknown field(s) {', '.join(hints)}; a dataset declares {', '.join(_FIELDS)} "
+                         "(README: Battle backbones on your own data)")
 
 
 def _split_rule(decl: Declaration) -> tuple[tuple[tuple[str, float], ...], int]:

@@ -117,7 +117,7 @@ def conform(table: pd.DataFrame, *, keep_extra: Iterable[str] | bool = True) -> 
     if "run_key" not in out:
         out["run_key"] = out["backbone"].astype(str) + ":" + out["setting"].astype(str) + ":" + out["seed"].astype(str)
     if "higher_is_better" not in out:
-        from bobkit.results.table import higher_is_better
+        from bobkit.tasks.output import higher_is_better
 
         out["higher_is_better"] = out["metric"].map(higher_is_better)
     for column in COLUMNS:

@@ -14,8 +14,15 @@ import ast
 import functools
 from typing import Any, Callable, Iterable, Mapping
 
-from bobkit.results.sidecars import COUNT_PREFIX, STDERR_PREFIX, TASK_OUTPUT_FORMAT, save_cell_metrics, split_metrics
 from bobkit.tasks.contract import PARAMETERS_HEADER, Metric, TaskSpec
+from bobkit.tasks.output import (
+    COUNT_PREFIX,
+    STDERR_PREFIX,
+    TASK_OUTPUT_FORMAT,
+    higher_is_better,
+    save_cell_metrics,
+    split_metrics,
+)
 
 #: The first line of the cell papermill injects (``-p``, ``-y``, ``-f``).
 PAPERMILL_HEADER = "# Parameters"
@@ -84,8 +91,6 @@ class TaskResult(dict):
     @property
     def higher_is_better(self) -> dict[str, bool]:
         """Direction of each score, from its declaration (undeclared: guessed from the name)."""
-        from bobkit.results.table import higher_is_better
-
         out = {}
         for name in self.scores:
             declared = self.declaration(name)
