@@ -7,9 +7,11 @@ gone (same host: the pid is dead, or was reused by a process that started later)
 ``stale_after`` seconds (another host, e.g. a preempted Slurm job). An unreadable claim (empty or not JSON: left by
 older code, or by a process killed between create and write where hard links are missing) names no process to
 check, and a whole claim is never unreadable, so it is stale after a short grace (:data:`UNREADABLE_GRACE_SECONDS`)
-instead of blocking its cell for the cell's whole timeout. A stale claim is broken by renaming it to a unique name and then checking that
-what was renamed is the claim judged stale (same token, same file); anything else (another host's fresh claim) is
-put back, so a taker never removes a live claim nor, under it, the live work folder.
+instead of blocking its cell for the cell's whole timeout.
+
+A stale claim is broken by renaming it to a unique name and then checking that what was renamed is the claim judged
+stale (same token, same file); anything else (another host's fresh claim) is put back, so a taker never removes a
+live claim nor, under it, the live work folder.
 
 A claim can be handed over: a Slurm job that is preempted keeps its claim on disk (:meth:`Claim.hand_over`) and
 the requeued job adopts it by token (``try_claim(..., adopt_token=...)``), so no other batch slips in between.

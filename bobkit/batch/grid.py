@@ -48,6 +48,7 @@ from bobkit.batch import codehash
 from bobkit.batch.resources import DEFAULT_RESOURCES, ResourceError, check_resources
 from bobkit.tasks import ParameterError, get_spec, get_task, task_names
 from bobkit.tasks.contract import Param
+from bobkit.utils.text import short_repr
 
 # Parameters that change where/how fast a cell runs, not its result: left out of the run key so a batch resumes
 # on another machine.
@@ -234,7 +235,7 @@ def expand_grid(spec: Any, source: str = "<grid>", base_dir: str | Path | None =
     activate_declarations(spec, source, here)
     defaults = spec.get("defaults") or {}
     if not isinstance(defaults, dict):
-        raise GridError(f"{source}: 'defaults' must be a mapping, got {defaults!r}")
+        raise GridError(f"{source}: 'defaults' must be a mapping, got {short_repr(defaults)}")
     resources = spec.get("resources") or {}
     _check_resources(resources, source)
     cells: dict[str, Cell] = {}
@@ -260,7 +261,7 @@ def activate_declarations(spec: dict[str, Any], source: str, base_dir: Path) -> 
     raw = spec.get("registry") or []
     listed = [raw] if isinstance(raw, str) else raw
     if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
-        raise GridError(f"{source}: 'registry' must be a path or a list of paths, got {raw!r}")
+        raise GridError(f"{source}: 'registry' must be a path or a list of paths, got {short_repr(raw)}")
     files = [p if p.is_absolute() else (base_dir / p).resolve() for p in (Path(x).expanduser() for x in listed)]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -300,7 +301,8 @@ def _expand_block(block: Any, defaults: dict[str, Any], resources: dict[str, Any
     task = block["task"]
     if task not in task_names():
         close = difflib.get_close_matches(str(task), task_names(), n=3)
-        raise GridError(f"{where}: unknown task {task!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise GridError(f"{where}: unknown task {short_repr(task)}{hint}")
     spec = get_spec(task)
     block_resources = {**resources, **(block.get("resources") or {})}
     _check_resources(block_resources, where)
@@ -353,5 +355,5 @@ def _check_defaults(defaults: dict[str, Any], tasks: set[str], where: str) -> No
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise GridError(f"{where}: defaults key {key!r} is a parameter of no task in this grid "
+            raise GridError(f"{where}: defaults key {short_repr(key)} is a parameter of no task in this grid "
                             f"({', '.join(sorted(tasks))}){hint}")
