@@ -64,6 +64,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bobkit.batch.grid import load_grid
 
     cells = load_grid(args.params)  # raises before anything runs
+    if args.build:
+        from bobkit.results.schema import check_results_path
+
+        check_results_path(args.results)
     print(f"{args.params}: {len(cells)} cells, runs folder {args.runs_dir}", flush=True)
     _warn_corrupt(cells, args.runs_dir)
     if args.dry_run:
@@ -218,9 +222,10 @@ def _report_parameters(assignments: list[str] | None) -> dict[str, object]:
 
 def _build_and_print(runs_dir: str, results: str, *, force: bool = False, include_stale: bool = False) -> None:
     from bobkit.analysis.settings import PRIMARY_METRICS, primary_metrics
-    from bobkit.results.schema import write_results
+    from bobkit.results.schema import check_results_path, write_results
     from bobkit.results.table import build_results, check_replacement, leaderboard
 
+    check_results_path(results)
     table = build_results(runs_dir, include_stale=include_stale)
     _print_left_out(table.attrs)
     if not force:

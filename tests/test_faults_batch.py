@@ -446,6 +446,53 @@ def test_a_corrupt_sidecar_does_not_stop_the_batch_and_is_kept_aside(write_grid,
     assert read_results(tmp_path / "results.parquet")["run_key"].nunique() == 2
 
 
+# --- a full disk -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_sidecar_that_cannot_be_written_fails_its_cell_by_path_and_the_batch_goes_on(write_grid, tmp_path: Path,
+                                                                                       monkeypatch):
+    """Issue 25 item 15: a full disk at the record of one cell; the others run and are recorded."""
+    from bobkit.batch import sidecars
+    from bobkit.batch.runner import run_cells
+
+    grid = write_grid("name: s\ngrid:\n  - task: smoke\n    value: [1.0, 2.0, 3.0]\n")
+    small_fits, nothing_fits, fine = load_grid(grid)
+    real_write = sidecars.write_json
+
+    def full_disk(path, payload, **kwargs):
+        key = Path(path).parent.name
+        if key == nothing_fits.run_key or (key == small_fits.run_key and payload.get("status") == "complete"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, payload, **kwargs)
+
+    monkeypatch.setattr(sidecars, "write_json", full_disk)
+    runs = tmp_path / "runs"
+    summary = run_cells([small_fits, nothing_fits, fine], runs, progress=False)
+    outcomes = {o.cell.run_key: o for o in summary.outcomes}
+    assert outcomes[fine.run_key].status == "complete" and is_complete(run_dir_of(fine, runs))
+    for cell in (small_fits, nothing_fits):
+        assert outcomes[cell.run_key].status == "failed" and outcomes[cell.run_key].kind == "record"
+        assert f"could not write {run_dir_of(cell, runs) / 'metrics.json'}: No space left" in outcomes[cell.run_key].error
+    record = read_sidecar(run_dir_of(small_fits, runs))  # the small failed record fitted
+    assert record["status"] == "failed" and "No space left" in record["error"]["message"]
+    assert cell_state(small_fits, runs) == "failed"
+    assert not (run_dir_of(nothing_fits, runs) / "executed.ipynb").exists()  # nothing can pass for a record
+    assert cell_state(nothing_fits, runs) == "pending" and "stays pending" in outcomes[nothing_fits.run_key].error
+
+
+def test_build_refuses_a_csv_results_path_before_writing_anything(tmp_path: Path, capsys):
+    """Issue 25 item 15: the parquet table is not written and then overwritten by its CSV twin."""
+    from bobkit.cli import main
+
+    runs = tmp_path / "runs"
+    fake_record(runs, 1.0)
+    assert main(["build", "--runs-dir", str(runs), "--results", str(tmp_path / "x.csv")]) == 2
+    assert "name the parquet file" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+    assert main(["build", "--runs-dir", str(runs), "--results", str(tmp_path / "x.parquet")]) == 0
+    assert len(read_results(tmp_path / "x.parquet")) == 1 and (tmp_path / "x.csv").read_text().startswith("run_key")
+
+
 # --- what moves a number is recorded -------------------------------------------------------------------------------
 
 

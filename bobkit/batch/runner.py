@@ -34,7 +34,7 @@ from bobkit.batch.claims import Claim, is_stale, read_claim, try_claim
 from bobkit.batch.grid import Cell, run_key
 from bobkit.batch.oom import oom_kill_count
 from bobkit.batch.record import cell_record
-from bobkit.batch.sidecars import NOTEBOOK, SIDECAR, is_complete, read_sidecar, set_aside_reason, write_sidecar
+from bobkit.batch.sidecars import NOTEBOOK, SIDECAR, is_complete, read_sidecar, record_outcome, set_aside_reason
 from bobkit.tasks import notebook_path
 from bobkit.tasks.output import TASK_OUTPUT, TaskOutput, parse_task_output
 from bobkit.utils.files import write_json
@@ -268,8 +268,10 @@ def _execute_claimed(
     )
     if result.notebook.exists():
         os.replace(result.notebook, run_dir / NOTEBOOK)
-    write_sidecar(run_dir, sidecar)  # last, atomically: from here on the cell counts as recorded
+    unrecorded = record_outcome(run_dir, sidecar)  # last, atomically: from here on the cell counts as recorded
     result.discard()
+    if unrecorded is not None:  # a full disk: this cell is failed (or pending), the batch goes on
+        return CellOutcome(cell, "failed", time.time() - started, unrecorded, "record")
     error = None if complete else sidecar["error"]["message"]
     return CellOutcome(cell, sidecar["status"], sidecar["wall_seconds"], error, None if complete else result.kind)
 

@@ -192,6 +192,35 @@ def write_sidecar(run_dir: str | os.PathLike[str], sidecar: dict[str, Any]) -> P
     return path
 
 
+#: What a failed record keeps of a record that could not be written (the heavy parts, output tails and
+#: provenance, are what a full disk could not take).
+_FAILED_RECORD_FIELDS = ("run_key", "task", "label", "params", "identity", "code_version", "code_files", "resources",
+                         "source", "params_used", "setting_params", "started", "wall_seconds", "runner")
+
+
+def record_outcome(run_dir: str | os.PathLike[str], sidecar: dict[str, Any]) -> str | None:
+    """Write a cell's sidecar; when that fails (a full disk, a lost mount), say so instead of raising.
+
+    A failed record, much smaller, is tried next, naming the error and the path; when even that cannot be written,
+    the cell's executed notebook is removed too, so nothing in the folder can pass for a record and the cell stays
+    pending. Returns ``None`` when ``sidecar`` was written, else the error line (path included).
+    """
+    run_dir = Path(run_dir)
+    try:
+        write_sidecar(run_dir, sidecar)
+        return None
+    except OSError as exc:
+        problem = f"could not write {run_dir / SIDECAR}: {exc.strerror or exc}"
+    failed = {key: sidecar[key] for key in _FAILED_RECORD_FIELDS if key in sidecar}
+    failed.update(status="failed", metrics={}, error={"kind": "record", "message": problem, "output_tail": ""})
+    try:
+        write_sidecar(run_dir, failed)
+        return problem
+    except OSError:
+        (run_dir / NOTEBOOK).unlink(missing_ok=True)
+        return f"{problem}; nothing recorded, the cell stays pending"
+
+
 @dataclass
 class SidecarScan:
     """The sidecars of a runs folder: readable ones by path, and the unreadable ones with the reason."""

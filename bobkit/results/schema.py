@@ -154,9 +154,20 @@ def read_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     return table
 
 
+def check_results_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as the parquet file of a results table, or ``ValueError`` (before any work) for a ``.csv`` name: the
+    table is parquet with a ``.csv`` twin beside it, and the twin would overwrite it."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        raise ValueError(f"--results {str(path)!r}: the results table is a parquet file with a CSV twin written "
+                         f"beside it; name the parquet file ({path.with_suffix('.parquet')}) and the CSV is "
+                         f"{path}")
+    return path
+
+
 def write_results(table: pd.DataFrame, path: str | os.PathLike[str] = "results/results.parquet") -> Path:
     """Write the results table atomically as parquet (``attrs`` kept in its metadata) and a CSV twin for quick looks."""
-    path = Path(path)
+    path = check_results_path(path)
     with atomic_path(path) as tmp:
         table.to_parquet(tmp, index=False)
     with atomic_path(path.with_suffix(".csv")) as tmp:
