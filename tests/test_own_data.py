@@ -634,3 +634,16 @@ def test_grid_errors_name_the_grid_file_in_one_short_line(tmp_path, write_grid, 
     with pytest.raises(GridError, match=r"mode='yyy.*\.\.\.") as err:
         load_grid(huge)
     assert len(str(err.value)) < 400
+
+
+def test_the_readme_own_data_commands_say_where_they_run_and_their_paths_exist_there():
+    """Issue 25 item 19: each command works from the folder the README says (the repository root)."""
+    section = (REPO / "README.md").read_text().split("## Battle backbones on your own data", 1)[1].split("\n## ")[0]
+    before, block = re.search(r"\n([^\n]*\n[^\n]*)\n\n```bash\n(.*?)```", section, re.S).groups()
+    assert "from the repository root" in before and "from any folder" not in block
+    for line in block.replace("\\\n", " ").splitlines():
+        words = line.split("#")[0].split()
+        for word in words[1:]:
+            if "/" in word and not word.startswith(("/", "-", '"')) and word != "results/results.parquet":
+                assert (REPO / word).exists() or word == "params/examples/example-images", (line, word)
+    assert "results/results.parquet here" in block  # --build writes it where the next command reads it
