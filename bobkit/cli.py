@@ -27,13 +27,14 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     """List the manifest's datasets and reference tables and which are present here; optionally download some,
     or write the example image folder of ``params/examples/own-data.yaml``."""
-    from bobkit.data.manifest import download, status
-    from bobkit.data.verify import pin
+    from bobkit.data.inventory import status
+    from bobkit.data.manifest import download, pin
 
     if args.example_folder:
+        from bobkit.backbones.declared import write_stand_in_checkpoint
         from bobkit.data.example import write_example_folder
 
-        counts = write_example_folder(args.example_folder)
+        counts = write_example_folder(args.example_folder, checkpoint=write_stand_in_checkpoint)
         print(f"wrote {args.example_folder}: {counts['images']} images in 6 class folders (images/), "
               f"{counts['sketches']} sketches of the same classes (sketches/), 1 corrupt file (images/cat/"
               f"broken.jpg, skipped and named when used) and a stand-in checkpoint (my_checkpoint.safetensors)")
@@ -221,9 +222,10 @@ def _report_parameters(assignments: list[str] | None) -> dict[str, object]:
 
 
 def _build_and_print(runs_dir: str, results: str, *, force: bool = False, include_stale: bool = False) -> None:
+    from bobkit.analysis.board import leaderboard
     from bobkit.analysis.settings import PRIMARY_METRICS, primary_metrics
     from bobkit.results.schema import check_results_path, write_results
-    from bobkit.results.table import build_results, check_replacement, leaderboard
+    from bobkit.results.table import build_results, check_replacement
 
     check_results_path(results)
     table = build_results(runs_dir, include_stale=include_stale)

@@ -30,12 +30,12 @@ from functools import lru_cache
 from typing import Any
 
 from bobkit.backbones import tags
-from bobkit.backbones.registry import FAMILIES, METHOD_KINDS, Backbone, is_builtin
+from bobkit.backbones.catalog import is_builtin
+from bobkit.backbones.registry import FAMILIES, METHOD_KINDS, Backbone
 from bobkit.data.declarations import Declaration, DeclarationError, declarations
 from bobkit.utils.text import short_repr
 
-__all__ = ["BackboneDeclarationError", "declare_backbone", "declared_backbones", "fingerprint", "prepare_declared",
-           "user_backbone_names"]
+__all__ = ["BackboneDeclarationError", "declare_backbone", "declared_backbones", "user_backbone_names"]
 
 _FIELDS = {
     "timm": "a timm model name, tagged or not (convnext_tiny.fb_in22k)",
@@ -376,30 +376,3 @@ def declared_backbones() -> dict[str, Backbone]:
 def user_backbone_names() -> list[str]:
     """Names of the declared backbones."""
     return list(declared_backbones())
-
-
-def prepare_declared(name: str) -> None:
-    """Check a declared backbone's weights now (a checkpoint converted and key-checked once, cached), so that a
-    checkpoint that does not fit fails before any cell runs, naming its missing and unexpected keys."""
-    from bobkit.backbones.factory import prepare_weights
-
-    declared_backbones()  # every declaration parsed: one that shadows a built-in name fails here
-    prepare_weights(name)
-
-
-def fingerprint(name: str) -> str | None:
-    """What a run key adds for a declared backbone (None when ``name`` is not declared): everything that builds
-    it (source, architecture, tags, preprocessing, model arguments) and its weights' identity (a checkpoint's
-    sha256), but none of the labels (renaming a display name reruns nothing)."""
-    import json
-
-    from bobkit.backbones.factory import weights_id
-    from bobkit.utils.files import sha256_bytes
-
-    entry = declared_backbones().get(name)
-    if entry is None:
-        return None
-    built = {"source": entry.source, "timm_model": entry.timm_model, "timm_tag": entry.timm_tag,
-             "cfg_tag": entry.cfg_tag, "cfg_overlay": dict(entry.cfg_overlay), "model_kwargs": dict(entry.model_kwargs),
-             "open_clip": [entry.open_clip_model, entry.open_clip_pretrained], "weights": weights_id(name)}
-    return sha256_bytes(json.dumps(built, sort_keys=True, default=str))[:16]

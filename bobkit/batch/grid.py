@@ -128,7 +128,7 @@ def declared_content(params: dict[str, Any]) -> dict[str, str]:
     names = [n for n in _named(params) if n in datasets or n in backbones]
     if not names:
         return {}
-    from bobkit.backbones import user as user_backbones
+    from bobkit.backbones import declared as user_backbones
     from bobkit.data import user as user_datasets
 
     out = {}
@@ -285,7 +285,7 @@ def activate_declarations(spec: dict[str, Any], source: str, base_dir: Path) -> 
 
 def _check_declarations(declared: list[dict[str, Any]]) -> None:
     """Build every declaration now, so a bad folder, file or checkpoint fails before any cell runs."""
-    from bobkit.backbones import user as user_backbones
+    from bobkit.backbones import declared as user_backbones
     from bobkit.data import user as user_datasets
 
     for sections in declared:

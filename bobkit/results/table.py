@@ -22,8 +22,7 @@ from bobkit.tasks.output import higher_is_better
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["NoRunsError", "build_results", "check_replacement", "higher_is_better", "leaderboard", "setting_name",
-           "sidecar_rows"]
+__all__ = ["NoRunsError", "build_results", "check_replacement", "higher_is_better", "setting_name", "sidecar_rows"]
 
 
 class NoRunsError(ValueError):
@@ -158,24 +157,3 @@ def check_replacement(table: pd.DataFrame, path: str | os.PathLike[str]) -> None
         raise ValueError(
             f"refusing to replace {path} ({old_runs} runs, from {old.attrs.get('runs_dir', 'an unknown runs folder')})"
             f" with {new_runs} runs from {table.attrs.get('runs_dir')}; check --runs-dir, or pass --force")
-
-
-def leaderboard(table: pd.DataFrame, metric: str | None = "top1") -> pd.DataFrame:
-    """A small wide table: backbones as rows, settings as columns, mean over seeds (never over settings).
-
-    One column per ``setting_id``, labelled ``setting | metric`` plus the parameters that tell two settings with the
-    same label apart. ``metric=None`` keeps every metric of ``table`` (e.g. rows already filtered to each task's
-    primary metrics).
-    """
-    import pandas as pd
-
-    from bobkit.analysis.settings import setting_ids
-
-    rows = table if metric is None else table[table["metric"] == metric]
-    if rows.empty:
-        return pd.DataFrame()
-    rows = rows.assign(column=setting_ids(rows))
-    wide = rows.pivot_table(index="backbone", columns="column", values="value", aggfunc="mean")
-    wide.columns.name = None
-    wide["mean"] = wide.mean(axis=1)
-    return wide.sort_values("mean", ascending=False)
