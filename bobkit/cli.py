@@ -27,13 +27,14 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     """List the manifest's datasets and reference tables and which are present here; optionally download some,
     or write the example image folder of ``params/examples/own-data.yaml``."""
-    from bobkit.data.manifest import download, status
-    from bobkit.data.verify import pin
+    from bobkit.data.inventory import status
+    from bobkit.data.manifest import download, pin
 
     if args.example_folder:
+        from bobkit.backbones.declared import write_stand_in_checkpoint
         from bobkit.data.example import write_example_folder
 
-        counts = write_example_folder(args.example_folder)
+        counts = write_example_folder(args.example_folder, checkpoint=write_stand_in_checkpoint)
         print(f"wrote {args.example_folder}: {counts['images']} images in 6 class folders (images/), "
               f"{counts['sketches']} sketches of the same classes (sketches/), 1 corrupt file (images/cat/"
               f"broken.jpg, skipped and named when used) and a stand-in checkpoint (my_checkpoint.safetensors)")
@@ -64,6 +65,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bobkit.batch.grid import load_grid
 
     cells = load_grid(args.params)  # raises before anything runs
+    if args.build:
+        from bobkit.results.schema import check_results_path
+
+        check_results_path(args.results)
     print(f"{args.params}: {len(cells)} cells, runs folder {args.runs_dir}", flush=True)
     _warn_corrupt(cells, args.runs_dir)
     if args.dry_run:
@@ -108,14 +113,15 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _warn_corrupt(cells: list[Cell], runs_dir: str) -> None:
-    """Say which of the grid's sidecars cannot be read: those cells run again (the bad file is kept aside)."""
+    """Say which of the grid's sidecars cannot stand as their cell's record (unreadable, not fitting the sidecar
+    schema, made by other code than their run key names): those cells run again, the file is kept aside."""
     from bobkit.batch.runner import run_dir_of
-    from bobkit.results.sidecars import sidecar_problem
+    from bobkit.batch.sidecars import set_aside_reason
 
     for cell in cells:
-        problem = sidecar_problem(run_dir_of(cell, runs_dir))
+        problem = set_aside_reason(run_dir_of(cell, runs_dir))
         if problem:
-            print(f"warning: unreadable sidecar of {cell.run_key} {cell.label} ({problem}): the cell runs again, "
+            print(f"warning: unusable sidecar of {cell.run_key} {cell.label} ({problem}): the cell runs again, "
                   "the file is kept as metrics.json.corrupt-*", file=sys.stderr)
 
 
@@ -224,10 +230,12 @@ def _report_parameters(assignments: list[str] | None) -> dict[str, object]:
 
 
 def _build_and_print(runs_dir: str, results: str, *, force: bool = False, include_stale: bool = False) -> None:
+    from bobkit.analysis.board import leaderboard
     from bobkit.analysis.settings import PRIMARY_METRICS, one_execution_per_cell, primary_metrics
-    from bobkit.results.schema import write_results
-    from bobkit.results.table import build_results, check_replacement, leaderboard
+    from bobkit.results.schema import check_results_path, write_results
+    from bobkit.results.table import build_results, check_replacement
 
+    check_results_path(results)
     table = build_results(runs_dir, include_stale=include_stale)
     _print_left_out(table.attrs)
     if not force:
@@ -264,10 +272,12 @@ def _print_left_out(attrs: dict) -> None:
     if left_out.get("no_notebook"):
         print(f"left out {left_out['no_notebook']} run(s) whose executed.ipynb is gone (bob run re-runs them)",
               file=sys.stderr)
+    reasons = attrs.get("corrupt_reasons", {})
     for path in attrs.get("corrupt", []):
-        print(f"warning: skipped unreadable sidecar {path}", file=sys.stderr)
+        why = f": {reasons[path]}" if path in reasons else ""
+        print(f"warning: skipped unusable sidecar {path}{why}", file=sys.stderr)
     if left_out.get("corrupt"):
-        print(f"skipped {left_out['corrupt']} unreadable sidecar(s)", file=sys.stderr)
+        print(f"skipped {left_out['corrupt']} unusable sidecar(s) (bob run runs their cells again)", file=sys.stderr)
 
 
 def _print_table(table: pd.DataFrame) -> None:

@@ -223,3 +223,22 @@ def test_multilabel_cell_reports_mean_auroc_and_refuses_finetuning(tmp_path):
     assert len(per_label) == 5 and metrics["mean_auroc"] == pytest.approx(np.mean(per_label))
     assert set(output["stderr"]) == set(metrics)  # every AUROC with its bootstrap standard error
     assert output["descriptors"]["n_test"] == 2 and output["descriptors"]["n_labels_scored"] == 5
+
+
+def test_shots_per_class_above_what_a_class_holds_is_refused_before_work(monkeypatch):
+    """Issue 25 item 14: 50 shots of a class with 20 training items would silently keep all of them."""
+    from bobkit.tasks import classification
+    from bobkit.tasks.contract import ParameterError
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the low-shot rule was checked")
+
+    monkeypatch.setattr(classification, "extract_features", no_work)
+    monkeypatch.setattr(classification.backbones, "create_model", no_work)
+    with pytest.raises(ParameterError, match=r"shots_per_class=50 is more than 10 of the 10 classes of "
+                                             r"'fashion_mnist' train \(max_train=200\) hold .*smallest 20, largest 20"):
+        run(backbone="resnet18.random_init", dataset="fashion_mnist", max_train=200, max_test=50, shots_per_class=50,
+            image_size=32, device="cpu", num_threads=1)
+    for protocol in ("linear_probe", "finetune"):  # a rule every class can meet passes the check
+        classification.check_shots({"dataset": "fashion_mnist", "max_train": 200, "seed": 0, "shots_per_class": 20,
+                                    "protocol": protocol})

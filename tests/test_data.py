@@ -642,7 +642,7 @@ def test_required_verification_refuses_unhashed_file_until_pinned(tmp_path, monk
         bd.pin("w", data_dir / "absent.bin", manifest=m)
     assert bd.pin("w", f, manifest=m)["size_bytes"] == 7
     assert m.resolve("w", required=True) == f
-    assert m.status(verify=True).set_index("name").loc["w", "verified"] == "yes"
+    assert bd.status(verify=True, manifest=m).set_index("name").loc["w", "verified"] == "yes"
     f.write_bytes(b"other!!")
     with pytest.raises(bd.ChecksumError):
         m.resolve("w", required=True)
@@ -662,7 +662,7 @@ def test_bob_data_pin_command(tmp_path, monkeypatch, capsys):
 
     f = tmp_path / "gnd_rparis6k.pkl"
     f.write_bytes(pickle.dumps({"imlist": [], "qimlist": [], "gnd": []}))
-    monkeypatch.setattr("bobkit.data.manifest.status", lambda **kw: __import__("pandas").DataFrame())
+    monkeypatch.setattr("bobkit.data.inventory.status", lambda **kw: __import__("pandas").DataFrame())
     main(["data", "--pin", "rparis6k", str(f)])
     assert _sha256(f.read_bytes()) in capsys.readouterr().out
     assert bd.pins()["rparis6k"]["rparis6k/gnd_rparis6k.pkl"]["sha256"] == _sha256(f.read_bytes())

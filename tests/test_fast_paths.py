@@ -41,6 +41,7 @@ from bobkit.features.extract import (
     forward_batches,
     is_cached,
     iter_uint8_batches,
+    run_forward,
     take_batch,
 )
 
@@ -206,6 +207,27 @@ def test_cached_features_are_identical_to_fresh_ones_and_memory_mapped():
     # Another precision is another cache entry (bf16 features are not fp32 features).
     bf16 = extract_features(BACKBONE, "fashion_mnist", "test", precision="bf16", **common)
     assert not bf16.cache_hit and bf16.key != hit.key
+
+
+def test_cpu_features_do_not_depend_on_the_thread_count_that_filled_the_cache():
+    """Issue 25 item 16: the feature key has no thread count, so the forward runs on one thread on CPU (torch splits
+    reductions across threads, and their rounding follows the split)."""
+    seen: list[int] = []
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    model.register_forward_pre_hook(lambda module, args: seen.append(torch.get_num_threads()))
+    images = np.random.default_rng(0).integers(0, 256, (12, 20, 20, 3), dtype=np.uint8)
+    config = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "interpolation": "bilinear"}
+    before = torch.get_num_threads()
+    outputs = []
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            outputs.append(run_forward(model, images, config, 24, 5, resolve_execution("cpu", "fp32")))
+            assert torch.get_num_threads() == threads  # restored afterwards
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1] * len(seen) and len(seen) == 6  # every batch, whatever the process's thread count
+    assert np.array_equal(outputs[0], outputs[1])
 
 
 def test_float16_storage_round_trips_within_half_precision():

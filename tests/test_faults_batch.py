@@ -192,16 +192,23 @@ def test_the_slurm_script_holds_exactly_the_declared_resources(tmp_path: Path):
 # --- claims ---------------------------------------------------------------------------------------------------------
 
 
-def test_an_empty_claim_is_busy_while_fresh_and_stale_once_old(tmp_path: Path):
-    (cell,) = expand_grid({"grid": [{"task": "smoke"}]})
+def test_an_empty_claim_is_busy_for_a_short_grace_then_stale_whatever_the_cells_timeout(write_grid, tmp_path: Path):
+    """Issue 25 item 11: a claim is written whole before it is linked in place, so an empty one names no live
+    process; it blocks its cell for seconds, not for the cell's timeout (here 60 min + 10 min)."""
+    grid = write_grid("name: one\nresources: {timeout_min: 60}\ngrid:\n  - task: smoke\n")
+    (cell,) = load_grid(grid)
     run_dir = run_dir_of(cell, tmp_path)
     run_dir.mkdir(parents=True)
     (run_dir / CLAIM).write_bytes(b"")  # killed between create and write (older code), or ENOSPC
     assert read_claim(run_dir)["unreadable"]
-    assert try_claim(run_dir, stale_after=60) is None and cell_state(cell, tmp_path) == "running"
-    old = time.time() - 120
+    stale_after = 60 * 60 + 600
+    assert try_claim(run_dir, stale_after=stale_after) is None and cell_state(cell, tmp_path) == "running"
+    text = format_status(grid_status(grid, tmp_path), grid, tmp_path)
+    assert "unreadable claim, 0 s old" in text and "? pid ?" not in text
+    old = time.time() - 2 * claims.UNREADABLE_GRACE_SECONDS
     os.utime(run_dir / CLAIM, (old, old))
-    claim = try_claim(run_dir, stale_after=60)
+    assert cell_state(cell, tmp_path) == "pending"
+    claim = try_claim(run_dir, stale_after=stale_after)
     assert claim is not None and read_claim(run_dir)["token"] == claim.token
     claim.release()
     assert not (run_dir / CLAIM).exists()
@@ -352,6 +359,76 @@ def test_status_lists_corrupt_sidecars_and_goes_on(write_grid, tmp_path: Path):
     assert text.count("corrupt sidecar skipped") == 2 and "JSON list" in text and "utf-8" in text
 
 
+BAD_RECORDS = {
+    "run_key missing": (lambda r: r.pop("run_key"), "run_key missing"),
+    "metrics null": (lambda r: r.update(metrics=None), "metrics=None"),
+    "metrics a list": (lambda r: r.update(metrics=[1, 2]), "metrics=[1, 2]"),
+    "params null": (lambda r: r.update(params=None), "params=None"),
+    "params a list": (lambda r: r.update(params=["seed", 0]), "params=['seed', 0]"),
+    "seed not a number": (lambda r: r["params"].update(seed="zero"), "params.seed='zero'"),
+    "a score that is text": (lambda r: r["metrics"].update(score="high"), "metrics.score='high'"),
+    "run_key of another folder": (lambda r: r.update(run_key="0123456789abcdef"), "not its folder's name"),
+    "complete without a task": (lambda r: r.pop("task"), "without task"),
+}
+
+
+def test_records_that_do_not_fit_the_schema_are_named_skipped_and_their_cells_run_again(write_grid, tmp_path: Path):
+    """Issue 25 item 9: build, status and run agree about records that do not fit the sidecar schema."""
+    from bobkit.batch.runner import keep_aside_if_corrupt
+
+    values = [float(v) for v in range(len(BAD_RECORDS) + 1)]
+    grid = write_grid(f"name: s\ngrid:\n  - task: smoke\n    value: {values}\n")
+    runs = tmp_path / "runs"
+    good_cell, *bad_cells = load_grid(grid)
+    spoiled = {}
+    for value, case in zip(values, ["good", *sorted(BAD_RECORDS)]):
+        path = fake_record(runs, value) / "metrics.json"
+        if case != "good":
+            record = json.loads(path.read_text())
+            BAD_RECORDS[case][0](record)
+            path.write_text(json.dumps(record))
+            spoiled[case] = (path, record)
+
+    table = build_results(runs)  # never aborts on a bad file
+    assert set(table["run_key"]) == {good_cell.run_key}
+    assert sorted(table.attrs["corrupt"]) == sorted(str(path) for path, _ in spoiled.values())
+    text = format_status(grid_status(grid, runs), grid, runs)
+    assert f"1 done, 0 failed, 0 running, {len(bad_cells)} pending" in text  # not done: bob run runs them again
+    lines = [ln for ln in text.splitlines() if "corrupt sidecar skipped" in ln]
+    for case, (path, record) in spoiled.items():
+        (line,) = [ln for ln in lines if str(path) in ln]
+        assert BAD_RECORDS[case][1] in line and len(line) < 400, (case, line)
+        assert not is_complete(path.parent)
+        aside = keep_aside_if_corrupt(path.parent)  # what the runner does under the claim before it runs the cell
+        assert aside is not None and json.loads(aside.read_text()) == record and not path.exists()
+    assert all(cell_state(cell, runs) == "pending" for cell in bad_cells)
+
+
+def test_a_record_whose_code_version_is_not_its_keys_is_stale_for_build_status_and_run(write_grid, tmp_path: Path,
+                                                                                        capsys):
+    """Issue 25 item 10: one definition of a current record; build's hint points at a status that lists it."""
+    from bobkit.batch.runner import keep_aside_if_corrupt
+    from bobkit.cli import main
+
+    grid = write_grid(ONE.format(value=3.0))
+    runs = tmp_path / "runs"
+    (cell,) = load_grid(grid)
+    run_dir = fake_record(runs, 3.0)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    record["code_version"] = "0" * 16  # under the key of today's code, yet says another code made it
+    (run_dir / "metrics.json").write_text(json.dumps(record))
+
+    assert main(["build", "--runs-dir", str(runs), "--results", str(tmp_path / "results.parquet")]) == 0
+    build = capsys.readouterr()
+    assert "left out 1 stale run(s)" in build.err and "bob status" in build.err
+    status = grid_status(grid, runs)
+    assert status.counts()["stale"] == 1 and status.counts()["done"] == 0
+    assert f"stale {cell.run_key}" in format_status(status, grid, runs)
+    assert cell_state(cell, runs) != "done" and not is_complete(run_dir)  # bob run does not skip it
+    aside = keep_aside_if_corrupt(run_dir)  # ... and keeps the old record before running the cell again
+    assert aside is not None and json.loads(aside.read_text())["code_version"] == "0" * 16
+
+
 @pytest.mark.slow
 def test_a_corrupt_sidecar_does_not_stop_the_batch_and_is_kept_aside(write_grid, tmp_path: Path):
     grid = write_grid("name: s\ngrid:\n  - task: smoke\n    value: [1, 2]\n")
@@ -362,11 +439,58 @@ def test_a_corrupt_sidecar_does_not_stop_the_batch_and_is_kept_aside(write_grid,
     proc = bob("run", str(grid), "--runs-dir", str(runs), "--no-progress", "--build", "--results",
                str(tmp_path / "results.parquet"))
     assert proc.returncode == 0 and "2 complete" in proc.stdout, proc.stdout + proc.stderr
-    assert "unreadable sidecar" in proc.stderr
+    assert "unusable sidecar" in proc.stderr
     assert read_sidecar(run_dir_of(first, runs))["status"] == "complete"
     (aside,) = run_dir_of(first, runs).glob("metrics.json.corrupt-*")
     assert aside.read_text() == '["not", "a", "record"]'  # kept, not overwritten
     assert read_results(tmp_path / "results.parquet")["run_key"].nunique() == 2
+
+
+# --- a full disk -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_sidecar_that_cannot_be_written_fails_its_cell_by_path_and_the_batch_goes_on(write_grid, tmp_path: Path,
+                                                                                       monkeypatch):
+    """Issue 25 item 15: a full disk at the record of one cell; the others run and are recorded."""
+    from bobkit.batch import sidecars
+    from bobkit.batch.runner import run_cells
+
+    grid = write_grid("name: s\ngrid:\n  - task: smoke\n    value: [1.0, 2.0, 3.0]\n")
+    small_fits, nothing_fits, fine = load_grid(grid)
+    real_write = sidecars.write_json
+
+    def full_disk(path, payload, **kwargs):
+        key = Path(path).parent.name
+        if key == nothing_fits.run_key or (key == small_fits.run_key and payload.get("status") == "complete"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, payload, **kwargs)
+
+    monkeypatch.setattr(sidecars, "write_json", full_disk)
+    runs = tmp_path / "runs"
+    summary = run_cells([small_fits, nothing_fits, fine], runs, progress=False)
+    outcomes = {o.cell.run_key: o for o in summary.outcomes}
+    assert outcomes[fine.run_key].status == "complete" and is_complete(run_dir_of(fine, runs))
+    for cell in (small_fits, nothing_fits):
+        assert outcomes[cell.run_key].status == "failed" and outcomes[cell.run_key].kind == "record"
+        assert f"could not write {run_dir_of(cell, runs) / 'metrics.json'}: No space left" in outcomes[cell.run_key].error
+    record = read_sidecar(run_dir_of(small_fits, runs))  # the small failed record fitted
+    assert record["status"] == "failed" and "No space left" in record["error"]["message"]
+    assert cell_state(small_fits, runs) == "failed"
+    assert not (run_dir_of(nothing_fits, runs) / "executed.ipynb").exists()  # nothing can pass for a record
+    assert cell_state(nothing_fits, runs) == "pending" and "stays pending" in outcomes[nothing_fits.run_key].error
+
+
+def test_build_refuses_a_csv_results_path_before_writing_anything(tmp_path: Path, capsys):
+    """Issue 25 item 15: the parquet table is not written and then overwritten by its CSV twin."""
+    from bobkit.cli import main
+
+    runs = tmp_path / "runs"
+    fake_record(runs, 1.0)
+    assert main(["build", "--runs-dir", str(runs), "--results", str(tmp_path / "x.csv")]) == 2
+    assert "name the parquet file" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+    assert main(["build", "--runs-dir", str(runs), "--results", str(tmp_path / "x.parquet")]) == 0
+    assert len(read_results(tmp_path / "x.parquet")) == 1 and (tmp_path / "x.csv").read_text().startswith("run_key")
 
 
 # --- what moves a number is recorded -------------------------------------------------------------------------------

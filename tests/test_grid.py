@@ -175,3 +175,24 @@ def test_bob_run_rejects_a_bad_value_before_any_cell_starts(write_grid, tmp_path
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "seed=-1 must be at least 0" in proc.stderr
     assert not runs.exists()
+
+
+@pytest.mark.parametrize("text, key, line, first", [
+    ("name: d\ngrid:\n  - task: smoke\n    setting: [{value: 1.0, value: 2.0}]\n", "value", 4, 4),
+    ("name: d\ndefaults:\n  batch_size: 8\n  seed: 0\n  batch_size: 16\ngrid:\n  - task: smoke\n", "batch_size", 5, 3),
+    ("name: d\ngrid:\n  - task: smoke\n  - task: smoke\n    value: 1.0\n    value: 3.0\n", "value", 6, 5),
+])
+def test_a_key_given_twice_in_one_mapping_is_refused_naming_the_key_and_line(write_grid, text, key, line, first):
+    """Issue 25 item 14b: YAML keeps the last of two equal keys silently; a grid refuses them."""
+    grid = write_grid(text)
+    with pytest.raises(GridError) as err:
+        load_grid(grid)
+    message = str(err.value)
+    assert str(grid) in message and f"line {line}: key {key!r} is given twice" in message
+    assert f"first on line {first}" in message
+
+
+def test_a_merged_anchor_may_still_be_overridden(write_grid):
+    grid = write_grid("name: d\nx-base: &base {task: smoke, value: 1.0}\ngrid:\n  - <<: *base\n    value: 2.0\n")
+    (cell,) = load_grid(grid)
+    assert cell.params["value"] == 2.0

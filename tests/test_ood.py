@@ -151,3 +151,16 @@ def test_finetune_protocol_records_its_execution_settings():
     assert m["exec_bf16"] == 1.0 and m["exec_channels_last"] == 0.0 and m["exec_grad_checkpointing"] == 1.0
     assert 0.0 <= m["id_acc"] <= 1.0
     assert m["drop_sklearn_digits"] == pytest.approx(m["id_acc"] - m["acc/sklearn_digits"])
+
+
+def test_a_missing_target_is_reported_before_any_feature_is_extracted(tmp_path, monkeypatch):
+    """Issue 25 item 14: every dataset a cell reads is checked before work (not after the source features)."""
+    monkeypatch.setenv("BOB_DATA_DIR", str(tmp_path))  # no ImageNet-R here
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("features extracted before the targets were checked")
+
+    monkeypatch.setattr(ood, "extract_features", no_work)
+    monkeypatch.setattr(ood.backbones, "create_model", no_work)
+    with pytest.raises(MissingDataError, match="imagenet_r"):
+        ood.run(backbone=PACKAGED, dataset="fashion_mnist", targets=["corruptions", "imagenet_r"], **TINY)

@@ -98,8 +98,12 @@ def folder(tmp_path) -> tuple[Path, dict[str, Path]]:
 def test_image_folder_lists_converts_and_skips_the_corrupt_file_by_name(folder, declare):
     root, special = folder
     declare({"datasets": {"mine": {"folder": "photos", "split": {"test": 0.25, "seed": 3}}}})
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable file\(s\): banana/corrupt\.jpg"):
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable file\(s\): banana/corrupt\.jpg") as caught:
         info = dataset_info("mine")
+    (shown,) = [warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught]
+    # issue 25 item 19: one clean line naming the file, not bobkit's source file and line
+    assert shown.startswith("warning: dataset 'mine': skipped 1 unreadable file(s): banana/corrupt.jpg (")
+    assert shown.count("\n") == 1 and "user.py" not in shown and "warnings.warn" not in shown
     assert "mine" in dataset_names()
     assert info.num_classes == 3 and info.splits == ("train", "test")
     total = 3 * 8 + 4  # 8 photos per class + gray, rgba, cmyk, deep; corrupt skipped, notes.txt ignored
@@ -556,3 +560,90 @@ def test_the_tag_parser_imports_without_torch_and_run_keys_still_follow_the_back
     files = codehash.task_code_files("classification")
     assert {"bobkit.backbones.factory", "bobkit.backbones.user", "bobkit.backbones.openclip", "bobkit.data.user",
             "bobkit.data.listing", "bobkit.data.images"} <= set(files)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs stay where they are declared (issue 25 item 13)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key, needle", [
+    ("checkpoint_path", "declare the file as checkpoint:"), ("pretrained_cfg", "weight source"),
+    ("pretrained_cfg_overlay", "preprocess:"), ("cache_dir", "refused"), ("drop_path_rat", "'drop_path_rate'"),
+])
+def test_model_kwargs_that_would_make_timm_read_files_are_refused_naming_the_key(tmp_path, declare, key, needle):
+    torch.save({"w": torch.zeros(1)}, tmp_path / "evil.pth")
+    declare({"backbones": {"k": {"timm": "resnet18", "pretrained": False,
+                                 "model_kwargs": {key: str(tmp_path / "evil.pth")}}}})
+    with pytest.raises(DeclarationError) as err:
+        get_backbone("k")
+    assert f"model_kwargs key {key!r}" in str(err.value) and needle in str(err.value)
+    declare({"backbones": {"ok": {"timm": "resnet18", "pretrained": False, "model_kwargs": {"drop_path_rate": 0.1}}}})
+    assert get_backbone("ok").model_kwargs == {"drop_path_rate": 0.1}
+
+
+def test_a_pickle_named_safetensors_is_a_clear_error_naming_the_file(tmp_path, declare, write_grid):
+    import timm
+
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), tmp_path / "pickled.safetensors")
+    grid = write_grid("backbones:\n  p: {timm: resnet18, checkpoint: pickled.safetensors, method_kind: SSL, "
+                      "pretrain_data: in1k}\ngrid:\n  - {task: smoke}\n")
+    with pytest.raises(GridError) as err:
+        load_grid(grid)
+    assert "pickled.safetensors is named .safetensors but is not a safetensors file" in str(err.value)
+
+
+def test_csv_paths_and_folder_links_stay_inside_the_declared_folder_unless_allowed(tmp_path, declare, monkeypatch):
+    inside = tmp_path / "data"
+    write_folder(inside, classes=("a", "b"), per_class=2)
+    outside = tmp_path / "elsewhere"
+    (outside / "a").mkdir(parents=True)
+    secret = outside / "a" / "00.jpg"
+    Image.fromarray(_photo(20, 20, 1)).save(secret)
+    monkeypatch.setenv("SECRET_DIR", str(outside))
+    for bad, why in ((str(secret), "is absolute"), ("../elsewhere/a/00.jpg", "climbs out with '..'"),
+                     ("$SECRET_DIR/a/00.jpg", "names an environment variable"), ("~/x.jpg", "starts with '~'")):
+        (inside / "list.csv").write_text(f"path,label\na/00.jpg,a\n{bad},b\n")
+        declare({"datasets": {"listed": {"csv": "data/list.csv"}}})
+        with pytest.raises(DeclarationError, match=rf"list.csv line 3: path .* {re.escape(why)}.*allow_outside"):
+            dataset_info("listed")
+    (inside / "list.csv").write_text("path,label\na/00.jpg,a\n$SECRET_DIR/a/00.jpg,b\n")
+    declare({"datasets": {"listed": {"csv": "data/list.csv", "allow_outside": True, "split": {"test": 0.5}}}})
+    assert dataset_info("listed").num_classes == 2  # opted out: the variable is expanded as before
+
+    (inside / "b" / "linked.jpg").symlink_to(secret)
+    declare({"datasets": {"linked": {"folder": "data"}}})
+    with pytest.raises(DeclarationError, match=r"1 image file\(s\) lead out of .*linked.jpg.*allow_outside: true"):
+        dataset_info("linked")
+    declare({"datasets": {"linked": {"folder": "data", "allow_outside": True}}})
+    assert dataset_info("linked").num_classes == 2
+
+
+def test_grid_errors_name_the_grid_file_in_one_short_line(tmp_path, write_grid, monkeypatch):
+    """Issue 25 item 19: not the cache copy of the grid's sections, not every field's description, not a 400 KB
+    value."""
+    monkeypatch.setenv(REGISTRY_ENV, "")  # loading a grid activates its declarations: restored after the test
+    (tmp_path / "photos" / "a").mkdir(parents=True)
+    grid = write_grid("datasets:\n  mine: {folder: photos, splitt: {test: 0.5}}\ngrid:\n  - {task: smoke}\n")
+    with pytest.raises(GridError) as err:
+        load_grid(grid)
+    message = str(err.value)
+    assert f"dataset 'mine' (declared in {grid})" in message and "registries" not in message
+    assert "'splitt' (did you mean 'split'?)" in message and len(message) - 2 * len(str(grid)) < 300
+    huge = write_grid("name: big\ngrid:\n  - task: smoke\n    mode: " + "y" * 300_000 + "\n", name="huge.yaml")
+    with pytest.raises(GridError, match=r"mode='yyy.*\.\.\.") as err:
+        load_grid(huge)
+    assert len(str(err.value)) < 400
+
+
+def test_the_readme_own_data_commands_say_where_they_run_and_their_paths_exist_there():
+    """Issue 25 item 19: each command works from the folder the README says (the repository root)."""
+    section = (REPO / "README.md").read_text().split("## Battle backbones on your own data", 1)[1].split("\n## ")[0]
+    before, block = re.search(r"\n([^\n]*\n[^\n]*)\n\n```bash\n(.*?)```", section, re.S).groups()
+    assert "from the repository root" in before and "from any folder" not in block
+    for line in block.replace("\\\n", " ").splitlines():
+        words = line.split("#")[0].split()
+        for word in words[1:]:
+            if "/" in word and not word.startswith(("/", "-", '"')) and word != "results/results.parquet":
+                assert (REPO / word).exists() or word == "params/examples/example-images", (line, word)
+    assert "results/results.parquet here" in block  # --build writes it where the next command reads it

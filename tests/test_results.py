@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bobkit.analysis.board import leaderboard
 from bobkit.batch.grid import code_version
 from bobkit.results.schema import COLUMNS, read_results, setting_id, write_results
 from bobkit.results.sidecars import (
@@ -21,7 +22,7 @@ from bobkit.results.sidecars import (
     split_metrics,
     write_sidecar,
 )
-from bobkit.results.table import NoRunsError, build_results, higher_is_better, leaderboard
+from bobkit.results.table import NoRunsError, build_results, higher_is_better
 from bobkit.utils.files import write_json
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from bobkit.batch import provenance
 from bobkit.batch.claims import CLAIM, is_stale, process_start_time, read_claim, try_claim
-from bobkit.batch.grid import expand_grid, load_grid
+from bobkit.batch.grid import code_version, expand_grid, load_grid
 from bobkit.batch.runner import cell_state, classify_failure, remove_leftovers, run_cells, run_dir_of, worker_env
 from bobkit.batch.status import format_status, grid_status
 from bobkit.results.sidecars import is_complete, read_sidecar, write_sidecar
@@ -167,7 +167,8 @@ def test_status_counts_failures_running_and_rerun_command(write_grid, tmp_path: 
     grid = write_grid("name: s\ngrid:\n  - task: smoke\n    value: [1, 2, 3, 4]\n")
     runs = tmp_path / "runs"
     done, failed, running, _pending = load_grid(grid)
-    write_sidecar(run_dir_of(done, runs), {"status": "complete", "run_key": done.run_key})
+    write_sidecar(run_dir_of(done, runs), {"status": "complete", "run_key": done.run_key, "task": "smoke",
+                                           "code_version": code_version("smoke")})
     (run_dir_of(done, runs) / "executed.ipynb").write_text("{}")
     write_sidecar(run_dir_of(failed, runs), {"status": "failed", "run_key": failed.run_key,
                                              "error": {"kind": "oom", "message": "MemoryError: too big\nmore"}})

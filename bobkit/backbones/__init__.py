@@ -29,9 +29,9 @@ _EXPORTS: dict[str, str] = {
     "SOURCES": "registry",
     "Backbone": "registry",
     "UnknownBackboneError": "registry",
-    "backbone_names": "registry",
-    "get_backbone": "registry",
-    "list_backbones": "registry",
+    "backbone_names": "lookup",
+    "get_backbone": "lookup",
+    "list_backbones": "lookup",
     "register": "registry",
     "register_alias": "registry",
     "unregister": "registry",
@@ -50,9 +50,10 @@ __all__ = sorted(_EXPORTS)
 def _submodules() -> dict[str, Any]:
     """Import the registry's modules (literal imports: the run keys' code hash follows them, see
     :mod:`bobkit.batch.codehash`); the catalog registers every entry before any lookup."""
-    from bobkit.backbones import catalog, factory, registry, user, weights
+    from bobkit.backbones import catalog, factory, lookup, registry, user, weights
 
-    return {"catalog": catalog, "factory": factory, "registry": registry, "user": user, "weights": weights}
+    return {"catalog": catalog, "factory": factory, "lookup": lookup, "registry": registry, "user": user,
+            "weights": weights}
 
 
 def __getattr__(name: str) -> Any:

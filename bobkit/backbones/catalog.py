@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from bobkit.backbones import diffusion, sscd  # noqa: F401  (they register their timm architectures)
-from bobkit.backbones.registry import Backbone, register, register_alias
+from bobkit.backbones.registry import Backbone, register, register_alias, registered
 
 IN1K = 1_281_167
 IN21K = 14_197_122
@@ -336,3 +336,8 @@ random_init("tf_efficientnet_lite2", "Random init EfficientNet-Lite2", "Efficien
 
 # The spelling used in CONTRIBUTING.md's example.
 register_alias("mobilenetv2_100.tv_in1k_packaged", "mobilenetv2_100.packaged_tv_in1k")
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` (or an alias) is registered by this catalog (user declarations may not shadow it)."""
+    return registered(name) is not None

@@ -14,7 +14,8 @@ from torch import nn
 
 from bobkit.backbones import checkpoints as C
 from bobkit.backbones import weights as W
-from bobkit.backbones.registry import Backbone, get_backbone, list_backbones
+from bobkit.backbones.lookup import get_backbone, list_backbones
+from bobkit.backbones.registry import Backbone
 from bobkit.backbones.weights import UnsupportedBackboneError, WeightsUnavailableError
 from bobkit.data.verify import file_digest
 from bobkit.utils.files import source_fingerprint

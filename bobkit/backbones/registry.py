@@ -1,8 +1,11 @@
-"""The backbone entry type and the one registry every backbone is declared in."""
+"""The backbone entry type and the one registry every backbone is declared in.
+
+The lowest module of :mod:`bobkit.backbones`: the catalog (:mod:`bobkit.backbones.catalog`) registers the built-in
+entries here; looking a name up among those and the user-declared ones is :mod:`bobkit.backbones.lookup`.
+"""
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,13 +20,11 @@ __all__ = [
     "SOURCES",
     "Backbone",
     "UnknownBackboneError",
+    "registered",
+    "registered_entries",
     "register",
     "register_alias",
-    "is_builtin",
     "unregister",
-    "get_backbone",
-    "list_backbones",
-    "backbone_names",
 ]
 
 FAMILIES = ("CNN", "ViT", "hierarchical-ViT", "other")
@@ -210,30 +211,12 @@ _REGISTRY: dict[str, Backbone] = {}
 _ALIASES: dict[str, str] = {}
 
 
-def _ensure_catalog() -> None:
-    """The catalog registers every built-in entry when imported (a lookup through this module alone needs it)."""
-    from bobkit.backbones import catalog  # noqa: F401
-
-
-def _declared() -> dict[str, Backbone]:
-    """The user-declared entries of the ``$BOB_REGISTRY`` files (:mod:`bobkit.backbones.user`)."""
-    from bobkit.backbones.user import declared_backbones
-
-    return declared_backbones()
-
-
 def register(entry: Backbone) -> Backbone:
     """Add ``entry`` to the registry (names must be unique); returns it for use as a declaration."""
     if entry.name in _REGISTRY or entry.name in _ALIASES:
         raise ValueError(f"backbone {entry.name!r} is registered twice")
     _REGISTRY[entry.name] = entry
     return entry
-
-
-def is_builtin(name: str) -> bool:
-    """Whether ``name`` (or an alias) is declared in the catalog (user declarations may not shadow it)."""
-    _ensure_catalog()
-    return name in _REGISTRY or name in _ALIASES
 
 
 def unregister(name: str) -> Backbone:
@@ -255,45 +238,11 @@ def register_alias(alias: str, name: str) -> None:
     _ALIASES[alias] = name
 
 
-def _close_matches(name: str) -> list[str]:
-    names = backbone_names()
-    # A bare timm architecture ("resnet50") should list its registered tags first.
-    same_arch = [n for n in names if n.split(".", 1)[0] == name.split(".", 1)[0]]
-    fuzzy = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
-    return list(dict.fromkeys([*same_arch, *fuzzy]))[:8]
+def registered(name: str) -> Backbone | None:
+    """The entry registered as ``name`` or as one of its aliases (None when neither)."""
+    return _REGISTRY.get(_ALIASES.get(name, name))
 
 
-def get_backbone(name: str) -> Backbone:
-    """The registry entry for ``name`` (or one of its aliases).
-
-    Raises
-    ------
-    UnknownBackboneError
-        ``name`` is not registered; the message names it and the closest registered names.
-    """
-    if isinstance(name, Backbone):
-        return name
-    _ensure_catalog()
-    key = _ALIASES.get(name, name) if isinstance(name, str) else name
-    if isinstance(key, str) and key in _REGISTRY:
-        return _REGISTRY[key]
-    declared = _declared() if isinstance(key, str) else {}
-    if key in declared:
-        return declared[key]
-    matches = _close_matches(str(name))
-    hint = f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
-    raise UnknownBackboneError(
-        f"unknown backbone {name!r}{hint} (`bob backbones` lists all {len(_REGISTRY) + len(declared)}; declare "
-        f"your own in a grid's `backbones:` section or a $BOB_REGISTRY file)"
-    )
-
-
-def list_backbones() -> list[Backbone]:
-    """All registered entries in declaration order: the catalog's, then the user-declared ones."""
-    _ensure_catalog()
-    return [*_REGISTRY.values(), *_declared().values()]
-
-
-def backbone_names() -> list[str]:
-    """All registered names in declaration order (aliases excluded), user-declared ones last."""
-    return [b.name for b in list_backbones()]
+def registered_entries() -> list[Backbone]:
+    """Every registered entry, in registration order (aliases excluded)."""
+    return list(_REGISTRY.values())

@@ -30,11 +30,12 @@ from functools import lru_cache
 from typing import Any
 
 from bobkit.backbones import tags
-from bobkit.backbones.registry import FAMILIES, METHOD_KINDS, Backbone, is_builtin
+from bobkit.backbones.catalog import is_builtin
+from bobkit.backbones.registry import FAMILIES, METHOD_KINDS, Backbone
 from bobkit.data.declarations import Declaration, DeclarationError, declarations
+from bobkit.utils.text import short_repr
 
-__all__ = ["BackboneDeclarationError", "declare_backbone", "declared_backbones", "fingerprint", "prepare_declared",
-           "user_backbone_names"]
+__all__ = ["BackboneDeclarationError", "declare_backbone", "declared_backbones", "user_backbone_names"]
 
 _FIELDS = {
     "timm": "a timm model name, tagged or not (convnext_tiny.fb_in22k)",
@@ -51,9 +52,27 @@ _FIELDS = {
     "params_millions": "parameters without the head, in millions (default: counted)",
     "feature": "which feature is used (default: the model's pooled feature)",
     "preprocess": "{mean, std, interpolation, crop_pct, input_size}: instead of the model's own data config",
-    "model_kwargs": "extra keyword arguments of timm.create_model",
+    "model_kwargs": "architecture arguments of timm.create_model (drop_path_rate, img_size, ...; no file or "
+                    "config loading)",
     "notes": "free text",
     "value": "",
+}
+#: ``model_kwargs`` a declaration may pass to ``timm.create_model``: how the architecture is built, nothing that
+#: makes timm read a file or a config of its own (bobkit reads checkpoints itself, verified and weights-only).
+MODEL_KWARGS = ("drop_rate", "drop_path_rate", "attn_drop_rate", "proj_drop_rate", "pos_drop_rate",
+                "patch_drop_rate", "drop_block_rate", "img_size", "global_pool", "dynamic_img_size",
+                "dynamic_img_pad", "output_stride", "class_token", "reg_tokens", "no_embed_class", "fc_norm",
+                "init_values", "layer_scale_init_value", "num_heads")
+#: ``timm.create_model`` arguments that load weights or configs by themselves, and what to declare instead.
+_REFUSED_KWARGS = {
+    "checkpoint_path": "declare the file as checkpoint: (bobkit reads it with safetensors or weights_only)",
+    "pretrained_cfg": "timm would take its weight source from it; declare timm: arch.tag or checkpoint:",
+    "pretrained_cfg_overlay": "timm would take its weight source from it; use preprocess: for the data config",
+    "pretrained": "declare pretrained: false beside timm:, not in model_kwargs",
+    "pretrained_strict": "bobkit checks a checkpoint's keys itself",
+    "cache_dir": "weights come from the hub cache, $BOB_WEIGHTS_DIR or checkpoint:",
+    "num_classes": "bobkit sets it (0: features, no head)",
+    "features_only": "bobkit takes the pooled feature (feature:)",
 }
 _METADATA = ("display_name", "architecture", "family", "method", "method_kind", "pretrain_data", "pretrain_images",
              "params_millions", "feature", "notes")
@@ -140,8 +159,9 @@ def _check_fields(decl: Declaration) -> None:
     if unknown:
         hints = [f"{k!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(k, list(_FIELDS), 1))
                              else "") for k in unknown]
-        raise _error(decl, f"unknown field(s) {', '.join(hints)}; a backbone declares "
-                     + "; ".join(f"{k}: {v}" for k, v in _FIELDS.items() if v))
+        known = ", ".join(k for k, v in _FIELDS.items() if v)
+        raise _error(decl, f"unknown field(s) {', '.join(hints)}; a backbone declares {known} "
+                     "(README: Battle backbones on your own data)")
 
 
 def _timm_parts(decl: Declaration, name: str) -> tuple[str, str | None]:
@@ -151,10 +171,11 @@ def _timm_parts(decl: Declaration, name: str) -> tuple[str, str | None]:
     arch, _, tag = name.partition(".")
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=3)
-        raise _error(decl, f"timm has no architecture {arch!r}" + (f"; did you mean {close}?" if close else ""))
+        hint = f"; did you mean {close}?" if close else ""
+        raise _error(decl, f"timm has no architecture {short_repr(arch)}{hint}")
     if tag and f"{arch}.{tag}" not in timm.list_pretrained(f"{arch}.*"):
         known = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
-        raise _error(decl, f"timm has no pretrained tag {tag!r} for {arch}; its tags: {known or 'none'}")
+        raise _error(decl, f"timm has no pretrained tag {short_repr(tag)} for {arch}; its tags: {known or 'none'}")
     return arch, tag or None
 
 
@@ -178,7 +199,7 @@ def _declared_metadata(decl: Declaration) -> dict[str, Any]:
     for key in ("pretrain_images", "params_millions"):
         value = out.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            raise _error(decl, f"{key}={value!r} must be a non-negative number")
+            raise _error(decl, f"{key}={short_repr(value)} must be a non-negative number")
     if "pretrain_images" in out:
         out["pretrain_images"] = int(out["pretrain_images"])
     return out
@@ -206,7 +227,7 @@ def _complete(decl: Declaration, inferred: dict[str, Any], why: str) -> dict[str
 def _preprocess(decl: Declaration) -> dict[str, Any]:
     raw = decl.fields.get("preprocess") or {}
     if not isinstance(raw, dict) or any(k not in _PREPROCESS for k in raw):
-        raise _error(decl, f"preprocess={raw!r} takes {', '.join(_PREPROCESS)}")
+        raise _error(decl, f"preprocess={short_repr(raw)} takes {', '.join(_PREPROCESS)}")
     out = dict(raw)
     for key in ("mean", "std", "input_size"):
         if key in out:
@@ -223,14 +244,32 @@ def _checkpoint(decl: Declaration) -> str | None:
     return str(path)
 
 
-def _timm_entry(decl: Declaration, timm_name: str) -> Backbone:
-    arch, tag = _timm_parts(decl, timm_name)
+def _model_kwargs(decl: Declaration) -> dict[str, Any]:
+    """The declared ``model_kwargs``, each key on the allow-list (:data:`MODEL_KWARGS`) with a plain value."""
     kwargs = decl.fields.get("model_kwargs") or {}
     if not isinstance(kwargs, dict):
-        raise _error(decl, f"model_kwargs={kwargs!r} must be a mapping")
+        raise _error(decl, f"model_kwargs={short_repr(kwargs)} must be a mapping")
+    for key, value in kwargs.items():
+        if key in _REFUSED_KWARGS:
+            raise _error(decl, f"model_kwargs key {key!r} is refused: {_REFUSED_KWARGS[key]}")
+        if key not in MODEL_KWARGS:
+            close = difflib.get_close_matches(str(key), MODEL_KWARGS, 1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise _error(decl, f"model_kwargs key {key!r} is not one bobkit passes to timm.create_model{hint}; "
+                               f"allowed: {', '.join(MODEL_KWARGS)}")
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not all(item is None or isinstance(item, (bool, int, float, str)) for item in items):
+            raise _error(decl, f"model_kwargs {key}={short_repr(value)} must be a number, a string, a boolean or a "
+                               "list of them")
+    return dict(kwargs)
+
+
+def _timm_entry(decl: Declaration, timm_name: str) -> Backbone:
+    arch, tag = _timm_parts(decl, timm_name)
+    kwargs = _model_kwargs(decl)
     checkpoint, pretrained = _checkpoint(decl), decl.fields.get("pretrained", True)
     if not isinstance(pretrained, bool):
-        raise _error(decl, f"pretrained={pretrained!r} must be true or false for a timm backbone")
+        raise _error(decl, f"pretrained={short_repr(pretrained)} must be true or false for a timm backbone")
     if not pretrained and checkpoint:
         raise _error(decl, "pretrained: false (random init) and a checkpoint contradict each other")
     family = tags.architecture_family(arch)
@@ -244,7 +283,7 @@ def _timm_entry(decl: Declaration, timm_name: str) -> Backbone:
         source = "timm_hub"
         tag = tag or _default_tag(decl, arch)
         found = _tag_metadata(arch, tag)
-        why = f"timm tag {tag!r} names no pretraining method or data bobkit knows"
+        why = f"timm tag {short_repr(tag)} names no pretraining method or data bobkit knows"
         inferred.update(found or {})
     meta = _complete(decl, inferred, why)
     if meta.get("params_millions") is None:
@@ -268,17 +307,18 @@ def _open_clip_entry(decl: Declaration, model: str) -> Backbone:
 
     if model not in openclip.model_names():
         close = difflib.get_close_matches(model, openclip.model_names(), n=3)
-        raise _error(decl, f"open_clip has no model {model!r}" + (f"; did you mean {close}?" if close else ""))
+        hint = f"; did you mean {close}?" if close else ""
+        raise _error(decl, f"open_clip has no model {short_repr(model)}{hint}")
     checkpoint, tag = _checkpoint(decl), decl.fields.get("pretrained")
     if (tag is None) == (checkpoint is None):
         raise _error(decl, "an open_clip backbone needs exactly one of pretrained: TAG (hub weights) or "
                            f"checkpoint: FILE; tags of {model}: {openclip.pretrained_tags(model)}")
     if tag is not None and tag not in openclip.pretrained_tags(model):
-        raise _error(decl, f"open_clip has no pretrained tag {tag!r} for {model}; its tags: "
+        raise _error(decl, f"open_clip has no pretrained tag {short_repr(tag)} for {model}; its tags: "
                            f"{openclip.pretrained_tags(model)}")
     inferred = {"architecture": model, **_open_clip_metadata(model, tag if isinstance(tag, str) else None)}
     why = (f"a local checkpoint ({checkpoint}) does not say what it was pretrained on" if checkpoint
-           else f"open_clip tag {tag!r} names no pretraining data bobkit knows")
+           else f"open_clip tag {short_repr(tag)} names no pretraining data bobkit knows")
     meta = _complete(decl, inferred, why)
     if meta.get("params_millions") is None:
         meta["params_millions"] = openclip.tower_params_millions(model)
@@ -312,7 +352,7 @@ def declare_backbone(decl: Declaration) -> Backbone:
     if len(kinds) != 1:
         raise _error(decl, f"give exactly one of timm: NAME or open_clip: NAME (got {kinds or 'none'})")
     if not isinstance(fields[kinds[0]], str) or not fields[kinds[0]].strip():
-        raise _error(decl, f"{kinds[0]}={fields[kinds[0]]!r} must be a model name")
+        raise _error(decl, f"{kinds[0]}={short_repr(fields[kinds[0]])} must be a model name")
     if kinds[0] == "timm":
         return _timm_entry(decl, fields["timm"].strip())
     return _open_clip_entry(decl, fields["open_clip"].strip())
@@ -336,30 +376,3 @@ def declared_backbones() -> dict[str, Backbone]:
 def user_backbone_names() -> list[str]:
     """Names of the declared backbones."""
     return list(declared_backbones())
-
-
-def prepare_declared(name: str) -> None:
-    """Check a declared backbone's weights now (a checkpoint converted and key-checked once, cached), so that a
-    checkpoint that does not fit fails before any cell runs, naming its missing and unexpected keys."""
-    from bobkit.backbones.factory import prepare_weights
-
-    declared_backbones()  # every declaration parsed: one that shadows a built-in name fails here
-    prepare_weights(name)
-
-
-def fingerprint(name: str) -> str | None:
-    """What a run key adds for a declared backbone (None when ``name`` is not declared): everything that builds
-    it (source, architecture, tags, preprocessing, model arguments) and its weights' identity (a checkpoint's
-    sha256), but none of the labels (renaming a display name reruns nothing)."""
-    import json
-
-    from bobkit.backbones.factory import weights_id
-    from bobkit.utils.files import sha256_bytes
-
-    entry = declared_backbones().get(name)
-    if entry is None:
-        return None
-    built = {"source": entry.source, "timm_model": entry.timm_model, "timm_tag": entry.timm_tag,
-             "cfg_tag": entry.cfg_tag, "cfg_overlay": dict(entry.cfg_overlay), "model_kwargs": dict(entry.model_kwargs),
-             "open_clip": [entry.open_clip_model, entry.open_clip_pretrained], "weights": weights_id(name)}
-    return sha256_bytes(json.dumps(built, sort_keys=True, default=str))[:16]

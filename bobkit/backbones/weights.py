@@ -198,9 +198,15 @@ def load_checkpoint(source: str | Path | IO[bytes]) -> StateDict:
             return load_checkpoint(handle)
     label = str(getattr(source, "name", "checkpoint"))
     if label.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load as load_bytes
 
-        return load_bytes(source.read())
+        try:
+            return load_bytes(source.read())
+        except SafetensorError as exc:  # a pickle or anything else named .safetensors: never unpickled
+            raise WeightsConversionError(
+                f"checkpoint {label} is named .safetensors but is not a safetensors file ({exc}); nothing was read "
+                "from it. Save it with safetensors.torch.save_file, or name a torch.save file .pth") from exc
     _require_safe_torch_load(label)
     try:
         obj = torch.load(source, map_location="cpu", weights_only=True)

@@ -411,7 +411,7 @@ def record_job_failure(cell: Cell, runs_dir: Path, exc: BaseException, stderr: s
     ``runner`` is the job's own description when the job records its end itself.
     """
     from bobkit.batch.record import job_failure_record
-    from bobkit.results.sidecars import write_sidecar
+    from bobkit.batch.sidecars import write_sidecar
 
     state = cell_state(cell, runs_dir)
     if state == "done":

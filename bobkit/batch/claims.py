@@ -4,10 +4,14 @@ A claim is written complete into a temp file and then hard-linked into place (``
 exists, also on NFS), so two batches on one runs folder never run a cell twice and a claim file is never empty
 (a kill or a full disk between create and write leaves only a temp file). A claim is stale when its process is
 gone (same host: the pid is dead, or was reused by a process that started later) or its heartbeat is older than
-``stale_after`` seconds (another host, e.g. a preempted Slurm job); an unreadable claim (left by older code) is
-stale once it is older than that. A stale claim is broken by renaming it to a unique name and then checking that
-what was renamed is the claim judged stale (same token, same file); anything else (another host's fresh claim) is
-put back, so a taker never removes a live claim nor, under it, the live work folder.
+``stale_after`` seconds (another host, e.g. a preempted Slurm job). An unreadable claim (empty or not JSON: left by
+older code, or by a process killed between create and write where hard links are missing) names no process to
+check, and a whole claim is never unreadable, so it is stale after a short grace (:data:`UNREADABLE_GRACE_SECONDS`)
+instead of blocking its cell for the cell's whole timeout.
+
+A stale claim is broken by renaming it to a unique name and then checking that what was renamed is the claim judged
+stale (same token, same file); anything else (another host's fresh claim) is put back, so a taker never removes a
+live claim nor, under it, the live work folder.
 
 A claim can be handed over: a Slurm job that is preempted keeps its claim on disk (:meth:`Claim.hand_over`) and
 the requeued job adopts it by token (``try_claim(..., adopt_token=...)``), so no other batch slips in between.
@@ -35,6 +39,8 @@ HEARTBEAT_SECONDS = 30.0
 # After an error (ESTALE on NFS, a full disk) the heartbeat tries again this much sooner than its period.
 HEARTBEAT_RETRY_SECONDS = 5.0
 STALE_PREFIX = f"{CLAIM}.stale-"
+#: How long an unreadable claim counts as live: a writer fills the claim file right after creating it.
+UNREADABLE_GRACE_SECONDS = 10.0
 # errno values of file systems that cannot hard-link (some FUSE mounts): claims then fall back to O_EXCL.
 NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 
@@ -137,10 +143,14 @@ def _read_claim_file(path: Path) -> dict[str, Any] | None:
 
 
 def is_stale(info: dict[str, Any], stale_after: float) -> bool:
-    """A claim whose process is gone (this host) or whose heartbeat stopped (any host, unreadable claims too)."""
-    if not info.get("unreadable") and info.get("host") == socket.gethostname() and not _same_process_alive(info):
+    """A claim whose process is gone (this host) or whose heartbeat stopped (any host); an unreadable claim once it
+    is older than :data:`UNREADABLE_GRACE_SECONDS` (or ``stale_after``, when that is shorter)."""
+    age = time.time() - float(info.get("mtime", 0))
+    if info.get("unreadable"):
+        return age > min(stale_after, UNREADABLE_GRACE_SECONDS)
+    if info.get("host") == socket.gethostname() and not _same_process_alive(info):
         return True
-    return time.time() - float(info.get("mtime", 0)) > stale_after
+    return age > stale_after
 
 
 def try_claim(run_dir: Path, stale_after: float = 3600.0, adopt_token: str | None = None) -> Claim | None:

@@ -48,6 +48,7 @@ from bobkit.batch import codehash
 from bobkit.batch.resources import DEFAULT_RESOURCES, ResourceError, check_resources
 from bobkit.tasks import ParameterError, get_spec, get_task, task_names
 from bobkit.tasks.contract import Param
+from bobkit.utils.text import short_repr
 
 # Parameters that change where/how fast a cell runs, not its result: left out of the run key so a batch resumes
 # on another machine.
@@ -129,7 +130,7 @@ def declared_content(params: dict[str, Any]) -> dict[str, str]:
     names = [n for n in _named(params) if n in datasets or n in backbones]
     if not names:
         return {}
-    from bobkit.backbones import user as user_backbones
+    from bobkit.backbones import declared as user_backbones
     from bobkit.data import user as user_datasets
 
     out = {}
@@ -173,6 +174,33 @@ def make_cell(task: str, overrides: dict[str, Any], resources: dict[str, Any] | 
     return Cell(task, params, run_key(task, params), resources, source)
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping (``{seed: 0, seed: 1}``): YAML would silently keep the last."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (a ``<<:`` merge may still be overridden)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = (key_node.tag, key_node.value) if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKeyError(f"line {line}: key {key_node.value!r} is given twice in one mapping (first on "
+                                        f"line {seen[key]}); YAML would keep only the last value: remove one, or make "
+                                        "the values a list to sweep them")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse a grid's YAML safely, refusing a key given twice in one mapping (:class:`DuplicateKeyError`)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_grid(path: str | Path) -> list[Cell]:
     """Read a grid file and expand it into validated cells (duplicates removed, order kept).
 
@@ -183,7 +211,9 @@ def load_grid(path: str | Path) -> list[Cell]:
     if not path.exists():
         raise GridError(f"params file {str(path)!r} does not exist")
     try:
-        spec = yaml.safe_load(path.read_text())
+        spec = read_yaml(path.read_text())
+    except DuplicateKeyError as exc:
+        raise GridError(f"{path}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise GridError(f"{path}: not valid YAML: {exc}") from exc
     return expand_grid(spec, source=str(path), base_dir=path.resolve().parent)
@@ -208,7 +238,7 @@ def expand_grid(spec: Any, source: str = "<grid>", base_dir: str | Path | None =
     activate_declarations(spec, source, here)
     defaults = spec.get("defaults") or {}
     if not isinstance(defaults, dict):
-        raise GridError(f"{source}: 'defaults' must be a mapping, got {defaults!r}")
+        raise GridError(f"{source}: 'defaults' must be a mapping, got {short_repr(defaults)}")
     resources = spec.get("resources") or {}
     _check_resources(resources, source)
     cells: dict[str, Cell] = {}
@@ -234,7 +264,7 @@ def activate_declarations(spec: dict[str, Any], source: str, base_dir: Path) -> 
     raw = spec.get("registry") or []
     listed = [raw] if isinstance(raw, str) else raw
     if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
-        raise GridError(f"{source}: 'registry' must be a path or a list of paths, got {raw!r}")
+        raise GridError(f"{source}: 'registry' must be a path or a list of paths, got {short_repr(raw)}")
     files = [p if p.is_absolute() else (base_dir / p).resolve() for p in (Path(x).expanduser() for x in listed)]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -242,7 +272,7 @@ def activate_declarations(spec: dict[str, Any], source: str, base_dir: Path) -> 
                         f"{base_dir})")
     inline = {s: spec[s] for s in ("datasets", "backbones") if spec.get(s) is not None}
     if inline:
-        files.insert(0, export_registry(inline, base_dir))
+        files.insert(0, export_registry(inline, base_dir, declared_in=source))
     if not files:
         return []
     from bobkit.backbones.weights import WeightsUnavailableError
@@ -258,7 +288,7 @@ def activate_declarations(spec: dict[str, Any], source: str, base_dir: Path) -> 
 
 def _check_declarations(declared: list[dict[str, Any]]) -> None:
     """Build every declaration now, so a bad folder, file or checkpoint fails before any cell runs."""
-    from bobkit.backbones import user as user_backbones
+    from bobkit.backbones import declared as user_backbones
     from bobkit.data import user as user_datasets
 
     for sections in declared:
@@ -274,7 +304,8 @@ def _expand_block(block: Any, defaults: dict[str, Any], resources: dict[str, Any
     task = block["task"]
     if task not in task_names():
         close = difflib.get_close_matches(str(task), task_names(), n=3)
-        raise GridError(f"{where}: unknown task {task!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise GridError(f"{where}: unknown task {short_repr(task)}{hint}")
     spec = get_spec(task)
     block_resources = {**resources, **(block.get("resources") or {})}
     _check_resources(block_resources, where)
@@ -327,5 +358,5 @@ def _check_defaults(defaults: dict[str, Any], tasks: set[str], where: str) -> No
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise GridError(f"{where}: defaults key {key!r} is a parameter of no task in this grid "
+            raise GridError(f"{where}: defaults key {short_repr(key)} is a parameter of no task in this grid "
                             f"({', '.join(sorted(tasks))}){hint}")

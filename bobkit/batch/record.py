@@ -13,8 +13,7 @@ from typing import Any
 
 from bobkit.batch import codehash, provenance
 from bobkit.batch.grid import Cell, cell_identity, result_params
-from bobkit.results.sidecars import TaskOutput
-from bobkit.results.table import higher_is_better
+from bobkit.tasks.output import TaskOutput, higher_is_better
 
 # Parameters that say which backbone or which repetition, not what is measured.
 NOT_SETTING_PARAMS = frozenset({"backbone", "seed"})

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from bobkit.utils.text import short_repr
+
 
 class ResourceError(ValueError):
     """A resources mapping with an unknown key or a bad value; the message names both."""
@@ -92,7 +94,7 @@ def check_resources(resources: Any, where: str) -> None:
         The file and block the mapping comes from, for the message.
     """
     if not isinstance(resources, Mapping):
-        raise ResourceError(f"{where}: 'resources' must be a mapping, got {resources!r}")
+        raise ResourceError(f"{where}: 'resources' must be a mapping, got {short_repr(resources)}")
     unknown = set(resources) - RESOURCE_KEYS
     if unknown:
         raise ResourceError(f"{where}: unknown resource key(s) {sorted(map(str, unknown))}; "
@@ -102,7 +104,7 @@ def check_resources(resources: Any, where: str) -> None:
             continue
         problem = _name_problem(value) if key in NAME_KEYS else _number_problem(value, NUMBER_RULES[key])
         if problem:
-            raise ResourceError(f"{where}: resource {key}={value!r} {problem}")
+            raise ResourceError(f"{where}: resource {key}={short_repr(value)} {problem}")
     _check_processes(resources, where)
 
 

@@ -44,19 +44,10 @@ from bobkit.batch.grid import Cell, run_key
 from bobkit.batch.oom import oom_kill_count
 from bobkit.batch.record import cell_record
 from bobkit.batch.resources import processes_of
-from bobkit.results.sidecars import (
-    NOTEBOOK,
-    SIDECAR,
-    TASK_OUTPUT,
-    TaskOutput,
-    is_complete,
-    parse_task_output,
-    read_sidecar,
-    sidecar_problem,
-    write_sidecar,
-)
+from bobkit.batch.sidecars import NOTEBOOK, SIDECAR, is_complete, read_sidecar, record_outcome, set_aside_reason
 from bobkit.tasks import get_spec, notebook_path
 from bobkit.tasks.distributed import PROCESSES_ENV
+from bobkit.tasks.output import TASK_OUTPUT, TaskOutput, parse_task_output
 from bobkit.tasks.train_state import ATTEMPTS_FILE, stop_training
 from bobkit.utils.files import write_json
 from bobkit.utils.paths import repo_root
@@ -307,8 +298,10 @@ def _execute_claimed(
     )
     if result.notebook.exists():
         os.replace(result.notebook, run_dir / NOTEBOOK)
-    write_sidecar(run_dir, sidecar)  # last, atomically: from here on the cell counts as recorded
+    unrecorded = record_outcome(run_dir, sidecar)  # last, atomically: from here on the cell counts as recorded
     result.discard()
+    if unrecorded is not None:  # a full disk: this cell is failed (or pending), the batch goes on
+        return CellOutcome(cell, "failed", time.time() - started, unrecorded, "record")
     if complete:
         remove_train_state(run_dir)  # a failed cell keeps it: --only-failed resumes
     error = None if complete else sidecar["error"]["message"]
@@ -316,8 +309,9 @@ def _execute_claimed(
 
 
 def keep_aside_if_corrupt(run_dir: Path) -> Path | None:
-    """Rename an unreadable sidecar to ``metrics.json.corrupt-<time>`` (kept, not overwritten); call under the claim."""
-    if sidecar_problem(run_dir) is None:
+    """Rename an unusable sidecar (:func:`~bobkit.batch.sidecars.set_aside_reason`) to ``metrics.json.corrupt-<time>``
+    (kept, not overwritten); call under the claim."""
+    if set_aside_reason(run_dir) is None:
         return None
     aside = run_dir / f"{SIDECAR}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     os.replace(run_dir / SIDECAR, aside)

@@ -15,7 +15,9 @@ from typing import Any
 
 from bobkit.batch import codehash
 from bobkit.batch.grid import cell_identity
-from bobkit.results.sidecars import NOTEBOOK, scan_sidecars
+from bobkit.batch.sidecars import current_code_version, is_current, record_verdict, scan_sidecars
+
+__all__ = ["OlderRecord", "current_code_version", "is_current", "older_records", "record_identity"]
 
 
 @dataclass(frozen=True)
@@ -30,20 +32,6 @@ class OlderRecord:
         """``made by other code (run key K; changed: a, b)``."""
         what = f"; changed: {', '.join(self.changed)}" if self.changed else ""
         return f"made by other code (run key {self.run_key}{what})"
-
-
-def current_code_version(task: str) -> str | None:
-    """The code version of ``task`` in this checkout (``None`` for a task that no longer exists)."""
-    try:
-        return codehash.code_version(task)
-    except ValueError:
-        return None
-
-
-def is_current(sidecar: dict[str, Any]) -> bool:
-    """True when the record was made by the code of this checkout (older records without a version are not)."""
-    version = sidecar.get("code_version")
-    return version is not None and version == current_code_version(str(sidecar.get("task")))
 
 
 def record_identity(sidecar: dict[str, Any]) -> str | None:
@@ -61,13 +49,11 @@ def older_records(runs_dir: str | os.PathLike[str], task: str) -> dict[str, Olde
     ``bob status`` names.
     """
     current_files = _current_files(task)
-    current = current_code_version(task)
     found: dict[str, OlderRecord] = {}
     started: dict[str, float] = {}
     for path, sidecar in scan_sidecars(runs_dir, task).sidecars:
-        complete = sidecar.get("status") == "complete" and (path.parent / NOTEBOOK).is_file()
         identity = record_identity(sidecar)
-        if not complete or identity is None or sidecar.get("code_version") == current:
+        if identity is None or record_verdict(path.parent, sidecar) != "stale":
             continue
         when = float(sidecar.get("started") or 0.0)
         if identity in started and when < started[identity]:

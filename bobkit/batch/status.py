@@ -9,14 +9,16 @@ or ``stale``: pending under the current code while a complete record of it made 
 from __future__ import annotations
 
 import shlex
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from bobkit.batch.claims import read_claim
+from bobkit.batch.claims import UNREADABLE_GRACE_SECONDS, read_claim
 from bobkit.batch.grid import Cell, cell_identity, load_grid
 from bobkit.batch.runner import cell_state, run_dir_of
+from bobkit.batch.sidecars import read_sidecar, scan_sidecars
 from bobkit.batch.stale import OlderRecord, older_records
-from bobkit.results.sidecars import read_sidecar, scan_sidecars
 
 STATES = ("done", "failed", "running", "pending", "stale")
 
@@ -59,10 +61,17 @@ def grid_status(params: str | Path, runs_dir: str | Path = "runs") -> GridStatus
             status.errors[cell.run_key] = message.splitlines()[0] if message else "unknown error"
             status.kinds[cell.run_key] = str(error.get("kind") or "exception")
         elif state == "running":
-            claim = read_claim(run_dir) or {}
-            job = f" job {claim['slurm_job_id']}" if claim.get("slurm_job_id") else ""
-            status.where[cell.run_key] = f"{claim.get('host', '?')} pid {claim.get('pid', '?')}{job}"
+            status.where[cell.run_key] = claim_holder(read_claim(run_dir) or {})
     return status
+
+
+def claim_holder(claim: dict[str, Any]) -> str:
+    """Who holds a claim: ``host pid N [job J]``, or how long an unreadable claim has been there."""
+    if claim.get("unreadable"):
+        age = max(0.0, time.time() - float(claim.get("mtime", 0)))
+        return f"unreadable claim, {age:.0f} s old; broken as stale after {UNREADABLE_GRACE_SECONDS:.0f} s"
+    job = f" job {claim['slurm_job_id']}" if claim.get("slurm_job_id") else ""
+    return f"{claim.get('host', '?')} pid {claim.get('pid', '?')}{job}"
 
 
 def rerun_command(params: str | Path, runs_dir: str | Path = "runs", only_failed: bool = True) -> str:

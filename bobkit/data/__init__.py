@@ -44,6 +44,7 @@ from bobkit.data.errors import (
     UnverifiedFileError,
 )
 from bobkit.data.images import UnreadableImageError
+from bobkit.data.inventory import status
 from bobkit.data.manifest import (
     Entry,
     FileSpec,
@@ -54,11 +55,11 @@ from bobkit.data.manifest import (
     download,
     file_sha256,
     load_manifest,
+    pin,
     resolve,
     resolve_dir,
-    status,
 )
-from bobkit.data.verify import pin, pins
+from bobkit.data.verify import pins
 
 __all__ = [
     "DATASETS", "DEFAULT_STORAGE_SIZE", "DatasetInfo", "ImageDataset", "clear_cache", "dataset_info",

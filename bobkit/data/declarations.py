@@ -31,6 +31,7 @@ import yaml
 
 from bobkit.utils.files import atomic_path, sha256_bytes
 from bobkit.utils.paths import cache_dir
+from bobkit.utils.text import short_repr
 
 __all__ = ["REGISTRY_ENV", "SECTIONS", "Declaration", "DeclarationError", "activate", "declarations",
            "export_registry", "read_registry", "registry_files"]
@@ -42,7 +43,7 @@ SECTIONS = ("datasets", "backbones")
 #: A declared name becomes part of cache paths and file names: letters, digits, ``_``, ``-`` and ``.``, no ``..``.
 NAME_PATTERN = r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_.-]*"
 #: Further keys a registry file may hold (anything else in a grid is the grid's business).
-_REGISTRY_KEYS = ("name", "description", "base_dir", *SECTIONS)
+_REGISTRY_KEYS = ("name", "description", "base_dir", "declared_in", *SECTIONS)
 
 
 class DeclarationError(ValueError):
@@ -90,7 +91,7 @@ class Declaration:
         """The field ``key`` (or ``value``) as a path, relative ones resolved against :attr:`base_dir`."""
         raw = self.fields.get(key) if value is None else value
         if not isinstance(raw, (str, os.PathLike)) or not str(raw).strip():
-            raise self.error(f"{key}={raw!r} must be a path")
+            raise self.error(f"{key}={short_repr(raw)} must be a path")
         path = Path(os.path.expandvars(str(raw))).expanduser()
         return path if path.is_absolute() else (self.base_dir / path).resolve()
 
@@ -133,7 +134,8 @@ def read_registry(path: str | os.PathLike[str], *, strict: bool = True) -> dict[
         raise DeclarationError(f"registry file {path}: unknown top-level key(s) {unknown}; a registry file holds "
                                f"{', '.join(_REGISTRY_KEYS)}")
     base = Path(spec["base_dir"]) if spec.get("base_dir") else path.parent
-    return {section: parse_section(spec.get(section), section, base, str(path)) for section in SECTIONS}
+    source = str(spec.get("declared_in") or path)  # a grid's exported sections name the grid, not the cache file
+    return {section: parse_section(spec.get(section), section, base, source) for section in SECTIONS}
 
 
 def parse_section(raw: Any, section: str, base_dir: Path, source: str) -> dict[str, Declaration]:
@@ -143,16 +145,18 @@ def parse_section(raw: Any, section: str, base_dir: Path, source: str) -> dict[s
     if section == "backbones" and isinstance(raw, list):  # [convnext_tiny.fb_in22k, ...]: timm names as is
         raw = {str(item): str(item) for item in raw}
     if not isinstance(raw, dict):
-        raise DeclarationError(f"{source}: '{section}' must be a mapping of name -> declaration, got {raw!r}")
+        raise DeclarationError(f"{source}: '{section}' must be a mapping of name -> declaration, got {short_repr(raw)}")
     out = {}
     for name, fields in raw.items():
         if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
-            raise DeclarationError(f"{source}: {section[:-1]} name {name!r} must be letters, digits, '_', '-' or '.' "
+            raise DeclarationError(f"{source}: {section[:-1]} name {short_repr(name)} must be letters, digits, '_', "
+                                   f"'-' or '.' "
                                    f"(it becomes part of cache paths)")
         if isinstance(fields, str):
             fields = {"value": fields}
         if not isinstance(fields, dict):
-            raise DeclarationError(f"{source}: {section[:-1]} {name!r} must be a mapping of fields, got {fields!r}")
+            raise DeclarationError(f"{source}: {section[:-1]} {short_repr(name)} must be a mapping of fields, "
+                                   f"got {short_repr(fields)}")
         out[name] = Declaration(name, section, dict(fields), base_dir, source)
     return out
 
@@ -186,7 +190,8 @@ def declarations(section: str) -> dict[str, Declaration]:
                 for name, decl in decls.items():
                     seen = merged[sec].get(name)
                     if seen is not None and (seen.fields, seen.base_dir) != (decl.fields, decl.base_dir):
-                        raise DeclarationError(f"{sec[:-1]} {name!r} is declared differently in {seen.source} and "
+                        raise DeclarationError(f"{sec[:-1]} {short_repr(name)} is declared differently in "
+                                               f"{seen.source} and "
                                                f"{decl.source}; rename one of them")
                     merged[sec].setdefault(name, decl)
         _CACHE.clear()  # one generation at a time: the variable rarely changes within a process
@@ -194,13 +199,16 @@ def declarations(section: str) -> dict[str, Declaration]:
     return _CACHE[key][section]
 
 
-def export_registry(sections: Mapping[str, Any], base_dir: str | os.PathLike[str]) -> Path:
+def export_registry(sections: Mapping[str, Any], base_dir: str | os.PathLike[str],
+                    declared_in: str | None = None) -> Path:
     """Write inline declarations (a grid's sections) as a registry file other processes can read; return it.
 
     The file is content-addressed (``<cache>/registries/<sha16>.yaml``, written atomically) and records
-    ``base_dir``, so relative paths keep resolving against the grid's folder.
+    ``base_dir``, so relative paths keep resolving against the grid's folder, and ``declared_in`` (the grid file),
+    which messages about its declarations name instead of the cache file.
     """
     payload = {"base_dir": str(Path(base_dir).expanduser().resolve()),
+               **({"declared_in": str(declared_in)} if declared_in else {}),
                **{s: sections[s] for s in SECTIONS if sections.get(s) is not None}}
     text = yaml.safe_dump(payload, sort_keys=True)
     target = cache_dir() / "registries" / f"{sha256_bytes(text)[:16]}.yaml"

@@ -14,6 +14,7 @@ Everything is deterministic (seeded crops), so two runs write the same images.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -89,18 +90,7 @@ def _sketch(im: Image.Image) -> Image.Image:
     return ImageOps.invert(gray.filter(ImageFilter.FIND_EDGES)).filter(ImageFilter.SMOOTH)
 
 
-def write_checkpoint(path: Path) -> Path:
-    """The stand-in user checkpoint: packaged MobileNetV2 weights in timm key names, as safetensors."""
-    from safetensors.torch import save_file
-
-    from bobkit.backbones import create_model
-
-    model = create_model("mobilenetv2_100.packaged_tv_in1k", num_classes=1000)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
-
-
-def write_example_folder(folder: str | Path, *, checkpoint: bool = True) -> dict[str, int]:
+def write_example_folder(folder: str | Path, *, checkpoint: Callable[[Path], Path] | None = None) -> dict[str, int]:
     """Write the example folder (see the module docstring); returns file counts per part.
 
     Parameters
@@ -108,7 +98,8 @@ def write_example_folder(folder: str | Path, *, checkpoint: bool = True) -> dict
     folder
         Created if missing; existing files of the same names are overwritten.
     checkpoint
-        Also write the stand-in checkpoint (needs the packaged MobileNetV2 weights).
+        Writes the stand-in checkpoint to the path it is given (``bob data --example-folder`` passes
+        :func:`bobkit.backbones.declared.write_stand_in_checkpoint`: the data stage builds no model); None: none.
     """
     root = Path(folder)
     sources = _sources()
@@ -129,7 +120,7 @@ def write_example_folder(folder: str | Path, *, checkpoint: bool = True) -> dict
     with open(next((root / "images" / "cat").glob("*.jpg")), "rb") as handle:
         broken.write_bytes(handle.read()[:300])
     counts["unreadable"] = 1
-    if checkpoint:
-        write_checkpoint(root / CHECKPOINT)
+    if checkpoint is not None:
+        checkpoint(root / CHECKPOINT)
         counts["checkpoint"] = 1
     return counts

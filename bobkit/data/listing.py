@@ -8,6 +8,10 @@ Layouts (:mod:`bobkit.data.user` declares them):
 
 An image is any file whose suffix a PIL plugin opens (:func:`image_suffixes`); hidden files and other files are
 ignored. Whether a file really decodes is checked by decoding it (:func:`unreadable_files`), in parallel threads.
+
+A dataset stays inside its declared folder: a CSV path that is absolute, climbs out with ``..`` or names a
+``$VARIABLE`` or ``~``, and a folder's symbolic link to a file or folder elsewhere, are refused by name unless the
+declaration opts out (``allow_outside=True``: the declaration's ``allow_outside: true``).
 """
 
 from __future__ import annotations
@@ -62,6 +66,18 @@ def _is_image(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in image_suffixes()
 
 
+def _outside(path: Path, root: Path) -> bool:
+    """Whether ``path``, symbolic links resolved, lies outside ``root`` (also resolved)."""
+    return not path.resolve().is_relative_to(root.resolve())
+
+
+def _refuse_outside(paths: list[Path], root: Path, what: str) -> None:
+    outside = [p for p in paths if _outside(p, root)]
+    if outside:
+        raise ListingError(f"{len(outside)} {what} lead out of {root} through symbolic links (e.g. {outside[0]} -> "
+                           f"{outside[0].resolve()}); copy them in, or declare allow_outside: true")
+
+
 def _images_below(folder: Path) -> list[Path]:
     """Image files anywhere below ``folder`` (hidden folders skipped), sorted by relative path."""
     found = []
@@ -79,14 +95,14 @@ def _stray_images(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_file() and _is_image(p.name))
 
 
-def list_folder(root: Path) -> list[Item]:
+def list_folder(root: Path, *, allow_outside: bool = False) -> list[Item]:
     """Every image of a class-folder tree, with its class (and its split when ``root`` has split folders).
 
     Raises
     ------
     ListingError
         ``root`` is not a folder, holds images outside class folders, mixes split folders with class folders,
-        or holds no image at all.
+        holds no image at all, or (unless ``allow_outside``) links to files or folders outside itself.
     """
     if not root.is_dir():
         raise ListingError(f"image folder {root} does not exist (or is not a folder)")
@@ -111,6 +127,8 @@ def list_folder(root: Path) -> list[Item]:
     if not items:
         raise ListingError(f"no images found under {root} (expected one folder per class with images in it, "
                            f"optionally inside {'/, '.join(SPLIT_FOLDERS)}/ split folders)")
+    if not allow_outside:
+        _refuse_outside([item.path for item in items], root, "image file(s)")
     return items
 
 
@@ -122,13 +140,15 @@ def _csv_rows(path: Path) -> list[list[str]]:
         raise ListingError(f"CSV {path} cannot be read: {exc}") from exc
 
 
-def list_csv(path: Path, root: Path) -> list[Item]:
+def list_csv(path: Path, root: Path, *, allow_outside: bool = False) -> list[Item]:
     """The items of a ``path,label[,split]`` CSV (header row optional), paths resolved against ``root``.
 
     Raises
     ------
     ListingError
-        A missing file, a row without two or three columns, an empty path or label (names the line).
+        A missing file, a row without two or three columns, an empty path or label (names the line); unless
+        ``allow_outside``, a path that is absolute, climbs out of ``root`` (``..``, a symbolic link) or names a
+        ``$VARIABLE`` or ``~`` (names the line).
     """
     if not path.is_file():
         raise ListingError(f"CSV {path} does not exist")
@@ -143,11 +163,24 @@ def list_csv(path: Path, root: Path) -> list[Item]:
         cells = [c.strip() for c in row]
         if len(cells) not in (2, 3) or not cells[0] or not cells[1] or (len(cells) == 3 and not cells[2]):
             raise ListingError(f"CSV {path} line {line}: {row} is not path,label[,split]")
+        if not allow_outside:
+            _check_inside(cells[0], root, f"CSV {path} line {line}")
         file = Path(os.path.expandvars(cells[0])).expanduser()
         items.append(Item(file if file.is_absolute() else root / file, cells[1], cells[2] if len(cells) == 3 else None))
     if not items:
         raise ListingError(f"CSV {path} lists no images")
     return items
+
+
+def _check_inside(raw: str, root: Path, where: str) -> None:
+    """Refuse a CSV path that could name a file outside ``root``."""
+    rel = Path(raw)
+    why = ("is absolute" if rel.is_absolute() else "climbs out with '..'" if ".." in rel.parts
+           else "names an environment variable" if "$" in raw else "starts with '~'" if raw.startswith("~")
+           else "leads out through a symbolic link" if _outside(root / rel, root) else None)
+    if why:
+        raise ListingError(f"{where}: path {raw[:200]!r} {why}; paths stay inside {root} unless the dataset "
+                           "declares allow_outside: true")
 
 
 def stratified_assignment(labels: np.ndarray, fractions: dict[str, float], seed: int) -> np.ndarray:
@@ -187,7 +220,7 @@ def unreadable_files(paths: Sequence[Path], decode: Callable[[Path], object], *,
         try:
             decode(path)
         except Exception as exc:  # noqa: BLE001 - every failure is a reason to report, by name
-            return f"{type(exc).__name__}: {exc}"[:300]
+            return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]  # one line, however the library words it
         return None
 
     bar = progress_bar(len(paths), f"checking {label}", "file", enabled=len(paths) > _QUIET_CHECKS)

@@ -43,7 +43,7 @@ __all__ = [
     "resolve",
     "resolve_dir",
     "download",
-    "status",
+    "pin",
     "file_sha256",
     "copy_into_data_dir",
 ]
@@ -281,12 +281,6 @@ class Manifest:
     def download(self, name: str, filename: str | None = None, **kwargs: Any) -> list[Path]:
         """See :func:`download`."""
         return download(name, filename, manifest=self, **kwargs)
-
-    def status(self, **kwargs: Any):
-        """See :func:`bobkit.data.inventory.status`."""
-        from bobkit.data.inventory import status
-
-        return status(manifest=self, **kwargs)
 
 
 def default_manifest_path() -> Path:
@@ -564,11 +558,12 @@ def download(
     return out
 
 
-def status(*, verify: bool = False, kind: str | None = None, manifest: Manifest | None = None):
-    """One row per manifest entry: is it present, where, verified; see :func:`bobkit.data.inventory.status`."""
-    from bobkit.data.inventory import status as _status
-
-    return _status(verify=verify, kind=kind, manifest=manifest)
+def pin(name: str, file: str | os.PathLike, *, filename: str | None = None,
+        manifest: Manifest | None = None) -> dict[str, Any]:
+    """Trust ``file`` as manifest entry ``name``'s file (``bob data --pin NAME FILE``): record its sha256 and size
+    for this user (:func:`bobkit.data.verify.pin_entry`); a published hash it contradicts raises
+    :class:`~bobkit.data.errors.ChecksumError`."""
+    return V.pin_entry((manifest or load_manifest()).entry(name), file, filename=filename)
 
 
 def file_sha256(path: str | os.PathLike, algorithm: str = "sha256") -> str:

@@ -40,10 +40,11 @@ from bobkit.data.images import decode_image
 from bobkit.data.listing import Item, ListingError, list_csv, list_folder, stratified_assignment, unreadable_files
 from bobkit.utils.files import sha256_bytes, write_json
 from bobkit.utils.paths import data_cache_dir
+from bobkit.utils.text import short_repr
 
-__all__ = ["KINDS", "UserDataset", "UserSplits", "UnreadableImagesError", "check", "coco_dataset_names",
-           "coco_split", "content_key", "dataset_names", "declared", "fingerprint", "info_fields", "load_split", "splits_of",
-           "clear_cache"]
+__all__ = ["KINDS", "SkippedFilesWarning", "UserDataset", "UserSplits", "UnreadableImagesError", "check",
+           "coco_dataset_names", "coco_split", "content_key", "dataset_names", "declared", "fingerprint", "info_fields",
+           "load_split", "splits_of", "clear_cache"]
 
 KINDS = ("folder", "csv", "coco")
 POLICIES = ("skip", "fail")
@@ -63,11 +64,29 @@ _FIELDS = {
     "hflip": "whether horizontal flips keep the label (default true)",
     "fingerprint": "stat (sizes and modification times, default) | content (sha256 of every file)",
     "description": "one line shown in `bob data`",
+    "allow_outside": "true: CSV paths may be absolute, use .., $VARS or ~, and folder links may lead out of the "
+                     "folder (default false: the dataset stays inside its folder)",
 }
 
 
 class UnreadableImagesError(DataError, ValueError):
     """Files of a user dataset that do not decode, under ``on_unreadable: fail``; the message names them."""
+
+
+class SkippedFilesWarning(UserWarning):
+    """Files of a user dataset skipped under ``on_unreadable: skip``: shown as one line naming them."""
+
+
+def _format_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning) -> str:
+    """One clean line (``warning: ...``) for :class:`SkippedFilesWarning`, no source file and line: the user needs
+    the files it names, not bobkit's code; every other warning keeps the default format."""
+    if isinstance(category, type) and issubclass(category, SkippedFilesWarning):
+        return f"warning: {message}\n"
+    return _default(message, category, filename, lineno, line)
+
+
+if getattr(warnings.formatwarning, "__name__", "") != _format_warning.__name__:
+    warnings.formatwarning = _format_warning
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -95,6 +114,7 @@ class UserDataset:
     description: str
     declared_in: str
     coco: tuple[tuple[str, Path, Path], ...] = ()
+    allow_outside: bool = False
 
     def canonical(self) -> dict[str, Any]:
         """The declaration's meaning without where its files are (part of the content key)."""
@@ -115,25 +135,25 @@ def _check_fields(decl: Declaration) -> None:
     if unknown:
         hints = [f"{k!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(k, list(_FIELDS), 1))
                              else "") for k in unknown]
-        raise decl.error(f"unknown field(s) {', '.join(hints)}; a dataset declares "
-                         + "; ".join(f"{k}: {v}" for k, v in _FIELDS.items()))
+        raise decl.error(f"unknown field(s) {', '.join(hints)}; a dataset declares {', '.join(_FIELDS)} "
+                         "(README: Battle backbones on your own data)")
 
 
 def _split_rule(decl: Declaration) -> tuple[tuple[tuple[str, float], ...], int]:
     rule = decl.fields.get("split", DEFAULT_SPLIT)
     if not isinstance(rule, dict) or not rule:
-        raise decl.error(f"split={rule!r} must be a mapping like {{test: 0.2, val: 0.1, seed: 0}}")
+        raise decl.error(f"split={short_repr(rule)} must be a mapping like {{test: 0.2, val: 0.1, seed: 0}}")
     unknown = [k for k in rule if k not in ("test", "val", "seed")]
     if unknown:
         raise decl.error(f"split has unknown key(s) {unknown}; it takes test, val (fractions) and seed")
     seed = rule.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise decl.error(f"split seed={seed!r} must be a non-negative integer")
+        raise decl.error(f"split seed={short_repr(seed)} must be a non-negative integer")
     fractions = []
     for split in ("test", "val"):
         value = rule.get(split, 0.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise decl.error(f"split {split}={value!r} must be a fraction between 0 and 1")
+            raise decl.error(f"split {split}={short_repr(value)} must be a fraction between 0 and 1")
         if value > 0:
             fractions.append((split, float(value)))
     if sum(f for _, f in fractions) > 1 + 1e-9:
@@ -144,7 +164,7 @@ def _split_rule(decl: Declaration) -> tuple[tuple[tuple[str, float], ...], int]:
 def _choice(decl: Declaration, key: str, allowed: tuple[str, ...], default: str) -> str:
     value = decl.fields.get(key, default)
     if value not in allowed:
-        raise decl.error(f"{key}={value!r} is not one of {', '.join(allowed)}")
+        raise decl.error(f"{key}={short_repr(value)} is not one of {', '.join(allowed)}")
     return str(value)
 
 
@@ -156,7 +176,7 @@ def _coco_splits(decl: Declaration) -> tuple[tuple[str, Path, Path], ...]:
         if isinstance(raw, dict):
             part = raw.get(split)
             if not isinstance(part, dict) or not {"annotations", "images"} <= set(part):
-                raise decl.error(f"coco.{split} must be {{annotations: FILE, images: FOLDER}}, got {part!r}")
+                raise decl.error(f"coco.{split} must be {{annotations: FILE, images: FOLDER}}, got {short_repr(part)}")
             ann, images = decl.path("annotations", part["annotations"]), decl.path("images", part["images"])
         else:
             root = decl.path("coco")
@@ -195,18 +215,21 @@ def parse(decl: Declaration) -> UserDataset:
     classes = decl.fields.get("classes")
     if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
                                 or len(set(classes)) != len(classes) or not classes):
-        raise decl.error(f"classes={classes!r} must be a list of distinct class names")
+        raise decl.error(f"classes={short_repr(classes)} must be a list of distinct class names")
     classes_of = decl.fields.get("classes_of")
     if classes_of is not None and (not isinstance(classes_of, str) or classes_of == decl.name):
-        raise decl.error(f"classes_of={classes_of!r} must name another declared dataset")
+        raise decl.error(f"classes_of={short_repr(classes_of)} must name another declared dataset")
     if classes is not None and classes_of is not None:
         raise decl.error("give classes or classes_of, not both")
     size = decl.fields.get("storage_size", 256)
     if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 2048:
-        raise decl.error(f"storage_size={size!r} must be an integer between 16 and 2048")
+        raise decl.error(f"storage_size={short_repr(size)} must be an integer between 16 and 2048")
     hflip = decl.fields.get("hflip", True)
     if not isinstance(hflip, bool):
-        raise decl.error(f"hflip={hflip!r} must be true or false")
+        raise decl.error(f"hflip={short_repr(hflip)} must be true or false")
+    allow_outside = decl.fields.get("allow_outside", False)
+    if not isinstance(allow_outside, bool):
+        raise decl.error(f"allow_outside={short_repr(allow_outside)} must be true or false")
     return UserDataset(
         name=decl.name, kind=kind, source=source, root=root, split_rule=rule if (explicit_split or kind != "coco")
         else None, split_seed=seed, on_unreadable=_choice(decl, "on_unreadable", POLICIES, "skip"),
@@ -214,7 +237,7 @@ def parse(decl: Declaration) -> UserDataset:
         domain=str(decl.fields.get("domain", "natural")), hflip=hflip,
         fingerprint=_choice(decl, "fingerprint", FINGERPRINTS, "stat"),
         description=str(decl.fields.get("description", "")), declared_in=decl.source,
-        coco=_coco_splits(decl) if kind == "coco" else (),
+        coco=_coco_splits(decl) if kind == "coco" else (), allow_outside=allow_outside,
     )
 
 
@@ -265,7 +288,9 @@ class UserSplits:
 
 def _items(ds: UserDataset) -> list[Item]:
     try:
-        return list_folder(ds.source) if ds.kind == "folder" else list_csv(ds.source, ds.root)
+        if ds.kind == "folder":
+            return list_folder(ds.source, allow_outside=ds.allow_outside)
+        return list_csv(ds.source, ds.root, allow_outside=ds.allow_outside)
     except ListingError as exc:
         raise DeclarationError(f"dataset {ds.name!r} (declared in {ds.declared_in}): {exc}") from None
 
@@ -316,16 +341,17 @@ def _class_list(ds: UserDataset, names: list[str]) -> tuple[str, ...]:
     if ds.classes_of is not None:
         if ds.classes_of not in dataset_names():
             raise DeclarationError(f"dataset {ds.name!r} (declared in {ds.declared_in}): classes_of="
-                                   f"{ds.classes_of!r} is not a declared image dataset ({dataset_names()})")
+                                   f"{short_repr(ds.classes_of)} is not a declared image dataset ({dataset_names()})")
         if declared()[ds.classes_of].classes_of is not None:  # chains (and cycles) would have no first class list
             raise DeclarationError(f"dataset {ds.name!r} (declared in {ds.declared_in}): classes_of="
-                                   f"{ds.classes_of!r} takes its classes from another dataset itself; name that one")
+                                   f"{short_repr(ds.classes_of)} takes its classes from another dataset itself; "
+                                   "name that one")
         order = splits_of(ds.classes_of).classes
     else:  # sorted names; numeric ones ("2" before "10") in number order
         order = ds.classes or tuple(sorted(set(names), key=lambda c: (0, int(c), c) if c.isdigit() else (1, 0, c)))
     extra = sorted(set(names) - set(order))
     if extra:
-        where = f"the classes of {ds.classes_of!r}" if ds.classes_of else "its declared classes"
+        where = f"the classes of {short_repr(ds.classes_of)}" if ds.classes_of else "its declared classes"
         raise DeclarationError(f"dataset {ds.name!r} (declared in {ds.declared_in}) has class(es) {extra} that are "
                                f"not among {where} {list(order)}; class names are matched exactly")
     return tuple(order)
@@ -343,7 +369,8 @@ def _splits_cached(ds: UserDataset) -> UserSplits:
             raise UnreadableImagesError(f"dataset {ds.name!r} (declared in {ds.declared_in}): {len(bad)} file(s) "
                                         f"cannot be read: {shown}{more}. Fix or remove them, or declare "
                                         f"on_unreadable: skip")
-        warnings.warn(f"dataset {ds.name!r}: skipped {len(bad)} unreadable file(s): {shown}{more}", stacklevel=2)
+        warnings.warn(f"dataset {ds.name!r}: skipped {len(bad)} unreadable file(s): {shown}{more}",
+                      SkippedFilesWarning, stacklevel=2)
         items = [i for i in items if _relative(i.path, ds.root) not in bad]
     classes = _class_list(ds, [i.label for i in items])
     index = {c: k for k, c in enumerate(classes)}
@@ -447,7 +474,8 @@ def _coco_split_cached(ds: UserDataset, split: str) -> tuple[Path, Path]:
     if ds.on_unreadable == "fail":
         raise UnreadableImagesError(f"dataset {ds.name!r} (declared in {ds.declared_in}) {split}: {len(bad)} image(s) "
                                     f"cannot be read: {shown}. Fix or remove them, or declare on_unreadable: skip")
-    warnings.warn(f"dataset {ds.name!r} {split}: skipped {len(bad)} unreadable image(s): {shown}", stacklevel=2)
+    warnings.warn(f"dataset {ds.name!r} {split}: skipped {len(bad)} unreadable image(s): {shown}",
+                  SkippedFilesWarning, stacklevel=2)
     data = json.loads(ann.read_text(encoding="utf-8"))
     drop = {i for i, p in listed if _relative(p, ds.root) in bad}
     data["images"] = [im for im in data["images"] if int(im["id"]) not in drop]

@@ -9,7 +9,7 @@ Memo
 
 Pins
     Some files have no published checksum (the Facebook SSL checkpoints, the revisited Oxford/Paris ground truth).
-    They are refused until the user pins them: ``bob data --pin NAME FILE`` (:func:`pin`) records the hash the user
+    They are refused until the user pins them: ``bob data --pin NAME FILE`` (:func:`bobkit.data.manifest.pin`) records the hash the user
     saw in ``data_cache_dir()/pinned_hashes.json`` (0600); from then on the file must match it. Setting
     ``BOB_PIN_UNVERIFIED=1`` pins such files the first time they are seen (trust on first use, with a warning).
 """
@@ -28,9 +28,9 @@ from bobkit.utils import paths
 from bobkit.utils.files import PRIVATE_MODE, digest_stream, write_json
 
 if TYPE_CHECKING:
-    from bobkit.data.manifest import Entry, FileSpec, Manifest
+    from bobkit.data.manifest import Entry, FileSpec
 
-__all__ = ["file_digest", "pin", "pins", "pinned_sha256", "accepted_sha256", "check_digest", "verify_file",
+__all__ = ["file_digest", "pin_entry", "pins", "pinned_sha256", "accepted_sha256", "check_digest", "verify_file",
            "pin_on_first_use", "PIN_ENV"]
 
 MEMO_FILE = "verified_hashes.json"
@@ -170,14 +170,15 @@ def _spec_for_file(entry: Entry, file: Path, filename: str | None) -> FileSpec:
     return matches[0]
 
 
-def pin(name: str, file: str | os.PathLike[str], *, filename: str | None = None,
-        manifest: Manifest | None = None) -> dict[str, Any]:
-    """Trust ``file`` as manifest entry ``name``'s file: record its sha256 (and size) for this user.
+def pin_entry(entry: Entry, file: str | os.PathLike[str], *, filename: str | None = None) -> dict[str, Any]:
+    """Trust ``file`` as manifest entry ``entry``'s file: record its sha256 (and size) for this user.
+
+    :func:`bobkit.data.manifest.pin` looks the entry up by name (``bob data --pin NAME FILE``).
 
     Parameters
     ----------
-    name
-        Manifest entry, e.g. ``"weights_resnet50_dino"`` or ``"roxford5k"``.
+    entry
+        The manifest entry, e.g. ``weights_resnet50_dino`` or ``roxford5k``.
     file
         The local copy to trust.
     filename
@@ -193,12 +194,9 @@ def pin(name: str, file: str | os.PathLike[str], *, filename: str | None = None,
     ChecksumError
         The manifest records a hash for this file and ``file`` does not match it (a published hash wins).
     """
-    from bobkit.data.manifest import load_manifest
-
-    entry = (manifest or load_manifest()).entry(name)
     path = Path(file).expanduser().resolve()
     if not path.is_file():
-        raise FileNotFoundError(f"cannot pin {name!r}: {path} is not a file")
+        raise FileNotFoundError(f"cannot pin {entry.name!r}: {path} is not a file")
     spec = _spec_for_file(entry, path, filename)
     digest = file_digest(path)
     if spec.accepted_sha256 and digest not in spec.accepted_sha256:

@@ -42,7 +42,7 @@ from bobkit.data import user as _user
 from bobkit.data.transforms import _mean_std, interpolation_mode, resolve_image_size
 from bobkit.data.verify import file_digest
 from bobkit.features import device as _device
-from bobkit.features.device import Execution, prepare_model, resolve_device, resolve_execution
+from bobkit.features.device import Execution, prepare_model, resolve_device, resolve_execution, single_thread_on_cpu
 from bobkit.utils.files import atomic_dir, file_record, move_aside, record_problems, sha256_bytes, source_fingerprint
 from bobkit.utils.paths import feature_cache_dir
 
@@ -396,7 +396,27 @@ def run_forward(
     *,
     out_dtype: type[np.floating] | np.dtype = np.float32,
 ) -> np.ndarray:
-    """:func:`forward_batches` with resolved settings and a model already prepared for them."""
+    """:func:`forward_batches` with resolved settings and a model already prepared for them.
+
+    On CPU the forward runs on one intra-op thread (:func:`~bobkit.features.device.single_thread_on_cpu`): torch
+    splits reductions across threads, so the rounding of a feature would follow the thread count of whichever
+    process filled the cache (whose key has no thread count). CPU batches parallelise over cells (``bob run
+    --workers``), not over threads.
+    """
+    with single_thread_on_cpu(execution.device):
+        return _run_forward(model, source, data_config, image_size, batch_size, execution, out_dtype=out_dtype)
+
+
+def _run_forward(
+    model: torch.nn.Module,
+    source: Any,
+    data_config: Mapping[str, Any],
+    image_size: int | Sequence[int] | None,
+    batch_size: int,
+    execution: Execution,
+    *,
+    out_dtype: type[np.floating] | np.dtype,
+) -> np.ndarray:
     ex = execution
     n = len(source)
     if n == 0:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bobkit.rehearsal.groups import CellGroup
-from bobkit.results.sidecars import TASK_OUTPUT, parse_task_output
+from bobkit.tasks.output import TASK_OUTPUT, parse_task_output
 
 #: Upper bounds of the sizes a rehearsed cell keeps (stand-ins are smaller still). Frozen-feature cells read the
 #: stand-in's whole train split (a dozen images, at least two per class): a selection on held-out training items

@@ -132,8 +132,7 @@ def rehearsal_environment(datasets: Iterable[str], *, keep: Path | None = None, 
     overrides
         Replacement stand-in writers by dataset name (a planted wrong layout).
     """
-    from bobkit.data.manifest import default_manifest_path
-    from bobkit.data.verify import pin
+    from bobkit.data.manifest import default_manifest_path, pin
 
     if keep is not None and keep.exists() and any(keep.iterdir()):
         raise ValueError(f"--keep folder {str(keep)!r} is not empty; give a new or empty folder")

@@ -120,7 +120,7 @@ def conform(table: pd.DataFrame, *, keep_extra: Iterable[str] | bool = True) -> 
     if "run_key" not in out:
         out["run_key"] = out["backbone"].astype(str) + ":" + out["setting"].astype(str) + ":" + out["seed"].astype(str)
     if "higher_is_better" not in out:
-        from bobkit.results.table import higher_is_better
+        from bobkit.tasks.output import higher_is_better
 
         out["higher_is_better"] = out["metric"].map(higher_is_better)
     for column in COLUMNS:
@@ -157,9 +157,20 @@ def read_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     return table
 
 
+def check_results_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as the parquet file of a results table, or ``ValueError`` (before any work) for a ``.csv`` name: the
+    table is parquet with a ``.csv`` twin beside it, and the twin would overwrite it."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        raise ValueError(f"--results {str(path)!r}: the results table is a parquet file with a CSV twin written "
+                         f"beside it; name the parquet file ({path.with_suffix('.parquet')}) and the CSV is "
+                         f"{path}")
+    return path
+
+
 def write_results(table: pd.DataFrame, path: str | os.PathLike[str] = "results/results.parquet") -> Path:
     """Write the results table atomically as parquet (``attrs`` kept in its metadata) and a CSV twin for quick looks."""
-    path = Path(path)
+    path = check_results_path(path)
     with atomic_path(path) as tmp:
         table.to_parquet(tmp, index=False)
     with atomic_path(path.with_suffix(".csv")) as tmp:

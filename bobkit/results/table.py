@@ -1,8 +1,10 @@
 """The tidy results table: one row per run x metric, built from the complete sidecars, backbone metadata joined.
 
-Only records of the current code go in (a record made by other code is stale, see :mod:`bobkit.batch.stale`)
-unless asked; a run whose ``executed.ipynb`` is gone is not complete; an unreadable sidecar is skipped. What was
-left out is counted in ``attrs["left_out"]``, and ``attrs["runs_dir"]`` says where the runs are.
+Which records go in is the batch's one definition (:func:`bobkit.batch.sidecars.record_verdict`, which ``bob
+status`` and ``bob run`` use too): complete records of the current code (a record made by other code is stale, see
+:mod:`bobkit.batch.stale`, and goes in only when asked); a run whose ``executed.ipynb`` is gone is not complete; an
+unusable sidecar (unreadable, or not fitting the sidecar schema) is skipped and named. What was left out is counted
+in ``attrs["left_out"]``, and ``attrs["runs_dir"]`` says where the runs are.
 """
 
 from __future__ import annotations
@@ -13,23 +15,18 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bobkit.results.sidecars import NOTEBOOK, scan_sidecars
+from bobkit.batch.record import setting_params_of
+from bobkit.batch.sidecars import record_verdict, scan_sidecars
+from bobkit.tasks.output import higher_is_better
 
 if TYPE_CHECKING:
     import pandas as pd
 
-# Metric names (or their prefixes) where lower is better; every other score is higher-is-better.
-LOWER_IS_BETTER = ("nll", "ece", "brier", "error", "drop", "loss", "mce")
+__all__ = ["NoRunsError", "build_results", "check_replacement", "higher_is_better", "setting_name", "sidecar_rows"]
 
 
 class NoRunsError(ValueError):
     """A runs folder that is missing or holds no run records."""
-
-
-def higher_is_better(metric: str) -> bool:
-    """Direction of a metric: ``False`` for losses, errors, calibration errors and accuracy drops."""
-    base = metric.split("@")[0].split("/")[-1].lower()
-    return not any(base == word or base.startswith(word + "_") or base.endswith("_" + word) for word in LOWER_IS_BETTER)
 
 
 def setting_name(task: str, dataset: str, protocol: str, params: dict[str, Any]) -> str:
@@ -59,8 +56,6 @@ def sidecar_rows(sidecar: dict[str, Any]) -> list[dict[str, Any]]:
     protocol = str(params.get("protocol", "default"))
     setting_params = sidecar.get("setting_params")
     if not isinstance(setting_params, dict):  # a record made before sidecars carried it
-        from bobkit.batch.record import setting_params_of
-
         setting_params = setting_params_of(params)
     dataset = params.get("dataset")
     base = {
@@ -111,12 +106,11 @@ def build_results(runs_dir: str | os.PathLike[str] = "runs", *, include_stale: b
         Conformed to :data:`bobkit.results.schema.COLUMNS`; ``attrs["runs_dir"]`` is the absolute runs folder,
         ``attrs["left_out"]`` counts the records left out (``stale``, ``no_notebook``, ``corrupt``; ``superseded``
         when a cell's declared data changed and it ran again) and
-        ``attrs["corrupt"]`` lists the unreadable sidecars.
+        ``attrs["corrupt"]`` lists the unusable sidecars (``attrs["corrupt_reasons"]``: why, by path).
     """
     import pandas as pd
 
     from bobkit.backbones import metadata_frame
-    from bobkit.batch.stale import is_current
     from bobkit.results.schema import REQUIRED_COLUMNS, conform
 
     root = Path(runs_dir).expanduser().resolve()
@@ -128,11 +122,12 @@ def build_results(runs_dir: str | os.PathLike[str] = "runs", *, include_stale: b
     left_out = {"stale": 0, "no_notebook": 0, "corrupt": len(scan.corrupt)}
     kept: dict[tuple[Any, ...], dict[str, Any]] = {}
     for path, sidecar in scan.sidecars:
-        if sidecar.get("status") != "complete":
+        verdict = record_verdict(path.parent, sidecar)
+        if verdict == "failed":
             continue
-        if not (path.parent / NOTEBOOK).is_file():
+        if verdict == "no_notebook":
             left_out["no_notebook"] += 1
-        elif not include_stale and not is_current(sidecar):
+        elif verdict == "stale" and not include_stale:
             left_out["stale"] += 1
         else:
             # One cell made by one code under two run keys: a declared dataset or backbone changed in between
@@ -148,7 +143,8 @@ def build_results(runs_dir: str | os.PathLike[str] = "runs", *, include_stale: b
     meta = metadata_frame().rename(columns={"name": "backbone"})
     table = conform(table.merge(meta, on="backbone", how="left"))
     table = table.sort_values(["task", "dataset", "protocol", "backbone", "seed", "metric"]).reset_index(drop=True)
-    table.attrs = {"runs_dir": str(root), "left_out": left_out, "corrupt": [str(p) for p, _ in scan.corrupt]}
+    table.attrs = {"runs_dir": str(root), "left_out": left_out, "corrupt": [str(p) for p, _ in scan.corrupt],
+                   "corrupt_reasons": {str(p): reason for p, reason in scan.corrupt}}
     return table
 
 
@@ -171,24 +167,3 @@ def check_replacement(table: pd.DataFrame, path: str | os.PathLike[str]) -> None
         raise ValueError(
             f"refusing to replace {path} ({old_runs} runs, from {old.attrs.get('runs_dir', 'an unknown runs folder')})"
             f" with {new_runs} runs from {table.attrs.get('runs_dir')}; check --runs-dir, or pass --force")
-
-
-def leaderboard(table: pd.DataFrame, metric: str | None = "top1") -> pd.DataFrame:
-    """A small wide table: backbones as rows, settings as columns, mean over seeds (never over settings).
-
-    One column per ``setting_id``, labelled ``setting | metric`` plus the parameters that tell two settings with the
-    same label apart. ``metric=None`` keeps every metric of ``table`` (e.g. rows already filtered to each task's
-    primary metrics).
-    """
-    import pandas as pd
-
-    from bobkit.analysis.settings import setting_ids
-
-    rows = table if metric is None else table[table["metric"] == metric]
-    if rows.empty:
-        return pd.DataFrame()
-    rows = rows.assign(column=setting_ids(rows))
-    wide = rows.pivot_table(index="backbone", columns="column", values="value", aggfunc="mean")
-    wide.columns.name = None
-    wide["mean"] = wide.mean(axis=1)
-    return wide.sort_values("mean", ascending=False)

@@ -7,9 +7,10 @@ import difflib
 import importlib
 import importlib.util
 from types import ModuleType
+from typing import Any, Mapping
 
 from bobkit.tasks.contract import ParameterError, TaskSpec, UnknownParameterError
-from bobkit.tasks.harness import TaskResult, notebook_parameters
+from bobkit.tasks.harness import TaskResult, namespace_parameters
 
 TASKS: dict[str, str] = {
     "classification": "bobkit.tasks.classification",
@@ -46,6 +47,12 @@ def get_task(name: str) -> ModuleType:
 def get_spec(name: str) -> TaskSpec:
     """The declaration of task ``name``: its typed parameters and its metrics."""
     return get_task(name).SPEC
+
+
+def notebook_parameters(task: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters a task notebook hands to ``run()`` (:func:`bobkit.tasks.harness.namespace_parameters` of the
+    task's declaration): ``run(**notebook_parameters("classification", globals()))``."""
+    return namespace_parameters(get_spec(task), namespace)
 
 
 def notebook_path(name: str) -> str:

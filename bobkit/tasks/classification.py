@@ -127,9 +127,32 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, *, seed: int 
     return metrics
 
 
+def check_shots(p: dict[str, Any]) -> None:
+    """Refuse ``shots_per_class`` above what a class of the training items holds, before any work.
+
+    ``low_shot_indices`` would keep all of such a class: the cell would silently run on more of the data than its
+    setting says (all of it, when every class is short).
+    """
+    shots = p["shots_per_class"]
+    if shots is None:
+        return
+    train = get_dataset(p["dataset"], "train", max_samples=p["max_train"], seed=p["seed"])
+    sizes = np.bincount(np.asarray(train.labels), minlength=len(train.classes))
+    short = [(train.classes[c], int(n)) for c, n in enumerate(sizes) if n < shots]
+    if short:
+        listed = ", ".join(f"{name} {n}" for name, n in short[:5]) + (f", ... ({len(short) - 5} more)"
+                                                                       if len(short) > 5 else "")
+        raise ParameterError(
+            f"classification parameter shots_per_class={shots} is more than {len(short)} of the {len(sizes)} classes "
+            f"of {p['dataset']!r} train (max_train={p['max_train']}) hold ({listed}; smallest {int(sizes.min())}, "
+            f"largest {int(sizes.max())}): those classes would silently keep all their items. Lower shots_per_class "
+            f"or raise max_train")
+
+
 @task_entry(SPEC)
 def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
     """Run one classification cell (linear probe or fine-tuning); returns metric name -> value."""
+    check_shots(p)  # before any backbone is built or feature extracted
     if p["protocol"] == "linear_probe":
         return _run_linear_probe(p, ex)
     return _run_finetune(p, ex)

@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
+from bobkit.utils.text import short_repr
+
 KINDS = ("backbone", "setting", "seed", "execution")
 METRIC_KINDS = ("score", "descriptor")
 #: Why sizes have upper bounds: one line the error message ends with.
@@ -260,7 +262,7 @@ class TaskSpec:
 
     def error(self, name: str, value: Any, problem: str) -> ParameterError:
         """A :class:`ParameterError` in the house format, for the spec's ``check`` rules."""
-        return ParameterError(f"{self.name} parameter {name}={value!r} {problem}")
+        return ParameterError(f"{self.name} parameter {name}={short_repr(value)} {problem}")
 
     # -- metrics ---------------------------------------------------------------------------------------------
 
@@ -302,7 +304,7 @@ def check_value(task: str, param: Param, value: Any, check_machine: bool = True)
     """``value`` normalised for ``param``, or :class:`ParameterError` naming ``task``, the parameter and value."""
 
     def fail(problem: str) -> ParameterError:
-        return ParameterError(f"{task} parameter {param.name}={value!r} {problem}")
+        return ParameterError(f"{task} parameter {param.name}={short_repr(value)} {problem}")
 
     if value is None or (param.accepts_none and _is_null_string(value) and param.type is not str):
         if param.accepts_none:
@@ -345,7 +347,7 @@ def _naming_words(fail: Callable[[str], ParameterError], words: tuple[str, ...])
 
 def _check_scalar(param: Param, kind: type, value: Any, fail: Callable[[str], ParameterError], check_machine: bool,
                   item_of_list: bool = False) -> Any:
-    where = f"item {value!r} " if item_of_list else ""
+    where = f"item {short_repr(value)} " if item_of_list else ""
     value = _coerce(kind, value, lambda problem: fail(where + problem))
     allowed = param.allowed()
     if allowed is not None and value not in allowed:

@@ -4,7 +4,7 @@
 names and bad values fail before any work), sets threads and the seed, resolves the execution settings, measures
 peak memory, and returns a :class:`TaskResult`; with ``output_dir`` set it also writes the task output (format 2,
 :meth:`TaskResult.output`) for the runner. :func:`task_entry` turns a task's body into its ``run(**params)``
-with the declared signature and documentation. :func:`notebook_parameters` collects a notebook's parameters,
+with the declared signature and documentation. :func:`namespace_parameters` collects a notebook's parameters,
 including names injected by papermill that the task does not declare (so a misspelled ``-p`` name fails).
 """
 
@@ -14,8 +14,15 @@ import ast
 import functools
 from typing import Any, Callable, Iterable, Mapping
 
-from bobkit.results.sidecars import COUNT_PREFIX, STDERR_PREFIX, TASK_OUTPUT_FORMAT, save_cell_metrics, split_metrics
 from bobkit.tasks.contract import PARAMETERS_HEADER, Metric, TaskSpec
+from bobkit.tasks.output import (
+    COUNT_PREFIX,
+    STDERR_PREFIX,
+    TASK_OUTPUT_FORMAT,
+    higher_is_better,
+    save_cell_metrics,
+    split_metrics,
+)
 
 #: The first line of the cell papermill injects (``-p``, ``-y``, ``-f``).
 PAPERMILL_HEADER = "# Parameters"
@@ -84,8 +91,6 @@ class TaskResult(dict):
     @property
     def higher_is_better(self) -> dict[str, bool]:
         """Direction of each score, from its declaration (undeclared: guessed from the name)."""
-        from bobkit.results.table import higher_is_better
-
         out = {}
         for name in self.scores:
             declared = self.declaration(name)
@@ -195,21 +200,19 @@ def task_entry(spec: TaskSpec) -> Callable[[Body], Callable[..., TaskResult]]:
     return wrap
 
 
-def notebook_parameters(task: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
+def namespace_parameters(spec: TaskSpec, namespace: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters a task notebook hands to ``run()``: its declared variables, plus every name assigned in
     the notebook's parameters cell or papermill's injected cell that the task does not declare (so ``run()``
     rejects a misspelled ``-p max_trian 300`` instead of running on the default).
 
     Parameters
     ----------
-    task : str
-        The task's registry name.
+    spec : TaskSpec
+        The task's declaration (:func:`bobkit.tasks.notebook_parameters` looks it up by the task's name).
     namespace : mapping
         The notebook's ``globals()`` (IPython keeps the executed cells' sources in ``In``).
     """
-    from bobkit.tasks import get_spec
-
-    spec = get_spec(task)
+    task = spec.name
     given = {name: namespace[name] for name in spec.names() if name in namespace}
     own_header = PARAMETERS_HEADER.format(task=task)
     history = [str(source) for source in namespace.get("In", ())]

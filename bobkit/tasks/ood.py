@@ -207,7 +207,7 @@ def accuracy_metrics(key: str, correct: np.ndarray, id_acc: float, id_n: int) ->
 @task_entry(SPEC)
 def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
     """Run one OOD cell: train on the source, evaluate on every target; returns metric name -> value."""
-    check_label_spaces(p)
+    check_label_spaces(p)  # every dataset the cell reads, loaded before any feature is extracted
     config = backbones.data_config(p["backbone"], image_size=p["image_size"])
     timings = {"extract_seconds": 0.0, "train_seconds": 0.0, "evaluate_seconds": 0.0}
 
@@ -238,13 +238,19 @@ def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
 
 
 def check_label_spaces(p: dict[str, Any]) -> None:
-    """Every dataset target must share the source's classes, or be labelled in the ImageNet-1k index space."""
+    """Every dataset the cell reads is there (the source's train and test splits, every target split: a missing
+    one raises :class:`~bobkit.data.MissingDataError` naming it before any work), and every dataset target shares
+    the source's classes or is labelled in the ImageNet-1k index space."""
     source = _load(p["dataset"], p["train_split"], None, 0).classes
+    _load(p["dataset"], p["test_split"], None, 0)
     for target in as_list(p["targets"], str):
         name, split = _target_spec(target, p["target_split"])
-        if name == CORRUPTION_TARGET or (name in dataset_names() and dataset_info(name).label_space != "own"):
+        if name == CORRUPTION_TARGET:
             continue
-        classes = _load(name, split, None, 0).classes
+        target_classes = _load(name, split, None, 0).classes  # lists the files (cached for the cell's own read)
+        if name in dataset_names() and dataset_info(name).label_space != "own":
+            continue
+        classes = target_classes
         if list(classes) != list(source):
             raise ValueError(f"target {name!r} has classes {classes[:4]}... but the source {p['dataset']!r} has "
                              f"{source[:4]}...: OOD targets must share the source's label space")
