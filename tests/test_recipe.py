@@ -210,3 +210,33 @@ def test_a_paper_recipe_validates_and_splits_its_global_batch():
     assert micro_batch_size(1024, 8) == 128 and micro_batch_size(1024, 4, processes=2) == 128
     with pytest.raises(ParameterError, match="2 processes x 3"):
         micro_batch_size(1024, 3, processes=2)
+
+
+def test_the_papers_randaugment_survives_a_zero_bit_posterize(photo):
+    """rand-m9-mstd0.5-inc1 reaches magnitude 10, where PosterizeIncreasing keeps 0 bits: Pillow 13 raises for
+    that; the recipe's transform turns the image black, as the Pillow of the paper's time did."""
+    from timm.data.auto_augment import posterize
+
+    transform = PAPER.transform(CONFIG, 32)
+    (randaugment,) = [t for t in transform.transforms if type(t).__name__ == "RandAugment"]
+    (op,) = [op for op in randaugment.ops if op.name == "PosterizeIncreasing"]
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0  # the largest magnitude the policy draws
+    small = photo.resize((32, 32))
+    with pytest.raises(ValueError, match="bits"):
+        posterize(small, 0)  # timm's own op on this Pillow
+    assert not np.asarray(op(small)).any()  # 0 bits kept: black
+    op.magnitude = 5  # 2 bits kept: as timm
+    assert np.array_equal(np.asarray(op(small)), np.asarray(posterize(small, 2)))
+
+
+def test_a_classification_cell_fine_tunes_with_the_papers_recipe():
+    """Every knob reaches the run: augmented input (timm transform in the loader), mixup + cutmix with smoothing,
+    drop-path, the global batch split into 2 micro-batches (recorded as exec_accum_steps)."""
+    from bobkit.tasks.classification import run
+
+    m = run(backbone="mobilenetv2_100.packaged_tv_in1k", dataset="fashion_mnist", protocol="finetune",
+            image_size=32, max_train=64, max_test=32, epochs=1, batch_size=16, lr=1e-3, augment=True,
+            auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, mixup=0.8, cutmix=1.0, label_smoothing=0.1,
+            drop_path=0.1, accum_steps=2, warmup_lr=1e-4, min_lr=1e-6, num_threads=1, device="cpu")
+    assert m["exec_accum_steps"] == 2.0 and m["n_train"] == 64.0
+    assert 0.0 <= m["top1"] <= 1.0 and np.isfinite(m["nll"])

@@ -170,6 +170,10 @@ def probe_params() -> tuple[Param, ...]:
     )
 
 
+#: ``batch_size`` of the tasks that fine-tune: the global batch of an optimizer step.
+TRAINING_BATCH_DOC = "global training batch of one step (accum_steps splits it); forward-only passes may use larger"
+
+
 def finetune_params(lr_selection: bool = False) -> tuple[Param, ...]:
     """End-to-end fine-tuning: AdamW with warm-up + cosine, optional layer-wise lr decay, and the recipe's input
     and regularisation (:mod:`bobkit.tasks.recipe`: timm's augmentation, mixup/cutmix, label smoothing,
@@ -201,8 +205,9 @@ def finetune_params(lr_selection: bool = False) -> tuple[Param, ...]:
         Param("label_smoothing", float, 0.0, "fine-tuning: label smoothing", low=0.0, high=1.0, high_open=True),
         Param("drop_path", float, 0.0, "fine-tuning: stochastic depth rate (timm's drop_path_rate)", low=0.0,
               high=1.0, high_open=True),
-        Param("accum_steps", int, 1, "gradient accumulation: batch_size (the global batch) is split into this many "
-              "equal micro-batches, same gradient", kind="execution", low=1, high=MAX_BATCH_SIZE),
+        Param("accum_steps", int, 1, "gradient accumulation: the global batch_size is split into this many equal "
+              "micro-batches, same gradient (BatchNorm normalises each micro-batch)", kind="execution", low=1,
+              high=MAX_BATCH_SIZE),
     )
 
 

@@ -71,7 +71,7 @@ SPEC = TaskSpec(
         Param("probe_epochs", int, 90, "linear probe, sgd solver: epochs", low=1, high=1000),
         Param("probe_lr", float, 0.1, "linear probe, sgd solver: learning rate", low=0.0, low_open=True),
         *blocks.finetune_params(lr_selection=True),
-        blocks.batch_size_param(),
+        blocks.batch_size_param(doc=blocks.TRAINING_BATCH_DOC),
         blocks.seed_param(),
         *blocks.device_params(),
         *blocks.EXECUTION,

@@ -97,12 +97,17 @@ class Recipe:
         random-resized crop, flip, auto-augment, colour jitter, to tensor, normalise, random erasing."""
         from timm.data import create_transform
 
-        return create_transform(
+        transform = create_transform(
             (3, int(image_size), int(image_size)), is_training=True, scale=self.rrc_scale, hflip=self.hflip,
             color_jitter=self.color_jitter, auto_augment=self.auto_augment,
             interpolation=data_config.get("interpolation", "bilinear"), mean=tuple(data_config["mean"]),
             std=tuple(data_config["std"]), re_prob=self.re_prob, re_mode=RE_MODE, re_count=1,
         )
+        for step in getattr(transform, "transforms", ()):
+            for op in _augment_ops(step):
+                if op.name.startswith("Posterize"):
+                    op.aug_fn = posterize_any_bits
+        return transform
 
     def criterion(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The training loss, mean over a batch: soft-target cross-entropy when mixing (smoothing is in the mixed
@@ -118,6 +123,28 @@ class Recipe:
     def mixer(self, num_classes: int, seed: int) -> BatchMixer | None:
         """The batch mixing of this recipe (``None`` without mixup and cutmix)."""
         return BatchMixer(self, num_classes, seed) if self.mixes else None
+
+
+def _augment_ops(step: Any) -> list[Any]:
+    """The ``AugmentOp`` objects of a timm auto-augment transform (RandAugment, AutoAugment, AugMix), else none."""
+    if hasattr(step, "policy"):  # AutoAugment: a list of sub-policies, each a list of ops
+        return [op for sub in step.policy for op in sub]
+    return list(getattr(step, "ops", ()))
+
+
+def posterize_any_bits(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """timm's posterize, also for 0 bits (a black image: no bit kept), which Pillow >= 11 refuses.
+
+    Why: ``rand-m9-mstd0.5-inc1`` draws magnitudes around 9 with std 0.5, clipped at 10; at 10 its
+    ``PosterizeIncreasing`` keeps 0 bits, which the Pillow of the paper's time turned black and Pillow 13 raises
+    for (``bits must be between or equal to 1 and 8``): about one image in a few hundred would end the run.
+    """
+    bits = int(bits_to_keep)
+    if bits >= 8:
+        return img
+    if bits <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits)
 
 
 def finetune_args(p: Mapping[str, Any]) -> dict[str, Any]:

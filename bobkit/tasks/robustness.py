@@ -79,7 +79,7 @@ SPEC = TaskSpec(
         blocks.size_param("max_attack", 64, "stratified test items attacked", nullable=False, high=100_000),
         *blocks.probe_params(),
         *blocks.finetune_params(),
-        blocks.batch_size_param(),
+        blocks.batch_size_param(doc=blocks.TRAINING_BATCH_DOC),
         blocks.seed_param(),
         *blocks.device_params(),
         *blocks.EXECUTION,
