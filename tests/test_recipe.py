@@ -239,4 +239,5 @@ def test_a_classification_cell_fine_tunes_with_the_papers_recipe():
             auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, mixup=0.8, cutmix=1.0, label_smoothing=0.1,
             drop_path=0.1, accum_steps=2, warmup_lr=1e-4, min_lr=1e-6, num_threads=1, device="cpu")
     assert m["exec_accum_steps"] == 2.0 and m["n_train"] == 64.0
+    assert m["exec_loader_processes"] >= 1  # augmentation in worker processes: all usable cores but the trainer's
     assert 0.0 <= m["top1"] <= 1.0 and np.isfinite(m["nll"])

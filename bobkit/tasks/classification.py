@@ -31,7 +31,7 @@ from bobkit.tasks import blocks
 from bobkit.tasks.common import inference_batch_size
 from bobkit.tasks.contract import Param, ParameterError, TaskSpec
 from bobkit.tasks.harness import task_entry
-from bobkit.tasks.recipe import check_recipe, finetune_args
+from bobkit.tasks.recipe import check_recipe, finetune_args, training_loader_workers, training_metrics
 from bobkit.tasks.training import (
     PROBE_SOLVERS,
     finetune,
@@ -198,7 +198,7 @@ def _run_finetune(p: dict[str, Any], ex: Execution) -> dict[str, float]:
         n_train=float(len(keep)), n_test=float(len(test_ds.labels)), load_seconds=load_seconds,
         train_seconds=train_seconds, evaluate_seconds=time.perf_counter() - t2,
     )
-    metrics.update(ex.as_metrics(), exec_accum_steps=float(p["accum_steps"]))
+    metrics.update(ex.as_metrics(), **training_metrics(p, ex.loader_workers))
     return metrics
 
 
@@ -213,7 +213,7 @@ def _finetuned(p: dict[str, Any], ex: Execution, train: Any, lr: float,
     finetune(
         model, train, train.labels, config, image_size=p["image_size"], lr=lr, batch_size=p["batch_size"],
         seed=p["seed"], num_classes=len(train.classes), **finetune_args(p), device=ex.device,
-        precision=ex.precision, channels_last=ex.channels_last, loader_workers=ex.loader_workers,
-        pin_memory=ex.pin_memory,
+        precision=ex.precision, channels_last=ex.channels_last,
+        loader_workers=training_loader_workers(p, ex.loader_workers), pin_memory=ex.pin_memory,
     )
     return model, ex

@@ -40,7 +40,7 @@ from bobkit.tasks import blocks
 from bobkit.tasks.common import as_list, inference_batch_size
 from bobkit.tasks.contract import Metric, Param, TaskSpec
 from bobkit.tasks.harness import task_entry
-from bobkit.tasks.recipe import check_recipe, finetune_args
+from bobkit.tasks.recipe import check_recipe, finetune_args, training_loader_workers, training_metrics
 from bobkit.tasks.training import finetune, fit_probe
 
 PROTOCOLS = ("linear_probe", "finetune")
@@ -240,7 +240,9 @@ def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
     metrics.update(timings)
     metrics.update(n_train=float(predict.n_train), n_test=float(len(id_labels)),
                    feature_cache_hit=float(predict.cache_hit))
-    metrics.update(predict.ex.as_metrics(), exec_accum_steps=float(p["accum_steps"]))  # exec_*: how it ran
+    metrics.update(predict.ex.as_metrics())  # exec_*: how it ran (floats; not scores)
+    if p["protocol"] == "finetune":
+        metrics.update(training_metrics(p, predict.ex.loader_workers))
     return metrics
 
 
@@ -371,7 +373,7 @@ def _finetuned_classifier(p: dict[str, Any], ex: Execution, config: dict[str, An
     finetune(model, train_ds, train_ds.labels, config, image_size=p["image_size"], lr=p["lr"],
              batch_size=p["batch_size"], seed=p["seed"], num_classes=len(train_ds.classes), **finetune_args(p),
              device=ex.device, precision=ex.precision, channels_last=ex.channels_last,
-             loader_workers=ex.loader_workers, pin_memory=ex.pin_memory)
+             loader_workers=training_loader_workers(p, ex.loader_workers), pin_memory=ex.pin_memory)
     timings["train_seconds"] += time.perf_counter() - t1
     predictor = _Predictor(p, ex, config, None, None, len(train_ds), False, model=model.eval())
     return predictor, predictor.images(test_ds), test_ds.labels

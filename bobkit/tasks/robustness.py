@@ -40,7 +40,7 @@ from bobkit.tasks import blocks
 from bobkit.tasks.common import as_list, inference_batch_size
 from bobkit.tasks.contract import Metric, Param, TaskSpec, descriptor
 from bobkit.tasks.harness import task_entry
-from bobkit.tasks.recipe import check_recipe, finetune_args
+from bobkit.tasks.recipe import check_recipe, finetune_args, training_loader_workers, training_metrics
 from bobkit.tasks.training import finetune, fit_probe
 
 PROTOCOLS = ("linear_probe", "finetune")
@@ -160,7 +160,9 @@ def run(p: dict[str, Any], ex: Execution) -> RobustnessResult:
     timings["attack_seconds"] = time.perf_counter() - t1
     metrics.update(timings)
     metrics.update(n_train=float(n_fit), n_test=float(len(test_labels)), feature_cache_hit=float(cache_hit))
-    metrics.update(ex.as_metrics(), exec_accum_steps=float(p["accum_steps"]))  # exec_*: how it ran
+    metrics.update(ex.as_metrics())  # exec_*: how it ran (floats; not scores)
+    if p["protocol"] == "finetune":
+        metrics.update(training_metrics(p, ex.loader_workers))
     return RobustnessResult(
         metrics,
         reliability_bins(softmax(test_logits), test_labels, int(p["n_bins"])),
@@ -242,8 +244,8 @@ def _finetuned_model(p: dict[str, Any], ex: Execution, config: dict[str, Any], n
     t1 = time.perf_counter()
     finetune(prepared, images[fit_idx], train_ds.labels[fit_idx], config, image_size=p["image_size"], lr=p["lr"],
              batch_size=p["batch_size"], seed=p["seed"], num_classes=n_classes, **finetune_args(p), device=ex.device,
-             precision=ex.precision, channels_last=ex.channels_last, loader_workers=ex.loader_workers,
-             pin_memory=ex.pin_memory)
+             precision=ex.precision, channels_last=ex.channels_last,
+             loader_workers=training_loader_workers(p, ex.loader_workers), pin_memory=ex.pin_memory)
     timings["train_seconds"] = time.perf_counter() - t1
     prepared.eval()
     t2 = time.perf_counter()

@@ -600,7 +600,7 @@ class BatchPlan:
         order = self.epoch_order(epoch)
         if len(order) < self.global_batch:
             return np.resize(order, self.global_batch)  # wraps around: repeats the order's first items
-        return order[k * self.global_batch:(k + 1) * self.global_batch]
+        return order[k * self.global_batch:(k + 1) * self.global_batch].copy()  # the cached order stays intact
 
     def micro_batches(self, step: int, accum_steps: int = 1, *, processes: int = 1, rank: int = 0) -> list[np.ndarray]:
         """The ``accum_steps`` micro-batches process ``rank`` of ``processes`` trains on at ``step``: the global
@@ -702,9 +702,14 @@ class PlanSampler:
         return (len(self.plan) - self.start_step) * self.accum_steps
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step, micro in self.indices():
+            yield [(step, int(i)) for i in micro]
+
+    def indices(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(step, item indices)`` of each micro-batch, in training order."""
         for step in range(self.start_step, len(self.plan)):
             for micro in self.plan.micro_batches(step, self.accum_steps, processes=self.processes, rank=self.rank):
-                yield [(step, int(i)) for i in micro]
+                yield step, micro
 
 
 def training_batches(
@@ -741,7 +746,7 @@ def training_batches(
                  for x, y in loader)
     else:
         convert = BatchConverter(data_config, image_size, device, channels_last=execution.channels_last)
-        for_images, for_labels = itertools.tee(np.array([i for _, i in keys]) for keys in sampler)
+        for_images, for_labels = itertools.tee(micro for _, micro in sampler.indices())
         host = iter_uint8_batches(images, for_images, workers=execution.loader_workers,
                                   pin_memory=execution.pin_memory)
         micro = ((convert(x), labels_t[idx].to(device, non_blocking=True)) for x, idx in zip(host, for_labels))
