@@ -159,7 +159,7 @@ def finetune_args(p: Mapping[str, Any]) -> dict[str, Any]:
 def training_loader_workers(p: Mapping[str, Any], resolved: int) -> int:
     """Loader workers of a fine-tuning run: with ``augment``, worker *processes* that decode and augment, and
     unless ``loader_workers`` is set, every usable core but the training process's own (one H100 fine-tuning
-    ViT-B/16 takes about 17 cores' worth of the paper's augmentation: benchmarks/training_input.py); without it,
+    ViT-B/16 takes 14-18 cores' worth of the paper's augmentation: benchmarks/training_input.py); without it,
     ``resolved``, the device's prefetch threads for the plain path."""
     if not p["augment"] or p["loader_workers"] is not None:
         return resolved
