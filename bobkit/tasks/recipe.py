@@ -35,6 +35,9 @@ from bobkit.tasks.contract import ParameterError
 RE_MODE = "pixel"
 #: Parameters that act only on the augmented input path, with their declared defaults.
 AUGMENT_ONLY = {"rrc_scale": [0.08, 1.0], "hflip": 0.5, "auto_augment": None, "color_jitter": None, "re_prob": 0.0}
+#: At most this many loader processes by default: one H100 fine-tuning ViT-S/16 (about 4,300 images/s) needs about
+#: 30 cores of augmentation; a job on an unrestricted many-core node must not fork one per core.
+MAX_LOADER_PROCESSES = 32
 #: Seed streams: each random choice of a run draws from its own stream of ``(seed, step, ...)``.
 _ITEM_STREAM, _MIX_STREAM, _STEP_STREAM = 0, 1, 2
 
@@ -165,7 +168,7 @@ def training_loader_workers(p: Mapping[str, Any], resolved: int) -> int:
         return resolved
     from bobkit.features.device import usable_cpus
 
-    return max(1, usable_cpus() - 1)
+    return max(1, min(usable_cpus() - 1, MAX_LOADER_PROCESSES))
 
 
 def training_metrics(p: Mapping[str, Any], resolved_workers: int) -> dict[str, float]:
