@@ -214,11 +214,23 @@ def plan_throughput(d: dict[str, Any]) -> list[Row]:
              f"{listed}{more}; train/forward {d.get('train_over_forward', 0):.2f}", "recorded", "")]
 
 
+def training_input(d: dict[str, Any]) -> list[Row]:
+    loaders = ", ".join(f"{r['workers']} worker(s) {r['images_per_s']:.0f} img/s wall, "
+                        f"{r['images_per_worker_cpu_s']:.0f} per worker CPU-s" for r in d["loader"])
+    gpus = "; ".join(f"{k} {v['finetune_images_per_s']:.0f} img/s ({v['source']}) -> {v['cores_needed']:.0f} cores"
+                     for k, v in d["gpu"].items())
+    return [(f"training input @ {d['image_size']} px, JPEG ~500x375, recipe {d['recipe'].get('auto_augment')} "
+             f"+ erasing {d['recipe'].get('re_prob')}", _device(d),
+             f"**{d['images_per_s_per_core']:.0f} img/s per core** (decode {1e3 * d['per_image_cpu']['decode_s']:.1f}"
+             f" ms + augment {1e3 * d['per_image_cpu']['augment_s']:.1f} ms); {loaders}; one H100 fine-tuning: "
+             f"{gpus}", "reported", "")]
+
+
 FORMATTERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "feature_throughput": feature_throughput, "flops_utilization": flops_utilization,
     "execution_modes": execution_modes, "probe_solver": probe_solver, "cache_reuse": cache_reuse,
     "memory": memory, "finetune_step": finetune_step, "demo_walltime": demo_walltime,
-    "extraction_peak": extraction_peak, "plan_throughput": plan_throughput,
+    "extraction_peak": extraction_peak, "plan_throughput": plan_throughput, "training_input": training_input,
 }
 
 

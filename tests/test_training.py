@@ -1,5 +1,6 @@
-"""The shared training module: layer-wise lr decay and its schedule, the probe's L2 selection and thread
-invariance, selection on held-out training items."""
+"""The shared training module: layer-wise lr decay and its schedule, the fine-tuning loop (data order, gradient
+accumulation, thread invariance, BatchNorm statistics), the probe's L2 selection and thread invariance, selection on
+held-out training items."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from bobkit import backbones
 from bobkit.tasks.training import (
     PROBE_L2_GRID,
     PROBE_L2_ONE_SHOT,
+    BatchPlan,
     choose_probe_l2,
     finetune,
     fit_linear_probe,
@@ -97,6 +99,120 @@ def test_finetune_with_layer_decay_differs_and_moves_the_stem_less():
     assert stem_plain > 0 and stem_decayed > 0
     # AdamW steps scale with the lr: the stem trains at 0.75**9 = 0.075 of the head's lr
     assert stem_decayed < 0.2 * stem_plain
+
+
+def test_warmup_starts_from_warmup_lr_and_cosine_ends_at_min_lr():
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([{"params": [weight], "lr_scale": 0.5}], lr=1.0)
+    scheduler = warmup_cosine(optimizer, total_steps=6, warmup_steps=2, warmup_lr=0.2, min_lr=0.1)
+    seen = []
+    for step in range(7):
+        seen.append(optimizer.param_groups[0]["lr"])
+        scheduler.step_update(step + 1)
+    # warm-up 0.2 -> 1 over 2 steps, then 0.1 + 0.9 * 0.5 (1 + cos(pi t / 4)); timm scales all of it by lr_scale
+    expected = [0.2, 0.6] + [0.1 + 0.45 * (1 + math.cos(math.pi * t / 4)) for t in range(5)]
+    assert seen == pytest.approx([0.5 * e for e in expected], abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The fine-tuning loop: data order, accumulation, thread invariance, BatchNorm statistics
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_the_batch_plan_is_a_pure_function_of_its_arguments():
+    plan = BatchPlan.for_epochs(10, 4, epochs=3, seed=5)
+    assert len(plan) == 6 and plan.steps_per_epoch == 2  # the partial third batch of an epoch is dropped
+    for epoch in range(3):
+        seen = np.concatenate([plan.batch(2 * epoch), plan.batch(2 * epoch + 1)])
+        assert len(set(seen.tolist())) == 8  # no item twice in an epoch
+        assert np.array_equal(seen, plan.epoch_order(epoch)[:8])
+    assert not np.array_equal(plan.epoch_order(0), plan.epoch_order(1))
+    # a fresh plan (a resumed run) gives step 5 without replaying steps 0-4
+    assert np.array_equal(BatchPlan(10, 4, 6, 5).batch(5), plan.batch(5))
+    # micro-batches are consecutive slices of the global batch; a process takes its own accum_steps of them
+    big = BatchPlan.for_epochs(64, 16, epochs=1, seed=0)
+    parts = [m for rank in range(2) for m in big.micro_batches(1, 2, processes=2, rank=rank)]
+    assert [len(m) for m in parts] == [4, 4, 4, 4]
+    assert np.array_equal(np.concatenate(parts), big.batch(1))
+    # fewer items than a global batch: one step per epoch, the batch wrapping around the epoch's order
+    small = BatchPlan.for_epochs(10, 16, epochs=3, seed=0)
+    assert len(small) == 3 and np.array_equal(small.batch(1), np.resize(small.epoch_order(1), 16))
+    with pytest.raises(ValueError, match="does not split"):
+        big.micro_batches(0, 3)
+
+
+def _tiny_vit_weights(seed: int = 0, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every weight of a random-init ViT-Tiny (no BatchNorm) before and after 4 fine-tuning steps at global batch 8."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(32, 32, 32, 3), dtype=np.uint8)
+    model = backbones.create_model("vit_tiny_patch16_224.random_init", num_classes=3, image_size=32, seed=0)
+    start = torch.cat([p.detach().flatten() for p in model.parameters()])
+    finetune(model, images, np.arange(32) % 3, CONFIG, image_size=32, epochs=1, lr=1e-3, weight_decay=0.05,
+             layer_decay=None, warmup_epochs=0, batch_size=8, seed=seed, device=torch.device("cpu"), **kwargs)
+    return start, torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_gradient_accumulation_gives_the_global_batch_step():
+    start, whole = _tiny_vit_weights(accum_steps=1)
+    moved = float((whole - start).norm())
+
+    def apart(weights: torch.Tensor) -> float:
+        return float((weights - whole).norm()) / moved
+
+    # Half-batch means weighted 1/2 each are the batch mean up to float32 rounding; AdamW divides by
+    # sqrt(v) + 1e-8, so the few coordinates whose gradient is at rounding level still move differently (up to
+    # lr): measured 2.3e-4 of the update's norm, against 1.25 for another data order.
+    assert apart(_tiny_vit_weights(accum_steps=2)[1]) < 1e-3
+    assert apart(_tiny_vit_weights(accum_steps=4)[1]) < 1e-3
+    assert apart(_tiny_vit_weights(seed=1)[1]) > 0.5
+
+
+def test_cpu_finetuning_gives_the_same_bits_with_one_and_two_threads():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _tiny_vit_weights()[1]
+        torch.set_num_threads(2)
+        two = _tiny_vit_weights()[1]
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)  # before the single-thread loop: up to 2e-4 apart after these 4 steps
+
+
+def _bn_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+
+
+def test_batchnorm_statistics_are_re_estimated_on_the_training_items_after_finetuning():
+    """The layer-decay collapse: after a short fine-tune, BatchNorm's running averages still hold (momentum 0.1)
+    a share 0.9 ** steps of the pretraining statistics, which swamp channels that barely vary on the new data.
+    The fine-tune re-estimates them exactly on the training items with the final weights."""
+    from bobkit.features.extract import BatchConverter
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(100, 140, size=(32, 8, 8, 3), dtype=np.uint8)  # low variance, as digits on ImageNet filters
+    labels = np.arange(32) % 2
+    kwargs = dict(image_size=8, epochs=1, lr=1e-6, weight_decay=0.0, layer_decay=None, warmup_epochs=0,
+                  batch_size=8, seed=0, device=torch.device("cpu"))
+    pretrained_var = 100.0
+    stale = _bn_net()
+    stale[1].running_var.fill_(pretrained_var)
+    finetune(stale, images, labels, CONFIG, precise_bn_batches=0, **kwargs)
+    steps = 4
+    assert float(stale[1].running_var.min()) > 0.9**steps * pretrained_var  # the pretraining residue
+    fresh = _bn_net()
+    fresh[1].running_var.fill_(pretrained_var)
+    finetune(fresh, images, labels, CONFIG, **kwargs)
+    # By hand: the mean over the 4 batches of the first epoch's order of each batch's unbiased channel variance.
+    order = BatchPlan.for_epochs(32, 8, epochs=1, seed=0).epoch_order(0)
+    with torch.no_grad():
+        conv = [fresh[0](BatchConverter(CONFIG, 8)(images[order[k:k + 8]])) for k in range(0, 32, 8)]
+    expected = torch.stack([c.transpose(0, 1).flatten(1).var(1) for c in conv]).mean(0)
+    assert torch.allclose(fresh[1].running_var, expected, rtol=1e-4)
+    assert float(fresh[1].running_var.max()) < 1.0 < 0.9**steps * pretrained_var
+    assert fresh[1].momentum == 0.1 and fresh.training  # restored
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -201,6 +201,7 @@ def create_model(
     pretrained: bool = True,
     weights_file: str | Path | None = None,
     dynamic_size: bool = False,
+    drop_path_rate: float = 0.0,
 ) -> nn.Module:
     """Build a registered backbone with its pretrained weights, in eval mode.
 
@@ -223,6 +224,9 @@ def create_model(
     dynamic_size
         ViT-style backbones accept inputs of any height and width (``image_size`` is then the size the weights
         are resampled to); without it they require exactly ``image_size`` x ``image_size``. CNNs always do.
+    drop_path_rate
+        Stochastic depth of the residual branches while training (timm's ``drop_path_rate``; the paper's
+        fine-tuning: 0.1). Inactive in eval mode. open_clip towers do not take it (``ValueError``).
 
     Returns
     -------
@@ -242,12 +246,20 @@ def create_model(
     entry = get_backbone(name)
     if entry.source == "unsupported":
         raise _unsupported(entry)
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate={drop_path_rate!r} must be in [0, 1)")
     if entry.source == "open_clip":
         from bobkit.backbones import openclip
+
+        if drop_path_rate:
+            raise ValueError(f"drop_path_rate={drop_path_rate!r}: the open_clip tower of {name!r} has no drop-path; "
+                             "use 0 for this backbone")
 
         return openclip.build_tower(entry, num_classes=num_classes, image_size=image_size, seed=seed,
                                     pretrained=pretrained, features_only=features_only)
     kwargs = _timm_kwargs(entry, num_classes, image_size, features_only, out_indices, dynamic_size)
+    if drop_path_rate:  # only when set: every timm classifier takes it, not every model a registry entry names
+        kwargs["drop_path_rate"] = float(drop_path_rate)
     load = pretrained and entry.source != "random"
     timm_name: str = entry.timm_model  # type: ignore[assignment]
     overlay: dict[str, Any] | None = None

@@ -178,9 +178,16 @@ def probe_params() -> tuple[Param, ...]:
     )
 
 
+#: ``batch_size`` of the tasks that fine-tune: the global batch of an optimizer step.
+TRAINING_BATCH_DOC = "global training batch of one step (accum_steps splits it); forward-only passes may use larger"
+
+
 def finetune_params(lr_selection: bool = False) -> tuple[Param, ...]:
-    """End-to-end fine-tuning: AdamW with warm-up + cosine, optional layer-wise lr decay; with ``lr_selection``
-    the task takes a list of learning rates and selects one on held-out training items."""
+    """End-to-end fine-tuning: AdamW with warm-up + cosine, optional layer-wise lr decay, and the recipe's input
+    and regularisation (:mod:`bobkit.tasks.recipe`: timm's augmentation, mixup/cutmix, label smoothing,
+    drop-path), all off by default; with ``lr_selection`` the task takes a list of learning rates and selects one
+    on held-out training items. ``accum_steps`` (how the global ``batch_size`` is split) is an execution setting.
+    Rules between them: :func:`bobkit.tasks.recipe.check_recipe`."""
     return (
         Param("epochs", int, 1, "fine-tuning epochs (the paper: 100)", low=1, high=1000),
         lr_param(lr_selection),
@@ -188,7 +195,34 @@ def finetune_params(lr_selection: bool = False) -> tuple[Param, ...]:
         Param("layer_decay", float, None, "fine-tuning: layer-wise lr decay, e.g. 0.75 as in the paper; None disables",
               low=0.0, low_open=True, high=1.0),
         Param("warmup_epochs", float, 0.0, "fine-tuning: linear warm-up epochs before the cosine decay", low=0.0),
+        Param("warmup_lr", float, 0.0, "fine-tuning: learning rate the warm-up starts from", low=0.0),
+        Param("min_lr", float, 0.0, "fine-tuning: learning rate the cosine decay ends at", low=0.0),
+        Param("augment", bool, False, "fine-tuning input through timm's create_transform(is_training=True): "
+              "random-resized crop, flip and the options below; False: plain resize, as for frozen features"),
+        Param("rrc_scale", list, [0.08, 1.0], "augment: random-resized crop area range [low, high]", item=float,
+              low=0.0, low_open=True, high=1.0, min_items=2),
+        Param("hflip", float, 0.5, "augment: horizontal flip probability", low=0.0, high=1.0),
+        Param("auto_augment", str, None, "augment: timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 (the paper's "
+              "RandAugment); None: off", lookup=_check_auto_augment),
+        Param("color_jitter", float, None, "augment: colour jitter strength (timm turns it off with auto_augment); "
+              "None: off", low=0.0),
+        Param("re_prob", float, 0.0, "augment: random erasing probability (per-pixel noise)", low=0.0, high=1.0),
+        Param("mixup", float, 0.0, "fine-tuning: mixup alpha (timm's Mixup); 0: off", low=0.0),
+        Param("cutmix", float, 0.0, "fine-tuning: cutmix alpha (with mixup: one of the two per step); 0: off",
+              low=0.0),
+        Param("label_smoothing", float, 0.0, "fine-tuning: label smoothing", low=0.0, high=1.0, high_open=True),
+        Param("drop_path", float, 0.0, "fine-tuning: stochastic depth rate (timm's drop_path_rate)", low=0.0,
+              high=1.0, high_open=True),
+        Param("accum_steps", int, 1, "gradient accumulation: the global batch_size is split into this many equal "
+              "micro-batches, same gradient (BatchNorm normalises each micro-batch)", kind="execution", low=1,
+              high=MAX_BATCH_SIZE),
     )
+
+
+def _check_auto_augment(value: str) -> None:
+    from bobkit.tasks.recipe import check_auto_augment
+
+    check_auto_augment(value)
 
 
 def lr_param(selection: bool, default: float = 1e-3) -> Param:

@@ -2,8 +2,8 @@
 
 The linear probe is multinomial logistic regression on standardised cached features, its L2 strength chosen on a
 validation split of the training items (:func:`bobkit.tasks.training.fit_probe`); fine-tuning is AdamW with
-warm-up + cosine and optional layer-wise lr decay (the paper's recipe, :func:`bobkit.tasks.training.finetune`),
-and a list of learning rates is a selection on held-out training items. Low-shot settings keep a
+warm-up + cosine and optional layer-wise lr decay, with the paper's augmentation, mixup/cutmix, label smoothing and
+drop-path when set (:func:`bobkit.tasks.training.finetune`, :mod:`bobkit.tasks.recipe`), and a list of learning rates is a selection on held-out training items. Low-shot settings keep a
 class-stratified fraction of the labels or ``n`` per class. Every score comes with its sampling standard error
 over the test items (``se/<metric>``).
 
@@ -37,6 +37,7 @@ from bobkit.tasks import blocks
 from bobkit.tasks.common import inference_batch_size
 from bobkit.tasks.contract import Metric, Param, ParameterError, TaskSpec
 from bobkit.tasks.harness import task_entry
+from bobkit.tasks.recipe import check_recipe, finetune_args, training_loader_workers, training_metrics
 from bobkit.tasks.training import (
     PROBE_SOLVERS,
     finetune,
@@ -50,10 +51,12 @@ PROTOCOLS = ("linear_probe", "finetune")
 
 
 def _check(p: dict[str, Any]) -> None:
-    """Rules between parameters: one low-shot rule at a time; multi-label datasets are probed, not fine-tuned."""
+    """Rules between parameters: one low-shot rule at a time; the fine-tuning recipe's rules; multi-label datasets
+    are probed, not fine-tuned."""
     if p["label_fraction"] is not None and p["shots_per_class"] is not None:
         raise ParameterError(f"classification parameters label_fraction={p['label_fraction']!r} and "
                              f"shots_per_class={p['shots_per_class']!r}: give one low-shot rule, not both")
+    check_recipe(p, "classification")
     if p["protocol"] == "finetune" and _multilabel(p["dataset"]):
         raise SPEC.error("protocol", "finetune", f"dataset {p['dataset']!r} is multi-label: multi-label "
                                                  f"fine-tuning comes with the recipe integration; use "
@@ -84,7 +87,7 @@ SPEC = TaskSpec(
         Param("probe_epochs", int, 90, "linear probe, sgd solver: epochs", low=1, high=1000),
         Param("probe_lr", float, 0.1, "linear probe, sgd solver: learning rate", low=0.0, low_open=True),
         *blocks.finetune_params(lr_selection=True),
-        blocks.batch_size_param(),
+        blocks.batch_size_param(doc=blocks.TRAINING_BATCH_DOC),
         blocks.seed_param(),
         *blocks.device_params(),
         *blocks.EXECUTION,
@@ -271,7 +274,7 @@ def _run_finetune(p: dict[str, Any], ex: Execution) -> dict[str, float]:
         n_train=float(len(keep)), n_test=float(len(test_ds.labels)), load_seconds=load_seconds,
         train_seconds=train_seconds, evaluate_seconds=time.perf_counter() - t2,
     )
-    metrics.update(ex.as_metrics())
+    metrics.update(ex.as_metrics(), **training_metrics(p, ex.loader_workers))
     return metrics
 
 
@@ -280,14 +283,13 @@ def _finetuned(p: dict[str, Any], ex: Execution, train: Any, lr: float,
     """A fresh model (same seed) fine-tuned on ``train`` at ``lr``, and ``ex`` with channels_last settled."""
     torch.manual_seed(p["seed"])  # each candidate of a selection trains as it would alone
     model = backbones.create_model(p["backbone"], num_classes=len(train.classes), image_size=p["image_size"],
-                                   seed=p["seed"])
+                                   seed=p["seed"], drop_path_rate=p["drop_path"])
     ex = ex.for_model(model, p["channels_last"])
     model = prepare_model(model, ex)  # device, channels_last, gradient checkpointing, compile
     finetune(
-        model, train, train.labels, config, image_size=p["image_size"],
-        epochs=p["epochs"], lr=lr, weight_decay=p["weight_decay"], layer_decay=p["layer_decay"],
-        warmup_epochs=p["warmup_epochs"], batch_size=p["batch_size"], seed=p["seed"], device=ex.device,
-        precision=ex.precision, channels_last=ex.channels_last, loader_workers=ex.loader_workers,
-        pin_memory=ex.pin_memory,
+        model, train, train.labels, config, image_size=p["image_size"], lr=lr, batch_size=p["batch_size"],
+        seed=p["seed"], num_classes=len(train.classes), **finetune_args(p), device=ex.device,
+        precision=ex.precision, channels_last=ex.channels_last,
+        loader_workers=training_loader_workers(p, ex.loader_workers), pin_memory=ex.pin_memory,
     )
     return model, ex

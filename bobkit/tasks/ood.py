@@ -40,6 +40,7 @@ from bobkit.tasks import blocks
 from bobkit.tasks.common import as_list, inference_batch_size
 from bobkit.tasks.contract import Metric, Param, TaskSpec
 from bobkit.tasks.harness import task_entry
+from bobkit.tasks.recipe import check_recipe, finetune_args, training_loader_workers, training_metrics
 from bobkit.tasks.training import finetune, fit_probe
 
 PROTOCOLS = ("linear_probe", "finetune")
@@ -63,6 +64,11 @@ def check_target(target: str) -> None:
         blocks.dataset_lookup(DATASETS)(name)
     if not re.fullmatch(blocks.NAME_PATTERN, split):
         raise ValueError(f"split {split!r} is not a split name")
+
+
+def _check(p: dict[str, Any]) -> None:
+    """Rules between parameters: the fine-tuning recipe's."""
+    check_recipe(p, "ood")
 
 
 SPEC = TaskSpec(
@@ -90,7 +96,7 @@ SPEC = TaskSpec(
                           nullable=False, high=100_000),
         *blocks.probe_params(),
         *blocks.finetune_params(),
-        blocks.batch_size_param(),
+        blocks.batch_size_param(doc=blocks.TRAINING_BATCH_DOC),
         blocks.seed_param(),
         *blocks.device_params(),
         *blocks.EXECUTION,
@@ -105,6 +111,7 @@ SPEC = TaskSpec(
         Metric("mca_drop", "id_acc minus mca", higher_is_better=False),
         *blocks.COMMON_DESCRIPTORS,
     ),
+    check=_check,
 )
 #: The declared defaults (what the notebook's parameters cell holds).
 PARAMETERS: dict[str, Any] = SPEC.defaults()
@@ -234,6 +241,8 @@ def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
     metrics.update(n_train=float(predict.n_train), n_test=float(len(id_labels)),
                    feature_cache_hit=float(predict.cache_hit))
     metrics.update(predict.ex.as_metrics())  # exec_*: how it ran (floats; not scores)
+    if p["protocol"] == "finetune":
+        metrics.update(training_metrics(p, predict.ex.loader_workers))
     return metrics
 
 
@@ -362,16 +371,15 @@ def _finetuned_classifier(p: dict[str, Any], ex: Execution, config: dict[str, An
     train_ds = _load(p["dataset"], p["train_split"], p["max_train"], p["seed"])
     test_ds = _load(p["dataset"], p["test_split"], p["max_test"], p["seed"])
     model = backbones.create_model(p["backbone"], num_classes=len(train_ds.classes), image_size=p["image_size"],
-                                   seed=p["seed"])
+                                   seed=p["seed"], drop_path_rate=p["drop_path"])
     ex = ex.for_model(model, p["channels_last"])
     model = prepare_model(model, ex)  # device, channels_last, gradient checkpointing, compile
     timings["extract_seconds"] += time.perf_counter() - t0
     t1 = time.perf_counter()
-    finetune(model, train_ds, train_ds.labels, config, image_size=p["image_size"], epochs=p["epochs"],
-             lr=p["lr"], weight_decay=p["weight_decay"], layer_decay=p["layer_decay"],
-             warmup_epochs=p["warmup_epochs"], batch_size=p["batch_size"], seed=p["seed"], device=ex.device,
-             precision=ex.precision, channels_last=ex.channels_last, loader_workers=ex.loader_workers,
-             pin_memory=ex.pin_memory)
+    finetune(model, train_ds, train_ds.labels, config, image_size=p["image_size"], lr=p["lr"],
+             batch_size=p["batch_size"], seed=p["seed"], num_classes=len(train_ds.classes), **finetune_args(p),
+             device=ex.device, precision=ex.precision, channels_last=ex.channels_last,
+             loader_workers=training_loader_workers(p, ex.loader_workers), pin_memory=ex.pin_memory)
     timings["train_seconds"] += time.perf_counter() - t1
     predictor = _Predictor(p, ex, config, None, None, len(train_ds), False, model=model.eval())
     return predictor, predictor.images(test_ds), test_ds.labels

@@ -50,11 +50,17 @@ from bobkit.tasks import blocks
 from bobkit.tasks.common import as_list, inference_batch_size
 from bobkit.tasks.contract import Metric, Param, TaskSpec, descriptor
 from bobkit.tasks.harness import task_entry
+from bobkit.tasks.recipe import check_recipe, finetune_args, training_loader_workers, training_metrics
 from bobkit.tasks.training import finetune, fit_probe
 
 PROTOCOLS = ("linear_probe", "finetune")
 #: Largest L-inf radius in pixel units (/255): the whole pixel range.
 MAX_EPSILON = 255.0
+
+def _check(p: dict[str, Any]) -> None:
+    """Rules between parameters: the fine-tuning recipe's."""
+    check_recipe(p, "robustness")
+
 
 SPEC = TaskSpec(
     name="robustness",
@@ -83,7 +89,7 @@ SPEC = TaskSpec(
         blocks.size_param("max_attack", 64, "stratified test items attacked", nullable=False, high=100_000),
         *blocks.probe_params(),
         *blocks.finetune_params(),
-        blocks.batch_size_param(),
+        blocks.batch_size_param(doc=blocks.TRAINING_BATCH_DOC),
         blocks.seed_param(),
         *blocks.device_params(),
         *blocks.EXECUTION,
@@ -104,6 +110,7 @@ SPEC = TaskSpec(
         Metric("acc/*/*", "accuracy under an attack at an epsilon"),
         *blocks.COMMON_DESCRIPTORS,
     ),
+    check=_check,
 )
 #: The declared defaults (what the notebook's parameters cell holds).
 PARAMETERS: dict[str, Any] = SPEC.defaults()
@@ -167,6 +174,8 @@ def run(p: dict[str, Any], ex: Execution) -> RobustnessResult:
     metrics.update(timings)
     metrics.update(n_train=float(n_fit), n_test=float(len(test_labels)), feature_cache_hit=float(cache_hit))
     metrics.update(ex.as_metrics())  # exec_*: how it ran (floats; not scores)
+    if p["protocol"] == "finetune":
+        metrics.update(training_metrics(p, ex.loader_workers))
     return RobustnessResult(
         metrics,
         reliability_bins(softmax(test_logits), test_labels, int(p["n_bins"])),
@@ -254,18 +263,17 @@ def _finetuned_model(p: dict[str, Any], ex: Execution, config: dict[str, Any], n
     train_ds = get_dataset(p["dataset"], p["train_split"], max_samples=p["max_train"], seed=p["seed"])
     test_ds = get_dataset(p["dataset"], p["test_split"], max_samples=p["max_test"], seed=p["seed"])
     model = backbones.create_model(p["backbone"], num_classes=n_classes, image_size=p["image_size"],
-                                   seed=p["seed"])
+                                   seed=p["seed"], drop_path_rate=p["drop_path"])
     ex = ex.for_model(model, p["channels_last"])
     prepared = prepare_model(model, ex)  # device, channels_last, gradient checkpointing, compile
     timings["load_seconds"] = time.perf_counter() - t0
     fit_idx, held_idx = calibration_split(train_ds.labels, float(p["calibration_fraction"]), p["seed"])
     images = train_ds.images
     t1 = time.perf_counter()
-    finetune(prepared, images[fit_idx], train_ds.labels[fit_idx], config, image_size=p["image_size"],
-             epochs=p["epochs"], lr=p["lr"], weight_decay=p["weight_decay"], layer_decay=p["layer_decay"],
-             warmup_epochs=p["warmup_epochs"], batch_size=p["batch_size"], seed=p["seed"], device=ex.device,
-             precision=ex.precision, channels_last=ex.channels_last, loader_workers=ex.loader_workers,
-             pin_memory=ex.pin_memory)
+    finetune(prepared, images[fit_idx], train_ds.labels[fit_idx], config, image_size=p["image_size"], lr=p["lr"],
+             batch_size=p["batch_size"], seed=p["seed"], num_classes=n_classes, **finetune_args(p), device=ex.device,
+             precision=ex.precision, channels_last=ex.channels_last,
+             loader_workers=training_loader_workers(p, ex.loader_workers), pin_memory=ex.pin_memory)
     timings["train_seconds"] = time.perf_counter() - t1
     prepared.eval()
     t2 = time.perf_counter()
