@@ -219,6 +219,7 @@ def _tiny_grid(path: Path, out: Path) -> Path:
             block["backbone"] = block["backbone"][:1]
         names = get_spec(block["task"]).names()
         block.update({k: yaml.safe_load(str(v)) for k, v in TINY[block["task"]].items() if k in names})
+        block.pop("lr_steps", None)  # epochs of the full schedule; None puts them at the paper's share of the tiny one
     out.write_text(yaml.safe_dump({k: v for k, v in grid.items() if not str(k).startswith("x-")}))
     return out
 

@@ -171,6 +171,6 @@ def test_edited_code_makes_stale_cells_that_status_names_and_build_leaves_out(tm
     assert "1 done, 0 failed, 0 running, 0 pending, 0 stale" in status.stdout, status.stdout
 
     # A module the task's notebook imports, edited: stale again, and the change is named.
-    edit(root / "bobkit" / "results" / "sidecars.py", '"""', '"""Edited. ')
+    edit(root / "bobkit" / "utils" / "files.py", '"""', '"""Edited. ')
     status = in_checkout(root, "-m", "bobkit.cli", "status", str(grid), "--runs-dir", str(runs))
-    assert "1 stale" in status.stdout and "changed: bobkit.results.sidecars)" in status.stdout, status.stdout
+    assert "1 stale" in status.stdout and "changed: bobkit.utils.files)" in status.stdout, status.stdout

@@ -61,6 +61,8 @@ def miniature(task: str, params: dict[str, Any], *, threads: int = 1) -> dict[st
     for name, bound in MINIATURE_SIZES.items():
         if name in p:
             p[name] = bound if p[name] is None else min(int(p[name]), bound)
+    if isinstance(p.get("lr_steps"), list) and p.get("epochs"):
+        p["lr_steps"] = [float(step) / float(p["epochs"]) for step in p["lr_steps"]]  # same places in one epoch
     for name in ONE_ROUND:
         if name in p:
             p[name] = 1

@@ -257,18 +257,18 @@ class RandomSizeCrop(v2.Transform):
         crop_w = int(torch.randint(min(width, self.low), min(width, self.high) + 1, ()))
         top = int(torch.randint(0, height - crop_h + 1, ()))
         left = int(torch.randint(0, width - crop_w + 1, ()))
-        params: dict[str, Any] = dict(top=top, left=left, height=crop_h, width=crop_w)
+        crop: dict[str, Any] = dict(top=top, left=left, height=crop_h, width=crop_w)
         masks = [x for x in flat_inputs if isinstance(x, tv_tensors.Mask) and x.ndim == 3]
         if self.recompute_boxes and masks:
-            params["boxes"] = mask_boxes(masks[0][:, top:top + crop_h, left:left + crop_w])
-        return params
+            crop["boxes"] = mask_boxes(masks[0][:, top:top + crop_h, left:left + crop_w])
+        return crop
 
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if isinstance(inpt, tv_tensors.BoundingBoxes) and "boxes" in params:
-            return tv_tensors.wrap(params["boxes"].to(inpt.dtype), like=inpt,
-                                   canvas_size=(params["height"], params["width"]))
-        return self._call_kernel(v2.functional.crop, inpt, top=params["top"], left=params["left"],
-                                 height=params["height"], width=params["width"])
+    def transform(self, inpt: Any, crop: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.BoundingBoxes) and "boxes" in crop:
+            return tv_tensors.wrap(crop["boxes"].to(inpt.dtype), like=inpt,
+                                   canvas_size=(crop["height"], crop["width"]))
+        return self._call_kernel(v2.functional.crop, inpt, top=crop["top"], left=crop["left"],
+                                 height=crop["height"], width=crop["width"])
 
 
 def resolve_augment(augment: str, backbone: str) -> str:
