@@ -423,8 +423,10 @@ def job_time_limit_min(resources: dict[str, Any]) -> int:
     return int(math.ceil(float(resources.get("timeout_min", 60)) + job_margin_min_of(resources)))
 
 
-def sbatch_script(resources: dict[str, Any], folder: str | os.PathLike[str], command: str = "python -m job") -> str:
-    """The Slurm batch script submitit writes for one array with ``resources``, made without a Slurm install.
+def sbatch_script(resources: dict[str, Any], folder: str | os.PathLike[str], command: str = "python -m job",
+                  after: Sequence[str] = ()) -> str:
+    """The Slurm batch script submitit writes for one array with ``resources`` (and, for consumers, the producer
+    jobs ``after`` it waits for: :func:`slurm_dependency`), made without a Slurm install.
 
     submitit's executor refuses to exist where ``srun`` is missing; this applies the same conversions
     (:func:`executor_parameters`, submitit's generic-to-Slurm names and memory format, ``slurm_`` prefixes) and
@@ -441,6 +443,8 @@ def sbatch_script(resources: dict[str, Any], folder: str | os.PathLike[str], com
             specific[names.get(key, key)] = value
     if "mem" in specific:
         specific["mem"] = slurm._convert_mem(specific["mem"])
+    if after:
+        specific["additional_parameters"] = slurm_dependency(after)
     return slurm._make_sbatch_string(command=command, folder=Path(folder), **specific)
 
 
