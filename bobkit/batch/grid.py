@@ -163,7 +163,9 @@ def run_key(task: str, params: dict[str, Any], code: str | None = None,
     declared = declared_content(params)
     if declared:
         payload["declared"] = declared
-    needs = needs if needs is not None else get_spec(task).needed(params)
+    if needs is None:
+        spec = get_spec(task)
+        needs = spec.needed({**spec.defaults(), **params})  # the declared defaults fill what a caller left out
     if needs:  # cells that need nothing keep the keys they had before artifacts existed
         payload["needs"] = sorted(ref.name for ref in needs)
     blob = json.dumps(payload, sort_keys=True, default=str)
