@@ -126,7 +126,9 @@ def training_identity(
     content = user.content_key(dataset)
     if content is not None:
         identity["dataset_content"] = content
-    return artifact_ref(kind, identity, f"{kind} of {backbone} on {dataset}[{split}] seed{seed}")
+    held = subset.get("holdout")
+    where = f"{split} less {held['fraction']:g} held out" if isinstance(held, Mapping) else split
+    return artifact_ref(kind, identity, f"{kind} of {backbone} on {dataset}[{where}] seed{seed}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
