@@ -286,3 +286,17 @@ def test_refs_compare_by_kind_and_key_only():
     with pytest.raises(ValueError, match="kind"):
         ArtifactRef("weights", "abc")
     assert os.fspath(entry_path(a, "/x")) == "/x/probe/abc"
+
+
+@pytest.mark.slow
+def test_bob_run_artifacts_dir_is_where_the_cells_publish(write_grid, tmp_path: Path, monkeypatch, capsys):
+    from bobkit.cli import main
+
+    monkeypatch.setenv(artifacts.ARTIFACTS_ENV, str(tmp_path / "not this one"))  # restored after the test
+    grid = write_grid("grid:\n  - task: smoke\n    publish: here\n    value: 4.0\n")
+    chosen = tmp_path / "shared folder"
+    assert main(["run", str(grid), "--runs-dir", str(tmp_path / "runs"), "--artifacts-dir", str(chosen),
+                 "--no-progress"]) == 0
+    (cell,) = expand_grid({"grid": [{"task": "smoke", "publish": "here", "value": 4.0}]})
+    assert artifacts.find(cell.produces[0], chosen) is not None
+    assert not (tmp_path / "not this one").exists()
