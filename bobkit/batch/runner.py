@@ -227,7 +227,10 @@ def run_cells(
             if any(provider.run_key not in ended for provider in providers):
                 continue
             waiting.remove(cell)
-            failed = [ended[p.run_key] for p in providers if ended[p.run_key].status == "failed"]
+            # A producer whose code changed under the batch recorded nothing: the consumer runs (and finds its own
+            # code changed, or makes what it needs itself); only a recorded failure fails it.
+            failed = [ended[p.run_key] for p in providers
+                      if ended[p.run_key].status == "failed" and ended[p.run_key].kind != "code_changed"]
             if any(ended[p.run_key].status == "interrupted" for p in providers) or stop.is_set():
                 record(CellOutcome(cell, "interrupted", error="its producer was interrupted"))
             elif failed:
