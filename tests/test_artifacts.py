@@ -218,6 +218,34 @@ def test_status_shows_a_consumer_waiting_for_its_producer(write_grid, tmp_path: 
     assert "need=w" in line.split("waiting for")[0] and "publish=w" in line.split("waiting for")[1]
 
 
+@pytest.mark.parametrize("producer_kind", ["exception", "code_changed"])
+def test_only_a_recorded_producer_failure_fails_its_consumer(tmp_path: Path, monkeypatch, producer_kind: str):
+    """A producer that failed (recorded) fails its consumer without running it; one whose code changed under the
+    batch recorded nothing, so its consumer runs (it decides for itself)."""
+    import bobkit.batch.runner as runner_module
+    from bobkit.batch.runner import CellOutcome
+
+    consumer, producer = expand_grid({"grid": ORDER_GRID["grid"][:2]})
+    ran: list[str] = []
+
+    def fake_execute(cell, runs_dir, **_):
+        ran.append(cell.run_key)
+        if cell.run_key == producer.run_key:
+            return CellOutcome(cell, "failed", error="it broke", kind=producer_kind)
+        return CellOutcome(cell, "complete")
+
+    monkeypatch.setattr(runner_module, "execute_cell", fake_execute)
+    summary = run_cells([consumer, producer], tmp_path / "runs", workers=2, progress=False)
+    outcome = next(o for o in summary.outcomes if o.cell.run_key == consumer.run_key)
+    if producer_kind == "code_changed":
+        assert ran == [producer.run_key, consumer.run_key] and outcome.status == "complete"
+    else:
+        assert ran == [producer.run_key] and outcome.kind == "producer_failed" and "it broke" in outcome.error
+        recorded = read_sidecar(run_dir_of(consumer, tmp_path / "runs"))
+        assert recorded["status"] == "failed" and recorded["error"]["kind"] == "producer_failed"
+        assert producer.label in recorded["error"]["message"] and recorded["needs"] == [consumer.needs[0].name]
+
+
 @pytest.mark.slow
 def test_the_local_batch_runs_producers_first_and_fails_consumers_of_a_failed_producer(tmp_path: Path, store: Path):
     cells = expand_grid(ORDER_GRID)
