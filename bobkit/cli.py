@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -76,7 +77,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {cell.run_key}  {cell.label}")
         return 0
     from bobkit.batch.backends import get_backend
+    from bobkit.features.artifacts import ARTIFACTS_ENV
 
+    if args.artifacts_dir:  # the cells' kernels and jobs inherit it
+        os.environ[ARTIFACTS_ENV] = str(Path(args.artifacts_dir).expanduser().resolve())
     backend = get_backend(args.backend, workers=args.workers, kernel=args.kernel, cluster=args.cluster,
                           progress=not args.no_progress)
     try:
@@ -318,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="concurrent papermill processes (local backend)")
     p.add_argument("--only-failed", action="store_true", help="re-run only the cells whose sidecar says failed")
     p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+    p.add_argument("--artifacts-dir", default=None, metavar="DIR",
+                   help="where cells keep the probe heads and fine-tuned weights they share (every node must see it; "
+                        "default $BOB_ARTIFACTS_DIR, else <cache dir>/artifacts locally and <runs dir>/.artifacts "
+                        "with --backend slurm)")
     p.add_argument("--build", action="store_true", help="build the results table afterwards")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their run keys, run nothing")
     p.add_argument("--no-progress", action="store_true")

@@ -209,9 +209,11 @@ def test_bob_plan_prints_the_table(tmp_path, monkeypatch, capsys):
     assert "no stored throughput table for device 'nope'" in capsys.readouterr().err
 
 
-def test_the_plan_names_repeated_fine_tuning_and_subsampled_splits():
-    """OOD's fine-tuned ImageNet classifier is the classification fine-tune of the same backbone and recipe: the
-    plan says how many GPU-hours that repeat costs. Detection's n_train default (240) silently subsamples COCO."""
+def test_the_plan_counts_a_shared_fine_tune_once_names_a_repeated_one_and_subsampled_splits():
+    """OOD's fine-tuned ImageNet classifier is the classification fine-tune of the same backbone and recipe: the OOD
+    cell loads those weights (a shared artifact), so the plan charges the training once and says what it saves; a
+    training that only looks the same (another precision: another artifact) is named as repeated. Detection's
+    n_train default (240) silently subsamples COCO."""
     from bobkit.batch.grid import expand_grid
     from bobkit.rehearsal.plan import plan_grid
     from bobkit.rehearsal.plan_report import format_plan
@@ -225,11 +227,20 @@ def test_the_plan_names_repeated_fine_tuning_and_subsampled_splits():
          "image_size": 224, "epochs": 1},
     ]})
     plan = plan_grid(cells, _table(), profile=_profile)
-    (repeat, seconds), = plan.repeated_training
-    assert repeat.task == "ood" and seconds == pytest.approx(2 * 1_281_167 * 1e-3 * 3.0)  # epochs x n x fwd x 3
+    (shared, seconds), = plan.shared_training
+    assert shared.task == "ood" and seconds == pytest.approx(2 * 1_281_167 * 1e-3 * 3.0)  # epochs x n x fwd x 3
+    assert not plan.repeated_training
+    ood_cost = next(c for c in plan.cells if c.cell.task == "ood")
+    assert ood_cost.trained_by == cells[0].label and ood_cost.paper_seconds - ood_cost.seconds == pytest.approx(
+        seconds)
     text = format_plan(plan)
-    assert "repeated fine-tuning: 1 ood cell(s)" in text
     assert "frozen-feature cells" not in text  # a frozen-trunk detector trains its heads: not a frozen-feature cell
+    assert "trained once: 1 ood cell(s) use the probe head or fine-tuned weights another cell trains" in text
+    other = expand_grid({"grid": [{"task": "classification", **recipe},
+                                  {"task": "ood", **recipe, "targets": ["imagenet_a"], "precision": "fp32"}]})
+    (repeat, _), = plan_grid(other, _table(), profile=_profile).repeated_training
+    assert repeat.task == "ood"
+    assert "repeated fine-tuning: 1 ood cell(s)" in format_plan(plan_grid(other, _table(), profile=_profile))
     assert "subset: 1 detection cell(s) read 240 of coco2017's 118,287 train images (n_train=240)" in text
 
 

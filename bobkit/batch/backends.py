@@ -18,6 +18,16 @@ records and the OOM retry are the same everywhere; a backend only decides where 
   torch's elastic launcher inside the allocation (:mod:`bobkit.tasks.distributed`). ``cluster="local"``
   (subprocesses) or ``"debug"`` (in-process) run the same path without Slurm, which is how it is tested.
 
+Cells that make an artifact others need (:func:`bobkit.batch.grid.artifact_links`) are submitted first; each
+consumer goes into an array of its own resources and producers whose Slurm dependency is
+``afterok:<job>_<index>`` of its producers' array tasks (``--kill-on-invalid-dep=yes``: a producer job that fails
+cancels it), so a consumer never starts before its producer's artifact exists. A producer whose cell failed inside
+its job (a failed sidecar, a job that still exits 0) fails its consumers when they start, naming it; the
+executors without Slurm (``local``, ``debug``) ignore dependencies, so a consumer's job also waits for its
+producers' cells to end. Probe and model artifacts go to ``$BOB_ARTIFACTS_DIR`` (``bob run --artifacts-dir``), by
+default ``<runs dir>/.artifacts``: the runs folder is the one folder every node of a batch is known to share (the
+cache folder may be node-local).
+
 On a real Slurm cluster (``tests/slurm``, ``make test-slurm``) the driver also records each cell's job
 (:func:`bobkit.batch.scheduler.record_submission`; a second driver leaves cells whose job is still queued alone)
 and follows its jobs with ``squeue`` (:mod:`bobkit.batch.scheduler`), so a requeued task is waited for, never
@@ -44,7 +54,7 @@ from typing import Any, Iterable, Protocol, Sequence
 
 from bobkit.batch import scheduler
 from bobkit.batch.claims import Claim, try_claim
-from bobkit.batch.grid import Cell
+from bobkit.batch.grid import Cell, artifact_links, producers_first, providers_of
 from bobkit.batch.resources import (
     ResourceError,
     check_resources,
@@ -61,13 +71,16 @@ from bobkit.batch.runner import (
     cell_env,
     cell_state,
     execute_cell,
+    fail_for_producers,
     is_resumable,
+    producer_failure_message,
     run_cells,
     run_dir_of,
     select_cells,
     stale_after,
     train_state_dir,
 )
+from bobkit.features.artifacts import ARTIFACTS_ENV
 from bobkit.tasks.train_state import stop_training
 from bobkit.utils.progress import progress_bar
 
@@ -81,6 +94,10 @@ except ImportError:  # pragma: no cover
 # submitit's own requeue and the job's exit; the rest is the training's time to finish its step and save.
 CHECKPOINT_MARGIN_S = 5
 SUBMITIT_FOLDER = ".submitit"
+#: The artifacts folder of a Slurm batch unless ``$BOB_ARTIFACTS_DIR`` says otherwise: inside the runs folder.
+ARTIFACTS_FOLDER = ".artifacts"
+#: How often a consumer's job looks whether its producers' cells ended (executors that ignore dependencies).
+PRODUCER_POLL_SECONDS = 2.0
 # A partition name (or a comma-separated list of them); anything else could end the #SBATCH line it goes into.
 # How often the driver polls Slurm, unless told (``poll_seconds``).
 POLL_ENV = "BOB_SLURM_POLL_SECONDS"
@@ -126,12 +143,16 @@ class SubmititBackend:
         Show a progress bar while waiting.
     poll_seconds
         How often to poll job states (default: 30 s on Slurm, 0.5 s otherwise).
+    artifacts_dir
+        Where the cells keep probe and model artifacts (default: ``$BOB_ARTIFACTS_DIR``, else
+        ``<runs_dir>/.artifacts``); every node must see it.
     """
 
     cluster: str | None = None
     folder: str | os.PathLike[str] | None = None
     progress: bool = True
     poll_seconds: float | None = None
+    artifacts_dir: str | os.PathLike[str] | None = None
     jobs: list[Any] = field(default_factory=list, repr=False)
 
     def run(
@@ -143,8 +164,10 @@ class SubmititBackend:
         runs_dir = absolute_runs_dir(runs_dir)  # the compute nodes start elsewhere
         start = time.perf_counter()
         summary = BatchSummary()
+        selected = select_cells(cells, runs_dir, only_failed)
+        links = artifact_links(selected)
         todo = []
-        for cell in select_cells(cells, runs_dir, only_failed):
+        for cell in producers_first(selected, links):
             state = cell_state(cell, runs_dir)
             if state in ("done", "running"):
                 summary.outcomes.append(CellOutcome(cell, "skipped" if state == "done" else "busy"))
@@ -155,25 +178,36 @@ class SubmititBackend:
             todo = skip_queued_elsewhere(todo, runs_dir, summary)
         folder = Path(self.folder).resolve() if self.folder else runs_dir / SUBMITIT_FOLDER
         runner = {"backend": "submitit", "cluster": cluster, "batch_id": uuid.uuid4().hex[:12]}
+        artifacts = batch_artifacts_dir(runs_dir, self.artifacts_dir)
         # Every array's parameters are checked before the first one is submitted.
-        plans = [(executor_parameters(resources, cluster), resources, group)
-                 for resources, group in group_by_resources(todo)]
+        for resources, _ in group_by_resources(todo):
+            executor_parameters(resources, cluster)
+        job_of: dict[str, Any] = {}
         submitted: list[tuple[Any, Cell]] = []
-        for parameters, resources, group in plans:
-            executor = submitit.AutoExecutor(folder=folder, cluster=cluster,
-                                             slurm_max_num_timeout=max_requeues_of(resources))
-            executor.update_parameters(**parameters)
-            jobs = executor.map_array(CellJob(str(runs_dir), runner), group)
-            submitted.extend(zip(jobs, group))
-            if cluster == "slurm":
+        for wave in dependency_waves(todo, links):
+            for resources, after, group in group_by_dependencies(wave, links, job_of):
+                parameters = executor_parameters(resources, cluster)
+                if after:
+                    parameters["slurm_additional_parameters"] = slurm_dependency(after)
+                executor = submitit.AutoExecutor(folder=folder, cluster=cluster,
+                                                 slurm_max_num_timeout=max_requeues_of(resources))
+                executor.update_parameters(**parameters)
+                producers = {cell.run_key: providers_of(links, cell) for cell in group}
+                jobs = executor.map_array(CellJob(str(runs_dir), runner, producers=producers,
+                                                  artifacts_dir=str(artifacts)), group)
+                submitted.extend(zip(jobs, group))
                 for job, cell in zip(jobs, group):
-                    scheduler.record_submission(run_dir_of(cell, runs_dir), job.job_id, runner["batch_id"])
+                    job_of[cell.run_key] = job
+                if cluster == "slurm":
+                    for job, cell in zip(jobs, group):
+                        scheduler.record_submission(run_dir_of(cell, runs_dir), job.job_id, runner["batch_id"])
         self.jobs = [job for job, _ in submitted]
-        summary.outcomes.extend(self._wait(submitted, runs_dir, cluster))
+        summary.outcomes.extend(self._wait(submitted, runs_dir, cluster, links))
         summary.seconds = time.perf_counter() - start
         return summary
 
-    def _wait(self, submitted: list[tuple[Any, Cell]], runs_dir: Path, cluster: str) -> list[CellOutcome]:
+    def _wait(self, submitted: list[tuple[Any, Cell]], runs_dir: Path, cluster: str,
+              links: dict[str, list[Any]] | None = None) -> list[CellOutcome]:
         from submitit.helpers import as_completed
 
         by_job = {id(job): cell for job, cell in submitted}
@@ -186,7 +220,8 @@ class SubmititBackend:
         # The debug executor runs a job when its result is asked for; as_completed would wait forever.
         finished = jobs if cluster == "debug" else as_completed(jobs, poll_frequency=poll)
         for job in finished:
-            outcome = collect(job, by_job[id(job)], runs_dir)
+            cell = by_job[id(job)]
+            outcome = collect(job, cell, runs_dir, providers_of(links or {}, cell))
             outcomes.append(outcome)
             if bar is not None:
                 bar.set_postfix_str(f"{outcome.status}: {outcome.cell.label}"[:60])
@@ -209,20 +244,34 @@ class CellJob(Checkpointable):
         The claim token handed over by the job this one requeues.
     requeues
         How many times this cell's job has been requeued.
+    producers
+        Run key -> the cells providing the artifacts that cell needs (it fails, naming them, when one failed).
+    artifacts_dir
+        ``$BOB_ARTIFACTS_DIR`` of the cell's kernel.
     """
 
     def __init__(self, runs_dir: str, runner: dict[str, Any], adopt_token: str | None = None,
-                 requeues: int = 0) -> None:
+                 requeues: int = 0, producers: dict[str, list[Cell]] | None = None,
+                 artifacts_dir: str | None = None) -> None:
         self.runs_dir = runs_dir
         self.runner = runner
         self.adopt_token = adopt_token
         self.requeues = requeues
+        self.producers = producers or {}
+        self.artifacts_dir = artifacts_dir
         self._claim: Claim | None = None
 
     def __call__(self, cell: Cell) -> CellOutcome:
         runner = {**self.runner, "job_id": _job_id(), "requeues": self.requeues, "host": socket.gethostname(),
                   "pid": os.getpid()}
+        producers = self.producers.get(cell.run_key, [])
+        if producers:
+            failed = wait_for_producers(producers, Path(self.runs_dir))
+            if failed:
+                return fail_for_producers(cell, self.runs_dir, failed, runner)
         env = {"BOB_NUM_THREADS": str(_job_threads(cell)), **cell_env(cell)}
+        if self.artifacts_dir:
+            env[ARTIFACTS_ENV] = self.artifacts_dir
         if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
             return self._run_on_slurm(cell, runner, env)
         return execute_cell(cell, self.runs_dir, env=env, runner=runner, adopt_token=self.adopt_token,
@@ -284,7 +333,8 @@ class CellJob(Checkpointable):
                   f"{running} still running after up to {wait_s} s", file=sys.stderr, flush=True)
 
         token = self._claim.hand_over() if self._claim is not None else self.adopt_token
-        return DelayedSubmission(CellJob(self.runs_dir, self.runner, token, self.requeues + 1), cell)
+        return DelayedSubmission(CellJob(self.runs_dir, self.runner, token, self.requeues + 1, self.producers,
+                                         self.artifacts_dir), cell)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_claim": None}  # a live claim (heartbeat thread) does not travel
@@ -307,7 +357,8 @@ def get_backend(name: str, **options: Any) -> Backend:
     if name == "local":
         return LocalBackend(**{k: v for k, v in options.items() if k in ("workers", "kernel", "progress")})
     if name in ("slurm", "submitit"):
-        return SubmititBackend(**{k: v for k, v in options.items() if k in ("cluster", "folder", "progress")})
+        return SubmititBackend(**{k: v for k, v in options.items()
+                                  if k in ("cluster", "folder", "progress", "artifacts_dir")})
     raise ValueError(f"unknown backend {name!r}; known: local, slurm")
 
 
@@ -372,8 +423,10 @@ def job_time_limit_min(resources: dict[str, Any]) -> int:
     return int(math.ceil(float(resources.get("timeout_min", 60)) + job_margin_min_of(resources)))
 
 
-def sbatch_script(resources: dict[str, Any], folder: str | os.PathLike[str], command: str = "python -m job") -> str:
-    """The Slurm batch script submitit writes for one array with ``resources``, made without a Slurm install.
+def sbatch_script(resources: dict[str, Any], folder: str | os.PathLike[str], command: str = "python -m job",
+                  after: Sequence[str] = ()) -> str:
+    """The Slurm batch script submitit writes for one array with ``resources`` (and, for consumers, the producer
+    jobs ``after`` it waits for: :func:`slurm_dependency`), made without a Slurm install.
 
     submitit's executor refuses to exist where ``srun`` is missing; this applies the same conversions
     (:func:`executor_parameters`, submitit's generic-to-Slurm names and memory format, ``slurm_`` prefixes) and
@@ -390,16 +443,91 @@ def sbatch_script(resources: dict[str, Any], folder: str | os.PathLike[str], com
             specific[names.get(key, key)] = value
     if "mem" in specific:
         specific["mem"] = slurm._convert_mem(specific["mem"])
+    if after:
+        specific["additional_parameters"] = slurm_dependency(after)
     return slurm._make_sbatch_string(command=command, folder=Path(folder), **specific)
 
 
-def collect(job: Any, cell: Cell, runs_dir: Path) -> CellOutcome:
-    """The outcome a job returned; a job that died without one gets a failed sidecar (unless the cell is done)."""
+def collect(job: Any, cell: Cell, runs_dir: Path, producers: Sequence[Cell] = ()) -> CellOutcome:
+    """The outcome a job returned; a job that died without one gets a failed sidecar (unless the cell is done):
+    ``producer_failed`` naming its producers when one of them failed (Slurm cancels a job whose dependency can no
+    longer be met), else Slurm's verdict."""
     try:
         return job.result()
     except Exception as exc:  # noqa: BLE001 - submitit's FailedJobError / UncompletedJobError, or unpickling
+        failed = failed_producers(producers, runs_dir)
+        if failed:
+            return record_job_failure(cell, runs_dir, exc, _job_stderr(job), kind="producer_failed",
+                                      message=producer_failure_message(failed))
         kind, message = slurm_verdict(job, exc)
         return record_job_failure(cell, runs_dir, exc, _job_stderr(job), kind=kind, message=message)
+
+
+def failed_producers(producers: Sequence[Cell], runs_dir: Path) -> list[CellOutcome]:
+    """The producers whose cells are recorded failed, as outcomes carrying their first error line."""
+    from bobkit.batch.sidecars import read_sidecar
+
+    failed = []
+    for producer in producers:
+        if cell_state(producer, runs_dir) == "failed":
+            error = (read_sidecar(run_dir_of(producer, runs_dir)) or {}).get("error") or {}
+            message = str(error.get("message") or "").strip()
+            failed.append(CellOutcome(producer, "failed", error=message.splitlines()[0] if message else None,
+                                      kind=error.get("kind")))
+    return failed
+
+
+def wait_for_producers(producers: Sequence[Cell], runs_dir: Path, poll_s: float = PRODUCER_POLL_SECONDS,
+                       stop: threading.Event | None = None) -> list[CellOutcome]:
+    """Wait until every producer's cell is done or failed (Slurm's ``afterok`` already waited; the executors
+    without Slurm did not); returns the failed ones. Past the producers' stale time the wait ends: the consumer
+    then makes what it needs itself."""
+    deadline = time.monotonic() + max((stale_after(p) for p in producers), default=0.0)
+    while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+        if all(cell_state(p, runs_dir) in ("done", "failed") for p in producers):
+            break
+        time.sleep(poll_s)
+    return failed_producers(producers, runs_dir)
+
+
+def batch_artifacts_dir(runs_dir: Path, explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The artifacts folder of a Slurm batch: the one given, ``$BOB_ARTIFACTS_DIR``, else ``<runs_dir>/.artifacts``
+    (absolute: the compute nodes start elsewhere)."""
+    chosen = explicit or os.environ.get(ARTIFACTS_ENV) or Path(runs_dir) / ARTIFACTS_FOLDER
+    return Path(chosen).expanduser().resolve()
+
+
+def dependency_waves(cells: Sequence[Cell], links: dict[str, list[Any]]) -> list[list[Cell]]:
+    """``cells`` in submission waves: a cell comes after every wave holding one of its producers."""
+    keys = {cell.run_key for cell in cells}
+    placed: set[str] = set()
+    remaining, waves = list(cells), []
+    while remaining:
+        wave = [cell for cell in remaining
+                if all(p.run_key not in keys or p.run_key in placed for p in providers_of(links, cell))]
+        wave = wave or remaining  # never happens (a producer needs nothing of its consumers); submit what is left
+        placed.update(cell.run_key for cell in wave)
+        remaining = [cell for cell in remaining if cell.run_key not in placed]
+        waves.append(wave)
+    return waves
+
+
+def group_by_dependencies(cells: Iterable[Cell], links: dict[str, list[Any]],
+                          job_of: dict[str, Any]) -> list[tuple[dict[str, Any], tuple[str, ...], list[Cell]]]:
+    """Cells with identical resources and identical producer jobs (``jobid_index`` of array tasks), in first-seen
+    order: each group becomes one job array, with that dependency."""
+    groups: dict[str, tuple[dict[str, Any], tuple[str, ...], list[Cell]]] = {}
+    for cell in cells:
+        after = tuple(sorted({str(job_of[p.run_key].job_id) for p in providers_of(links, cell)
+                              if p.run_key in job_of}))
+        key = json.dumps([cell.resources, after], sort_keys=True, default=str)
+        groups.setdefault(key, (dict(cell.resources), after, []))[2].append(cell)
+    return list(groups.values())
+
+
+def slurm_dependency(after: Sequence[str]) -> dict[str, str]:
+    """sbatch options of a consumer array: start after every producer task ended well; cancelled when one failed."""
+    return {"dependency": "afterok:" + ":".join(after), "kill_on_invalid_dep": "yes"}
 
 
 def record_job_failure(cell: Cell, runs_dir: Path, exc: BaseException, stderr: str = "", *,

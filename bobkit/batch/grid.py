@@ -28,6 +28,11 @@ kernels and jobs it starts see them too, and checks every declaration first (fol
 found, checkpoints key-checked). A cell naming a declared dataset or backbone has the declaration's content key
 in its run key: an edited folder or a new checkpoint makes new keys.
 
+Cells declare the artifacts they make and use (``TaskSpec.produces`` / ``needs``: a classification probe cell
+produces its probe head, an OOD cell of the same training needs it; :mod:`bobkit.features.artifacts`). A
+consumer's run key holds the keys of what it needs, so retraining the producer under new code or another recipe
+makes the consumer a new cell; :func:`artifact_links` says which cell of a batch provides what another needs.
+
 Everything is validated before anything runs: unknown tasks, parameters, backbones and datasets raise
 :class:`GridError` naming the value and the file.
 """
@@ -40,12 +45,13 @@ import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
 from bobkit.batch import codehash
 from bobkit.batch.resources import DEFAULT_RESOURCES, ResourceError, check_resources
+from bobkit.features.artifacts import ArtifactRef
 from bobkit.tasks import ParameterError, get_spec, get_task, task_names
 from bobkit.tasks.contract import Param
 from bobkit.utils.text import short_repr
@@ -70,13 +76,15 @@ class GridError(ValueError):
 
 @dataclass(frozen=True)
 class Cell:
-    """One run: a task with its full canonical parameters."""
+    """One run: a task with its full canonical parameters, and the artifacts it makes and uses."""
 
     task: str
     params: dict[str, Any]
     run_key: str
     resources: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    produces: tuple[ArtifactRef, ...] = ()
+    needs: tuple[ArtifactRef, ...] = ()
 
     @property
     def label(self) -> str:
@@ -142,17 +150,25 @@ def declared_content(params: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def run_key(task: str, params: dict[str, Any], code: str | None = None) -> str:
+def run_key(task: str, params: dict[str, Any], code: str | None = None,
+            needs: tuple[ArtifactRef, ...] | list[ArtifactRef] | None = None) -> str:
     """Stable 16-hex-digit hash of the task, its result-relevant parameters and the code behind it, plus the
-    content keys of the declared datasets and backbones it names (:func:`declared_content`).
+    content keys of the declared datasets and backbones it names (:func:`declared_content`) and the keys of the
+    artifacts it needs (so a retrained producer makes a new consumer).
 
-    ``code`` is a code version to use instead of this checkout's (:func:`code_version`).
+    ``code`` is a code version to use instead of this checkout's (:func:`code_version`); ``needs`` the artifacts
+    (default: what the task declares for ``params``).
     """
     code = code if code is not None else code_version(task)
     payload: dict[str, Any] = {"task": task, "params": result_params(params), "code": code}
     declared = declared_content(params)
     if declared:
         payload["declared"] = declared
+    if needs is None:
+        spec = get_spec(task)
+        needs = spec.needed({**spec.defaults(), **params})  # the declared defaults fill what a caller left out
+    if needs:  # cells that need nothing keep the keys they had before artifacts existed
+        payload["needs"] = sorted(ref.name for ref in needs)
     blob = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -171,7 +187,76 @@ def make_cell(task: str, overrides: dict[str, Any], resources: dict[str, Any] | 
         raise GridError(f"{source}: {exc}" if source else str(exc)) from exc
     for name in RUNNER_PARAMS:
         params.pop(name, None)
-    return Cell(task, params, run_key(task, params), resources, source)
+    spec = get_spec(task)
+    try:
+        produces, needs = tuple(spec.produced(params)), tuple(spec.needed(params))
+    except (ValueError, OSError) as exc:  # e.g. a checkpoint that cannot be hashed
+        raise GridError(f"{source}: {task} artifacts of {params.get('backbone', '')}: {exc}") from exc
+    return Cell(task, params, run_key(task, params, needs=needs), resources, source, produces, needs)
+
+
+@dataclass(frozen=True)
+class ArtifactLink:
+    """An artifact a cell needs and the cell of the batch that provides it.
+
+    ``explicit``: the provider declares it as produced (a classification cell); otherwise the provider is the first
+    cell that needs it, which makes and publishes it (the others wait for it instead of making it again).
+    """
+
+    ref: ArtifactRef
+    provider: Cell
+    explicit: bool
+
+
+def artifact_links(cells: Iterable[Cell]) -> dict[str, list[ArtifactLink]]:
+    """For each cell (by run key), the artifacts it needs that another cell of ``cells`` provides.
+
+    A producer (a cell whose task declares the artifact as produced) provides it; when no cell produces it, the
+    first cell that needs it (in the given order) does, and the others depend on that one.
+    """
+    cells = list(cells)
+    producers: dict[ArtifactRef, Cell] = {}
+    first_user: dict[ArtifactRef, Cell] = {}
+    for cell in cells:
+        for ref in cell.produces:
+            producers.setdefault(ref, cell)
+        for ref in cell.needs:
+            first_user.setdefault(ref, cell)
+    links: dict[str, list[ArtifactLink]] = {}
+    for cell in cells:
+        for ref in cell.needs:
+            provider, explicit = (producers[ref], True) if ref in producers else (first_user[ref], False)
+            if provider.run_key != cell.run_key:
+                links.setdefault(cell.run_key, []).append(ArtifactLink(ref, provider, explicit))
+    return links
+
+
+def providers_of(links: dict[str, list[ArtifactLink]], cell: Cell) -> list[Cell]:
+    """The distinct cells ``cell`` waits for (its artifacts' providers), in order."""
+    seen: dict[str, Cell] = {}
+    for link in links.get(cell.run_key, []):
+        seen.setdefault(link.provider.run_key, link.provider)
+    return list(seen.values())
+
+
+def producers_first(cells: Iterable[Cell], links: dict[str, list[ArtifactLink]] | None = None) -> list[Cell]:
+    """``cells`` with every provider before the cells that need it (otherwise in the given order)."""
+    cells = list(cells)
+    links = artifact_links(cells) if links is None else links
+    by_key = {cell.run_key: cell for cell in cells}
+    ordered: dict[str, Cell] = {}
+
+    def visit(cell: Cell, path: tuple[str, ...]) -> None:
+        if cell.run_key in ordered or cell.run_key in path:
+            return
+        for provider in providers_of(links, cell):
+            if provider.run_key in by_key:
+                visit(provider, (*path, cell.run_key))
+        ordered[cell.run_key] = cell
+
+    for cell in cells:
+        visit(cell, ())
+    return list(ordered.values())
 
 
 class DuplicateKeyError(yaml.YAMLError):

@@ -16,6 +16,13 @@ job's SIGTERM) first asks a running training to save (up to :data:`STOP_GRACE_SE
 Cells get ``$BOB_PROCESSES`` (their ``processes`` resource) and, on a machine with GPUs, a cell that asks for
 ``gpus: N`` gets N GPUs of its own (``CUDA_VISIBLE_DEVICES``) for as long as it runs.
 
+Cells that make an artifact others need (:func:`bobkit.batch.grid.artifact_links`: a classification probe cell
+and the OOD cell that uses its probe head) run first: a consumer is handed to a worker only once its providers
+have ended, so it never holds a worker while it waits; a provider that failed fails its consumers, with its name
+in their error (``producer_failed``), and a stopped one leaves them pending. A cell's sidecar keeps what it
+declared (``needs``, ``produces``: artifact names) and the artifacts it loaded or published (``artifacts``: kind,
+key, sha256, how), from the ledger its task wrote (:mod:`bobkit.features.artifacts`).
+
 Papermill runs in a child process per cell (in a session of its own, killed with the batch through
 ``PR_SET_PDEATHSIG``); the local backend's worker threads only wait on those children.
 """
@@ -33,18 +40,19 @@ import sys
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from bobkit.batch import codehash, provenance
 from bobkit.batch.claims import Claim, is_stale, read_claim, try_claim
-from bobkit.batch.grid import Cell, run_key
+from bobkit.batch.grid import Cell, artifact_links, producers_first, providers_of, run_key
 from bobkit.batch.oom import oom_kill_count
 from bobkit.batch.record import cell_record
 from bobkit.batch.resources import processes_of
 from bobkit.batch.sidecars import NOTEBOOK, SIDECAR, is_complete, read_sidecar, record_outcome, set_aside_reason
+from bobkit.features.artifacts import read_ledger
 from bobkit.tasks import get_spec, notebook_path
 from bobkit.tasks.distributed import PROCESSES_ENV
 from bobkit.tasks.output import TASK_OUTPUT, TaskOutput, parse_task_output
@@ -152,11 +160,15 @@ def run_cells(
     """Run ``cells`` on this machine with ``workers`` concurrent papermill processes.
 
     Worker ``i`` sees one GPU (``CUDA_VISIBLE_DEVICES``, round robin) when there are GPUs and several workers,
-    and ``cpu_count // workers`` threads. Ctrl-C stops the batch: running cells are killed and left pending
-    (no sidecar), queued cells never start.
+    and ``cpu_count // workers`` threads. Providers of artifacts run before the cells that need them; a consumer
+    is handed to a worker once its providers ended (it holds no worker while it waits) and fails, naming them, when
+    one failed. Ctrl-C stops the batch: running cells are killed and left pending (no sidecar), queued cells never
+    start.
     """
     runs_dir = absolute_runs_dir(runs_dir)
     cells = select_cells(cells, runs_dir, only_failed)
+    links = artifact_links(cells)
+    cells = producers_first(cells, links)
     summary = BatchSummary()
     start = time.perf_counter()
     n_workers = max(1, workers)
@@ -185,17 +197,46 @@ def run_cells(
             gpus.release(held)
             slots.put(slot)
 
+    ended: dict[str, CellOutcome] = {}
+    waiting = list(cells)
+    running: dict[Future[CellOutcome], Cell] = {}
     pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="bob-worker")
+
+    def record(outcome: CellOutcome) -> None:
+        ended[outcome.cell.run_key] = outcome
+        summary.outcomes.append(outcome)
+        if on_outcome:
+            on_outcome(outcome)
+        if bar is not None:
+            bar.set_postfix_str(f"{outcome.status}: {outcome.cell.label}"[:60])
+            bar.update(1)
+
+    def dispatch() -> None:
+        """Hand every cell whose providers have ended to the pool (or settle it when one failed or stopped)."""
+        for cell in list(waiting):
+            providers = providers_of(links, cell)
+            if any(provider.run_key not in ended for provider in providers):
+                continue
+            waiting.remove(cell)
+            # A producer whose code changed under the batch recorded nothing: the consumer runs (and finds its own
+            # code changed, or makes what it needs itself); only a recorded failure fails it.
+            failed = [ended[p.run_key] for p in providers
+                      if ended[p.run_key].status == "failed" and ended[p.run_key].kind != "code_changed"]
+            if any(ended[p.run_key].status == "interrupted" for p in providers) or stop.is_set():
+                record(CellOutcome(cell, "interrupted", error="its producer was interrupted"))
+            elif failed:
+                running[pool.submit(fail_for_producers, cell, runs_dir, failed, runner)] = cell
+            else:
+                running[pool.submit(job, cell)] = cell
+
     try:
-        futures = [pool.submit(job, cell) for cell in cells]
-        for future in as_completed(futures):
-            outcome = future.result()
-            summary.outcomes.append(outcome)
-            if on_outcome:
-                on_outcome(outcome)
-            if bar is not None:
-                bar.set_postfix_str(f"{outcome.status}: {outcome.cell.label}"[:60])
-                bar.update(1)
+        dispatch()
+        while running:
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                running.pop(future)
+                record(future.result())
+            dispatch()
     except BaseException:
         stop.set()  # workers kill their papermill children and record nothing
         pool.shutdown(wait=True, cancel_futures=True)
@@ -206,6 +247,43 @@ def run_cells(
             bar.close()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def producer_failure_message(failed: Iterable[CellOutcome]) -> str:
+    """The error of a consumer whose producers failed: each producer's label, run key and error."""
+    return "; ".join(f"producer {o.cell.label} ({o.cell.run_key}) failed: {o.error or o.kind or 'unknown error'}"
+                     for o in failed)
+
+
+def fail_for_producers(cell: Cell, runs_dir: str | os.PathLike[str], failed: list[CellOutcome],
+                       runner: dict[str, Any] | None = None) -> CellOutcome:
+    """Record ``cell`` failed because the cells providing what it needs failed (``producer_failed``, naming them);
+    nothing is recorded when it is complete already or claimed by a live batch."""
+    run_dir = run_dir_of(cell, absolute_runs_dir(runs_dir))
+    if is_complete(run_dir):
+        return CellOutcome(cell, "skipped")
+    message = producer_failure_message(failed)
+    claim = try_claim(run_dir, stale_after=stale_after(cell))
+    if claim is None:
+        return CellOutcome(cell, "busy", error=message)
+    try:
+        previous = read_sidecar(run_dir)
+        keep_aside_if_corrupt(run_dir)
+        error = {"kind": "producer_failed", "message": message[:500], "output_tail": ""}
+        sidecar = cell_record(cell, output=None, params_used=cell.params, prov=provenance.collect({}, cell.params),
+                              error=error, started=time.time(), attempts=[], runner=runner or {}, timings={},
+                              history=_history(previous), **artifact_fields(cell, []))
+        record_outcome(run_dir, sidecar)
+    finally:
+        claim.release()
+    return CellOutcome(cell, "failed", 0.0, message, "producer_failed")
+
+
+def artifact_fields(cell: Cell, used: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a sidecar says about artifacts: the names the cell declared it needs and produces, and the artifacts
+    it loaded or published (kind, key, sha256, how)."""
+    return {"needs": [ref.name for ref in cell.needs], "produces": [ref.name for ref in cell.produces],
+            "artifacts": used}
 
 
 def execute_cell(
@@ -244,7 +322,8 @@ def execute_cell(
     run_dir = run_dir_of(cell, absolute_runs_dir(runs_dir))
     if is_complete(run_dir):
         return CellOutcome(cell, "skipped")
-    if run_key(cell.task, cell.params, codehash.code_version(cell.task, fresh=True)) != cell.run_key:
+    fresh = codehash.code_version(cell.task, fresh=True)
+    if run_key(cell.task, cell.params, fresh, needs=cell.needs or None) != cell.run_key:
         # Code edited after the keys were computed (a long batch, a Slurm job that waited): its numbers must
         # not be filed under the old key. Nothing is recorded; the cell runs again under its new key.
         return CellOutcome(cell, "failed", error=CODE_CHANGED, kind="code_changed")
@@ -295,6 +374,7 @@ def _execute_claimed(
         cell, output=output, params_used=params, prov=provenance.collect(env, params, descriptors),
         error=None if complete else result.error(), started=started,
         attempts=attempts, runner=runner, timings={**descriptors, **result.timings()}, history=_history(previous),
+        **artifact_fields(cell, read_ledger(result.work) if complete else []),
     )
     if result.notebook.exists():
         os.replace(result.notebook, run_dir / NOTEBOOK)
@@ -621,7 +701,8 @@ class GpuPool:
 
 
 __all__ = [
-    "BatchSummary", "CellOutcome", "GpuPool", "SIDECAR", "TRAIN_STATE", "absolute_runs_dir", "cell_env", "cell_state",
-    "classify_failure", "execute_cell", "is_resumable", "remove_train_state", "run_cells", "run_dir_of",
-    "select_cells", "train_state_dir", "worker_env",
+    "BatchSummary", "CellOutcome", "GpuPool", "SIDECAR", "TRAIN_STATE", "absolute_runs_dir", "artifact_fields",
+    "cell_env", "cell_state", "classify_failure", "execute_cell", "fail_for_producers", "is_resumable",
+    "producer_failure_message", "remove_train_state", "run_cells", "run_dir_of", "select_cells", "train_state_dir",
+    "worker_env",
 ]

@@ -1,6 +1,9 @@
 """``bob status``: where a grid stands in a runs folder, read from sidecars and claims (and, for cells sent to
 Slurm, Slurm's own view beside them: :func:`slurm_lines`).
 
+A pending cell that needs an artifact another cell of the grid provides and that is not done yet is shown as
+waiting for that cell (``waiting for <producer label>``; :func:`bobkit.batch.grid.artifact_links`).
+
 A cell is ``done`` (complete sidecar and executed notebook), ``failed``, ``running`` (a live claim), ``pending``,
 or ``stale``: pending under the current code while a complete record of it made by other code exists (see
 :mod:`bobkit.batch.stale`). Unreadable sidecars are listed, never fatal.
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bobkit.batch.claims import UNREADABLE_GRACE_SECONDS, read_claim
-from bobkit.batch.grid import Cell, cell_identity, load_grid
+from bobkit.batch.grid import Cell, artifact_links, cell_identity, load_grid, providers_of
 from bobkit.batch.runner import cell_state, run_dir_of
 from bobkit.batch.sidecars import read_sidecar, scan_sidecars
 from bobkit.batch.stale import OlderRecord, older_records
@@ -33,6 +36,8 @@ class GridStatus:
     where: dict[str, str] = field(default_factory=dict)
     older: dict[str, OlderRecord] = field(default_factory=dict)
     corrupt: list[tuple[Path, str]] = field(default_factory=list)
+    #: Pending cells whose artifact providers are not done: run key -> (provider, its state).
+    waits: dict[str, list[tuple[Cell, str]]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         """Number of cells per state."""
@@ -62,6 +67,13 @@ def grid_status(params: str | Path, runs_dir: str | Path = "runs") -> GridStatus
             status.kinds[cell.run_key] = str(error.get("kind") or "exception")
         elif state == "running":
             status.where[cell.run_key] = claim_holder(read_claim(run_dir) or {})
+    states = {c.run_key: s for s, group in status.cells.items() for c in group}
+    links = artifact_links(cells)
+    for cell in status.cells["pending"] + status.cells["stale"]:
+        waits = [(provider, states.get(provider.run_key, "pending")) for provider in providers_of(links, cell)]
+        waits = [(provider, state) for provider, state in waits if state != "done"]
+        if waits:
+            status.waits[cell.run_key] = waits
     return status
 
 
@@ -93,6 +105,10 @@ def format_status(status: GridStatus, params: str | Path, runs_dir: str | Path =
         lines.append(f"  failed {cell.run_key} {cell.label}: [{kind}] {status.errors[cell.run_key]}")
     for cell in status.cells["stale"]:
         lines.append(f"  stale {cell.run_key} {cell.label}: {status.older[cell.run_key].describe()}")
+    for cell in status.cells["pending"] + status.cells["stale"]:
+        for provider, state in status.waits.get(cell.run_key, []):
+            lines.append(f"  waiting {cell.run_key} {cell.label}: waiting for {provider.label} ({provider.run_key}, "
+                         f"{state})")
     for path, reason in status.corrupt:
         lines.append(f"  corrupt sidecar skipped: {path}: {reason}")
     if counts["failed"]:

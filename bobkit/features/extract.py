@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,14 +39,12 @@ from bobkit.data import sources as _sources
 from bobkit.data import transforms as _transforms
 from bobkit.data import user as _user
 from bobkit.data.transforms import _mean_std, interpolation_mode, resolve_image_size
-from bobkit.data.verify import file_digest
 from bobkit.features import device as _device
+from bobkit.features.artifacts import ENTRY_FORMAT, entry_problems, read_entry, write_entry  # noqa: F401
 from bobkit.features.device import Execution, prepare_model, resolve_device, resolve_execution, single_thread_on_cpu
-from bobkit.utils.files import atomic_dir, file_record, move_aside, record_problems, sha256_bytes, source_fingerprint
+from bobkit.utils.files import sha256_bytes, source_fingerprint
 from bobkit.utils.paths import feature_cache_dir
 
-#: Format of ``meta.json``; entries of other formats are recomputed.
-ENTRY_FORMAT = 2
 ARRAYS = ("features.npy", "labels.npy")
 _DTYPES = {"float32": np.float32, "float16": np.float16}
 _TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}
@@ -440,24 +437,9 @@ def _run_forward(
     return out.numpy()
 
 
-def _entry_problems(entry: Path) -> list[str] | None:
-    """What is wrong with a cache entry: None when there is no entry, ``[]`` when it is intact.
-
-    Checks the sizes and sha256 recorded in ``meta.json`` (memoised hashes: an unchanged file is not re-read) and
-    that the arrays' headers have the recorded shapes and dtypes.
-    """
-    meta_path = entry / "meta.json"
-    if not meta_path.exists() and not entry.exists():
-        return None
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        return [f"meta.json unreadable: {exc}"]
-    if not isinstance(meta, dict) or meta.get("format") != ENTRY_FORMAT:
-        return [f"meta.json of format {meta.get('format') if isinstance(meta, dict) else None!r}, not {ENTRY_FORMAT}"]
-    problems = record_problems(entry, meta.get("files"), sha256=file_digest)
-    if problems:
-        return problems
+def _array_problems(entry: Path, meta: dict[str, Any]) -> list[str]:
+    """The feature entry's own check (after the store's size and sha256 check): the arrays' headers have the
+    recorded shapes and dtypes."""
     for name, expected in meta.get("arrays", {}).items():
         try:
             array = np.load(entry / name, mmap_mode="r")
@@ -468,33 +450,34 @@ def _entry_problems(entry: Path) -> list[str] | None:
     return []
 
 
+def _entry_problems(entry: Path) -> list[str] | None:
+    """What is wrong with a cache entry: None when there is no entry, ``[]`` when it is intact.
+
+    The store's check (:func:`bobkit.features.artifacts.entry_problems`: format, sizes and sha256 recorded in
+    ``meta.json``, memoised hashes) and the arrays' shapes and dtypes.
+    """
+    return entry_problems(entry, _array_problems)
+
+
 def _read_entry(entry: Path) -> tuple[np.ndarray, np.ndarray] | None:
     """Features (memory-mapped) and labels of an intact entry; a damaged one is moved aside (then recomputed)."""
-    problems = _entry_problems(entry)
-    if problems is None:
-        return None
-    if problems:
-        aside = move_aside(entry)
-        warnings.warn(f"feature cache entry {entry} is damaged ({'; '.join(problems)}); moved to {aside.name} "
-                      f"and recomputing", stacklevel=3)
+    if read_entry(entry, "feature cache entry", _array_problems) is None:
         return None
     return np.load(entry / "features.npy", mmap_mode="r"), np.load(entry / "labels.npy")
 
 
 def _write_entry(entry: Path, features: np.ndarray, labels: np.ndarray, meta: dict[str, Any]) -> None:
-    """Write a cache entry (arrays, then their sizes, hashes and shapes in ``meta.json``) atomically and durably.
+    """Write a cache entry (arrays, then their sizes, hashes and shapes in ``meta.json``) atomically and durably
+    (:func:`bobkit.features.artifacts.write_entry`).
 
     A lost race with another process writing the same entry is harmless: theirs is equally valid.
     """
-    with atomic_dir(entry) as tmp:
-        np.save(tmp / "features.npy", features)
-        np.save(tmp / "labels.npy", labels)
-        arrays = {"features.npy": features, "labels.npy": labels}
-        record = {
-            **meta,
-            "format": ENTRY_FORMAT,
-            "shape": list(features.shape),
-            "files": {name: file_record(tmp / name, sha256=file_digest) for name in ARRAYS},
-            "arrays": {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in arrays.items()},
-        }
-        (tmp / "meta.json").write_text(json.dumps(record, indent=2))
+    arrays = {"features.npy": features, "labels.npy": labels}
+
+    def write(tmp: Path) -> dict[str, Any]:
+        for name, array in arrays.items():
+            np.save(tmp / name, array)
+        return {"shape": list(features.shape),
+                "arrays": {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in arrays.items()}}
+
+    write_entry(entry, write, {**meta, "kind": "features"})

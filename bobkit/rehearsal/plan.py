@@ -21,8 +21,13 @@ Selections multiply the work: a list of ``lr`` trains each rate on the 80% of th
 out a validation share, then the winner on all of them (:func:`selection_share`); ``probe_l2="auto"`` fits one probe
 per value of its grid on each validation fold and refits the chosen one (:func:`probe_fit_sizes`).
 
-The paper's way (:attr:`CellCost.paper_seconds`): every cell extracts its own features, and every linear probe is
-the 90-epoch SGD probe. The grid as written is also costed with the L-BFGS probe (:attr:`CellCost.lbfgs_seconds`).
+The paper's way (:attr:`CellCost.paper_seconds`): every cell extracts its own features, trains its own classifier,
+and every linear probe is the 90-epoch SGD probe. The grid as written is also costed with the L-BFGS probe
+(:attr:`CellCost.lbfgs_seconds`).
+
+Each training is counted once (:func:`shared_trainings`): a cell that needs a probe head or fine-tuned weights that
+another cell of the grid trains (``Cell.needs`` / ``Cell.produces``: an OOD or robustness cell whose training equals
+a classification cell's) is not charged for its training; it loads the artifact.
 
 Peak memory per cell (an estimate from the meta-device counts): weights (4 bytes a parameter; 16 when trained
 with AdamW: weights, gradients, two moments) plus the batch's activations (saved for the backward pass when
@@ -88,10 +93,11 @@ class Work:
     seconds: float = 0.0
     share_key: tuple | None = None  # extractions bobkit serves from its cache to later cells
     training_key: tuple | None = None  # a fine-tuning: what identifies the weights it ends with
-    training: bool = False
+    training: bool = False  # trains on the cell's processes (fine-tuning, detector training)
     decoded: float = 0.0  # images decoded and prepared on the CPU
     augmented: bool = False  # through the recipe's training augmentation
     cached: bool = False  # set by plan_grid: served from the feature cache (an earlier cell extracted it)
+    trains: bool = False  # the cell's training (fine-tuning or probe): not charged when another cell provides it
 
 
 @dataclass
@@ -112,6 +118,7 @@ class CellCost:
     seconds: float = 0.0  # filled by plan_grid: with feature sharing
     forward_run: float = 0.0  # filled by plan_grid: forward images bobkit runs (cache hits excluded)
     feasibility: Feasibility | None = None  # filled by plan_grid: the cell on its declared resources
+    trained_by: str | None = None  # filled by plan_grid: the cell whose artifact replaces this cell's training
 
     @property
     def forward(self) -> float:
@@ -125,6 +132,13 @@ class CellCost:
     def forward_paper(self) -> float:
         """Forward images when the cell extracts everything itself (the paper's way)."""
         return self.forward
+
+    @property
+    def lbfgs_seconds(self) -> float:
+        """As written, with the L-BFGS probe where the cell fits a probe (a cell using another cell's fits none)."""
+        if self.trained_by is not None:
+            return self.seconds
+        return self.seconds - self.probe_seconds + self.lbfgs_probe_seconds
 
     @property
     def paper_seconds(self) -> float:
@@ -143,6 +157,8 @@ class Plan:
     repeated_training: list[tuple[Cell, float]] = field(default_factory=list)
     #: The first cell (grid order) that trains each training identity (:attr:`Work.training_key`).
     trained_by: dict[tuple, Cell] = field(default_factory=dict)
+    #: Trainings not run because another cell's artifact is used instead: cell, seconds saved.
+    shared_training: list[tuple[Cell, float]] = field(default_factory=list)
 
     def total(self, attr: str) -> float:
         return sum(getattr(c, attr) for c in self.cells)
@@ -150,7 +166,7 @@ class Plan:
     @property
     def lbfgs_seconds(self) -> float:
         """The grid as written, with the L-BFGS probe instead of the SGD one where it asks for SGD."""
-        return sum(c.seconds - c.probe_seconds + c.lbfgs_probe_seconds for c in self.cells)
+        return sum(c.lbfgs_seconds for c in self.cells)
 
     @property
     def cannot_finish(self) -> list[CellCost]:
@@ -279,8 +295,8 @@ class _Context:
         recipe = tuple(_hashable(self.p.get(k, "train" if k == "train_split" else None)) for k in TRAINING_RECIPE)
         self.cost.work.append(Work("fine-tuning", forward=steps, backward=steps,
                                    seconds=steps * fwd * self.table.train_over_forward,
-                                   training_key=(self.backbone, self.p["dataset"], n_train, recipe), training=True,
-                                   decoded=steps, augmented=bool(self.p.get("augment"))))
+                                   training_key=(self.backbone, self.p["dataset"], n_train, recipe), trains=True,
+                                   training=True, decoded=steps, augmented=bool(self.p.get("augment"))))
         self.cost.work.append(Work("evaluation", forward=n_eval, seconds=n_eval * fwd, decoded=n_eval))
         self.training_memory(prof, int(self.p["batch_size"]))
 
@@ -292,7 +308,7 @@ class _Context:
         sgd = sum(self.sgd_seconds(n, dim, n_classes, epochs) for n in fits)
         lbfgs = sum(self.lbfgs_seconds(n, dim, n_classes, iterations) for n in fits)
         chosen = sgd if solver == "sgd" else lbfgs
-        self.cost.work.append(Work(f"{solver} probe", seconds=chosen))
+        self.cost.work.append(Work(f"{solver} probe", seconds=chosen, trains=True))
         self.cost.probe_seconds += chosen
         self.cost.probe_fits += len(fits)
         self.cost.paper_probe_seconds += self.sgd_seconds(n_fit, dim, n_classes, PAPER_PROBE_EPOCHS)
@@ -386,7 +402,7 @@ def _ood(ctx: _Context) -> None:
     else:
         ctx.extraction(p["dataset"], p["train_split"], "max_train", "features (source train)")
         ctx.extraction(p["dataset"], p["test_split"], "max_test", "features (source test)")
-        ctx.probe(n_train, num_classes(p["dataset"]), "lbfgs")
+        ctx.probe(n_train, num_classes(p["dataset"]), p.get("probe_solver", "lbfgs"))
     prof = ctx.features()
     fwd = ctx.forward_seconds(prof, p["image_size"])
     for target in p["targets"]:
@@ -410,13 +426,14 @@ def _robustness(ctx: _Context) -> None:
     n_train = ctx.reads(p["dataset"], p["train_split"], "max_train")
     n_test = ctx.reads(p["dataset"], p["test_split"], "max_test")
     ctx.cost.images = n_train + n_test
-    n_fit = n_train - round(p["calibration_fraction"] * n_train)
+    held_out_of_training = p.get("calibration_split") in (None, p["train_split"])
+    n_fit = n_train - round(p["calibration_fraction"] * n_train) if held_out_of_training else n_train
     if p["protocol"] == "finetune":
         ctx.finetune(n_fit, n_test + n_train - n_fit)
     else:
         ctx.extraction(p["dataset"], p["train_split"], "max_train", "features (train)")
         ctx.extraction(p["dataset"], p["test_split"], "max_test", "features (test)")
-        ctx.probe(n_fit, num_classes(p["dataset"]), "lbfgs")
+        ctx.probe(n_fit, num_classes(p["dataset"]), p.get("probe_solver", "lbfgs"))
     prof = ctx.features()
     fwd = ctx.forward_seconds(prof, p["image_size"]) * ctx.table.fp32_slowdown.get(ctx.family, 1.0)
     n = split_size(p["dataset"], p["test_split"], p["max_attack"])
@@ -482,15 +499,24 @@ def plan_grid(cells: Iterable[Cell], table: DeviceTable, profile: ProfileFn | No
         from bobkit.rehearsal.profiles import profile as profile_fn
 
         profile = profile_fn
+    cells = list(cells)
     plan = Plan(table, [])
     seen: set[tuple] = set()
+    shared = shared_trainings(cells)
     for cell in cells:
         try:
             cost = cell_cost(cell, table, profile)
         except (KeyError, ValueError, RuntimeError) as exc:
             plan.skipped.append((cell, f"{type(exc).__name__}: {exc}"))
             continue
+        cost.trained_by = shared.get(cell.run_key)
         for work in cost.work:
+            if work.trains and cost.trained_by is not None:
+                plan.shared_training.append((cell, work.seconds))  # the producer's artifact is loaded instead
+                work.cached = True  # not run by this cell
+                if work.training:
+                    cost.training_memory = None
+                continue
             if work.training_key is not None:
                 if work.training_key in plan.trained_by:
                     plan.repeated_training.append((cell, work.seconds))
@@ -505,3 +531,25 @@ def plan_grid(cells: Iterable[Cell], table: DeviceTable, profile: ProfileFn | No
         cost.feasibility = assess(cost, table)
         plan.cells.append(cost)
     return plan
+
+
+def shared_trainings(cells: Iterable[Cell]) -> dict[str, str]:
+    """Run key -> label of the cell whose artifact (probe head, fine-tuned weights) a cell uses instead of training.
+
+    The provider of an artifact is the cell that declares it produced, else the first cell that needs it (it trains
+    and publishes it), as the batch runs them (:func:`bobkit.batch.grid.artifact_links`).
+    """
+    cells = list(cells)
+    providers: dict[Any, Cell] = {}
+    for cell in cells:
+        for ref in getattr(cell, "produces", ()):
+            providers.setdefault(ref, cell)
+    for cell in cells:
+        for ref in getattr(cell, "needs", ()):
+            providers.setdefault(ref, cell)
+    out: dict[str, str] = {}
+    for cell in cells:
+        for ref in getattr(cell, "needs", ()):
+            if providers[ref].run_key != cell.run_key:
+                out[cell.run_key] = providers[ref].label
+    return out

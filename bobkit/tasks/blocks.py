@@ -21,6 +21,8 @@ MAX_BATCH_SIZE = 4096
 #: L-BFGS iterations of the linear probe: the median budget that held-out validation splits pick over pretrained
 #: and random-init backbones (benchmarks/probe_solver.py). Classification, OOD and robustness share it.
 PROBE_MAX_ITER = 20
+#: The probe's solvers (what :func:`bobkit.tasks.training.fit_probe` accepts: its ``PROBE_SOLVERS``).
+PROBE_SOLVERS = ("lbfgs", "sgd")
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 #: Split and file-name-like values become cache paths: letters, digits, ``_``, ``-`` and ``.`` only, no ``..``.
 NAME_PATTERN = r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_.-]*"
@@ -180,6 +182,17 @@ def probe_params() -> tuple[Param, ...]:
 
 #: ``batch_size`` of the tasks that fine-tune: the global batch of an optimizer step.
 TRAINING_BATCH_DOC = "global training batch of one step (accum_steps splits it); forward-only passes may use larger"
+
+
+def probe_solver_params() -> tuple[Param, Param, Param]:
+    """The probe's solver and the SGD solver's budget (classification, OOD and robustness: a cell whose probe
+    equals a classification cell's uses that cell's probe head, :mod:`bobkit.tasks.trained`)."""
+    return (
+        Param("probe_solver", str, "lbfgs", "linear probe solver (sgd: the paper's 90-epoch recipe)",
+              choices=PROBE_SOLVERS),
+        Param("probe_epochs", int, 90, "linear probe, sgd solver: epochs", low=1, high=1000),
+        Param("probe_lr", float, 0.1, "linear probe, sgd solver: learning rate", low=0.0, low_open=True),
+    )
 
 
 def finetune_params(lr_selection: bool = False) -> tuple[Param, ...]:

@@ -28,18 +28,20 @@ from bobkit.data import get_dataset
 from bobkit.data.datasets import dataset_info, low_shot_indices, multilabel_targets
 from bobkit.eval.metrics import macro_f1, multilabel_auroc_metrics
 from bobkit.eval.uncertainty import binomial_se, bootstrap_se, mean_se
+from bobkit.features import artifacts
+from bobkit.features.artifacts import ArtifactRef
 from bobkit.features.device import (
     Execution,
     prepare_model,
 )
 from bobkit.features.extract import extract_features, is_cached, run_forward
-from bobkit.tasks import blocks
+from bobkit.tasks import blocks, trained
 from bobkit.tasks.common import inference_batch_size
 from bobkit.tasks.contract import Metric, Param, ParameterError, TaskSpec
 from bobkit.tasks.harness import task_entry
 from bobkit.tasks.recipe import check_recipe, finetune_args, training_loader_workers, training_metrics
 from bobkit.tasks.training import (
-    PROBE_SOLVERS,
+    ProbeFit,
     finetune,
     fit_probe,
     learning_rates,
@@ -68,6 +70,16 @@ def _multilabel(dataset: str) -> tuple[str, ...]:
     return dataset_info(dataset).multilabel
 
 
+def _produces(p: dict[str, Any]) -> list[ArtifactRef]:
+    """What a cell publishes: a probe cell its probe head (single-label datasets), a fine-tune cell its weights
+    (once the fine-tuning publishes them: :func:`bobkit.tasks.trained.publish_model`)."""
+    if p["protocol"] == "finetune":
+        return [trained.model_ref(p)]
+    return [] if _multilabel(p["dataset"]) else [trained.probe_ref(p)]
+
+
+PROBE_SOLVER, PROBE_EPOCHS, PROBE_LR = blocks.probe_solver_params()
+
 SPEC = TaskSpec(
     name="classification",
     summary="Image classification by linear probe on frozen features or end-to-end fine-tuning.",
@@ -81,11 +93,10 @@ SPEC = TaskSpec(
         Param("label_fraction", float, None, "low-shot: fraction of train labels kept per class", low=0.0,
               low_open=True, high=1.0),
         Param("shots_per_class", int, None, "low-shot: n labels per class", low=1, high=blocks.MAX_ITEMS),
-        Param("probe_solver", str, "lbfgs", "linear probe solver (sgd: the paper's 90-epoch recipe)",
-              choices=PROBE_SOLVERS),
+        PROBE_SOLVER,
         *blocks.probe_params(),
-        Param("probe_epochs", int, 90, "linear probe, sgd solver: epochs", low=1, high=1000),
-        Param("probe_lr", float, 0.1, "linear probe, sgd solver: learning rate", low=0.0, low_open=True),
+        PROBE_EPOCHS,
+        PROBE_LR,
         *blocks.finetune_params(lr_selection=True),
         blocks.batch_size_param(doc=blocks.TRAINING_BATCH_DOC),
         blocks.seed_param(),
@@ -101,6 +112,7 @@ SPEC = TaskSpec(
         *blocks.COMMON_DESCRIPTORS,
     ),
     check=_check,
+    produces=_produces,
 )
 #: The declared defaults (what the notebook's parameters cell holds).
 PARAMETERS: dict[str, Any] = SPEC.defaults()
@@ -162,35 +174,60 @@ def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
 
 
 def _run_linear_probe(p: dict[str, Any], ex: Execution) -> dict[str, float]:
+    """Probe the frozen features: the head is the cell's probe artifact (:func:`bobkit.tasks.trained.probe_ref`),
+    loaded when an intact one exists (then the training features are not even read), else fitted and published."""
     batch = inference_batch_size(p["batch_size"], ex)
     common = dict(image_size=p["image_size"], seed=p["seed"], batch_size=batch, device=ex.device,
                   precision=ex.precision, channels_last=p["channels_last"], loader_workers=ex.loader_workers,
                   compile=ex.compile)
+    multilabel = bool(_multilabel(p["dataset"]))
+    ref = None if multilabel else trained.probe_ref(p)
+    needs_train = ref is None or artifacts.find(ref) is None
+    splits = [("test", p["max_test"])] + ([("train", p["max_train"])] if needs_train else [])
     cached = all(
         is_cached(p["backbone"], p["dataset"], split, image_size=p["image_size"], max_samples=n, seed=p["seed"],
                   device=ex.device, precision=ex.precision)
-        for split, n in (("train", p["max_train"]), ("test", p["max_test"]))
+        for split, n in splits
     )
     t0 = time.perf_counter()
-    # Both splits cached: no backbone to build (a rerun of a probe cell never touches the weights).
+    # Every split it reads cached: no backbone to build (a rerun of a probe cell never touches the weights).
     model = None if cached else backbones.create_model(
         p["backbone"], num_classes=0, image_size=p["image_size"], seed=p["seed"])
     load_seconds = time.perf_counter() - t0
     if model is not None:
         ex = ex.for_model(model, p["channels_last"])  # what extraction resolves too (for the metrics)
-    train = extract_features(p["backbone"], p["dataset"], "train", max_samples=p["max_train"], model=model, **common)
+    extracted: list[Any] = []  # the training features, once read
+
+    def training_items() -> tuple[Any, np.ndarray]:
+        """The training features (read on first use) and the positions the low-shot rule keeps."""
+        if not extracted:
+            extracted.append(extract_features(p["backbone"], p["dataset"], "train", max_samples=p["max_train"],
+                                              model=model, **common))
+        keep = low_shot_indices(extracted[0].labels, fraction=p["label_fraction"], per_class=p["shots_per_class"],
+                                seed=p["seed"])
+        return extracted[0], keep
+
+    if needs_train:
+        training_items()
     test = extract_features(p["backbone"], p["dataset"], "test", max_samples=p["max_test"], model=model, **common)
-    keep = low_shot_indices(train.labels, fraction=p["label_fraction"], per_class=p["shots_per_class"], seed=p["seed"])
     t1 = time.perf_counter()
-    if _multilabel(p["dataset"]):
+    if ref is None:
+        train, keep = training_items()
         scorer = _fit_multilabel_probe(p, ex, train.features[keep], train.labels[keep])
+        n_train = len(keep)
     else:
         n_classes = len(get_dataset(p["dataset"], "train").classes)
-        fitted = fit_probe(
-            train.features[keep], train.labels[keep], num_classes=n_classes, l2=p["probe_l2"],
-            solver=p["probe_solver"], max_iter=p["probe_max_iter"], epochs=p["probe_epochs"], lr=p["probe_lr"],
-            seed=p["seed"], device=ex.device,
-        )
+
+        def fit() -> tuple[ProbeFit, int]:
+            train, keep = training_items()
+            fitted = fit_probe(
+                train.features[keep], train.labels[keep], num_classes=n_classes, l2=p["probe_l2"],
+                solver=p["probe_solver"], max_iter=p["probe_max_iter"], epochs=p["probe_epochs"],
+                lr=p["probe_lr"], seed=p["seed"], device=ex.device,
+            )
+            return fitted, len(keep)
+
+        fitted, n_train, _ = trained.fitted_probe(ref, fit, ex.device)
 
         def scorer(features: np.ndarray, labels: np.ndarray) -> dict[str, float]:
             return {**classification_metrics(fitted.probe.logits(features), labels, seed=p["seed"]),
@@ -199,9 +236,10 @@ def _run_linear_probe(p: dict[str, Any], ex: Execution) -> dict[str, float]:
     t2 = time.perf_counter()
     metrics = scorer(test.features, test.labels)
     metrics.update(
-        n_train=float(len(keep)), n_test=float(len(test.labels)), load_seconds=load_seconds,
-        extract_seconds=train.seconds + test.seconds, train_seconds=train_seconds,
-        evaluate_seconds=time.perf_counter() - t2, feature_cache_hit=float(train.cache_hit and test.cache_hit),
+        n_train=float(n_train), n_test=float(len(test.labels)), load_seconds=load_seconds,
+        extract_seconds=sum(fs.seconds for fs in [*extracted, test]), train_seconds=train_seconds,
+        evaluate_seconds=time.perf_counter() - t2,
+        feature_cache_hit=float(all(fs.cache_hit for fs in [*extracted, test])),
     )
     metrics.update(ex.as_metrics())  # exec_*: how it ran (floats; not scores)
     return metrics

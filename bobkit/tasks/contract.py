@@ -8,7 +8,10 @@ pattern, direction, ``score`` | ``descriptor``, primary flag). That declaration
   and again in the kernel (:func:`bobkit.tasks.harness.run_task`): :meth:`TaskSpec.validate`;
 * generates the notebook's parameters cell with the docs as comments (:meth:`TaskSpec.parameters_cell`) and the
   ``run()`` signature and docstring;
-* tells the harness which outputs are scores (with their direction) and which are run descriptors.
+* tells the harness which outputs are scores (with their direction) and which are run descriptors;
+* says which artifacts a cell makes and which it uses (:meth:`TaskSpec.produced`, :meth:`TaskSpec.needed`: a
+  classification probe cell produces its probe head, an OOD cell with the same training needs it), so a batch
+  runs producers first and a consumer's run key names what it used (:mod:`bobkit.features.artifacts`).
 
 Parameter blocks several tasks share (execution, linear probe, fine-tuning) are declared here once, so no task
 imports another for its parameters. Nothing here imports torch: the grid and the smoke task stay cheap.
@@ -22,11 +25,14 @@ import inspect
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
 from bobkit.utils.text import short_repr
+
+if TYPE_CHECKING:
+    from bobkit.features.artifacts import ArtifactRef
 
 KINDS = ("backbone", "setting", "seed", "execution")
 METRIC_KINDS = ("score", "descriptor")
@@ -189,6 +195,10 @@ class TaskSpec:
     ``check(params)`` receives the validated parameters and raises :class:`ParameterError` for combinations the
     single declarations cannot express (``protocol='revisited'`` needs a revisited dataset, ...).
     ``resolve_execution(params)`` builds the run's execution settings (default: the tasks' shared rule).
+    ``produces(params)`` lists the artifacts (:class:`~bobkit.features.artifacts.ArtifactRef`) a cell always
+    publishes; ``needs(params)`` those it uses, which it makes and publishes itself when no cell of the batch
+    provides them (so a lone notebook works). Both receive validated parameters and must be cheap (the grid
+    calls them for every cell).
     """
 
     name: str
@@ -197,6 +207,8 @@ class TaskSpec:
     metrics: tuple[Metric, ...]
     check: Callable[[dict[str, Any]], None] | None = None
     resolve_execution: Callable[[dict[str, Any]], Any] | None = None
+    produces: Callable[[dict[str, Any]], Sequence[ArtifactRef]] | None = None
+    needs: Callable[[dict[str, Any]], Sequence[ArtifactRef]] | None = None
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.parameters]
@@ -259,6 +271,14 @@ class TaskSpec:
     def setting_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The parameters that change what is measured (kind ``setting``), from validated ``params``."""
         return {name: params[name] for name in self.of_kind("setting") if name in params}
+
+    def produced(self, params: Mapping[str, Any]) -> list[ArtifactRef]:
+        """The artifacts a cell with validated ``params`` publishes (none unless the task declares them)."""
+        return list(self.produces(dict(params))) if self.produces is not None else []
+
+    def needed(self, params: Mapping[str, Any]) -> list[ArtifactRef]:
+        """The artifacts a cell with validated ``params`` uses (none unless the task declares them)."""
+        return list(self.needs(dict(params))) if self.needs is not None else []
 
     def error(self, name: str, value: Any, problem: str) -> ParameterError:
         """A :class:`ParameterError` in the house format, for the spec's ``check`` rules."""

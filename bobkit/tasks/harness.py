@@ -36,7 +36,8 @@ class TaskResult(dict):
     Indexing works as on the flat dict the task returned (``result["top1"]``, ``result["se/top1"]``);
     :attr:`scores`, :attr:`stderr`, :attr:`descriptors`, ... split it by the task's metric declarations, and
     :meth:`output` is the task output the runner copies into the sidecar. ``details`` holds what a task returns
-    besides its metrics (robustness: the reliability diagrams).
+    besides its metrics (robustness: the reliability diagrams); ``artifacts`` the probe heads and weights it loaded
+    or published (kind, key, sha256, how).
     """
 
     def __init__(self, spec: TaskSpec, params: Mapping[str, Any], values: Mapping[str, float], details: Any = None):
@@ -44,6 +45,7 @@ class TaskResult(dict):
         self.spec = spec
         self.params = dict(params)
         self.details = details
+        self.artifacts: list[dict[str, Any]] = []  # artifacts loaded or published (bobkit.features.artifacts)
 
     def declaration(self, name: str) -> Metric | None:
         """The task's declaration of output ``name`` (``None``: undeclared; the name-based fallback applies)."""
@@ -155,14 +157,19 @@ def run_task(spec: TaskSpec, overrides: Mapping[str, Any], body: Body) -> TaskRe
     bobkit.tasks.contract.ParameterError
         A bad or unknown parameter, before any work.
     """
+    from bobkit.features import artifacts
+
     params = spec.validate(overrides)
+    artifacts.reset_ledger()  # the artifacts this cell loads or publishes, for its sidecar
     if "device" in params:
         out = _run_on_device(spec, params, body)
     else:  # no model (the smoke task): no torch import, no threads
         out = body(params, None)
     values = out.metrics if hasattr(out, "metrics") else out
     result = TaskResult(spec, params, values, details=None if out is values else out)
+    result.artifacts = artifacts.ledger()
     if params.get("output_dir") is not None:
+        artifacts.write_ledger(params["output_dir"])
         save_cell_metrics(result, params["output_dir"])
     return result
 

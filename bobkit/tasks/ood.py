@@ -1,8 +1,11 @@
 """Out-of-distribution classification: train on a source, evaluate on shifted targets.
 
-The classifier is a linear probe on cached frozen features (the classification task's probe, trained on the same
-cached features, so an OOD cell after a probe cell extracts only the target features) or an end-to-end fine-tune
-(:func:`bobkit.tasks.training.finetune`). It is evaluated on
+The classifier is a linear probe on cached frozen features or an end-to-end fine-tune
+(:func:`bobkit.tasks.training.finetune`). It is a shared artifact (:mod:`bobkit.tasks.trained`): when the training
+equals a classification cell's (backbone, source split and subset, probe or fine-tune recipe, seed, image size),
+the cell declares that cell's probe head or weights as needed (``SPEC.needs``), the batch runs the classification
+cell first, and this cell loads them instead of training (and reads no training features); without one it trains
+and publishes them itself. It is evaluated on
 
 - the source's own test split (in-distribution accuracy, ``id_acc``);
 - every dataset in ``targets`` (``acc/<target>`` and ``drop_<target>`` = ``id_acc - acc``): a real domain shift
@@ -34,14 +37,16 @@ from bobkit import backbones
 from bobkit.data import ImageDataset, MissingDataError, dataset_info, dataset_names, get_dataset
 from bobkit.eval.corruptions import CORRUPTIONS, DEFAULT_CORRUPTIONS, SEVERITIES, corrupt
 from bobkit.eval.uncertainty import binomial_se, difference_se, mean_se
+from bobkit.features import artifacts
+from bobkit.features.artifacts import ArtifactRef
 from bobkit.features.device import Execution, frozen_backbone, prepare_model
 from bobkit.features.extract import extract_features, run_forward
-from bobkit.tasks import blocks
+from bobkit.tasks import blocks, trained
 from bobkit.tasks.common import as_list, inference_batch_size
 from bobkit.tasks.contract import Metric, Param, TaskSpec
 from bobkit.tasks.harness import task_entry
 from bobkit.tasks.recipe import check_recipe, finetune_args, training_loader_workers, training_metrics
-from bobkit.tasks.training import finetune, fit_probe
+from bobkit.tasks.training import ProbeFit, finetune, fit_probe
 
 PROTOCOLS = ("linear_probe", "finetune")
 CORRUPTION_TARGET = "corruptions"
@@ -69,6 +74,12 @@ def check_target(target: str) -> None:
 def _check(p: dict[str, Any]) -> None:
     """Rules between parameters: the fine-tuning recipe's."""
     check_recipe(p, "ood")
+def _needs(p: dict[str, Any]) -> list[ArtifactRef]:
+    """The classifier a cell trains on its source: a probe head or fine-tuned weights (a classification cell of the
+    same training produces it; without one, the cell trains and publishes it itself)."""
+    if p["protocol"] == "finetune":
+        return [trained.model_ref(p, split=p["train_split"])]
+    return [trained.probe_ref(p, split=p["train_split"])]
 
 
 SPEC = TaskSpec(
@@ -95,6 +106,7 @@ SPEC = TaskSpec(
         blocks.size_param("max_corrupted", 200, "source test items corrupted at every corruption x severity",
                           nullable=False, high=100_000),
         *blocks.probe_params(),
+        *blocks.probe_solver_params(),
         *blocks.finetune_params(),
         blocks.batch_size_param(doc=blocks.TRAINING_BATCH_DOC),
         blocks.seed_param(),
@@ -112,6 +124,7 @@ SPEC = TaskSpec(
         *blocks.COMMON_DESCRIPTORS,
     ),
     check=_check,
+    needs=_needs,
 )
 #: The declared defaults (what the notebook's parameters cell holds).
 PARAMETERS: dict[str, Any] = SPEC.defaults()
@@ -332,36 +345,71 @@ def _extraction_args(p: dict[str, Any], ex: Execution) -> dict[str, Any]:
 
 def _linear_probe_classifier(p: dict[str, Any], ex: Execution, config: dict[str, Any],
                              timings: dict[str, float]) -> tuple[_Predictor, np.ndarray, np.ndarray]:
+    """The probe on frozen source features: the cell's probe artifact (:func:`bobkit.tasks.trained.probe_ref`, the
+    classification probe's when the training is the same), loaded when an intact one exists (then the source's
+    training features are not read), else fitted here and published."""
     def build() -> torch.nn.Module:
         return backbones.create_model(p["backbone"], num_classes=0, image_size=p["image_size"], seed=p["seed"])
 
+    ref = trained.probe_ref(p, split=p["train_split"])
+    needs_train = artifacts.find(ref) is None
     model = None
+    training: list[tuple[np.ndarray, np.ndarray]] = []  # the source's training features and labels, once read
     if p["dataset"] in dataset_names():
         args = _extraction_args(p, ex)
-        train = extract_features(dataset=p["dataset"], split=p["train_split"], max_samples=p["max_train"], **args)
+
+        cache_hits: list[bool] = []
+
+        def read_train() -> None:
+            train = extract_features(dataset=p["dataset"], split=p["train_split"], max_samples=p["max_train"],
+                                     **args)
+            timings["extract_seconds"] += train.seconds
+            training.append((train.features, train.labels))
+            cache_hits.append(train.cache_hit)
+
+        if needs_train:
+            read_train()
         test = extract_features(dataset=p["dataset"], split=p["test_split"], max_samples=p["max_test"], **args)
-        train_x, train_y, test_x, test_y = train.features, train.labels, test.features, test.labels
-        timings["extract_seconds"] += train.seconds + test.seconds
-        cache_hit = train.cache_hit and test.cache_hit
+        test_x, test_y = test.features, test.labels
+        timings["extract_seconds"] += test.seconds
+        cache_hits.append(test.cache_hit)
         n_classes = dataset_info(p["dataset"]).num_classes
     else:  # a source this task builds itself (VisDA): uncached features, decoded batch by batch
         t0 = time.perf_counter()
         model, ex = frozen_backbone(p["backbone"], ex, image_size=p["image_size"], seed=p["seed"],
                                     channels_last=p["channels_last"])
-        tr = _load(p["dataset"], p["train_split"], p["max_train"], p["seed"])
-        te = _load(p["dataset"], p["test_split"], p["max_test"], p["seed"])
         batch = inference_batch_size(p["batch_size"], ex)
-        train_x = run_forward(model, tr, config, p["image_size"], batch, ex)
-        test_x = run_forward(model, te, config, p["image_size"], batch, ex)
-        train_y, test_y, n_classes, cache_hit = tr.labels, te.labels, len(tr.classes), False
         timings["extract_seconds"] += time.perf_counter() - t0
+
+        def read_train() -> None:
+            t = time.perf_counter()
+            tr = _load(p["dataset"], p["train_split"], p["max_train"], p["seed"])
+            training.append((run_forward(model, tr, config, p["image_size"], batch, ex), tr.labels))
+            timings["extract_seconds"] += time.perf_counter() - t
+
+        cache_hits = [False]
+        if needs_train:
+            read_train()
+        t0 = time.perf_counter()
+        te = _load(p["dataset"], p["test_split"], p["max_test"], p["seed"])
+        test_x, test_y = run_forward(model, te, config, p["image_size"], batch, ex), te.labels
+        n_classes = len(te.classes)
+        timings["extract_seconds"] += time.perf_counter() - t0
+
+    def fit() -> tuple[ProbeFit, int]:
+        if not training:
+            read_train()
+        train_x, train_y = training[0]
+        return fit_probe(np.array(train_x), train_y, num_classes=n_classes, l2=p["probe_l2"],
+                         solver=p["probe_solver"], max_iter=p["probe_max_iter"], epochs=p["probe_epochs"],
+                         lr=p["probe_lr"], seed=p["seed"], device=ex.device), len(train_y)
+
     t1 = time.perf_counter()
-    fitted = fit_probe(np.array(train_x), train_y, num_classes=n_classes, l2=p["probe_l2"],
-                       max_iter=p["probe_max_iter"], seed=p["seed"], device=ex.device)
+    fitted, n_train, _ = trained.fitted_probe(ref, fit, ex.device)
     timings["train_seconds"] += time.perf_counter() - t1
     timings.update(fitted.descriptors())  # descriptors beside the timings
     probe = fitted.probe
-    predictor = _Predictor(p, ex, config, build, probe.logits, len(train_y), cache_hit, model=model)
+    predictor = _Predictor(p, ex, config, build, probe.logits, n_train, all(cache_hits), model=model)
     return predictor, probe.logits(np.array(test_x)), np.asarray(test_y)
 
 

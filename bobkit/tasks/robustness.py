@@ -1,8 +1,15 @@
 """Adversarial robustness and calibration of a trained classifier.
 
 The classifier is the frozen backbone + a linear probe head (:meth:`LinearProbe.as_module`), or the backbone
-fine-tuned end to end. A held-out ``calibration_fraction`` of the training items is kept out of training: the
-temperature is fitted on it, and every metric is reported on the test split.
+fine-tuned end to end. The temperature is fitted on ``calibration_fraction`` of the items of ``calibration_split``:
+
+* ``None`` (or the training split): held out of the training items, so the classifier is trained on the rest;
+* the test split: held out of the test items, and every metric is reported on the other test items; the probe is
+  then trained on the whole training split, the same training as the classification probe's, so the cell uses
+  that cell's probe head (:mod:`bobkit.tasks.trained`; the paper-scale suites do this on ImageNet, whose only
+  held-out images are its 50k validation images = ``test``);
+* another split (a dataset's ``val``): a stratified ``calibration_fraction`` of it (at most ``max_test`` items
+  read); the probe is trained on the whole training split too.
 
 Calibration
     ``ece`` (the textbook 15-bin ECE, :func:`bobkit.eval.metrics.expected_calibration_error`), ``nll``, ``brier``
@@ -44,22 +51,48 @@ from bobkit.eval.metrics import (
     softmax,
 )
 from bobkit.eval.uncertainty import binomial_se
+from bobkit.features import artifacts
+from bobkit.features.artifacts import ArtifactRef
 from bobkit.features.device import Execution, prepare_model
 from bobkit.features.extract import extract_features, run_forward
-from bobkit.tasks import blocks
+from bobkit.tasks import blocks, trained
 from bobkit.tasks.common import as_list, inference_batch_size
 from bobkit.tasks.contract import Metric, Param, TaskSpec, descriptor
 from bobkit.tasks.harness import task_entry
 from bobkit.tasks.recipe import check_recipe, finetune_args, training_loader_workers, training_metrics
-from bobkit.tasks.training import finetune, fit_probe
+from bobkit.tasks.training import ProbeFit, finetune, fit_probe
 
 PROTOCOLS = ("linear_probe", "finetune")
 #: Largest L-inf radius in pixel units (/255): the whole pixel range.
 MAX_EPSILON = 255.0
 
+def calibration_source(p: dict[str, Any]) -> str | None:
+    """The split the temperature's items come from when it is not the training split (``None``: held out of the
+    training items)."""
+    split = p["calibration_split"]
+    return None if split in (None, p["train_split"]) else split
+
+
+def _holdout(p: dict[str, Any]) -> dict[str, Any] | None:
+    """The share of the training items a cell keeps out of training (for the temperature), or None."""
+    return None if calibration_source(p) else {"fraction": float(p["calibration_fraction"]), "seed": p["seed"]}
+
+
 def _check(p: dict[str, Any]) -> None:
-    """Rules between parameters: the fine-tuning recipe's."""
+    """Rules between parameters: the fine-tuning recipe's; a fine-tuned classifier holds its calibration items out
+    of training (its own identity)."""
     check_recipe(p, "robustness")
+    if p["protocol"] == "finetune" and calibration_source(p) is not None:
+        raise SPEC.error("calibration_split", p["calibration_split"], "is for protocol='linear_probe' (a fine-tuned "
+                         "classifier holds its calibration items out of the train split)")
+
+
+def _needs(p: dict[str, Any]) -> list[ArtifactRef]:
+    """The classifier a cell trains: its probe head (the classification probe's when the temperature's items come
+    from another split) or its fine-tuned weights."""
+    if p["protocol"] == "finetune":
+        return [trained.model_ref(p, split=p["train_split"], holdout=_holdout(p))]
+    return [trained.probe_ref(p, split=p["train_split"], holdout=_holdout(p))]
 
 
 SPEC = TaskSpec(
@@ -76,8 +109,10 @@ SPEC = TaskSpec(
         blocks.size_param("max_train", 2000, "class-stratified subsets, as the classification probe's (feature "
                                              "cache shared)"),
         blocks.size_param("max_test", 1000, "class-stratified subset of the test split (None: all)"),
-        Param("calibration_fraction", float, 0.2, "training items held out to fit the temperature", low=0.0,
-              low_open=True, high=1.0, high_open=True),
+        Param("calibration_fraction", float, 0.2, "items of the calibration split held out to fit the "
+              "temperature", low=0.0, low_open=True, high=1.0, high_open=True),
+        Param("calibration_split", str, None, "the split the temperature's items come from (None: the train split, "
+              "held out of training; the test split: held out of the reported items)", pattern=blocks.NAME_PATTERN),
         Param("n_bins", int, 15, "ECE / reliability-diagram bins", low=1, high=1000),
         Param("attacks", list, ["fgsm", "pgd"], "L-inf attacks", item=str, choices=ATTACKS, min_items=1),
         Param("epsilons", list, [0.0, 1.0, 2.0], "L-inf radii in pixel units (/255)", item=float, low=0.0,
@@ -88,6 +123,7 @@ SPEC = TaskSpec(
         Param("random_start", bool, True, "PGD starts from a random point in the eps-ball"),
         blocks.size_param("max_attack", 64, "stratified test items attacked", nullable=False, high=100_000),
         *blocks.probe_params(),
+        *blocks.probe_solver_params(),
         *blocks.finetune_params(),
         blocks.batch_size_param(doc=blocks.TRAINING_BATCH_DOC),
         blocks.seed_param(),
@@ -111,6 +147,7 @@ SPEC = TaskSpec(
         *blocks.COMMON_DESCRIPTORS,
     ),
     check=_check,
+    needs=_needs,
 )
 #: The declared defaults (what the notebook's parameters cell holds).
 PARAMETERS: dict[str, Any] = SPEC.defaults()
@@ -216,10 +253,12 @@ def _calibration_scores(logits: np.ndarray, labels: np.ndarray, temperature: flo
 
 
 def _linear_probe_model(p: dict[str, Any], ex: Execution, n_classes: int, timings: dict[str, float]):
-    """Backbone + probe head; logits of the held-out and test items from the cached features.
+    """Backbone + probe head; logits of the temperature's and the reported test items from the cached features.
 
-    Returns the classifier (on ``ex.device``), ``ex`` with channels_last settled for the backbone, the held-out
-    and test ``(logits, labels)``, whether both splits were cached, and the number of fitting items.
+    The head is the cell's probe artifact (:func:`bobkit.tasks.trained.probe_ref`), loaded when an intact one
+    exists, else fitted and published. Returns the classifier (on ``ex.device``), ``ex`` with channels_last settled
+    for the backbone, the temperature's and the reported test ``(logits, labels)``, whether every split read was
+    cached, and the number of fitting items.
     """
     t0 = time.perf_counter()
     backbone = backbones.create_model(p["backbone"], num_classes=0, image_size=p["image_size"], seed=p["seed"])
@@ -228,27 +267,58 @@ def _linear_probe_model(p: dict[str, Any], ex: Execution, n_classes: int, timing
                   device=ex.device, precision=ex.precision, channels_last=ex.channels_last,
                   loader_workers=ex.loader_workers, compile=ex.compile)
     timings["load_seconds"] = time.perf_counter() - t0
-    # Same cache keys as the classification probe: a robustness cell after a probe cell extracts nothing.
-    train = extract_features(p["backbone"], p["dataset"], p["train_split"], max_samples=p["max_train"],
-                             model=backbone, **common)
-    test = extract_features(p["backbone"], p["dataset"], p["test_split"], max_samples=p["max_test"],
-                            model=backbone, **common)
-    timings["extract_seconds"] = train.seconds + test.seconds
-    fit_idx, held_idx = calibration_split(train.labels, float(p["calibration_fraction"]), p["seed"])
-    train_x = np.array(train.features)
+    source, fraction = calibration_source(p), float(p["calibration_fraction"])
+    ref = trained.probe_ref(p, split=p["train_split"], holdout=_holdout(p))
+    read: list[Any] = []  # every feature set read (for the cache-hit descriptor)
+
+    def features(split: str, limit: int | None) -> Any:
+        # Same cache keys as the classification probe: a robustness cell after a probe cell extracts nothing.
+        fs = extract_features(p["backbone"], p["dataset"], split, max_samples=limit, model=backbone, **common)
+        read.append(fs)
+        return fs
+
+    # Held out of training: the held-out training items are scored, so the training split is read either way.
+    train = features(p["train_split"], p["max_train"]) if source is None or artifacts.find(ref) is None else None
+    test = features(p["test_split"], p["max_test"])
+    if source is None:
+        assert train is not None
+        fit_idx, held_idx = calibration_split(train.labels, fraction, p["seed"])
+    else:
+        fit_idx = held_idx = None
+
+    def fit() -> tuple[ProbeFit, int]:
+        items = train if train is not None else features(p["train_split"], p["max_train"])
+        keep = fit_idx if fit_idx is not None else slice(None)
+        x, y = np.array(items.features)[keep], items.labels[keep]
+        return fit_probe(x, y, num_classes=n_classes, l2=p["probe_l2"], solver=p["probe_solver"],
+                         max_iter=p["probe_max_iter"], epochs=p["probe_epochs"], lr=p["probe_lr"], seed=p["seed"],
+                         device=ex.device), len(y)
+
     t1 = time.perf_counter()
-    fitted = fit_probe(train_x[fit_idx], train.labels[fit_idx], num_classes=n_classes, l2=p["probe_l2"],
-                       max_iter=p["probe_max_iter"], seed=p["seed"], device=ex.device)
+    fitted, n_fit, _ = trained.fitted_probe(ref, fit, ex.device)
     timings["train_seconds"] = time.perf_counter() - t1
     timings.update(fitted.descriptors())  # descriptors beside the timings
     probe = fitted.probe
+    timings["extract_seconds"] = sum(fs.seconds for fs in read)
+    test_x = np.array(test.features)
+    if source is None:
+        calib = (probe.logits(np.array(train.features)[held_idx]), train.labels[held_idx])
+        test_out = (probe.logits(test_x), test.labels)
+    elif source == p["test_split"]:
+        reported, held = calibration_split(test.labels, fraction, p["seed"])
+        calib = (probe.logits(test_x[held]), test.labels[held])
+        test_out = (probe.logits(test_x[reported]), test.labels[reported])
+    else:
+        other = features(source, p["max_test"])
+        _, held = calibration_split(other.labels, fraction, p["seed"])
+        calib = (probe.logits(np.array(other.features)[held]), other.labels[held])
+        test_out = (probe.logits(test_x), test.labels)
+        timings["extract_seconds"] += other.seconds
     # Device and memory format as extraction set them (in place) on a cache miss, and checkpointing for the
     # attacks' backward pass; uncompiled, since the attacks differentiate through it.
     backbone = prepare_model(backbone.eval(), ex, compile=False)
     model = torch.nn.Sequential(backbone, probe.as_module().to(ex.device))
-    calib = (probe.logits(train_x[held_idx]), train.labels[held_idx])
-    test_out = (probe.logits(np.array(test.features)), test.labels)
-    return model, ex, calib, test_out, train.cache_hit and test.cache_hit, len(fit_idx)
+    return model, ex, calib, test_out, all(fs.cache_hit for fs in read), n_fit
 
 
 def _finetuned_model(p: dict[str, Any], ex: Execution, config: dict[str, Any], n_classes: int,

@@ -8,6 +8,10 @@ Mode ``train`` is the stand-in for a fine-tune: a tiny regression MLP trained fo
 the same machinery a real training uses (:mod:`bobkit.tasks.train_state` for state that survives, and
 :mod:`bobkit.tasks.distributed` for ``$BOB_PROCESSES`` data-parallel processes), so the runner's resume and the
 Slurm time-limit tests exercise that code without a backbone.
+
+``publish`` / ``need`` name a tiny artifact (:mod:`bobkit.features.artifacts`: one tensor holding ``value``) that
+the cell publishes, or reads (publishing it itself when it is absent, as a real consumer trains what no cell
+provides), so the batch's ordering of producers before consumers is tested without a model.
 """
 
 from __future__ import annotations
@@ -17,13 +21,19 @@ import signal
 import time
 from typing import Any
 
-from bobkit.tasks.blocks import OUTPUT_DIR, STATE_DIR, STATE_EVERY, seed_param
+from bobkit.features.artifacts import ArtifactRef, artifact_ref
+from bobkit.tasks.blocks import NAME_PATTERN, OUTPUT_DIR, STATE_DIR, STATE_EVERY, seed_param
 from bobkit.tasks.contract import Metric, Param, TaskSpec, descriptor
 from bobkit.tasks.harness import task_entry
 
 MODES = ("ok", "raise", "nan", "oom", "die", "sleep", "train")
 #: The toy training's data: items and input features of a synthetic regression.
 TOY_ITEMS, TOY_FEATURES = 256, 8
+
+def artifact_of(name: str) -> ArtifactRef:
+    """The smoke artifact called ``name``."""
+    return artifact_ref("model", {"smoke": name}, f"smoke artifact {name}")
+
 
 SPEC = TaskSpec(
     name="smoke",
@@ -38,6 +48,9 @@ SPEC = TaskSpec(
         Param("batch_size", int, 8, "what the runner halves after an out-of-memory error; mode 'train': the global "
               "batch", kind="execution", low=1, high=TOY_ITEMS),
         Param("oom_above_batch", int, None, "mode 'oom': fail only above this batch size (None: always)", low=0),
+        Param("publish", str, None, "an artifact name: the cell publishes value as that artifact", pattern=NAME_PATTERN),
+        Param("need", str, None, "an artifact name: the cell reads it (published by another cell, else by itself)",
+              pattern=NAME_PATTERN),
         seed_param(),
         OUTPUT_DIR,
         STATE_DIR,
@@ -49,7 +62,10 @@ SPEC = TaskSpec(
         descriptor("*_seconds", "wall-clock seconds"),
         descriptor("train_*", "mode 'train': final loss, steps run here, where this run resumed, attempts, "
                    "processes"),
+        descriptor("artifact_*", "need: the value of the artifact read, and 1.0 when it was loaded (not made here)"),
     ),
+    produces=lambda p: [artifact_of(p["publish"])] if p["publish"] else [],
+    needs=lambda p: [artifact_of(p["need"])] if p["need"] else [],
 )
 #: The declared defaults (what the notebook's parameters cell holds).
 PARAMETERS: dict[str, Any] = SPEC.defaults()
@@ -73,6 +89,10 @@ def run(p: dict[str, Any], execution: None = None) -> dict[str, float]:
     metrics = {"score": score, "batch_size_used": float(p["batch_size"])}
     if p["mode"] == "train":
         metrics.update(_train(p))
+    if p["need"]:
+        metrics.update(_read_artifact(p))
+    if p["publish"]:
+        _publish_artifact(p["publish"], p["value"])
     metrics["task_seconds"] = time.perf_counter() - start
     return metrics
 
@@ -98,6 +118,30 @@ def _train(p: dict[str, Any]) -> dict[str, float]:
             "train_steps_run": float(p["steps"] - record["train_resumed_step"]),
             "train_resumed_step": record["train_resumed_step"], "train_attempts": record["train_attempts"],
             "train_steps_redone": record["train_steps_redone"], "train_processes": float(processes)}
+
+
+def _publish_artifact(name: str, value: float) -> None:
+    import torch
+
+    from bobkit.features import artifacts
+
+    artifacts.note(artifacts.publish(artifact_of(name), {"value": torch.tensor([value])}), "published")
+
+
+def _read_artifact(p: dict[str, Any]) -> dict[str, float]:
+    """The needed artifact's value (published here, from ``value``, when no cell made it)."""
+    from bobkit.features import artifacts
+
+    ref = artifact_of(p["need"])
+    stored = artifacts.find(ref)
+    loaded = stored is not None
+    if stored is None:
+        _publish_artifact(p["need"], p["value"])
+    else:
+        artifacts.note(stored, "loaded")
+    stored = artifacts.find(ref)
+    assert stored is not None
+    return {"artifact_value": float(stored.load_tensors()["value"][0]), "artifact_loaded": float(loaded)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
