@@ -299,7 +299,7 @@ def test_cells_group_by_task_protocol_loaders_and_backbone_family():
         "classification finetune cifar100 [ViT: vit_small_patch16_224.augreg_in1k]": 2,
         "classification linear_probe/sgd/label_fraction cifar100 [CNN: resnet50.a1_in1k]": 2,
         "classification linear_probe/sgd/label_fraction cifar100 [ViT: vit_small_patch16_224.augreg_in1k]": 1,
-        "ood linear_probe imagenet_1k+imagenet_a+corruptions [CNN: resnet50.dino]": 1,
+        "ood linear_probe/lbfgs imagenet_1k+imagenet_a+corruptions [CNN: resnet50.dino]": 1,
     }
     assert len(cell_groups(cells, by="architecture")) == 7  # every task x architecture x loader x protocol
     archs = {g.label: g for g in arch_groups(cells)}
