@@ -30,6 +30,9 @@ from bobkit.utils.files import write_json
 
 META = torch.device("meta")
 PROFILES_FILE = "profiles.json"
+#: Profiles of the shipped suites' architectures, counted ahead (``python tools/ship_profiles.py``), so a fresh
+#: machine plans them without counting; used only where the versions and counting code match.
+SHIPPED_PROFILES = Path(__file__).with_name("shipped_profiles.json")
 #: Images of the counted batch (two: BatchNorm refuses a training batch of one at a 1x1 resolution).
 PROFILE_BATCH = 2
 
@@ -293,6 +296,13 @@ def _stored(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+@functools.cache
+def _shipped() -> dict[str, Any]:
+    """The shipped profiles (:data:`SHIPPED_PROFILES`) of this library and code version."""
+    current = f"({_versions()})"
+    return {k: v for k, v in _stored(SHIPPED_PROFILES).items() if k.endswith(current)}
+
+
 def profile(backbone: str, image_size: int, detection: tuple[int, tuple[int, int]] | None = None) -> Profile:
     """The per-image profile of ``backbone``'s architecture at ``image_size`` (classifier features), or of its
     detection trunk + FPN when ``detection=(max_size, (width, height) of a typical image)``; cached on disk
@@ -305,6 +315,10 @@ def profile(backbone: str, image_size: int, detection: tuple[int, tuple[int, int
     stored = _stored(path)
     if key in stored:
         _MEMO[memo_key] = Profile(**stored[key])
+        return _MEMO[memo_key]
+    shipped = _shipped()
+    if key in shipped:
+        _MEMO[memo_key] = Profile(**shipped[key])
         return _MEMO[memo_key]
     if detection is None:
         result = _classifier_profile(backbone, image_size)
