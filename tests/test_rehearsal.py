@@ -335,6 +335,11 @@ def test_a_miniature_cell_keeps_every_branch_and_cuts_the_work():
     f = miniature("classification", {"protocol": "finetune", "epochs": 100, "layer_decay": 0.75, "max_train": None,
                                      "batch_size": 64, "warmup_epochs": 5})
     assert (f["epochs"], f["max_train"], f["batch_size"], f["layer_decay"]) == (1, 2, 2, 0.75)  # one step
+    a = miniature("ood", {"protocol": "finetune", "epochs": 100, "max_train": None, "batch_size": 1024,
+                          "accum_steps": 8})
+    assert (a["batch_size"], a["accum_steps"]) == (2, 2)  # accumulation kept, and it divides the one-step batch
+    d = miniature("detection", {"protocol": "frozen", "epochs": 36, "lr_steps": [27, 33], "n_train": 240})
+    assert d["epochs"] == 1 and d["lr_steps"] == [0.75, 33 / 36]  # the schedule's steps at the same share
     d = miniature("detection", {"protocol": "frozen", "image_size": 1024, "epochs": 36, "batch_size": 16,
                                 "n_train": 240, "n_val": 80})
     assert (d["image_size"], d["epochs"], d["batch_size"], d["n_train"], d["n_val"]) == (128, 1, 2, 2, 2)
