@@ -55,6 +55,7 @@ from bobkit.rehearsal.feasibility import Feasibility, TrainingMemory, assess
 from bobkit.rehearsal.groups import DETECTION_DEFAULT_SIZE, architecture
 from bobkit.rehearsal.profiles import Profile
 from bobkit.rehearsal.throughput import DeviceTable
+from bobkit.tasks.blocks import finetune_params
 
 if TYPE_CHECKING:
     from bobkit.batch.grid import Cell
@@ -69,8 +70,8 @@ EXTRA_SIZES: dict[str, dict[str, int]] = {
     "visda2017": {"train": 137157, "test": 15240, "validation": 55388},
 }
 #: Parameters of a fine-tuning recipe: two cells with equal backbone, training data and these train equal weights.
-TRAINING_RECIPE = ("epochs", "lr", "weight_decay", "layer_decay", "warmup_epochs", "batch_size", "seed",
-                   "image_size", "label_fraction", "shots_per_class", "train_split")
+TRAINING_RECIPE = (*(q.name for q in finetune_params(lr_selection=True)), "batch_size", "seed", "image_size",
+                   "label_fraction", "shots_per_class", "train_split")
 #: The paper's probe: SGD, 90 epochs, batch 256.
 PAPER_PROBE_EPOCHS = 90
 PROBE_BATCH = 256
