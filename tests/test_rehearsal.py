@@ -337,7 +337,7 @@ def test_a_miniature_cell_keeps_every_branch_and_cuts_the_work():
     assert (f["epochs"], f["max_train"], f["batch_size"], f["layer_decay"]) == (1, 2, 2, 0.75)  # one step
     a = miniature("ood", {"protocol": "finetune", "epochs": 100, "max_train": None, "batch_size": 1024,
                           "accum_steps": 8})
-    assert (a["batch_size"], a["accum_steps"]) == (2, 2)  # accumulation kept, and it divides the one-step batch
+    assert (a["batch_size"], a["accum_steps"]) == (16, 8)  # accumulation kept: two images a micro-batch
     d = miniature("detection", {"protocol": "frozen", "epochs": 36, "lr_steps": [27, 33], "n_train": 240})
     assert d["epochs"] == 1 and d["lr_steps"] == [0.75, 33 / 36]  # the schedule's steps at the same share
     d = miniature("detection", {"protocol": "frozen", "image_size": 1024, "epochs": 36, "batch_size": 16,

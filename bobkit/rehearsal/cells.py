@@ -75,8 +75,6 @@ def miniature(task: str, params: dict[str, Any], *, threads: int = 1) -> dict[st
     if task == "detection":
         p["image_size"] = min(int(p.get("image_size") or DETECTION_SIZE), DETECTION_SIZE)
         p["batch_size"] = MINIATURE_SIZES["n_train"]
-    if int(p.get("accum_steps") or 1) > 1:
-        p["accum_steps"] = int(p["batch_size"])  # still accumulates, one image per micro-batch: divides the batch
     p.update(device="cpu", num_threads=threads, loader_workers=0, compile=False)
     return p
 
