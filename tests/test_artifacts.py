@@ -163,9 +163,15 @@ def test_a_retrained_producer_makes_the_consumer_a_new_cell(monkeypatch):
 
 
 def test_a_fine_tune_consumer_needs_every_recipe_parameter_of_the_one_declaration():
-    names = {p.name for p in classification.blocks.finetune_params(lr_selection=True)}
+    declared = classification.blocks.finetune_params(lr_selection=True)
+    names = {p.name for p in declared if p.kind != "execution"}
     _, consumer = _cells(ood={"protocol": "finetune"})
     assert set(consumer.needs[0].describe()["recipe"]) == names | {"batch_size"}
+    # How the global batch is split is execution: the OOM retry's doubled accum_steps is the same training.
+    assert "accum_steps" in {p.name for p in declared} - names
+    ft = {"protocol": "finetune", "batch_size": 20}
+    producer, consumer = _cells(classification=ft, ood={**ft, "accum_steps": 2})
+    assert producer.produces == consumer.needs
 
 
 # ----------------------------------------------------------------------------------------------------------------
