@@ -850,3 +850,33 @@ def test_a_detector_killed_after_a_save_resumes_to_the_same_weights_and_ap(cache
     final, reference = _load(state_dir / "step-000000004.pt"), _load(straight_dir / "step-000000004.pt")
     assert final["extra"]["losses"] == reference["extra"]["losses"]
     assert all(torch.equal(final["model"][k], reference["model"][k]) for k in reference["model"])
+
+
+def test_accumulated_micro_batches_take_the_same_step_up_to_the_heads_averaging(tmp_path: Path) -> None:
+    """Two micro-batches of 2 images vs one batch of 4: the same images, sampled anchors and RoIs (the samplers draw
+    per image, in order), each micro-batch's loss weighted by its share of the images. The RPN and box losses are
+    means over the sampled anchors / RoIs of a (micro-)batch, so the two differ only in how those means are pooled:
+    measured 5.663 vs 5.646 (0.3%) on these scenes; 5% would mean another step (another batch, a lost micro-batch)."""
+    from bobkit.tasks import detection, detector
+    from bobkit.tasks.contract import ParameterError
+
+    train = _tiny_train_set(tmp_path, n=4)
+    losses = {}
+    for accum in (1, 2):
+        model = detector.build_detector(OFFLINE_BACKBONE, "frozen", 3, image_size=64, heads="narrow_cpu", seed=0)
+        torch.manual_seed(0)
+        losses[accum] = detection.train_detector(model, train, epochs=1, lr=1e-3, batch_size=4, accum_steps=accum)
+    assert len(losses[1]) == len(losses[2]) == 1 and losses[1] != losses[2]
+    assert losses[2][0] == pytest.approx(losses[1][0], rel=0.05)
+    with pytest.raises(ParameterError, match=r"batch_size=4 .* accum_steps=3"):
+        detection.validate_params({"batch_size": 4, "accum_steps": 3})
+
+
+def test_the_oom_retry_of_a_detection_cell_doubles_accum_steps() -> None:
+    from bobkit.batch.grid import expand_grid
+    from bobkit.batch.runner import oom_retry
+
+    (cell,) = expand_grid({"grid": [{"task": "detection", "backbone": OFFLINE_BACKBONE, "batch_size": 4}]})
+    params, why = oom_retry(cell, dict(cell.params))
+    assert (params["batch_size"], params["accum_steps"]) == (4, 2) and "accum_steps doubled" in why
+    assert oom_retry(cell, {**cell.params, "accum_steps": 4}) is None  # 4 images do not split into 8

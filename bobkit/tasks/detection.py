@@ -129,6 +129,10 @@ def _check(p: dict[str, Any]) -> None:
     if p["train_scales"] is not None and p["augment"] not in ("multiscale", "paper"):
         raise ParameterError(f"detection parameter train_scales={p['train_scales']!r} needs augment='multiscale' or "
                              f"'paper' (augment={p['augment']!r} ignores it)")
+    if p["batch_size"] % p["accum_steps"]:
+        raise ParameterError(f"detection: batch_size={p['batch_size']} (images per optimizer step) does not split "
+                             f"into accum_steps={p['accum_steps']} equal micro-batches; choose a batch_size "
+                             f"divisible by {p['accum_steps']}")
 
 
 SPEC = TaskSpec(
@@ -160,6 +164,9 @@ SPEC = TaskSpec(
         Param("layer_decay", float, None, "layer-wise lr decay of the trunk, e.g. 0.75; None disables (frozen: "
                                           "the trunk does not train)", low=0.0, low_open=True, high=1.0),
         blocks.batch_size_param(4, doc="images per training step", high=256),
+        Param("accum_steps", int, 1, "gradient accumulation: each step's batch_size images in this many equal "
+              "micro-batches (less memory; the heads sample their anchors and RoIs per image, so the losses are "
+              "the same up to how they are averaged)", kind="execution", low=1, high=256),
         Param("canvas_size", int, 96, "offline scenes only: canvas side in pixels", low=32, high=1024,
               high_note=MEMORY_NOTE),
         blocks.size_param("n_train", 240, "scenes to compose / images to subsample (None: all)"),
@@ -494,21 +501,29 @@ def start_training(
 
 
 def training_step(state: DetectorTraining, images: list[torch.Tensor],
-                  targets: list[dict[str, torch.Tensor]]) -> float:
+                  targets: list[dict[str, torch.Tensor]], accum_steps: int = 1) -> float:
     """One optimizer step on one batch (loss, backward, gradient-norm clip, AdamW step, schedule); returns the loss.
+
+    With ``accum_steps`` the batch runs as that many equal micro-batches, each loss weighted by its share of the
+    images and its gradients accumulated (less activation memory for the same step).
 
     Raises ``FloatingPointError`` when the loss is NaN or infinite, naming the step and the per-head losses.
     """
     device = state.device
     images = [img.to(device, non_blocking=True) for img in images]
     targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-    losses = state.model(images, targets)
-    loss = sum(losses.values())
-    if not torch.isfinite(loss):
-        parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-        raise FloatingPointError(f"non-finite detection loss {loss.item()} at step {state.step}: {parts}")
+    size = -(-len(images) // accum_steps)  # the last step of an epoch may hold fewer images
     state.optimizer.zero_grad(set_to_none=True)
-    state.scaler.scale(loss).backward()
+    loss = torch.zeros(())
+    for lo in range(0, len(images), size):
+        losses = state.model(images[lo:lo + size], targets[lo:lo + size])
+        part = sum(losses.values())
+        if not torch.isfinite(part):
+            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise FloatingPointError(f"non-finite detection loss {part.item()} at step {state.step}: {parts}")
+        share = part * (len(images[lo:lo + size]) / len(images))
+        state.scaler.scale(share).backward()
+        loss = loss + share.detach().cpu()
     state.scaler.unscale_(state.optimizer)  # clip the true gradients
     torch.nn.utils.clip_grad_norm_(state.params, state.max_grad_norm)
     state.scaler.step(state.optimizer)
@@ -536,6 +551,7 @@ def train_detector(
     execution: Execution | torch.device | str = "cpu",
     max_grad_norm: float = 10.0,
     state: Any = None,
+    accum_steps: int = 1,
 ) -> list[float]:
     """Train with AdamW and a per-step schedule (:func:`start_training`), one :func:`training_step` per batch.
 
@@ -565,6 +581,8 @@ def train_detector(
         Seeds the shuffling and the augmentation.
     state : TrainState, optional
         Where the training state survives (default: nothing kept).
+    accum_steps : int
+        Each step's batch as this many micro-batches with accumulated gradients (:func:`training_step`).
     execution : Execution, torch.device or str
         Where to train, with ``loader_workers`` decoding processes and pinned batches on a GPU (a bare device:
         neither). The autocast precision is the feature network's own (:func:`build_detector`); fp16 adds a
@@ -602,7 +620,7 @@ def train_detector(
         batches = epoch_batches(n_items, batch_size, seed, epoch)[training.step - epoch * per_epoch:]
         for images, targets in _loader(dataset, batch_size, ex, batches=batches,
                                        generator=torch.Generator().manual_seed(seed * 100_003 + epoch)):
-            step_losses.append(training_step(training, images, targets))
+            step_losses.append(training_step(training, images, targets, accum_steps))
             state.after_step(training.step, extra=lambda: {"losses": step_losses})
     state.finish(training.step, extra={"losses": step_losses})
     return [float(np.mean(step_losses[e * per_epoch:(e + 1) * per_epoch])) if step_losses[e * per_epoch:] else
@@ -793,7 +811,8 @@ def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
             train_detector(model, images, epochs=p["epochs"], lr=rate, batch_size=batch_size,
                            weight_decay=p["weight_decay"], schedule=p["schedule"], lr_steps=p["lr_steps"],
                            warmup_iters=p["warmup_iters"], layer_decay=layer_decay, layer_of=layer_of,
-                           transform=transform, seed=seed, execution=ex, state=state)
+                           transform=transform, seed=seed, execution=ex, state=state,
+                           accum_steps=p["accum_steps"])
             summary.update(state.summary())
         return model
 
