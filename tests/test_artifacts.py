@@ -163,9 +163,15 @@ def test_a_retrained_producer_makes_the_consumer_a_new_cell(monkeypatch):
 
 
 def test_a_fine_tune_consumer_needs_every_recipe_parameter_of_the_one_declaration():
-    names = {p.name for p in classification.blocks.finetune_params(lr_selection=True)}
+    declared = classification.blocks.finetune_params(lr_selection=True)
+    names = {p.name for p in declared if p.kind != "execution"}
     _, consumer = _cells(ood={"protocol": "finetune"})
     assert set(consumer.needs[0].describe()["recipe"]) == names | {"batch_size"}
+    # How the global batch is split is execution: the OOM retry's doubled accum_steps is the same training.
+    assert "accum_steps" in {p.name for p in declared} - names
+    ft = {"protocol": "finetune", "batch_size": 20}
+    producer, consumer = _cells(classification=ft, ood={**ft, "accum_steps": 2})
+    assert producer.produces == consumer.needs
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -328,3 +334,23 @@ def test_bob_run_artifacts_dir_is_where_the_cells_publish(write_grid, tmp_path: 
     (cell,) = expand_grid({"grid": [{"task": "smoke", "publish": "here", "value": 4.0}]})
     assert artifacts.find(cell.produces[0], chosen) is not None
     assert not (tmp_path / "not this one").exists()
+
+
+@pytest.mark.slow
+def test_an_ood_fine_tune_after_the_classification_fine_tune_loads_its_weights_and_equals_retraining(
+        tmp_path: Path, monkeypatch, store: Path):
+    ft = dict(TINY, protocol="finetune", epochs=1, lr=3e-3, batch_size=20)
+    made = classification.run(**ft)
+    assert [e["how"] for e in made.artifacts] == ["published"] and made["train_loaded"] == 0.0
+    oodp = dict(ft, targets=["corruptions"], corruptions=["gaussian_noise"], severities=[2], max_corrupted=30)
+    shared = ood.run(**oodp)
+    assert [e["how"] for e in shared.artifacts] == ["loaded"] and shared["train_loaded"] == 1.0
+    assert shared.artifacts[0]["sha256"] == made.artifacts[0]["sha256"]
+    # The classification cell's own numbers and the OOD cell's in-distribution accuracy are the same model's.
+    assert shared["id_acc"] == made["top1"] and shared["n_test"] == made["n_test"]
+    monkeypatch.setenv(artifacts.ARTIFACTS_ENV, str(tmp_path / "empty"))  # no artifact: the cell trains itself
+    own = ood.run(**oodp)
+    assert [e["how"] for e in own.artifacts] == ["published"] and own["train_loaded"] == 0.0
+    assert own.artifacts[0]["sha256"] == made.artifacts[0]["sha256"]  # the same weights, bit for bit
+    assert own.scores == shared.scores and own.stderr == shared.stderr
+    assert own["train_final_loss"] == shared["train_final_loss"] == made["train_final_loss"]

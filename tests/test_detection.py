@@ -792,3 +792,91 @@ def test_run_records_execution_settings(cache_dir: Path, monkeypatch: pytest.Mon
     assert metrics["exec_channels_last"] == 1.0 and metrics["exec_grad_checkpointing"] == 1.0
     assert metrics["exec_loader_workers"] == 1.0 and metrics["exec_compile"] == 0.0
     assert 0.0 <= metrics["box_ap"] <= 1.0 and 0.0 <= metrics["mask_ap"] <= 1.0
+
+
+# ----------------------------------------------------------------------------------------- training that survives
+
+KILLED_DETECTION = """
+import json, os, signal, sys
+from bobkit.tasks import detection, train_state
+
+saved = train_state.TrainState._write
+
+def write_then_die(self, step, rng, extra):
+    saved(self, step, rng, extra)
+    if step == int(sys.argv[3]):
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 right after a complete save
+
+train_state.TrainState._write = write_then_die
+detection.run(**json.loads(sys.argv[1]), state_dir=sys.argv[2])
+"""
+
+
+def test_epoch_batches_are_a_pure_function_of_seed_and_epoch() -> None:
+    from bobkit.tasks.detection import epoch_batches
+
+    first = epoch_batches(10, 4, seed=3, epoch=1)
+    assert first == epoch_batches(10, 4, seed=3, epoch=1) != epoch_batches(10, 4, seed=3, epoch=2)
+    assert [len(b) for b in first] == [4, 4, 2] and sorted(sum(first, [])) == list(range(10))
+
+
+@pytest.mark.slow
+def test_a_detector_killed_after_a_save_resumes_to_the_same_weights_and_ap(cache_dir: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from bobkit.tasks import detection
+    from bobkit.tasks.train_state import _load, read_attempts
+
+    monkeypatch.setenv("BOB_CACHE_DIR", str(cache_dir))
+    tiny = dict(backbone=OFFLINE_BACKBONE, protocol="finetune", epochs=2, lr=1e-3, canvas_size=64, n_train=8,
+                n_val=6, batch_size=4, num_threads=1, device="cpu", state_every_min=0.0)  # 4 steps, saved each
+    state_dir = tmp_path / "train-state"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_DETECTION, json.dumps(tiny), str(state_dir), "3"], capture_output=True,
+        text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = detection.run(**tiny, state_dir=str(state_dir))
+    straight_dir = tmp_path / "straight"
+    straight = detection.run(**tiny, state_dir=str(straight_dir))
+    first, second = read_attempts(state_dir)
+    assert (first.why, first.saved_step, second.start_step, second.end_step) == ("killed", 3, 3, 4)
+    assert resumed["train_resumed_step"] == 3 and straight["train_resumed_step"] == 0
+    assert resumed["box_ap"] == straight["box_ap"] and resumed["mask_ap"] == straight["mask_ap"]
+    final, reference = _load(state_dir / "step-000000004.pt"), _load(straight_dir / "step-000000004.pt")
+    assert final["extra"]["losses"] == reference["extra"]["losses"]
+    assert all(torch.equal(final["model"][k], reference["model"][k]) for k in reference["model"])
+
+
+def test_accumulated_micro_batches_take_the_same_step_up_to_the_heads_averaging(tmp_path: Path) -> None:
+    """Two micro-batches of 2 images vs one batch of 4: the same images, sampled anchors and RoIs (the samplers draw
+    per image, in order), each micro-batch's loss weighted by its share of the images. The RPN and box losses are
+    means over the sampled anchors / RoIs of a (micro-)batch, so the two differ only in how those means are pooled:
+    measured 5.663 vs 5.646 (0.3%) on these scenes; 5% would mean another step (another batch, a lost micro-batch)."""
+    from bobkit.tasks import detection, detector
+    from bobkit.tasks.contract import ParameterError
+
+    train = _tiny_train_set(tmp_path, n=4)
+    losses = {}
+    for accum in (1, 2):
+        model = detector.build_detector(OFFLINE_BACKBONE, "frozen", 3, image_size=64, heads="narrow_cpu", seed=0)
+        torch.manual_seed(0)
+        losses[accum] = detection.train_detector(model, train, epochs=1, lr=1e-3, batch_size=4, accum_steps=accum)
+    assert len(losses[1]) == len(losses[2]) == 1 and losses[1] != losses[2]
+    assert losses[2][0] == pytest.approx(losses[1][0], rel=0.05)
+    with pytest.raises(ParameterError, match=r"batch_size=4 .* accum_steps=3"):
+        detection.validate_params({"batch_size": 4, "accum_steps": 3})
+
+
+def test_the_oom_retry_of_a_detection_cell_doubles_accum_steps() -> None:
+    from bobkit.batch.grid import expand_grid
+    from bobkit.batch.runner import oom_retry
+
+    (cell,) = expand_grid({"grid": [{"task": "detection", "backbone": OFFLINE_BACKBONE, "batch_size": 4}]})
+    params, why = oom_retry(cell, dict(cell.params))
+    assert (params["batch_size"], params["accum_steps"]) == (4, 2) and "accum_steps doubled" in why
+    assert oom_retry(cell, {**cell.params, "accum_steps": 4}) is None  # 4 images do not split into 8

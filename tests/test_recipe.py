@@ -208,7 +208,7 @@ def test_a_paper_recipe_validates_and_splits_its_global_batch():
                             "drop_path": 0.1, "batch_size": 1024, "accum_steps": 8})
     assert Recipe.from_params(params) == PAPER
     assert micro_batch_size(1024, 8) == 128 and micro_batch_size(1024, 4, processes=2) == 128
-    with pytest.raises(ParameterError, match="2 processes x 3"):
+    with pytest.raises(ParameterError, match="processes=2 x accum_steps=3"):
         micro_batch_size(1024, 3, processes=2)
 
 

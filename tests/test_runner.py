@@ -268,3 +268,63 @@ def test_cells_run_in_this_interpreter_despite_a_user_python3_kernelspec(tmp_pat
     (cell,) = expand_grid({"grid": [{"task": "smoke", "value": 4.0}]})
     summary = run_cells([cell], tmp_path / "runs", progress=False)
     assert summary.count("complete") == 1, summary.outcomes[0].error
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Out of memory in a training cell: the global batch (the recipe) stays, gradient accumulation doubles
+# ----------------------------------------------------------------------------------------------------------------
+
+FINETUNE_CELL = {"task": "classification", "backbone": "resnet18.random_init", "dataset": "fashion_mnist",
+                 "protocol": "finetune", "image_size": 32, "max_train": 40, "max_test": 20, "epochs": 1,
+                 "lr": 1e-3, "batch_size": 20, "num_threads": 1}
+
+
+def test_the_oom_retry_of_a_training_cell_doubles_accum_steps_and_keeps_the_global_batch():
+    from bobkit.batch.runner import oom_retry
+
+    (cell,) = expand_grid({"grid": [FINETUNE_CELL]})
+    params, why = oom_retry(cell, dict(cell.params))
+    assert (params["batch_size"], params["accum_steps"]) == (20, 2) and "accum_steps doubled" in why
+    assert oom_retry(cell, {**cell.params, "accum_steps": 4}) is None  # 20 does not split into 8 micro-batches
+    (mixed,) = expand_grid({"grid": [{**FINETUNE_CELL, "batch_size": 12, "mixup": 0.8}]})
+    assert oom_retry(mixed, dict(mixed.params))[0]["accum_steps"] == 2  # 12 / 2 = 6 items: even, as mixup needs
+    assert oom_retry(mixed, {**mixed.params, "accum_steps": 2}) is None  # 12 / 4 = 3: odd
+    (two,) = expand_grid({"grid": [{**FINETUNE_CELL, "batch_size": 40, "resources": {"processes": 2}}]})
+    assert oom_retry(two, dict(two.params))[0]["accum_steps"] == 2 and oom_retry(
+        two, {**two.params, "accum_steps": 2})[0]["accum_steps"] == 4  # 40 = 2 processes x 4 x 5
+    (probe,) = expand_grid({"grid": [{**FINETUNE_CELL, "protocol": "linear_probe"}]})
+    params, why = oom_retry(probe, dict(probe.params))  # not training: the inference batch is halved
+    assert (params["batch_size"], params["accum_steps"], why) == (10, 1, "out-of-memory: batch_size halved")
+
+
+@pytest.mark.slow
+def test_an_injected_oom_in_a_fine_tune_cell_retries_it_with_doubled_accum_steps(tmp_path: Path, monkeypatch):
+    from bobkit.batch import runner
+
+    (cell,) = expand_grid({"grid": [FINETUNE_CELL]})
+    real_attempt = runner._attempt
+    seen: list[dict[str, Any]] = []
+
+    def oom_first(cell, params, run_dir, *args, **kwargs):
+        seen.append(dict(params))
+        if len(seen) == 1:  # what a CUDA out-of-memory error in the kernel looks like to the runner
+            work = run_dir / "work-injected"
+            work.mkdir(parents=True)
+            return runner._Attempt("oom", work, work / "executed.ipynb", 0.1, 1,
+                                   "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", None,
+                                   "torch.OutOfMemoryError: CUDA out of memory")
+        return real_attempt(cell, params, run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_attempt", oom_first)
+    runs = tmp_path / "runs"
+    outcome = runner.execute_cell(cell, runs)
+    assert outcome.status == "complete", outcome.error
+    assert [(p["batch_size"], p["accum_steps"]) for p in seen] == [(20, 1), (20, 2)]
+    sidecar = read_sidecar(run_dir_of(cell, runs))
+    assert [a["kind"] for a in sidecar["attempts"]] == ["oom", "complete"]
+    retry = sidecar["attempts"][1]
+    assert retry["retry"] == "out-of-memory: accum_steps doubled (same global batch_size)"
+    assert (retry["batch_size"], retry["accum_steps"]) == (20, 2)
+    assert sidecar["params_used"]["accum_steps"] == 2 and sidecar["params_used"]["batch_size"] == 20
+    assert sidecar["run_key"] == cell.run_key and sidecar["timings"]["exec_accum_steps"] == 2.0
+    assert not (run_dir_of(cell, runs) / "train-state").exists()  # removed once the cell is recorded

@@ -194,3 +194,82 @@ def test_stop_training_asks_a_running_loop_in_another_process_to_save_and_waits_
     assert attempt.why == "preempted (SIGUSR2)" and attempt.saved_step == attempt.end_step == step >= 1
     assert TrainState(tmp_path).restore(torch.nn.Linear(2, 1)) == step
     assert stop_training(tmp_path, wait_s=1) == (0, 0)  # nobody left to ask
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A real fine-tune (the classification task): kill -9 after a save, rerun, same result as without the kill
+# ----------------------------------------------------------------------------------------------------------------
+
+FINETUNE = dict(backbone="resnet18.random_init", dataset="fashion_mnist", protocol="finetune", image_size=32,
+                max_train=120, max_test=60, epochs=2, lr=3e-3, batch_size=20, seed=0, num_threads=1,
+                state_every_min=0.0)
+KILLED_AFTER_STEP = 5
+
+KILLED_FINETUNE = textwrap.dedent("""
+    import json, os, signal, sys
+    from bobkit.tasks import classification, train_state
+
+    saved = train_state.TrainState._write
+
+    def write_then_die(self, step, rng, extra):
+        saved(self, step, rng, extra)
+        if step == int(sys.argv[3]):
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9 right after a complete save
+
+    train_state.TrainState._write = write_then_die
+    classification.run(**json.loads(sys.argv[1]), state_dir=sys.argv[2])
+""")
+
+
+@pytest.mark.slow
+def test_a_fine_tune_killed_after_a_save_resumes_to_the_same_weights_and_top1(tmp_path: Path, monkeypatch):
+    import json
+
+    from bobkit.features import artifacts
+    from bobkit.tasks import classification
+
+    state_dir = tmp_path / "train-state"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           artifacts.ARTIFACTS_ENV: str(tmp_path / "killed-store")}
+    killed = subprocess.run([sys.executable, "-c", KILLED_FINETUNE, json.dumps(FINETUNE), str(state_dir),
+                             str(KILLED_AFTER_STEP)], env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (tmp_path / "killed-store").exists() or not any((tmp_path / "killed-store").rglob("*.safetensors"))
+
+    monkeypatch.setenv(artifacts.ARTIFACTS_ENV, str(tmp_path / "resumed-store"))
+    resumed = classification.run(**FINETUNE, state_dir=str(state_dir))
+    monkeypatch.setenv(artifacts.ARTIFACTS_ENV, str(tmp_path / "straight-store"))
+    straight = classification.run(**FINETUNE)
+
+    first, second = read_attempts(state_dir)
+    assert first.why == "killed" and first.saved_step == KILLED_AFTER_STEP and first.end_step is None
+    assert second.start_step == KILLED_AFTER_STEP and second.why == "finished" and second.end_step == 12
+    assert resumed["train_resumed_step"] == KILLED_AFTER_STEP and resumed["train_attempts"] == 2
+    assert straight["train_resumed_step"] == 0 and resumed["train_steps"] == straight["train_steps"] == 12
+    # Same final top-1 and NLL, and bit-identical weights (the artifacts' sha256), as the uninterrupted run.
+    assert resumed["top1"] == straight["top1"] and resumed["nll"] == straight["nll"]
+    assert resumed.artifacts[0]["sha256"] == straight.artifacts[0]["sha256"]
+    assert resumed["train_final_loss"] == straight["train_final_loss"]
+
+
+@pytest.mark.slow
+def test_a_state_saved_by_another_training_is_set_aside_never_resumed(tmp_path: Path, monkeypatch, capsys):
+    from bobkit.features import artifacts
+    from bobkit.tasks import classification
+
+    state_dir = tmp_path / "train-state"
+    short = dict(FINETUNE, epochs=1)
+    monkeypatch.setenv(artifacts.ARTIFACTS_ENV, str(tmp_path / "a"))
+    classification.run(**short, state_dir=str(state_dir))  # leaves its final state (the runner would remove it)
+    monkeypatch.setenv(artifacts.ARTIFACTS_ENV, str(tmp_path / "b"))
+    again = classification.run(**short, state_dir=str(state_dir))
+    assert again["train_resumed_step"] == 6  # the same training: its final state, nothing trained again
+    monkeypatch.setenv(artifacts.ARTIFACTS_ENV, str(tmp_path / "c"))
+    capsys.readouterr()
+    other = classification.run(**dict(short, lr=1e-3), state_dir=str(state_dir))
+    err = capsys.readouterr().err
+    assert other["train_resumed_step"] == 0 and "set aside (saved by another training" in err
+    assert sorted(p.name for p in state_dir.glob("step-000000006.*.bad-*")) != []
+    monkeypatch.setenv(artifacts.ARTIFACTS_ENV, str(tmp_path / "d"))
+    fresh = classification.run(**dict(short, lr=1e-3))
+    assert other["top1"] == fresh["top1"] and other.artifacts[0]["sha256"] == fresh.artifacts[0]["sha256"]

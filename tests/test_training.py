@@ -367,3 +367,27 @@ def test_learning_rates_accept_one_or_a_list_and_name_a_bad_value():
         finetune(torch.nn.Linear(1, 1), images, labels, CONFIG, image_size=16, epochs=1, lr=[1e-3, 3e-3],
                  weight_decay=0.0, layer_decay=None, warmup_epochs=0, batch_size=4, seed=0, device="cpu")
 
+
+
+def test_the_gpu_fine_tune_check_script_runs_its_dry_run_on_cpu(tmp_path):
+    """benchmarks/gpu_finetune_check.py (run on a GPU machine by hand) parses its arguments and runs the recipe's
+    loop end to end on a tiny CPU model with --dry-run."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_finetune_check.py"), "--dry-run",
+                           "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "gpu_finetune-dry-run.json").read_text())
+    (row,) = result["rows"].values()
+    assert result["dry_run"] and result["recipe"]["mixup"] == 0.8 and row["timed_steps"] == 2
+    assert row["compute_steps_per_s"] > 0 and row["end_to_end_steps_per_s"] > 0
+    assert row["gpu_busy"] == pytest.approx(row["end_to_end_steps_per_s"] / row["compute_steps_per_s"])
+    no_gpu = subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_finetune_check.py"), "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert no_gpu.returncode == 0 and "--dry-run" in no_gpu.stdout

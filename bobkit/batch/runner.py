@@ -352,14 +352,16 @@ def _execute_claimed(
     params = dict(cell.params)
     result = _attempt(cell, params, run_dir, kernel, env, stop, timeout_s)
     attempts = [result.summary()]
-    can_halve = isinstance(params.get("batch_size"), int) and params["batch_size"] > 1
-    if result.kind == "oom" and can_halve and not (stop is not None and stop.is_set()):
-        result.discard()
-        params["batch_size"] = params["batch_size"] // 2
-        remove_train_state(run_dir)  # saved at the other batch size: its data position means something else
-        result = _attempt(cell, params, run_dir, kernel, env, stop, timeout_s)
-        attempts.append({**result.summary(), "retry": "out-of-memory: batch_size halved",
-                         "batch_size": params["batch_size"]})
+    if result.kind == "oom" and not (stop is not None and stop.is_set()):
+        retry = oom_retry(cell, params)
+        if retry is not None:
+            result.discard()
+            params, why = retry
+            if params["batch_size"] != cell.params.get("batch_size"):
+                remove_train_state(run_dir)  # saved at the other batch size: its data position means something else
+            result = _attempt(cell, params, run_dir, kernel, env, stop, timeout_s)
+            attempts.append({**result.summary(), "retry": why, "batch_size": params["batch_size"],
+                             **({"accum_steps": params["accum_steps"]} if "accum_steps" in params else {})})
     ours = claim.still_ours()
     if result.kind == "interrupted" or (stop is not None and stop.is_set()) or not ours:
         # Stopped batch: leave the cell pending. Lost claim (broken as stale, e.g. a paused job): the new
@@ -386,6 +388,32 @@ def _execute_claimed(
         remove_train_state(run_dir)  # a failed cell keeps it: --only-failed resumes
     error = None if complete else sidecar["error"]["message"]
     return CellOutcome(cell, sidecar["status"], sidecar["wall_seconds"], error, None if complete else result.kind)
+
+
+def is_training_cell(cell: Cell) -> bool:
+    """A cell that trains end to end (a fine-tune, a detector): its ``batch_size`` is the recipe's global batch."""
+    return cell.params.get("protocol") == "finetune" or cell.task == "detection"
+
+
+def oom_retry(cell: Cell, params: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+    """The parameters of the one retry after an out-of-memory failure, and why (``None``: no retry).
+
+    A training cell with ``accum_steps`` keeps its global batch, so its recipe (and run key) stays: twice the
+    gradient-accumulation steps, half the items per forward pass; it is retried only when the global batch splits
+    into that many equal (and, with mixup/cutmix, even) micro-batches over its processes. Any other cell halves
+    ``batch_size`` (an inference batch; the sidecar records the batch size used).
+    """
+    batch, accum = params.get("batch_size"), params.get("accum_steps")
+    if is_training_cell(cell) and isinstance(accum, int) and isinstance(batch, int):
+        parts = 2 * accum * processes_of(cell.resources)
+        mixes = bool(params.get("mixup") or params.get("cutmix"))
+        if batch % parts or (mixes and (batch // parts) % 2):
+            return None
+        return ({**params, "accum_steps": 2 * accum},
+                "out-of-memory: accum_steps doubled (same global batch_size)")
+    if isinstance(batch, int) and batch > 1:
+        return {**params, "batch_size": batch // 2}, "out-of-memory: batch_size halved"
+    return None
 
 
 def keep_aside_if_corrupt(run_dir: Path) -> Path | None:
@@ -703,6 +731,7 @@ class GpuPool:
 __all__ = [
     "BatchSummary", "CellOutcome", "GpuPool", "SIDECAR", "TRAIN_STATE", "absolute_runs_dir", "artifact_fields",
     "cell_env", "cell_state", "classify_failure", "execute_cell", "fail_for_producers", "is_resumable",
+    "is_training_cell", "oom_retry",
     "producer_failure_message", "remove_train_state", "run_cells", "run_dir_of", "select_cells", "train_state_dir",
     "worker_env",
 ]

@@ -3,15 +3,20 @@
 The linear probe is multinomial logistic regression on standardised cached features, its L2 strength chosen on a
 validation split of the training items (:func:`bobkit.tasks.training.fit_probe`); fine-tuning is AdamW with
 warm-up + cosine and optional layer-wise lr decay, with the paper's augmentation, mixup/cutmix, label smoothing and
-drop-path when set (:func:`bobkit.tasks.training.finetune`, :mod:`bobkit.tasks.recipe`), and a list of learning rates is a selection on held-out training items. Low-shot settings keep a
-class-stratified fraction of the labels or ``n`` per class. Every score comes with its sampling standard error
-over the test items (``se/<metric>``).
+drop-path when set (:func:`bobkit.tasks.training.finetune`, :mod:`bobkit.tasks.recipe`), and a list of learning
+rates is a selection on held-out training items. The fine-tuned weights are the cell's shared artifact
+(:func:`bobkit.tasks.trained.finetuned_model`): OOD and robustness cells of the same training load them; the
+training runs in ``$BOB_PROCESSES`` data-parallel processes and resumes from ``state_dir``. Low-shot settings
+keep a class-stratified fraction of the labels or ``n`` per class. Every score comes with its sampling standard
+error over the test items (``se/<metric>``).
 
 Multi-label datasets (CheXpert: :attr:`bobkit.data.DatasetInfo.multilabel`) carry each item's label set as one
 integer code; the probe decodes it and fits one binary logistic regression per label (the same probe, L2 rule
 and solver as the single-label one), and the cell reports the per-label AUROC and their mean (``mean_auroc``,
-the paper's CheXpert metric), each with a bootstrap standard error over the test items. Fine-tuning on them
-(the paper's Medical-MAE recipe, BCE loss) is refused until it comes with the recipe integration.
+the paper's CheXpert metric), each with a bootstrap standard error over the test items. Fine-tuning on them (the
+paper's Medical-MAE recipe) trains one output per label with binary cross-entropy
+(:func:`bobkit.tasks.training.multilabel_bce`) and reports the same AUROCs; mixup, cutmix and label smoothing
+are refused there.
 """
 
 from __future__ import annotations
@@ -32,17 +37,15 @@ from bobkit.features import artifacts
 from bobkit.features.artifacts import ArtifactRef
 from bobkit.features.device import (
     Execution,
-    prepare_model,
 )
 from bobkit.features.extract import extract_features, is_cached, run_forward
 from bobkit.tasks import blocks, trained
 from bobkit.tasks.common import inference_batch_size
 from bobkit.tasks.contract import Metric, Param, ParameterError, TaskSpec
 from bobkit.tasks.harness import task_entry
-from bobkit.tasks.recipe import check_recipe, finetune_args, training_loader_workers, training_metrics
+from bobkit.tasks.recipe import check_recipe, training_metrics
 from bobkit.tasks.training import (
     ProbeFit,
-    finetune,
     fit_probe,
     learning_rates,
     select_on_validation,
@@ -53,16 +56,14 @@ PROTOCOLS = ("linear_probe", "finetune")
 
 
 def _check(p: dict[str, Any]) -> None:
-    """Rules between parameters: one low-shot rule at a time; the fine-tuning recipe's rules; multi-label datasets
-    are probed, not fine-tuned."""
+    """Rules between parameters: one low-shot rule at a time; the fine-tuning recipe's rules; no class mixing or
+    label smoothing in multi-label fine-tuning."""
     if p["label_fraction"] is not None and p["shots_per_class"] is not None:
         raise ParameterError(f"classification parameters label_fraction={p['label_fraction']!r} and "
                              f"shots_per_class={p['shots_per_class']!r}: give one low-shot rule, not both")
     check_recipe(p, "classification")
     if p["protocol"] == "finetune" and _multilabel(p["dataset"]):
-        raise SPEC.error("protocol", "finetune", f"dataset {p['dataset']!r} is multi-label: multi-label "
-                                                 f"fine-tuning comes with the recipe integration; use "
-                                                 f"protocol='linear_probe'")
+        trained.refuse_multilabel_mixing(p, f"classification (multi-label dataset {p['dataset']!r})")
 
 
 def _multilabel(dataset: str) -> tuple[str, ...]:
@@ -72,7 +73,7 @@ def _multilabel(dataset: str) -> tuple[str, ...]:
 
 def _produces(p: dict[str, Any]) -> list[ArtifactRef]:
     """What a cell publishes: a probe cell its probe head (single-label datasets), a fine-tune cell its weights
-    (once the fine-tuning publishes them: :func:`bobkit.tasks.trained.publish_model`)."""
+    (:func:`bobkit.tasks.trained.finetuned_model`)."""
     if p["protocol"] == "finetune":
         return [trained.model_ref(p)]
     return [] if _multilabel(p["dataset"]) else [trained.probe_ref(p)]
@@ -103,6 +104,8 @@ SPEC = TaskSpec(
         *blocks.device_params(),
         *blocks.EXECUTION,
         blocks.OUTPUT_DIR,
+        blocks.STATE_DIR,
+        blocks.STATE_EVERY,
     ),
     metrics=(
         *blocks.accuracy_metrics(),
@@ -110,6 +113,7 @@ SPEC = TaskSpec(
                n_items="n_test"),
         Metric("auroc/*", "multi-label datasets: AUROC of one label on the test split", n_items="n_test"),
         *blocks.COMMON_DESCRIPTORS,
+        *trained.TRAINING_DESCRIPTORS,
     ),
     check=_check,
     produces=_produces,
@@ -273,61 +277,82 @@ def _fit_multilabel_probe(p: dict[str, Any], ex: Execution, features: np.ndarray
     return scorer
 
 
-def _run_finetune(p: dict[str, Any], ex: Execution) -> dict[str, float]:
-    """Fine-tune on the (low-shot) training items and score the test split; with several ``lr``, each is
-    fine-tuned on a class-stratified 80% of the training items and scored (top-1) on the other 20%, and the
-    winner is fine-tuned again on all of them (``selected_lr``)."""
-    rates = learning_rates(p["lr"])
-    t0 = time.perf_counter()
+def training_items(p: dict[str, Any]) -> Any:
+    """The items a fine-tune trains on: the (``max_train``) train split, less what a low-shot rule drops (the
+    fine-tune job rebuilds them from the parameters, :func:`bobkit.tasks.trained.finetune_job`)."""
     train_ds = get_dataset(p["dataset"], "train", max_samples=p["max_train"], seed=p["seed"])
-    test_ds = get_dataset(p["dataset"], "test", max_samples=p["max_test"], seed=p["seed"])
     keep = low_shot_indices(train_ds.labels, fraction=p["label_fraction"], per_class=p["shots_per_class"],
                             seed=p["seed"])
-    train = train_ds if len(keep) == len(train_ds) else train_ds.subset(keep, "low_shot")
+    return train_ds if len(keep) == len(train_ds) else train_ds.subset(keep, "low_shot")
+
+
+#: :func:`training_items`, by name (what a fine-tune job calls).
+TRAINING_ITEMS = "bobkit.tasks.classification:training_items"
+
+
+def _run_finetune(p: dict[str, Any], ex: Execution) -> dict[str, float]:
+    """Fine-tune on the (low-shot) training items and score the test split. The weights are the cell's artifact
+    (:func:`bobkit.tasks.trained.finetuned_model`): loaded when an intact one exists, else trained and published.
+    With several ``lr``, each is fine-tuned on a class-stratified 80% of the training items and scored on the
+    other 20% (top-1; mean AUROC on a multi-label dataset), and the winner is fine-tuned again on all of them
+    (``selected_lr``, kept in the artifact's record)."""
+    rates = learning_rates(p["lr"])
+    t0 = time.perf_counter()
+    train = training_items(p)
+    test_ds = get_dataset(p["dataset"], "test", max_samples=p["max_test"], seed=p["seed"])
     config = backbones.data_config(p["backbone"], image_size=p["image_size"])
+    names = _multilabel(p["dataset"])
+    outputs = len(names) or len(train.classes)
     load_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
-    metrics: dict[str, float] = {}
-    if len(rates) > 1:
-        fit_idx, val_idx = validation_split(train.labels, seed=p["seed"], name=f"lr={rates}")
-        fit_part, val_part = train.subset(fit_idx, "lr_fit"), train.subset(val_idx, "lr_validation")
+    trained.check_processes(p, trained.training_processes())  # before any training
+    job = dict(items=TRAINING_ITEMS, num_classes=outputs, multilabel=len(names))
 
-        def validation_top1(lr: float) -> float:
-            model, run_ex = _finetuned(p, ex, fit_part, lr, config)
-            logits = run_forward(model.eval(), val_part, config, p["image_size"],
-                                 inference_batch_size(p["batch_size"], run_ex), run_ex)
-            return float((logits.argmax(1) == val_part.labels).mean())
+    def score(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        if names:
+            return multilabel_auroc_metrics(multilabel_targets(labels, names), np.asarray(logits, dtype=np.float64),
+                                            names, seed=p["seed"])
+        return classification_metrics(logits, labels, seed=p["seed"])
 
-        best, _ = select_on_validation(rates, validation_top1)
-        metrics.update(selected_lr=best, n_validation=float(len(val_idx)))
-    else:
+    ref = trained.model_ref(p)
+
+    def select_and_train() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        extra: dict[str, Any] = {}
         best = rates[0]
-    model, ex = _finetuned(p, ex, train, best, config)
+        if len(rates) > 1:
+            _, val_idx = validation_split(train.labels, seed=p["seed"], name=f"lr={rates}")
+            val_part = train.subset(val_idx, "lr_validation")
+
+            def validation_score(lr: float) -> float:
+                weights, _ = trained.train_weights(
+                    p, ex, lr=lr, part="lr_fit", identity={"artifact": ref.key, "lr": lr, "part": "lr_fit"},
+                    state_dir=trained.state_subfolder(p["state_dir"], f"lr-fit-{lr:g}"), **job)
+                _, model, run_ex = trained.build_finetuned(p, ex, outputs, weights)
+                logits = run_forward(model, val_part, config, p["image_size"],
+                                     inference_batch_size(p["batch_size"], run_ex), run_ex)
+                held = score(logits, val_part.labels)
+                return held["mean_auroc"] if names else held["top1"]
+
+            best, _ = select_on_validation(rates, validation_score)
+            extra = {"selected_lr": best, "n_validation": len(val_idx)}
+        weights, record = trained.train_weights(p, ex, lr=best, identity={"artifact": ref.key, "lr": best},
+                                                state_dir=p["state_dir"], **job)
+        return weights, {**record, **extra}
+
+    tuned = trained.finetuned_model(p, ex, ref, train=select_and_train, **job)
+    ex = tuned.ex
     train_seconds = time.perf_counter() - t1
     t2 = time.perf_counter()
     batch = inference_batch_size(p["batch_size"], ex)
-    logits = run_forward(model.eval(), test_ds, config, p["image_size"], batch, ex)
-    metrics.update(classification_metrics(logits, test_ds.labels, seed=p["seed"]))
+    logits = run_forward(tuned.prepared, test_ds, config, p["image_size"], batch, ex)
+    metrics: dict[str, float] = {}
+    if "selected_lr" in tuned.record:
+        metrics.update(selected_lr=float(tuned.record["selected_lr"]),
+                       n_validation=float(tuned.record["n_validation"]))
+    metrics.update(score(logits, test_ds.labels))
     metrics.update(
-        n_train=float(len(keep)), n_test=float(len(test_ds.labels)), load_seconds=load_seconds,
+        n_train=float(len(train)), n_test=float(len(test_ds.labels)), load_seconds=load_seconds,
         train_seconds=train_seconds, evaluate_seconds=time.perf_counter() - t2,
     )
-    metrics.update(ex.as_metrics(), **training_metrics(p, ex.loader_workers))
+    metrics.update(ex.as_metrics(), **training_metrics(p, ex.loader_workers), **tuned.metrics())
     return metrics
-
-
-def _finetuned(p: dict[str, Any], ex: Execution, train: Any, lr: float,
-               config: dict[str, Any]) -> tuple[torch.nn.Module, Execution]:
-    """A fresh model (same seed) fine-tuned on ``train`` at ``lr``, and ``ex`` with channels_last settled."""
-    torch.manual_seed(p["seed"])  # each candidate of a selection trains as it would alone
-    model = backbones.create_model(p["backbone"], num_classes=len(train.classes), image_size=p["image_size"],
-                                   seed=p["seed"], drop_path_rate=p["drop_path"])
-    ex = ex.for_model(model, p["channels_last"])
-    model = prepare_model(model, ex)  # device, channels_last, gradient checkpointing, compile
-    finetune(
-        model, train, train.labels, config, image_size=p["image_size"], lr=lr, batch_size=p["batch_size"],
-        seed=p["seed"], num_classes=len(train.classes), **finetune_args(p), device=ex.device,
-        precision=ex.precision, channels_last=ex.channels_last,
-        loader_workers=training_loader_workers(p, ex.loader_workers), pin_memory=ex.pin_memory,
-    )
-    return model, ex

@@ -33,6 +33,7 @@ with ``selected_lr``.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -61,6 +62,7 @@ from bobkit.tasks.detector import (
     prepare_detector,
 )
 from bobkit.tasks.harness import task_entry
+from bobkit.tasks.train_state import TrainState
 from bobkit.tasks.training import (
     VALIDATION_FRACTION,
     learning_rates,
@@ -68,6 +70,7 @@ from bobkit.tasks.training import (
     select_on_validation,
     warmup_cosine,
 )
+from bobkit.utils.files import source_fingerprint
 
 #: Bootstrap resamples of the evaluated images behind ``se/<AP metric>`` (about 1 s per AP type on 80 images).
 AP_BOOTSTRAP = 200
@@ -126,6 +129,10 @@ def _check(p: dict[str, Any]) -> None:
     if p["train_scales"] is not None and p["augment"] not in ("multiscale", "paper"):
         raise ParameterError(f"detection parameter train_scales={p['train_scales']!r} needs augment='multiscale' or "
                              f"'paper' (augment={p['augment']!r} ignores it)")
+    if p["batch_size"] % p["accum_steps"]:
+        raise ParameterError(f"detection: batch_size={p['batch_size']} (images per optimizer step) does not split "
+                             f"into accum_steps={p['accum_steps']} equal micro-batches; choose a batch_size "
+                             f"divisible by {p['accum_steps']}")
 
 
 SPEC = TaskSpec(
@@ -157,6 +164,9 @@ SPEC = TaskSpec(
         Param("layer_decay", float, None, "layer-wise lr decay of the trunk, e.g. 0.75; None disables (frozen: "
                                           "the trunk does not train)", low=0.0, low_open=True, high=1.0),
         blocks.batch_size_param(4, doc="images per training step", high=256),
+        Param("accum_steps", int, 1, "gradient accumulation: each step's batch_size images in this many equal "
+              "micro-batches (less memory; the heads sample their anchors and RoIs per image, so the losses are "
+              "the same up to how they are averaged)", kind="execution", low=1, high=256),
         Param("canvas_size", int, 96, "offline scenes only: canvas side in pixels", low=32, high=1024,
               high_note=MEMORY_NOTE),
         blocks.size_param("n_train", 240, "scenes to compose / images to subsample (None: all)"),
@@ -176,6 +186,8 @@ SPEC = TaskSpec(
         *blocks.EXECUTION,
         Param("output_dir", str, None, "set by `bob run`: metrics and predictions are written there",
               kind="execution"),
+        blocks.STATE_DIR,
+        blocks.STATE_EVERY,
     ),
     metrics=(
         Metric("box_ap", "COCO box AP (IoU 0.5:0.95)", primary=True, n_items="n_test"),
@@ -187,6 +199,7 @@ SPEC = TaskSpec(
         *blocks.COMMON_DESCRIPTORS,
         descriptor("detector_*", "what the detector was built and trained with: head widths, evaluation sizes, "
                                  "augmentation (1.0: on)"),
+        descriptor("train_*", "the training's attempts, the step this run resumed from, steps redone"),
     ),
     resolve_execution=detection_execution,
     check=_check,
@@ -211,17 +224,24 @@ def _loader(
     batch_size: int,
     execution: Execution,
     *,
-    shuffle: bool,
+    shuffle: bool = False,
+    batches: Sequence[Sequence[int]] | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.utils.data.DataLoader:
     """Batches of ``(images, targets)`` lists; ``loader_workers`` worker processes decode images ahead.
 
     Workers are processes here (a detection item decodes an image and rasterises its masks in Python, which
-    threads would serialise on the GIL); the shuffling order depends only on ``generator``, not on the workers.
+    threads would serialise on the GIL); the order is ``batches`` (item indices, e.g. :func:`epoch_batches`) when
+    given, else sequential or shuffled by ``generator``, and never depends on the workers. ``generator`` also
+    seeds the workers (so the global RNG, which the detector's samplers draw from, is left alone).
     """
+    pin = execution.pin_memory and execution.device.type == "cuda"
+    if batches is not None:
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=_collate, generator=generator,
+                                           num_workers=execution.loader_workers, pin_memory=pin)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=_collate, generator=generator,
-        num_workers=execution.loader_workers, pin_memory=execution.pin_memory and execution.device.type == "cuda",
+        num_workers=execution.loader_workers, pin_memory=pin,
     )
 
 
@@ -481,21 +501,29 @@ def start_training(
 
 
 def training_step(state: DetectorTraining, images: list[torch.Tensor],
-                  targets: list[dict[str, torch.Tensor]]) -> float:
+                  targets: list[dict[str, torch.Tensor]], accum_steps: int = 1) -> float:
     """One optimizer step on one batch (loss, backward, gradient-norm clip, AdamW step, schedule); returns the loss.
+
+    With ``accum_steps`` the batch runs as that many equal micro-batches, each loss weighted by its share of the
+    images and its gradients accumulated (less activation memory for the same step).
 
     Raises ``FloatingPointError`` when the loss is NaN or infinite, naming the step and the per-head losses.
     """
     device = state.device
     images = [img.to(device, non_blocking=True) for img in images]
     targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-    losses = state.model(images, targets)
-    loss = sum(losses.values())
-    if not torch.isfinite(loss):
-        parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-        raise FloatingPointError(f"non-finite detection loss {loss.item()} at step {state.step}: {parts}")
+    size = -(-len(images) // accum_steps)  # the last step of an epoch may hold fewer images
     state.optimizer.zero_grad(set_to_none=True)
-    state.scaler.scale(loss).backward()
+    loss = torch.zeros(())
+    for lo in range(0, len(images), size):
+        losses = state.model(images[lo:lo + size], targets[lo:lo + size])
+        part = sum(losses.values())
+        if not torch.isfinite(part):
+            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise FloatingPointError(f"non-finite detection loss {part.item()} at step {state.step}: {parts}")
+        share = part * (len(images[lo:lo + size]) / len(images))
+        state.scaler.scale(share).backward()
+        loss = loss + share.detach().cpu()
     state.scaler.unscale_(state.optimizer)  # clip the true gradients
     torch.nn.utils.clip_grad_norm_(state.params, state.max_grad_norm)
     state.scaler.step(state.optimizer)
@@ -522,8 +550,15 @@ def train_detector(
     seed: int = 0,
     execution: Execution | torch.device | str = "cpu",
     max_grad_norm: float = 10.0,
+    state: Any = None,
+    accum_steps: int = 1,
 ) -> list[float]:
     """Train with AdamW and a per-step schedule (:func:`start_training`), one :func:`training_step` per batch.
+
+    The data order is a pure function of ``(seed, epoch)`` (:func:`epoch_batches`), so a run resumed at a step
+    continues the same order; ``state`` (a :class:`bobkit.tasks.train_state.TrainState` the caller entered) restores
+    the newest intact state (model, AdamW, schedule, scaler, RNGs, the step), saves when due and on a stop signal
+    (raising :class:`~bobkit.tasks.train_state.TrainingPreempted`), and saves the final state.
 
     Parameters
     ----------
@@ -544,6 +579,10 @@ def train_detector(
         (:class:`AugmentedDetection`); build the model with ``resize_in_training=False`` when it resizes.
     seed : int
         Seeds the shuffling and the augmentation.
+    state : TrainState, optional
+        Where the training state survives (default: nothing kept).
+    accum_steps : int
+        Each step's batch as this many micro-batches with accumulated gradients (:func:`training_step`).
     execution : Execution, torch.device or str
         Where to train, with ``loader_workers`` decoding processes and pinned batches on a GPU (a bare device:
         neither). The autocast precision is the feature network's own (:func:`build_detector`); fp16 adds a
@@ -566,18 +605,34 @@ def train_detector(
         raise ValueError(f"layer_decay={layer_decay!r} needs layer_of (see detector_layer_of)")
     if transform is not None:
         dataset = AugmentedDetection(dataset, transform, seed)
-    generator = torch.Generator().manual_seed(seed)
-    loader = _loader(dataset, batch_size, ex, shuffle=True, generator=generator)
-    state = start_training(model, lr=lr, weight_decay=weight_decay, epochs=epochs, steps_per_epoch=len(loader),
-                           schedule=schedule, lr_steps=lr_steps, warmup_iters=warmup_iters, layer_decay=layer_decay,
-                           layer_of=layer_of, device=ex.device, max_grad_norm=max_grad_norm)
-    epoch_losses: list[float] = []
-    for epoch in range(epochs):
+    state = state if state is not None else TrainState(None)
+    n_items = len(dataset)
+    per_epoch = math.ceil(n_items / batch_size)
+    training = start_training(model, lr=lr, weight_decay=weight_decay, epochs=epochs, steps_per_epoch=per_epoch,
+                              schedule=schedule, lr_steps=lr_steps, warmup_iters=warmup_iters,
+                              layer_decay=layer_decay, layer_of=layer_of, device=ex.device,
+                              max_grad_norm=max_grad_norm)
+    training.step = state.restore(model, training.optimizer, training.scheduler, training.scaler)
+    step_losses = [float(v) for v in state.extra.get("losses", [])][:training.step]
+    for epoch in range(training.step // per_epoch, epochs):
         if isinstance(dataset, AugmentedDetection):
             dataset.epoch = epoch  # before the loader's workers copy the dataset
-        running = [training_step(state, images, targets) for images, targets in loader]
-        epoch_losses.append(float(np.mean(running)) if running else float("nan"))
-    return epoch_losses
+        batches = epoch_batches(n_items, batch_size, seed, epoch)[training.step - epoch * per_epoch:]
+        for images, targets in _loader(dataset, batch_size, ex, batches=batches,
+                                       generator=torch.Generator().manual_seed(seed * 100_003 + epoch)):
+            step_losses.append(training_step(training, images, targets, accum_steps))
+            state.after_step(training.step, extra=lambda: {"losses": step_losses})
+    state.finish(training.step, extra={"losses": step_losses})
+    return [float(np.mean(step_losses[e * per_epoch:(e + 1) * per_epoch])) if step_losses[e * per_epoch:] else
+            float("nan") for e in range(epochs)]
+
+
+def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches of item indices of training epoch ``epoch``: a permutation drawn from ``(seed, epoch)`` cut into
+    ``batch_size`` pieces (the last one smaller), so any step's batch is known without replaying the ones before."""
+    generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    order = torch.randperm(int(n_items), generator=generator).tolist()
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @torch.inference_mode()
@@ -739,27 +794,37 @@ def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
     transform = train_transform(setup.augment, setup.image_size, max_size=setup.max_size,
                                 train_scales=p["train_scales"])
 
-    def trained(images: scenes.CocoDataset, rate: float) -> FasterRCNN:
-        """A fresh detector (same seed) trained on ``images`` at ``rate``."""
+    setting = {q.name: p[q.name] for q in SPEC.parameters if q.kind != "execution" and q.name != "lr"}
+
+    def trained(images: scenes.CocoDataset, rate: float, part: str | None = None) -> FasterRCNN:
+        """A fresh detector (same seed) trained on ``images`` at ``rate``; its training state survives in the
+        cell's ``state_dir`` (a selection's candidate: in a folder of its own inside it)."""
         model = build_detector(backbone, protocol, len(train.category_names), heads=setup.heads,
                                image_size=setup.image_size, anchor_sizes=setup.anchors, max_size=setup.max_size,
                                seed=seed, masks=train.has_masks, precision=ex.precision,
                                resize_in_training=transform is None)
         layer_of = detector_layer_of(model, backbone) if layer_decay is not None else None
         prepare_detector(model, ex)
-        train_detector(model, images, epochs=p["epochs"], lr=rate, batch_size=batch_size,
-                       weight_decay=p["weight_decay"], schedule=p["schedule"], lr_steps=p["lr_steps"],
-                       warmup_iters=p["warmup_iters"], layer_decay=layer_decay, layer_of=layer_of,
-                       transform=transform, seed=seed, execution=ex)
+        folder = p["state_dir"] if part is None or p["state_dir"] is None else f"{p['state_dir']}/{part}"
+        identity = {"setting": setting, "lr": rate, "part": part, "code": source_fingerprint(train_detector)}
+        with TrainState(folder, every_seconds=60.0 * p["state_every_min"], identity=identity) as state:
+            train_detector(model, images, epochs=p["epochs"], lr=rate, batch_size=batch_size,
+                           weight_decay=p["weight_decay"], schedule=p["schedule"], lr_steps=p["lr_steps"],
+                           warmup_iters=p["warmup_iters"], layer_decay=layer_decay, layer_of=layer_of,
+                           transform=transform, seed=seed, execution=ex, state=state,
+                           accum_steps=p["accum_steps"])
+            summary.update(state.summary())
         return model
 
     start = time.perf_counter()
+    summary: dict[str, float] = {}  # the final training's attempts (train_attempts, train_resumed_step, ...)
     selection: dict[str, float] = {}
     if len(rates) > 1:
         fit_part, held_out = split_images(train, VALIDATION_FRACTION, seed)
 
         def held_out_box_ap(rate: float) -> float:
-            predictions = predict(trained(fit_part, rate), held_out, batch_size=batch_size, execution=ex)
+            predictions = predict(trained(fit_part, rate, f"lr-fit-{rate:g}"), held_out, batch_size=batch_size,
+                                  execution=ex)
             return coco_eval.evaluate(train.coco, predictions, iou_types=("bbox",),
                                       image_ids=held_out.image_ids)["box_ap"]
 
@@ -788,4 +853,4 @@ def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
 
         write_json(Path(p["output_dir"]) / "detections_val.json", predictions)
     return {**metrics, **head_widths(model), **setup.as_metrics(), "train_seconds": train_seconds,
-            "eval_seconds": eval_seconds, **ex.as_metrics()}
+            "eval_seconds": eval_seconds, **summary, **ex.as_metrics()}

@@ -45,8 +45,8 @@ from bobkit.tasks import blocks, trained
 from bobkit.tasks.common import as_list, inference_batch_size
 from bobkit.tasks.contract import Metric, Param, TaskSpec
 from bobkit.tasks.harness import task_entry
-from bobkit.tasks.recipe import check_recipe, finetune_args, training_loader_workers, training_metrics
-from bobkit.tasks.training import ProbeFit, finetune, fit_probe
+from bobkit.tasks.recipe import check_recipe, training_metrics
+from bobkit.tasks.training import ProbeFit, fit_probe
 
 PROTOCOLS = ("linear_probe", "finetune")
 CORRUPTION_TARGET = "corruptions"
@@ -113,6 +113,8 @@ SPEC = TaskSpec(
         *blocks.device_params(),
         *blocks.EXECUTION,
         blocks.OUTPUT_DIR,
+        blocks.STATE_DIR,
+        blocks.STATE_EVERY,
     ),
     metrics=(
         Metric("id_acc", "in-distribution accuracy (the source's test split)", n_items="n_test"),
@@ -122,6 +124,7 @@ SPEC = TaskSpec(
         Metric("mca", "mean corruption accuracy", primary=True),
         Metric("mca_drop", "id_acc minus mca", higher_is_better=False),
         *blocks.COMMON_DESCRIPTORS,
+        *trained.TRAINING_DESCRIPTORS,
     ),
     check=_check,
     needs=_needs,
@@ -413,23 +416,25 @@ def _linear_probe_classifier(p: dict[str, Any], ex: Execution, config: dict[str,
     return predictor, probe.logits(np.array(test_x)), np.asarray(test_y)
 
 
+def training_items(p: dict[str, Any]) -> ImageDataset:
+    """The source items a fine-tune trains on (the fine-tune job rebuilds them from the parameters)."""
+    return _load(p["dataset"], p["train_split"], p["max_train"], p["seed"])
+
+
 def _finetuned_classifier(p: dict[str, Any], ex: Execution, config: dict[str, Any],
                           timings: dict[str, float]) -> tuple[_Predictor, np.ndarray, np.ndarray]:
+    """The source fine-tune: the weights of the cell's :func:`bobkit.tasks.trained.model_ref` (a classification
+    cell of the same training made them), else trained here (data-parallel, resumable) and published."""
     t0 = time.perf_counter()
-    train_ds = _load(p["dataset"], p["train_split"], p["max_train"], p["seed"])
+    train_ds = training_items(p)
     test_ds = _load(p["dataset"], p["test_split"], p["max_test"], p["seed"])
-    model = backbones.create_model(p["backbone"], num_classes=len(train_ds.classes), image_size=p["image_size"],
-                                   seed=p["seed"], drop_path_rate=p["drop_path"])
-    ex = ex.for_model(model, p["channels_last"])
-    model = prepare_model(model, ex)  # device, channels_last, gradient checkpointing, compile
     timings["extract_seconds"] += time.perf_counter() - t0
     t1 = time.perf_counter()
-    finetune(model, train_ds, train_ds.labels, config, image_size=p["image_size"], lr=p["lr"],
-             batch_size=p["batch_size"], seed=p["seed"], num_classes=len(train_ds.classes), **finetune_args(p),
-             device=ex.device, precision=ex.precision, channels_last=ex.channels_last,
-             loader_workers=training_loader_workers(p, ex.loader_workers), pin_memory=ex.pin_memory)
+    tuned = trained.finetuned_model(p, ex, trained.model_ref(p, split=p["train_split"]),
+                                    items="bobkit.tasks.ood:training_items", num_classes=len(train_ds.classes))
     timings["train_seconds"] += time.perf_counter() - t1
-    predictor = _Predictor(p, ex, config, None, None, len(train_ds), False, model=model.eval())
+    timings.update(tuned.metrics())
+    predictor = _Predictor(p, tuned.ex, config, None, None, len(train_ds), False, model=tuned.prepared)
     return predictor, predictor.images(test_ds), test_ds.labels
 
 

@@ -205,8 +205,8 @@ def micro_batch_size(batch_size: int, accum_steps: int, processes: int = 1, *, m
     """
     parts = processes * accum_steps
     if batch_size % parts:
-        where = f"{processes} processes x {accum_steps}" if processes > 1 else f"{accum_steps}"
-        raise ParameterError(f"{task}: the global batch_size={batch_size} does not split into accum_steps={where} "
+        where = f"processes={processes} x accum_steps={accum_steps}" if processes > 1 else f"accum_steps={accum_steps}"
+        raise ParameterError(f"{task}: the global batch_size={batch_size} does not split into {where} "
                              f"equal micro-batches; choose a batch_size divisible by {parts}")
     micro = batch_size // parts
     if mixes and micro % 2:

@@ -59,8 +59,8 @@ from bobkit.tasks import blocks, trained
 from bobkit.tasks.common import as_list, inference_batch_size
 from bobkit.tasks.contract import Metric, Param, TaskSpec, descriptor
 from bobkit.tasks.harness import task_entry
-from bobkit.tasks.recipe import check_recipe, finetune_args, training_loader_workers, training_metrics
-from bobkit.tasks.training import ProbeFit, finetune, fit_probe
+from bobkit.tasks.recipe import check_recipe, training_metrics
+from bobkit.tasks.training import ProbeFit, fit_probe
 
 PROTOCOLS = ("linear_probe", "finetune")
 #: Largest L-inf radius in pixel units (/255): the whole pixel range.
@@ -130,6 +130,8 @@ SPEC = TaskSpec(
         *blocks.device_params(),
         *blocks.EXECUTION,
         blocks.OUTPUT_DIR,
+        blocks.STATE_DIR,
+        blocks.STATE_EVERY,
     ),
     metrics=(
         Metric("top1", "clean top-1 accuracy on the test split", n_items="n_test"),
@@ -145,6 +147,7 @@ SPEC = TaskSpec(
         Metric("acc/pgd/*", "accuracy under PGD at an epsilon", primary=True),
         Metric("acc/*/*", "accuracy under an attack at an epsilon"),
         *blocks.COMMON_DESCRIPTORS,
+        *trained.TRAINING_DESCRIPTORS,
     ),
     check=_check,
     needs=_needs,
@@ -321,9 +324,19 @@ def _linear_probe_model(p: dict[str, Any], ex: Execution, n_classes: int, timing
     return model, ex, calib, test_out, all(fs.cache_hit for fs in read), n_fit
 
 
+def training_items(p: dict[str, Any]) -> Any:
+    """The items a fine-tune trains on: the train split less the items held out for the temperature (the
+    fine-tune job rebuilds them from the parameters)."""
+    train_ds = get_dataset(p["dataset"], p["train_split"], max_samples=p["max_train"], seed=p["seed"])
+    fit_idx, _ = calibration_split(train_ds.labels, float(p["calibration_fraction"]), p["seed"])
+    return train_ds.subset(fit_idx, "calibration_fit")
+
+
 def _finetuned_model(p: dict[str, Any], ex: Execution, config: dict[str, Any], n_classes: int,
                      timings: dict[str, float]):
-    """Backbone fine-tuned with a new head on the non-held-out training items.
+    """Backbone fine-tuned with a new head on the non-held-out training items: the weights of the cell's
+    :func:`bobkit.tasks.trained.model_ref`, loaded when an intact artifact exists, else trained here
+    (data-parallel, resumable) and published.
 
     Returns the plain fine-tuned module (no ``torch.compile`` wrapper: the attacks differentiate through it),
     ``ex`` with channels_last settled, the held-out and test ``(logits, labels)``, ``False`` (no feature cache)
@@ -332,26 +345,21 @@ def _finetuned_model(p: dict[str, Any], ex: Execution, config: dict[str, Any], n
     t0 = time.perf_counter()
     train_ds = get_dataset(p["dataset"], p["train_split"], max_samples=p["max_train"], seed=p["seed"])
     test_ds = get_dataset(p["dataset"], p["test_split"], max_samples=p["max_test"], seed=p["seed"])
-    model = backbones.create_model(p["backbone"], num_classes=n_classes, image_size=p["image_size"],
-                                   seed=p["seed"], drop_path_rate=p["drop_path"])
-    ex = ex.for_model(model, p["channels_last"])
-    prepared = prepare_model(model, ex)  # device, channels_last, gradient checkpointing, compile
-    timings["load_seconds"] = time.perf_counter() - t0
     fit_idx, held_idx = calibration_split(train_ds.labels, float(p["calibration_fraction"]), p["seed"])
-    images = train_ds.images
+    timings["load_seconds"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    finetune(prepared, images[fit_idx], train_ds.labels[fit_idx], config, image_size=p["image_size"], lr=p["lr"],
-             batch_size=p["batch_size"], seed=p["seed"], num_classes=n_classes, **finetune_args(p), device=ex.device,
-             precision=ex.precision, channels_last=ex.channels_last,
-             loader_workers=training_loader_workers(p, ex.loader_workers), pin_memory=ex.pin_memory)
+    tuned = trained.finetuned_model(p, ex, trained.model_ref(p, split=p["train_split"], holdout=_holdout(p)),
+                                    items="bobkit.tasks.robustness:training_items", num_classes=n_classes)
     timings["train_seconds"] = time.perf_counter() - t1
-    prepared.eval()
+    timings.update(tuned.metrics())
+    ex, prepared = tuned.ex, tuned.prepared
     t2 = time.perf_counter()
     batch = inference_batch_size(p["batch_size"], ex)
+    images = train_ds.images
     calib = (run_forward(prepared, images[held_idx], config, p["image_size"], batch, ex), train_ds.labels[held_idx])
     test_out = (run_forward(prepared, test_ds.images, config, p["image_size"], batch, ex), test_ds.labels)
     timings["extract_seconds"] = time.perf_counter() - t2
-    return model, ex, calib, test_out, False, len(fit_idx)
+    return tuned.model, ex, calib, test_out, False, len(fit_idx)
 
 
 def pixel_batch(images: np.ndarray, data_config: dict[str, Any], image_size: int) -> torch.Tensor:

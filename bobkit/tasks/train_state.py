@@ -6,9 +6,11 @@ keeps nothing and changes nothing). The folder holds:
 * ``step-<step>.pt``: model, optimizer, scheduler and grad-scaler state, every RNG (torch CPU and CUDA, NumPy,
   Python; one set per training process) and the loop's own ``extra`` values (e.g. the losses so far), written
   with ``torch.save`` through a temp file, fsync and rename; the newest ``keep`` are kept;
-* ``step-<step>.json``: its record (size and sha256), written after it; a state is used only once its file matches
-  the record, and it is loaded with ``torch.load(weights_only=True)``; a damaged or unrecorded one is moved aside
-  (``*.bad-<time>``) with a note in the attempt log, and the next older intact one (or a fresh start) is used;
+* ``step-<step>.json``: its record (size and sha256, and the training's ``identity``), written after it; a state is
+  used only once its file matches the record, and it is loaded with ``torch.load(weights_only=True)``; a damaged or
+  unrecorded one is moved aside (``*.bad-<time>``) with a note in the attempt log, and the next older intact one (or
+  a fresh start) is used. A state saved by another training (its recorded ``identity``, e.g. the recipe and data
+  of a fine-tune, differs from this one's) is moved aside the same way, never resumed;
 * ``attempts.jsonl``: one JSON line per event (``start``, ``save``, ``end`` with why it ended, ``set_aside``), so
   the steps each attempt ran can be checked (:func:`read_attempts`);
 * ``pids/``: the training processes running now, so a scheduler's checkpoint can ask them to save
@@ -48,7 +50,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from bobkit.utils.files import atomic_path, file_record, fsync_file, move_aside, record_problems, write_json
 from bobkit.utils.processes import process_start_time, same_process_running
@@ -157,10 +159,14 @@ class TrainState:
         How many saved states to keep (newest first).
     world
         The training processes (default: this process alone).
+    identity
+        What makes this training (JSON values: the run's recipe, data, seed...); recorded with every state, and a
+        state whose recorded identity differs is set aside instead of resumed (``None``: not checked).
     """
 
     def __init__(self, folder: str | os.PathLike[str] | None, *, every_seconds: float = DEFAULT_EVERY_SECONDS,
-                 keep: int = DEFAULT_KEEP, world: World | None = None) -> None:
+                 keep: int = DEFAULT_KEEP, world: World | None = None,
+                 identity: Mapping[str, Any] | None = None) -> None:
         if keep < 1:
             raise ValueError(f"keep={keep}: at least one saved state must be kept")
         if every_seconds < 0:
@@ -169,6 +175,7 @@ class TrainState:
         self.every_seconds = float(every_seconds)
         self.keep = keep
         self.world: World = world or OneProcess()
+        self.identity = json.loads(json.dumps(dict(identity), sort_keys=True)) if identity is not None else None
         self.extra: dict[str, Any] = {}
         self.start_step = 0
         self.step = 0
@@ -273,6 +280,10 @@ class TrainState:
                 problems = record_problems(self.folder, {f"{name}.pt": record["file"]})
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 problems = [f"unreadable record: {exc}"]
+            if not problems and self.identity is not None and record.get("identity") != self.identity:
+                problems = [f"saved by another training: its identity {_short(record.get('identity'))} is not this "
+                            f"training's {_short(self.identity)}; a state is resumed only by the training that "
+                            "saved it"]
             if not problems:
                 try:
                     return name, _load(self.folder / f"{name}.pt")
@@ -334,10 +345,13 @@ class TrainState:
         self.saved_step = step
         self._last_save = time.monotonic()
 
-    def after_step(self, step: int, extra: dict[str, Any] | None = None) -> None:
-        """Call after each optimizer step: save when due; after a stop request raise :class:`TrainingPreempted`."""
+    def after_step(self, step: int, extra: dict[str, Any] | Callable[[], dict[str, Any]] | None = None) -> None:
+        """Call after each optimizer step: save when due; after a stop request raise :class:`TrainingPreempted`.
+
+        ``extra`` may be a function, called only when a state is saved (on every rank: it may be collective, e.g.
+        gathering the losses), so a step that saves nothing costs no host sync."""
         if self.due(step):
-            self.save(step, extra)
+            self.save(step, extra() if callable(extra) else extra)
         if self._agreed_stop:
             raise TrainingPreempted(step, self._stop or "a stop request on another rank")
 
@@ -363,7 +377,7 @@ class TrainState:
             torch.save(payload, tmp)
         write_json(self.folder / f"{name}.json", {
             "format": STATE_FORMAT, "step": step, "file": file_record(target), "world_size": self.world.size,
-            "saved": time.time(), "host": socket.gethostname()})
+            "saved": time.time(), "host": socket.gethostname(), "identity": self.identity})
         self._log("save", step=step)
         for old in self._recorded_states()[self.keep:]:
             for path in (self.folder / f"{old}.pt", self.folder / f"{old}.json"):
@@ -541,6 +555,12 @@ def _load(path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT or "step" not in payload:
         raise ValueError(f"{path.name} is not a training state of format {STATE_FORMAT}")
     return payload
+
+
+def _short(identity: Any, limit: int = 160) -> str:
+    """An identity as one short line for a message."""
+    text = json.dumps(identity, sort_keys=True)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _unwrap(model: Any) -> Any:

@@ -12,8 +12,10 @@ Fine-tuning
     then cosine decay stepped per optimizer step by timm's scheduler (:func:`warmup_cosine`), which is what applies
     each parameter group's ``lr_scale``; the input, mixing and loss of the recipe (:mod:`bobkit.tasks.recipe`).
     The loop is explicit for data-parallel and resumed runs: the data order is a pure function
-    (:class:`BatchPlan`), its state one object (:class:`TrainState`), one optimizer step one call
-    (:func:`train_step`). On CPU it runs on one thread, so its result does not depend on the thread count.
+    (:class:`BatchPlan`), its progress one object (:class:`FinetuneProgress`), one optimizer step one call
+    (:func:`train_step`); the progress survives interruptions through :mod:`bobkit.tasks.train_state` and the
+    steps run data-parallel over a :class:`~bobkit.tasks.distributed.World`. On CPU it runs on one thread, so its
+    result does not depend on the thread count.
     :func:`make_optimizer` and :func:`warmup_cosine` also drive detection.
 Selection
     A swept hyperparameter is a selection on held-out training items (:func:`validation_split`,
@@ -23,6 +25,7 @@ Selection
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -624,9 +627,10 @@ def _epoch_order(n_items: int, seed: int, epoch: int) -> np.ndarray:
 
 
 @dataclass
-class TrainState:
+class FinetuneProgress:
     """What a training loop carries from one optimizer step to the next (all of it is what a resumed run
-    restores): the model, AdamW, timm's per-step scheduler, the fp16 gradient scaler and the next step's index."""
+    restores through :class:`bobkit.tasks.train_state.TrainState`): the model (wrapped in DDP when data-parallel),
+    AdamW, timm's per-step scheduler, the fp16 gradient scaler and the next step's index."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -648,16 +652,16 @@ class Objective:
 
 def start_training(model: torch.nn.Module, *, lr: float, weight_decay: float, layer_decay: float | None,
                    total_steps: int, warmup_steps: int, warmup_lr: float = 0.0, min_lr: float = 0.0,
-                   precision: str = "fp32", device: torch.device | str = "cpu") -> TrainState:
-    """A fresh :class:`TrainState` at step 0 (:func:`make_optimizer`, :func:`warmup_cosine`, a scaler for fp16)."""
+                   precision: str = "fp32", device: torch.device | str = "cpu") -> FinetuneProgress:
+    """A fresh :class:`FinetuneProgress` at step 0 (:func:`make_optimizer`, :func:`warmup_cosine`, a scaler for fp16)."""
     optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay)
     scheduler = warmup_cosine(optimizer, total_steps=total_steps, warmup_steps=warmup_steps, warmup_lr=warmup_lr,
                               min_lr=min_lr)
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")
-    return TrainState(model, optimizer, scheduler, scaler)
+    return FinetuneProgress(model, optimizer, scheduler, scaler)
 
 
-def train_step(state: TrainState, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
+def train_step(state: FinetuneProgress, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
                objective: Objective, mean_over: int, execution: Execution) -> torch.Tensor:
     """Optimizer step ``state.step`` over ``micro_batches`` (images and integer labels, on the device); returns
     the step's loss (detached, on the device) and advances ``state``.
@@ -671,13 +675,17 @@ def train_step(state: TrainState, micro_batches: Sequence[tuple[torch.Tensor, to
     torch.manual_seed(step_seed(objective.seed, state.step, objective.rank))
     state.optimizer.zero_grad(set_to_none=True)
     total: torch.Tensor | None = None
-    for x, y in micro_batches:
+    last = len(micro_batches) - 1
+    for k, (x, y) in enumerate(micro_batches):
         target = y
         if objective.mixer is not None:
             x, target = objective.mixer(x, y, state.step)
-        with execution.autocast():
-            loss = objective.criterion(state.model(x), target) * (len(y) / mean_over)
-        state.scaler.scale(loss).backward()
+        # DDP averages gradients over the processes once per step, at the last micro-batch's backward
+        sync = state.model.no_sync() if k < last and hasattr(state.model, "no_sync") else contextlib.nullcontext()
+        with sync:
+            with execution.autocast():
+                loss = objective.criterion(state.model(x), target) * (len(y) / mean_over)
+            state.scaler.scale(loss).backward()
         total = loss.detach() if total is None else total + loss.detach()
     if total is None:
         raise ValueError(f"step {state.step} has no micro-batches")
@@ -817,6 +825,7 @@ def finetune(
     min_lr: float = 0.0,
     recipe: Recipe | None = None,
     num_classes: int | None = None,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     accum_steps: int = 1,
     precision: str = "fp32",
     channels_last: bool = False,
@@ -824,6 +833,8 @@ def finetune(
     pin_memory: bool = False,
     check_every: int | None = None,
     precise_bn_batches: int = PRECISE_BN_BATCHES,
+    world: Any = None,
+    state: Any = None,
 ) -> list[float]:
     """Train ``model`` end to end; return the per-step losses (each the mean over its global batch).
 
@@ -841,13 +852,16 @@ def finetune(
     images, labels
         A uint8 array or an :class:`~bobkit.data.ImageDataset`, and the integer labels aligned with it.
     batch_size
-        The global batch of one optimizer step, split into ``accum_steps`` equal micro-batches whose gradients are
-        accumulated (a batch that does not split raises :class:`~bobkit.tasks.contract.ParameterError`). Each
-        epoch has ``len(images) // batch_size`` steps, at least one (:class:`BatchPlan`).
+        The global batch of one optimizer step, split into ``processes x accum_steps`` equal micro-batches whose
+        gradients are accumulated (a batch that does not split raises :class:`~bobkit.tasks.contract.ParameterError`).
+        Each epoch has ``len(images) // batch_size`` steps, at least one (:class:`BatchPlan`).
     recipe
         Augmentation, mixing, label smoothing (:class:`~bobkit.tasks.recipe.Recipe`; default: none of them).
     num_classes
         Classes of the mixed targets (default: ``labels.max() + 1``).
+    criterion
+        The loss of logits and integer labels (default: the recipe's, :meth:`Recipe.criterion`); multi-label
+        fine-tuning passes :func:`multilabel_bce`.
     precision, channels_last, loader_workers, pin_memory
         Execution: autocast (``fp16`` adds a gradient scaler), NHWC batches, loader threads (plain path) or worker
         processes (augmented path), page-locked batches on a GPU.
@@ -856,37 +870,80 @@ def finetune(
         step on CPU, every 50 on a GPU, so the GPU is not stalled by a host sync per step).
     precise_bn_batches
         Batches :func:`recalibrate_batchnorm` re-estimates BatchNorm statistics on (0: keep the running averages).
+    world
+        The data-parallel processes (:class:`bobkit.tasks.distributed.World`; default: this process alone). Each
+        trains its fixed share of every global batch in DDP; the losses are the means over the processes.
+    state
+        A :class:`bobkit.tasks.train_state.TrainState` the caller has entered: the loop resumes from its newest
+        intact state, saves when it is due and on a stop signal (then raises
+        :class:`~bobkit.tasks.train_state.TrainingPreempted`), and saves the final state. Default: nothing kept.
 
     Raises ``FloatingPointError`` on a non-finite loss (a failed run, never a metric).
     """
+    from bobkit.tasks.distributed import World, wrap_ddp
+    from bobkit.tasks.train_state import TrainState
+
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise ValueError(f"lr={lr!r} must be one positive number here (a list is a selection: see learning_rates)")
     recipe = recipe or Recipe()
-    micro_batch_size(batch_size, accum_steps, mixes=recipe.mixes)
+    world = world or World(device=str(device))
+    state = state if state is not None else TrainState(None)
+    micro_batch_size(batch_size, accum_steps, world.size, mixes=recipe.mixes)
     device = resolve_device(device)
     ex = Execution(device=device, precision=resolve_precision(precision, device), channels_last=channels_last,
                    loader_workers=loader_workers, pin_memory=pin_memory and device.type == "cuda")
     labels = np.asarray(labels)
     plan = BatchPlan.for_epochs(len(images), batch_size, epochs, seed)
-    state = start_training(model, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay, total_steps=len(plan),
-                           warmup_steps=round(warmup_epochs * plan.steps_per_epoch), warmup_lr=warmup_lr,
-                           min_lr=min_lr, precision=ex.precision, device=device)
-    objective = Objective(recipe.criterion(), recipe.mixer(int(num_classes or labels.max() + 1), seed), seed)
+    progress = start_training(model, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
+                              total_steps=len(plan), warmup_steps=round(warmup_epochs * plan.steps_per_epoch),
+                              warmup_lr=warmup_lr, min_lr=min_lr, precision=ex.precision, device=device)
+    objective = Objective(criterion or recipe.criterion(), recipe.mixer(int(num_classes or labels.max() + 1), seed),
+                          seed, rank=world.rank)
     every = check_every or (1 if device.type == "cpu" else 50)
+    progress.step = state.restore(model, progress.optimizer, progress.scheduler, progress.scaler)
+    done = [float(v) for v in state.extra.get("losses", [])][:progress.step]  # the steps of earlier attempts
     losses: list[torch.Tensor] = []
     checked = 0
+
+    def all_losses() -> list[float]:
+        """Every step's loss so far, averaged over the processes (collective: every rank calls it together)."""
+        mine = torch.stack(losses).float().cpu().tolist() if losses else []
+        if world.size > 1:
+            mine = [float(np.mean(values)) for values in zip(*world.gather(mine))]
+        return done + mine
+
     with single_thread_on_cpu(device):
         model.train()
+        progress.model = wrap_ddp(model, world)
         batches = training_batches(images, labels, plan, data_config, image_size=image_size, recipe=recipe,
-                                   execution=ex, accum_steps=accum_steps, start_step=state.step)
+                                   execution=ex, accum_steps=accum_steps, start_step=progress.step,
+                                   processes=world.size, rank=world.rank)
         for step, micro in batches:
-            losses.append(train_step(state, micro, objective=objective, mean_over=batch_size, execution=ex))
+            losses.append(train_step(progress, micro, objective=objective, mean_over=batch_size // world.size,
+                                     execution=ex))
             if (step + 1) % every == 0 or step + 1 == len(plan):
                 _raise_if_not_finite(losses, checked, lr)
                 checked = len(losses)
+            state.after_step(step + 1, extra=lambda: {"losses": all_losses()})
+        history = all_losses()
+        state.finish(len(plan), extra={"losses": history})
+        progress.model = model
         recalibrate_batchnorm(model, images, plan.epoch_order(0), data_config, image_size=image_size,
                               batch_size=batch_size // accum_steps, execution=ex, max_batches=precise_bn_batches)
-    return torch.stack(losses).float().cpu().tolist()
+    return history
+
+
+def multilabel_bce(n_labels: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The multi-label loss of label-set codes: mean binary cross-entropy with logits over items and labels, the
+    targets decoded from each item's integer code (bit ``k``: label ``k``, as
+    :func:`bobkit.data.datasets.multilabel_targets`), so the data pipeline carries one integer per item."""
+    bits = torch.arange(int(n_labels))
+
+    def loss(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        targets = ((codes[:, None] >> bits.to(codes.device)) & 1).to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits, targets)
+
+    return loss
 
 
 def _raise_if_not_finite(losses: list[torch.Tensor], start: int, lr: float) -> None:
