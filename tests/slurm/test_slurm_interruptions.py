@@ -189,3 +189,43 @@ grid:
     steps: 12
     batch_size: 64
 """
+
+
+def test_a_two_process_real_fine_tune_equals_its_one_process_run(write_grid, tmp_path: Path, monkeypatch):
+    """The classification task's fine-tune (ViT-Tiny, Fashion-MNIST) as a two-process cell of one Slurm job: the
+    ranks at 32 images follow one process at 64 (tests/test_distributed.py states the tolerances)."""
+    from bobkit.features import artifacts
+    from bobkit.tasks import classification
+
+    grid = write_grid(REAL_TWO_PROCESSES)
+    runs = tmp_path / "runs"
+    done = bob("run", str(grid), "--backend", "slurm", "--runs-dir", str(runs))
+    assert done.returncode == 0 and counts(done.stdout)[:3] == (1, 1, 0), done.stdout + done.stderr
+    (cell,) = load_grid(grid)
+    sidecar = read_sidecar(run_dir_of(cell, runs))
+    assert sidecar["status"] == "complete" and sidecar["timings"]["train_processes"] == 2
+    assert not (run_dir_of(cell, runs) / "train-state").exists()  # a finished cell removes its state
+    monkeypatch.setenv(artifacts.ARTIFACTS_ENV, str(tmp_path / "one-process-store"))
+    one = classification.run(**{k: v for k, v in cell.params.items() if k not in ("output_dir", "state_dir")},
+                             num_threads=1)
+    assert one["train_processes"] == 1
+    assert abs(sidecar["metrics"]["top1"] - one["top1"]) <= 1 / 60  # at most one of the 60 test items moves
+
+
+REAL_TWO_PROCESSES = """\
+name: ddp-real
+resources: {timeout_min: 10, cpus: 2, mem_gb: 6, processes: 2}
+grid:
+  - task: classification
+    backbone: vit_tiny_patch16_224.random_init
+    dataset: fashion_mnist
+    protocol: finetune
+    image_size: 32
+    max_train: 128
+    max_test: 60
+    epochs: 3
+    lr: 1.0e-3
+    batch_size: 64
+    device: cpu
+    seed: 0
+"""
