@@ -380,6 +380,10 @@ def test_a_miniature_rehearses_shots_as_their_fraction_and_retrieval_on_the_whol
                                 "max_per_class": 50, "query_fraction": 0.2})
     assert r["max_samples"] is None and r["max_per_class"] == 50
     assert miniature("retrieval", {"protocol": "revisited", "max_samples": None})["max_samples"] == 10
+    # bob-full's SwinV2-L fine-tunes accumulate 2 micro-batches: a one-image micro-batch cannot pair for mixup
+    f = miniature("classification", {"protocol": "finetune", "max_train": None, "batch_size": 1024,
+                                     "accum_steps": 2, "mixup": 0.8})
+    assert (f["batch_size"], f["max_train"], f["accum_steps"]) == (4, 4, 2)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -77,8 +77,10 @@ def miniature(task: str, params: dict[str, Any], *, threads: int = 1) -> dict[st
         if isinstance(p.get(name), list):
             p[name] = p[name][:2]
     if p.get("protocol") == "finetune" and task != "detection":
-        p["max_train"] = min(p.get("max_train") or FINETUNE_IMAGES, FINETUNE_IMAGES)
-        p["batch_size"] = FINETUNE_IMAGES  # one step: the batch holds every training image
+        # one step: the batch holds every training image, FINETUNE_IMAGES per micro-batch (mixup pairs them)
+        images = FINETUNE_IMAGES * int(p.get("accum_steps") or 1)
+        p["max_train"] = min(p.get("max_train") or images, images)
+        p["batch_size"] = images
     if task == "detection":
         p["image_size"] = min(int(p.get("image_size") or DETECTION_SIZE), DETECTION_SIZE)
         p["batch_size"] = MINIATURE_SIZES["n_train"]
