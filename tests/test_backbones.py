@@ -65,6 +65,48 @@ def test_registry_covers_every_row_of_the_paper_catalog() -> None:
             assert entry.method_kind == row["pretrain_method_kind"], row["name"]
 
 
+def _suite_backbones(suite: str) -> list[str]:
+    from bobkit.batch.grid import load_grid
+    from bobkit.utils.paths import repo_root
+
+    return sorted({c.params["backbone"] for c in load_grid(repo_root() / "params" / f"{suite}.yaml")})
+
+
+def test_bob_2026_backbones_are_hosted_by_timm_with_their_catalog_rows() -> None:
+    """Every backbone of bob-2026 is registered with the columns the analysis places it by (architecture, method,
+    pretraining data and size, parameters); the new ones are tags timm hosts (checked offline) whose parameter
+    count is the one the catalog states (timm num_classes=0, on the meta device); the anchors are paper rows."""
+    import timm
+    import yaml
+
+    from bobkit.utils.paths import repo_root
+
+    hosted = set(timm.list_models(pretrained=True))
+    names = _suite_backbones("bob-2026")
+    new = [n for n in names if B.get_backbone(n).paper_name is None and B.get_backbone(n).method_kind != "random"]
+    assert {n.split(".")[0].split("_")[0] for n in new} == {"vit", "eva02", "convnextv2", "hiera"}
+    assert len(new) == 13
+    for name in names:
+        entry = B.get_backbone(name)
+        assert entry.architecture and entry.method and entry.pretrain_data, name
+        assert entry.pretrain_images is not None and entry.params_millions, name
+    for name in new:
+        entry = B.get_backbone(name)
+        assert entry.source == "timm_hub" and name in hosted and entry.hub_id == f"timm/{name}", name
+        with torch.device("meta"):
+            model = timm.create_model(entry.timm_model, pretrained=False, num_classes=0)
+        assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(entry.params_millions, abs=0.01)
+    spec = yaml.safe_load((repo_root() / "params" / "bob-2026.yaml").read_text())
+    assert all(B.get_backbone(n).paper_name for n in spec["x-anchors"])
+
+
+def test_bob_full_runs_the_papers_depth_generative_and_copy_detection_backbones() -> None:
+    names = _suite_backbones("bob-full")
+    assert {"swinv2_tiny_window16_256.midas_v3_1", "swinv2_base_window12to24_192to384.midas_v3_1",
+            "sd_v1_4_encoder.laion", "sscd_resnet50.imagenet_mixup", "sscd_resnext101_32x4d.disc_large"} <= set(names)
+    assert not [n for n in names if B.get_backbone(n).source == "unsupported"]
+
+
 @pytest.mark.parametrize("name", B.backbone_names())
 def test_entry_metadata_is_valid(name: str) -> None:
     entry = B.get_backbone(name)

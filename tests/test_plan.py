@@ -380,8 +380,8 @@ def test_memory_falls_with_accumulation_and_checkpointing_as_computed_from_the_p
 
 @pytest.mark.slow
 def test_the_shipped_suites_pass_their_own_plan(monkeypatch):
-    """bob-full and bob-small declare the resources that let every cell finish under its time limit and fit an
-    H100, planned from the shipped profiles alone (a fresh machine counts nothing: the file is current)."""
+    """bob-full, bob-small and bob-2026 declare the resources that let every cell finish under its time limit
+    and fit an H100, planned from the shipped profiles alone (a fresh machine counts nothing: the file is current)."""
     from bobkit.batch.grid import load_grid
     from bobkit.rehearsal import profiles
     from bobkit.rehearsal.plan import plan_grid
@@ -394,7 +394,7 @@ def test_the_shipped_suites_pass_their_own_plan(monkeypatch):
     monkeypatch.setattr(profiles, "_classifier_profile", stale)
     monkeypatch.setattr(profiles, "_detection_profile", stale)
     monkeypatch.setattr(profiles, "_MEMO", {})
-    for suite in ("bob-full", "bob-small"):
+    for suite in ("bob-full", "bob-small", "bob-2026"):
         plan = plan_grid(load_grid(repo_root() / "params" / f"{suite}.yaml"), load_table("h100"))
         assert not plan.skipped and plan.cells
         assert [c.cell.label for c in plan.cannot_finish] == [] and [c.cell.label for c in plan.over_memory] == []

@@ -370,6 +370,27 @@ def test_a_miniature_leaves_the_items_per_class_a_selection_needs_as_the_real_sp
         assert np.unique(kept, return_counts=True)[1].tolist() == [1, 1, 1]  # as 10% of the real 10 per class
 
 
+def test_a_miniature_rehearses_shots_as_their_fraction_and_retrieval_on_the_whole_stand_in():
+    """bob-full's 10-shot probes failed on every stand-in (3 of CIFAR-100's 100 classes: "shots_per_class=10 is
+    more than 100 of the 100 classes hold"), and ObjectNet retrieval capped at 10 items left no class the 5 items
+    a query needs at query_fraction 0.2."""
+    from bobkit.rehearsal.cells import miniature, standin_shots_fraction
+
+    assert standin_shots_fraction("cifar100", 10) == pytest.approx(10 / 500)
+    assert standin_shots_fraction("flowers102", 20) == 1.0  # 10 per class in the real train split
+    p = miniature("classification", {"protocol": "linear_probe", "dataset": "cifar100", "max_train": None,
+                                     "shots_per_class": 10, "label_fraction": None})
+    assert p["shots_per_class"] is None and p["label_fraction"] == 1.0  # 10 of 500 keeps the stand-in's all
+    r = miniature("retrieval", {"protocol": "class_folder", "dataset": "objectnet", "max_samples": None,
+                                "max_per_class": 50, "query_fraction": 0.2})
+    assert r["max_samples"] is None and r["max_per_class"] == 50
+    assert miniature("retrieval", {"protocol": "revisited", "max_samples": None})["max_samples"] == 10
+    # bob-full's SwinV2-L fine-tunes accumulate 2 micro-batches: a one-image micro-batch cannot pair for mixup
+    f = miniature("classification", {"protocol": "finetune", "max_train": None, "batch_size": 1024,
+                                     "accum_steps": 2, "mixup": 0.8})
+    assert (f["batch_size"], f["max_train"], f["accum_steps"]) == (4, 4, 2)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Planted faults: reported with the cell and the reason
 # ------------------------------------------------------------------------------------------------------------

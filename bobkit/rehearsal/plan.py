@@ -64,6 +64,11 @@ if TYPE_CHECKING:
 EXTRA_SIZES: dict[str, dict[str, int]] = {
     "roxford5k": {"database": 4993, "query": 70},
     "rparis6k": {"database": 6322, "query": 70},
+    # GLDv2 retrieval (Weyand et al. 2020, CVPR): 761,757 index images; the 1,129 test images that have landmarks
+    # in retrieval_solution_v2.1.csv are the queries (bobkit.data.sources.load_gldv2_retrieval reads only those).
+    "gldv2": {"database": 761757, "query": 1129},
+    # INRIA Copydays (Jegou et al. 2008, ECCV): 157 originals; 3,055 attacked copies (all of its blocks).
+    "copydays": {"database": 157, "query": 3055},
     "coco2017": {"train": 118287, "val": 5000},
     "sim10k": {"train": 9000, "val": 1000},
     "cityscapes": {"train": 2975, "val": 500},
@@ -382,7 +387,7 @@ def _kept(p: dict[str, Any], n_train: int) -> int:
 
 def _retrieval(ctx: _Context) -> None:
     p = ctx.p
-    if p["protocol"] == "revisited":
+    if p["protocol"] != "class_folder":  # revisited, gldv2, copydays: a database and queries of their own
         n = ctx.reads(p["dataset"], "database", "max_samples") + split_size(p["dataset"], "query")
         ctx.cost.images = n
         prof = ctx.features()

@@ -206,8 +206,8 @@ def test_a_two_process_real_fine_tune_equals_its_one_process_run(write_grid, tmp
     assert sidecar["status"] == "complete" and sidecar["timings"]["train_processes"] == 2
     assert not (run_dir_of(cell, runs) / "train-state").exists()  # a finished cell removes its state
     monkeypatch.setenv(artifacts.ARTIFACTS_ENV, str(tmp_path / "one-process-store"))
-    one = classification.run(**{k: v for k, v in cell.params.items() if k not in ("output_dir", "state_dir")},
-                             num_threads=1)
+    one = classification.run(**{**{k: v for k, v in cell.params.items() if k not in ("output_dir", "state_dir")},
+                                "num_threads": 1})
     assert one["train_processes"] == 1
     assert abs(sidecar["metrics"]["top1"] - one["top1"]) <= 1 / 60  # at most one of the 60 test items moves
 
