@@ -4,7 +4,7 @@ BOB := $(VENV)/bin/bob
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup setup-test demo test test-slurm report bench
+.PHONY: setup setup-test demo test test-slurm report bench profiles
 
 setup:
 	bash tools/setup.sh
@@ -29,3 +29,8 @@ report: setup
 
 bench: setup
 	$(PY) benchmarks/feature_throughput.py
+
+# The per-image profiles `bob plan` reads for the shipped suites (bobkit/rehearsal/shipped_profiles.json): rerun
+# after changing a suite's backbones, the counting code or the pinned torch/timm (the plan test says when).
+profiles: setup
+	$(PY) tools/ship_profiles.py

@@ -389,7 +389,7 @@ def test_the_shipped_suites_pass_their_own_plan(monkeypatch):
     from bobkit.utils.paths import repo_root
 
     def stale(*args):
-        raise AssertionError(f"no shipped profile for {args}: run python tools/ship_profiles.py")
+        raise AssertionError(f"no shipped profile for {args}: run make profiles")
 
     monkeypatch.setattr(profiles, "_classifier_profile", stale)
     monkeypatch.setattr(profiles, "_detection_profile", stale)

@@ -2,7 +2,7 @@
 ``bobkit/rehearsal/shipped_profiles.json``, so `bob plan` and its tests need no counting on a fresh machine.
 
 Run after changing the counting code (bobkit/rehearsal/profiles.py, bobkit/tasks/detector.py), the pinned torch or
-timm, or a suite's architectures: ``python tools/ship_profiles.py`` (``--check`` exits 1 when the file is stale).
+timm, or a suite's architectures: ``make profiles`` (``--check`` exits 1 when the file is stale).
 """
 
 from __future__ import annotations
