@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_training import killed_after_save
 
 from bobkit.data import scenes
 from bobkit.eval import coco as coco_eval
@@ -796,20 +797,7 @@ def test_run_records_execution_settings(cache_dir: Path, monkeypatch: pytest.Mon
 
 # ----------------------------------------------------------------------------------------- training that survives
 
-KILLED_DETECTION = """
-import json, os, signal, sys
-from bobkit.tasks import detection, train_state
-
-saved = train_state.TrainState._write
-
-def write_then_die(self, step, rng, extra):
-    saved(self, step, rng, extra)
-    if step == int(sys.argv[3]):
-        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 right after a complete save
-
-train_state.TrainState._write = write_then_die
-detection.run(**json.loads(sys.argv[1]), state_dir=sys.argv[2])
-"""
+KILLED_DETECTION = killed_after_save("detection")
 
 
 def test_epoch_batches_are_a_pure_function_of_seed_and_epoch() -> None:

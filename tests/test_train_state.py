@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_training import killed_after_save
 from torch import nn
 
 from bobkit.tasks.train_state import (
@@ -205,20 +206,7 @@ FINETUNE = dict(backbone="resnet18.random_init", dataset="fashion_mnist", protoc
                 state_every_min=0.0)
 KILLED_AFTER_STEP = 5
 
-KILLED_FINETUNE = textwrap.dedent("""
-    import json, os, signal, sys
-    from bobkit.tasks import classification, train_state
-
-    saved = train_state.TrainState._write
-
-    def write_then_die(self, step, rng, extra):
-        saved(self, step, rng, extra)
-        if step == int(sys.argv[3]):
-            os.kill(os.getpid(), signal.SIGKILL)  # kill -9 right after a complete save
-
-    train_state.TrainState._write = write_then_die
-    classification.run(**json.loads(sys.argv[1]), state_dir=sys.argv[2])
-""")
+KILLED_FINETUNE = killed_after_save("classification")
 
 
 @pytest.mark.slow
