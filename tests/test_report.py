@@ -326,27 +326,32 @@ def test_titles_never_carry_markup_even_escaped():
 @pytest.mark.notebook
 def test_executed_notebooks_and_the_build_output_carry_no_spurious_warnings(tmp_path):
     """Every executed notebook showed tqdm's "IProgress not found" (timm's imports load tqdm.auto), and every
-    report kernel printed ipykernel's unencrypted-TCP warning into the build's output."""
+    report kernel printed ipykernel's unencrypted-TCP warning into the build's output. Notebooks run side by side
+    start their kernels in the report's folder without changing the building process's folder (papermill's
+    ``cwd`` did, and a CI build started a kernel elsewhere: its relative table path was not found)."""
     import subprocess
     import sys
 
     source = tmp_path / "tiny.ipynb"
     cells = [nbformat.v4.new_code_cell("figures_dir = None", metadata={"tags": ["parameters"]}),
-             nbformat.v4.new_code_cell("import bobkit\nimport timm"), nbformat.v4.new_code_cell("print(1 + 1)")]
+             nbformat.v4.new_code_cell("import bobkit\nimport timm"), nbformat.v4.new_code_cell("print(1 + 1)"), nbformat.v4.new_code_cell("import os; print('cwd=' + os.getcwd())")]
     kernel = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
               "language_info": {"name": "python"}}
     nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata=kernel), source)
     script = (
-        "import sys; from pathlib import Path; from bobkit.report.execute import NotebookJob, run_notebooks\n"
+        "import os, sys; from pathlib import Path; from bobkit.report.execute import NotebookJob, run_notebooks\n"
+        "moves, chdir, start = [], os.chdir, os.getcwd()\n"
+        "os.chdir = lambda path: (moves.append(str(path)), chdir(path))[1]\n"
         "out = Path(sys.argv[1])\n"
         "jobs = [NotebookJob(f'n{i}', out / 'tiny.ipynb', out / f'n{i}.ipynb', out / f'f{i}', {}) for i in range(2)]\n"
-        "print([r.error for r in run_notebooks(jobs, workers=2, cwd=out)])\n")
+        "print([r.error for r in run_notebooks(jobs, workers=2, cwd=out)], sorted(set(moves) - {start}))\n")
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    assert done.stdout.strip() == "[None, None]", done.stderr[-2000:]
+    assert done.stdout.strip() == "[None, None] []", done.stderr[-2000:]
     for i in range(2):
         outputs = json.dumps([cell.get("outputs", []) for cell in nbformat.read(str(tmp_path / f"n{i}.ipynb"), 4).cells])
         assert "2" in outputs and "TqdmWarning" not in outputs and "IProgress" not in outputs, outputs
+        assert f"cwd={tmp_path.resolve()}" in outputs, outputs
     assert "TCP without encryption" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
 
 

@@ -92,11 +92,14 @@ def execute_notebook(source: Path, executed: Path, parameters: dict[str, Any], *
     import papermill as pm
 
     executed.parent.mkdir(parents=True, exist_ok=True)
+    # The kernel starts in ``cwd`` through nbclient's resources; papermill's own ``cwd`` chdirs the whole process,
+    # and two notebooks run from threads then start a kernel in the other's (or the original) folder.
+    resources = {"metadata": {"path": str(cwd)}} if cwd else {}
     start = time.perf_counter()
     error = None
     try:
         pm.execute_notebook(str(source), str(executed), parameters=parameters, kernel_name=KERNEL,
-                            cwd=str(cwd) if cwd else None, execution_timeout=timeout, start_timeout=120,
+                            resources=resources, execution_timeout=timeout, start_timeout=120,
                             progress_bar=False, log_output=False, kernel_manager_class=_kernel_manager_class(),
                             extra_arguments=[f"--IPKernelApp.exec_lines={KERNEL_SETUP}"])
     except Exception as exc:  # noqa: BLE001 - a failed notebook is reported; the others still run
