@@ -28,26 +28,40 @@ masks): DETR-style multi-scale resize and crop for CNNs and Swin, ViTDet's large
 A list of learning rates is a selection: each is trained on 80% of the training images and scored (box AP) on
 the other 20%, the winner is trained again on all of them, and the cell reports its AP on the evaluation split
 with ``selected_lr``.
+
+A cell trains in ``$BOB_PROCESSES`` data-parallel processes (its ``processes`` resource; ``gpus: N`` gives N), as
+every fine-tune does: :func:`train_job` is run by :func:`bobkit.tasks.distributed.train` in the cell's process or
+through torch's elastic launcher in N ranks (DDP; NCCL on GPUs, gloo on the CPU). ``batch_size`` is the global
+batch: every epoch's batches are full (:func:`epoch_batches`), each rank takes a fixed slice of each and splits it
+into ``accum_steps`` micro-batches (``batch_size`` must divide into ``processes x accum_steps``), and an image's
+anchors and RoIs are sampled from its own key (:class:`KeyedSampler`), so N ranks are one process with N x
+``accum_steps`` micro-batches. Rank 0 alone saves the training state and returns the weights; the cell's own
+process evaluates, every validation image once. The pretrained protocols keep BatchNorm frozen, so the split does
+not touch it; ``random_init`` synchronises it over the ranks on GPUs (:func:`data_parallel`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.transforms import v2
 
 from bobkit.data import scenes
 from bobkit.eval import coco as coco_eval
 from bobkit.features.device import Execution, as_execution, resolve_execution
-from bobkit.tasks import blocks
+from bobkit.tasks import blocks, distributed
 from bobkit.tasks.contract import MEMORY_NOTE, Metric, Param, ParameterError, TaskSpec, descriptor
 from bobkit.tasks.detector import (
     COCO_ANCHORS,
@@ -61,6 +75,7 @@ from bobkit.tasks.detector import (
     is_plain_vit,
     prepare_detector,
 )
+from bobkit.tasks.distributed import World, micro_batch_size, rank_share, wrap_ddp
 from bobkit.tasks.harness import task_entry
 from bobkit.tasks.train_state import TrainState
 from bobkit.tasks.training import (
@@ -199,7 +214,8 @@ SPEC = TaskSpec(
         *blocks.COMMON_DESCRIPTORS,
         descriptor("detector_*", "what the detector was built and trained with: head widths, evaluation sizes, "
                                  "augmentation (1.0: on)"),
-        descriptor("train_*", "the training's attempts, the step this run resumed from, steps redone"),
+        descriptor("train_*", "the training's data-parallel processes, attempts, the step this run resumed from, "
+                              "steps redone"),
     ),
     resolve_execution=detection_execution,
     check=_check,
@@ -452,14 +468,73 @@ def make_scheduler(
 # --------------------------------------------------------------------------------------------- train / evaluate
 
 
+class KeyedSampler(BalancedPositiveNegativeSampler):
+    """torchvision's sampler of positive and negative anchors (RPN) or proposals (RoI heads), drawing each image's
+    sample from the image's own key (:func:`sample_key`) when :attr:`keys` is set.
+
+    torchvision draws every image's sample from the global RNG in batch order, so which anchors an image samples
+    depends on the images before it in its (micro-)batch and on the process it runs in; keyed, it depends on the
+    image and the step alone, so a global batch samples the same anchors and RoIs whether it runs in one process, as
+    micro-batches, or split over data-parallel processes. Without keys (e.g. a caller of :func:`training_step` that
+    gives none) it is torchvision's sampler.
+    """
+
+    def __init__(self, base: BalancedPositiveNegativeSampler, salt: int) -> None:
+        super().__init__(base.batch_size_per_image, base.positive_fraction)
+        self.salt = int(salt)  # the RPN's and the RoI heads' samplers draw different permutations from one key
+        self.keys: list[int] | None = None
+
+    def __call__(self, matched_idxs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        if self.keys is None:
+            return super().__call__(matched_idxs)
+        if len(self.keys) != len(matched_idxs):
+            raise RuntimeError(f"{len(self.keys)} sampling keys for {len(matched_idxs)} images")
+        pos_idx, neg_idx = [], []
+        for key, matched in zip(self.keys, matched_idxs):  # torchvision's sampler, one generator per image
+            positive = torch.where(matched >= 1)[0]
+            negative = torch.where(matched == 0)[0]
+            num_pos = min(positive.numel(), int(self.batch_size_per_image * self.positive_fraction))
+            num_neg = min(negative.numel(), self.batch_size_per_image - num_pos)
+            # torch's CPU generator keeps 32 bits of a seed: the salt goes in through a SeedSequence
+            seed = int(np.random.SeedSequence([int(key), self.salt]).generate_state(1)[0])
+            generator = torch.Generator(device=matched.device).manual_seed(seed)
+            perm1 = torch.randperm(positive.numel(), device=matched.device, generator=generator)[:num_pos]
+            perm2 = torch.randperm(negative.numel(), device=matched.device, generator=generator)[:num_neg]
+            pos_mask = torch.zeros_like(matched, dtype=torch.uint8)
+            neg_mask = torch.zeros_like(matched, dtype=torch.uint8)
+            pos_mask[positive[perm1]] = 1
+            neg_mask[negative[perm2]] = 1
+            pos_idx.append(pos_mask)
+            neg_idx.append(neg_mask)
+        return pos_idx, neg_idx
+
+
+def keyed_samplers(model: FasterRCNN) -> tuple[KeyedSampler, KeyedSampler]:
+    """Replace the detector's RPN and RoI-head samplers by :class:`KeyedSampler` (in place; the samplers hold no
+    weights) and return them; samplers already keyed are kept."""
+    samplers = []
+    for salt, owner in enumerate((model.rpn, model.roi_heads)):
+        if not isinstance(owner.fg_bg_sampler, KeyedSampler):
+            owner.fg_bg_sampler = KeyedSampler(owner.fg_bg_sampler, salt)
+        samplers.append(owner.fg_bg_sampler)
+    return samplers[0], samplers[1]
+
+
+def sample_key(seed: int, step: int, index: int) -> int:
+    """The key of training item ``index``'s anchor and RoI sampling at optimizer step ``step`` (see
+    :class:`KeyedSampler`): a pure function of (seed, step, item), apart from the augmentation's (:func:`item_seed`)."""
+    return int(np.random.SeedSequence([seed, step, index, 1]).generate_state(1)[0])
+
+
 @dataclass
 class DetectorTraining:
     """Everything a detection training loop carries from one optimizer step to the next.
 
-    ``step`` counts the optimizer steps taken; :func:`training_step` takes the next one.
+    ``step`` counts the optimizer steps taken; :func:`training_step` takes the next one. ``model`` is what the
+    step calls (in data-parallel training the detector wrapped in DDP); ``samplers`` are its keyed samplers.
     """
 
-    model: FasterRCNN
+    model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
@@ -467,6 +542,8 @@ class DetectorTraining:
     device: torch.device
     max_grad_norm: float = 10.0
     step: int = 0
+    samplers: tuple[KeyedSampler, ...] = ()
+    world: World = field(default_factory=World)
 
 
 def start_training(
@@ -485,7 +562,9 @@ def start_training(
     max_grad_norm: float = 10.0,
 ) -> DetectorTraining:
     """A fresh :class:`DetectorTraining` at step 0: AdamW (:func:`bobkit.tasks.training.make_optimizer`: betas
-    0.9, 0.999, no weight decay on biases and norms, layer decay's ``lr_scale``) and :func:`make_scheduler`."""
+    0.9, 0.999, no weight decay on biases and norms, layer decay's ``lr_scale``), :func:`make_scheduler` and the
+    detector's samplers keyed (:func:`keyed_samplers`). Wrap ``model`` for data-parallel training afterwards
+    (:func:`data_parallel`)."""
     if layer_decay is not None and layer_of is None:
         raise ValueError(f"layer_decay={layer_decay!r} needs layer_of (see detector_layer_of)")
     device = torch.device(device)
@@ -497,40 +576,79 @@ def start_training(
     scaler = torch.amp.GradScaler(device.type, enabled=feature_precision(model) == "fp16")
     return DetectorTraining(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                             params=[p for p in model.parameters() if p.requires_grad], device=device,
-                            max_grad_norm=max_grad_norm)
+                            max_grad_norm=max_grad_norm, samplers=keyed_samplers(model))
+
+
+def data_parallel(training: DetectorTraining, world: World) -> DetectorTraining:
+    """``training`` on ``world``'s ranks: the detector in DDP (gradients averaged over the ranks once per step).
+
+    BatchNorm: the pretrained protocols keep the trunk's BatchNorm in eval mode
+    (:class:`~bobkit.tasks.detector.TimmFPN`), so the split of a batch over the ranks does not touch it. ``random_init`` trains it in train mode:
+    on GPUs its layers become synchronised BatchNorm (timm's ``convert_sync_batchnorm``), normalising over every
+    rank's images of a micro-batch together; torch has no CPU kernel for that, so with gloo each rank normalises
+    its own images (as each micro-batch of ``accum_steps`` does in one process).
+    """
+    training.world = world
+    if world.size == 1:
+        return training
+    model = training.model
+    if world.device.startswith("cuda") and not model.backbone.freeze_bn:
+        from timm.layers import convert_sync_batchnorm
+
+        model.backbone.body = convert_sync_batchnorm(model.backbone.body)  # same parameters, in the optimizer
+    training.model = wrap_ddp(model, world)
+    return training
 
 
 def training_step(state: DetectorTraining, images: list[torch.Tensor],
-                  targets: list[dict[str, torch.Tensor]], accum_steps: int = 1) -> float:
+                  targets: list[dict[str, torch.Tensor]], accum_steps: int = 1,
+                  keys: Sequence[int] | None = None) -> float:
     """One optimizer step on one batch (loss, backward, gradient-norm clip, AdamW step, schedule); returns the loss.
 
-    With ``accum_steps`` the batch runs as that many equal micro-batches, each loss weighted by its share of the
-    images and its gradients accumulated (less activation memory for the same step).
+    ``images`` is this process's share of the step's global batch (all of it in one process). With ``accum_steps``
+    the share runs as that many equal micro-batches, each loss weighted by its share of the images and its gradients
+    accumulated (less activation memory for the same step); in data-parallel training DDP averages the gradients
+    over the ranks at the last micro-batch, and the loss returned is the mean over the ranks (equal shares: the
+    global batch's). ``keys`` (:func:`sample_key`, one per image) key the anchor and RoI sampling.
 
     Raises ``FloatingPointError`` when the loss is NaN or infinite, naming the step and the per-head losses.
     """
     device = state.device
     images = [img.to(device, non_blocking=True) for img in images]
     targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-    size = -(-len(images) // accum_steps)  # the last step of an epoch may hold fewer images
+    if keys is not None and len(keys) != len(images):
+        raise ValueError(f"{len(keys)} sampling keys for {len(images)} images")
+    size = -(-len(images) // accum_steps)
+    starts = range(0, len(images), size)
     state.optimizer.zero_grad(set_to_none=True)
     loss = torch.zeros(())
-    for lo in range(0, len(images), size):
-        losses = state.model(images[lo:lo + size], targets[lo:lo + size])
-        part = sum(losses.values())
-        if not torch.isfinite(part):
-            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            raise FloatingPointError(f"non-finite detection loss {part.item()} at step {state.step}: {parts}")
-        share = part * (len(images[lo:lo + size]) / len(images))
-        state.scaler.scale(share).backward()
-        loss = loss + share.detach().cpu()
+    try:
+        for lo in starts:
+            for sampler in state.samplers:
+                sampler.keys = None if keys is None else list(keys[lo:lo + size])
+            # DDP averages the gradients over the ranks once per step, at the last micro-batch's backward
+            last = lo == starts[-1]
+            sync = contextlib.nullcontext() if last or not hasattr(state.model, "no_sync") else state.model.no_sync()
+            with sync:
+                losses = state.model(images[lo:lo + size], targets[lo:lo + size])
+                part = sum(losses.values())
+                if not torch.isfinite(part):
+                    parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                    raise FloatingPointError(f"non-finite detection loss {part.item()} at step {state.step}: "
+                                             f"{parts}")
+                share = part * (len(images[lo:lo + size]) / len(images))
+                state.scaler.scale(share).backward()
+            loss = loss + share.detach().cpu()
+    finally:
+        for sampler in state.samplers:
+            sampler.keys = None
     state.scaler.unscale_(state.optimizer)  # clip the true gradients
     torch.nn.utils.clip_grad_norm_(state.params, state.max_grad_norm)
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.step += 1
     state.scheduler.step_update(state.step)
-    return loss.item()
+    return state.world.mean(loss.item())
 
 
 def train_detector(
@@ -552,11 +670,16 @@ def train_detector(
     max_grad_norm: float = 10.0,
     state: Any = None,
     accum_steps: int = 1,
+    world: World | None = None,
 ) -> list[float]:
-    """Train with AdamW and a per-step schedule (:func:`start_training`), one :func:`training_step` per batch.
+    """Train with AdamW and a per-step schedule (:func:`start_training`), one :func:`training_step` per batch;
+    returns the mean loss per epoch (:func:`fit_detector` returns each step's).
 
     The data order is a pure function of ``(seed, epoch)`` (:func:`epoch_batches`), so a run resumed at a step
-    continues the same order; ``state`` (a :class:`bobkit.tasks.train_state.TrainState` the caller entered) restores
+    continues the same order, and each item's augmentation and anchor / RoI sampling are functions of the item and
+    the epoch / step (:func:`item_seed`, :func:`sample_key`). With a ``world`` of several ranks each takes its fixed
+    share of every global batch (:func:`bobkit.tasks.distributed.rank_share`) and DDP averages the gradients, so N
+    ranks at ``batch_size / N`` take the steps of one process at ``batch_size``; ``state`` (a :class:`bobkit.tasks.train_state.TrainState` the caller entered) restores
     the newest intact state (model, AdamW, schedule, scaler, RNGs, the step), saves when due and on a stop signal
     (raising :class:`~bobkit.tasks.train_state.TrainingPreempted`), and saves the final state.
 
@@ -582,7 +705,10 @@ def train_detector(
     state : TrainState, optional
         Where the training state survives (default: nothing kept).
     accum_steps : int
-        Each step's batch as this many micro-batches with accumulated gradients (:func:`training_step`).
+        Each step's batch (a rank's share) as this many micro-batches with accumulated gradients
+        (:func:`training_step`).
+    world : World, optional
+        This process among the data-parallel ranks (default: one process); ``state`` must be entered with it.
     execution : Execution, torch.device or str
         Where to train, with ``loader_workers`` decoding processes and pinned batches on a GPU (a bare device:
         neither). The autocast precision is the feature network's own (:func:`build_detector`); fp16 adds a
@@ -593,46 +719,94 @@ def train_detector(
     Returns
     -------
     list of float
-        Mean loss per epoch.
+        Mean loss per epoch (over the ranks: the global batches').
 
     Raises
     ------
     FloatingPointError
         When a loss is NaN or infinite, naming the step and the per-head losses.
     """
+    step_losses = fit_detector(
+        model, dataset, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, schedule=schedule,
+        lr_steps=lr_steps, warmup_iters=warmup_iters, layer_decay=layer_decay, layer_of=layer_of,
+        transform=transform, seed=seed, execution=execution, max_grad_norm=max_grad_norm, state=state,
+        accum_steps=accum_steps, world=world)
+    per_epoch = steps_per_epoch(len(dataset), batch_size)
+    return [float(np.mean(step_losses[e * per_epoch:(e + 1) * per_epoch])) if step_losses[e * per_epoch:] else
+            float("nan") for e in range(epochs)]
+
+
+def fit_detector(
+    model: FasterRCNN,
+    dataset: torch.utils.data.Dataset,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    weight_decay: float = 1e-4,
+    schedule: str = "cosine",
+    lr_steps: Sequence[float] | None = None,
+    warmup_iters: int | None = None,
+    layer_decay: float | None = None,
+    layer_of: Callable[[str], float] | None = None,
+    transform: Callable[..., Any] | None = None,
+    seed: int = 0,
+    execution: Execution | torch.device | str = "cpu",
+    max_grad_norm: float = 10.0,
+    state: Any = None,
+    accum_steps: int = 1,
+    world: World | None = None,
+) -> list[float]:
+    """:func:`train_detector`, returning every optimizer step's loss (the mean over the ranks: the global batch's),
+    those of earlier attempts included when ``state`` resumed."""
     ex = as_execution(execution)
+    world = world or World(device=str(ex.device))
+    micro_batch_size(batch_size, world.size, accum_steps)  # the global batch splits equally, or a ParameterError
     if layer_decay is not None and layer_of is None:
         raise ValueError(f"layer_decay={layer_decay!r} needs layer_of (see detector_layer_of)")
     if transform is not None:
         dataset = AugmentedDetection(dataset, transform, seed)
     state = state if state is not None else TrainState(None)
     n_items = len(dataset)
-    per_epoch = math.ceil(n_items / batch_size)
+    per_epoch = steps_per_epoch(n_items, batch_size)
     training = start_training(model, lr=lr, weight_decay=weight_decay, epochs=epochs, steps_per_epoch=per_epoch,
                               schedule=schedule, lr_steps=lr_steps, warmup_iters=warmup_iters,
                               layer_decay=layer_decay, layer_of=layer_of, device=ex.device,
                               max_grad_norm=max_grad_norm)
     training.step = state.restore(model, training.optimizer, training.scheduler, training.scaler)
     step_losses = [float(v) for v in state.extra.get("losses", [])][:training.step]
+    data_parallel(training, world)
     for epoch in range(training.step // per_epoch, epochs):
         if isinstance(dataset, AugmentedDetection):
             dataset.epoch = epoch  # before the loader's workers copy the dataset
-        batches = epoch_batches(n_items, batch_size, seed, epoch)[training.step - epoch * per_epoch:]
-        for images, targets in _loader(dataset, batch_size, ex, batches=batches,
-                                       generator=torch.Generator().manual_seed(seed * 100_003 + epoch)):
-            step_losses.append(training_step(training, images, targets, accum_steps))
+        first = training.step
+        shares = [rank_share(batch, world) for batch in epoch_batches(n_items, batch_size, seed, epoch)]
+        shares = shares[first - epoch * per_epoch:]
+        loader = _loader(dataset, batch_size, ex, batches=shares,
+                         generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        for step, (share, (images, targets)) in enumerate(zip(shares, loader), start=first):
+            keys = [sample_key(seed, step, index) for index in share]
+            step_losses.append(training_step(training, images, targets, accum_steps, keys=keys))
             state.after_step(training.step, extra=lambda: {"losses": step_losses})
     state.finish(training.step, extra={"losses": step_losses})
-    return [float(np.mean(step_losses[e * per_epoch:(e + 1) * per_epoch])) if step_losses[e * per_epoch:] else
-            float("nan") for e in range(epochs)]
+    training.model = model  # the plain detector again (DDP holds it)
+    return step_losses
+
+
+def steps_per_epoch(n_items: int, batch_size: int) -> int:
+    """Optimizer steps of one epoch: every item once, the last global batch completed (:func:`epoch_batches`)."""
+    return max(1, math.ceil(n_items / batch_size))
 
 
 def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The batches of item indices of training epoch ``epoch``: a permutation drawn from ``(seed, epoch)`` cut into
-    ``batch_size`` pieces (the last one smaller), so any step's batch is known without replaying the ones before."""
+    """The global batches of item indices of training epoch ``epoch``: a permutation drawn from ``(seed, epoch)``
+    cut into ``batch_size`` pieces, the last one completed with the permutation's first items (as torch's
+    ``DistributedSampler`` and mmdetection's samplers pad an epoch), so every step's batch is full and splits into
+    equal rank shares and micro-batches, and any step's batch is known without replaying the ones before."""
     generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
     order = torch.randperm(int(n_items), generator=generator).tolist()
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    padded = np.resize(order, steps_per_epoch(n_items, batch_size) * batch_size).tolist()  # wraps around
+    return [padded[i:i + batch_size] for i in range(0, len(padded), batch_size)]
 
 
 @torch.inference_mode()
@@ -772,7 +946,8 @@ def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
     ``instances_{train,val}.json``; ``eval_dataset`` evaluates on another dataset's validation split (domain
     shift). Heads, sizes and augmentation as :func:`detector_setup` resolves them; AdamW with the ``schedule``
     (:func:`make_scheduler`), the trunk's layers at ``lr * layer_decay ** depth`` with ``layer_decay``; a list of
-    ``lr`` is a selection on a held-out 20% of the training images. The trunk and
+    ``lr`` is a selection on a held-out 20% of the training images. Training runs in ``$BOB_PROCESSES``
+    data-parallel processes (:func:`train_job`), evaluation in this one. The trunk and
     FPN autocast to ``precision``; the RPN and RoI heads always run in fp32 (see
     :class:`~bobkit.tasks.detector.TimmFPN`); ``channels_last=None`` (auto) is off here (not measured for
     detection); gradient checkpointing stays off for ``frozen`` (no backward through the trunk). With
@@ -784,47 +959,37 @@ def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
     evaluation sizes, augmentation), ``train_seconds``, ``eval_seconds`` and the execution settings (``exec_*``).
     Raises ``FloatingPointError`` on a non-finite training loss (named by step).
     """
-    backbone, protocol, seed, batch_size = p["backbone"], p["protocol"], p["seed"], p["batch_size"]
-    layer_decay, rates = p["layer_decay"], learning_rates(p["lr"])
-    train, val = load_datasets(
-        p["dataset"], eval_dataset=p["eval_dataset"], n_train=p["n_train"], n_val=p["n_val"],
-        canvas_size=p["canvas_size"], seed=seed,
-    )
+    seed, batch_size, rates = p["seed"], p["batch_size"], learning_rates(p["lr"])
+    processes = distributed.processes_requested()
+    micro_batch_size(batch_size, processes, p["accum_steps"])  # a batch that does not split fails before any work
+    train, val = cell_datasets(p)
     setup = detector_setup(p)
-    transform = train_transform(setup.augment, setup.image_size, max_size=setup.max_size,
-                                train_scales=p["train_scales"])
-
     setting = {q.name: p[q.name] for q in SPEC.parameters if q.kind != "execution" and q.name != "lr"}
 
-    def trained(images: scenes.CocoDataset, rate: float, part: str | None = None) -> FasterRCNN:
-        """A fresh detector (same seed) trained on ``images`` at ``rate``; its training state survives in the
-        cell's ``state_dir`` (a selection's candidate: in a folder of its own inside it)."""
-        model = build_detector(backbone, protocol, len(train.category_names), heads=setup.heads,
-                               image_size=setup.image_size, anchor_sizes=setup.anchors, max_size=setup.max_size,
-                               seed=seed, masks=train.has_masks, precision=ex.precision,
-                               resize_in_training=transform is None)
-        layer_of = detector_layer_of(model, backbone) if layer_decay is not None else None
-        prepare_detector(model, ex)
+    def trained(rate: float, part: str | None = None) -> FasterRCNN:
+        """A fresh detector (same seed) trained at ``rate`` on the training images (``part``: less the held-out
+        share of a selection) by :func:`train_job` in ``processes`` processes, on the device for evaluation; its
+        training state survives in the cell's ``state_dir`` (a selection's candidate: in a folder of its own)."""
         folder = p["state_dir"] if part is None or p["state_dir"] is None else f"{p['state_dir']}/{part}"
-        identity = {"setting": setting, "lr": rate, "part": part, "code": source_fingerprint(train_detector)}
-        with TrainState(folder, every_seconds=60.0 * p["state_every_min"], identity=identity) as state:
-            train_detector(model, images, epochs=p["epochs"], lr=rate, batch_size=batch_size,
-                           weight_decay=p["weight_decay"], schedule=p["schedule"], lr_steps=p["lr_steps"],
-                           warmup_iters=p["warmup_iters"], layer_decay=layer_decay, layer_of=layer_of,
-                           transform=transform, seed=seed, execution=ex, state=state,
-                           accum_steps=p["accum_steps"])
-            summary.update(state.summary())
-        return model
+        identity = {"setting": setting, "lr": rate, "part": part, "code": source_fingerprint(fit_detector)}
+        params = job_params(p, ex, lr=rate, held_out=part is not None, identity=identity)
+        result = distributed.train(TRAIN_JOB, params, processes, state_dir=folder, threads=job_threads(p, processes),
+                                   device=str(ex.device))
+        assert result.weights is not None
+        model = cell_detector(p, ex, train)
+        model.load_state_dict(result.weights)
+        summary.clear()
+        summary.update({k: float(result.record[k]) for k in TRAIN_SUMMARY if k in result.record})
+        return prepare_detector(model, ex)
 
     start = time.perf_counter()
     summary: dict[str, float] = {}  # the final training's attempts (train_attempts, train_resumed_step, ...)
     selection: dict[str, float] = {}
     if len(rates) > 1:
-        fit_part, held_out = split_images(train, VALIDATION_FRACTION, seed)
+        _, held_out = split_images(train, VALIDATION_FRACTION, seed)
 
         def held_out_box_ap(rate: float) -> float:
-            predictions = predict(trained(fit_part, rate, f"lr-fit-{rate:g}"), held_out, batch_size=batch_size,
-                                  execution=ex)
+            predictions = predict(trained(rate, f"lr-fit-{rate:g}"), held_out, batch_size=batch_size, execution=ex)
             return coco_eval.evaluate(train.coco, predictions, iou_types=("bbox",),
                                       image_ids=held_out.image_ids)["box_ap"]
 
@@ -832,7 +997,7 @@ def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
         selection = {"selected_lr": best, "n_validation": float(len(held_out))}
     else:
         best = rates[0]
-    model = trained(train, best)
+    model = trained(best)
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -854,3 +1019,81 @@ def run(p: dict[str, Any], ex: Execution) -> dict[str, float]:
         write_json(Path(p["output_dir"]) / "detections_val.json", predictions)
     return {**metrics, **head_widths(model), **setup.as_metrics(), "train_seconds": train_seconds,
             "eval_seconds": eval_seconds, **summary, **ex.as_metrics()}
+
+
+# ----------------------------------------------------------------------------------------------- the training job
+
+#: The job :func:`bobkit.tasks.distributed.train` runs for a detection cell's training (in the cell's process, or
+#: in each of ``$BOB_PROCESSES`` data-parallel ranks).
+TRAIN_JOB = "bobkit.tasks.detection:train_job"
+#: What a training's record adds to the cell's run descriptors.
+TRAIN_SUMMARY = ("train_attempts", "train_resumed_step", "train_steps_redone", "train_processes")
+
+
+def cell_datasets(p: dict[str, Any]) -> tuple[scenes.CocoDataset, scenes.CocoDataset]:
+    """The training and validation images of a cell with (validated) parameters ``p`` (:func:`load_datasets`)."""
+    return load_datasets(p["dataset"], eval_dataset=p["eval_dataset"], n_train=p["n_train"], n_val=p["n_val"],
+                         canvas_size=p["canvas_size"], seed=p["seed"])
+
+
+def cell_detector(p: dict[str, Any], ex: Execution, train: scenes.CocoDataset) -> FasterRCNN:
+    """A cell's detector as built (seeded by ``seed``; not yet on the device), for its training images ``train``."""
+    setup = detector_setup(p)
+    return build_detector(p["backbone"], p["protocol"], len(train.category_names), heads=setup.heads,
+                          image_size=setup.image_size, anchor_sizes=setup.anchors, max_size=setup.max_size,
+                          seed=p["seed"], masks=train.has_masks, precision=ex.precision,
+                          resize_in_training=setup.augment == "none")
+
+
+def job_params(p: dict[str, Any], ex: Execution, *, lr: float, held_out: bool,
+               identity: dict[str, Any]) -> dict[str, Any]:
+    """The JSON parameters of a :func:`train_job`: the cell's parameters, the learning rate, whether a selection's
+    held-out images are left out, the execution settings and the identity its training state is saved under."""
+    cell = json.loads(json.dumps({k: v for k, v in p.items() if k not in ("state_dir", "output_dir")}, default=str))
+    execution = {"device": str(ex.device), "precision": ex.precision, "channels_last": bool(ex.channels_last),
+                 "compile": bool(ex.compile), "grad_checkpointing": bool(ex.grad_checkpointing),
+                 "loader_workers": int(ex.loader_workers), "pin_memory": bool(ex.pin_memory)}
+    return {**cell, "lr": float(lr), "held_out": bool(held_out), "execution": execution,
+            "identity": json.loads(json.dumps(identity, default=str))}
+
+
+def job_threads(p: dict[str, Any], processes: int) -> int | None:
+    """torch threads of each training process: ``num_threads`` when set, else the cores shared out (in the
+    cell's own process: None, as the task harness set them)."""
+    if processes == 1:
+        return None
+    return p["num_threads"] or max(1, int(os.environ.get("BOB_NUM_THREADS") or os.cpu_count() or 1) // processes)
+
+
+def train_job(job: distributed.Job, world: World) -> distributed.JobResult:
+    """A detection cell's training (:func:`bobkit.tasks.distributed.train` runs it in the cell's process or in each
+    rank): the images and the detector rebuilt from the parameters, :func:`fit_detector` with the training state
+    in ``job.state_dir``; returns the trained weights (CPU copies, without ``torch.compile``'s prefix) and a
+    record of the step losses, the processes and the attempts. Every rank returns them; rank 0's are written."""
+    p = job.params
+    run = p["execution"]
+    device = torch.device(world.device if world.size > 1 else run["device"])
+    ex = Execution(device=device, precision=run["precision"] if device.type == run["device"].split(":")[0] else "fp32",
+                   channels_last=run["channels_last"], compile=run["compile"], loader_workers=run["loader_workers"],
+                   pin_memory=run["pin_memory"] and device.type == "cuda",
+                   grad_checkpointing=run["grad_checkpointing"])
+    train, _ = cell_datasets(p)
+    if p["held_out"]:
+        train, _ = split_images(train, VALIDATION_FRACTION, p["seed"])
+    setup = detector_setup(p)
+    transform = train_transform(setup.augment, setup.image_size, max_size=setup.max_size,
+                                train_scales=p["train_scales"])
+    model = cell_detector(p, ex, train)
+    layer_of = detector_layer_of(model, p["backbone"]) if p["layer_decay"] is not None else None
+    prepare_detector(model, ex)
+    every = 60.0 * float(p["state_every_min"])
+    with TrainState(job.state_dir, every_seconds=every, world=world, identity=p["identity"]) as state:
+        losses = fit_detector(model, train, epochs=p["epochs"], lr=p["lr"], batch_size=p["batch_size"],
+                              weight_decay=p["weight_decay"], schedule=p["schedule"], lr_steps=p["lr_steps"],
+                              warmup_iters=p["warmup_iters"], layer_decay=p["layer_decay"], layer_of=layer_of,
+                              transform=transform, seed=p["seed"], execution=ex, state=state,
+                              accum_steps=p["accum_steps"], world=world)
+        summary = state.summary()
+    weights = {k.replace("_orig_mod.", ""): v.detach().to("cpu").contiguous().clone()
+               for k, v in model.state_dict().items()}
+    return distributed.JobResult(weights, {"losses": losses, "train_processes": world.size, **summary})
