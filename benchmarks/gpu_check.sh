@@ -39,15 +39,31 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_O
 export BOB_CACHE_DIR="${BOB_CACHE_DIR:-$(mktemp -d -t bob-gpu-check-XXXXXX)}"
 FAILED=()
 START=$(date +%s)
+# The --tiny steps test the scripts, they measure nothing: two run at a time (each is mostly one thread importing
+# torch), each with a cache folder of its own. Every real measurement runs alone.
+JOBS=1
+[ "$TINY" = 1 ] && JOBS=2
+rm -f "$OUT"/*.failed
 
-step() {  # step NAME LIMIT_SECONDS SCRIPT ARGS...
+run_step() {  # run_step NAME LIMIT_SECONDS SCRIPT ARGS...
   local name="$1" limit="$2" script="$3"; shift 3
-  local t0=$(date +%s)
+  local t0=$(date +%s) cache="$BOB_CACHE_DIR"
+  [ "$JOBS" -gt 1 ] && cache="$BOB_CACHE_DIR/$name"
   echo "=== $name ($(($t0 - START)) s in)"
-  if ! timeout "$limit" "$PY" "$HERE/$script" "$@" --out-dir "$OUT" > "$OUT/$name.log" 2>&1; then
-    echo "!!! $name failed (log: $OUT/$name.log)"; tail -n 15 "$OUT/$name.log"; FAILED+=("$name")
+  if ! BOB_CACHE_DIR="$cache" timeout "$limit" "$PY" "$HERE/$script" "$@" --out-dir "$OUT" > "$OUT/$name.log" 2>&1
+  then
+    echo "!!! $name failed (log: $OUT/$name.log)"; tail -n 15 "$OUT/$name.log"; : > "$OUT/$name.failed"
   fi
   echo "    $name took $(( $(date +%s) - t0 )) s"
+}
+
+step() {  # step NAME LIMIT_SECONDS SCRIPT ARGS...
+  if [ "$JOBS" -gt 1 ]; then
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+    run_step "$@" &
+  else
+    run_step "$@"
+  fi
 }
 
 if [ "$DEVICE" != "cpu" ]; then
@@ -104,6 +120,10 @@ else
     "$REPO/params/bob-full.yaml"
 fi
 
+wait
+for marker in "$OUT"/*.failed; do
+  [ -e "$marker" ] && FAILED+=("$(basename "$marker" .failed)") && rm -f "$marker"
+done
 echo "=== done in $(( $(date +%s) - START )) s; failed: ${FAILED[*]:-none}"
 "$PY" "$HERE/make_table.py" --dir "$OUT" > "$OUT/table.md" 2> "$OUT/make_table.log" || FAILED+=(make_table)
 cat "$OUT/table.md"

@@ -81,11 +81,13 @@ def _summary(figures) -> dict:
 
 
 @pytest.mark.notebook
-def test_public_tables_notebook_on_a_fresh_clone(tmp_path):
+def test_public_tables_notebook_on_a_fresh_clone(public_runs):
     """07 with no download and no BOB_DATA_DIR: ID-vs-OOD trends and effective robustness for V2, Sketch, R and A,
-    ReaL as a second ID reference, the 200-class clean subsets."""
-    figures = tmp_path / "figures"
-    exec_notebook_inprocess("07_public_tables", {"figures_dir": str(figures), "n_boot": 20})
+    ReaL as a second ID reference, the 200-class clean subsets. (The run of :func:`public_runs`: 07 under
+    papermill with no results table, no BOB_DATA_DIR and an empty data cache.)"""
+    run = public_runs["07_public_tables"]
+    assert run["error"] is None, run["error"]
+    figures = run["figures_dir"]
     summary = _summary(figures)
     assert set(summary["skipped"]) == {"ID vs OOD in your table"}, summary["skipped"]
     assert summary["ood_datasets"] == OOD_SETS == datasets_with_role("ood")
@@ -196,11 +198,14 @@ def test_table_strings_are_escaped_in_what_notebooks_show(name, tmp_path, capsys
 
 @pytest.fixture(scope="module")
 def public_runs(tmp_path_factory):
+    """Every analysis notebook on the public tables alone, as on a fresh clone (see :func:`_fresh_clone`)."""
     out = tmp_path_factory.mktemp("public_runs")
-    old = {k: os.environ.pop(k, None) for k in ("BOB_DATA_DIR",)}
+    old = {k: os.environ.pop(k, None) for k in ("BOB_DATA_DIR", "BOB_CACHE_DIR")}
+    os.environ["BOB_CACHE_DIR"] = str(out / "cache")
     try:
         return run_notebooks(out, {"results_path": None, "n_boot": 30})
     finally:
+        os.environ.pop("BOB_CACHE_DIR")
         os.environ.update({k: v for k, v in old.items() if v is not None})
 
 

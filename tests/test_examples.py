@@ -23,6 +23,7 @@ import re
 import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,21 +133,49 @@ def _task_notebook(example: Example) -> bool:
     return example.words[1].startswith("notebooks/tasks/")
 
 
-@pytest.mark.notebook
-@pytest.mark.parametrize("example", [e for e in _of("papermill") if _task_notebook(e)], ids=str)
-def test_papermill_example_runs_with_tiny_sizes(example, tmp_path):
-    notebook = example.words[1]
-    task = Path(notebook).stem
+def _selected(request: pytest.FixtureRequest, test_name: str) -> list[Example]:
+    """The examples of test ``test_name`` this session runs (all of them, or those ``-k`` / node ids picked)."""
+    return [item.callspec.params["example"] for item in request.session.items
+            if getattr(item, "originalname", None) == test_name and hasattr(item, "callspec")]
+
+
+def _two_at_a_time(run, jobs: list) -> list:
+    """``run(job)`` for each job, two processes at a time: each example is one single-threaded process (imports,
+    a kernel with ``num_threads=1``), so a 2-core machine runs two side by side in the time of one."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(run, jobs))
+
+
+def _papermill_words(example: Example, folder: Path) -> list[str]:
+    """The example as written, with tiny sizes for the parameters it leaves out, writing into ``folder``."""
     given = _papermill_parameters(example.words)
-    extra = {**TINY[task], **ON_CPU, "output_dir": str(tmp_path / "cell")}
-    words = [sys.executable, "-m", "papermill", "--no-progress-bar", notebook, str(tmp_path / "out.ipynb"),
+    extra = {**TINY[Path(example.words[1]).stem], **ON_CPU, "output_dir": str(folder / "cell")}
+    words = [sys.executable, "-m", "papermill", "--no-progress-bar", example.words[1], str(folder / "out.ipynb"),
              *example.words[3:]]
     for name, value in extra.items():
         if name not in given:
             words += ["-p", name, str(value)]
-    proc = subprocess.run(words, cwd=REPO, capture_output=True, text=True, timeout=900)
+    return words
+
+
+@pytest.fixture(scope="module")
+def papermill_examples(request, tmp_path_factory):
+    """``{example: (process, folder)}``: the selected papermill examples, run (two at a time) before their tests."""
+    examples = _selected(request, "test_papermill_example_runs_with_tiny_sizes")
+    folders = [tmp_path_factory.mktemp("papermill_example") for _ in examples]
+    procs = _two_at_a_time(lambda job: subprocess.run(_papermill_words(*job), cwd=REPO, capture_output=True,
+                                                      text=True, timeout=900), list(zip(examples, folders)))
+    return {example: (proc, folder) for example, proc, folder in zip(examples, procs, folders)}
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("example", [e for e in _of("papermill") if _task_notebook(e)], ids=str)
+def test_papermill_example_runs_with_tiny_sizes(example, papermill_examples):
+    task = Path(example.words[1]).stem
+    given = _papermill_parameters(example.words)
+    proc, folder = papermill_examples[example]
     assert proc.returncode == 0, f"{example}\n{proc.stderr[-3000:]}"
-    output = json.loads((tmp_path / "cell" / "task_metrics.json").read_text())
+    output = json.loads((folder / "cell" / "task_metrics.json").read_text())
     spec = get_spec(task)
     expected = spec.validate({name: value for name, value in given.items()})  # the example's values, as declared
     for name in given:
@@ -163,6 +192,14 @@ def test_papermill_example_runs_with_tiny_sizes(example, tmp_path):
 def _bob(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bobkit.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=1800)
+
+
+def _with_runs_dir(words: list[str], runs: Path) -> list[str]:
+    """``words`` with ``--runs-dir runs`` in place of the one written (a shared folder that is not here)."""
+    if "--runs-dir" in words:
+        i = words.index("--runs-dir")
+        words = words[:i] + words[i + 2:]
+    return [*words, "--runs-dir", str(runs)]
 
 
 def _write_example_folders() -> None:
@@ -194,17 +231,37 @@ def test_bob_example_parses_and_names_what_exists(example, monkeypatch):
             manifest.entry(name)  # raises naming an unknown entry
 
 
-@pytest.mark.parametrize("example", [e for e in _of("bob") if e.words[1] in ("validate", "backbones", "data", "status")
-                                     or "--backend" in e.words], ids=str)
-def test_offline_bob_example_runs(example, tmp_path):
+def _offline_words(example: Example, runs: Path) -> tuple[str, ...] | None:
+    """The ``bob`` arguments an offline example runs with (None: it needs the internet)."""
     words = list(example.words[1:])
     if words[0] == "data" and "--download" in words:
-        return  # needs the internet; its names are checked above
+        return None  # needs the internet; its names are checked above
     if words[0] == "status":
-        words += ["--runs-dir", str(tmp_path / "runs")]
+        words = _with_runs_dir(words, runs)
     if "--backend" in words:  # a cluster is not here: the same grid and flags, listing its cells
-        words += ["--dry-run", "--runs-dir", str(tmp_path / "runs")]
-    proc = _bob(*words)
+        words = [*_with_runs_dir(words, runs), "--dry-run"]
+    return tuple(words)
+
+
+@pytest.fixture(scope="module")
+def offline_bob(request, tmp_path_factory):
+    """``{words: process}``: each distinct command of the selected offline examples, run once (two at a time)
+    before their tests. The same words written in several documents (``bob backbones`` is in four) read the same
+    files and print the same thing, so each of those examples checks the one run. Only read-only commands come
+    here (``status`` and ``--dry-run`` get a fresh, empty runs folder)."""
+    runs = tmp_path_factory.mktemp("offline_bob") / "runs"
+    words = {_offline_words(e, runs) for e in _selected(request, "test_offline_bob_example_runs")} - {None}
+    words = sorted(words)
+    return {"runs": runs, **dict(zip(words, _two_at_a_time(lambda w: _bob(*w), words)))}
+
+
+@pytest.mark.parametrize("example", [e for e in _of("bob") if e.words[1] in ("validate", "backbones", "data", "status")
+                                     or "--backend" in e.words], ids=str)
+def test_offline_bob_example_runs(example, offline_bob):
+    words = _offline_words(example, offline_bob["runs"])
+    if words is None:
+        return  # needs the internet; its names are checked above
+    proc = offline_bob[words]
     assert proc.returncode == 0, f"{example}\n{proc.stderr[-2000:]}"
     assert proc.stdout.strip()
 
@@ -228,14 +285,19 @@ def _tiny_grid(path: Path, out: Path) -> Path:
 def test_batch_examples_run_on_a_tiny_copy_of_their_grid(tmp_path):
     """`bob run ... --build`, `bob status`, `bob run --only-failed`, `bob build` as written, on tiny cells."""
     runs, results = tmp_path / "runs", tmp_path / "results.parquet"
-    ran = []
+    ran, since_last_run = [], set()
     _write_example_folders()
     for example in _of("bob"):
         words = list(example.words[1:])
         if words[0] not in ("run", "status", "build") or "--backend" in words:
             continue
         words = [str(_tiny_grid(REPO / w, tmp_path / Path(w).name)) if w.endswith(".yaml") else w for w in words]
-        words += ["--runs-dir", str(runs)] + (["--results", str(results)] if words[0] != "status" else [])
+        words = _with_runs_dir(words, runs) + (["--results", str(results)] if words[0] != "status" else [])
+        if words[0] == "run":
+            since_last_run = set()
+        elif tuple(words) in since_last_run:
+            continue  # `bob build` is written in README and CONTRIBUTING: the same command on the same runs
+        since_last_run.add(tuple(words))
         proc = _bob(*words)
         assert proc.returncode == 0, f"{example}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         ran.append(words[0])

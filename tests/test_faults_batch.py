@@ -40,6 +40,17 @@ def bob(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
                           cwd=cwd, env=env)
 
 
+def bob_here(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess:
+    """``bob ARGS`` through its entry point in this process (``bobkit.cli.main``, what ``python -m bobkit.cli``
+    exits with): the same exit status and output as :func:`bob` without a new interpreter importing torch again."""
+    from bobkit.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["bob", *args], code, out, err)
+
+
 def fake_record(runs: Path, value: float, notebook: bool = True) -> Path:
     """A complete run folder as the runner leaves it, for a smoke cell of ``value`` (no kernel needed)."""
     cell = make_cell("smoke", {"value": value})
@@ -70,26 +81,27 @@ def test_a_relative_runs_dir_from_another_folder_records_there(tmp_path: Path):
 # --- bob build: never a smaller table by accident --------------------------------------------------------------
 
 
-def test_build_with_a_mistyped_runs_dir_keeps_the_existing_table(tmp_path: Path):
+def test_build_with_a_mistyped_runs_dir_keeps_the_existing_table(tmp_path: Path, capsys):
     runs, results = tmp_path / "runs", tmp_path / "results" / "results.parquet"
     for value in (1.0, 2.0, 3.0):
         fake_record(runs, value)
-    assert bob("build", "--runs-dir", str(runs), "--results", str(results)).returncode == 0
+    assert bob_here(capsys, "build", "--runs-dir", str(runs), "--results", str(results)).returncode == 0
     before = results.read_bytes()
     assert len(read_results(results)) == 3
 
+    # one real process: the typo's exit status is the command's
     typo = bob("build", "--runs-dir", str(tmp_path / "rnus"), "--results", str(results))
     assert typo.returncode == 2 and "rnus" in typo.stderr and "does not exist" in typo.stderr
     (tmp_path / "empty").mkdir()
-    empty = bob("build", "--runs-dir", str(tmp_path / "empty"), "--results", str(results))
+    empty = bob_here(capsys, "build", "--runs-dir", str(tmp_path / "empty"), "--results", str(results))
     assert empty.returncode == 2 and "no run records" in empty.stderr
     fewer = tmp_path / "fewer"
     fake_record(fewer, 1.0)
-    refused = bob("build", "--runs-dir", str(fewer), "--results", str(results))
+    refused = bob_here(capsys, "build", "--runs-dir", str(fewer), "--results", str(results))
     assert refused.returncode == 2 and "refusing to replace" in refused.stderr and "--force" in refused.stderr
     assert results.read_bytes() == before  # untouched by all three
 
-    forced = bob("build", "--runs-dir", str(fewer), "--results", str(results), "--force")
+    forced = bob_here(capsys, "build", "--runs-dir", str(fewer), "--results", str(results), "--force")
     assert forced.returncode == 0, forced.stderr
     assert len(read_results(results)) == 1 and read_results(results).attrs["runs_dir"] == str(fewer.resolve())
 
@@ -151,9 +163,9 @@ def test_unsafe_resource_values_are_rejected_naming_them(resources, needle):
             expand_grid(spec, source="g.yaml")
 
 
-def test_bob_validate_rejects_a_partition_that_would_inject_shell(write_grid):
+def test_bob_validate_rejects_a_partition_that_would_inject_shell(write_grid, capsys):
     grid = write_grid('resources: {partition: "gpu\\ntouch /tmp/x\\n#"}\ngrid:\n  - task: smoke\n')
-    proc = bob("validate", str(grid))
+    proc = bob_here(capsys, "validate", str(grid))
     assert proc.returncode == 2 and "partition=" in proc.stderr and "touch" in proc.stderr
 
 

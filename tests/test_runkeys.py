@@ -108,6 +108,10 @@ def test_the_static_scan_resolves_relative_and_from_imports(tmp_path: Path):
     (pkg / "unrelated.py").write_text("")
     found = codehash.module_closure({"bobkit.tasks.mytask"}, root=pkg)
     assert found == {"bobkit.tasks", "bobkit.tasks.mytask", "bobkit.tasks.helpers", "bobkit.lazy"}
+    # each file's imports are parsed once per process: an edited file is read and followed again
+    (pkg / "lazy.py").write_text("import bobkit.unrelated\n")
+    found = codehash.module_closure({"bobkit.tasks.mytask"}, root=pkg)
+    assert found == {"bobkit.tasks", "bobkit.tasks.mytask", "bobkit.tasks.helpers", "bobkit.lazy", "bobkit.unrelated"}
 
 
 def test_a_cell_whose_code_changed_after_expansion_is_not_run_under_its_old_key(tmp_path: Path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+from functools import lru_cache
 from pathlib import Path
 
 PACKAGE = "bobkit"
@@ -98,8 +99,16 @@ def module_closure(roots: set[str], root: Path | None = None) -> set[str]:
             continue
         seen.add(name)
         todo.extend(_parents(name))
-        todo.extend(imported_modules(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", root))
+        todo.extend(_imports_of(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", root))
     return seen - EXCLUDED_MODULES
+
+
+@lru_cache(maxsize=4096)
+def _imports_of(source: str, module: str, is_package: bool, root: Path | None) -> frozenset[str]:
+    """:func:`imported_modules`, parsed once per process for each text: the closures of the seven tasks share
+    most modules (parsing them once instead of per task makes ``bob validate`` ~3 s faster). Keyed by the text
+    itself, so an edited file is parsed again."""
+    return frozenset(imported_modules(source, module, is_package, root))
 
 
 def notebook_code(path: Path) -> str:
