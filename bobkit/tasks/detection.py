@@ -1070,15 +1070,15 @@ def train_job(job: distributed.Job, world: World) -> distributed.JobResult:
     rank): the images and the detector rebuilt from the parameters, :func:`fit_detector` with the training state
     in ``job.state_dir``; returns the trained weights (CPU copies, without ``torch.compile``'s prefix) and a
     record of the step losses, the processes and the attempts. Every rank returns them; rank 0's are written."""
-    p = job.params
-    run = p["execution"]
+    p = job.params  # the cell's parameters; the job's own (execution, held_out, identity) are read as job.params
+    run = job.params["execution"]
     device = torch.device(world.device if world.size > 1 else run["device"])
     ex = Execution(device=device, precision=run["precision"] if device.type == run["device"].split(":")[0] else "fp32",
                    channels_last=run["channels_last"], compile=run["compile"], loader_workers=run["loader_workers"],
                    pin_memory=run["pin_memory"] and device.type == "cuda",
                    grad_checkpointing=run["grad_checkpointing"])
     train, _ = cell_datasets(p)
-    if p["held_out"]:
+    if job.params["held_out"]:
         train, _ = split_images(train, VALIDATION_FRACTION, p["seed"])
     setup = detector_setup(p)
     transform = train_transform(setup.augment, setup.image_size, max_size=setup.max_size,
@@ -1087,7 +1087,7 @@ def train_job(job: distributed.Job, world: World) -> distributed.JobResult:
     layer_of = detector_layer_of(model, p["backbone"]) if p["layer_decay"] is not None else None
     prepare_detector(model, ex)
     every = 60.0 * float(p["state_every_min"])
-    with TrainState(job.state_dir, every_seconds=every, world=world, identity=p["identity"]) as state:
+    with TrainState(job.state_dir, every_seconds=every, world=world, identity=job.params["identity"]) as state:
         losses = fit_detector(model, train, epochs=p["epochs"], lr=p["lr"], batch_size=p["batch_size"],
                               weight_decay=p["weight_decay"], schedule=p["schedule"], lr_steps=p["lr_steps"],
                               warmup_iters=p["warmup_iters"], layer_decay=p["layer_decay"], layer_of=layer_of,
